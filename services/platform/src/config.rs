@@ -1,0 +1,286 @@
+//! Configuration, read from the environment exactly as the table in the README (and
+//! DESIGN.md) lists it. Secrets are held as `SecretString` so that `Debug` never prints them,
+//! and `PEXPER_ENV=production` refuses the insecure development defaults.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use secrecy::{ExposeSecret, SecretString};
+
+/// Where the process runs. Production refuses every insecure default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// A crash-intake key: the `project_id:public_key` pair of one Sentry DSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashKey {
+    pub project_id: u64,
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub env: Environment,
+    /// `None` means: run the managed local Postgres under `data_dir`.
+    pub database_url: Option<SecretString>,
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    /// Base of every link we put in an email, without a trailing slash.
+    pub public_url: String,
+    /// `None` in development means: generate a key into the data dir.
+    pub master_key: Option<SecretString>,
+    /// `None` means: write `.eml` files into `<data dir>/outbox/`.
+    pub smtp_url: Option<SecretString>,
+    pub mail_from: String,
+    /// Several secrets may be configured (comma-separated) so one can be rotated without downtime.
+    pub stripe_webhook_secrets: Vec<SecretString>,
+    pub allowed_origins: Vec<String>,
+    /// `None` in development means: generate a key into the data dir.
+    pub license_key: Option<SecretString>,
+    pub privacy_email: String,
+    /// Only requests whose peer is one of these addresses may name a client in `X-Forwarded-For`.
+    pub trusted_proxies: Vec<IpAddr>,
+    pub crash_keys: Vec<CrashKey>,
+    pub analytics_retention_days: u32,
+    /// Where `initdb`/`pg_ctl` live when they are not on `PATH`.
+    pub pg_bin: Option<PathBuf>,
+}
+
+/// The fixed Stripe secret used in development, so that `stripe listen` or a test can sign.
+pub const DEV_STRIPE_WEBHOOK_SECRET: &str = "whsec_pexper_development_only";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Reads configuration from a map of variables (the environment, or a test's own).
+    pub fn from_vars(vars: HashMap<String, String>) -> anyhow::Result<Self> {
+        // An empty variable means unset: `FOO= pexper-server` must not mean "the empty key".
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let secret = |name: &str| get(name).map(|v| SecretString::from(v.to_owned()));
+        let list = |name: &str, default: &str| -> Vec<String> {
+            get(name)
+                .unwrap_or(default)
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+
+        let env = match get("PEXPER_ENV").unwrap_or("development") {
+            "development" | "dev" => Environment::Development,
+            "production" | "prod" => Environment::Production,
+            other => bail!("PEXPER_ENV must be `development` or `production`, not `{other}`"),
+        };
+        let bind = get("PEXPER_BIND")
+            .unwrap_or("127.0.0.1:8080")
+            .parse()
+            .context("PEXPER_BIND must be an address like 127.0.0.1:8080")?;
+        let public_url = get("PEXPER_PUBLIC_URL")
+            .unwrap_or("http://127.0.0.1:8080")
+            .trim_end_matches('/')
+            .to_owned();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            bail!("PEXPER_PUBLIC_URL must start with http:// or https://");
+        }
+        let trusted_proxies = list("PEXPER_TRUSTED_PROXY", "")
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .context("PEXPER_TRUSTED_PROXY must be a comma-separated list of IP addresses")?;
+        let crash_keys = list("PEXPER_CRASH_KEYS", "1:pexper-dev")
+            .iter()
+            .map(|pair| parse_crash_key(pair))
+            .collect::<anyhow::Result<_>>()?;
+        let analytics_retention_days = get("PEXPER_ANALYTICS_RETENTION_DAYS")
+            .unwrap_or("90")
+            .parse()
+            .context("PEXPER_ANALYTICS_RETENTION_DAYS must be a whole number of days")?;
+        let stripe_webhook_secrets = list("STRIPE_WEBHOOK_SECRET", DEV_STRIPE_WEBHOOK_SECRET)
+            .into_iter()
+            .map(SecretString::from)
+            .collect();
+
+        let config = Config {
+            env,
+            database_url: secret("DATABASE_URL"),
+            data_dir: PathBuf::from(get("PEXPER_DATA_DIR").unwrap_or("./.pexper")),
+            bind,
+            public_url,
+            master_key: secret("PEXPER_MASTER_KEY"),
+            smtp_url: secret("PEXPER_SMTP_URL"),
+            mail_from: get("PEXPER_MAIL_FROM")
+                .unwrap_or("Pexper <hello@pexper.com>")
+                .to_owned(),
+            stripe_webhook_secrets,
+            allowed_origins: list("PEXPER_ALLOWED_ORIGINS", "https://pexper.com"),
+            license_key: secret("PEXPER_LICENSE_KEY"),
+            privacy_email: get("PEXPER_PRIVACY_EMAIL")
+                .unwrap_or("privacy@pexper.com")
+                .to_owned(),
+            trusted_proxies,
+            crash_keys,
+            analytics_retention_days,
+            pg_bin: get("PG_BIN").map(PathBuf::from),
+        };
+        config.check_production()?;
+        Ok(config)
+    }
+
+    /// Production refuses to start on a development default; each refusal is one line that
+    /// says what to set.
+    fn check_production(&self) -> anyhow::Result<()> {
+        if self.env != Environment::Production {
+            return Ok(());
+        }
+        if self.master_key.is_none() {
+            bail!(
+                "PEXPER_ENV=production needs PEXPER_MASTER_KEY: set it to a base64-encoded 32-byte key (e.g. `openssl rand -base64 32`)"
+            );
+        }
+        if self.smtp_url.is_none() {
+            bail!(
+                "PEXPER_ENV=production refuses the file mail backend: set PEXPER_SMTP_URL (e.g. smtps://user:pass@smtp.example.com)"
+            );
+        }
+        let verify_full = self
+            .database_url
+            .as_ref()
+            .is_some_and(|url| url.expose_secret().contains("sslmode=verify-full"));
+        if !verify_full {
+            bail!(
+                "PEXPER_ENV=production needs DATABASE_URL with sslmode=verify-full (e.g. postgres://user:pass@db.example.com/pexper?sslmode=verify-full)"
+            );
+        }
+        if self.license_key.is_none() {
+            bail!(
+                "PEXPER_ENV=production needs PEXPER_LICENSE_KEY: set it to a base64-encoded 32-byte Ed25519 seed"
+            );
+        }
+        if self
+            .stripe_webhook_secrets
+            .iter()
+            .any(|s| s.expose_secret() == DEV_STRIPE_WEBHOOK_SECRET)
+        {
+            bail!(
+                "PEXPER_ENV=production needs STRIPE_WEBHOOK_SECRET: set it to the whsec_… secret of your Stripe webhook endpoint"
+            );
+        }
+        Ok(())
+    }
+
+    /// Where the file mail backend writes in development.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+}
+
+fn parse_crash_key(pair: &str) -> anyhow::Result<CrashKey> {
+    let (project, key) = pair
+        .split_once(':')
+        .context("PEXPER_CRASH_KEYS entries must look like `project_id:public_key`")?;
+    let project_id = project
+        .parse()
+        .context("PEXPER_CRASH_KEYS: the project id must be a number")?;
+    if key.is_empty() {
+        bail!("PEXPER_CRASH_KEYS: the public key after `:` is empty");
+    }
+    Ok(CrashKey {
+        project_id,
+        public_key: key.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const PRODUCTION_OK: &[(&str, &str)] = &[
+        ("PEXPER_ENV", "production"),
+        ("PEXPER_MASTER_KEY", "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGU="),
+        ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
+        ("PEXPER_LICENSE_KEY", "bGljZW5zZS1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ="),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_real"),
+        ("DATABASE_URL", "postgres://u:p@db/pexper?sslmode=verify-full"),
+    ];
+
+    fn production_without(name: &str) -> anyhow::Result<Config> {
+        let mut v = vars(PRODUCTION_OK);
+        v.remove(name);
+        Config::from_vars(v)
+    }
+
+    #[test]
+    fn development_defaults_match_the_documented_table() {
+        let c = Config::from_vars(HashMap::new()).expect("defaults are valid");
+        assert_eq!(c.env, Environment::Development);
+        assert!(c.database_url.is_none());
+        assert_eq!(c.data_dir, PathBuf::from("./.pexper"));
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        assert_eq!(c.mail_from, "Pexper <hello@pexper.com>");
+        assert_eq!(c.allowed_origins, vec!["https://pexper.com"]);
+        assert_eq!(c.privacy_email, "privacy@pexper.com");
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(
+            c.crash_keys,
+            vec![CrashKey {
+                project_id: 1,
+                public_key: "pexper-dev".into()
+            }]
+        );
+        assert_eq!(c.analytics_retention_days, 90);
+    }
+
+    #[test]
+    fn production_with_everything_set_starts() {
+        Config::from_vars(vars(PRODUCTION_OK)).expect("complete production config");
+    }
+
+    #[test]
+    fn production_refuses_each_insecure_default_with_a_one_line_hint() {
+        for (missing, hint) in [
+            ("PEXPER_MASTER_KEY", "set it to a base64-encoded 32-byte key"),
+            ("PEXPER_SMTP_URL", "set PEXPER_SMTP_URL"),
+            ("DATABASE_URL", "sslmode=verify-full"),
+            ("PEXPER_LICENSE_KEY", "PEXPER_LICENSE_KEY"),
+            ("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET"),
+        ] {
+            let err = production_without(missing).expect_err(missing).to_string();
+            assert!(err.contains(hint), "{missing}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let mut v = vars(PRODUCTION_OK);
+        v.insert("DATABASE_URL".into(), "postgres://u:p@db/pexper?sslmode=require".into());
+        assert!(Config::from_vars(v).is_err(), "sslmode=require is not enough");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let c = Config::from_vars(vars(PRODUCTION_OK)).expect("valid");
+        let shown = format!("{c:?}");
+        for (_, value) in PRODUCTION_OK.iter().filter(|(k, _)| *k != "PEXPER_ENV") {
+            assert!(!shown.contains(value), "{value} leaked into {shown}");
+        }
+    }
+
+    #[test]
+    fn an_empty_variable_counts_as_unset() {
+        let c = Config::from_vars(vars(&[("PEXPER_MASTER_KEY", "  ")])).expect("valid");
+        assert!(c.master_key.is_none());
+    }
+}

@@ -1,0 +1,75 @@
+//! The platform's own service: the operator-notice email job, and the email section of a
+//! person's data (their address and the history of what we sent them).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::email::EmailAddress;
+use crate::jobs::{self, Handler, Job, JobError, NewJob};
+use crate::mail::{self, EmailTemplate, OperatorNotice};
+use crate::personal_data::{EmailRecords, PersonalData};
+use crate::state::{Platform, Service};
+
+pub const OPERATOR_NOTICE_JOB: &str = "mail.operator_notice";
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Core;
+
+impl Service for Core {
+    fn name(&self) -> &'static str {
+        "platform"
+    }
+
+    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
+        vec![(OPERATOR_NOTICE_JOB, jobs::handler(send_operator_notice))]
+    }
+
+    fn personal_data(&self) -> Option<Arc<dyn PersonalData>> {
+        Some(Arc::new(EmailRecords))
+    }
+}
+
+/// Payload of an operator notice. It goes to `PEXPER_PRIVACY_EMAIL`, so it must still hold no
+/// personal data: request ids and dates, never an address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperatorNoticeJob {
+    pub title: String,
+    pub lines: Vec<String>,
+}
+
+/// Queues a notice to the operator address, in the caller's transaction.
+pub fn operator_notice(title: impl Into<String>, lines: Vec<String>) -> NewJob {
+    NewJob::new(
+        OPERATOR_NOTICE_JOB,
+        OperatorNoticeJob {
+            title: title.into(),
+            lines,
+        },
+    )
+}
+
+async fn send_operator_notice(platform: Platform, job: Job) -> Result<(), JobError> {
+    let notice: OperatorNoticeJob = job.payload()?;
+    let to = EmailAddress::parse(&platform.config.privacy_email)
+        .map_err(|e| JobError::Permanent(anyhow::anyhow!("PEXPER_PRIVACY_EMAIL is invalid: {e}")))?;
+    let rendered = OperatorNotice {
+        title: notice.title,
+        lines: notice.lines,
+    }
+    .render()
+    .map_err(|e| JobError::Permanent(e.into()))?;
+    let mut conn = platform.pool.acquire().await?;
+    mail::deliver(
+        &mut conn,
+        &platform.mailer,
+        &platform.mail_from,
+        &job,
+        None,
+        OperatorNotice::NAME,
+        to,
+        rendered,
+        vec![],
+    )
+    .await
+}

@@ -1,0 +1,544 @@
+//! Envelope encryption of personal data, and the blind index used to find it.
+//!
+//! * The **master key** (one or more versions, from `PEXPER_MASTER_KEY`) never encrypts data.
+//!   Purpose keys are derived from it with HMAC-SHA256 as a PRF over a fixed label, so a leak of
+//!   one derived key does not reveal the others.
+//! * Each person has a random 256-bit **data key**, stored only wrapped (AES-256-GCM) under the
+//!   key-wrapping key of one master version. Erasing a person deletes the wrapped key, and every
+//!   ciphertext made with it, wherever a copy survives, becomes unreadable (crypto-shredding).
+//! * Every **sealed value** carries the id of its data key and is bound by associated data to
+//!   its table, column and row, so a ciphertext copied to another row or column fails to open.
+//! * The **blind index** is HMAC-SHA256 of a normalised value under its own derived key, for
+//!   equality lookups without storing the value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use sha2::Sha256;
+use uuid::Uuid;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 12;
+/// First byte of every sealed value; a new layout gets a new number.
+const SEALED_FORMAT_V1: u8 = 1;
+const SEALED_HEADER_LEN: usize = 1 + 16 + NONCE_LEN;
+
+/// Failures that must never reveal which byte was wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("ciphertext is malformed")]
+    Malformed,
+    #[error("ciphertext was sealed with another data key")]
+    WrongKey,
+    #[error("ciphertext failed authentication (tampered, or bound to another field)")]
+    Authentication,
+    #[error("master key version {0} is not configured")]
+    UnknownMasterVersion(i32),
+}
+
+/// A 32-byte secret whose `Debug` is `[redacted]` and that is zeroed on drop.
+pub type SecretKey = SecretBox<[u8; KEY_LEN]>;
+
+fn secret_key(bytes: [u8; KEY_LEN]) -> SecretKey {
+    SecretBox::new(Box::new(bytes))
+}
+
+fn random_key() -> SecretKey {
+    let mut bytes = [0u8; KEY_LEN];
+    rand::fill(&mut bytes);
+    secret_key(bytes)
+}
+
+/// Derives a purpose key: HMAC-SHA256(master, "pexper/v1/" || purpose).
+///
+/// HMAC is a PRF keyed by the uniformly random master key, which is all a KDF needs here (it is
+/// HKDF-Expand's first block).
+fn derive(master: &SecretKey, purpose: &str) -> SecretKey {
+    let mut mac = HmacSha256::new_from_slice(master.expose_secret()).expect("HMAC takes any key");
+    mac.update(b"pexper/v1/");
+    mac.update(purpose.as_bytes());
+    secret_key(mac.finalize().into_bytes().into())
+}
+
+fn hmac(key: &SecretKey, parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key.expose_secret()).expect("HMAC takes any key");
+    for part in parts {
+        // Length-prefix each part so ("ab","c") and ("a","bc") never collide.
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// The versions of the master key this process knows, and which one is current.
+///
+/// Written as `PEXPER_MASTER_KEY=<base64>` (version 1) or `2:<base64>,1:<base64>`: the first
+/// entry is current (new data keys are wrapped under it); the others are kept only to unwrap
+/// data keys that `pexper-admin keys rotate` has not yet re-wrapped.
+pub struct MasterKeys {
+    current: i32,
+    keys: BTreeMap<i32, SecretKey>,
+}
+
+impl fmt::Debug for MasterKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MasterKeys")
+            .field("current", &self.current)
+            .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MasterKeys {
+    pub fn parse(spec: &SecretString) -> anyhow::Result<Self> {
+        let mut keys = BTreeMap::new();
+        let mut current = None;
+        for entry in spec.expose_secret().split([',', '\n']).map(str::trim) {
+            if entry.is_empty() {
+                continue;
+            }
+            let (version, encoded) = match entry.split_once(':') {
+                Some((v, k)) => (
+                    v.parse::<i32>()
+                        .ok()
+                        .filter(|v| *v > 0)
+                        .context("PEXPER_MASTER_KEY: a version must be a positive number")?,
+                    k,
+                ),
+                None => (1, entry),
+            };
+            let bytes = BASE64
+                .decode(encoded)
+                .ok()
+                .and_then(|b| <[u8; KEY_LEN]>::try_from(b).ok())
+                .context("PEXPER_MASTER_KEY must be base64 of exactly 32 bytes")?;
+            if keys.insert(version, secret_key(bytes)).is_some() {
+                bail!("PEXPER_MASTER_KEY lists version {version} twice");
+            }
+            current.get_or_insert(version);
+        }
+        let current = current.context("PEXPER_MASTER_KEY is empty")?;
+        Ok(Self { current, keys })
+    }
+
+    /// A fresh random key, encoded as `PEXPER_MASTER_KEY` expects.
+    pub fn generate_encoded() -> String {
+        BASE64.encode(random_key().expose_secret())
+    }
+
+    pub fn current_version(&self) -> i32 {
+        self.current
+    }
+
+    pub fn versions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.keys.keys().copied()
+    }
+}
+
+/// The purpose keys derived from every configured master version.
+pub struct Keyring {
+    current: i32,
+    versions: BTreeMap<i32, DerivedKeys>,
+}
+
+struct DerivedKeys {
+    wrap: SecretKey,
+    blind_index: SecretKey,
+    token: SecretKey,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A blind index value (HMAC-SHA256 output).
+pub type BlindIndex = [u8; 32];
+
+impl Keyring {
+    pub fn new(master: &MasterKeys) -> Self {
+        let versions = master
+            .keys
+            .iter()
+            .map(|(v, key)| {
+                let derived = DerivedKeys {
+                    wrap: derive(key, "data-key-wrap"),
+                    blind_index: derive(key, "blind-index"),
+                    token: derive(key, "token-signing"),
+                };
+                (*v, derived)
+            })
+            .collect();
+        Self {
+            current: master.current,
+            versions,
+        }
+    }
+
+    pub fn current_version(&self) -> i32 {
+        self.current
+    }
+
+    fn version(&self, v: i32) -> Result<&DerivedKeys, CryptoError> {
+        self.versions
+            .get(&v)
+            .ok_or(CryptoError::UnknownMasterVersion(v))
+    }
+
+    fn current(&self) -> &DerivedKeys {
+        &self.versions[&self.current]
+    }
+
+    /// A new random data key for one person, with its wrapped form to store.
+    pub fn new_data_key(&self, id: Uuid) -> (DataKey, WrappedKey) {
+        let key = DataKey {
+            id,
+            key: random_key(),
+        };
+        let wrapped = self.wrap(&key);
+        (key, wrapped)
+    }
+
+    /// Wraps a data key under the current master version.
+    pub fn wrap(&self, key: &DataKey) -> WrappedKey {
+        let sealed = seal_raw(
+            &self.current().wrap,
+            &wrap_aad(key.id),
+            key.key.expose_secret(),
+        );
+        WrappedKey {
+            master_version: self.current,
+            bytes: sealed,
+        }
+    }
+
+    pub fn unwrap(&self, id: Uuid, wrapped: &WrappedKey) -> Result<DataKey, CryptoError> {
+        let wrap = &self.version(wrapped.master_version)?.wrap;
+        let bytes = open_raw(wrap, &wrap_aad(id), &wrapped.bytes)?;
+        let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Malformed)?;
+        Ok(DataKey {
+            id,
+            key: secret_key(bytes),
+        })
+    }
+
+    /// The blind index of `value` under the current master version. `domain` separates
+    /// indexes of different kinds of value (`"email"`, `"suppression"`, …).
+    pub fn blind_index(&self, domain: &str, value: &str) -> BlindIndex {
+        hmac(
+            &self.current().blind_index,
+            &[domain.as_bytes(), value.as_bytes()],
+        )
+    }
+
+    /// The blind index under every configured version: lookups match any of them, so finding
+    /// a person keeps working while `keys rotate` re-indexes rows.
+    pub fn blind_indexes(&self, domain: &str, value: &str) -> Vec<BlindIndex> {
+        self.versions
+            .values()
+            .map(|k| hmac(&k.blind_index, &[domain.as_bytes(), value.as_bytes()]))
+            .collect()
+    }
+
+    /// A MAC for a self-verifying token (unsubscribe links and the like), current version.
+    pub fn sign_token(&self, domain: &str, message: &[u8]) -> (i32, [u8; 32]) {
+        (
+            self.current,
+            hmac(&self.current().token, &[domain.as_bytes(), message]),
+        )
+    }
+
+    /// Checks a token MAC in constant time.
+    pub fn verify_token(&self, version: i32, domain: &str, message: &[u8], tag: &[u8]) -> bool {
+        let Ok(keys) = self.version(version) else {
+            return false;
+        };
+        let mut mac = HmacSha256::new_from_slice(keys.token.expose_secret()).expect("any key");
+        for part in [domain.as_bytes(), message] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.verify_slice(tag).is_ok()
+    }
+}
+
+fn wrap_aad(id: Uuid) -> Vec<u8> {
+    [b"pexper/data-key/".as_slice(), id.as_bytes()].concat()
+}
+
+/// A data key as stored: sealed under one master version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub master_version: i32,
+    pub bytes: Vec<u8>,
+}
+
+/// Where a sealed value lives. Part of the associated data, so a value only opens in its place.
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    pub table: &'a str,
+    pub column: &'a str,
+    pub row: Uuid,
+}
+
+impl Field<'_> {
+    fn aad(&self) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(64);
+        for part in [self.table.as_bytes(), self.column.as_bytes(), self.row.as_bytes()] {
+            aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            aad.extend_from_slice(part);
+        }
+        aad
+    }
+}
+
+/// One person's data key, unwrapped in memory only for as long as it is needed.
+pub struct DataKey {
+    id: Uuid,
+    key: SecretKey,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataKey {
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Seals `plaintext` for `field`: `[format][key id][nonce][ciphertext+tag]`.
+    pub fn seal(&self, field: Field<'_>, plaintext: &[u8]) -> Vec<u8> {
+        let mut aad = self.id.as_bytes().to_vec();
+        aad.extend(field.aad());
+        let body = seal_raw(&self.key, &aad, plaintext);
+        let mut out = Vec::with_capacity(17 + body.len());
+        out.push(SEALED_FORMAT_V1);
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend(body);
+        out
+    }
+
+    pub fn open(&self, field: Field<'_>, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < SEALED_HEADER_LEN + 16 || sealed[0] != SEALED_FORMAT_V1 {
+            return Err(CryptoError::Malformed);
+        }
+        if Some(self.id) != sealed_key_id(sealed) {
+            return Err(CryptoError::WrongKey);
+        }
+        let mut aad = self.id.as_bytes().to_vec();
+        aad.extend(field.aad());
+        open_raw(&self.key, &aad, &sealed[17..])
+    }
+
+    pub fn open_string(&self, field: Field<'_>, sealed: &[u8]) -> Result<String, CryptoError> {
+        String::from_utf8(self.open(field, sealed)?).map_err(|_| CryptoError::Malformed)
+    }
+}
+
+/// The id of the data key a sealed value needs, read from its header.
+pub fn sealed_key_id(sealed: &[u8]) -> Option<Uuid> {
+    let id = sealed.get(1..17)?;
+    Uuid::from_slice(id).ok()
+}
+
+/// AES-256-GCM with a random 96-bit nonce: `[nonce][ciphertext+tag]`. Random nonces are safe
+/// here: a data key seals a handful of values in its life, far below the 2^32 bound.
+fn seal_raw(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new_from_slice(key.expose_secret()).expect("32-byte key");
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::fill(&mut nonce);
+    let ciphertext = cipher
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    [nonce.as_slice(), &ciphertext].concat()
+}
+
+fn open_raw(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < NONCE_LEN + 16 {
+        return Err(CryptoError::Malformed);
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Malformed)?;
+    let cipher = Aes256Gcm::new_from_slice(key.expose_secret()).expect("32-byte key");
+    cipher
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .map_err(|_| CryptoError::Authentication)
+}
+
+/// Lowercase hex, for short log-safe prefixes and digests.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256, for hashing single-use tokens at rest (they are random, so no key is needed).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(bytes).into()
+}
+
+/// A random URL-safe token with 256 bits of entropy.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn master(spec: &str) -> MasterKeys {
+        MasterKeys::parse(&SecretString::from(spec.to_owned())).expect("valid spec")
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::new(&master(&MasterKeys::generate_encoded()))
+    }
+
+    fn field(row: Uuid) -> Field<'static> {
+        Field {
+            table: "person",
+            column: "email",
+            row,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn sealed_values_open_to_the_same_bytes(plaintext in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let ring = keyring();
+            let (key, _) = ring.new_data_key(Uuid::new_v4());
+            let row = Uuid::new_v4();
+            let sealed = key.seal(field(row), &plaintext);
+            prop_assert_eq!(key.open(field(row), &sealed).expect("opens"), plaintext);
+        }
+
+        #[test]
+        fn any_flipped_bit_fails_to_open(plaintext in proptest::collection::vec(any::<u8>(), 1..64), bit in any::<proptest::sample::Index>()) {
+            let ring = keyring();
+            let (key, _) = ring.new_data_key(Uuid::new_v4());
+            let row = Uuid::new_v4();
+            let mut sealed = key.seal(field(row), &plaintext);
+            let i = bit.index(sealed.len() * 8);
+            sealed[i / 8] ^= 1 << (i % 8);
+            prop_assert!(key.open(field(row), &sealed).is_err());
+        }
+
+        #[test]
+        fn a_value_copied_to_another_row_or_column_fails_to_open(plaintext in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let ring = keyring();
+            let (key, _) = ring.new_data_key(Uuid::new_v4());
+            let row = Uuid::new_v4();
+            let sealed = key.seal(field(row), &plaintext);
+            prop_assert_eq!(key.open(field(Uuid::new_v4()), &sealed), Err(CryptoError::Authentication));
+            let other_column = Field { column: "name", ..field(row) };
+            prop_assert_eq!(key.open(other_column, &sealed), Err(CryptoError::Authentication));
+            let other_table = Field { table: "purchase", ..field(row) };
+            prop_assert_eq!(key.open(other_table, &sealed), Err(CryptoError::Authentication));
+        }
+
+        #[test]
+        fn rotation_rewraps_data_keys_without_changing_them(plaintext in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let old = MasterKeys::generate_encoded();
+            let new = MasterKeys::generate_encoded();
+            let before = Keyring::new(&master(&old));
+            let id = Uuid::new_v4();
+            let (key, wrapped_v1) = before.new_data_key(id);
+            let row = Uuid::new_v4();
+            let sealed = key.seal(field(row), &plaintext);
+
+            let during = Keyring::new(&master(&format!("2:{new},1:{old}")));
+            let unwrapped = during.unwrap(id, &wrapped_v1).expect("old version still configured");
+            let wrapped_v2 = during.wrap(&unwrapped);
+            prop_assert_eq!(wrapped_v2.master_version, 2);
+
+            let after = Keyring::new(&master(&format!("2:{new}")));
+            prop_assert_eq!(after.unwrap(id, &wrapped_v1).err(), Some(CryptoError::UnknownMasterVersion(1)));
+            let key_after = after.unwrap(id, &wrapped_v2).expect("rewrapped key opens");
+            prop_assert_eq!(key_after.open(field(row), &sealed).expect("data still opens"), plaintext);
+        }
+    }
+
+    #[test]
+    fn a_wrapped_key_only_unwraps_for_its_own_id() {
+        let ring = keyring();
+        let (_, wrapped) = ring.new_data_key(Uuid::new_v4());
+        assert_eq!(
+            ring.unwrap(Uuid::new_v4(), &wrapped).err(),
+            Some(CryptoError::Authentication)
+        );
+    }
+
+    #[test]
+    fn another_persons_key_is_refused_by_the_header() {
+        let ring = keyring();
+        let (alice, _) = ring.new_data_key(Uuid::new_v4());
+        let (bob, _) = ring.new_data_key(Uuid::new_v4());
+        let row = Uuid::new_v4();
+        let sealed = alice.seal(field(row), b"alice@example.com");
+        assert_eq!(sealed_key_id(&sealed), Some(alice.id()));
+        assert_eq!(bob.open(field(row), &sealed), Err(CryptoError::WrongKey));
+    }
+
+    #[test]
+    fn blind_indexes_are_keyed_and_domain_separated() {
+        let a = keyring();
+        let b = keyring();
+        assert_eq!(a.blind_index("email", "x@y.z"), a.blind_index("email", "x@y.z"));
+        assert_ne!(a.blind_index("email", "x@y.z"), b.blind_index("email", "x@y.z"));
+        assert_ne!(a.blind_index("email", "x@y.z"), a.blind_index("suppression", "x@y.z"));
+    }
+
+    #[test]
+    fn token_macs_verify_only_unchanged() {
+        let ring = keyring();
+        let (v, tag) = ring.sign_token("unsubscribe", b"person-1");
+        assert!(ring.verify_token(v, "unsubscribe", b"person-1", &tag));
+        assert!(!ring.verify_token(v, "unsubscribe", b"person-2", &tag));
+        assert!(!ring.verify_token(v, "confirm", b"person-1", &tag));
+        assert!(!ring.verify_token(v + 1, "unsubscribe", b"person-1", &tag));
+    }
+
+    #[test]
+    fn master_key_specs_are_parsed_strictly() {
+        let k = MasterKeys::generate_encoded();
+        assert_eq!(master(&k).current_version(), 1);
+        let two = master(&format!("3:{k}, 1:{}", MasterKeys::generate_encoded()));
+        assert_eq!(two.current_version(), 3);
+        assert_eq!(two.versions().collect::<Vec<_>>(), vec![1, 3]);
+        for bad in ["", "short", "0:AAAA", &format!("1:{k},1:{k}")] {
+            assert!(MasterKeys::parse(&SecretString::from(bad.to_owned())).is_err(), "{bad}");
+        }
+        assert!(!format!("{:?}", master(&k)).contains(&k));
+    }
+}

@@ -1,0 +1,99 @@
+//! Connecting to Postgres (managed or external, always able to do TLS) and migrating it.
+
+pub mod managed;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::Config;
+use managed::{Durability, ManagedPostgres};
+
+/// The database the managed cluster keeps the application's tables in.
+pub const MANAGED_DATABASE: &str = "pexper";
+
+/// Ten connections serve a 2-core box: Postgres itself is CPU-bound well before that.
+const POOL_SIZE: u32 = 10;
+/// A dead database must fail requests fast (and `/readyz` answer 503), not hang for 30 s.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connection options from the configuration: `DATABASE_URL` as given (its `sslmode` and
+/// `sslrootcert` are honoured), or the managed cluster, started if needed.
+pub async fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
+    let options = match &config.database_url {
+        Some(url) => PgConnectOptions::from_str(url.expose_secret())
+            .context("DATABASE_URL is not a valid postgres:// URL")?,
+        None => {
+            let managed = start_managed(config).await?;
+            ensure_database(&managed, MANAGED_DATABASE).await?;
+            managed.connect_options(MANAGED_DATABASE)
+        }
+    };
+    // Statements are logged at debug level only, and never with their bound values.
+    Ok(options
+        .application_name("pexper")
+        .log_statements(tracing::log::LevelFilter::Debug))
+}
+
+/// Starts (or reuses) the managed cluster of this configuration.
+pub async fn start_managed(config: &Config) -> anyhow::Result<ManagedPostgres> {
+    let root = config.data_dir.join("postgres");
+    let pg_bin = config.pg_bin.clone();
+    tokio::task::spawn_blocking(move || {
+        ManagedPostgres::start_or_reuse(&root, pg_bin.as_deref(), Durability::Durable)
+    })
+    .await
+    .context("the managed Postgres start task failed")?
+}
+
+/// Creates `database` in a managed cluster if it does not exist yet.
+pub async fn ensure_database(managed: &ManagedPostgres, database: &str) -> anyhow::Result<()> {
+    let mut conn = sqlx::PgConnection::connect_with(&managed.connect_options("postgres"))
+        .await
+        .context("failed to connect to the managed Postgres")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let create = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await {
+            Ok(_) => {}
+            // Another process created it between our check and our CREATE: that is fine.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).context("failed to create the database"),
+        }
+    }
+    Ok(())
+}
+
+pub async fn pool(options: PgConnectOptions) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .min_connections(0)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .context("failed to connect to Postgres")
+}
+
+/// Applies the migrations in `migrations/`. sqlx holds a Postgres advisory lock while it
+/// migrates, so two servers starting at once apply each migration exactly once.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("../../migrations")
+        .run(pool)
+        .await
+        .context("failed to apply database migrations")
+}
+
+/// Connects as configured and migrates: what the server and the admin CLI do at start.
+pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
+    let pool = pool(connect_options(config).await?).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}

@@ -1,0 +1,212 @@
+//! The HTTP server: every service's routes behind one stack of middleware, the health
+//! endpoints, and `/openapi.json` generated from the handlers' annotations.
+
+mod client_ip;
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::IntoResponse;
+use pexper_wire::Health;
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use client_ip::ClientIp;
+pub use error::{ApiError, ApiJson, json_error};
+
+use crate::state::{Platform, Service};
+
+/// Limits of the HTTP stack. The defaults suit production; tests raise the rate limit where
+/// they are not testing it.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Largest request body accepted (413 above it).
+    pub body_limit: usize,
+    /// A request that takes longer answers 408.
+    pub timeout: Duration,
+    /// Per-client token bucket: one request is replenished every `replenish`.
+    pub replenish: Duration,
+    /// How many requests a client may make in a burst.
+    pub burst: u32,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            body_limit: 1024 * 1024,
+            timeout: Duration::from_secs(15),
+            replenish: Duration::from_millis(500),
+            burst: 20,
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "Pexper website backend",
+    description = "Waitlist, email, payments, privacy requests and anonymous analytics for pexper.com and the Pexper desktop app.",
+    license(name = "Apache-2.0")
+))]
+struct ApiDoc;
+
+/// Process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is up", body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Database is reachable.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "The database answers", body = Health),
+    (status = 503, description = "The database does not answer", body = Health)))]
+async fn readyz(State(platform): State<Platform>) -> impl IntoResponse {
+    let ping = sqlx::query("SELECT 1").execute(&platform.pool);
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => (
+            StatusCode::OK,
+            axum::Json(Health {
+                status: "ok".into(),
+            }),
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health {
+                status: "unavailable".into(),
+            }),
+        ),
+    }
+}
+
+/// The assembled application, and the rate limiter's state (which needs periodic pruning).
+pub struct App {
+    pub router: Router,
+    pub openapi: utoipa::openapi::OpenApi,
+    limiter_gc: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// A function that forgets clients quiet long enough to have a full bucket again; call it
+    /// periodically so the limiter's memory does not grow with every address ever seen.
+    pub fn limiter_gc(&self) -> Arc<dyn Fn() + Send + Sync> {
+        self.limiter_gc.clone()
+    }
+}
+
+pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOptions) -> App {
+    let governor = Arc::new(
+        GovernorConfigBuilder::default()
+            .key_extractor(ClientIp::new(platform.config.trusted_proxies.clone()))
+            .period(options.replenish)
+            .burst_size(options.burst)
+            .finish()
+            .expect("a positive period and burst"),
+    );
+    let limiter = governor.limiter().clone();
+
+    let mut api = OpenApiRouter::new();
+    for service in services {
+        api = api.merge(service.routes());
+    }
+    let api = api.layer(GovernorLayer::new(governor));
+
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .merge(api)
+        .split_for_parts();
+
+    let spec = Arc::new(openapi.clone());
+    let origins: Vec<HeaderValue> = platform
+        .config
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(3600));
+
+    let router = router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let spec = spec.clone();
+                async move { axum::Json(spec.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(platform)
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(DefaultBodyLimit::max(options.body_limit))
+        .layer(RequestBodyLimitLayer::new(options.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            options.timeout,
+        ))
+        .layer(cors)
+        // Tokens travel in some URLs (confirm, unsubscribe): never leak them in a Referer.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("x-frame-options"),
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(
+            // The span names the route template, never the URI: query strings carry tokens.
+            // No peer address, no header, no body is ever recorded.
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    tracing::info_span!("request", method = %req.method(), route)
+                })
+                .on_request(())
+                .on_response(
+                    |res: &axum::response::Response, latency: Duration, _: &tracing::Span| {
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            latency_ms = latency.as_millis() as u64,
+                            "response"
+                        );
+                    },
+                ),
+        );
+
+    App {
+        router,
+        openapi,
+        limiter_gc: Arc::new(move || limiter.retain_recent()),
+    }
+}

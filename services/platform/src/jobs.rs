@@ -1,0 +1,483 @@
+//! The job queue: background work as rows in Postgres.
+//!
+//! * `enqueue` writes inside the caller's transaction, so a job exists if and only if the change
+//!   that caused it committed; a `NOTIFY` (delivered on commit) wakes an idle worker at once.
+//! * Workers claim with `FOR UPDATE SKIP LOCKED`, so any number of processes can share a queue
+//!   and no two ever hold the same job.
+//! * A claim is a **lease** (`locked_until`), renewed by a heartbeat while the handler runs. A
+//!   worker that dies stops renewing; when the lease lapses another worker takes the job.
+//! * Every write after the claim is fenced by the attempt number, so a worker whose lease was
+//!   taken over cannot complete or fail a job it no longer owns.
+//! * Failures retry with exponential backoff and full jitter; permanent errors, and transient
+//!   ones after `max_attempts`, leave the job `dead` for an operator (`pexper-admin jobs`).
+//! * Finished jobs are deleted.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngExt;
+use serde::Serialize;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::person::PersonId;
+use crate::telemetry::redact;
+
+/// The channel `enqueue` notifies on.
+const CHANNEL: &str = "pexper_jobs";
+const DEFAULT_MAX_ATTEMPTS: i32 = 10;
+const BACKOFF_BASE: Duration = Duration::from_secs(2);
+const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct JobId(pub Uuid);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A job to enqueue. The payload must hold ids, never personal data.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    kind: &'static str,
+    payload: serde_json::Value,
+    person: Option<PersonId>,
+    run_at: Option<OffsetDateTime>,
+    max_attempts: i32,
+    dedupe_key: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(kind: &'static str, payload: impl Serialize) -> Self {
+        Self {
+            kind,
+            payload: serde_json::to_value(payload).expect("job payloads serialise to JSON"),
+            person: None,
+            run_at: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            dedupe_key: None,
+        }
+    }
+
+    /// The person this job is about, so erasure can cancel it.
+    pub fn for_person(mut self, person: PersonId) -> Self {
+        self.person = Some(person);
+        self
+    }
+
+    pub fn run_at(mut self, at: OffsetDateTime) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Makes the enqueue idempotent: a second job with the same key is not created.
+    pub fn dedupe_key(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+}
+
+/// Enqueues inside the caller's transaction. Returns `None` when the dedupe key already exists.
+pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> anyhow::Result<Option<JobId>> {
+    let id: Option<JobId> = sqlx::query_scalar(
+        "INSERT INTO job (id, kind, payload, person_id, run_at, max_attempts, dedupe_key)
+         VALUES ($1, $2, $3, $4, coalesce($5, now()), $6, $7)
+         ON CONFLICT ON CONSTRAINT job_dedupe_key_key DO NOTHING
+         RETURNING id",
+    )
+    .bind(JobId(Uuid::now_v7()))
+    .bind(job.kind)
+    .bind(&job.payload)
+    .bind(job.person)
+    .bind(job.run_at)
+    .bind(job.max_attempts)
+    .bind(&job.dedupe_key)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("failed to enqueue a job")?;
+    if id.is_some() {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(job.kind)
+            .execute(conn)
+            .await
+            .context("failed to notify workers")?;
+    }
+    Ok(id)
+}
+
+/// A claimed job, as a handler sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub person_id: Option<PersonId>,
+}
+
+impl Job {
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_value(self.payload.clone())
+            .map_err(|e| JobError::Permanent(anyhow::anyhow!("malformed {} payload: {e}", self.kind)))
+    }
+}
+
+/// How a handler failed: worth retrying, or not.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Retry(anyhow::Error),
+    #[error(transparent)]
+    Permanent(anyhow::Error),
+}
+
+impl From<anyhow::Error> for JobError {
+    fn from(e: anyhow::Error) -> Self {
+        JobError::Retry(e)
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        JobError::Retry(e.into())
+    }
+}
+
+pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+
+/// A handler for one job kind. `S` is the state handlers share (the server's `Platform`).
+pub type Handler<S> = Arc<dyn Fn(S, Job) -> JobFuture + Send + Sync>;
+
+/// Wraps an async fn as a `Handler`.
+pub fn handler<S, F, Fut>(f: F) -> Handler<S>
+where
+    F: Fn(S, Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    Arc::new(move |state, job| Box::pin(f(state, job)))
+}
+
+/// Claims the next ready job of one of `kinds`, or a running job whose lease has lapsed.
+pub async fn claim(pool: &PgPool, kinds: &[String], lease: Duration) -> anyhow::Result<Option<Job>> {
+    sqlx::query_as(
+        "UPDATE job SET status = 'running', attempts = attempts + 1,
+                locked_until = now() + $2, updated_at = now()
+         WHERE id = (
+             SELECT id FROM job
+             WHERE kind = ANY($1)
+               AND ((status = 'queued' AND run_at <= now())
+                 OR (status = 'running' AND locked_until < now()))
+             ORDER BY run_at
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, kind, payload, attempts, max_attempts, person_id",
+    )
+    .bind(kinds)
+    .bind(lease)
+    .fetch_optional(pool)
+    .await
+    .context("failed to claim a job")
+}
+
+async fn renew(pool: &PgPool, job: &Job, lease: Duration) -> anyhow::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE job SET locked_until = now() + $3
+         WHERE id = $1 AND attempts = $2 AND status = 'running'",
+    )
+    .bind(job.id)
+    .bind(job.attempts)
+    .bind(lease)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn finish(pool: &PgPool, job: &Job) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM job WHERE id = $1 AND attempts = $2")
+        .bind(job.id)
+        .bind(job.attempts)
+        .execute(pool)
+        .await
+        .context("failed to delete a finished job")?;
+    Ok(())
+}
+
+/// Records a failure: back to `queued` after a backoff, or `dead`.
+async fn fail(pool: &PgPool, job: &Job, error: &JobError) -> anyhow::Result<bool> {
+    let permanent = matches!(error, JobError::Permanent(_));
+    let dead = permanent || job.attempts >= job.max_attempts;
+    // The message may quote a remote server (an SMTP reply names the recipient): redact it.
+    let message = redact(&format!("{:#}", anyhow::anyhow!("{error}")));
+    sqlx::query(
+        "UPDATE job SET status = CASE WHEN $3 THEN 'dead' ELSE 'queued' END,
+                run_at = now() + $4, locked_until = NULL, last_error = $5, updated_at = now()
+         WHERE id = $1 AND attempts = $2",
+    )
+    .bind(job.id)
+    .bind(job.attempts)
+    .bind(dead)
+    .bind(backoff(job.attempts))
+    .bind(message)
+    .execute(pool)
+    .await
+    .context("failed to record a job failure")?;
+    Ok(dead)
+}
+
+/// Exponential backoff with full jitter: uniformly random in [d/2, d], d = base·2^(n-1) ≤ cap.
+pub fn backoff(attempts: i32) -> Duration {
+    let exp = attempts.clamp(1, 20) as u32 - 1;
+    let ceiling = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_CAP);
+    let half = ceiling / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Cancels every queued or running job about `person` (part of erasing them).
+pub async fn cancel_for_person(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<u64> {
+    Ok(sqlx::query("DELETE FROM job WHERE person_id = $1")
+        .bind(person)
+        .execute(conn)
+        .await
+        .context("failed to cancel a person's jobs")?
+        .rows_affected())
+}
+
+/// A row of `pexper-admin jobs list`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: JobId,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub run_at: OffsetDateTime,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+pub async fn list(pool: &PgPool, status: Option<&str>, limit: i64) -> anyhow::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "SELECT id, kind, status, attempts, max_attempts, run_at, last_error, created_at
+         FROM job WHERE ($1::text IS NULL OR status = $1)
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .context("failed to list jobs")
+}
+
+/// Puts dead jobs (one, or all) back in the queue with a fresh attempt budget.
+pub async fn retry(pool: &PgPool, id: Option<JobId>) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let n = sqlx::query(
+        "UPDATE job SET status = 'queued', attempts = 0, run_at = now(), last_error = NULL,
+                locked_until = NULL, updated_at = now()
+         WHERE status = 'dead' AND ($1::uuid IS NULL OR id = $1)",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .context("failed to retry jobs")?
+    .rows_affected();
+    sqlx::query("SELECT pg_notify($1, 'retry')")
+        .bind(CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Runs jobs until told to stop, then finishes the jobs in hand.
+pub struct Worker<S> {
+    pool: PgPool,
+    state: S,
+    handlers: HashMap<String, Handler<S>>,
+    concurrency: usize,
+    lease: Duration,
+    poll_interval: Duration,
+}
+
+impl<S> std::fmt::Debug for Worker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Worker<S> {
+    pub fn new(pool: PgPool, state: S) -> Self {
+        Self {
+            pool,
+            state,
+            handlers: HashMap::new(),
+            concurrency: 2,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+
+    pub fn handle(mut self, kind: &str, handler: Handler<S>) -> Self {
+        self.handlers.insert(kind.to_owned(), handler);
+        self
+    }
+
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long a claim lasts without a heartbeat; a dead worker's job waits this long.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The fallback poll when no NOTIFY arrives (missed while reconnecting, or a delayed job).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Runs until `shutdown` turns true; jobs in hand are finished before it returns.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        if self.handlers.is_empty() {
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
+        let this = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..this.concurrency {
+            tasks.spawn(this.clone().work(wake.clone(), shutdown.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+        listener.abort();
+    }
+
+    async fn work(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        let kinds: Vec<String> = self.handlers.keys().cloned().collect();
+        while !*shutdown.borrow() {
+            // Register for wake-ups before claiming, so a NOTIFY that lands between an empty
+            // claim and the wait is not lost.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match claim(&self.pool, &kinds, self.lease).await {
+                Ok(Some(job)) => {
+                    self.execute(job).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %redact(&format!("{e:#}")), "job claim failed"),
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn execute(&self, job: Job) {
+        let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, attempt = job.attempts);
+        async {
+            let Some(handler) = self.handlers.get(&job.kind) else {
+                return;
+            };
+            let started = std::time::Instant::now();
+            let work = handler(self.state.clone(), job.clone());
+            tokio::pin!(work);
+            let mut heartbeat = tokio::time::interval(self.lease / 3);
+            heartbeat.tick().await;
+            let result = loop {
+                tokio::select! {
+                    result = &mut work => break result,
+                    _ = heartbeat.tick() => {
+                        if !renew(&self.pool, &job, self.lease).await.unwrap_or(true) {
+                            tracing::warn!("lost the lease; another worker owns the job now");
+                        }
+                    }
+                }
+            };
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            match result {
+                Ok(()) => {
+                    if let Err(e) = finish(&self.pool, &job).await {
+                        tracing::error!(error = %redact(&format!("{e:#}")), "failed to mark job done");
+                    }
+                    tracing::info!(elapsed_ms, "job done");
+                }
+                Err(error) => match fail(&self.pool, &job, &error).await {
+                    Ok(dead) => tracing::warn!(
+                        elapsed_ms,
+                        dead,
+                        error = %redact(&format!("{error:#}")),
+                        "job failed"
+                    ),
+                    Err(e) => tracing::error!(error = %redact(&format!("{e:#}")), "failed to record a job failure"),
+                },
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Wakes workers on every NOTIFY; reconnects with a pause if the connection drops.
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                if listener.listen(CHANNEL).await.is_ok() {
+                    while let Ok(_notification) = listener.recv().await {
+                        wake.notify_waiters();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %redact(&format!("{e:#}")), "job listener failed to connect"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        for attempts in 1..30 {
+            let d = backoff(attempts);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << (attempts.clamp(1, 20) as u32 - 1))
+                .min(BACKOFF_CAP);
+            assert!(d >= ceiling / 2 && d <= ceiling, "{attempts}: {d:?}");
+        }
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(5)).collect();
+        assert!(samples.len() > 1, "jitter varies the delay");
+    }
+}

@@ -1,0 +1,22 @@
+//! The shared platform of the Pexper backend: configuration, Postgres (managed or external,
+//! always TLS-capable), envelope encryption and the blind index, people, the job queue, mail,
+//! the HTTP stack and the personal-data registry. Services build on it and on nothing of each
+//! other's.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod core;
+pub mod crypto;
+pub mod db;
+pub mod email;
+pub mod http;
+pub mod jobs;
+pub mod keys;
+pub mod mail;
+pub mod person;
+pub mod personal_data;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Config;
+pub use state::{Platform, Service};

@@ -1,0 +1,214 @@
+//! Mail: templates, the three delivery backends, and the job-side `deliver` step.
+//!
+//! Mail is only ever sent from the job queue (never inside a request). Each message's
+//! Message-ID is derived from its job id, so a retry after a crash sends a message the
+//! receiving side recognises as the same one, and a message already recorded as sent is not
+//! sent again.
+
+mod templates;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::email::EmailAddress;
+use crate::jobs::{Job, JobError};
+use crate::person::PersonId;
+
+pub use templates::{EmailTemplate, OperatorNotice, Rendered};
+
+/// An email ready to go.
+#[derive(Debug, Clone)]
+pub struct OutgoingEmail {
+    pub to: EmailAddress,
+    pub rendered: Rendered,
+    pub message_id: String,
+    /// Extra headers, e.g. `List-Unsubscribe` (RFC 8058) on product email.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// A message the memory backend kept, for tests.
+#[derive(Debug, Clone)]
+pub struct CapturedEmail {
+    pub to: String,
+    pub message_id: String,
+    pub raw: String,
+}
+
+/// Where mail goes: SMTP (production), `.eml` files (the development default), or memory.
+#[derive(Clone)]
+pub enum Mailer {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(AsyncFileTransport<Tokio1Executor>),
+    Memory(Arc<Mutex<Vec<CapturedEmail>>>),
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mailer::Smtp(_) => "Mailer::Smtp",
+            Mailer::File(_) => "Mailer::File",
+            Mailer::Memory(_) => "Mailer::Memory",
+        })
+    }
+}
+
+/// A failed send, classified for the queue.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub permanent: bool,
+    message: String,
+}
+
+impl From<SendError> for JobError {
+    fn from(e: SendError) -> Self {
+        let permanent = e.permanent;
+        let error = anyhow::Error::new(e);
+        if permanent {
+            JobError::Permanent(error)
+        } else {
+            JobError::Retry(error)
+        }
+    }
+}
+
+impl Mailer {
+    /// SMTP when `PEXPER_SMTP_URL` is set (`smtp://…?tls=required` for STARTTLS, `smtps://…`
+    /// for implicit TLS, both over rustls), otherwise `.eml` files in the outbox directory.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        match &config.smtp_url {
+            Some(url) => {
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
+                    .context("PEXPER_SMTP_URL is not a valid SMTP URL")?
+                    .timeout(Some(std::time::Duration::from_secs(30)))
+                    .build();
+                Ok(Mailer::Smtp(transport))
+            }
+            None => {
+                let dir = config.outbox_dir();
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("failed to create {}", dir.display()))?;
+                Ok(Mailer::File(AsyncFileTransport::new(dir)))
+            }
+        }
+    }
+
+    pub fn memory() -> (Self, Arc<Mutex<Vec<CapturedEmail>>>) {
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        (Mailer::Memory(sink.clone()), sink)
+    }
+
+    pub async fn send(&self, from: &Mailbox, email: &OutgoingEmail) -> Result<(), SendError> {
+        let message = build(from, email).map_err(|e| SendError {
+            permanent: true,
+            message: format!("could not build the message: {e:#}"),
+        })?;
+        match self {
+            Mailer::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| SendError {
+                // 5xx replies will not change on retry; anything else (4xx, network, TLS
+                // handshake, timeout) might.
+                permanent: e.is_permanent(),
+                message: format!("SMTP delivery failed: {e}"),
+            }),
+            Mailer::File(file) => file.send(message).await.map(drop).map_err(|e| SendError {
+                permanent: false,
+                message: format!("writing the .eml file failed: {e}"),
+            }),
+            Mailer::Memory(sink) => {
+                sink.lock().expect("mail sink lock").push(CapturedEmail {
+                    to: email.to.as_str().to_owned(),
+                    message_id: email.message_id.clone(),
+                    raw: String::from_utf8_lossy(&message.formatted()).into_owned(),
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+fn build(from: &Mailbox, email: &OutgoingEmail) -> anyhow::Result<Message> {
+    let to: Mailbox = email.to.as_str().parse().context("recipient is not a mailbox")?;
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(email.rendered.subject.clone())
+        .message_id(Some(email.message_id.clone()));
+    for (name, value) in &email.headers {
+        builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str(name),
+            value.clone(),
+        ));
+    }
+    Ok(builder.multipart(MultiPart::alternative_plain_html(
+        email.rendered.text.clone(),
+        email.rendered.html.clone(),
+    ))?)
+}
+
+/// The Message-ID of the email a job sends: the same on every attempt of that job.
+pub fn message_id(job: &Job, from: &Mailbox) -> String {
+    let domain = from.email.domain();
+    format!("<{}@{}>", job.id.0, domain)
+}
+
+/// What a job handler calls to send one email: skips it if this job already sent it, sends,
+/// and records it in the person's email history.
+#[allow(clippy::too_many_arguments)]
+pub async fn deliver(
+    conn: &mut PgConnection,
+    mailer: &Mailer,
+    from: &Mailbox,
+    job: &Job,
+    person: Option<PersonId>,
+    template: &'static str,
+    to: EmailAddress,
+    rendered: Rendered,
+    headers: Vec<(&'static str, String)>,
+) -> Result<(), JobError> {
+    let message_id = message_id(job, from);
+    let already: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM email_event WHERE message_id = $1)")
+            .bind(&message_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if already {
+        return Ok(());
+    }
+    mailer
+        .send(from, &OutgoingEmail {
+            to,
+            rendered,
+            message_id: message_id.clone(),
+            headers,
+        })
+        .await?;
+    if let Some(person) = person {
+        sqlx::query(
+            "INSERT INTO email_event (id, person_id, template, message_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT ON CONSTRAINT email_event_message_id_key DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(person)
+        .bind(template)
+        .bind(&message_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Parses `PEXPER_MAIL_FROM`.
+pub fn sender(config: &Config) -> anyhow::Result<Mailbox> {
+    config
+        .mail_from
+        .parse()
+        .context("PEXPER_MAIL_FROM is not a mailbox like `Pexper <hello@pexper.com>`")
+}

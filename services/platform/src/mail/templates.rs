@@ -1,0 +1,96 @@
+//! Email templates: one folder per email under `templates/emails/` with `subject.txt`,
+//! `body.txt` and `body.html`, over the shared layouts in `templates/layouts/`. askama checks
+//! them at compile time and escapes the HTML bodies.
+
+/// A rendered email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// An email's data, and how it renders.
+pub trait EmailTemplate {
+    /// The folder name under `templates/emails/`, recorded in the person's email history.
+    const NAME: &'static str;
+    fn render(&self) -> Result<Rendered, askama::Error>;
+}
+
+/// Implements `EmailTemplate` for a struct from its template folder. The templates see the
+/// struct as `m`.
+///
+/// ```ignore
+/// email_template!(Welcome, "welcome");
+/// ```
+#[macro_export]
+macro_rules! email_template {
+    ($ty:ident, $name:tt, $subject:tt, $text:tt, $html:tt) => {
+        const _: () = {
+            #[derive(::askama::Template)]
+            #[template(path = $subject)]
+            struct Subject<'a> {
+                m: &'a $ty,
+            }
+            #[derive(::askama::Template)]
+            #[template(path = $text)]
+            struct Text<'a> {
+                m: &'a $ty,
+            }
+            #[derive(::askama::Template)]
+            #[template(path = $html)]
+            struct Html<'a> {
+                m: &'a $ty,
+            }
+            impl $crate::mail::EmailTemplate for $ty {
+                const NAME: &'static str = $name;
+                fn render(&self) -> ::std::result::Result<$crate::mail::Rendered, ::askama::Error> {
+                    use ::askama::Template as _;
+                    // A subject is one line: a template's trailing newline must not fold a header.
+                    let subject = Subject { m: self }.render()?;
+                    Ok($crate::mail::Rendered {
+                        subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
+                        text: Text { m: self }.render()?,
+                        html: Html { m: self }.render()?,
+                    })
+                }
+            }
+        };
+    };
+}
+
+/// A note to the operator address (privacy reminders and the like).
+#[derive(Debug, Clone)]
+pub struct OperatorNotice {
+    pub title: String,
+    pub lines: Vec<String>,
+}
+
+crate::email_template!(
+    OperatorNotice,
+    "operator-notice",
+    "emails/operator-notice/subject.txt",
+    "emails/operator-notice/body.txt",
+    "emails/operator-notice/body.html"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_notice_renders_escaped_html_and_plain_text() {
+        let r = OperatorNotice {
+            title: "Request <b>due</b> in 3 days".into(),
+            lines: vec!["Request 42 & friends".into()],
+        }
+        .render()
+        .expect("renders");
+        assert_eq!(r.subject, "[Pexper] Request <b>due</b> in 3 days");
+        assert!(r.html.contains("Request &#60;b&#62;due&#60;/b&#62; in 3 days") || r.html.contains("Request &lt;b&gt;due&lt;/b&gt; in 3 days"), "{}", r.html);
+        assert!(r.html.contains("42 &#38; friends") || r.html.contains("42 &amp; friends"), "{}", r.html);
+        assert!(r.text.contains("Request <b>due</b> in 3 days\n"), "{}", r.text);
+        assert!(r.text.contains("Request 42 & friends"), "{}", r.text);
+        assert!(r.text.contains("Sent to the operator address"), "{}", r.text);
+    }
+}

@@ -1,0 +1,201 @@
+//! People: the one place an email address is stored, sealed under the person's own data key.
+//!
+//! Services refer to a person by `PersonId` and never keep the address themselves; to write to
+//! someone, a mail job names the person and the address is opened only at send time.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::crypto::{DataKey, Field, Keyring, WrappedKey};
+use crate::email::EmailAddress;
+
+/// Domain of the email blind index (see `Keyring::blind_index`).
+pub const EMAIL_INDEX: &str = "email";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct PersonId(pub Uuid);
+
+impl std::fmt::Display for PersonId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+fn email_field(id: PersonId) -> Field<'static> {
+    Field {
+        table: "person",
+        column: "email_sealed",
+        row: id.0,
+    }
+}
+
+/// Finds a person by address, matching the blind index under any configured master version.
+pub async fn find(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    email: &EmailAddress,
+) -> anyhow::Result<Option<PersonId>> {
+    let indexes: Vec<Vec<u8>> = keyring
+        .blind_indexes(EMAIL_INDEX, email.as_str())
+        .iter()
+        .map(|i| i.to_vec())
+        .collect();
+    sqlx::query_scalar("SELECT id FROM person WHERE email_index = ANY($1)")
+        .bind(indexes)
+        .fetch_optional(conn)
+        .await
+        .context("failed to look up a person")
+}
+
+/// Finds the person with this address, or creates them with a fresh data key. Safe under
+/// concurrency: the unique blind index decides, never a read-then-write race.
+pub async fn find_or_create(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    email: &EmailAddress,
+) -> anyhow::Result<PersonId> {
+    if let Some(id) = find(conn, keyring, email).await? {
+        return Ok(id);
+    }
+    let id = PersonId(Uuid::now_v7());
+    let (key, wrapped) = keyring.new_data_key(id.0);
+    let sealed = key.seal(email_field(id), email.as_str().as_bytes());
+    let index = keyring.blind_index(EMAIL_INDEX, email.as_str());
+    let inserted: Option<PersonId> = sqlx::query_scalar(
+        "INSERT INTO person (id, email_index, email_sealed, data_key, key_version)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT ON CONSTRAINT person_email_index_key DO NOTHING
+         RETURNING id",
+    )
+    .bind(id)
+    .bind(index.as_slice())
+    .bind(sealed)
+    .bind(wrapped.bytes)
+    .bind(wrapped.master_version)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("failed to insert a person")?;
+    match inserted {
+        Some(id) => Ok(id),
+        None => find(conn, keyring, email)
+            .await?
+            .context("a person vanished between insert and lookup"),
+    }
+}
+
+/// Unwraps a person's data key. `None` once the person is erased: their data is gone.
+pub async fn data_key(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    id: PersonId,
+) -> anyhow::Result<Option<DataKey>> {
+    let row: Option<(Vec<u8>, i32)> =
+        sqlx::query_as("SELECT data_key, key_version FROM person WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+            .context("failed to load a data key")?;
+    row.map(|(bytes, master_version)| {
+        keyring
+            .unwrap(id.0, &WrappedKey {
+                master_version,
+                bytes,
+            })
+            .context("failed to unwrap a data key")
+    })
+    .transpose()
+}
+
+/// Opens a person's address, for sending them mail or exporting their data.
+pub async fn email(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    id: PersonId,
+) -> anyhow::Result<Option<EmailAddress>> {
+    let row: Option<(Vec<u8>, Vec<u8>, i32)> =
+        sqlx::query_as("SELECT email_sealed, data_key, key_version FROM person WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+            .context("failed to load a person")?;
+    let Some((sealed, bytes, master_version)) = row else {
+        return Ok(None);
+    };
+    let key = keyring
+        .unwrap(id.0, &WrappedKey {
+            master_version,
+            bytes,
+        })
+        .context("failed to unwrap a data key")?;
+    let address = key
+        .open_string(email_field(id), &sealed)
+        .context("failed to open a sealed address")?;
+    Ok(Some(
+        EmailAddress::parse(&address).context("a stored address no longer parses")?,
+    ))
+}
+
+/// Deletes the person row and with it their data key (crypto-shredding). Services erase their
+/// own rows first (see `personal_data`); this is the last step.
+pub async fn destroy(conn: &mut PgConnection, id: PersonId) -> anyhow::Result<bool> {
+    let deleted = sqlx::query("DELETE FROM person WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await
+        .context("failed to delete a person")?;
+    Ok(deleted.rows_affected() == 1)
+}
+
+/// How many data keys are wrapped under each master version.
+pub async fn key_versions(pool: &PgPool) -> anyhow::Result<Vec<(i32, i64)>> {
+    sqlx::query_as(
+        "SELECT key_version, count(*) FROM person GROUP BY key_version ORDER BY key_version",
+    )
+    .fetch_all(pool)
+    .await
+    .context("failed to count data keys")
+}
+
+/// Re-wraps up to `batch` data keys that are not under the current master version, and
+/// recomputes their blind index under it. Returns how many were done; 0 means finished.
+/// Each batch is one transaction with rows locked, so it is safe beside a running server.
+pub async fn rotate_batch(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(PersonId, Vec<u8>, Vec<u8>, i32)> = sqlx::query_as(
+        "SELECT id, email_sealed, data_key, key_version FROM person
+         WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(keyring.current_version())
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await
+    .context("failed to select keys to rotate")?;
+    for (id, sealed, bytes, master_version) in &rows {
+        let key = keyring
+            .unwrap(id.0, &WrappedKey {
+                master_version: *master_version,
+                bytes: bytes.clone(),
+            })
+            .with_context(|| format!("failed to unwrap the data key of person {id}"))?;
+        let address = key
+            .open_string(email_field(*id), sealed)
+            .with_context(|| format!("failed to open the address of person {id}"))?;
+        let wrapped = keyring.wrap(&key);
+        sqlx::query(
+            "UPDATE person SET data_key = $2, key_version = $3, email_index = $4, updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&wrapped.bytes)
+        .bind(wrapped.master_version)
+        .bind(keyring.blind_index(EMAIL_INDEX, &address).as_slice())
+        .execute(&mut *tx)
+        .await
+        .context("failed to store a re-wrapped key")?;
+    }
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}

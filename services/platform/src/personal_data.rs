@@ -1,0 +1,171 @@
+//! The one trait every service implements for the data it keeps about a person, and the one
+//! registry the privacy service drives for access (export) and deletion (erase) requests.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::crypto::Keyring;
+use crate::person::{self, PersonId};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What an erase did, in counts and sentences: never personal data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ErasureSummary {
+    pub section: &'static str,
+    /// Rows deleted or unlinked, by kind.
+    pub removed: BTreeMap<&'static str, u64>,
+    /// What was kept and why (e.g. "2 purchase records, unlinked, kept for tax law").
+    pub kept: Vec<String>,
+}
+
+/// A service's view of one person's data.
+pub trait PersonalData: Send + Sync {
+    /// The section name in an export (`"waitlist"`, `"payments"`, …).
+    fn section(&self) -> &'static str;
+
+    /// Everything this service holds about `person`, as one JSON value, decrypted.
+    fn export<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        keyring: &'a Keyring,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>>;
+
+    /// Removes (or unlinks, where law requires a record) what this service holds about
+    /// `person`. Runs inside the erasure's transaction, before the person's key is destroyed.
+    fn erase<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>>;
+}
+
+/// Every service's `PersonalData`, in export order.
+#[derive(Clone, Default)]
+pub struct Registry {
+    parts: Vec<Arc<dyn PersonalData>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.parts.iter().map(|p| p.section()))
+            .finish()
+    }
+}
+
+impl Registry {
+    pub fn new(parts: Vec<Arc<dyn PersonalData>>) -> Self {
+        Self { parts }
+    }
+
+    pub fn sections(&self) -> Vec<&'static str> {
+        self.parts.iter().map(|p| p.section()).collect()
+    }
+
+    /// One JSON object with a section per service.
+    pub async fn export(
+        &self,
+        conn: &mut PgConnection,
+        keyring: &Keyring,
+        person: PersonId,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut doc = serde_json::Map::new();
+        for part in &self.parts {
+            let section = part
+                .export(conn, keyring, person)
+                .await
+                .with_context(|| format!("failed to export the {} section", part.section()))?;
+            doc.insert(part.section().to_owned(), section);
+        }
+        Ok(serde_json::Value::Object(doc))
+    }
+
+    /// Runs every service's erase, then destroys the person's data key. Call inside a
+    /// transaction: either all of it happens or none.
+    pub async fn erase(
+        &self,
+        conn: &mut PgConnection,
+        person: PersonId,
+    ) -> anyhow::Result<Vec<ErasureSummary>> {
+        let mut summaries = Vec::with_capacity(self.parts.len());
+        for part in &self.parts {
+            summaries.push(
+                part.erase(conn, person)
+                    .await
+                    .with_context(|| format!("failed to erase the {} section", part.section()))?,
+            );
+        }
+        person::destroy(conn, person).await?;
+        Ok(summaries)
+    }
+}
+
+/// The platform's own section: the address, and the history of emails sent to it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmailRecords;
+
+impl PersonalData for EmailRecords {
+    fn section(&self) -> &'static str {
+        "email"
+    }
+
+    fn export<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        keyring: &'a Keyring,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move {
+            let address = person::email(conn, keyring, person).await?;
+            let history: Vec<(String, time::OffsetDateTime)> = sqlx::query_as(
+                "SELECT template, sent_at FROM email_event WHERE person_id = $1 ORDER BY sent_at",
+            )
+            .bind(person)
+            .fetch_all(&mut *conn)
+            .await
+            .context("failed to read email history")?;
+            let history: Vec<_> = history
+                .into_iter()
+                .map(|(template, sent_at)| {
+                    serde_json::json!({
+                        "email": template,
+                        "sent_at": sent_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            Ok(serde_json::json!({
+                "address": address.as_ref().map(|a| a.as_str()),
+                "emails_sent": history,
+            }))
+        })
+    }
+
+    fn erase<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
+        Box::pin(async move {
+            let jobs = crate::jobs::cancel_for_person(conn, person).await?;
+            let history = sqlx::query("DELETE FROM email_event WHERE person_id = $1")
+                .bind(person)
+                .execute(&mut *conn)
+                .await
+                .context("failed to delete email history")?
+                .rows_affected();
+            Ok(ErasureSummary {
+                section: self.section(),
+                removed: BTreeMap::from([("queued_jobs", jobs), ("email_history", history)]),
+                kept: vec![],
+            })
+        })
+    }
+}

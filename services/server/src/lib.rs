@@ -1,0 +1,134 @@
+//! Composes the services into one process: `launch` serves their routes and runs their jobs
+//! until told to stop. `main` and the tests both call it.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pexper_platform::http::HttpOptions;
+use pexper_platform::jobs::Worker;
+use pexper_platform::mail::Mailer;
+use pexper_platform::personal_data::Registry;
+use pexper_platform::{Config, Platform, Service, core, db, keys};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Every service, registered in this one place. Order is the order of a privacy export.
+pub fn all_services() -> Vec<Arc<dyn Service>> {
+    vec![Arc::new(core::Core)]
+}
+
+/// The services a `--services a,b` list names; the platform's own is always included.
+pub fn select_services(names: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Service>>> {
+    let all = all_services();
+    let Some(names) = names else {
+        return Ok(all);
+    };
+    let wanted: Vec<&str> = names.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    for name in &wanted {
+        anyhow::ensure!(
+            all.iter().any(|s| s.name() == *name),
+            "unknown service `{name}`; known: {}",
+            all.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(all
+        .into_iter()
+        .filter(|s| s.name() == "platform" || wanted.contains(&s.name()))
+        .collect())
+}
+
+/// The registry of every service's personal data, whichever services this process runs:
+/// an erasure must reach everything.
+pub fn personal_data() -> Registry {
+    Registry::new(all_services().iter().filter_map(|s| s.personal_data()).collect())
+}
+
+/// Connects (starting the managed Postgres if configured so), migrates, loads keys.
+pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<Platform> {
+    let master = keys::load_master_keys(&config)?;
+    let pool = db::connect_and_migrate(&config).await?;
+    let mailer = match mailer {
+        Some(m) => m,
+        None => Mailer::from_config(&config)?,
+    };
+    Platform::new(config, pool, &master, mailer, personal_data())
+}
+
+/// How the process's job worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves HTTP on `listener` and runs the services' jobs until `shutdown` turns true; then
+/// stops accepting, finishes in-flight requests and jobs, and returns.
+pub async fn launch(
+    listener: TcpListener,
+    platform: Platform,
+    services: Vec<Arc<dyn Service>>,
+    http: HttpOptions,
+    worker: WorkerOptions,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let app = pexper_platform::http::app(platform.clone(), &services, &http);
+
+    let mut jobs = Worker::new(platform.pool.clone(), platform.clone())
+        .concurrency(worker.concurrency)
+        .lease(worker.lease)
+        .poll_interval(worker.poll_interval);
+    for service in &services {
+        for (kind, handler) in service.jobs() {
+            jobs = jobs.handle(kind, handler);
+        }
+    }
+    let worker_task = tokio::spawn(jobs.run(shutdown.clone()));
+
+    let prune = {
+        let mut shutdown = shutdown.clone();
+        let gc = app.limiter_gc();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => gc(),
+                    _ = shutdown.changed() => break,
+                }
+            }
+        })
+    };
+
+    let mut stop = shutdown.clone();
+    let served = axum::serve(
+        listener,
+        app.router
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .context("the HTTP server failed");
+
+    worker_task.await.context("the job worker panicked")?;
+    prune.abort();
+    served
+}
