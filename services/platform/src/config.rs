@@ -211,11 +211,20 @@ mod tests {
 
     const PRODUCTION_OK: &[(&str, &str)] = &[
         ("PEXPER_ENV", "production"),
-        ("PEXPER_MASTER_KEY", "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGU="),
+        (
+            "PEXPER_MASTER_KEY",
+            "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGU=",
+        ),
         ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
-        ("PEXPER_LICENSE_KEY", "bGljZW5zZS1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ="),
+        (
+            "PEXPER_LICENSE_KEY",
+            "bGljZW5zZS1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ=",
+        ),
         ("STRIPE_WEBHOOK_SECRET", "whsec_real"),
-        ("DATABASE_URL", "postgres://u:p@db/pexper?sslmode=verify-full"),
+        (
+            "DATABASE_URL",
+            "postgres://u:p@db/pexper?sslmode=verify-full",
+        ),
     ];
 
     fn production_without(name: &str) -> anyhow::Result<Config> {
@@ -254,7 +263,10 @@ mod tests {
     #[test]
     fn production_refuses_each_insecure_default_with_a_one_line_hint() {
         for (missing, hint) in [
-            ("PEXPER_MASTER_KEY", "set it to a base64-encoded 32-byte key"),
+            (
+                "PEXPER_MASTER_KEY",
+                "set it to a base64-encoded 32-byte key",
+            ),
             ("PEXPER_SMTP_URL", "set PEXPER_SMTP_URL"),
             ("DATABASE_URL", "sslmode=verify-full"),
             ("PEXPER_LICENSE_KEY", "PEXPER_LICENSE_KEY"),
@@ -265,8 +277,14 @@ mod tests {
             assert!(!err.contains('\n'), "one line: {err}");
         }
         let mut v = vars(PRODUCTION_OK);
-        v.insert("DATABASE_URL".into(), "postgres://u:p@db/pexper?sslmode=require".into());
-        assert!(Config::from_vars(v).is_err(), "sslmode=require is not enough");
+        v.insert(
+            "DATABASE_URL".into(),
+            "postgres://u:p@db/pexper?sslmode=require".into(),
+        );
+        assert!(
+            Config::from_vars(v).is_err(),
+            "sslmode=require is not enough"
+        );
     }
 
     #[test]

@@ -51,8 +51,9 @@ pub fn operator_notice(title: impl Into<String>, lines: Vec<String>) -> NewJob {
 
 async fn send_operator_notice(platform: Platform, job: Job) -> Result<(), JobError> {
     let notice: OperatorNoticeJob = job.payload()?;
-    let to = EmailAddress::parse(&platform.config.privacy_email)
-        .map_err(|e| JobError::Permanent(anyhow::anyhow!("PEXPER_PRIVACY_EMAIL is invalid: {e}")))?;
+    let to = EmailAddress::parse(&platform.config.privacy_email).map_err(|e| {
+        JobError::Permanent(anyhow::anyhow!("PEXPER_PRIVACY_EMAIL is invalid: {e}"))
+    })?;
     let rendered = OperatorNotice {
         title: notice.title,
         lines: notice.lines,

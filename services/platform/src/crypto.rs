@@ -296,7 +296,11 @@ pub struct Field<'a> {
 impl Field<'_> {
     fn aad(&self) -> Vec<u8> {
         let mut aad = Vec::with_capacity(64);
-        for part in [self.table.as_bytes(), self.column.as_bytes(), self.row.as_bytes()] {
+        for part in [
+            self.table.as_bytes(),
+            self.column.as_bytes(),
+            self.row.as_bytes(),
+        ] {
             aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
             aad.extend_from_slice(part);
         }
@@ -514,9 +518,18 @@ mod tests {
     fn blind_indexes_are_keyed_and_domain_separated() {
         let a = keyring();
         let b = keyring();
-        assert_eq!(a.blind_index("email", "x@y.z"), a.blind_index("email", "x@y.z"));
-        assert_ne!(a.blind_index("email", "x@y.z"), b.blind_index("email", "x@y.z"));
-        assert_ne!(a.blind_index("email", "x@y.z"), a.blind_index("suppression", "x@y.z"));
+        assert_eq!(
+            a.blind_index("email", "x@y.z"),
+            a.blind_index("email", "x@y.z")
+        );
+        assert_ne!(
+            a.blind_index("email", "x@y.z"),
+            b.blind_index("email", "x@y.z")
+        );
+        assert_ne!(
+            a.blind_index("email", "x@y.z"),
+            a.blind_index("suppression", "x@y.z")
+        );
     }
 
     #[test]
@@ -537,7 +550,10 @@ mod tests {
         assert_eq!(two.current_version(), 3);
         assert_eq!(two.versions().collect::<Vec<_>>(), vec![1, 3]);
         for bad in ["", "short", "0:AAAA", &format!("1:{k},1:{k}")] {
-            assert!(MasterKeys::parse(&SecretString::from(bad.to_owned())).is_err(), "{bad}");
+            assert!(
+                MasterKeys::parse(&SecretString::from(bad.to_owned())).is_err(),
+                "{bad}"
+            );
         }
         assert!(!format!("{:?}", master(&k)).contains(&k));
     }

@@ -72,7 +72,9 @@ impl fmt::Debug for EmailAddress {
 }
 
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+    c.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
 }
 
 fn is_dot_atom(s: &str) -> bool {
@@ -93,8 +95,9 @@ fn is_domain(domain: &str) -> bool {
             && l.len() <= MAX_LABEL
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric()))
+            && l.chars().all(|c| {
+                c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric())
+            })
     };
     // A top-level domain is never all digits; that rules out `1.2.3.4` posing as a domain.
     let tld_ok = labels
@@ -155,7 +158,10 @@ mod tests {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
         }
         let long_local = format!("{}@example.com", "a".repeat(65));
-        assert_eq!(EmailAddress::parse(&long_local), Err(EmailError::InvalidLocalPart));
+        assert_eq!(
+            EmailAddress::parse(&long_local),
+            Err(EmailError::InvalidLocalPart)
+        );
         let long = format!("a@{}.com", "b".repeat(260));
         assert_eq!(EmailAddress::parse(&long), Err(EmailError::TooLong));
     }

@@ -135,8 +135,9 @@ pub struct Job {
 
 impl Job {
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
-        serde_json::from_value(self.payload.clone())
-            .map_err(|e| JobError::Permanent(anyhow::anyhow!("malformed {} payload: {e}", self.kind)))
+        serde_json::from_value(self.payload.clone()).map_err(|e| {
+            JobError::Permanent(anyhow::anyhow!("malformed {} payload: {e}", self.kind))
+        })
     }
 }
 
@@ -176,7 +177,11 @@ where
 }
 
 /// Claims the next ready job of one of `kinds`, or a running job whose lease has lapsed.
-pub async fn claim(pool: &PgPool, kinds: &[String], lease: Duration) -> anyhow::Result<Option<Job>> {
+pub async fn claim(
+    pool: &PgPool,
+    kinds: &[String],
+    lease: Duration,
+) -> anyhow::Result<Option<Job>> {
     sqlx::query_as(
         "UPDATE job SET status = 'running', attempts = attempts + 1,
                 locked_until = now() + $2, updated_at = now()
@@ -247,7 +252,9 @@ pub fn backoff(attempts: i32) -> Duration {
     let exp = attempts.clamp(1, 20) as u32 - 1;
     let ceiling = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_CAP);
     let half = ceiling / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+    let delay = half + half.mul_f64(rand::rng().random::<f64>());
+    // Postgres intervals have microsecond precision; sqlx refuses to round for us.
+    Duration::from_micros(delay.as_micros() as u64)
 }
 
 /// Cancels every queued or running job about `person` (part of erasing them).
@@ -458,7 +465,9 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: watch::Receiver<bool>
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %redact(&format!("{e:#}")), "job listener failed to connect"),
+            Err(e) => {
+                tracing::warn!(error = %redact(&format!("{e:#}")), "job listener failed to connect")
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

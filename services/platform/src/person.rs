@@ -100,10 +100,13 @@ pub async fn data_key(
             .context("failed to load a data key")?;
     row.map(|(bytes, master_version)| {
         keyring
-            .unwrap(id.0, &WrappedKey {
-                master_version,
-                bytes,
-            })
+            .unwrap(
+                id.0,
+                &WrappedKey {
+                    master_version,
+                    bytes,
+                },
+            )
             .context("failed to unwrap a data key")
     })
     .transpose()
@@ -125,10 +128,13 @@ pub async fn email(
         return Ok(None);
     };
     let key = keyring
-        .unwrap(id.0, &WrappedKey {
-            master_version,
-            bytes,
-        })
+        .unwrap(
+            id.0,
+            &WrappedKey {
+                master_version,
+                bytes,
+            },
+        )
         .context("failed to unwrap a data key")?;
     let address = key
         .open_string(email_field(id), &sealed)
@@ -175,10 +181,13 @@ pub async fn rotate_batch(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyho
     .context("failed to select keys to rotate")?;
     for (id, sealed, bytes, master_version) in &rows {
         let key = keyring
-            .unwrap(id.0, &WrappedKey {
-                master_version: *master_version,
-                bytes: bytes.clone(),
-            })
+            .unwrap(
+                id.0,
+                &WrappedKey {
+                    master_version: *master_version,
+                    bytes: bytes.clone(),
+                },
+            )
             .with_context(|| format!("failed to unwrap the data key of person {id}"))?;
         let address = key
             .open_string(email_field(*id), sealed)

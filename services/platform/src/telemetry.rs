@@ -41,10 +41,9 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
 });
 static IPV4: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b\d{1,3}(?:\.\d{1,3}){3}\b").expect("valid regex"));
-static IPV6: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:[0-9a-f]{1,4}:){2,7}[0-9a-f]{0,4}\b|::(?:[0-9a-f]{1,4}:?){1,7}")
-        .expect("valid regex")
-});
+/// Anything with two colons among hex digits is a candidate; `Ipv6Addr` decides.
+static IPV6_CANDIDATE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)[0-9a-f:]*:[0-9a-f]*:[0-9a-f:.]*").expect("valid regex"));
 /// `postgres://user:password@host` and the like: the credentials go.
 static URL_CREDENTIALS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@").expect("valid regex"));
@@ -54,7 +53,16 @@ pub fn redact(text: &str) -> String {
     let text = URL_CREDENTIALS.replace_all(text, "${1}[redacted]@");
     let text = EMAIL.replace_all(&text, "[email]");
     let text = IPV4.replace_all(&text, "[ip]");
-    IPV6.replace_all(&text, "[ip]").into_owned()
+    IPV6_CANDIDATE
+        .replace_all(&text, |c: &regex::Captures<'_>| {
+            let candidate = &c[0];
+            if candidate.parse::<std::net::Ipv6Addr>().is_ok() {
+                "[ip]".to_owned()
+            } else {
+                candidate.to_owned()
+            }
+        })
+        .into_owned()
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! until told to stop. `main` and the tests both call it.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,11 @@ pub fn select_services(names: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Servic
     let Some(names) = names else {
         return Ok(all);
     };
-    let wanted: Vec<&str> = names.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let wanted: Vec<&str> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     for name in &wanted {
         anyhow::ensure!(
             all.iter().any(|s| s.name() == *name),
@@ -43,7 +49,12 @@ pub fn select_services(names: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Servic
 /// The registry of every service's personal data, whichever services this process runs:
 /// an erasure must reach everything.
 pub fn personal_data() -> Registry {
-    Registry::new(all_services().iter().filter_map(|s| s.personal_data()).collect())
+    Registry::new(
+        all_services()
+            .iter()
+            .filter_map(|s| s.personal_data())
+            .collect(),
+    )
 }
 
 /// Connects (starting the managed Postgres if configured so), migrates, loads keys.

@@ -66,8 +66,7 @@ impl ManagedPostgres {
         } else {
             None
         };
-        fs::create_dir_all(root)
-            .with_context(|| format!("failed to create {}", root.display()))?;
+        fs::create_dir_all(root).with_context(|| format!("failed to create {}", root.display()))?;
         let root = root
             .canonicalize()
             .with_context(|| format!("failed to resolve {}", root.display()))?;
@@ -115,14 +114,10 @@ impl ManagedPostgres {
             return Ok(false);
         }
         let data = cluster.data_dir();
-        let out = cluster.run(&cluster.bin.pg_ctl, &[
-            "-D",
-            path_str(&data)?,
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        ])?;
+        let out = cluster.run(
+            &cluster.bin.pg_ctl,
+            &["-D", path_str(&data)?, "-m", "fast", "-w", "stop"],
+        )?;
         check(&out, "pg_ctl stop")?;
         Ok(true)
     }
@@ -239,18 +234,21 @@ impl Cluster {
         let pwfile = self.root.join("initdb-password");
         write_private(&pwfile, password.as_bytes())?;
         self.hand_over(&pwfile)?;
-        let out = self.run(&self.bin.initdb, &[
-            "-D",
-            path_str(&data)?,
-            "-U",
-            SUPERUSER,
-            "--pwfile",
-            path_str(&pwfile)?,
-            "--auth=scram-sha-256",
-            "--encoding=UTF8",
-            "--no-locale",
-            "--no-instructions",
-        ]);
+        let out = self.run(
+            &self.bin.initdb,
+            &[
+                "-D",
+                path_str(&data)?,
+                "-U",
+                SUPERUSER,
+                "--pwfile",
+                path_str(&pwfile)?,
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-instructions",
+            ],
+        );
         fs::remove_file(&pwfile).ok();
         check(&out?, "initdb")?;
 
@@ -335,18 +333,21 @@ impl Cluster {
         // A free port can be taken between our probe and the postmaster's bind: try again.
         for _ in 0..3 {
             let port = free_port()?;
-            let out = self.run(&self.bin.pg_ctl, &[
-                "-D",
-                path_str(&data)?,
-                "-l",
-                path_str(&log)?,
-                "-o",
-                &format!("-p {port}"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ])?;
+            let out = self.run(
+                &self.bin.pg_ctl,
+                &[
+                    "-D",
+                    path_str(&data)?,
+                    "-l",
+                    path_str(&log)?,
+                    "-o",
+                    &format!("-p {port}"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            )?;
             match check(&out, "pg_ctl start") {
                 Ok(()) => return Ok(port),
                 Err(e) => last_error = Some(e),

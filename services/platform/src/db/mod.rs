@@ -62,7 +62,10 @@ pub async fn ensure_database(managed: &ManagedPostgres, database: &str) -> anyho
             .await?;
     if !exists {
         let create = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await {
+        match sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => {}
             // Another process created it between our check and our CREATE: that is fine.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

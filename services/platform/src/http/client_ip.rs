@@ -72,14 +72,23 @@ mod tests {
     fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
         let none = ClientIp::new(vec![]);
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        assert_eq!(none.resolve(&request("198.51.100.7", Some("1.2.3.4"))), Some(ip("198.51.100.7")));
+        assert_eq!(
+            none.resolve(&request("198.51.100.7", Some("1.2.3.4"))),
+            Some(ip("198.51.100.7"))
+        );
         let proxy = ClientIp::new(vec![ip("10.0.0.1")]);
         assert_eq!(
             proxy.resolve(&request("10.0.0.1", Some("1.2.3.4, 203.0.113.5"))),
             Some(ip("203.0.113.5")),
             "the entry the proxy appended, not one the client wrote"
         );
-        assert_eq!(proxy.resolve(&request("10.0.0.1", None)), Some(ip("10.0.0.1")));
-        assert_eq!(proxy.resolve(&request("10.0.0.2", Some("1.2.3.4"))), Some(ip("10.0.0.2")));
+        assert_eq!(
+            proxy.resolve(&request("10.0.0.1", None)),
+            Some(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            proxy.resolve(&request("10.0.0.2", Some("1.2.3.4"))),
+            Some(ip("10.0.0.2"))
+        );
     }
 }

@@ -159,13 +159,14 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(platform)
-        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(DefaultBodyLimit::max(options.body_limit))
         .layer(RequestBodyLimitLayer::new(options.body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             options.timeout,
         ))
+        // Outside the limits and the timeout, so their answers get a JSON body too.
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(cors)
         // Tokens travel in some URLs (confirm, unsubscribe): never leak them in a Referer.
         .layer(SetResponseHeaderLayer::overriding(

@@ -135,7 +135,11 @@ impl Mailer {
 }
 
 fn build(from: &Mailbox, email: &OutgoingEmail) -> anyhow::Result<Message> {
-    let to: Mailbox = email.to.as_str().parse().context("recipient is not a mailbox")?;
+    let to: Mailbox = email
+        .to
+        .as_str()
+        .parse()
+        .context("recipient is not a mailbox")?;
     let mut builder = Message::builder()
         .from(from.clone())
         .to(to)
@@ -183,12 +187,15 @@ pub async fn deliver(
         return Ok(());
     }
     mailer
-        .send(from, &OutgoingEmail {
-            to,
-            rendered,
-            message_id: message_id.clone(),
-            headers,
-        })
+        .send(
+            from,
+            &OutgoingEmail {
+                to,
+                rendered,
+                message_id: message_id.clone(),
+                headers,
+            },
+        )
         .await?;
     if let Some(person) = person {
         sqlx::query(

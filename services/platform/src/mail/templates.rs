@@ -87,10 +87,28 @@ mod tests {
         .render()
         .expect("renders");
         assert_eq!(r.subject, "[Pexper] Request <b>due</b> in 3 days");
-        assert!(r.html.contains("Request &#60;b&#62;due&#60;/b&#62; in 3 days") || r.html.contains("Request &lt;b&gt;due&lt;/b&gt; in 3 days"), "{}", r.html);
-        assert!(r.html.contains("42 &#38; friends") || r.html.contains("42 &amp; friends"), "{}", r.html);
-        assert!(r.text.contains("Request <b>due</b> in 3 days\n"), "{}", r.text);
+        assert!(
+            r.html
+                .contains("Request &#60;b&#62;due&#60;/b&#62; in 3 days")
+                || r.html.contains("Request &lt;b&gt;due&lt;/b&gt; in 3 days"),
+            "{}",
+            r.html
+        );
+        assert!(
+            r.html.contains("42 &#38; friends") || r.html.contains("42 &amp; friends"),
+            "{}",
+            r.html
+        );
+        assert!(
+            r.text.contains("Request <b>due</b> in 3 days\n"),
+            "{}",
+            r.text
+        );
         assert!(r.text.contains("Request 42 & friends"), "{}", r.text);
-        assert!(r.text.contains("Sent to the operator address"), "{}", r.text);
+        assert!(
+            r.text.contains("Sent to the operator address"),
+            "{}",
+            r.text
+        );
     }
 }

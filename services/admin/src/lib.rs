@@ -1,0 +1,248 @@
+//! `pexper-admin`: the operator CLI. It reads the same configuration as the server and talks
+//! to Postgres directly. Tables for people, `--json` for scripts; exit 0 ok, 1 error, 2 usage.
+//! The binary's `main` lives here so that the tests build and run the very same entry point.
+#![forbid(unsafe_code)]
+
+mod output;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pexper_platform::crypto::Keyring;
+use pexper_platform::db::managed::ManagedPostgres;
+use pexper_platform::jobs::{self, JobId};
+use pexper_platform::{Config, db, keys, person};
+use serde_json::json;
+use sqlx::PgPool;
+
+#[derive(Debug, Parser)]
+#[command(name = "pexper-admin", version, about = "Operate the Pexper backend")]
+struct Cli {
+    /// Print JSON (an array of objects, or an object) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the database migrations (idempotent; safe beside running servers).
+    Migrate,
+    /// Master key versions and the data keys wrapped under them.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The job queue.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// The managed local Postgres (when DATABASE_URL is unset).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Which master versions are configured, and how many data keys each wraps.
+    Status,
+    /// Re-wrap every data key under the current master version (and re-index addresses).
+    Rotate {
+        /// Development only: first add a freshly generated version to the dev key file.
+        #[arg(long)]
+        generate: bool,
+        /// Keys re-wrapped per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Jobs waiting, running or dead.
+    List {
+        /// Only jobs in this state: queued, running or dead.
+        #[arg(long, value_parser = ["queued", "running", "dead"])]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put a dead job (or, with --all, every dead job) back in the queue.
+    Retry {
+        id: Option<uuid::Uuid>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Start the managed Postgres if it is not running, and say where it listens.
+    Start,
+    /// Stop the managed Postgres.
+    Stop,
+}
+
+#[tokio::main]
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .expect("no other rustls provider is installed");
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pexper-admin: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "pexper-admin: {}",
+                pexper_platform::telemetry::redact(&format!("{e:#}"))
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    db::pool(db::connect_options(config).await?).await
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    let json = cli.json;
+    match cli.command {
+        Command::Migrate => {
+            let pool = connect(&config).await?;
+            db::migrate(&pool).await?;
+            output::object(json, &json!({"migrated": true}));
+        }
+        Command::Keys { command } => keys_command(json, &config, command).await?,
+        Command::Jobs { command } => {
+            let pool = connect(&config).await?;
+            match command {
+                JobsCommand::List { status, limit } => {
+                    let list = jobs::list(&pool, status.as_deref(), limit).await?;
+                    output::rows(
+                        json,
+                        &["id", "kind", "status", "attempts", "run_at", "last_error"],
+                        &list,
+                        |j| {
+                            vec![
+                                j.id.to_string(),
+                                j.kind.clone(),
+                                j.status.clone(),
+                                format!("{}/{}", j.attempts, j.max_attempts),
+                                j.run_at.to_string(),
+                                j.last_error.clone().unwrap_or_default(),
+                            ]
+                        },
+                    );
+                }
+                JobsCommand::Retry { id, all } => {
+                    anyhow::ensure!(id.is_some() || all, "name a job id, or pass --all");
+                    let n = jobs::retry(&pool, id.map(JobId)).await?;
+                    if let (Some(id), 0) = (id, n) {
+                        anyhow::bail!("no dead job {id}");
+                    }
+                    output::object(json, &json!({"requeued": n}));
+                }
+            }
+        }
+        Command::Db { command } => {
+            anyhow::ensure!(
+                config.database_url.is_none(),
+                "DATABASE_URL is set: the managed Postgres is not in use"
+            );
+            let root = config.data_dir.join("postgres");
+            match command {
+                DbCommand::Start => {
+                    let managed = db::start_managed(&config).await?;
+                    output::object(
+                        json,
+                        &json!({"running": true, "port": managed.port(), "directory": root.display().to_string()}),
+                    );
+                }
+                DbCommand::Stop => {
+                    let pg_bin = config.pg_bin.clone();
+                    let was_running = tokio::task::spawn_blocking(move || {
+                        ManagedPostgres::stop(&root, pg_bin.as_deref())
+                    })
+                    .await??;
+                    output::object(json, &json!({"stopped": was_running}));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn keys_command(json: bool, config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Status => {
+            let master = keys::load_master_keys(config)?;
+            let pool = connect(config).await?;
+            let counts = person::key_versions(&pool).await?;
+            let configured: Vec<i32> = master.versions().collect();
+            let stale: i64 = counts
+                .iter()
+                .filter(|(v, _)| *v != master.current_version())
+                .map(|(_, n)| n)
+                .sum();
+            output::object(
+                json,
+                &json!({
+                    "current_version": master.current_version(),
+                    "configured_versions": configured,
+                    "data_keys_by_version": counts.iter().map(|(v, n)| (v.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                    "data_keys_to_rotate": stale,
+                }),
+            );
+        }
+        KeysCommand::Rotate { generate, batch } => {
+            if generate {
+                let v = keys::add_dev_version(config)?;
+                eprintln!(
+                    "added master key version {v} to {}",
+                    keys::dev_key_file(config).display()
+                );
+            }
+            let master = keys::load_master_keys(config)?;
+            let keyring = Keyring::new(&master);
+            let pool = connect(config).await?;
+            let total: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM person WHERE key_version <> $1")
+                    .bind(master.current_version())
+                    .fetch_one(&pool)
+                    .await
+                    .context("failed to count data keys")?;
+            let mut done = 0u64;
+            loop {
+                let n = person::rotate_batch(&pool, &keyring, batch.max(1)).await?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+                eprint!("\rre-wrapped {done}/{total} data keys");
+                std::io::stderr().flush().ok();
+            }
+            if done > 0 {
+                eprintln!();
+            }
+            output::object(
+                json,
+                &json!({"current_version": master.current_version(), "rewrapped": done}),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! `pexper-server`, built for the tests.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    pexper_server::cli::main()
+}

@@ -1,0 +1,902 @@
+//! The platform, black-box: HTTP stack, managed and external Postgres over TLS, encryption at
+//! rest, the job queue, mail over a real SMTP server, the admin CLI.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use pexper_platform::crypto::{Keyring, MasterKeys};
+use pexper_platform::email::EmailAddress;
+use pexper_platform::http::{ApiJson, HttpOptions};
+use pexper_platform::jobs::{self, Handler, Job, JobError, NewJob, Worker};
+use pexper_platform::state::{Platform, Service};
+use pexper_platform::{core, person};
+use pexper_tests::*;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use utoipa_axum::router::OpenApiRouter;
+
+/// A service that exists only in tests: a JSON endpoint to exercise the HTTP stack.
+struct Probe;
+
+async fn echo(ApiJson(body): ApiJson<Value>) -> axum::Json<Value> {
+    axum::Json(body)
+}
+
+impl Service for Probe {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn routes(&self) -> OpenApiRouter<Platform> {
+        OpenApiRouter::new().route("/v1/probe/echo", axum::routing::post(echo))
+    }
+}
+
+fn with_probe(http: Option<HttpOptions>) -> AppOptions {
+    let mut services = pexper_server::all_services();
+    services.push(Arc::new(Probe));
+    let defaults = AppOptions::default();
+    AppOptions {
+        services,
+        http: http.unwrap_or(defaults.http),
+        ..defaults
+    }
+}
+
+async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap();
+    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("application/json"), "{status}: {ct}");
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, body["error"]["code"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_ok_and_readiness_fails_fast_without_a_database() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    }
+    // The database goes away: readiness says so within the acquire timeout, health does not care.
+    let mut admin = sqlx::PgConnection::connect_with(&cluster().connect_options("postgres"))
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {} WITH (FORCE)",
+        app.db.name
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_never_a_500() {
+    let app = spawn_app_with(with_probe(None)).await;
+    let echo = app.url("/v1/probe/echo");
+
+    let res = app
+        .client
+        .get(app.url("/no/such/path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+
+    let res = app
+        .client
+        .post(&echo)
+        .header("content-type", "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::BAD_REQUEST, "malformed_json".into())
+    );
+
+    let res = app.client.post(&echo).body("{}").send().await.unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type".into()
+        )
+    );
+
+    let res = app.client.delete(&echo).send().await.unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into())
+    );
+
+    let three_mb = format!("{{\"pad\": \"{}\"}}", "x".repeat(3 * 1024 * 1024));
+    let res = app
+        .client
+        .post(&echo)
+        .header("content-type", "application/json")
+        .body(three_mb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into())
+    );
+
+    // And a good request still works.
+    let res = app
+        .client
+        .post(&echo)
+        .json(&json!({"ok": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn a_burst_from_one_client_meets_429_with_retry_after() {
+    let app = spawn_app_with(with_probe(Some(HttpOptions {
+        burst: 5,
+        replenish: Duration::from_secs(2),
+        ..HttpOptions::default()
+    })))
+    .await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let res = app
+            .client
+            .post(app.url("/v1/probe/echo"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            limited = Some(res);
+            break;
+        }
+        assert_eq!(res.status(), 200);
+    }
+    let res = limited.expect("the burst is limited");
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into())
+    );
+    // Health checks are not rate limited (load balancers poll them).
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_exactly_the_configured_origins() {
+    let app = spawn_app_with(with_probe(None)).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/v1/probe/echo"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let ok = preflight("https://pexper.com").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://pexper.com"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let app = spawn_app().await;
+    let spec: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/healthz", "/readyz"] {
+        assert!(spec["paths"][path]["get"].is_object(), "{path} in {spec}");
+    }
+}
+
+#[tokio::test]
+async fn every_database_connection_uses_tls_and_plain_connections_are_refused() {
+    let app = spawn_app().await;
+    // Make the pool open a few connections.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let pool = app.platform.pool.clone();
+        handles.push(tokio::spawn(async move {
+            sqlx::query("SELECT pg_sleep(0.2)")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let (tls, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = current_database() AND a.application_name = 'pexper'",
+    )
+    .fetch_one(&app.platform.pool)
+    .await
+    .unwrap();
+    assert!(tls >= 2, "the app's connections: {tls} over TLS");
+    assert_eq!(plain, 0);
+
+    let plain_url = app
+        .db
+        .url()
+        .replace("sslmode=verify-full", "sslmode=disable");
+    let refused = sqlx::PgPool::connect(&plain_url).await;
+    assert!(refused.is_err(), "a connection without TLS is refused");
+}
+
+#[tokio::test]
+async fn a_database_dump_holds_no_address_in_clear() {
+    let app = spawn_app().await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let addresses = ["canary.alice@example.com", "bob.canary@example.org"];
+    for a in addresses {
+        let email = EmailAddress::parse(a).unwrap();
+        let id = person::find_or_create(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap();
+        // Same address, same person; and it opens again.
+        let again = person::find_or_create(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap();
+        assert_eq!(id, again);
+        let opened = person::email(&mut conn, &app.platform.keyring, id)
+            .await
+            .unwrap();
+        assert_eq!(opened.unwrap().as_str(), a);
+    }
+    let dump = app.db.dump();
+    assert!(
+        dump.contains("COPY public.person"),
+        "the dump covers the table"
+    );
+    for a in addresses {
+        for needle in [a, a.split('@').next().unwrap()] {
+            assert!(!dump.contains(needle), "{needle} appears in the dump");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_copied_ciphertext_does_not_open_in_another_row() {
+    let app = spawn_app().await;
+    let ring = &app.platform.keyring;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let alice = person::find_or_create(
+        &mut conn,
+        ring,
+        &EmailAddress::parse("a@example.com").unwrap(),
+    )
+    .await
+    .unwrap();
+    let bob = person::find_or_create(
+        &mut conn,
+        ring,
+        &EmailAddress::parse("b@example.com").unwrap(),
+    )
+    .await
+    .unwrap();
+    // An attacker with write access copies Alice's sealed address into Bob's row.
+    sqlx::query("UPDATE person SET email_sealed = (SELECT email_sealed FROM person WHERE id = $1) WHERE id = $2")
+        .bind(alice)
+        .bind(bob)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(person::email(&mut conn, ring, bob).await.is_err());
+    assert!(
+        person::email(&mut conn, ring, alice)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// A job state for queue tests: counts runs per job id.
+#[derive(Clone, Default)]
+struct Runs(Arc<Mutex<Vec<String>>>);
+
+fn counting_handler(runs: Runs, delay: Duration) -> Handler<Runs> {
+    let _ = runs;
+    jobs::handler(move |runs: Runs, job: Job| async move {
+        tokio::time::sleep(delay).await;
+        runs.0.lock().unwrap().push(job.id.to_string());
+        Ok(())
+    })
+}
+
+async fn enqueue_n(pool: &sqlx::PgPool, kind: &'static str, n: usize) {
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..n {
+        jobs::enqueue(&mut tx, NewJob::new(kind, json!({ "i": i })))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn job_count(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM job")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_workers_never_run_the_same_job() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, "test.count", 200).await;
+    let runs = Runs::default();
+    let (stop, shutdown) = watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let w = Worker::new(db.pool().await, runs.clone())
+            .concurrency(4)
+            .poll_interval(Duration::from_millis(50))
+            .handle(
+                "test.count",
+                counting_handler(runs.clone(), Duration::from_millis(1)),
+            );
+        workers.push(tokio::spawn(w.run(shutdown.clone())));
+    }
+    eventually(Duration::from_secs(30), "all jobs done", || async {
+        (job_count(&pool).await == 0).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let ran = runs.0.lock().unwrap().clone();
+    let distinct: HashSet<_> = ran.iter().collect();
+    assert_eq!(ran.len(), 200, "every job ran");
+    assert_eq!(distinct.len(), 200, "no job ran twice");
+}
+
+#[tokio::test]
+async fn a_job_survives_a_killed_worker() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, "test.slow", 1).await;
+
+    // Worker A claims the job and is killed mid-job (its task is aborted: no cleanup runs).
+    let started = Arc::new(AtomicUsize::new(0));
+    let a_started = started.clone();
+    let (_stop_a, shutdown_a) = watch::channel(false);
+    let a = Worker::new(db.pool().await, ())
+        .lease(Duration::from_secs(1))
+        .poll_interval(Duration::from_millis(50))
+        .handle(
+            "test.slow",
+            jobs::handler(move |_: (), _job: Job| {
+                let started = a_started.clone();
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(())
+                }
+            }),
+        );
+    let a = tokio::spawn(a.run(shutdown_a));
+    eventually(
+        Duration::from_secs(10),
+        "worker A to start the job",
+        || async { (started.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    a.abort();
+    let status: String = sqlx::query_scalar("SELECT status FROM job")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "running",
+        "the killed worker's job is still claimed"
+    );
+
+    // Worker B takes it over once the lease lapses, and finishes it.
+    let runs = Runs::default();
+    let (stop_b, shutdown_b) = watch::channel(false);
+    let b = Worker::new(db.pool().await, runs.clone())
+        .lease(Duration::from_secs(1))
+        .poll_interval(Duration::from_millis(100))
+        .handle("test.slow", counting_handler(runs.clone(), Duration::ZERO));
+    let b = tokio::spawn(b.run(shutdown_b));
+    eventually(
+        Duration::from_secs(15),
+        "worker B to finish the job",
+        || async { (job_count(&pool).await == 0).then_some(()) },
+    )
+    .await;
+    stop_b.send(true).unwrap();
+    b.await.unwrap();
+    assert_eq!(runs.0.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn failing_jobs_back_off_then_go_dead_and_the_cli_retries_them() {
+    let app = spawn_app().await;
+    let pool = &app.platform.pool;
+    let mut tx = pool.begin().await.unwrap();
+    // No worker handles this kind in the app, so the test drives attempts by hand.
+    let id = jobs::enqueue(
+        &mut tx,
+        NewJob::new("test.fails", json!({})).max_attempts(2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let fail_once = |pool: sqlx::PgPool| async move {
+        let (stop, shutdown) = watch::channel(false);
+        let w = Worker::new(pool.clone(), ())
+            .poll_interval(Duration::from_millis(50))
+            .handle(
+                "test.fails",
+                jobs::handler(|_: (), _: Job| async {
+                    Err(JobError::Retry(anyhow::anyhow!(
+                        "upstream said no to alice@example.com from 192.0.2.1"
+                    )))
+                }),
+            );
+        let handle = tokio::spawn(w.run(shutdown));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stop.send(true).unwrap();
+        handle.await.unwrap();
+    };
+
+    fail_once(pool.clone()).await;
+    let (status, attempts, delay_s, error): (String, i32, f64, String) = sqlx::query_as(
+        "SELECT status, attempts, extract(epoch FROM run_at - now())::float8, last_error FROM job WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("queued", 1));
+    assert!(
+        delay_s > 0.0 && delay_s <= 2.0,
+        "backoff after the first attempt: {delay_s}"
+    );
+    assert!(
+        !error.contains("alice") && !error.contains("192.0.2.1"),
+        "{error}"
+    );
+
+    sqlx::query("UPDATE job SET run_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    fail_once(pool.clone()).await;
+    let status: String = sqlx::query_scalar("SELECT status FROM job WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "dead");
+
+    let vars = app.cli_vars();
+    let out = admin(&vars, &["jobs", "list", "--status", "dead", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed[0]["id"], id.to_string());
+    assert_eq!(listed[0]["status"], "dead");
+    let table = admin(&vars, &["jobs", "list"]);
+    assert!(stdout(&table).contains("test.fails"), "{}", stdout(&table));
+
+    let out = admin(&vars, &["jobs", "retry", &id.to_string(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()["requeued"],
+        1
+    );
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM job WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("queued", 0));
+
+    let usage = admin(&vars, &["jobs", "frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn an_operator_notice_arrives_over_smtp_with_a_stable_message_id() {
+    let app = spawn_app().await;
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    let id = jobs::enqueue(
+        &mut tx,
+        core::operator_notice(
+            "Request due in 3 days",
+            vec!["Request 7 is due on 2026-12-01.".into()],
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let mail = app.smtp.wait_for(1, Duration::from_secs(10)).await;
+    let m = &mail[0];
+    assert_eq!(m.to, vec!["<privacy@pexper.com>"]);
+    assert_eq!(
+        m.header("Subject").unwrap(),
+        "[Pexper] Request due in 3 days"
+    );
+    assert_eq!(
+        m.header("Message-ID").unwrap(),
+        format!("<{id}@pexper.com>")
+    );
+    assert!(m.data.contains("multipart/alternative"));
+    assert!(m.data.contains("Request 7 is due on 2026-12-01."));
+    eventually(Duration::from_secs(5), "the job to be deleted", || async {
+        (job_count(&app.platform.pool).await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn smtp_rejections_are_classified_permanent_or_transient() {
+    let app = spawn_app_with(AppOptions {
+        vars: vec![("PEXPER_PRIVACY_EMAIL", "ops@example.net".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    app.smtp.reject_transiently(Some("ops@"));
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    let id = jobs::enqueue(&mut tx, core::operator_notice("t", vec![]))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    let pool = app.platform.pool.clone();
+    let (status, error): (String, String) =
+        eventually(Duration::from_secs(10), "a transient failure", || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_as::<_, (String, Option<String>)>(
+                    "SELECT status, last_error FROM job WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .ok()
+                .and_then(|(s, e)| e.map(|e| (s, e)))
+            }
+        })
+        .await;
+    assert_eq!(status, "queued", "451 is retried: {error}");
+    assert!(!error.contains("ops@example.net"), "{error}");
+
+    app.smtp.reject_transiently(None);
+    app.smtp.reject_permanently("ops@");
+    sqlx::query("UPDATE job SET run_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let status: String = eventually(Duration::from_secs(10), "a permanent failure", || {
+        let pool = pool.clone();
+        async move {
+            let s: String = sqlx::query_scalar("SELECT status FROM job WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (s == "dead").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status, "dead", "550 is not retried");
+    assert!(app.smtp.received().is_empty());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_job_in_hand() {
+    struct Slow;
+    impl Service for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
+            vec![(
+                "test.slow_finish",
+                jobs::handler(|p: Platform, _: Job| async move {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    sqlx::query("CREATE TABLE slow_job_finished (x int)")
+                        .execute(&p.pool)
+                        .await?;
+                    Ok(())
+                }),
+            )]
+        }
+    }
+    let mut options = AppOptions::default();
+    options.services.push(Arc::new(Slow));
+    let mut app = spawn_app_with(options).await;
+    let pool = app.platform.pool.clone();
+    enqueue_n(&pool, "test.slow_finish", 1).await;
+    eventually(Duration::from_secs(5), "the job to be claimed", || async {
+        let s: Option<String> = sqlx::query_scalar("SELECT status FROM job")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        (s.as_deref() == Some("running")).then_some(())
+    })
+    .await;
+    app.shutdown().await;
+    assert_eq!(
+        job_count(&pool).await,
+        0,
+        "the job finished before shutdown returned"
+    );
+    let finished: bool = sqlx::query_scalar("SELECT to_regclass('slow_job_finished') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(finished);
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
+    init();
+    let db = TestDatabase::empty().await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let pool = db.pool().await;
+        tasks.push(tokio::spawn(async move {
+            pexper_platform::db::migrate(&pool).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    pexper_platform::db::migrate(&db.pool().await)
+        .await
+        .unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(applied, files);
+}
+
+#[tokio::test]
+async fn key_rotation_rewraps_every_data_key_and_lookups_keep_working() {
+    let app = spawn_app().await;
+    let old = app.platform.config.master_key.clone().unwrap();
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let mut people = Vec::new();
+    for i in 0..25 {
+        let email = EmailAddress::parse(&format!("person{i}@example.com")).unwrap();
+        let id = person::find_or_create(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap();
+        people.push((id, email));
+    }
+    let new = MasterKeys::generate_encoded();
+    let both = format!("2:{new},1:{}", secrecy::ExposeSecret::expose_secret(&old));
+    let mut vars = app.cli_vars();
+    vars.retain(|(k, _)| k != "PEXPER_MASTER_KEY");
+    vars.push(("PEXPER_MASTER_KEY".into(), both));
+
+    let status = admin(&vars, &["keys", "status", "--json"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let status: Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["current_version"], 2);
+    assert_eq!(status["data_keys_to_rotate"], 25);
+
+    let out = admin(&vars, &["keys", "rotate", "--batch", "10", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()["rewrapped"],
+        25
+    );
+    assert!(
+        stderr(&out).contains("re-wrapped 25/25"),
+        "progress: {}",
+        stderr(&out)
+    );
+
+    // With only the new master key, every address still opens and is still found.
+    let only_new = Keyring::new(&MasterKeys::parse(&format!("2:{new}").into()).unwrap());
+    for (id, email) in &people {
+        assert_eq!(
+            person::email(&mut conn, &only_new, *id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(email)
+        );
+        assert_eq!(
+            person::find(&mut conn, &only_new, email).await.unwrap(),
+            Some(*id)
+        );
+    }
+    let status = admin(&vars, &["keys", "status", "--json"]);
+    let status: Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["data_keys_to_rotate"], 0);
+}
+
+#[tokio::test]
+async fn the_managed_postgres_is_the_embedded_default_and_missing_binaries_say_what_to_do() {
+    let dir = tempdir::TempDir::new();
+    let vars = vec![
+        (
+            "PEXPER_DATA_DIR".to_owned(),
+            dir.path().display().to_string(),
+        ),
+        ("PEXPER_BIND".to_owned(), "127.0.0.1:0".to_owned()),
+    ];
+    let out = admin(&vars, &["migrate", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("postgres/ca.crt").exists());
+    let hba = std::fs::read_to_string(dir.path().join("postgres/data/pg_hba.conf")).unwrap();
+    assert!(
+        hba.lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.starts_with("hostssl")),
+        "{hba}"
+    );
+    // A second process reuses the running cluster.
+    let again = admin(&vars, &["keys", "status", "--json"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let stop = admin(&vars, &["db", "stop", "--json"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&stop)).unwrap()["stopped"],
+        true
+    );
+
+    let mut missing = vars.clone();
+    missing.push(("PG_BIN".to_owned(), "/nonexistent".to_owned()));
+    let out = admin(&missing, &["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("initdb, pg_ctl") && err.contains("PG_BIN") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+}
+
+#[tokio::test]
+async fn production_refuses_to_start_without_a_master_key() {
+    let out = std::process::Command::new(binary("pexper-server"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PEXPER_ENV", "production")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("PEXPER_MASTER_KEY"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn the_server_binary_serves_and_never_logs_its_secrets() {
+    init();
+    let db = TestDatabase::new().await;
+    let smtp = SmtpServer::start().await;
+    let dir = tempdir::TempDir::new();
+    let vars = test_vars(&db, &smtp, dir.path());
+    let key = vars["PEXPER_MASTER_KEY"].clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(binary("pexper-server"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(&vars)
+        .env("PEXPER_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "trace")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/readyz?token=secret-token-value");
+    eventually(Duration::from_secs(30), "the server to be ready", || {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(drop)
+        }
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("SIGTERM stops the server")
+        .unwrap();
+    assert!(out.status.success(), "graceful exit");
+    let log = stderr(&out);
+    assert!(log.contains("listening"), "{log}");
+    assert!(log.contains("/readyz"), "the route template is logged");
+    for secret in [
+        key.as_str(),
+        "secret-token-value",
+        secrecy::ExposeSecret::expose_secret(
+            &pexper_platform::Config::from_vars(vars.clone())
+                .unwrap()
+                .database_url
+                .unwrap(),
+        )
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap(),
+    ] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
