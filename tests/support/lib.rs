@@ -98,6 +98,7 @@ async fn template() -> String {
             .fetch_one(&mut conn)
             .await
             .unwrap();
+    sweep_orphans(&mut conn).await;
     if !exists {
         let building = format!("{name}_building");
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -145,7 +146,7 @@ impl TestDatabase {
     }
 
     async fn create(template: Option<&str>) -> Self {
-        let name = format!("test_{}", Uuid::new_v4().simple());
+        let name = format!("test_{}_{}", std::process::id(), Uuid::new_v4().simple());
         let mut conn = admin_connection().await;
         let sql = match template {
             Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
@@ -188,8 +189,10 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Drop runs outside any runtime we can block on: use a small one of our own.
-        let _ = std::thread::spawn(move || {
+        // Drop runs inside the test's runtime, which must not block: the app's tasks (and their
+        // connections) live on it. A detached thread drops the database; if the process exits
+        // first, `sweep_orphans` drops it in a later run.
+        std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -202,8 +205,26 @@ impl Drop for TestDatabase {
                 .execute(&mut conn)
                 .await;
             });
-        })
-        .join();
+        });
+    }
+}
+
+/// Drops test databases left behind by test processes that no longer run.
+async fn sweep_orphans(conn: &mut PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid = name.split('_').nth(1).unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut *conn)
+            .await;
+        }
     }
 }
 

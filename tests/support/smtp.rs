@@ -39,6 +39,53 @@ impl ReceivedMail {
     }
 }
 
+impl ReceivedMail {
+    /// The decoded body of the part with this content type (`text/plain`, `text/html`).
+    pub fn part(&self, content_type: &str) -> Option<String> {
+        use base64::Engine;
+        let start = self.data.find(&format!("Content-Type: {content_type}"))?;
+        let part = &self.data[start..];
+        let (head, rest) = part.split_once("\r\n\r\n")?;
+        let boundary = self.data.split("boundary=\"").nth(1)?.split('"').next()?;
+        let body = rest.split(&format!("\r\n--{boundary}")).next()?;
+        let encoding = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Transfer-Encoding: "))
+            .unwrap_or("7bit")
+            .trim();
+        Some(match encoding {
+            "base64" => String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(body.replace("\r\n", ""))
+                    .ok()?,
+            )
+            .ok()?,
+            "quoted-printable" => decode_quoted_printable(body),
+            _ => body.to_owned(),
+        })
+    }
+}
+
+fn decode_quoted_printable(s: &str) -> String {
+    let s = s.replace("=\r\n", "");
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[derive(Default)]
 struct State {
     mail: Mutex<Vec<ReceivedMail>>,

@@ -49,6 +49,10 @@ pub struct Config {
     pub analytics_retention_days: u32,
     /// Where `initdb`/`pg_ctl` live when they are not on `PATH`.
     pub pg_bin: Option<PathBuf>,
+    /// Places a waitlist member moves up for each confirmed referral.
+    pub referral_bump: i64,
+    /// Where a browser's form post to the waitlist is sent (303) instead of our own page.
+    pub waitlist_thank_you_url: Option<String>,
 }
 
 /// The fixed Stripe secret used in development, so that `stripe listen` or a test can sign.
@@ -129,6 +133,13 @@ impl Config {
             crash_keys,
             analytics_retention_days,
             pg_bin: get("PG_BIN").map(PathBuf::from),
+            referral_bump: get("PEXPER_REFERRAL_BUMP")
+                .unwrap_or("5")
+                .parse()
+                .ok()
+                .filter(|n| (0..=10_000).contains(n))
+                .context("PEXPER_REFERRAL_BUMP must be a whole number of places from 0 to 10000")?,
+            waitlist_thank_you_url: get("PEXPER_WAITLIST_THANK_YOU_URL").map(str::to_owned),
         };
         config.check_production()?;
         Ok(config)
@@ -174,6 +185,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The website people sign up on (the first allowed origin): referral links point there.
+    pub fn site_url(&self) -> &str {
+        self.allowed_origins
+            .first()
+            .map(|s| s.trim_end_matches('/'))
+            .unwrap_or("https://pexper.com")
     }
 
     /// Where the file mail backend writes in development.

@@ -43,6 +43,7 @@ pub trait PersonalData: Send + Sync {
     fn erase<'a>(
         &'a self,
         conn: &'a mut PgConnection,
+        keyring: &'a Keyring,
         person: PersonId,
     ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>>;
 }
@@ -93,12 +94,13 @@ impl Registry {
     pub async fn erase(
         &self,
         conn: &mut PgConnection,
+        keyring: &Keyring,
         person: PersonId,
     ) -> anyhow::Result<Vec<ErasureSummary>> {
         let mut summaries = Vec::with_capacity(self.parts.len());
         for part in &self.parts {
             summaries.push(
-                part.erase(conn, person)
+                part.erase(conn, keyring, person)
                     .await
                     .with_context(|| format!("failed to erase the {} section", part.section()))?,
             );
@@ -151,6 +153,7 @@ impl PersonalData for EmailRecords {
     fn erase<'a>(
         &'a self,
         conn: &'a mut PgConnection,
+        _keyring: &'a Keyring,
         person: PersonId,
     ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
         Box::pin(async move {

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 /// Every service, registered in this one place. Order is the order of a privacy export.
 pub fn all_services() -> Vec<Arc<dyn Service>> {
-    vec![Arc::new(core::Core)]
+    vec![Arc::new(core::Core), Arc::new(pexper_waitlist::Waitlist)]
 }
 
 /// The services a `--services a,b` list names; the platform's own is always included.

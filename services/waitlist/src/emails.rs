@@ -1,0 +1,213 @@
+//! The waitlist's emails, sent from jobs: the confirmation (transactional) and the welcome
+//! with one's place in line (product email: it carries RFC 8058 List-Unsubscribe headers).
+//! No email has tracking pixels or rewritten links.
+
+use pexper_platform::Platform;
+use pexper_platform::email::EmailAddress;
+use pexper_platform::jobs::{Job, JobError};
+use pexper_platform::mail::{self, EmailTemplate};
+use pexper_platform::person::{self, PersonId};
+
+use crate::{store, unsubscribe};
+
+pub const SIGNUP_MAIL_JOB: &str = "waitlist.signup_mail";
+pub const WELCOME_JOB: &str = "waitlist.welcome";
+
+#[derive(Debug, Clone)]
+pub struct ConfirmEmail {
+    pub confirm_url: String,
+    pub unsubscribe_url: String,
+}
+
+pexper_platform::email_template!(
+    ConfirmEmail,
+    "waitlist-confirm",
+    "emails/waitlist-confirm/subject.txt",
+    "emails/waitlist-confirm/body.txt",
+    "emails/waitlist-confirm/body.html"
+);
+
+#[derive(Debug, Clone)]
+pub struct WelcomeEmail {
+    pub position: i64,
+    pub bump: i64,
+    pub referral_link: String,
+    pub unsubscribe_url: String,
+}
+
+pexper_platform::email_template!(
+    WelcomeEmail,
+    "waitlist-welcome",
+    "emails/waitlist-welcome/subject.txt",
+    "emails/waitlist-welcome/body.txt",
+    "emails/waitlist-welcome/body.html"
+);
+
+pub fn referral_link(platform: &Platform, code: &str) -> String {
+    format!("{}/?ref={code}", platform.config.site_url())
+}
+
+/// RFC 8058 headers for product email.
+fn list_unsubscribe(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("List-Unsubscribe", format!("<{url}>")),
+        (
+            "List-Unsubscribe-Post",
+            "List-Unsubscribe=One-Click".to_owned(),
+        ),
+    ]
+}
+
+fn person_of(job: &Job) -> Result<PersonId, JobError> {
+    job.person_id
+        .ok_or_else(|| JobError::Permanent(anyhow::anyhow!("{} without a person", job.kind)))
+}
+
+fn permanent(e: impl Into<anyhow::Error>) -> JobError {
+    JobError::Permanent(e.into())
+}
+
+/// After a signup: a confirmation link for someone not (or no longer) opted in, or a reminder
+/// of their place for someone on the list. At most one email per person per 10 minutes,
+/// whatever the number of signups.
+pub async fn signup_mail(platform: Platform, job: Job) -> Result<(), JobError> {
+    let person = person_of(&job)?;
+    // Decide and record in one short transaction, committed before sending, so the link works
+    // the moment the email arrives. The row lock serialises concurrent signup jobs for one
+    // person; the job's own retries pass the throttle.
+    let mut tx = platform.pool.begin().await?;
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT status, subscribed FROM waitlist_entry
+         WHERE person_id = $1
+           AND (last_signup_mail_at IS NULL OR last_signup_mail_at < now() - interval '10 minutes'
+                OR last_signup_mail_job = $2)
+         FOR UPDATE",
+    )
+    .bind(person)
+    .bind(job.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, subscribed)) = row else {
+        return Ok(()); // Erased, or mailed within the last 10 minutes.
+    };
+    sqlx::query(
+        "UPDATE waitlist_entry SET last_signup_mail_at = now(), last_signup_mail_job = $2
+         WHERE person_id = $1",
+    )
+    .bind(person)
+    .bind(job.id)
+    .execute(&mut *tx)
+    .await?;
+    let confirm = status == "pending" || !subscribed;
+    let token = if confirm {
+        Some(store::new_token(&mut tx, person).await?)
+    } else {
+        None
+    };
+    tx.commit().await?;
+
+    let mut conn = platform.pool.acquire().await?;
+    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
+        return Ok(());
+    };
+    match token {
+        Some(token) => {
+            let rendered = ConfirmEmail {
+                confirm_url: format!(
+                    "{}/v1/waitlist/confirm?token={token}",
+                    platform.config.public_url
+                ),
+                unsubscribe_url: unsubscribe::url(&platform, person),
+            }
+            .render()
+            .map_err(permanent)?;
+            send(
+                &platform,
+                &mut conn,
+                &job,
+                person,
+                ConfirmEmail::NAME,
+                to,
+                rendered,
+                vec![],
+            )
+            .await
+        }
+        None if status == "confirmed" => {
+            welcome_email(&platform, &mut conn, &job, person, to).await
+        }
+        None => Ok(()), // Invited already: the invitation said everything.
+    }
+}
+
+/// After a confirmation: the place in line and the referral link.
+pub async fn welcome(platform: Platform, job: Job) -> Result<(), JobError> {
+    let person = person_of(&job)?;
+    let mut conn = platform.pool.acquire().await?;
+    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
+        return Ok(());
+    };
+    welcome_email(&platform, &mut conn, &job, person, to).await
+}
+
+async fn welcome_email(
+    platform: &Platform,
+    conn: &mut sqlx::PgConnection,
+    job: &Job,
+    person: PersonId,
+    to: EmailAddress,
+) -> Result<(), JobError> {
+    let Some(entry) = store::entry(conn, person).await? else {
+        return Ok(());
+    };
+    let position = store::position(conn, person, platform.config.referral_bump).await?;
+    let (Some(position), true) = (position, entry.subscribed) else {
+        return Ok(()); // Invited already, or unsubscribed: no product email.
+    };
+    let unsubscribe_url = unsubscribe::url(platform, person);
+    let rendered = WelcomeEmail {
+        position,
+        bump: platform.config.referral_bump,
+        referral_link: referral_link(platform, entry.referral_code.as_deref().unwrap_or("")),
+        unsubscribe_url: unsubscribe_url.clone(),
+    }
+    .render()
+    .map_err(permanent)?;
+    let headers = list_unsubscribe(&unsubscribe_url);
+    send(
+        platform,
+        conn,
+        job,
+        person,
+        WelcomeEmail::NAME,
+        to,
+        rendered,
+        headers,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    platform: &Platform,
+    conn: &mut sqlx::PgConnection,
+    job: &Job,
+    person: PersonId,
+    template: &'static str,
+    to: EmailAddress,
+    rendered: mail::Rendered,
+    headers: Vec<(&'static str, String)>,
+) -> Result<(), JobError> {
+    mail::deliver(
+        conn,
+        &platform.mailer,
+        &platform.mail_from,
+        job,
+        Some(person),
+        template,
+        to,
+        rendered,
+        headers,
+    )
+    .await
+}

@@ -1,0 +1,183 @@
+//! `POST /v1/waitlist`: JSON from the website's `fetch`, or a plain HTML form post.
+//!
+//! Every valid address gets the same answer and the same queued work, whether it is new,
+//! pending, confirmed or unsubscribed: the reply never tells anyone whether an address is known.
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use pexper_platform::Platform;
+use pexper_platform::email::EmailAddress;
+use pexper_platform::http::{ApiError, ApiJson};
+use serde::{Deserialize, Serialize};
+
+use crate::{pages, store};
+
+/// A signup, as the website sends it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SignupRequest {
+    /// The address to add; normalised (trim, NFC, lowercase) before anything else.
+    email: String,
+    /// Where the form sits, e.g. `homepage` (`[a-z0-9_-]{1,32}`; anything else is ignored).
+    source: Option<String>,
+    /// A referral code from someone's link (`?ref=…` on pexper.com).
+    #[serde(rename = "ref")]
+    referral: Option<String>,
+    /// Honeypot: hidden from people, filled by bots. A filled one gets the normal answer and
+    /// nothing is stored or sent.
+    website: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignupAccepted {
+    /// Always `pending_confirmation`.
+    status: &'static str,
+}
+
+/// Join the waitlist (double opt-in).
+#[utoipa::path(post, path = "/v1/waitlist", tag = "waitlist",
+    request_body(content(
+        (SignupRequest = "application/json"),
+        (SignupRequest = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 202, description = "Accepted; a confirmation email is on its way (same answer for every valid address)", body = SignupAccepted),
+        (status = 303, description = "Form post, with a thank-you URL configured"),
+        (status = 403, description = "A form post from a site that is not ours", body = pexper_wire::ErrorBody),
+        (status = 422, description = "Not a valid email address", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests", body = pexper_wire::ErrorBody)))]
+pub async fn signup(
+    State(platform): State<Platform>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    if !origin_allowed(&headers, &platform.config.allowed_origins) {
+        return Err(ApiError::client(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "signups are accepted from the Pexper website only",
+        ));
+    }
+    let is_form = content_type(&headers).starts_with("application/x-www-form-urlencoded");
+    let body = if is_form {
+        axum::Form::<SignupRequest>::from_request(request, &())
+            .await
+            .map(|axum::Form(b)| b)
+            .map_err(|e| ApiError::client(e.status(), "invalid_request", e.body_text()))?
+    } else {
+        let ApiJson(b) = ApiJson::<SignupRequest>::from_request(request, &()).await?;
+        b
+    };
+
+    if body
+        .website
+        .as_deref()
+        .is_some_and(|w| !w.trim().is_empty())
+    {
+        tracing::info!("honeypot filled; ignored");
+        return Ok(accepted(&platform, is_form));
+    }
+    let email = match EmailAddress::parse(&body.email) {
+        Ok(e) => e,
+        Err(e) if is_form => {
+            return Ok(pages::render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::InvalidEmail {
+                    reason: e.to_string(),
+                },
+            ));
+        }
+        Err(e) => return Err(ApiError::unprocessable("invalid_email", e.to_string())),
+    };
+    let source = body.source.filter(|s| is_slug(s, 32));
+    let referral = body.referral.filter(|r| is_slug(r, 32));
+    store::sign_up(&platform, &email, source.as_deref(), referral.as_deref()).await?;
+    tracing::info!(
+        email = %pexper_platform::telemetry::email_tag(&platform.keyring, &email),
+        domain = email.domain(),
+        "signup queued"
+    );
+    Ok(accepted(&platform, is_form))
+}
+
+fn accepted(platform: &Platform, is_form: bool) -> Response {
+    if !is_form {
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(SignupAccepted {
+                status: "pending_confirmation",
+            }),
+        )
+            .into_response();
+    }
+    match &platform.config.waitlist_thank_you_url {
+        Some(url) => Redirect::to(url).into_response(),
+        None => pages::render(StatusCode::ACCEPTED, pages::Pending),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn is_slug(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// CORS does not stop a cross-site *form* post (it needs no preflight), so we check where a
+/// browser says the request comes from: `Origin` must be allowed when present; without it,
+/// `Sec-Fetch-Site: cross-site` is refused. Clients that are not browsers send neither.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        return allowed.iter().any(|a| a.trim_end_matches('/') == origin);
+    }
+    headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|site| site != "cross-site")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn only_allowed_origins_and_no_cross_site_browsers_may_post() {
+        let allowed = vec!["https://pexper.com".to_owned()];
+        assert!(origin_allowed(
+            &headers(&[("origin", "https://pexper.com")]),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            &headers(&[("origin", "https://evil.example")]),
+            &allowed
+        ));
+        assert!(!origin_allowed(&headers(&[("origin", "null")]), &allowed));
+        assert!(!origin_allowed(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            &headers(&[("sec-fetch-site", "same-site")]),
+            &allowed
+        ));
+        assert!(
+            origin_allowed(&headers(&[]), &allowed),
+            "curl and servers send neither"
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! The waitlist's SQL: signups, confirmation, places in line, subscription, and the person's
+//! data (export and erase).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use pexper_platform::Platform;
+use pexper_platform::crypto::{Keyring, random_token, sha256};
+use pexper_platform::email::EmailAddress;
+use pexper_platform::jobs::{self, NewJob};
+use pexper_platform::person::{self, PersonId};
+use pexper_platform::personal_data::{BoxFuture, ErasureSummary, PersonalData};
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+
+use crate::emails::{SIGNUP_MAIL_JOB, WELCOME_JOB};
+
+/// Confirmation links work for seven days.
+pub const TOKEN_LIFETIME: time::Duration = time::Duration::days(7);
+/// Domain of the suppression hash (see `Keyring::blind_index`).
+pub const SUPPRESSION_INDEX: &str = "suppression";
+
+/// Records a signup and queues its email, in one transaction. The same statements run for
+/// every address, known or not.
+pub async fn sign_up(
+    platform: &Platform,
+    email: &EmailAddress,
+    source: Option<&str>,
+    referral: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut tx = platform.pool.begin().await?;
+    let person = person::find_or_create(&mut tx, &platform.keyring, email).await?;
+    sqlx::query(
+        "INSERT INTO waitlist_entry (person_id, source, referred_by)
+         VALUES ($1, $2, (SELECT person_id FROM waitlist_entry
+                          WHERE referral_code = $3 AND person_id <> $1))
+         ON CONFLICT (person_id) DO NOTHING",
+    )
+    .bind(person)
+    .bind(source)
+    .bind(referral)
+    .execute(&mut *tx)
+    .await
+    .context("failed to record a signup")?;
+    jobs::enqueue(
+        &mut tx,
+        NewJob::new(SIGNUP_MAIL_JOB, serde_json::json!({})).for_person(person),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A new single-use confirmation token; only its hash is stored.
+pub async fn new_token(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<String> {
+    let token = random_token();
+    sqlx::query(
+        "INSERT INTO waitlist_token (token_hash, person_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(sha256(token.as_bytes()).as_slice())
+    .bind(person)
+    .bind(OffsetDateTime::now_utc() + TOKEN_LIFETIME)
+    .execute(conn)
+    .await
+    .context("failed to store a confirmation token")?;
+    Ok(token)
+}
+
+/// What a confirmation link did.
+pub enum Confirmation {
+    Confirmed { person: PersonId },
+    Invalid,
+}
+
+/// Uses a token (once, before it expires) and confirms its person: a place in line, a referral
+/// code, a subscription; the referrer moves up; the welcome email is queued.
+pub async fn confirm(platform: &Platform, token: &str) -> anyhow::Result<Confirmation> {
+    let mut tx = platform.pool.begin().await?;
+    let person: Option<PersonId> = sqlx::query_scalar(
+        "UPDATE waitlist_token SET used_at = now()
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+         RETURNING person_id",
+    )
+    .bind(sha256(token.as_bytes()).as_slice())
+    .fetch_optional(&mut *tx)
+    .await
+    .context("failed to use a confirmation token")?;
+    let Some(person) = person else {
+        return Ok(Confirmation::Invalid);
+    };
+    let newly: Option<Option<PersonId>> = sqlx::query_scalar(
+        "UPDATE waitlist_entry
+         SET status = 'confirmed', confirm_seq = nextval('waitlist_confirm_seq'),
+             confirmed_at = now(), referral_code = $2, updated_at = now()
+         WHERE person_id = $1 AND status = 'pending'
+         RETURNING referred_by",
+    )
+    .bind(person)
+    .bind(&random_token()[..12])
+    .fetch_optional(&mut *tx)
+    .await
+    .context("failed to confirm an entry")?;
+    if let Some(Some(referrer)) = newly {
+        sqlx::query(
+            "UPDATE waitlist_entry SET referrals = referrals + 1, updated_at = now()
+             WHERE person_id = $1 AND status = 'confirmed'",
+        )
+        .bind(referrer)
+        .execute(&mut *tx)
+        .await
+        .context("failed to credit a referrer")?;
+    }
+    // A confirmation is a fresh opt-in: it (re)subscribes and lifts a suppression.
+    sqlx::query(
+        "UPDATE waitlist_entry SET subscribed = true, unsubscribed_at = NULL, updated_at = now()
+         WHERE person_id = $1",
+    )
+    .bind(person)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(email) = person::email(&mut tx, &platform.keyring, person).await? {
+        sqlx::query("DELETE FROM email_suppression WHERE address_hash = ANY($1)")
+            .bind(suppression_hashes(&platform.keyring, &email))
+            .execute(&mut *tx)
+            .await?;
+    }
+    jobs::enqueue(
+        &mut tx,
+        NewJob::new(WELCOME_JOB, serde_json::json!({})).for_person(person),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Confirmation::Confirmed { person })
+}
+
+fn suppression_hashes(keyring: &Keyring, email: &EmailAddress) -> Vec<Vec<u8>> {
+    keyring
+        .blind_indexes(SUPPRESSION_INDEX, email.as_str())
+        .iter()
+        .map(|h| h.to_vec())
+        .collect()
+}
+
+/// A person's place among those still waiting (1 = next), or `None` if they are not waiting.
+/// Each confirmed referral moves them `bump` places up: their sort key is
+/// `confirm_seq - bump * referrals`, and on a tie the one with more referrals goes first (so
+/// moving up `bump` places passes exactly `bump` people when sequence numbers are dense).
+pub async fn position(
+    conn: &mut PgConnection,
+    person: PersonId,
+    bump: i64,
+) -> anyhow::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) + 1 FROM waitlist_entry o
+                 WHERE o.status = 'confirmed'
+                   AND (o.confirm_seq - o.referrals * $2, -o.referrals, o.confirm_seq)
+                     < (me.confirm_seq - me.referrals * $2, -me.referrals, me.confirm_seq))
+         FROM waitlist_entry me WHERE me.person_id = $1 AND me.status = 'confirmed'",
+    )
+    .bind(person)
+    .bind(bump)
+    .fetch_optional(conn)
+    .await
+    .context("failed to compute a position")
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct Entry {
+    pub subscribed: bool,
+    pub referral_code: Option<String>,
+}
+
+pub async fn entry(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<Option<Entry>> {
+    sqlx::query_as("SELECT subscribed, referral_code FROM waitlist_entry WHERE person_id = $1")
+        .bind(person)
+        .fetch_optional(conn)
+        .await
+        .context("failed to load a waitlist entry")
+}
+
+pub async fn unsubscribe(pool: &PgPool, person: PersonId) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE waitlist_entry
+         SET subscribed = false, unsubscribed_at = coalesce(unsubscribed_at, now()), updated_at = now()
+         WHERE person_id = $1",
+    )
+    .bind(person)
+    .execute(pool)
+    .await
+    .context("failed to unsubscribe")?;
+    Ok(())
+}
+
+/// The waitlist's section of a person's data.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitlistData;
+
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+struct ExportRow {
+    status: String,
+    source: Option<String>,
+    referral_code: Option<String>,
+    referrals: i32,
+    referred_by_someone: bool,
+    subscribed: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    signed_up_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    confirmed_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    invited_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    unsubscribed_at: Option<OffsetDateTime>,
+}
+
+impl PersonalData for WaitlistData {
+    fn section(&self) -> &'static str {
+        "waitlist"
+    }
+
+    fn export<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        _keyring: &'a Keyring,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move {
+            let row: Option<ExportRow> = sqlx::query_as(
+                "SELECT status, source, referral_code, referrals, referred_by IS NOT NULL AS referred_by_someone,
+                        subscribed, created_at AS signed_up_at, confirmed_at, invited_at, unsubscribed_at
+                 FROM waitlist_entry WHERE person_id = $1",
+            )
+            .bind(person)
+            .fetch_optional(&mut *conn)
+            .await
+            .context("failed to export a waitlist entry")?;
+            Ok(serde_json::to_value(row)?)
+        })
+    }
+
+    fn erase<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        keyring: &'a Keyring,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
+        Box::pin(async move {
+            let unsubscribed: Option<bool> = sqlx::query_scalar(
+                "SELECT unsubscribed_at IS NOT NULL AND NOT subscribed FROM waitlist_entry WHERE person_id = $1",
+            )
+            .bind(person)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let mut kept = Vec::new();
+            if unsubscribed == Some(true)
+                && let Some(email) = person::email(conn, keyring, person).await?
+            {
+                sqlx::query(
+                    "INSERT INTO email_suppression (address_hash) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(keyring.blind_index(SUPPRESSION_INDEX, email.as_str()).as_slice())
+                .execute(&mut *conn)
+                .await?;
+                kept.push(
+                    "a keyed hash of the address, so the unsubscription outlives the erasure"
+                        .to_owned(),
+                );
+            }
+            let tokens = sqlx::query("DELETE FROM waitlist_token WHERE person_id = $1")
+                .bind(person)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            let entries = sqlx::query("DELETE FROM waitlist_entry WHERE person_id = $1")
+                .bind(person)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Ok(ErasureSummary {
+                section: self.section(),
+                removed: BTreeMap::from([
+                    ("waitlist_entries", entries),
+                    ("confirmation_tokens", tokens),
+                ]),
+                kept,
+            })
+        })
+    }
+}

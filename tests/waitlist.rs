@@ -1,0 +1,501 @@
+//! The waitlist, black-box: signups over HTTP (JSON and form posts), the confirmation email
+//! over a real SMTP server, confirmation pages, places and referrals, one-click unsubscribe.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pexper_platform::personal_data::Registry;
+use pexper_tests::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn signup(app: &TestApp, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/waitlist"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The link in a mail's text body that starts with `prefix`.
+fn link(mail: &smtp::ReceivedMail, prefix: &str) -> String {
+    let text = mail.part("text/plain").expect("a text part");
+    let start = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix} in {text}"));
+    text[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+async fn queue_drained(app: &TestApp) {
+    let pool = app.platform.pool.clone();
+    eventually(WAIT, "the job queue to drain", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Signs up and confirms `email`; returns the confirmation page's HTML.
+async fn join(app: &TestApp, email: &str, extra: Value) -> String {
+    let mut body = json!({ "email": email });
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    assert_eq!(signup(app, body).await.status(), 202);
+    let recipient = format!("<{email}>");
+    let confirm = eventually(WAIT, "the confirmation email", || async {
+        app.smtp.received().into_iter().find(|m| {
+            m.to.contains(&recipient) && m.header("Subject").unwrap().starts_with("Confirm")
+        })
+    })
+    .await;
+    let url = link(&confirm, &app.url("/v1/waitlist/confirm?token="));
+    let res = app.client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn signup_sends_a_confirmation_whose_link_shows_the_place_in_line() {
+    let app = spawn_app().await;
+    let res = signup(
+        &app,
+        json!({"email": "  Ada@Example.COM ", "source": "homepage"}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"status": "pending_confirmation"})
+    );
+
+    let mail = app.smtp.wait_for(1, WAIT).await;
+    let confirm = &mail[0];
+    assert_eq!(confirm.to, vec!["<ada@example.com>"]);
+    assert_eq!(
+        confirm.header("Subject").unwrap(),
+        "Confirm your place on the Pexper waitlist"
+    );
+    assert!(
+        confirm
+            .part("text/html")
+            .unwrap()
+            .contains("Confirm my place")
+    );
+    // The confirmation is transactional: no List-Unsubscribe, but the footer links to the page.
+    assert!(confirm.header("List-Unsubscribe").is_none());
+    assert!(link(confirm, &app.url("/v1/unsubscribe?token=")).len() > 40);
+
+    let url = link(confirm, &app.url("/v1/waitlist/confirm?token="));
+    let res = app.client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["referrer-policy"], "no-referrer");
+    let page = res.text().await.unwrap();
+    assert!(page.contains("id=\"position\">#1<"), "{page}");
+    assert!(page.contains("https://pexper.com/?ref="), "{page}");
+
+    // The welcome email is product email: one-click unsubscribe headers (RFC 8058).
+    let mail = app.smtp.wait_for(2, WAIT).await;
+    let welcome = &mail[1];
+    assert_eq!(
+        welcome.header("Subject").unwrap(),
+        "You're #1 on the Pexper waitlist"
+    );
+    let list = welcome.header("List-Unsubscribe").unwrap();
+    assert!(
+        list.starts_with(&format!("<{}", app.url("/v1/unsubscribe?token="))),
+        "{list}"
+    );
+    assert_eq!(
+        welcome.header("List-Unsubscribe-Post").unwrap(),
+        "List-Unsubscribe=One-Click"
+    );
+    // No tracking: no images, no rewritten links.
+    assert!(!welcome.part("text/html").unwrap().contains("<img"));
+
+    // The link is single-use; an unknown or missing token gets the same friendly page.
+    for bad in [
+        url.clone(),
+        app.url("/v1/waitlist/confirm?token=forged"),
+        app.url("/v1/waitlist/confirm"),
+    ] {
+        let res = app.client.get(&bad).send().await.unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+        assert!(
+            res.text()
+                .await
+                .unwrap()
+                .contains("This link does not work any more")
+        );
+    }
+}
+
+#[tokio::test]
+async fn repeat_signups_answer_byte_identically_and_mail_at_most_once_per_ten_minutes() {
+    let app = spawn_app().await;
+    let new = signup(&app, json!({"email": "grace@example.com"})).await;
+    let (status, headers, body) = (
+        new.status(),
+        new.headers().clone(),
+        new.bytes().await.unwrap(),
+    );
+    app.smtp.wait_for(1, WAIT).await;
+    for variant in ["GRACE@example.com", "  grace@EXAMPLE.com\t"] {
+        let again = signup(&app, json!({"email": variant})).await;
+        assert_eq!(again.status(), status);
+        assert_eq!(
+            again.headers().get("content-type"),
+            headers.get("content-type")
+        );
+        assert_eq!(again.bytes().await.unwrap(), body, "{variant}");
+    }
+    queue_drained(&app).await;
+    assert_eq!(
+        app.smtp.received().len(),
+        1,
+        "one email for three signups within 10 minutes"
+    );
+    let people: i64 = sqlx::query_scalar("SELECT count(*) FROM person")
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap();
+    assert_eq!(people, 1);
+}
+
+#[tokio::test]
+async fn invalid_addresses_get_422_and_a_filled_honeypot_stores_and_sends_nothing() {
+    let app = spawn_app().await;
+    for bad in ["", "not-an-email", "a@b", "a@@example.com"] {
+        let res = signup(&app, json!({"email": bad})).await;
+        assert_eq!(res.status(), 422, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_email");
+    }
+    let res = signup(
+        &app,
+        json!({"email": "bot@example.com", "website": "http://spam.example"}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"status": "pending_confirmation"})
+    );
+    let rows: i64 =
+        sqlx::query_scalar("SELECT (SELECT count(*) FROM person) + (SELECT count(*) FROM job)")
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 0, "nothing stored, nothing queued");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(app.smtp.received().is_empty());
+}
+
+#[tokio::test]
+async fn form_posts_are_accepted_only_from_allowed_origins() {
+    let app = spawn_app().await;
+    let post = |origin: Option<&'static str>, site: Option<&'static str>| {
+        let mut req = app
+            .client
+            .post(app.url("/v1/waitlist"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("email=form%40example.com&website=");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        if let Some(s) = site {
+            req = req.header("sec-fetch-site", s);
+        }
+        req.send()
+    };
+    let ok = post(Some("https://pexper.com"), Some("cross-site"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    assert!(
+        ok.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(ok.text().await.unwrap().contains("Check your inbox"));
+
+    for (origin, site) in [
+        (Some("https://evil.example"), None),
+        (None, Some("cross-site")),
+    ] {
+        let res = post(origin, site).await.unwrap();
+        assert_eq!(res.status(), 403, "{origin:?} {site:?}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["error"]["code"],
+            "forbidden_origin"
+        );
+    }
+    let invalid = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "https://pexper.com")
+        .body("email=nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 422);
+    assert!(
+        invalid
+            .text()
+            .await
+            .unwrap()
+            .contains("does not look right")
+    );
+}
+
+#[tokio::test]
+async fn a_form_post_goes_to_the_configured_thank_you_page() {
+    let app = spawn_app_with(AppOptions {
+        vars: vec![(
+            "PEXPER_WAITLIST_THANK_YOU_URL",
+            "https://pexper.com/thanks".into(),
+        )],
+        ..AppOptions::default()
+    })
+    .await;
+    let res = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("email=thanks%40example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "https://pexper.com/thanks");
+}
+
+#[tokio::test]
+async fn each_confirmed_referral_moves_the_referrer_up() {
+    let app = spawn_app_with(AppOptions {
+        vars: vec![("PEXPER_REFERRAL_BUMP", "2".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    assert!(
+        join(&app, "first@example.com", json!({}))
+            .await
+            .contains("#1<")
+    );
+    assert!(
+        join(&app, "second@example.com", json!({}))
+            .await
+            .contains("#2<")
+    );
+    let third = join(&app, "third@example.com", json!({})).await;
+    assert!(third.contains("#3<"), "{third}");
+    let code = third
+        .split("?ref=")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    // A friend of the third joins with the link and confirms: the third moves up 2 places.
+    let friend = join(&app, "friend@example.com", json!({ "ref": code })).await;
+    assert!(friend.contains("#4<"), "{friend}");
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let positions: Vec<(String, i64)> = {
+        let mut out = Vec::new();
+        for email in [
+            "first@example.com",
+            "second@example.com",
+            "third@example.com",
+            "friend@example.com",
+        ] {
+            let e = pexper_platform::email::EmailAddress::parse(email).unwrap();
+            let id = pexper_platform::person::find(&mut conn, &app.platform.keyring, &e)
+                .await
+                .unwrap()
+                .unwrap();
+            let p = pexper_waitlist::position(&mut conn, id, 2)
+                .await
+                .unwrap()
+                .unwrap();
+            out.push((email.to_owned(), p));
+        }
+        out
+    };
+    assert_eq!(
+        positions.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+        vec![2, 3, 1, 4],
+        "{positions:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_click_unsubscribe_stops_product_email_and_a_get_changes_nothing() {
+    let app = spawn_app().await;
+    join(&app, "lin@example.com", json!({})).await;
+    let mail = app.smtp.wait_for(2, WAIT).await;
+    let header = mail[1].header("List-Unsubscribe").unwrap();
+    let url = header
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned();
+    let subscribed = || async {
+        sqlx::query_scalar::<_, bool>("SELECT subscribed FROM waitlist_entry")
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap()
+    };
+
+    // A mail scanner follows the link: nothing changes.
+    let page = app.client.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("id=\"unsubscribe\""));
+    assert!(subscribed().await);
+
+    // The mail provider's one-click POST: exactly RFC 8058's body, no cookie.
+    let res = app
+        .client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(!subscribed().await);
+
+    // No more product email: a welcome job for them sends nothing.
+    queue_drained(&app).await;
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    let person: pexper_platform::person::PersonId =
+        sqlx::query_scalar("SELECT person_id FROM waitlist_entry")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    pexper_platform::jobs::enqueue(
+        &mut tx,
+        pexper_platform::jobs::NewJob::new("waitlist.welcome", json!({})).for_person(person),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    queue_drained(&app).await;
+    assert_eq!(app.smtp.received().len(), 2);
+
+    // A forged token is refused, and changes nothing.
+    let forged = url.replace("token=v", "token=x");
+    assert_eq!(app.client.post(&forged).send().await.unwrap().status(), 400);
+}
+
+#[tokio::test]
+async fn waitlist_data_is_exported_and_erasure_keeps_only_a_suppression_hash() {
+    let app = spawn_app().await;
+    join(&app, "erase.me@example.com", json!({"source": "homepage"})).await;
+    app.smtp.wait_for(2, WAIT).await;
+    queue_drained(&app).await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let person: pexper_platform::person::PersonId =
+        sqlx::query_scalar("SELECT person_id FROM waitlist_entry")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    pexper_waitlist_unsubscribe(&app, person).await;
+
+    let registry: Registry = pexper_server::personal_data();
+    let export = registry
+        .export(&mut conn, &app.platform.keyring, person)
+        .await
+        .unwrap();
+    assert_eq!(export["email"]["address"], "erase.me@example.com");
+    assert_eq!(export["waitlist"]["status"], "confirmed");
+    assert_eq!(export["waitlist"]["source"], "homepage");
+    assert_eq!(export["waitlist"]["subscribed"], false);
+    let sent: Vec<&str> = export["email"]["emails_sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(sent, vec!["waitlist-confirm", "waitlist-welcome"]);
+
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    let summary = registry
+        .erase(&mut tx, &app.platform.keyring, person)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let waitlist = summary.iter().find(|s| s.section == "waitlist").unwrap();
+    assert_eq!(waitlist.removed["waitlist_entries"], 1);
+    assert_eq!(waitlist.kept.len(), 1, "{waitlist:?}");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM person) + (SELECT count(*) FROM waitlist_entry)
+              + (SELECT count(*) FROM waitlist_token) + (SELECT count(*) FROM email_event)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    let suppressed: i64 = sqlx::query_scalar("SELECT count(*) FROM email_suppression")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(suppressed, 1);
+    let dump = app.db.dump();
+    assert!(!dump.contains("erase.me"), "no trace of the address");
+}
+
+async fn pexper_waitlist_unsubscribe(app: &TestApp, person: pexper_platform::person::PersonId) {
+    let token = pexper_waitlist::UnsubscribeToken::issue(&app.platform.keyring, person);
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/unsubscribe?token={token}")))
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn the_database_holds_no_address_in_clear_after_signups() {
+    let app = spawn_app().await;
+    join(&app, "dump.canary@example.com", json!({})).await;
+    signup(&app, json!({"email": "pending.canary@example.org"})).await;
+    app.smtp.wait_for(3, WAIT).await;
+    queue_drained(&app).await;
+    let dump = app.db.dump();
+    assert!(dump.contains("COPY public.waitlist_entry"));
+    for needle in ["dump.canary", "pending.canary", "example.org"] {
+        assert!(!dump.contains(needle), "{needle} in the dump");
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_signups_from_one_client_meets_429() {
+    let app = spawn_app_with(AppOptions {
+        http: pexper_platform::http::HttpOptions::default(),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        statuses.push(
+            signup(&app, json!({"email": format!("burst{i}@example.com")}))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(statuses[0], 202);
+}
