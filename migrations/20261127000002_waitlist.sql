@@ -45,3 +45,26 @@ CREATE TABLE email_suppression (
     address_hash bytea PRIMARY KEY,
     created_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- Product updates sent with `pexper-admin mail broadcast`. A broadcast is identified by its
+-- content, so re-running the same command continues it instead of starting another.
+CREATE TABLE broadcast (
+    id            uuid PRIMARY KEY,
+    content_hash  bytea NOT NULL,
+    template      text NOT NULL,
+    -- Written by an operator for everyone: not personal data.
+    subject       text NOT NULL,
+    body          text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT broadcast_content_hash_key UNIQUE (content_hash)
+);
+
+-- Who a broadcast was queued for: the primary key is what makes "nobody gets the same
+-- broadcast twice" hold across re-runs, crashes and finished (deleted) jobs.
+CREATE TABLE broadcast_delivery (
+    broadcast_id  uuid NOT NULL REFERENCES broadcast (id) ON DELETE CASCADE,
+    person_id     uuid NOT NULL REFERENCES person (id) ON DELETE CASCADE,
+    queued_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (broadcast_id, person_id)
+);
+CREATE INDEX broadcast_delivery_person_idx ON broadcast_delivery (person_id);

@@ -499,3 +499,139 @@ async fn a_burst_of_signups_from_one_client_meets_429() {
     assert!(statuses.contains(&429), "{statuses:?}");
     assert_eq!(statuses[0], 202);
 }
+
+#[tokio::test]
+async fn a_broadcast_reaches_subscribers_once_and_unsubscribed_people_never() {
+    let app = spawn_app().await;
+    for who in ["one@example.com", "two@example.com", "gone@example.com"] {
+        join(&app, who, json!({})).await;
+    }
+    signup(&app, json!({"email": "pending@example.com"})).await;
+    app.smtp.wait_for(7, WAIT).await; // 3 × (confirm + welcome) + 1 confirm
+    queue_drained(&app).await;
+    let gone = app
+        .smtp
+        .received()
+        .into_iter()
+        .find(|m| m.to == ["<gone@example.com>"] && m.header("List-Unsubscribe").is_some())
+        .unwrap();
+    let url = gone.header("List-Unsubscribe").unwrap();
+    let url = url.trim_start_matches('<').trim_end_matches('>');
+    app.client
+        .post(url)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+
+    let body = app.data_dir.path().join("update.txt");
+    std::fs::write(
+        &body,
+        "Pexper 0.9 is out.\n\nLocal models now run 2x faster.",
+    )
+    .unwrap();
+    let vars = app.cli_vars();
+    let args = |dry: bool| {
+        let mut a = vec![
+            "mail",
+            "broadcast",
+            "--template",
+            "product-update",
+            "--subject",
+            "Pexper 0.9",
+            "--body-file",
+            body.to_str().unwrap(),
+            "--json",
+        ];
+        if dry {
+            a.push("--dry-run");
+        }
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let out = admin(&vars, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    assert_eq!(run(args(true))["queued"], 2, "dry run counts the audience");
+    queue_drained(&app).await;
+    assert_eq!(app.smtp.received().len(), 7, "a dry run sends nothing");
+
+    assert_eq!(run(args(false))["queued"], 2);
+    let mail = app.smtp.wait_for(9, WAIT).await;
+    let updates: Vec<_> = mail
+        .iter()
+        .filter(|m| m.header("Subject").as_deref() == Some("Pexper 0.9"))
+        .collect();
+    let mut to: Vec<_> = updates.iter().map(|m| m.to[0].clone()).collect();
+    to.sort();
+    assert_eq!(to, vec!["<one@example.com>", "<two@example.com>"]);
+    for m in &updates {
+        assert!(
+            m.header("List-Unsubscribe")
+                .unwrap()
+                .contains("/v1/unsubscribe?token=")
+        );
+        assert_eq!(
+            m.header("List-Unsubscribe-Post").unwrap(),
+            "List-Unsubscribe=One-Click"
+        );
+        assert!(
+            m.part("text/html")
+                .unwrap()
+                .contains("<p>Local models now run 2x faster.</p>")
+        );
+    }
+
+    // Re-running the same broadcast sends nothing new.
+    assert_eq!(run(args(false))["queued"], 0);
+    queue_drained(&app).await;
+    assert_eq!(app.smtp.received().len(), 9);
+}
+
+#[tokio::test]
+async fn the_admin_cli_shows_the_line_exports_addresses_and_invites_the_next_people() {
+    let app = spawn_app().await;
+    for who in ["a1@example.com", "a2@example.com", "a3@example.com"] {
+        join(&app, who, json!({})).await;
+    }
+    app.smtp.wait_for(6, WAIT).await;
+    queue_drained(&app).await;
+    let vars = app.cli_vars();
+
+    let stats = admin(&vars, &["waitlist", "stats", "--json"]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let stats: Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    assert_eq!(
+        (stats["confirmed"].as_i64(), stats["subscribed"].as_i64()),
+        (Some(3), Some(3))
+    );
+
+    let list = admin(&vars, &["waitlist", "list"]);
+    assert!(
+        !stdout(&list).contains("@example.com"),
+        "list shows no address"
+    );
+    let csv = stdout(&admin(&vars, &["waitlist", "export", "--format", "csv"]));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("position,email,status"));
+    assert!(lines[1].starts_with("1,a1@example.com,confirmed"), "{csv}");
+
+    let invite = admin(&vars, &["waitlist", "invite", "--count", "2", "--json"]);
+    assert!(invite.status.success(), "{}", stderr(&invite));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&invite)).unwrap()["queued"],
+        2
+    );
+    let mail = app.smtp.wait_for(8, WAIT).await;
+    let mut invited: Vec<_> = mail[6..].iter().map(|m| m.to[0].clone()).collect();
+    invited.sort();
+    assert_eq!(invited, vec!["<a1@example.com>", "<a2@example.com>"]);
+    let export: Value =
+        serde_json::from_str(&stdout(&admin(&vars, &["waitlist", "export", "--json"]))).unwrap();
+    assert_eq!(export[0]["email"], "a3@example.com");
+    assert_eq!(
+        export[0]["position"], 1,
+        "the one still waiting is now first"
+    );
+}

@@ -41,6 +41,16 @@ enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// The waitlist: statistics, the line, an export, invitations.
+    Waitlist {
+        #[command(subcommand)]
+        command: WaitlistCommand,
+    },
+    /// Email: the outbox (mail jobs), retries, product-update broadcasts.
+    Mail {
+        #[command(subcommand)]
+        command: MailCommand,
+    },
     /// The managed local Postgres (when DATABASE_URL is unset).
     Db {
         #[command(subcommand)]
@@ -78,6 +88,46 @@ enum JobsCommand {
         id: Option<uuid::Uuid>,
         #[arg(long, conflicts_with = "id")]
         all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WaitlistCommand {
+    /// Counts by state; never opens an address.
+    Stats,
+    /// The line, in order, without addresses.
+    List,
+    /// Every entry with its address (decrypted for the operator who asks).
+    Export {
+        #[arg(long, value_parser = ["csv", "json"], default_value = "csv")]
+        format: String,
+    },
+    /// Invite the next N people in line (subscribed), queueing their invitation email.
+    Invite {
+        #[arg(long)]
+        count: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MailCommand {
+    /// Email waiting to be sent or given up on (mail jobs).
+    Outbox,
+    /// Put dead jobs back in the queue (every email is sent by a job).
+    Retry,
+    /// Send a template to every confirmed, subscribed person (once each, even if re-run).
+    Broadcast {
+        /// The template; `product-update` takes its subject and body from the flags.
+        #[arg(long, value_parser = ["product-update"])]
+        template: String,
+        #[arg(long)]
+        subject: Option<String>,
+        /// A UTF-8 text file; blank lines separate paragraphs.
+        #[arg(long)]
+        body_file: Option<std::path::PathBuf>,
+        /// Say how many would get it, send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -158,6 +208,8 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Waitlist { command } => waitlist_command(json, &config, command).await?,
+        Command::Mail { command } => mail_command(json, &config, command).await?,
         Command::Db { command } => {
             anyhow::ensure!(
                 config.database_url.is_none(),
@@ -242,6 +294,165 @@ async fn keys_command(json: bool, config: &Config, command: KeysCommand) -> anyh
                 json,
                 &json!({"current_version": master.current_version(), "rewrapped": done}),
             );
+        }
+    }
+    Ok(())
+}
+
+fn progress(label: &'static str) -> impl FnMut(u64, u64) {
+    move |done, total| {
+        eprint!("\r{label} {done}/{total}");
+        std::io::stderr().flush().ok();
+    }
+}
+
+async fn waitlist_command(
+    json: bool,
+    config: &Config,
+    command: WaitlistCommand,
+) -> anyhow::Result<()> {
+    use pexper_waitlist::admin;
+    let pool = connect(config).await?;
+    match command {
+        WaitlistCommand::Stats => {
+            output::object(json, &serde_json::to_value(admin::stats(&pool).await?)?);
+        }
+        WaitlistCommand::List => {
+            let rows = admin::rows(&pool, config.referral_bump, None).await?;
+            output::rows(
+                json,
+                &[
+                    "position",
+                    "person_id",
+                    "status",
+                    "subscribed",
+                    "referrals",
+                    "signed_up_at",
+                ],
+                &rows,
+                |r| {
+                    vec![
+                        r.position
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        r.person_id.to_string(),
+                        r.status.clone(),
+                        r.subscribed.to_string(),
+                        r.referrals.to_string(),
+                        r.signed_up_at.to_string(),
+                    ]
+                },
+            );
+        }
+        WaitlistCommand::Export { format } => {
+            let keyring = Keyring::new(&keys::load_master_keys(config)?);
+            let rows = admin::rows(&pool, config.referral_bump, Some(&keyring)).await?;
+            if json || format == "json" {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "position,email,status,subscribed,referrals,source,signed_up_at,confirmed_at"
+                );
+                for r in &rows {
+                    let fields = [
+                        r.position.map(|p| p.to_string()).unwrap_or_default(),
+                        r.email.clone().unwrap_or_default(),
+                        r.status.clone(),
+                        r.subscribed.to_string(),
+                        r.referrals.to_string(),
+                        r.source.clone().unwrap_or_default(),
+                        r.signed_up_at.to_string(),
+                        r.confirmed_at.map(|t| t.to_string()).unwrap_or_default(),
+                    ];
+                    println!(
+                        "{}",
+                        fields
+                            .iter()
+                            .map(|f| csv_field(f))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                }
+            }
+        }
+        WaitlistCommand::Invite { count } => {
+            anyhow::ensure!(count > 0, "--count must be at least 1");
+            let done =
+                admin::invite(&pool, count, config.referral_bump, progress("invited")).await?;
+            if done.queued > 0 {
+                eprintln!();
+            }
+            output::object(json, &serde_json::to_value(done)?);
+        }
+    }
+    Ok(())
+}
+
+/// RFC 4180 quoting.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+async fn mail_command(json: bool, config: &Config, command: MailCommand) -> anyhow::Result<()> {
+    let pool = connect(config).await?;
+    match command {
+        MailCommand::Outbox => {
+            let list: Vec<_> = jobs::list(&pool, None, 1000)
+                .await?
+                .into_iter()
+                .filter(|j| j.kind.starts_with("mail.") || j.kind.starts_with("waitlist."))
+                .collect();
+            output::rows(
+                json,
+                &["id", "kind", "status", "attempts", "run_at", "last_error"],
+                &list,
+                |j| {
+                    vec![
+                        j.id.to_string(),
+                        j.kind.clone(),
+                        j.status.clone(),
+                        format!("{}/{}", j.attempts, j.max_attempts),
+                        j.run_at.to_string(),
+                        j.last_error.clone().unwrap_or_default(),
+                    ]
+                },
+            );
+        }
+        MailCommand::Retry => {
+            let n = jobs::retry(&pool, None).await?;
+            output::object(json, &json!({"requeued": n}));
+        }
+        MailCommand::Broadcast {
+            template,
+            subject,
+            body_file,
+            dry_run,
+        } => {
+            let subject = subject.context("--subject is required for product-update")?;
+            let path = body_file.context("--body-file is required for product-update")?;
+            let body = std::fs::read_to_string(&path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            anyhow::ensure!(
+                !subject.trim().is_empty() && !body.trim().is_empty(),
+                "the subject and the body must not be empty"
+            );
+            let done = pexper_waitlist::admin::broadcast(
+                &pool,
+                &template,
+                subject.trim(),
+                body.trim(),
+                dry_run,
+                progress("queued"),
+            )
+            .await?;
+            if done.queued > 0 && !dry_run {
+                eprintln!();
+            }
+            output::object(json, &serde_json::to_value(done)?);
         }
     }
     Ok(())

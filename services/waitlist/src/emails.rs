@@ -211,3 +211,139 @@ async fn send(
     )
     .await
 }
+
+pub const BROADCAST_JOB: &str = "waitlist.broadcast";
+pub const INVITATION_JOB: &str = "waitlist.invitation";
+
+/// `product-update`: a broadcast whose subject and body the operator wrote.
+#[derive(Debug, Clone)]
+pub struct ProductUpdate {
+    pub subject: String,
+    pub body: String,
+    pub unsubscribe_url: String,
+}
+
+impl ProductUpdate {
+    /// Paragraphs for the HTML body (blank-line separated in the text).
+    pub fn paragraphs(&self) -> Vec<&str> {
+        self.body
+            .split("\n\n")
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+}
+
+pexper_platform::email_template!(
+    ProductUpdate,
+    "product-update",
+    "emails/product-update/subject.txt",
+    "emails/product-update/body.txt",
+    "emails/product-update/body.html"
+);
+
+#[derive(Debug, Clone)]
+pub struct Invitation {
+    pub download_url: String,
+    pub unsubscribe_url: String,
+}
+
+pexper_platform::email_template!(
+    Invitation,
+    "waitlist-invitation",
+    "emails/waitlist-invitation/subject.txt",
+    "emails/waitlist-invitation/body.txt",
+    "emails/waitlist-invitation/body.html"
+);
+
+/// Whether product email may go to this person now: on the list (or invited), subscribed, and
+/// not suppressed. Checked at send time, so an unsubscribe stops mail already queued.
+async fn may_receive_product_email(
+    conn: &mut sqlx::PgConnection,
+    person: PersonId,
+) -> Result<bool, JobError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM waitlist_entry
+                        WHERE person_id = $1 AND subscribed AND status IN ('confirmed', 'invited'))",
+    )
+    .bind(person)
+    .fetch_one(conn)
+    .await?)
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct BroadcastPayload {
+    pub broadcast_id: uuid::Uuid,
+}
+
+pub async fn broadcast(platform: Platform, job: Job) -> Result<(), JobError> {
+    let person = person_of(&job)?;
+    let BroadcastPayload { broadcast_id } = job.payload()?;
+    let mut conn = platform.pool.acquire().await?;
+    if !may_receive_product_email(&mut conn, person).await? {
+        return Ok(());
+    }
+    let Some((subject, body)): Option<(String, String)> =
+        sqlx::query_as("SELECT subject, body FROM broadcast WHERE id = $1")
+            .bind(broadcast_id)
+            .fetch_optional(&mut *conn)
+            .await?
+    else {
+        return Err(permanent(anyhow::anyhow!(
+            "broadcast {broadcast_id} is gone"
+        )));
+    };
+    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
+        return Ok(());
+    };
+    let unsubscribe_url = unsubscribe::url(&platform, person);
+    let rendered = ProductUpdate {
+        subject,
+        body,
+        unsubscribe_url: unsubscribe_url.clone(),
+    }
+    .render()
+    .map_err(permanent)?;
+    let headers = list_unsubscribe(&unsubscribe_url);
+    send(
+        &platform,
+        &mut conn,
+        &job,
+        person,
+        ProductUpdate::NAME,
+        to,
+        rendered,
+        headers,
+    )
+    .await
+}
+
+pub async fn invitation(platform: Platform, job: Job) -> Result<(), JobError> {
+    let person = person_of(&job)?;
+    let mut conn = platform.pool.acquire().await?;
+    if !may_receive_product_email(&mut conn, person).await? {
+        return Ok(());
+    }
+    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
+        return Ok(());
+    };
+    let unsubscribe_url = unsubscribe::url(&platform, person);
+    let rendered = Invitation {
+        download_url: format!("{}/download", platform.config.site_url()),
+        unsubscribe_url: unsubscribe_url.clone(),
+    }
+    .render()
+    .map_err(permanent)?;
+    let headers = list_unsubscribe(&unsubscribe_url);
+    send(
+        &platform,
+        &mut conn,
+        &job,
+        person,
+        Invitation::NAME,
+        to,
+        rendered,
+        headers,
+    )
+    .await
+}

@@ -2,9 +2,11 @@
 //! known, a place in line with referrals, and RFC 8058 one-click unsubscribe.
 //!
 //! Tables: `waitlist_entry`, `waitlist_token`, `email_suppression` (migrations/…_waitlist.sql).
-//! Jobs: `waitlist.signup_mail` (confirmation, or a reminder of one's place), `waitlist.welcome`.
+//! Jobs: `waitlist.signup_mail` (confirmation, or a reminder of one's place), `waitlist.welcome`,
+//! `waitlist.broadcast` (product updates), `waitlist.invitation`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod confirm;
 mod emails;
 mod pages;
@@ -42,6 +44,8 @@ impl Service for Waitlist {
         vec![
             (emails::SIGNUP_MAIL_JOB, jobs::handler(emails::signup_mail)),
             (emails::WELCOME_JOB, jobs::handler(emails::welcome)),
+            (emails::BROADCAST_JOB, jobs::handler(emails::broadcast)),
+            (emails::INVITATION_JOB, jobs::handler(emails::invitation)),
         ]
     }
 

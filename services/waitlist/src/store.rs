@@ -271,6 +271,11 @@ impl PersonalData for WaitlistData {
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
+            let broadcasts = sqlx::query("DELETE FROM broadcast_delivery WHERE person_id = $1")
+                .bind(person)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
             let entries = sqlx::query("DELETE FROM waitlist_entry WHERE person_id = $1")
                 .bind(person)
                 .execute(&mut *conn)
@@ -281,6 +286,7 @@ impl PersonalData for WaitlistData {
                 removed: BTreeMap::from([
                     ("waitlist_entries", entries),
                     ("confirmation_tokens", tokens),
+                    ("broadcast_deliveries", broadcasts),
                 ]),
                 kept,
             })
