@@ -635,3 +635,55 @@ async fn the_admin_cli_shows_the_line_exports_addresses_and_invites_the_next_peo
         "the one still waiting is now first"
     );
 }
+
+#[tokio::test]
+async fn no_log_line_holds_an_address_or_a_token() {
+    init();
+    let db = TestDatabase::new().await;
+    let smtp = SmtpServer::start().await;
+    let dir = tempdir::TempDir::new();
+    let vars = test_vars(&db, &smtp, dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = tokio::process::Command::new(binary("pexper-server"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(&vars)
+        .env("PEXPER_BIND", format!("127.0.0.1:{port}"))
+        .env("PEXPER_PUBLIC_URL", &base)
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "the server to be ready", || {
+        let client = client.clone();
+        let url = format!("{base}/readyz");
+        async move { client.get(&url).send().await.ok().filter(|r| r.status() == 200).map(drop) }
+    })
+    .await;
+    let address = "log.canary.person@example.com";
+    let res = client.post(format!("{base}/v1/waitlist")).json(&json!({"email": address})).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let invalid = client.post(format!("{base}/v1/waitlist")).json(&json!({"email": "bad.canary@@example.com"})).send().await.unwrap();
+    assert_eq!(invalid.status(), 422);
+    let mail = smtp.wait_for(1, WAIT).await;
+    let confirm = link(&mail[0], &format!("{base}/v1/waitlist/confirm?token="));
+    let unsubscribe = link(&mail[0], &format!("{base}/v1/unsubscribe?token="));
+    assert_eq!(client.get(&confirm).send().await.unwrap().status(), 200);
+    smtp.wait_for(2, WAIT).await;
+    assert_eq!(client.post(&unsubscribe).body("List-Unsubscribe=One-Click").send().await.unwrap().status(), 200);
+
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output()).await.unwrap().unwrap();
+    let log = stderr(&out);
+    assert!(log.contains("signup queued"), "the log is captured: {log}");
+    let confirm_token = confirm.split("token=").nth(1).unwrap();
+    let unsubscribe_token = unsubscribe.split("token=").nth(1).unwrap();
+    for needle in ["log.canary", "bad.canary", confirm_token, unsubscribe_token, "127.0.0.1:"] {
+        let hit = log.lines().find(|l| l.contains(needle) && !l.contains("listening"));
+        assert!(hit.is_none(), "{needle} in a log line: {hit:?}");
+    }
+}
