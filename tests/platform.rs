@@ -900,3 +900,40 @@ async fn the_server_binary_serves_and_never_logs_its_secrets() {
         assert!(!log.contains(secret), "a secret reached the log");
     }
 }
+
+#[tokio::test]
+async fn services_picks_which_routes_a_process_serves() {
+    assert!(pexper_server::select_services(Some("waitlist,nope")).is_err());
+    let only_platform = pexper_server::select_services(Some("platform")).unwrap();
+    assert_eq!(
+        only_platform.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        vec!["platform"]
+    );
+    let app = spawn_app_with(AppOptions {
+        services: only_platform,
+        ..AppOptions::default()
+    })
+    .await;
+    let res = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({"email": "a@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // The privacy registry still reaches every service's data, whatever this process serves.
+    assert_eq!(
+        app.platform.personal_data.sections(),
+        vec!["email", "waitlist"]
+    );
+    let waitlist = spawn_app().await;
+    let res = waitlist
+        .client
+        .post(waitlist.url("/v1/waitlist"))
+        .json(&json!({"email": "a@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+}

@@ -643,7 +643,11 @@ async fn no_log_line_holds_an_address_or_a_token() {
     let smtp = SmtpServer::start().await;
     let dir = tempdir::TempDir::new();
     let vars = test_vars(&db, &smtp, dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let base = format!("http://127.0.0.1:{port}");
     let child = tokio::process::Command::new(binary("pexper-server"))
         .env_clear()
@@ -660,30 +664,120 @@ async fn no_log_line_holds_an_address_or_a_token() {
     eventually(Duration::from_secs(30), "the server to be ready", || {
         let client = client.clone();
         let url = format!("{base}/readyz");
-        async move { client.get(&url).send().await.ok().filter(|r| r.status() == 200).map(drop) }
+        async move {
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(drop)
+        }
     })
     .await;
     let address = "log.canary.person@example.com";
-    let res = client.post(format!("{base}/v1/waitlist")).json(&json!({"email": address})).send().await.unwrap();
+    let res = client
+        .post(format!("{base}/v1/waitlist"))
+        .json(&json!({"email": address}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 202);
-    let invalid = client.post(format!("{base}/v1/waitlist")).json(&json!({"email": "bad.canary@@example.com"})).send().await.unwrap();
+    let invalid = client
+        .post(format!("{base}/v1/waitlist"))
+        .json(&json!({"email": "bad.canary@@example.com"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(invalid.status(), 422);
     let mail = smtp.wait_for(1, WAIT).await;
     let confirm = link(&mail[0], &format!("{base}/v1/waitlist/confirm?token="));
     let unsubscribe = link(&mail[0], &format!("{base}/v1/unsubscribe?token="));
     assert_eq!(client.get(&confirm).send().await.unwrap().status(), 200);
     smtp.wait_for(2, WAIT).await;
-    assert_eq!(client.post(&unsubscribe).body("List-Unsubscribe=One-Click").send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .post(&unsubscribe)
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output()).await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     let log = stderr(&out);
     assert!(log.contains("signup queued"), "the log is captured: {log}");
     let confirm_token = confirm.split("token=").nth(1).unwrap();
     let unsubscribe_token = unsubscribe.split("token=").nth(1).unwrap();
-    for needle in ["log.canary", "bad.canary", confirm_token, unsubscribe_token, "127.0.0.1:"] {
-        let hit = log.lines().find(|l| l.contains(needle) && !l.contains("listening"));
+    for needle in [
+        "log.canary",
+        "bad.canary",
+        confirm_token,
+        unsubscribe_token,
+        "127.0.0.1:",
+    ] {
+        let hit = log
+            .lines()
+            .find(|l| l.contains(needle) && !l.contains("listening"));
         assert!(hit.is_none(), "{needle} in a log line: {hit:?}");
     }
+}
+
+#[tokio::test]
+async fn the_confirm_and_unsubscribe_pages_work_in_a_real_browser() {
+    let app = spawn_app().await;
+    let Some(browser) = browser::Browser::start().await else {
+        return;
+    };
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+
+    assert_eq!(
+        signup(&app, json!({"email": "browser@example.com"}))
+            .await
+            .status(),
+        202
+    );
+    let mail = app.smtp.wait_for(1, WAIT).await;
+    let confirm = link(&mail[0], &app.url("/v1/waitlist/confirm?token="));
+    browser.goto(&confirm).await;
+    assert_eq!(browser.text("#position").await, "#1");
+    assert!(
+        browser
+            .text("#referral-link")
+            .await
+            .starts_with("https://pexper.com/?ref=")
+    );
+    assert!(
+        browser
+            .screenshot(&shots.join("waitlist-confirmed.png"))
+            .await
+            > 5_000
+    );
+
+    let mail = app.smtp.wait_for(2, WAIT).await;
+    let header = mail[1].header("List-Unsubscribe").unwrap();
+    let unsubscribe = header.trim_start_matches('<').trim_end_matches('>');
+    browser.goto(unsubscribe).await;
+    assert!(browser.screenshot(&shots.join("unsubscribe.png")).await > 5_000);
+    let subscribed = || async {
+        sqlx::query_scalar::<_, bool>("SELECT subscribed FROM waitlist_entry")
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap()
+    };
+    assert!(subscribed().await, "opening the page changed nothing");
+    browser.click("#unsubscribe").await;
+    assert_eq!(browser.text("#done").await, "You're unsubscribed");
+    assert!(browser.screenshot(&shots.join("unsubscribed.png")).await > 5_000);
+    assert!(!subscribed().await, "the button unsubscribed");
 }

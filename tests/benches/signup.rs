@@ -14,10 +14,16 @@ use pexper_platform::http::HttpOptions;
 use pexper_tests::*;
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let requests = args.first().copied().unwrap_or(2000);
     let concurrency = args.get(1).copied().unwrap_or(32);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(run(requests, concurrency));
 }
 
@@ -32,11 +38,19 @@ async fn run(requests: usize, concurrency: usize) {
     })
     .await;
     let url = Arc::new(app.url("/v1/waitlist"));
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
 
     // Warm up the pool and the connections.
     for i in 0..50 {
-        client.post(url.as_str()).json(&serde_json::json!({"email": format!("warm{i}@example.com")})).send().await.unwrap();
+        client
+            .post(url.as_str())
+            .json(&serde_json::json!({"email": format!("warm{i}@example.com")}))
+            .send()
+            .await
+            .unwrap();
     }
     app.smtp.wait_for(50, Duration::from_secs(60)).await;
 
@@ -79,7 +93,9 @@ async fn run(requests: usize, concurrency: usize) {
         pct(0.99).as_secs_f64() * 1e3,
         latencies.last().unwrap().as_secs_f64() * 1e3,
     );
-    app.smtp.wait_for(50 + requests, Duration::from_secs(600)).await;
+    app.smtp
+        .wait_for(50 + requests, Duration::from_secs(600))
+        .await;
     let drained = started.elapsed();
     println!(
         "confirmation emails: {requests} delivered over SMTP {:.2}s after the first signup = {:.0}/s (2 workers)",

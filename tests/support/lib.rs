@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_debug_implementations)]
 
+pub mod browser;
 pub mod smtp;
 
 use std::collections::HashMap;
