@@ -1,9 +1,10 @@
 //! `EmailAddress`: an address that has been parsed and normalised once, at the edge.
 //!
-//! Normalisation (trim, Unicode NFC, lowercase) makes the blind index stable: `Ada@Example.com `
-//! and `ada@example.com` are one person. The syntax accepted is RFC 5321's dot-atom mailbox
-//! with RFC 6531 UTF-8 (internationalised local parts and IDN domains); quoted local parts and
-//! address literals are refused because no real signup form needs them.
+//! Normalisation (trim, Unicode NFC, lowercase; the domain in its IDNA ASCII form) makes the
+//! blind index stable: `Ada@Example.com `, `ada@example.com`, `x@bücher.de` and
+//! `x@xn--bcher-kva.de` each name one person. The syntax accepted is RFC 5321's dot-atom mailbox
+//! with RFC 6531 UTF-8 local parts; quoted local parts and address literals are refused because
+//! no real signup form needs them.
 
 use std::fmt;
 
@@ -48,10 +49,16 @@ impl EmailAddress {
         if local.is_empty() || local.len() > MAX_LOCAL || !is_dot_atom(local) {
             return Err(EmailError::InvalidLocalPart);
         }
-        if !is_domain(domain) {
+        // UTS 46 processing: maps and validates an IDN, giving the A-label form mail uses.
+        let domain = idna::domain_to_ascii(domain).map_err(|_| EmailError::InvalidDomain)?;
+        if !is_domain(&domain) {
             return Err(EmailError::InvalidDomain);
         }
-        Ok(Self(normalised))
+        let address = format!("{local}@{domain}");
+        if address.len() > MAX_TOTAL {
+            return Err(EmailError::TooLong);
+        }
+        Ok(Self(address))
     }
 
     pub fn as_str(&self) -> &str {
@@ -119,6 +126,12 @@ mod tests {
         let nfc = EmailAddress::parse("jos\u{e9}@b\u{fc}cher.de").expect("valid");
         let nfd = EmailAddress::parse("jose\u{301}@bu\u{308}cher.de").expect("valid");
         assert_eq!(nfc, nfd);
+        // An IDN domain and its A-label are the same address.
+        assert_eq!(nfc.as_str(), "jos\u{e9}@xn--bcher-kva.de");
+        assert_eq!(
+            EmailAddress::parse("jos\u{e9}@XN--BCHER-KVA.de").expect("valid"),
+            nfc
+        );
     }
 
     #[test]
