@@ -842,13 +842,15 @@ async fn the_server_binary_serves_and_never_logs_its_secrets() {
         .local_addr()
         .unwrap()
         .port();
-    let child = tokio::process::Command::new(binary("pexper-server"))
+    let mut child = tokio::process::Command::new(binary("pexper-server"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(&vars)
         .env("PEXPER_BIND", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "trace")
-        .stderr(std::process::Stdio::piped())
+        // A file, not a pipe: nobody reads a pipe until exit, and a full one would block the
+        // server's logging (and so the server).
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -873,12 +875,12 @@ async fn the_server_binary_serves_and_never_logs_its_secrets() {
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
         .expect("SIGTERM stops the server")
         .unwrap();
-    assert!(out.status.success(), "graceful exit");
-    let log = stderr(&out);
+    assert!(status.success(), "graceful exit");
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     assert!(log.contains("listening"), "{log}");
     assert!(log.contains("/readyz"), "the route template is logged");
     for secret in [

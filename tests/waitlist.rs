@@ -649,14 +649,16 @@ async fn no_log_line_holds_an_address_or_a_token() {
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let child = tokio::process::Command::new(binary("pexper-server"))
+    let mut child = tokio::process::Command::new(binary("pexper-server"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(&vars)
         .env("PEXPER_BIND", format!("127.0.0.1:{port}"))
         .env("PEXPER_PUBLIC_URL", &base)
         .env("RUST_LOG", "debug")
-        .stderr(std::process::Stdio::piped())
+        // A file, not a pipe: nobody reads a pipe until exit, and a full one would block the
+        // server's logging (and so the server).
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -711,11 +713,12 @@ async fn no_log_line_holds_an_address_or_a_token() {
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
         .unwrap()
         .unwrap();
-    let log = stderr(&out);
+    assert!(status.success(), "graceful exit");
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     assert!(log.contains("signup queued"), "the log is captured: {log}");
     let confirm_token = confirm.split("token=").nth(1).unwrap();
     let unsubscribe_token = unsubscribe.split("token=").nth(1).unwrap();
@@ -780,4 +783,208 @@ async fn the_confirm_and_unsubscribe_pages_work_in_a_real_browser() {
     assert_eq!(browser.text("#done").await, "You're unsubscribed");
     assert!(browser.screenshot(&shots.join("unsubscribed.png")).await > 5_000);
     assert!(!subscribed().await, "the button unsubscribed");
+}
+
+#[tokio::test]
+async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_headers() {
+    use base64::Engine;
+    let seed = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let app = spawn_app_with(AppOptions {
+        vars: vec![
+            ("PEXPER_DKIM_SELECTOR", "mail2026".into()),
+            ("PEXPER_DKIM_KEY", format!("ed25519:{seed}")),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    join(&app, "signed@example.com", json!({})).await;
+    let mail = app.smtp.wait_for(2, WAIT).await;
+    for m in &mail {
+        let sig = m.header("DKIM-Signature").expect("signed");
+        let tags: std::collections::HashMap<&str, &str> = sig
+            .split(';')
+            .filter_map(|t| t.trim().split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        assert_eq!(tags["d"], "pexper.com");
+        assert_eq!(tags["s"], "mail2026");
+        assert_eq!(tags["a"], "ed25519-sha256");
+        assert_eq!(tags["c"], "relaxed/relaxed");
+        let signed: Vec<String> = tags["h"]
+            .split(':')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        for h in ["from", "to", "subject", "date", "message-id"] {
+            assert!(signed.contains(&h.to_owned()), "{h} in {signed:?}");
+        }
+        let is_product = m.header("List-Unsubscribe").is_some();
+        assert_eq!(
+            signed.contains(&"list-unsubscribe".to_owned())
+                && signed.contains(&"list-unsubscribe-post".to_owned()),
+            is_product,
+            "{signed:?}"
+        );
+        assert!(tags["b"].len() > 40);
+        verify_dkim(
+            m,
+            &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key(),
+        )
+        .unwrap();
+        // Any change to a signed header breaks the signature.
+        let mut forged = m.clone();
+        forged.data = forged.data.replacen("Subject: ", "Subject: Re: ", 1);
+        assert!(
+            verify_dkim(
+                &forged,
+                &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key()
+            )
+            .is_err()
+        );
+        if is_product {
+            let mut forged = m.clone();
+            forged.data = forged.data.replacen(
+                "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+                "List-Unsubscribe-Post: nothing",
+                1,
+            );
+            assert!(
+                verify_dkim(
+                    &forged,
+                    &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key()
+                )
+                .is_err()
+            );
+        }
+    }
+    assert!(
+        mail.iter().any(|m| m.header("List-Unsubscribe").is_some()),
+        "the welcome is product email"
+    );
+}
+
+/// Verifies an ed25519-sha256 DKIM signature with relaxed/relaxed canonicalization (RFC 6376
+/// §3.4.2, §3.4.4, §3.7; RFC 8463), written out here so the test does not trust the signer.
+fn verify_dkim(m: &smtp::ReceivedMail, key: &ed25519_dalek::VerifyingKey) -> Result<(), String> {
+    use base64::Engine;
+    use ed25519_dalek::Verifier;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (head, body) = m.data.split_once("\r\n\r\n").ok_or("no body")?;
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            let last = fields.last_mut().ok_or("folded first line")?;
+            last.1.push_str("\r\n");
+            last.1.push_str(line);
+        } else {
+            let (n, v) = line.split_once(':').ok_or("bad header")?;
+            fields.push((n.to_owned(), v.to_owned()));
+        }
+    }
+    let relaxed = |name: &str, value: &str| {
+        let v = value.replace("\r\n", "");
+        format!(
+            "{}:{}",
+            name.to_ascii_lowercase(),
+            v.split_whitespace().collect::<Vec<_>>().join(" ")
+        )
+    };
+    let sig = fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("DKIM-Signature"))
+        .ok_or("unsigned")?
+        .1
+        .clone();
+    let tags: std::collections::HashMap<String, String> = sig
+        .split(';')
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_owned(),
+                v.split_whitespace().collect::<String>(),
+            )
+        })
+        .collect();
+
+    let mut lines: Vec<String> = body
+        .split("\r\n")
+        .map(|l| {
+            let mut out = String::new();
+            let mut space = false;
+            for c in l.chars() {
+                if c == ' ' || c == '\t' {
+                    space = true;
+                } else {
+                    if space {
+                        out.push(' ');
+                    }
+                    space = false;
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect();
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let canon_body = if lines.is_empty() {
+        String::new()
+    } else {
+        lines.join("\r\n") + "\r\n"
+    };
+    if b64.encode(pexper_platform::crypto::sha256(canon_body.as_bytes())) != tags["bh"] {
+        return Err("body hash differs".into());
+    }
+
+    let mut data = String::new();
+    for name in tags["h"].split(':') {
+        let (n, v) = fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+            .ok_or(format!("signed header {name} missing"))?;
+        data.push_str(&relaxed(n, v));
+        data.push_str("\r\n");
+    }
+    let without_b: Vec<String> = sig
+        .split(';')
+        .map(|t| match t.split_once('=') {
+            Some((k, _)) if k.trim() == "b" => format!("{k}="),
+            _ => t.to_owned(),
+        })
+        .collect();
+    data.push_str(&relaxed("DKIM-Signature", &without_b.join(";")));
+    let signature =
+        ed25519_dalek::Signature::from_slice(&b64.decode(&tags["b"]).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    key.verify(
+        &pexper_platform::crypto::sha256(data.as_bytes()),
+        &signature,
+    )
+    .map_err(|e| format!("signature does not verify: {e}"))
+}
+
+#[tokio::test]
+async fn an_expired_confirmation_link_gets_a_friendly_page_and_confirms_nothing() {
+    let app = spawn_app().await;
+    signup(&app, json!({"email": "late@example.com"})).await;
+    let mail = app.smtp.wait_for(1, WAIT).await;
+    let url = link(&mail[0], &app.url("/v1/waitlist/confirm?token="));
+    sqlx::query("UPDATE waitlist_token SET expires_at = now() - interval '1 second'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    let res = app.client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(res.text().await.unwrap().contains("sign up again"));
+    let status: String = sqlx::query_scalar("SELECT status FROM waitlist_entry")
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "pending");
 }

@@ -53,6 +53,9 @@ pub struct Config {
     pub referral_bump: i64,
     /// Where a browser's form post to the waitlist is sent (303) instead of our own page.
     pub waitlist_thank_you_url: Option<String>,
+    /// DKIM signing of outgoing mail: the DNS selector and the private key (RSA PKCS#1 PEM, or
+    /// `ed25519:<base64 seed>`). Both or neither.
+    pub dkim: Option<(String, SecretString)>,
 }
 
 /// The fixed Stripe secret used in development, so that `stripe listen` or a test can sign.
@@ -140,6 +143,11 @@ impl Config {
                 .filter(|n| (0..=10_000).contains(n))
                 .context("PEXPER_REFERRAL_BUMP must be a whole number of places from 0 to 10000")?,
             waitlist_thank_you_url: get("PEXPER_WAITLIST_THANK_YOU_URL").map(str::to_owned),
+            dkim: match (get("PEXPER_DKIM_SELECTOR"), secret("PEXPER_DKIM_KEY")) {
+                (Some(selector), Some(key)) => Some((selector.to_owned(), key)),
+                (None, None) => None,
+                _ => bail!("set both PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY, or neither"),
+            },
         };
         config.check_production()?;
         Ok(config)
