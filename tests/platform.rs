@@ -831,56 +831,14 @@ async fn production_refuses_to_start_without_a_master_key() {
 
 #[tokio::test]
 async fn the_server_binary_serves_and_never_logs_its_secrets() {
-    init();
-    let db = TestDatabase::new().await;
-    let smtp = SmtpServer::start().await;
-    let dir = tempdir::TempDir::new();
-    let vars = test_vars(&db, &smtp, dir.path());
+    let server = ServerProcess::start("trace").await;
+    let vars = server.vars.clone();
     let key = vars["PEXPER_MASTER_KEY"].clone();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(binary("pexper-server"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(&vars)
-        .env("PEXPER_BIND", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "trace")
-        // A file, not a pipe: nobody reads a pipe until exit, and a full one would block the
-        // server's logging (and so the server).
-        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/readyz?token=secret-token-value");
-    eventually(Duration::from_secs(30), "the server to be ready", || {
-        let client = client.clone();
-        let url = url.clone();
-        async move {
-            client
-                .get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(drop)
-        }
-    })
-    .await;
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    let res = reqwest::get(format!("{}/readyz?token=secret-token-value", server.base))
         .await
-        .expect("SIGTERM stops the server")
         .unwrap();
-    assert!(status.success(), "graceful exit");
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert_eq!(res.status(), 200);
+    let log = server.stop().await;
     assert!(log.contains("listening"), "{log}");
     assert!(log.contains("/readyz"), "the route template is logged");
     for secret in [

@@ -638,45 +638,9 @@ async fn the_admin_cli_shows_the_line_exports_addresses_and_invites_the_next_peo
 
 #[tokio::test]
 async fn no_log_line_holds_an_address_or_a_token() {
-    init();
-    let db = TestDatabase::new().await;
-    let smtp = SmtpServer::start().await;
-    let dir = tempdir::TempDir::new();
-    let vars = test_vars(&db, &smtp, dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(binary("pexper-server"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(&vars)
-        .env("PEXPER_BIND", format!("127.0.0.1:{port}"))
-        .env("PEXPER_PUBLIC_URL", &base)
-        .env("RUST_LOG", "debug")
-        // A file, not a pipe: nobody reads a pipe until exit, and a full one would block the
-        // server's logging (and so the server).
-        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let server = ServerProcess::start("debug").await;
+    let (base, smtp) = (server.base.clone(), server.smtp.clone());
     let client = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "the server to be ready", || {
-        let client = client.clone();
-        let url = format!("{base}/readyz");
-        async move {
-            client
-                .get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(drop)
-        }
-    })
-    .await;
     let address = "log.canary.person@example.com";
     let res = client
         .post(format!("{base}/v1/waitlist"))
@@ -708,17 +672,7 @@ async fn no_log_line_holds_an_address_or_a_token() {
         200
     );
 
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "graceful exit");
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let log = server.stop().await;
     assert!(log.contains("signup queued"), "the log is captured: {log}");
     let confirm_token = confirm.split("token=").nth(1).unwrap();
     let unsubscribe_token = unsubscribe.split("token=").nth(1).unwrap();

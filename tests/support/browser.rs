@@ -89,13 +89,23 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {res}"))
             .to_owned();
-        Some(Self {
+        let browser = Self {
             driver: child,
             base,
             session,
             client,
             _profile: profile,
-        })
+        };
+        // A click that submits a form returns before the next page loads: element lookups wait
+        // for up to 10 s instead of failing at once.
+        browser
+            .call(
+                reqwest::Method::POST,
+                "/timeouts",
+                Some(json!({"implicit": 10_000})),
+            )
+            .await;
+        Some(browser)
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {

@@ -444,3 +444,76 @@ pub mod tempdir {
         }
     }
 }
+
+/// The real `pexper-server` binary as a child process, with its own test database and SMTP
+/// server, logging to a file (not a pipe: nobody reads a pipe until exit, and a full one would
+/// block the server's logging, and so the server).
+pub struct ServerProcess {
+    pub base: String,
+    pub vars: HashMap<String, String>,
+    pub smtp: SmtpServer,
+    child: tokio::process::Child,
+    dir: tempdir::TempDir,
+    _db: TestDatabase,
+}
+
+impl ServerProcess {
+    /// Starts the server with `RUST_LOG=log_level` and waits until `/readyz` answers 200.
+    pub async fn start(log_level: &str) -> Self {
+        init();
+        let db = TestDatabase::new().await;
+        let smtp = SmtpServer::start().await;
+        let dir = tempdir::TempDir::new();
+        let mut vars = test_vars(&db, &smtp, dir.path());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        vars.insert("PEXPER_BIND".into(), format!("127.0.0.1:{port}"));
+        vars.insert("PEXPER_PUBLIC_URL".into(), base.clone());
+        let child = tokio::process::Command::new(binary("pexper-server"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&vars)
+            .env("RUST_LOG", log_level)
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::new();
+        let ready = format!("{base}/readyz");
+        eventually(Duration::from_secs(30), "the server to be ready", || {
+            let (client, url) = (client.clone(), ready.clone());
+            async move {
+                let res = client.get(&url).send().await.ok()?;
+                (res.status() == 200).then_some(())
+            }
+        })
+        .await;
+        Self {
+            base,
+            vars,
+            smtp,
+            child,
+            dir,
+            _db: db,
+        }
+    }
+
+    /// Sends SIGTERM, asserts a graceful exit within 15 s, and returns everything it logged.
+    pub async fn stop(mut self) -> String {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("SIGTERM stops the server")
+            .unwrap();
+        assert!(status.success(), "graceful exit");
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap()
+    }
+}

@@ -181,22 +181,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let pool = connect(&config).await?;
             match command {
                 JobsCommand::List { status, limit } => {
-                    let list = jobs::list(&pool, status.as_deref(), limit).await?;
-                    output::rows(
-                        json,
-                        &["id", "kind", "status", "attempts", "run_at", "last_error"],
-                        &list,
-                        |j| {
-                            vec![
-                                j.id.to_string(),
-                                j.kind.clone(),
-                                j.status.clone(),
-                                format!("{}/{}", j.attempts, j.max_attempts),
-                                j.run_at.to_string(),
-                                j.last_error.clone().unwrap_or_default(),
-                            ]
-                        },
-                    );
+                    print_jobs(json, &jobs::list(&pool, status.as_deref(), limit).await?);
                 }
                 JobsCommand::Retry { id, all } => {
                     anyhow::ensure!(id.is_some() || all, "name a job id, or pass --all");
@@ -406,21 +391,7 @@ async fn mail_command(json: bool, config: &Config, command: MailCommand) -> anyh
                 .into_iter()
                 .filter(|j| j.kind.starts_with("mail.") || j.kind.starts_with("waitlist."))
                 .collect();
-            output::rows(
-                json,
-                &["id", "kind", "status", "attempts", "run_at", "last_error"],
-                &list,
-                |j| {
-                    vec![
-                        j.id.to_string(),
-                        j.kind.clone(),
-                        j.status.clone(),
-                        format!("{}/{}", j.attempts, j.max_attempts),
-                        j.run_at.to_string(),
-                        j.last_error.clone().unwrap_or_default(),
-                    ]
-                },
-            );
+            print_jobs(json, &list);
         }
         MailCommand::Retry => {
             let n = jobs::retry(&pool, None).await?;
@@ -456,4 +427,22 @@ async fn mail_command(json: bool, config: &Config, command: MailCommand) -> anyh
         }
     }
     Ok(())
+}
+
+fn print_jobs(json: bool, list: &[jobs::JobRow]) {
+    output::rows(
+        json,
+        &["id", "kind", "status", "attempts", "run_at", "last_error"],
+        list,
+        |j| {
+            vec![
+                j.id.to_string(),
+                j.kind.clone(),
+                j.status.clone(),
+                format!("{}/{}", j.attempts, j.max_attempts),
+                j.run_at.to_string(),
+                j.last_error.clone().unwrap_or_default(),
+            ]
+        },
+    );
 }
