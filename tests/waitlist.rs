@@ -411,7 +411,7 @@ async fn waitlist_data_is_exported_and_erasure_keeps_only_a_suppression_hash() {
             .unwrap();
     pexper_waitlist_unsubscribe(&app, person).await;
 
-    let registry: Registry = pexper_server::personal_data();
+    let registry: Registry = pexper_server::personal_data(&app.platform.config);
     let export = registry
         .export(&mut conn, &app.platform.keyring, person)
         .await
@@ -420,6 +420,8 @@ async fn waitlist_data_is_exported_and_erasure_keeps_only_a_suppression_hash() {
     assert_eq!(export["waitlist"]["status"], "confirmed");
     assert_eq!(export["waitlist"]["source"], "homepage");
     assert_eq!(export["waitlist"]["subscribed"], false);
+    assert_eq!(export["waitlist"]["position"], 1);
+    assert!(export["waitlist"]["referral_code"].as_str().unwrap().len() >= 10);
     let sent: Vec<&str> = export["email"]["emails_sent"]
         .as_array()
         .unwrap()

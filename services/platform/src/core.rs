@@ -25,7 +25,7 @@ impl Service for Core {
         vec![(OPERATOR_NOTICE_JOB, jobs::handler(send_operator_notice))]
     }
 
-    fn personal_data(&self) -> Option<Arc<dyn PersonalData>> {
+    fn personal_data(&self, _config: &crate::Config) -> Option<Arc<dyn PersonalData>> {
         Some(Arc::new(EmailRecords))
     }
 }

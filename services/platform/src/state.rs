@@ -74,7 +74,8 @@ pub trait Service: Send + Sync {
         Vec::new()
     }
 
-    fn personal_data(&self) -> Option<Arc<dyn PersonalData>> {
+    /// What this service keeps about a person; `config` for settings that shape an export.
+    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {
         None
     }
 }

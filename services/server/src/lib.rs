@@ -48,11 +48,11 @@ pub fn select_services(names: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Servic
 
 /// The registry of every service's personal data, whichever services this process runs:
 /// an erasure must reach everything.
-pub fn personal_data() -> Registry {
+pub fn personal_data(config: &Config) -> Registry {
     Registry::new(
         all_services()
             .iter()
-            .filter_map(|s| s.personal_data())
+            .filter_map(|s| s.personal_data(config))
             .collect(),
     )
 }
@@ -65,7 +65,8 @@ pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<
         Some(m) => m,
         None => Mailer::from_config(&config)?,
     };
-    Platform::new(config, pool, &master, mailer, personal_data())
+    let registry = personal_data(&config);
+    Platform::new(config, pool, &master, mailer, registry)
 }
 
 /// How the process's job worker runs.

@@ -49,7 +49,9 @@ impl Service for Waitlist {
         ]
     }
 
-    fn personal_data(&self) -> Option<Arc<dyn PersonalData>> {
-        Some(Arc::new(store::WaitlistData))
+    fn personal_data(&self, config: &pexper_platform::Config) -> Option<Arc<dyn PersonalData>> {
+        Some(Arc::new(store::WaitlistData {
+            referral_bump: config.referral_bump,
+        }))
     }
 }

@@ -193,7 +193,10 @@ pub async fn unsubscribe(pool: &PgPool, person: PersonId) -> anyhow::Result<()> 
 
 /// The waitlist's section of a person's data.
 #[derive(Debug, Clone, Copy)]
-pub struct WaitlistData;
+pub struct WaitlistData {
+    /// To state the person's place in line as the pages and emails do.
+    pub referral_bump: i64,
+}
 
 #[derive(Debug, sqlx::FromRow, serde::Serialize)]
 struct ExportRow {
@@ -234,7 +237,13 @@ impl PersonalData for WaitlistData {
             .fetch_optional(&mut *conn)
             .await
             .context("failed to export a waitlist entry")?;
-            Ok(serde_json::to_value(row)?)
+            let Some(row) = row else {
+                return Ok(serde_json::Value::Null);
+            };
+            let place = position(conn, person, self.referral_bump).await?;
+            let mut value = serde_json::to_value(row)?;
+            value["position"] = serde_json::json!(place);
+            Ok(value)
         })
     }
 
