@@ -142,15 +142,9 @@ enum DbCommand {
 #[tokio::main]
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .expect("no other rustls provider is installed");
-    let config = match Config::from_env() {
+    let config = match Config::for_binary("pexper-admin") {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("pexper-admin: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match run(cli, config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -195,6 +195,16 @@ impl Config {
         Ok(())
     }
 
+    /// What every binary does first: installs ring as the one rustls provider, then reads the
+    /// environment. On a bad configuration it prints one line and returns exit code 2.
+    pub fn for_binary(name: &str) -> Result<Self, std::process::ExitCode> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self::from_env().map_err(|e| {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::from(2)
+        })
+    }
+
     /// The website people sign up on (the first allowed origin): referral links point there.
     pub fn site_url(&self) -> &str {
         self.allowed_origins

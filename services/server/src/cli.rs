@@ -21,15 +21,9 @@ struct Args {
 #[tokio::main]
 pub async fn main() -> ExitCode {
     let args = Args::parse();
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .expect("no other rustls provider is installed");
-    let config = match Config::from_env() {
+    let config = match Config::for_binary("pexper-server") {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("pexper-server: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     telemetry::init(config.env);
     let services = match crate::select_services(args.services.as_deref()) {

@@ -164,27 +164,33 @@ async fn welcome_email(
     let (Some(position), true) = (position, entry.subscribed) else {
         return Ok(()); // Invited already, or unsubscribed: no product email.
     };
-    let unsubscribe_url = unsubscribe::url(platform, person);
-    let rendered = WelcomeEmail {
-        position,
-        bump: platform.config.referral_bump,
-        referral_link: referral_link(platform, entry.referral_code.as_deref().unwrap_or("")),
-        unsubscribe_url: unsubscribe_url.clone(),
-    }
-    .render()
-    .map_err(permanent)?;
-    let headers = list_unsubscribe(&unsubscribe_url);
-    send(
-        platform,
-        conn,
-        job,
-        person,
-        WelcomeEmail::NAME,
-        to,
-        rendered,
-        headers,
-    )
+    let bump = platform.config.referral_bump;
+    let referral_link = referral_link(platform, entry.referral_code.as_deref().unwrap_or(""));
+    send_product_email(platform, conn, job, person, to, |unsubscribe_url| {
+        WelcomeEmail {
+            position,
+            bump,
+            referral_link,
+            unsubscribe_url,
+        }
+    })
     .await
+}
+
+/// Sends product email: its footer links to the unsubscribe page and it carries both RFC 8058
+/// headers. `build` gets the person's unsubscribe URL.
+async fn send_product_email<T: EmailTemplate>(
+    platform: &Platform,
+    conn: &mut sqlx::PgConnection,
+    job: &Job,
+    person: PersonId,
+    to: EmailAddress,
+    build: impl FnOnce(String) -> T,
+) -> Result<(), JobError> {
+    let unsubscribe_url = unsubscribe::url(platform, person);
+    let headers = list_unsubscribe(&unsubscribe_url);
+    let rendered = build(unsubscribe_url).render().map_err(permanent)?;
+    send(platform, conn, job, person, T::NAME, to, rendered, headers).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -296,25 +302,13 @@ pub async fn broadcast(platform: Platform, job: Job) -> Result<(), JobError> {
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
         return Ok(());
     };
-    let unsubscribe_url = unsubscribe::url(&platform, person);
-    let rendered = ProductUpdate {
-        subject,
-        body,
-        unsubscribe_url: unsubscribe_url.clone(),
-    }
-    .render()
-    .map_err(permanent)?;
-    let headers = list_unsubscribe(&unsubscribe_url);
-    send(
-        &platform,
-        &mut conn,
-        &job,
-        person,
-        ProductUpdate::NAME,
-        to,
-        rendered,
-        headers,
-    )
+    send_product_email(&platform, &mut conn, &job, person, to, |unsubscribe_url| {
+        ProductUpdate {
+            subject,
+            body,
+            unsubscribe_url,
+        }
+    })
     .await
 }
 
@@ -327,23 +321,12 @@ pub async fn invitation(platform: Platform, job: Job) -> Result<(), JobError> {
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
         return Ok(());
     };
-    let unsubscribe_url = unsubscribe::url(&platform, person);
-    let rendered = Invitation {
-        download_url: format!("{}/download", platform.config.site_url()),
-        unsubscribe_url: unsubscribe_url.clone(),
-    }
-    .render()
-    .map_err(permanent)?;
-    let headers = list_unsubscribe(&unsubscribe_url);
-    send(
-        &platform,
-        &mut conn,
-        &job,
-        person,
-        Invitation::NAME,
-        to,
-        rendered,
-        headers,
-    )
+    let download_url = format!("{}/download", platform.config.site_url());
+    send_product_email(&platform, &mut conn, &job, person, to, |unsubscribe_url| {
+        Invitation {
+            download_url,
+            unsubscribe_url,
+        }
+    })
     .await
 }
