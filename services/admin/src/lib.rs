@@ -51,6 +51,16 @@ enum Command {
         #[command(subcommand)]
         command: MailCommand,
     },
+    /// Purchases from Stripe: status, amounts, refunds, licence state.
+    Purchases {
+        #[command(subcommand)]
+        command: PurchasesCommand,
+    },
+    /// Licence keys: look one up, revoke one.
+    Licenses {
+        #[command(subcommand)]
+        command: LicensesCommand,
+    },
     /// The managed local Postgres (when DATABASE_URL is unset).
     Db {
         #[command(subcommand)]
@@ -132,6 +142,35 @@ enum MailCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PurchasesCommand {
+    /// Newest first, without addresses.
+    List {
+        #[arg(long, value_parser = ["unpaid", "paid", "payment_failed", "partially_refunded", "refunded", "disputed", "dispute_lost"])]
+        status: Option<String>,
+        /// Only the purchases of the buyer with this address (matched by blind index).
+        #[arg(long, value_name = "EMAIL")]
+        buyer: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// One purchase (by id or Checkout Session id) and the events that shaped it.
+    Show {
+        id: String,
+        /// Also decrypt and show the buyer's address.
+        #[arg(long)]
+        email: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LicensesCommand {
+    /// A licence by its id, its purchase (id or session id), or the licence key itself.
+    Show { id: String },
+    /// Revoke a licence (the desktop app's online check then says `revoked`).
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum DbCommand {
     /// Start the managed Postgres if it is not running, and say where it listens.
     Start,
@@ -189,6 +228,8 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Waitlist { command } => waitlist_command(json, &config, command).await?,
         Command::Mail { command } => mail_command(json, &config, command).await?,
+        Command::Purchases { command } => purchases_command(json, &config, command).await?,
+        Command::Licenses { command } => licenses_command(json, &config, command).await?,
         Command::Db { command } => {
             anyhow::ensure!(
                 config.database_url.is_none(),
@@ -383,7 +424,11 @@ async fn mail_command(json: bool, config: &Config, command: MailCommand) -> anyh
             let list: Vec<_> = jobs::list(&pool, None, 1000)
                 .await?
                 .into_iter()
-                .filter(|j| j.kind.starts_with("mail.") || j.kind.starts_with("waitlist."))
+                .filter(|j| {
+                    ["mail.", "waitlist.", "payments."]
+                        .iter()
+                        .any(|p| j.kind.starts_with(p))
+                })
                 .collect();
             print_jobs(json, &list);
         }
@@ -418,6 +463,97 @@ async fn mail_command(json: bool, config: &Config, command: MailCommand) -> anyh
                 eprintln!();
             }
             output::object(json, &serde_json::to_value(done)?);
+        }
+    }
+    Ok(())
+}
+
+async fn purchases_command(
+    json: bool,
+    config: &Config,
+    command: PurchasesCommand,
+) -> anyhow::Result<()> {
+    use pexper_payments::{admin, format_amount};
+    let pool = connect(config).await?;
+    match command {
+        PurchasesCommand::List {
+            status,
+            buyer,
+            limit,
+        } => {
+            let buyer = match buyer {
+                None => None,
+                Some(address) => {
+                    let email = pexper_platform::email::EmailAddress::parse(&address)
+                        .context("--buyer is not a valid address")?;
+                    let keyring = Keyring::new(&keys::load_master_keys(config)?);
+                    let mut conn = pool.acquire().await?;
+                    match person::find(&mut conn, &keyring, &email).await? {
+                        Some(p) => Some(p),
+                        // Nobody by that address: an empty list, not someone else's.
+                        None => return Ok(output::rows::<admin::PurchaseRow>(json, &[], &[], |_| vec![])),
+                    }
+                }
+            };
+            let rows = admin::list(&pool, status.as_deref(), buyer, limit).await?;
+            output::rows(
+                json,
+                &["id", "checkout_session_id", "amount", "refunded", "status", "license", "created_at"],
+                &rows,
+                |r| {
+                    vec![
+                        r.id.to_string(),
+                        r.checkout_session_id.clone(),
+                        format_amount(r.amount, &r.currency),
+                        format_amount(r.amount_refunded, &r.currency),
+                        r.status.clone(),
+                        r.license_status.clone(),
+                        r.created_at.to_string(),
+                    ]
+                },
+            );
+        }
+        PurchasesCommand::Show { id, email } => {
+            let row = admin::find(&pool, &id)
+                .await?
+                .with_context(|| format!("no purchase {id}"))?;
+            let mut value = serde_json::to_value(&row)?;
+            let events: Vec<_> = admin::events(&pool, &row)
+                .await?
+                .into_iter()
+                .map(|(id, kind, at)| json!({"id": id, "type": kind, "occurred_at": at.to_string()}))
+                .collect();
+            value["events"] = json!(events);
+            if email {
+                let keyring = Keyring::new(&keys::load_master_keys(config)?);
+                let address = admin::buyer_email(&pool, &keyring, &row).await?;
+                value["email"] = json!(address.as_ref().map(|a| a.as_str()));
+            }
+            output::object(json, &value);
+        }
+    }
+    Ok(())
+}
+
+async fn licenses_command(
+    json: bool,
+    config: &Config,
+    command: LicensesCommand,
+) -> anyhow::Result<()> {
+    use pexper_payments::admin;
+    let pool = connect(config).await?;
+    match command {
+        LicensesCommand::Show { id } => {
+            let row = admin::license(&pool, &id)
+                .await?
+                .with_context(|| format!("no licence {id}"))?;
+            output::object(json, &serde_json::to_value(row)?);
+        }
+        LicensesCommand::Revoke { id } => {
+            let revoked = admin::revoke(&pool, &id)
+                .await?
+                .with_context(|| format!("no licence {id}"))?;
+            output::object(json, &json!({"revoked": revoked}));
         }
     }
     Ok(())

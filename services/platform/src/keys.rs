@@ -1,5 +1,6 @@
-//! Loading the master key: from `PEXPER_MASTER_KEY`, or in development from a key file that is
-//! generated on first use (mode 0600) with a warning.
+//! Loading the root secrets — the master key and the licence signing key — from their
+//! environment variables, or in development from key files in the data dir that are generated
+//! on first use (mode 0600) with a warning.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -7,7 +8,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use secrecy::SecretString;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::SigningKey;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, Environment};
 use crate::crypto::MasterKeys;
@@ -19,26 +23,66 @@ pub fn dev_key_file(config: &Config) -> PathBuf {
 }
 
 pub fn load_master_keys(config: &Config) -> anyhow::Result<MasterKeys> {
-    if let Some(spec) = &config.master_key {
-        return MasterKeys::parse(spec);
+    let spec = load_secret(
+        config,
+        config.master_key.as_ref(),
+        "PEXPER_MASTER_KEY",
+        &dev_key_file(config),
+        || format!("1:{}\n", MasterKeys::generate_encoded()),
+    )?;
+    MasterKeys::parse(&spec)
+}
+
+/// The Ed25519 key licences are signed with: `PEXPER_LICENSE_KEY` (standard base64 of the
+/// 32-byte secret), or in development `<data dir>/license.key`.
+pub fn load_license_key(config: &Config) -> anyhow::Result<SigningKey> {
+    let encoded = load_secret(
+        config,
+        config.license_key.as_ref(),
+        "PEXPER_LICENSE_KEY",
+        &config.data_dir.join("license.key"),
+        || {
+            let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+            rand::fill(&mut seed[..]);
+            format!("{}\n", STANDARD.encode(seed.as_slice()))
+        },
+    )?;
+    let seed: [u8; 32] = STANDARD
+        .decode(encoded.expose_secret().trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .context("PEXPER_LICENSE_KEY must be the standard base64 of 32 bytes")?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A secret from its variable, or in development from `path`, written by `generate` first if
+/// it does not exist yet.
+fn load_secret(
+    config: &Config,
+    configured: Option<&SecretString>,
+    variable: &str,
+    path: &std::path::Path,
+    generate: impl FnOnce() -> String,
+) -> anyhow::Result<SecretString> {
+    if let Some(value) = configured {
+        return Ok(value.clone());
     }
-    // Config::from_vars already refused production without a key; keep the invariant local.
+    // Config::from_vars already refused production without it; keep the invariant local.
     anyhow::ensure!(
         config.env == Environment::Development,
-        "PEXPER_MASTER_KEY is required in production"
+        "{variable} is required in production"
     );
-    let path = dev_key_file(config);
     if !path.exists() {
         std::fs::create_dir_all(&config.data_dir)?;
-        write_key_file(&path, &format!("1:{}\n", MasterKeys::generate_encoded()))?;
+        write_key_file(path, &generate())?;
         tracing::warn!(
             path = %path.display(),
-            "generated a development master key; set PEXPER_MASTER_KEY in production"
+            "generated a development key; set {variable} in production"
         );
     }
-    let spec = std::fs::read_to_string(&path)
-        .with_context(|| format!("failed to read {}", path.display()))?;
-    MasterKeys::parse(&SecretString::from(spec))
+    let contents =
+        std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
+    Ok(SecretString::from(contents))
 }
 
 /// In development, adds a new current version to the key file (the old ones stay, so

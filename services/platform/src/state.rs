@@ -4,6 +4,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use ed25519_dalek::SigningKey;
 use lettre::message::Mailbox;
 use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
@@ -24,6 +25,8 @@ pub struct Inner {
     pub keyring: Keyring,
     pub mailer: Mailer,
     pub mail_from: Mailbox,
+    /// Signs licence keys (payments); its public half is published for offline checks.
+    pub license_key: SigningKey,
     /// Every service's personal data, whichever services this process serves.
     pub personal_data: Registry,
 }
@@ -50,12 +53,14 @@ impl Platform {
         personal_data: Registry,
     ) -> anyhow::Result<Self> {
         let mail_from = crate::mail::sender(&config)?;
+        let license_key = crate::keys::load_license_key(&config)?;
         Ok(Self(Arc::new(Inner {
             config,
             pool,
             keyring: Keyring::new(master),
             mailer,
             mail_from,
+            license_key,
             personal_data,
         })))
     }
@@ -67,6 +72,13 @@ pub trait Service: Send + Sync {
     fn name(&self) -> &'static str;
 
     fn routes(&self) -> OpenApiRouter<Platform> {
+        OpenApiRouter::new()
+    }
+
+    /// Routes for machines that authenticate every request by a signature or a key and share
+    /// addresses (Stripe's webhooks come from a handful of IPs): not behind the per-client
+    /// rate limiter, which would refuse a legitimate burst.
+    fn machine_routes(&self) -> OpenApiRouter<Platform> {
         OpenApiRouter::new()
     }
 

@@ -19,7 +19,11 @@ use tokio::sync::watch;
 
 /// Every service, registered in this one place. Order is the order of a privacy export.
 pub fn all_services() -> Vec<Arc<dyn Service>> {
-    vec![Arc::new(core::Core), Arc::new(pexper_waitlist::Waitlist)]
+    vec![
+        Arc::new(core::Core),
+        Arc::new(pexper_waitlist::Waitlist),
+        Arc::new(pexper_payments::Payments),
+    ]
 }
 
 /// The services a `--services a,b` list names; the platform's own is always included.

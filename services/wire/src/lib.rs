@@ -39,3 +39,6 @@ pub struct Health {
     /// `"ok"` or `"unavailable"`.
     pub status: String,
 }
+
+#[cfg(feature = "license")]
+pub mod license;

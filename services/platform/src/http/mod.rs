@@ -125,8 +125,10 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
     let limiter = governor.limiter().clone();
 
     let mut api = OpenApiRouter::new();
+    let mut machines = OpenApiRouter::new();
     for service in services {
         api = api.merge(service.routes());
+        machines = machines.merge(service.machine_routes());
     }
     let api = api.layer(GovernorLayer::new(governor));
 
@@ -134,6 +136,7 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .merge(api)
+        .merge(machines)
         .split_for_parts();
 
     let spec = Arc::new(openapi.clone());

@@ -1,0 +1,53 @@
+//! Payments: Stripe Checkout webhooks, verified and applied idempotently and in any order;
+//! purchase metadata only (never card data, names, phones, addresses or a raw payload); refunds
+//! and disputes; Ed25519 licence keys the desktop app verifies offline.
+//!
+//! Tables: `stripe_event`, `purchase`, `payment_adjustment`, `license`
+//! (migrations/…_payments.sql). Jobs: `payments.receipt` (the purchase confirmation with the
+//! licence key).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+mod license;
+mod personal;
+mod receipt;
+pub mod store;
+mod stripe;
+mod webhook;
+
+use std::sync::Arc;
+
+use pexper_platform::jobs::{self, Handler};
+use pexper_platform::personal_data::PersonalData;
+use pexper_platform::{Config, Platform, Service};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use receipt::format_amount;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Payments;
+
+impl Service for Payments {
+    fn name(&self) -> &'static str {
+        "payments"
+    }
+
+    fn routes(&self) -> OpenApiRouter<Platform> {
+        OpenApiRouter::new()
+            .routes(routes!(license::public_key))
+            .routes(routes!(license::validate))
+    }
+
+    fn machine_routes(&self) -> OpenApiRouter<Platform> {
+        OpenApiRouter::new().routes(routes!(webhook::receive))
+    }
+
+    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
+        vec![(receipt::RECEIPT_JOB, jobs::handler(receipt::send_receipt))]
+    }
+
+    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {
+        Some(Arc::new(personal::PaymentsData))
+    }
+}

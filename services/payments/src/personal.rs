@@ -1,0 +1,101 @@
+//! The payments section of a privacy export, and what an erasure does here: the accounting
+//! record stays (tax law requires amount, currency, date and country) but loses its link to
+//! the person; their address goes with their data key when the registry destroys it.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use pexper_platform::crypto::Keyring;
+use pexper_platform::person::PersonId;
+use pexper_platform::personal_data::{BoxFuture, ErasureSummary, PersonalData};
+use serde::Serialize;
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PaymentsData;
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct ExportedPurchase {
+    id: Uuid,
+    checkout_session_id: String,
+    product: String,
+    amount: i64,
+    amount_refunded: i64,
+    currency: String,
+    country: Option<String>,
+    status: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    paid_at: Option<OffsetDateTime>,
+    license_id: Option<Uuid>,
+    license_status: Option<String>,
+    license: Option<String>,
+}
+
+impl PersonalData for PaymentsData {
+    fn section(&self) -> &'static str {
+        "payments"
+    }
+
+    fn export<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        _keyring: &'a Keyring,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move {
+            let purchases: Vec<ExportedPurchase> = sqlx::query_as(
+                "SELECT p.id, p.checkout_session_id, p.product, p.amount_total AS amount,
+                        p.amount_refunded, p.currency, p.country, p.status, p.created_at,
+                        p.paid_at, l.id AS license_id,
+                        CASE WHEN l.id IS NULL THEN NULL
+                             WHEN l.revoked_at IS NULL THEN 'active' ELSE 'revoked' END
+                            AS license_status,
+                        l.token AS license
+                 FROM purchase p LEFT JOIN license l ON l.purchase_id = p.id
+                 WHERE p.person_id = $1 ORDER BY p.created_at",
+            )
+            .bind(person)
+            .fetch_all(conn)
+            .await
+            .context("failed to export purchases")?;
+            Ok(serde_json::json!({
+                "purchases": purchases,
+                "card_details": "never received: Stripe processes payments, and we keep only the metadata above",
+            }))
+        })
+    }
+
+    fn erase<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        _keyring: &'a Keyring,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
+        Box::pin(async move {
+            let unlinked = sqlx::query("UPDATE purchase SET person_id = NULL, updated_at = now() WHERE person_id = $1")
+                .bind(person)
+                .execute(conn)
+                .await
+                .context("failed to unlink purchases")?
+                .rows_affected();
+            let mut kept = Vec::new();
+            if unlinked > 0 {
+                kept.push(format!(
+                    "{unlinked} purchase record(s) — amount, currency, date, country and Stripe's ids — unlinked from the person and kept for tax law"
+                ));
+                kept.push(
+                    "their licence key(s) stay valid: a licence carries no personal data".to_owned(),
+                );
+            }
+            Ok(ErasureSummary {
+                section: self.section(),
+                removed: BTreeMap::from([("purchase_links", unlinked)]),
+                kept,
+            })
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! The purchase confirmation: a transactional email (no marketing, so no unsubscribe) that
+//! delivers the licence key. Sent from the job queue, never inside the webhook.
+
+use pexper_platform::Platform;
+use pexper_platform::jobs::{Job, JobError};
+use pexper_platform::mail::{self, EmailTemplate};
+use pexper_platform::person;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::store::PurchaseId;
+
+pub const RECEIPT_JOB: &str = "payments.receipt";
+
+/// The job names the purchase; everything else is read when it runs.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReceiptPayload {
+    pub purchase_id: PurchaseId,
+}
+
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub product: String,
+    pub amount: String,
+    pub date: String,
+    pub order: String,
+    pub license: String,
+}
+
+pexper_platform::email_template!(
+    Receipt,
+    "purchase-receipt",
+    "emails/purchase-receipt/subject.txt",
+    "emails/purchase-receipt/body.txt",
+    "emails/purchase-receipt/body.html"
+);
+
+pub async fn send_receipt(platform: Platform, job: Job) -> Result<(), JobError> {
+    let ReceiptPayload { purchase_id } = job.payload()?;
+    let Some(person) = job.person_id else {
+        return Err(JobError::Permanent(anyhow::anyhow!("a receipt without a buyer")));
+    };
+    let mut conn = platform.pool.acquire().await?;
+    let row: Option<(String, i64, String, OffsetDateTime, String)> = sqlx::query_as(
+        "SELECT p.product, p.amount_total, p.currency, COALESCE(p.paid_at, p.created_at), l.token
+         FROM purchase p JOIN license l ON l.purchase_id = p.id
+         WHERE p.id = $1 AND p.person_id = $2 AND l.revoked_at IS NULL",
+    )
+    .bind(purchase_id)
+    .bind(person)
+    .fetch_optional(&mut *conn)
+    .await?;
+    // Refunded before we got to it, or the buyer was erased: nothing to send.
+    let Some((product, amount, currency, paid_at, license)) = row else {
+        return Ok(());
+    };
+    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
+        return Ok(());
+    };
+    let rendered = Receipt {
+        product: product_name(&product),
+        amount: format_amount(amount, &currency),
+        date: paid_at.date().to_string(),
+        order: purchase_id.to_string(),
+        license,
+    }
+    .render()
+    .map_err(|e| JobError::Permanent(e.into()))?;
+    mail::deliver(
+        &mut conn,
+        &platform.mailer,
+        &platform.mail_from,
+        &job,
+        Some(person),
+        Receipt::NAME,
+        to,
+        rendered,
+        vec![],
+    )
+    .await
+}
+
+fn product_name(product: &str) -> String {
+    match product {
+        "pexper" => "Pexper (one-time purchase)".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// Minor units to a readable amount: `4900, "usd"` → `49.00 USD`. Stripe's zero-decimal
+/// currencies have no minor unit.
+pub fn format_amount(amount: i64, currency: &str) -> String {
+    const ZERO_DECIMAL: &[&str] = &[
+        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
+        "xaf", "xof", "xpf",
+    ];
+    let code = currency.to_ascii_uppercase();
+    if ZERO_DECIMAL.contains(&currency) {
+        return format!("{amount} {code}");
+    }
+    let sign = if amount < 0 { "-" } else { "" };
+    let abs = amount.unsigned_abs();
+    format!("{sign}{}.{:02} {code}", abs / 100, abs % 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_read_like_prices() {
+        assert_eq!(format_amount(4900, "usd"), "49.00 USD");
+        assert_eq!(format_amount(5, "eur"), "0.05 EUR");
+        assert_eq!(format_amount(4900, "jpy"), "4900 JPY");
+        assert_eq!(format_amount(-250, "gbp"), "-2.50 GBP");
+    }
+
+    #[test]
+    fn the_receipt_carries_the_licence_and_no_unsubscribe_link() {
+        let rendered = Receipt {
+            product: product_name("pexper"),
+            amount: format_amount(4900, "usd"),
+            date: "2026-11-27".into(),
+            order: "0193a7c0-0000-7000-8000-000000000001".into(),
+            license: "PEXPER1.abc.def".into(),
+        }
+        .render()
+        .expect("renders");
+        assert_eq!(rendered.subject, "Your Pexper licence key");
+        for body in [&rendered.text, &rendered.html] {
+            assert!(body.contains("PEXPER1.abc.def"));
+            assert!(body.contains("49.00 USD"));
+            assert!(!body.to_lowercase().contains("unsubscribe"));
+        }
+    }
+}
