@@ -3,9 +3,12 @@
 //! a real SMTP server on loopback, and `spawn_app` serving the whole backend on port 0.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_debug_implementations)]
+// Stripe's objects are big JSON literals (support/stripe.rs).
+#![recursion_limit = "256"]
 
 pub mod browser;
 pub mod smtp;
+pub mod stripe;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -454,7 +457,7 @@ pub struct ServerProcess {
     pub smtp: SmtpServer,
     child: tokio::process::Child,
     dir: tempdir::TempDir,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 impl ServerProcess {
@@ -498,8 +501,13 @@ impl ServerProcess {
             smtp,
             child,
             dir,
-            _db: db,
+            db,
         }
+    }
+
+    /// `pg_dump` of the server's database.
+    pub fn dump(&self) -> String {
+        self.db.dump()
     }
 
     /// Sends SIGTERM, asserts a graceful exit within 15 s, and returns everything it logged.

@@ -491,14 +491,29 @@ async fn purchases_command(
                     match person::find(&mut conn, &keyring, &email).await? {
                         Some(p) => Some(p),
                         // Nobody by that address: an empty list, not someone else's.
-                        None => return Ok(output::rows::<admin::PurchaseRow>(json, &[], &[], |_| vec![])),
+                        None => {
+                            return Ok(output::rows::<admin::PurchaseRow>(
+                                json,
+                                &[],
+                                &[],
+                                |_| vec![],
+                            ));
+                        }
                     }
                 }
             };
             let rows = admin::list(&pool, status.as_deref(), buyer, limit).await?;
             output::rows(
                 json,
-                &["id", "checkout_session_id", "amount", "refunded", "status", "license", "created_at"],
+                &[
+                    "id",
+                    "checkout_session_id",
+                    "amount",
+                    "refunded",
+                    "status",
+                    "license",
+                    "created_at",
+                ],
                 &rows,
                 |r| {
                     vec![
@@ -521,7 +536,9 @@ async fn purchases_command(
             let events: Vec<_> = admin::events(&pool, &row)
                 .await?
                 .into_iter()
-                .map(|(id, kind, at)| json!({"id": id, "type": kind, "occurred_at": at.to_string()}))
+                .map(
+                    |(id, kind, at)| json!({"id": id, "type": kind, "occurred_at": at.to_string()}),
+                )
                 .collect();
             value["events"] = json!(events);
             if email {

@@ -76,19 +76,22 @@ impl PersonalData for PaymentsData {
         person: PersonId,
     ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
         Box::pin(async move {
-            let unlinked = sqlx::query("UPDATE purchase SET person_id = NULL, updated_at = now() WHERE person_id = $1")
-                .bind(person)
-                .execute(conn)
-                .await
-                .context("failed to unlink purchases")?
-                .rows_affected();
+            let unlinked = sqlx::query(
+                "UPDATE purchase SET person_id = NULL, updated_at = now() WHERE person_id = $1",
+            )
+            .bind(person)
+            .execute(conn)
+            .await
+            .context("failed to unlink purchases")?
+            .rows_affected();
             let mut kept = Vec::new();
             if unlinked > 0 {
                 kept.push(format!(
                     "{unlinked} purchase record(s) — amount, currency, date, country and Stripe's ids — unlinked from the person and kept for tax law"
                 ));
                 kept.push(
-                    "their licence key(s) stay valid: a licence carries no personal data".to_owned(),
+                    "their licence key(s) stay valid: a licence carries no personal data"
+                        .to_owned(),
                 );
             }
             Ok(ErasureSummary {

@@ -38,7 +38,9 @@ pexper_platform::email_template!(
 pub async fn send_receipt(platform: Platform, job: Job) -> Result<(), JobError> {
     let ReceiptPayload { purchase_id } = job.payload()?;
     let Some(person) = job.person_id else {
-        return Err(JobError::Permanent(anyhow::anyhow!("a receipt without a buyer")));
+        return Err(JobError::Permanent(anyhow::anyhow!(
+            "a receipt without a buyer"
+        )));
     };
     let mut conn = platform.pool.acquire().await?;
     let row: Option<(String, i64, String, OffsetDateTime, String)> = sqlx::query_as(

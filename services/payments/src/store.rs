@@ -58,7 +58,10 @@ impl Outcome {
 }
 
 /// Records the event id; `false` if it was recorded already (a redelivery).
-pub async fn record_event(conn: &mut PgConnection, event: &EventRecord<'_>) -> anyhow::Result<bool> {
+pub async fn record_event(
+    conn: &mut PgConnection,
+    event: &EventRecord<'_>,
+) -> anyhow::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO stripe_event (id, type, livemode, occurred_at, outcome)
          VALUES ($1, $2, $3, $4, 'ignored')
@@ -304,7 +307,11 @@ pub fn status(
 
 /// Recomputes a purchase from its facts and every refund and dispute seen for it, then
 /// issues or revokes its licence. Idempotent.
-pub async fn apply(conn: &mut PgConnection, key: &SigningKey, id: PurchaseId) -> anyhow::Result<()> {
+pub async fn apply(
+    conn: &mut PgConnection,
+    key: &SigningKey,
+    id: PurchaseId,
+) -> anyhow::Result<()> {
     let (pi, charge, paid, failed, total): (Option<String>, Option<String>, bool, bool, i64) =
         sqlx::query_as(
             "SELECT payment_intent_id, charge_id, paid_at IS NOT NULL, payment_failed_at IS NOT NULL,
@@ -417,13 +424,28 @@ mod tests {
         assert_eq!(status(false, false, 4900, 0, None), "unpaid");
         assert_eq!(status(true, false, 4900, 0, None), "paid");
         assert_eq!(status(false, true, 4900, 0, None), "payment_failed");
-        assert_eq!(status(true, true, 4900, 0, None), "paid", "paid wins over an old failure");
+        assert_eq!(
+            status(true, true, 4900, 0, None),
+            "paid",
+            "paid wins over an old failure"
+        );
         assert_eq!(status(true, false, 4900, 1000, None), "partially_refunded");
         assert_eq!(status(true, false, 4900, 4900, None), "refunded");
-        assert_eq!(status(false, false, 4900, 4900, None), "refunded", "refund before purchase");
-        assert_eq!(status(true, false, 4900, 0, Some("needs_response")), "disputed");
+        assert_eq!(
+            status(false, false, 4900, 4900, None),
+            "refunded",
+            "refund before purchase"
+        );
+        assert_eq!(
+            status(true, false, 4900, 0, Some("needs_response")),
+            "disputed"
+        );
         assert_eq!(status(true, false, 4900, 0, Some("won")), "paid");
         assert_eq!(status(true, false, 4900, 0, Some("lost")), "dispute_lost");
-        assert_eq!(status(true, false, 0, 0, None), "paid", "a free (100% coupon) order");
+        assert_eq!(
+            status(true, false, 0, 0, None),
+            "paid",
+            "a free (100% coupon) order"
+        );
     }
 }

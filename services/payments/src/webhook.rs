@@ -48,7 +48,12 @@ pub async fn receive(
     let signature = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| reject("missing_signature", "the Stripe-Signature header is missing"))?;
+        .ok_or_else(|| {
+            reject(
+                "missing_signature",
+                "the Stripe-Signature header is missing",
+            )
+        })?;
     let payload = std::str::from_utf8(&body)
         .map_err(|_| reject("invalid_signature", "the body is not UTF-8"))?;
     verify(payload, signature, &platform.config.stripe_webhook_secrets)?;
@@ -64,7 +69,11 @@ pub async fn receive(
 
 fn reject(code: &'static str, message: &'static str) -> ApiError {
     let total = REJECTED.fetch_add(1, Ordering::Relaxed) + 1;
-    tracing::warn!(rejected_total = total, reason = code, "stripe webhook refused");
+    tracing::warn!(
+        rejected_total = total,
+        reason = code,
+        "stripe webhook refused"
+    );
     ApiError::bad_request(code, message)
 }
 

@@ -80,8 +80,8 @@ fn load_secret(
             "generated a development key; set {variable} in production"
         );
     }
-    let contents =
-        std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let contents = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
     Ok(SecretString::from(contents))
 }
 
