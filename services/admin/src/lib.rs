@@ -481,28 +481,20 @@ async fn purchases_command(
             buyer,
             limit,
         } => {
-            let buyer = match buyer {
-                None => None,
+            let rows = match buyer {
+                None => admin::list(&pool, status.as_deref(), None, limit).await?,
                 Some(address) => {
                     let email = pexper_platform::email::EmailAddress::parse(&address)
                         .context("--buyer is not a valid address")?;
                     let keyring = Keyring::new(&keys::load_master_keys(config)?);
                     let mut conn = pool.acquire().await?;
                     match person::find(&mut conn, &keyring, &email).await? {
-                        Some(p) => Some(p),
-                        // Nobody by that address: an empty list, not someone else's.
-                        None => {
-                            return Ok(output::rows::<admin::PurchaseRow>(
-                                json,
-                                &[],
-                                &[],
-                                |_| vec![],
-                            ));
-                        }
+                        Some(p) => admin::list(&pool, status.as_deref(), Some(p), limit).await?,
+                        // Nobody by that address: an empty list.
+                        None => Vec::new(),
                     }
                 }
             };
-            let rows = admin::list(&pool, status.as_deref(), buyer, limit).await?;
             output::rows(
                 json,
                 &[

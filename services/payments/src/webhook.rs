@@ -138,16 +138,24 @@ async fn process(platform: &Platform, event: &Event<'_>) -> Result<&'static str,
                 _ => false,
             };
             let (product, price_id) = session.product();
+            let amount_total = session.amount_total.unwrap_or(0);
+            let currency = session
+                .currency
+                .as_deref()
+                .unwrap_or("usd")
+                .to_ascii_lowercase();
+            if amount_total < 0
+                || currency.len() != 3
+                || !currency.bytes().all(|b| b.is_ascii_lowercase())
+            {
+                return Err(unreadable(event));
+            }
             let facts = SessionFacts {
                 payment_intent_id: session.payment_intent_id(),
                 product,
                 price_id,
-                amount_total: session.amount_total.unwrap_or(0),
-                currency: session
-                    .currency
-                    .as_deref()
-                    .unwrap_or("usd")
-                    .to_ascii_lowercase(),
+                amount_total,
+                currency,
                 country: session.country(),
                 livemode: event.livemode,
                 created_at: session

@@ -62,6 +62,13 @@ pub struct Config {
 pub const DEV_STRIPE_WEBHOOK_SECRET: &str = "whsec_pexper_development_only";
 
 impl Config {
+    /// Whether Stripe webhooks are verified with the fixed development secret.
+    pub fn uses_dev_stripe_secret(&self) -> bool {
+        self.stripe_webhook_secrets
+            .iter()
+            .any(|s| s.expose_secret() == DEV_STRIPE_WEBHOOK_SECRET)
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> anyhow::Result<Self> {
         Self::from_vars(std::env::vars().collect())
@@ -183,11 +190,7 @@ impl Config {
                 "PEXPER_ENV=production needs PEXPER_LICENSE_KEY: set it to a base64-encoded 32-byte Ed25519 seed"
             );
         }
-        if self
-            .stripe_webhook_secrets
-            .iter()
-            .any(|s| s.expose_secret() == DEV_STRIPE_WEBHOOK_SECRET)
-        {
+        if self.uses_dev_stripe_secret() {
             bail!(
                 "PEXPER_ENV=production needs STRIPE_WEBHOOK_SECRET: set it to the whsec_… secret of your Stripe webhook endpoint"
             );

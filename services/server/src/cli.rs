@@ -47,6 +47,13 @@ async fn run(
     services: Vec<std::sync::Arc<dyn pexper_platform::Service>>,
 ) -> anyhow::Result<()> {
     let bind = config.bind;
+    if config.uses_dev_stripe_secret() {
+        // Not a secret: it is in the source, so that `stripe listen` or a script can sign.
+        tracing::warn!(
+            secret = pexper_platform::config::DEV_STRIPE_WEBHOOK_SECRET,
+            "Stripe webhooks are verified with the development secret; set STRIPE_WEBHOOK_SECRET"
+        );
+    }
     let platform = crate::platform(config, None).await?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(

@@ -1,0 +1,134 @@
+//! Stripe webhook acknowledgements through HTTP against the real stack (signature check, TLS
+//! Postgres, licence signing, the receipt job and its email over a real SMTP server), on this
+//! machine. Every event is a new paid Checkout Session: the most expensive kind.
+//!
+//!     cargo bench -p pexper-tests --bench webhook [-- RATE SECONDS CONCURRENCY]
+//!
+//! 1. Open loop at RATE events/s (default 200) for SECONDS (default 15): latency is measured
+//!    from when each request was due, so a stall cannot hide (no coordinated omission).
+//!    The goal is p99 < 50 ms at 200/s.
+//! 2. Closed loop with CONCURRENCY clients (default 32): the most acknowledgements per second.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pexper_tests::stripe::{self, Checkout};
+use pexper_tests::*;
+
+fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let rate = args.first().copied().unwrap_or(200);
+    let seconds = args.get(1).copied().unwrap_or(15);
+    let concurrency = args.get(2).copied().unwrap_or(32) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(rate, seconds, concurrency));
+}
+
+/// A signed request body and header for a new paid purchase.
+fn signed_purchase() -> (String, String) {
+    let payload = Checkout::new(&format!("bench.{}@example.com", stripe::unique()))
+        .session_event("checkout.session.completed", "paid")
+        .to_string();
+    let signature = stripe::sign(&payload, stripe::SECRET, stripe::now());
+    (payload, signature)
+}
+
+async fn send(client: &reqwest::Client, url: &str, (payload, signature): (String, String)) {
+    let res = client
+        .post(url)
+        .header("Stripe-Signature", signature)
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+fn report(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "{label}: {} acks in {:.2}s = {:.0}/s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+    );
+}
+
+async fn run(rate: u64, seconds: u64, concurrency: usize) {
+    let app = spawn_app().await;
+    let url: Arc<str> = app.url("/v1/webhooks/stripe").into();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    for _ in 0..50 {
+        send(&client, &url, signed_purchase()).await;
+    }
+
+    // 1. Open loop. Bodies are signed ahead so the load generator's own work stays off the
+    // clock.
+    let total = (rate * seconds) as usize;
+    let bodies: Vec<_> = (0..total).map(|_| signed_purchase()).collect();
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let due = started + period * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let (client, url) = (client.clone(), url.clone());
+        tasks.spawn(async move {
+            send(&client, &url, body).await;
+            due.elapsed()
+        });
+    }
+    let latencies = tasks.join_all().await;
+    report(
+        &format!("open loop at {rate}/s"),
+        latencies,
+        started.elapsed(),
+    );
+
+    // 2. Closed loop.
+    let total = 3000;
+    let bodies = Arc::new(std::sync::Mutex::new(
+        (0..total).map(|_| signed_purchase()).collect::<Vec<_>>(),
+    ));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some(body) = bodies.lock().unwrap().pop() else {
+                    return latencies;
+                };
+                let t = Instant::now();
+                send(&client, &url, body).await;
+                latencies.push(t.elapsed());
+            }
+        });
+    }
+    let latencies: Vec<Duration> = tasks.join_all().await.into_iter().flatten().collect();
+    report(
+        &format!("closed loop, {concurrency} clients"),
+        latencies,
+        started.elapsed(),
+    );
+    let purchases: i64 = sqlx::query_scalar("SELECT count(*) FROM license")
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap();
+    println!("licences issued: {purchases}");
+}
