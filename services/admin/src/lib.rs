@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: LicensesCommand,
     },
+    /// GDPR/CCPA requests: intake from privacy@, the queue, handling, the SLA.
+    Privacy {
+        #[command(subcommand)]
+        command: PrivacyCommand,
+    },
     /// The managed local Postgres (when DATABASE_URL is unset).
     Db {
         #[command(subcommand)]
@@ -170,6 +175,75 @@ enum LicensesCommand {
     Revoke { id: String },
 }
 
+const KINDS: [&str; 7] = [
+    "access",
+    "portability",
+    "deletion",
+    "correction",
+    "restriction",
+    "objection",
+    "opt_out_of_sale",
+];
+
+#[derive(Debug, Subcommand)]
+enum PrivacyCommand {
+    /// Take in a request that arrived by email; the person gets an acknowledgement with a
+    /// verification link.
+    Intake {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = KINDS)]
+        kind: String,
+        #[arg(long, value_parser = ["gdpr", "ccpa", "other"], default_value = "other")]
+        jurisdiction: String,
+        /// When it arrived (YYYY-MM-DD or RFC 3339; default now): the due date counts from it.
+        #[arg(long)]
+        received_at: Option<String>,
+        /// What they asked, in their words (stored encrypted).
+        #[arg(long)]
+        note: Option<String>,
+        /// Where it came from; only `email` is taken in by hand.
+        #[arg(long, value_parser = ["email"], default_value = "email")]
+        source: String,
+    },
+    /// The queue, soonest due first.
+    List {
+        /// Only open requests past their due date.
+        #[arg(long)]
+        overdue: bool,
+        /// Only open requests due within this many days.
+        #[arg(long, value_name = "DAYS")]
+        due_within: Option<i64>,
+        #[arg(long, value_parser = ["received", "verified", "processing", "completed", "rejected", "expired"])]
+        status: Option<String>,
+    },
+    /// One request: what the person wrote, its audit trail.
+    Show {
+        id: uuid::Uuid,
+        /// Also decrypt and show the person's address.
+        #[arg(long)]
+        email: bool,
+    },
+    /// Take a verified request in hand (access and deletion: run their processing again).
+    Process { id: uuid::Uuid },
+    /// Close a request as done; the note is emailed to the person.
+    Complete {
+        id: uuid::Uuid,
+        #[arg(long)]
+        note: String,
+    },
+    /// Refuse a request; the reason is emailed to the person.
+    Reject {
+        id: uuid::Uuid,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Open, due soon, overdue; median days to close and share closed on time (90 days).
+    Sla,
+    /// Check the audit trail's hash chain.
+    Audit,
+}
+
 #[derive(Debug, Subcommand)]
 enum DbCommand {
     /// Start the managed Postgres if it is not running, and say where it listens.
@@ -230,6 +304,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Mail { command } => mail_command(json, &config, command).await?,
         Command::Purchases { command } => purchases_command(json, &config, command).await?,
         Command::Licenses { command } => licenses_command(json, &config, command).await?,
+        Command::Privacy { command } => privacy_command(json, &config, command).await?,
         Command::Db { command } => {
             anyhow::ensure!(
                 config.database_url.is_none(),
@@ -425,7 +500,7 @@ async fn mail_command(json: bool, config: &Config, command: MailCommand) -> anyh
                 .await?
                 .into_iter()
                 .filter(|j| {
-                    ["mail.", "waitlist.", "payments."]
+                    ["mail.", "waitlist.", "payments.", "privacy."]
                         .iter()
                         .any(|p| j.kind.starts_with(p))
                 })
@@ -563,6 +638,130 @@ async fn licenses_command(
                 .await?
                 .with_context(|| format!("no licence {id}"))?;
             output::object(json, &json!({"revoked": revoked}));
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+fn parse_instant(s: &str) -> anyhow::Result<time::OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let date = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .with_context(|| format!("`{s}` is neither YYYY-MM-DD nor an RFC 3339 time"))?;
+    Ok(date.midnight().assume_utc())
+}
+
+async fn privacy_command(
+    json: bool,
+    config: &Config,
+    command: PrivacyCommand,
+) -> anyhow::Result<()> {
+    use pexper_privacy::admin;
+    use pexper_privacy::request::{Jurisdiction, Kind};
+    let pool = connect(config).await?;
+    let keyring =
+        || -> anyhow::Result<Keyring> { Ok(Keyring::new(&keys::load_master_keys(config)?)) };
+    match command {
+        PrivacyCommand::Intake {
+            email,
+            kind,
+            jurisdiction,
+            received_at,
+            note,
+            source: _,
+        } => {
+            let email = pexper_platform::email::EmailAddress::parse(&email)
+                .context("--email is not a valid address")?;
+            let received_at = match received_at {
+                Some(s) => parse_instant(&s)?,
+                None => time::OffsetDateTime::now_utc(),
+            };
+            anyhow::ensure!(
+                received_at <= time::OffsetDateTime::now_utc(),
+                "--received-at is in the future"
+            );
+            let id = admin::intake(
+                &pool,
+                &keyring()?,
+                &email,
+                Kind::parse(&kind).context("unknown kind")?,
+                Jurisdiction::parse(&jurisdiction).context("unknown jurisdiction")?,
+                received_at,
+                note,
+            )
+            .await?;
+            let row = admin::find(&pool, id)
+                .await?
+                .context("the request vanished")?;
+            output::object(json, &serde_json::to_value(row)?);
+        }
+        PrivacyCommand::List {
+            overdue,
+            due_within,
+            status,
+        } => {
+            let rows = admin::list(&pool, status.as_deref(), overdue, due_within).await?;
+            output::rows(
+                json,
+                &["id", "kind", "status", "received_at", "due_at", "days_left"],
+                &rows,
+                |r| {
+                    vec![
+                        r.id.to_string(),
+                        r.kind.clone(),
+                        r.status.clone(),
+                        r.received_at.date().to_string(),
+                        r.due_at.date().to_string(),
+                        match r.days_left {
+                            Some(d) if d < 0 => format!("overdue {}d", -d),
+                            Some(d) => d.to_string(),
+                            None => "-".into(),
+                        },
+                    ]
+                },
+            );
+        }
+        PrivacyCommand::Show { id, email } => {
+            let row = admin::find(&pool, id)
+                .await?
+                .with_context(|| format!("no privacy request {id}"))?;
+            let mut value = serde_json::to_value(&row)?;
+            let private = admin::private_parts(&pool, &keyring()?, &row, email).await?;
+            if let (Some(v), Some(p)) = (value.as_object_mut(), private.as_object()) {
+                v.extend(p.clone());
+            }
+            value["audit"] = serde_json::to_value(admin::audit_of(&pool, id).await?)?;
+            output::object(json, &value);
+        }
+        PrivacyCommand::Process { id } => {
+            admin::process(&pool, id).await?;
+            output::object(json, &json!({"id": id, "processing": true}));
+        }
+        PrivacyCommand::Complete { id, note } => {
+            anyhow::ensure!(!note.trim().is_empty(), "--note must say what was done");
+            admin::close(&pool, &keyring()?, id, true, note.trim()).await?;
+            output::object(json, &json!({"id": id, "status": "completed"}));
+        }
+        PrivacyCommand::Reject { id, reason } => {
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+            admin::close(&pool, &keyring()?, id, false, reason.trim()).await?;
+            output::object(json, &json!({"id": id, "status": "rejected"}));
+        }
+        PrivacyCommand::Sla => {
+            output::object(json, &serde_json::to_value(admin::sla(&pool).await?)?);
+        }
+        PrivacyCommand::Audit => {
+            let check = admin::verify_audit(&pool).await?;
+            let intact = check.broken_at.is_none();
+            output::object(json, &serde_json::to_value(&check)?);
+            anyhow::ensure!(
+                intact,
+                "the audit trail is broken at event {}",
+                check.broken_at.unwrap_or_default()
+            );
         }
     }
     Ok(())

@@ -97,6 +97,20 @@ impl Registry {
         keyring: &Keyring,
         person: PersonId,
     ) -> anyhow::Result<Vec<ErasureSummary>> {
+        let summaries = self.erase_sections(conn, keyring, person).await?;
+        person::destroy(conn, person).await?;
+        Ok(summaries)
+    }
+
+    /// Every service's erase, leaving the person row (their sealed address and data key) for a
+    /// last message — the deletion confirmation — after which the caller must
+    /// `person::destroy` them.
+    pub async fn erase_sections(
+        &self,
+        conn: &mut PgConnection,
+        keyring: &Keyring,
+        person: PersonId,
+    ) -> anyhow::Result<Vec<ErasureSummary>> {
         let mut summaries = Vec::with_capacity(self.parts.len());
         for part in &self.parts {
             summaries.push(
@@ -105,7 +119,6 @@ impl Registry {
                     .with_context(|| format!("failed to erase the {} section", part.section()))?,
             );
         }
-        person::destroy(conn, person).await?;
         Ok(summaries)
     }
 }

@@ -86,6 +86,13 @@ pub trait Service: Send + Sync {
         Vec::new()
     }
 
+    /// Job kinds to run periodically (sweeps, rollups, retention). Each is enqueued every
+    /// `WorkerOptions::recurring_every` with its kind as the dedupe key, so however many
+    /// replicas run, at most one of each is waiting; the handlers must be idempotent.
+    fn recurring(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// What this service keeps about a person; `config` for settings that shape an export.
     fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {
         None

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pexper_platform::http::HttpOptions;
-use pexper_platform::jobs::Worker;
+use pexper_platform::jobs::{self, Worker};
 use pexper_platform::mail::Mailer;
 use pexper_platform::personal_data::Registry;
 use pexper_platform::{Config, Platform, Service, core, db, keys};
@@ -23,6 +23,7 @@ pub fn all_services() -> Vec<Arc<dyn Service>> {
         Arc::new(core::Core),
         Arc::new(pexper_waitlist::Waitlist),
         Arc::new(pexper_payments::Payments),
+        Arc::new(pexper_privacy::Privacy),
     ]
 }
 
@@ -73,12 +74,48 @@ pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<
     Platform::new(config, pool, &master, mailer, registry)
 }
 
+/// Enqueues every recurring job kind every `every` (the first time one period after start),
+/// until shutdown. The kind is
+/// the dedupe key: a job still waiting (from this or another replica) is not doubled.
+async fn schedule(
+    platform: Platform,
+    kinds: Vec<&'static str>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if kinds.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for kind in &kinds {
+            let enqueued = async {
+                let mut conn = platform.pool.acquire().await?;
+                jobs::enqueue(
+                    &mut conn,
+                    jobs::NewJob::new(kind, serde_json::json!({})).dedupe_key(*kind),
+                )
+                .await
+            };
+            if let Err(e) = enqueued.await {
+                tracing::warn!(error = %pexper_platform::telemetry::redact(&format!("{e:#}")), kind, "failed to schedule a recurring job");
+            }
+        }
+    }
+}
+
 /// How the process's job worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub concurrency: usize,
     pub lease: Duration,
     pub poll_interval: Duration,
+    /// How often each service's recurring jobs are enqueued.
+    pub recurring_every: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -87,6 +124,7 @@ impl Default for WorkerOptions {
             concurrency: 2,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
+            recurring_every: Duration::from_secs(300),
         }
     }
 }
@@ -113,6 +151,13 @@ pub async fn launch(
         }
     }
     let worker_task = tokio::spawn(jobs.run(shutdown.clone()));
+    let recurring: Vec<&'static str> = services.iter().flat_map(|s| s.recurring()).collect();
+    let scheduler = tokio::spawn(schedule(
+        platform.clone(),
+        recurring,
+        worker.recurring_every,
+        shutdown.clone(),
+    ));
 
     let prune = {
         let mut shutdown = shutdown.clone();
@@ -146,5 +191,6 @@ pub async fn launch(
 
     worker_task.await.context("the job worker panicked")?;
     prune.abort();
+    scheduler.abort();
     served
 }

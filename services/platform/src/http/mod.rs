@@ -26,6 +26,19 @@ use utoipa_axum::routes;
 pub use client_ip::ClientIp;
 pub use error::{ApiError, ApiJson, json_error};
 
+/// Renders an HTML page (an askama template over `layouts/page.html`) with a status. A
+/// template that fails to render is a bug in our code: it is logged and answered with a plain
+/// 500 (the JSON-error layer leaves HTML alone).
+pub fn render_page(status: StatusCode, page: impl askama::Template) -> axum::response::Response {
+    match page.render() {
+        Ok(html) => (status, axum::response::Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "page failed to render");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
 use crate::state::{Platform, Service};
 
 /// Limits of the HTTP stack. The defaults suit production; tests raise the rate limit where

@@ -1,0 +1,267 @@
+//! What `pexper-admin privacy …` does: take in requests that arrive at privacy@, list the
+//! queue against its due dates, show one (with what the person wrote), move operator-handled
+//! requests along, and report the SLA.
+
+use anyhow::Context;
+use pexper_platform::crypto::Keyring;
+use pexper_platform::email::EmailAddress;
+use pexper_platform::jobs::{self, NewJob};
+use pexper_platform::person::{self, PersonId};
+use serde::Serialize;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::jobs::{OUTCOME_MAIL_JOB, PROCESS_JOB, RequestPayload};
+use crate::request::{Jurisdiction, Kind, status};
+use crate::store::{self, NewRequest, details_field, outcome_field};
+
+pub use crate::audit::{Verification as AuditVerification, verify as verify_audit};
+
+/// A request that arrived by email, taken in by an operator. It is acknowledged by email with
+/// a verification link like any other.
+pub async fn intake(
+    pool: &PgPool,
+    keyring: &Keyring,
+    email: &EmailAddress,
+    kind: Kind,
+    jurisdiction: Jurisdiction,
+    received_at: OffsetDateTime,
+    note: Option<String>,
+) -> anyhow::Result<Uuid> {
+    let mut tx = pool.begin().await?;
+    let person = person::find_or_create(&mut tx, keyring, email).await?;
+    let id = store::create(
+        &mut tx,
+        keyring,
+        person,
+        &NewRequest {
+            kind,
+            jurisdiction,
+            source: "email",
+            details: note,
+            received_at,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Row {
+    pub id: Uuid,
+    pub kind: String,
+    pub jurisdiction: String,
+    pub status: String,
+    pub source: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub due_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub closed_at: Option<OffsetDateTime>,
+    /// Whole days until due (negative: overdue); `None` once closed.
+    pub days_left: Option<i64>,
+    pub overdue: bool,
+    #[serde(skip)]
+    pub person_id: Option<PersonId>,
+}
+
+const SELECT: &str = "
+    SELECT id, kind, jurisdiction, status, source, received_at, due_at, closed_at,
+           CASE WHEN status IN ('received', 'verified', 'processing')
+                THEN floor(extract(epoch FROM due_at - now()) / 86400)::bigint END AS days_left,
+           status IN ('received', 'verified', 'processing') AND due_at < now() AS overdue,
+           person_id
+    FROM privacy_request";
+
+/// The queue, soonest due first. `overdue` and `due_within` look at open requests only.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    overdue: bool,
+    due_within_days: Option<i64>,
+) -> anyhow::Result<Vec<Row>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT}
+         WHERE ($1::text IS NULL OR status = $1)
+           AND (NOT $2 OR (status IN ('received', 'verified', 'processing') AND due_at < now()))
+           AND ($3::bigint IS NULL OR (status IN ('received', 'verified', 'processing')
+                                        AND due_at < now() + make_interval(days => $3::int)))
+         ORDER BY due_at, id"
+    )))
+    .bind(status)
+    .bind(overdue)
+    .bind(due_within_days)
+    .fetch_all(pool)
+    .await
+    .context("failed to list privacy requests")
+}
+
+pub async fn find(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<Row>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .context("failed to load a privacy request")
+}
+
+/// What the person wrote and the outcome we sent, decrypted, and their address if asked.
+pub async fn private_parts(
+    pool: &PgPool,
+    keyring: &Keyring,
+    row: &Row,
+    with_email: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let Some(person) = row.person_id else {
+        return Ok(serde_json::json!({"erased": true}));
+    };
+    let mut conn = pool.acquire().await?;
+    let (details, outcome): (Option<Vec<u8>>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT details_sealed, outcome_sealed FROM privacy_request WHERE id = $1")
+            .bind(row.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let key = person::data_key(&mut conn, keyring, person).await?;
+    let open = |field, sealed: Option<Vec<u8>>| -> anyhow::Result<Option<String>> {
+        match (&key, sealed) {
+            (Some(key), Some(s)) => Ok(Some(key.open_string(field, &s)?)),
+            _ => Ok(None),
+        }
+    };
+    let mut value = serde_json::json!({
+        "details": open(details_field(row.id), details)?,
+        "outcome": open(outcome_field(row.id), outcome)?,
+    });
+    if with_email {
+        let email = person::email(&mut conn, keyring, person).await?;
+        value["email"] = serde_json::json!(email.as_ref().map(|e| e.as_str()));
+    }
+    Ok(value)
+}
+
+/// `privacy process ID`: an operator takes a verified request in hand; for access and
+/// deletion (say, after their job went dead) it runs the automatic processing again.
+pub async fn process(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, String, Option<PersonId>)> = sqlx::query_as(
+        "SELECT kind, status, person_id FROM privacy_request WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (kind, current, person) = row.with_context(|| format!("no privacy request {id}"))?;
+    let kind = Kind::parse(&kind).context("a stored kind no longer parses")?;
+    anyhow::ensure!(
+        current == status::VERIFIED || current == status::PROCESSING,
+        "request {id} is {current}: only a verified request can be processed"
+    );
+    if kind.is_automatic() {
+        let person = person.context("the request's person is erased")?;
+        jobs::enqueue(
+            &mut tx,
+            NewJob::new(PROCESS_JOB, RequestPayload { request_id: id })
+                .for_person(person)
+                .dedupe_key(format!("{PROCESS_JOB}:{id}")),
+        )
+        .await?;
+    } else {
+        store::transition(
+            &mut tx,
+            id,
+            &[status::VERIFIED],
+            status::PROCESSING,
+            "processing",
+            "operator",
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `privacy complete ID --note` / `privacy reject ID --reason`: closes a request and tells the
+/// person, with the note sealed under their key.
+pub async fn close(
+    pool: &PgPool,
+    keyring: &Keyring,
+    id: Uuid,
+    completed: bool,
+    note: &str,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let (to, from, event): (&str, &[&str], &str) = if completed {
+        (
+            status::COMPLETED,
+            &[status::VERIFIED, status::PROCESSING],
+            "completed",
+        )
+    } else {
+        (status::REJECTED, &status::OPEN, "rejected")
+    };
+    let Some((_, person)) = store::transition(&mut tx, id, from, to, event, "operator").await?
+    else {
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT status FROM privacy_request WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        anyhow::bail!(match current {
+            None => format!("no privacy request {id}"),
+            Some(s) => format!("request {id} is {s}: it cannot be {to} now"),
+        });
+    };
+    if let Some(person) = person {
+        let key = person::data_key(&mut tx, keyring, person)
+            .await?
+            .context("the person vanished")?;
+        sqlx::query("UPDATE privacy_request SET outcome_sealed = $2 WHERE id = $1")
+            .bind(id)
+            .bind(key.seal(outcome_field(id), note.as_bytes()))
+            .execute(&mut *tx)
+            .await?;
+        jobs::enqueue(
+            &mut tx,
+            NewJob::new(OUTCOME_MAIL_JOB, RequestPayload { request_id: id }).for_person(person),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Sla {
+    pub open: i64,
+    pub due_within_7_days: i64,
+    pub overdue: i64,
+    /// Over requests closed in the last 90 days (completed or rejected).
+    pub closed_last_90_days: i64,
+    pub median_days_to_close: Option<f64>,
+    /// Share of those closed by their due date, 0..1.
+    pub closed_on_time_share: Option<f64>,
+}
+
+pub async fn sla(pool: &PgPool) -> anyhow::Result<Sla> {
+    sqlx::query_as(
+        "WITH open AS (SELECT * FROM privacy_request WHERE status IN ('received', 'verified', 'processing')),
+              closed AS (SELECT * FROM privacy_request
+                         WHERE status IN ('completed', 'rejected') AND closed_at > now() - interval '90 days')
+         SELECT (SELECT count(*) FROM open) AS open,
+                (SELECT count(*) FROM open WHERE due_at >= now() AND due_at < now() + interval '7 days')
+                    AS due_within_7_days,
+                (SELECT count(*) FROM open WHERE due_at < now()) AS overdue,
+                (SELECT count(*) FROM closed) AS closed_last_90_days,
+                (SELECT percentile_cont(0.5) WITHIN GROUP
+                        (ORDER BY extract(epoch FROM closed_at - received_at) / 86400)
+                 FROM closed)::float8 AS median_days_to_close,
+                (SELECT avg(CASE WHEN closed_at <= due_at THEN 1.0 ELSE 0.0 END) FROM closed)::float8
+                    AS closed_on_time_share",
+    )
+    .fetch_one(pool)
+    .await
+    .context("failed to compute the SLA")
+}
+
+pub use crate::audit::{Entry as AuditEntry, of_request as audit_of};

@@ -1,0 +1,65 @@
+//! The privacy service's emails. All transactional: they answer a request the person made.
+
+use pexper_platform::email_template;
+
+/// Acknowledges receipt and asks the person to confirm the request is theirs.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub kind: String,
+    pub received: String,
+    pub due: String,
+    pub verify_url: String,
+    pub verify_by: String,
+}
+
+email_template!(
+    Received,
+    "privacy-received",
+    "emails/privacy-received/subject.txt",
+    "emails/privacy-received/body.txt",
+    "emails/privacy-received/body.html"
+);
+
+#[derive(Debug, Clone)]
+pub struct ExportReady {
+    pub url: String,
+    pub expires: String,
+}
+
+email_template!(
+    ExportReady,
+    "privacy-export-ready",
+    "emails/privacy-export-ready/subject.txt",
+    "emails/privacy-export-ready/body.txt",
+    "emails/privacy-export-ready/body.html"
+);
+
+#[derive(Debug, Clone)]
+pub struct DeletionDone {
+    pub received: String,
+}
+
+email_template!(
+    DeletionDone,
+    "privacy-deleted",
+    "emails/privacy-deleted/subject.txt",
+    "emails/privacy-deleted/body.txt",
+    "emails/privacy-deleted/body.html"
+);
+
+/// An operator's answer: completed (with a note) or rejected (with the reason).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub kind: String,
+    pub received: String,
+    pub completed: bool,
+    pub note: String,
+}
+
+email_template!(
+    Outcome,
+    "privacy-outcome",
+    "emails/privacy-outcome/subject.txt",
+    "emails/privacy-outcome/body.txt",
+    "emails/privacy-outcome/body.html"
+);

@@ -1,0 +1,159 @@
+//! The privacy endpoints people use: the request form's `POST`, and the verification link
+//! (`GET` shows a button and changes nothing — mail scanners follow links; `POST` verifies).
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use pexper_platform::Platform;
+use pexper_platform::email::EmailAddress;
+use pexper_platform::http::{ApiError, ApiJson, render_page};
+use pexper_platform::person;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::request::{Jurisdiction, Kind};
+use crate::store::{self, NewRequest, Verification};
+
+/// Longest free text we take: enough for any correction, not a place to upload documents.
+const MAX_DETAILS: usize = 5000;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct PrivacyRequestBody {
+    /// The address the request is about; the verification email goes there.
+    email: String,
+    /// `access`, `portability`, `deletion`, `correction`, `restriction`, `objection` or
+    /// `opt_out_of_sale`.
+    kind: String,
+    /// `gdpr`, `ccpa` or `other` (default): the legal deadline can make the due date sooner.
+    jurisdiction: Option<String>,
+    /// What to correct, restrict or object to (at most 5,000 characters). Stored encrypted.
+    details: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RequestAccepted {
+    /// Always `pending_verification`.
+    status: &'static str,
+}
+
+/// Make a privacy request (GDPR/CCPA).
+#[utoipa::path(post, path = "/v1/privacy/requests", tag = "privacy",
+    request_body = PrivacyRequestBody,
+    responses(
+        (status = 202, description = "Received; a verification email is on its way (the same answer whether or not we know the address)", body = RequestAccepted),
+        (status = 422, description = "Not a valid address, kind or jurisdiction, or details too long", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests", body = pexper_wire::ErrorBody)))]
+pub async fn create(
+    State(platform): State<Platform>,
+    ApiJson(body): ApiJson<PrivacyRequestBody>,
+) -> Result<(StatusCode, axum::Json<RequestAccepted>), ApiError> {
+    let email = EmailAddress::parse(&body.email)
+        .map_err(|e| ApiError::unprocessable("invalid_email", e.to_string()))?;
+    let kind = Kind::parse(&body.kind).ok_or_else(|| {
+        ApiError::unprocessable(
+            "invalid_kind",
+            "kind must be one of access, portability, deletion, correction, restriction, objection, opt_out_of_sale",
+        )
+    })?;
+    let jurisdiction = match body.jurisdiction.as_deref() {
+        None => Jurisdiction::default(),
+        Some(j) => Jurisdiction::parse(j).ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_jurisdiction",
+                "jurisdiction must be gdpr, ccpa or other",
+            )
+        })?,
+    };
+    if body
+        .details
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DETAILS)
+    {
+        return Err(ApiError::unprocessable(
+            "details_too_long",
+            "details must be at most 5000 characters",
+        ));
+    }
+    let mut tx = platform.pool.begin().await?;
+    let person = person::find_or_create(&mut tx, &platform.keyring, &email).await?;
+    let new = NewRequest {
+        kind,
+        jurisdiction,
+        source: "web",
+        details: body.details,
+        received_at: OffsetDateTime::now_utc(),
+    };
+    let id = store::create(&mut tx, &platform.keyring, person, &new).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    tracing::info!(request = %id, kind = kind.as_str(), "privacy request received");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(RequestAccepted {
+            status: "pending_verification",
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct TokenQuery {
+    /// The token from the verification email.
+    token: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/privacy-verify.html")]
+struct VerifyPage {
+    /// `ask`, `verified` or `invalid`.
+    state: &'static str,
+    action: String,
+    automatic: bool,
+}
+
+/// Shows the confirmation button. Changes nothing.
+#[utoipa::path(get, path = "/v1/privacy/verify", tag = "privacy", params(TokenQuery), responses(
+    (status = 200, description = "A page with a Confirm button", content_type = "text/html")))]
+pub async fn verify_page(Query(q): Query<TokenQuery>) -> Response {
+    render_page(
+        StatusCode::OK,
+        VerifyPage {
+            state: "ask",
+            action: format!("/v1/privacy/verify?token={}", q.token),
+            automatic: false,
+        },
+    )
+}
+
+/// Verifies the request: access and deletion then run by themselves.
+#[utoipa::path(post, path = "/v1/privacy/verify", tag = "privacy", params(TokenQuery), responses(
+    (status = 200, description = "Verified", content_type = "text/html"),
+    (status = 400, description = "Unknown, used or expired link", content_type = "text/html")))]
+pub async fn verify(
+    State(platform): State<Platform>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    let mut tx = platform.pool.begin().await?;
+    let outcome = store::verify(&mut tx, &q.token).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    Ok(match outcome {
+        Verification::Verified { kind } => {
+            tracing::info!(kind = kind.as_str(), "privacy request verified");
+            render_page(
+                StatusCode::OK,
+                VerifyPage {
+                    state: "verified",
+                    action: String::new(),
+                    automatic: kind.is_automatic(),
+                },
+            )
+        }
+        Verification::Invalid => render_page(
+            StatusCode::BAD_REQUEST,
+            VerifyPage {
+                state: "invalid",
+                action: String::new(),
+                automatic: false,
+            },
+        ),
+    })
+}
