@@ -19,15 +19,6 @@ async fn signup(app: &TestApp, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-/// The link in a mail's text body that starts with `prefix`.
-fn link(mail: &smtp::ReceivedMail, prefix: &str) -> String {
-    let text = mail.part("text/plain").expect("a text part");
-    let start = text
-        .find(prefix)
-        .unwrap_or_else(|| panic!("{prefix} in {text}"));
-    text[start..].split_whitespace().next().unwrap().to_owned()
-}
-
 async fn queue_drained(app: &TestApp) {
     let pool = app.platform.pool.clone();
     eventually(WAIT, "the job queue to drain", || {
@@ -57,7 +48,7 @@ async fn join(app: &TestApp, email: &str, extra: Value) -> String {
         })
     })
     .await;
-    let url = link(&confirm, &app.url("/v1/waitlist/confirm?token="));
+    let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));
     let res = app.client.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     res.text().await.unwrap()
@@ -92,9 +83,9 @@ async fn signup_sends_a_confirmation_whose_link_shows_the_place_in_line() {
     );
     // The confirmation is transactional: no List-Unsubscribe, but the footer links to the page.
     assert!(confirm.header("List-Unsubscribe").is_none());
-    assert!(link(confirm, &app.url("/v1/unsubscribe?token=")).len() > 40);
+    assert!(confirm.link(&app.url("/v1/unsubscribe?token=")).len() > 40);
 
-    let url = link(confirm, &app.url("/v1/waitlist/confirm?token="));
+    let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));
     let res = app.client.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["referrer-policy"], "no-referrer");
@@ -659,8 +650,8 @@ async fn no_log_line_holds_an_address_or_a_token() {
         .unwrap();
     assert_eq!(invalid.status(), 422);
     let mail = smtp.wait_for(1, WAIT).await;
-    let confirm = link(&mail[0], &format!("{base}/v1/waitlist/confirm?token="));
-    let unsubscribe = link(&mail[0], &format!("{base}/v1/unsubscribe?token="));
+    let confirm = mail[0].link(&format!("{base}/v1/waitlist/confirm?token="));
+    let unsubscribe = mail[0].link(&format!("{base}/v1/unsubscribe?token="));
     assert_eq!(client.get(&confirm).send().await.unwrap().status(), 200);
     smtp.wait_for(2, WAIT).await;
     assert_eq!(
@@ -707,7 +698,7 @@ async fn the_confirm_and_unsubscribe_pages_work_in_a_real_browser() {
         202
     );
     let mail = app.smtp.wait_for(1, WAIT).await;
-    let confirm = link(&mail[0], &app.url("/v1/waitlist/confirm?token="));
+    let confirm = mail[0].link(&app.url("/v1/waitlist/confirm?token="));
     browser.goto(&confirm).await;
     assert_eq!(browser.text("#position").await, "#1");
     assert!(
@@ -924,7 +915,7 @@ async fn an_expired_confirmation_link_gets_a_friendly_page_and_confirms_nothing(
     let app = spawn_app().await;
     signup(&app, json!({"email": "late@example.com"})).await;
     let mail = app.smtp.wait_for(1, WAIT).await;
-    let url = link(&mail[0], &app.url("/v1/waitlist/confirm?token="));
+    let url = mail[0].link(&app.url("/v1/waitlist/confirm?token="));
     sqlx::query("UPDATE waitlist_token SET expires_at = now() - interval '1 second'")
         .execute(&app.platform.pool)
         .await

@@ -24,7 +24,8 @@ impl ReceivedMail {
         for line in head.split("\r\n") {
             if let Some(v) = value.as_mut() {
                 if line.starts_with([' ', '\t']) {
-                    v.push_str(line.trim_start());
+                    // Unfolding removes the line break, not the white space (RFC 5322 2.2.3).
+                    v.push_str(line);
                     continue;
                 }
                 break;
@@ -40,6 +41,15 @@ impl ReceivedMail {
 }
 
 impl ReceivedMail {
+    /// The first link in the text body that starts with `prefix`.
+    pub fn link(&self, prefix: &str) -> String {
+        let text = self.part("text/plain").expect("a text part");
+        let start = text
+            .find(prefix)
+            .unwrap_or_else(|| panic!("{prefix} in {text}"));
+        text[start..].split_whitespace().next().unwrap().to_owned()
+    }
+
     /// The decoded body of the part with this content type (`text/plain`, `text/html`).
     pub fn part(&self, content_type: &str) -> Option<String> {
         use base64::Engine;

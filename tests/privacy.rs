@@ -1,0 +1,564 @@
+//! Privacy requests, black-box: the form and privacy@ intake, verification links (a GET
+//! changes nothing), automatic access exports and erasure across every service, operator
+//! handling with emails, due dates, reminders, the SLA and the audit chain.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pexper_server::WorkerOptions;
+use pexper_tests::stripe::{self, Checkout};
+use pexper_tests::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(15);
+const OPERATOR: &str = "privacy-ops@example.net";
+
+/// An app whose privacy@ is `OPERATOR` and whose periodic sweep runs every 300 ms.
+async fn app() -> TestApp {
+    spawn_app_with(AppOptions {
+        vars: vec![("PEXPER_PRIVACY_EMAIL", OPERATOR.into())],
+        worker: WorkerOptions {
+            poll_interval: Duration::from_millis(100),
+            recurring_every: Duration::from_millis(300),
+            ..WorkerOptions::default()
+        },
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// Whether `mail` goes to `to` with a subject containing `subject` (ignoring case).
+fn is(mail: &smtp::ReceivedMail, to: &str, subject: &str) -> bool {
+    mail.to.contains(&format!("<{to}>"))
+        && mail
+            .header("Subject")
+            .unwrap()
+            .to_lowercase()
+            .contains(&subject.to_lowercase())
+}
+
+async fn mail_to(app: &TestApp, to: &str, subject: &str) -> smtp::ReceivedMail {
+    eventually(WAIT, subject, || async {
+        app.smtp.received().into_iter().find(|m| is(m, to, subject))
+    })
+    .await
+}
+
+fn mails_to(app: &TestApp, to: &str, subject: &str) -> usize {
+    app.smtp
+        .received()
+        .iter()
+        .filter(|m| is(m, to, subject))
+        .count()
+}
+
+/// On the waitlist (confirmed) and a buyer: someone with data in every service.
+async fn customer(app: &TestApp, email: &str) -> Checkout {
+    let res = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let confirm = mail_to(app, email, "Confirm").await;
+    let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
+
+    let checkout = Checkout::new(email);
+    let payload = checkout
+        .session_event("checkout.session.completed", "paid")
+        .to_string();
+    let res = app
+        .client
+        .post(app.url("/v1/webhooks/stripe"))
+        .header(
+            "Stripe-Signature",
+            stripe::sign(&payload, stripe::SECRET, stripe::now()),
+        )
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    mail_to(app, email, "licence key").await;
+    checkout
+}
+
+async fn request(app: &TestApp, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/privacy/requests"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Requests `kind` for `email` and follows the verification link (GET, then POST).
+async fn request_and_verify(app: &TestApp, email: &str, kind: &str) -> String {
+    let res = request(
+        app,
+        json!({"email": email, "kind": kind, "jurisdiction": "gdpr"}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let mail = mail_to(app, email, "please confirm").await;
+    let url = mail.link(&app.url("/v1/privacy/verify?token="));
+    let page = app.client.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("id=\"confirm\""));
+    let done = app.client.post(&url).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("id=\"verified\""));
+    url
+}
+
+fn cli(app: &TestApp, args: &[&str]) -> Value {
+    let out = admin(&app.cli_vars(), args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+fn requests(app: &TestApp) -> Vec<Value> {
+    cli(app, &["privacy", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn an_access_request_is_verified_by_post_only_and_exports_the_waitlist_entry_and_the_purchase()
+ {
+    let app = app().await;
+    let email = "ada.access@example.net";
+    let checkout = customer(&app, email).await;
+
+    let res = request(&app, json!({"email": email, "kind": "access"})).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"status": "pending_verification"})
+    );
+    let mail = mail_to(&app, email, "please confirm").await;
+    let text = mail.part("text/plain").unwrap();
+    assert!(text.contains("access to your data"), "{text}");
+    assert!(
+        !text.contains(&checkout.session),
+        "a verification email carries no data"
+    );
+    let url = mail.link(&app.url("/v1/privacy/verify?token="));
+
+    // Mail scanners follow links: a GET shows a button and changes nothing.
+    for _ in 0..2 {
+        assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(requests(&app)[0]["status"], "received");
+    let done = app.client.post(&url).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    let again = app.client.post(&url).send().await.unwrap();
+    assert_eq!(again.status(), 400, "a verification link works once");
+
+    let ready = mail_to(&app, email, "export is ready").await;
+    let export_url = ready.link(&app.url("/v1/privacy/exports/"));
+    let res = app.client.get(&export_url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let doc: Value = res.json().await.unwrap();
+    let sections = &doc["sections"];
+    assert_eq!(sections["email"]["address"], email);
+    assert_eq!(sections["waitlist"]["status"], "confirmed", "{sections}");
+    let purchases = sections["payments"]["purchases"].as_array().unwrap();
+    assert_eq!(purchases.len(), 1);
+    assert_eq!(
+        purchases[0]["checkout_session_id"],
+        checkout.session.as_str()
+    );
+    assert_eq!(
+        sections["privacy_requests"]["requests"][0]["kind"],
+        "access"
+    );
+    assert_eq!(requests(&app)[0]["status"], "completed");
+
+    let bogus = app
+        .client
+        .get(app.url("/v1/privacy/exports/not-a-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bogus.status(), 404);
+    assert_eq!(
+        bogus.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
+}
+
+#[tokio::test]
+async fn a_deletion_request_completes_by_itself_and_leaves_only_unlinked_records() {
+    let app = app().await;
+    let email = "bob.delete@example.net";
+    let checkout = customer(&app, email).await;
+    request_and_verify(&app, email, "deletion").await;
+
+    let done = mail_to(&app, email, "has been deleted").await;
+    assert!(done.part("text/plain").unwrap().contains("last email"));
+    let pool = app.platform.pool.clone();
+    eventually(WAIT, "the person to be destroyed", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM person")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n == 0).then_some(())
+        }
+    })
+    .await;
+
+    let export = admin(&app.cli_vars(), &["waitlist", "export", "--format", "json"]);
+    assert!(out_ok(&export));
+    assert!(
+        !stdout(&export).contains(email),
+        "the waitlist export no longer shows them"
+    );
+    let purchase = cli(&app, &["purchases", "show", &checkout.session, "--json"]);
+    assert_eq!(purchase["has_buyer"], false);
+    assert_eq!(purchase["amount"], 4900);
+    let receipt = &requests(&app)[0];
+    assert_eq!(receipt["kind"], "deletion");
+    assert_eq!(receipt["status"], "completed");
+    let shown = cli(
+        &app,
+        &["privacy", "show", receipt["id"].as_str().unwrap(), "--json"],
+    );
+    assert_eq!(shown["erased"], true);
+    let events: Vec<&str> = shown["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "received",
+            "verified",
+            "processing",
+            "erased",
+            "key_destroyed"
+        ]
+    );
+
+    let dump = app.db.dump();
+    assert!(!dump.contains("bob.delete"), "no address in the dump");
+    for table in [
+        "person",
+        "waitlist_entry",
+        "email_event",
+        "privacy_export",
+        "privacy_token",
+        "job",
+    ] {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&app.platform.pool)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table} still holds something of them");
+    }
+    assert_eq!(
+        cli(&app, &["privacy", "audit", "--json"])["broken_at"],
+        Value::Null
+    );
+}
+
+fn out_ok(out: &std::process::Output) -> bool {
+    out.status.success()
+}
+
+#[tokio::test]
+async fn an_intake_received_on_january_2_is_due_february_1_listed_overdue_and_in_the_sla() {
+    let app = app().await;
+    let row = cli(
+        &app,
+        &[
+            "privacy",
+            "intake",
+            "--email",
+            "Late.Letter@Example.net",
+            "--kind",
+            "correction",
+            "--jurisdiction",
+            "gdpr",
+            "--received-at",
+            "2026-01-02",
+            "--note",
+            "My name is misspelt",
+            "--source",
+            "email",
+            "--json",
+        ],
+    );
+    assert_eq!(row["received_at"], "2026-01-02T00:00:00Z");
+    assert_eq!(row["due_at"], "2026-02-01T00:00:00Z");
+    let id = row["id"].as_str().unwrap().to_owned();
+
+    let overdue = cli(&app, &["privacy", "list", "--overdue", "--json"]);
+    let overdue = overdue.as_array().unwrap();
+    assert_eq!(overdue.len(), 1);
+    for field in ["id", "kind", "status", "received_at", "due_at"] {
+        assert!(overdue[0].get(field).is_some(), "{field}");
+    }
+    assert_eq!(overdue[0]["id"], id.as_str());
+    assert_eq!(
+        cli(&app, &["privacy", "list", "--due-within", "7", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        cli(
+            &app,
+            &["privacy", "list", "--status", "completed", "--json"]
+        )
+        .as_array()
+        .unwrap()
+        .len(),
+        0
+    );
+    let sla = cli(&app, &["privacy", "sla", "--json"]);
+    assert_eq!(sla["open"], 1);
+    assert_eq!(sla["overdue"], 1);
+
+    // Acknowledged by email; the operator is told it is overdue, once.
+    mail_to(&app, "late.letter@example.net", "please confirm").await;
+    mail_to(&app, OPERATOR, "Overdue privacy request").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        mails_to(&app, OPERATOR, "privacy request"),
+        1,
+        "one reminder, not one per sweep or stage"
+    );
+    let shown = cli(&app, &["privacy", "show", &id, "--email", "--json"]);
+    assert_eq!(shown["details"], "My name is misspelt");
+    assert_eq!(shown["email"], "late.letter@example.net");
+}
+
+#[tokio::test]
+async fn reminders_come_at_seven_three_and_one_day_before_due_once_each() {
+    let app = app().await;
+    let received = (time::OffsetDateTime::now_utc() - time::Duration::days(24))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    cli(
+        &app,
+        &[
+            "privacy",
+            "intake",
+            "--email",
+            "soon@example.net",
+            "--kind",
+            "objection",
+            "--received-at",
+            &received,
+            "--json",
+        ],
+    );
+    mail_to(&app, OPERATOR, "due within 7 day(s)").await;
+    // Six days later: due within a day.
+    sqlx::query("UPDATE privacy_request SET due_at = now() + interval '20 hours'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    mail_to(&app, OPERATOR, "due within 1 day(s)").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        mails_to(&app, OPERATOR, "privacy request"),
+        2,
+        "the 3-day stage was passed, not sent late"
+    );
+}
+
+#[tokio::test]
+async fn operator_requests_are_completed_or_rejected_and_the_person_is_told() {
+    let app = app().await;
+    let email = "carol.correct@example.net";
+    let res = request(&app, json!({"email": email, "kind": "correction", "details": "Please spell my name Carol, not Karol"})).await;
+    assert_eq!(res.status(), 202);
+    let mail = mail_to(&app, email, "please confirm").await;
+    let url = mail.link(&app.url("/v1/privacy/verify?token="));
+    app.client.post(&url).send().await.unwrap();
+    let notice = mail_to(&app, OPERATOR, "Verified correction request").await;
+    assert!(
+        !notice.part("text/plain").unwrap().contains(email),
+        "no address in operator notices"
+    );
+
+    let id = requests(&app)[0]["id"].as_str().unwrap().to_owned();
+    let shown = cli(&app, &["privacy", "show", &id, "--json"]);
+    assert_eq!(shown["status"], "verified");
+    assert_eq!(shown["details"], "Please spell my name Carol, not Karol");
+    assert!(shown.get("email").is_none());
+    cli(&app, &["privacy", "process", &id, "--json"]);
+    cli(
+        &app,
+        &[
+            "privacy",
+            "complete",
+            &id,
+            "--note",
+            "Your name is corrected everywhere.",
+            "--json",
+        ],
+    );
+    let outcome = mail_to(&app, email, "request is complete").await;
+    assert!(
+        outcome
+            .part("text/plain")
+            .unwrap()
+            .contains("Your name is corrected everywhere.")
+    );
+    let again = admin(
+        &app.cli_vars(),
+        &["privacy", "complete", &id, "--note", "twice"],
+    );
+    assert_eq!(again.status.code(), Some(1));
+
+    let res = request(
+        &app,
+        json!({"email": email, "kind": "opt_out_of_sale", "jurisdiction": "ccpa"}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let id = eventually(WAIT, "the second request", || async {
+        requests(&app)
+            .into_iter()
+            .find(|r| r["kind"] == "opt_out_of_sale")
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    cli(
+        &app,
+        &[
+            "privacy",
+            "reject",
+            &id,
+            "--reason",
+            "We never sell data, so there is nothing to opt out of.",
+            "--json",
+        ],
+    );
+    let outcome = mail_to(&app, email, "About your privacy request").await;
+    assert!(
+        outcome
+            .part("text/plain")
+            .unwrap()
+            .contains("nothing to opt out of")
+    );
+    let sla = cli(&app, &["privacy", "sla", "--json"]);
+    assert_eq!(sla["closed_last_90_days"], 2);
+    assert_eq!(sla["closed_on_time_share"], 1.0);
+}
+
+#[tokio::test]
+async fn every_address_gets_the_same_answer_and_bad_requests_get_422() {
+    let app = app().await;
+    customer(&app, "known@example.net").await;
+    let known = request(
+        &app,
+        json!({"email": "known@example.net", "kind": "access"}),
+    )
+    .await;
+    let unknown = request(
+        &app,
+        json!({"email": "unknown@example.net", "kind": "access"}),
+    )
+    .await;
+    assert_eq!(known.status(), unknown.status());
+    assert_eq!(known.text().await.unwrap(), unknown.text().await.unwrap());
+    for (body, code) in [
+        (
+            json!({"email": "not an address", "kind": "access"}),
+            "invalid_email",
+        ),
+        (
+            json!({"email": "a@example.net", "kind": "everything"}),
+            "invalid_kind",
+        ),
+        (
+            json!({"email": "a@example.net", "kind": "access", "jurisdiction": "mars"}),
+            "invalid_jurisdiction",
+        ),
+        (
+            json!({"email": "a@example.net", "kind": "correction", "details": "x".repeat(5001)}),
+            "details_too_long",
+        ),
+    ] {
+        let res = request(&app, body).await;
+        assert_eq!(res.status(), 422);
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], code);
+    }
+    // A repeat within 10 minutes is the same request: no second email.
+    request(
+        &app,
+        json!({"email": "unknown@example.net", "kind": "access"}),
+    )
+    .await;
+    mail_to(&app, "unknown@example.net", "please confirm").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(mails_to(&app, "unknown@example.net", "please confirm"), 1);
+}
+
+#[tokio::test]
+async fn unverified_requests_expire_and_their_link_stops_working() {
+    let app = app().await;
+    request(
+        &app,
+        json!({"email": "never.clicks@example.net", "kind": "deletion"}),
+    )
+    .await;
+    let mail = mail_to(&app, "never.clicks@example.net", "please confirm").await;
+    let url = mail.link(&app.url("/v1/privacy/verify?token="));
+    sqlx::query("UPDATE privacy_request SET verify_by = now() - interval '1 minute'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    eventually(WAIT, "the request to expire", || async {
+        (requests(&app)[0]["status"] == "expired").then_some(())
+    })
+    .await;
+    let res = app.client.post(&url).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("id=\"invalid\""));
+}
+
+#[tokio::test]
+async fn an_edited_audit_event_breaks_the_chain() {
+    let app = app().await;
+    for kind in ["access", "objection"] {
+        cli(
+            &app,
+            &[
+                "privacy",
+                "intake",
+                "--email",
+                "audit@example.net",
+                "--kind",
+                kind,
+                "--json",
+            ],
+        );
+    }
+    assert_eq!(
+        cli(&app, &["privacy", "audit", "--json"])["broken_at"],
+        Value::Null
+    );
+    sqlx::query("UPDATE privacy_audit SET status = 'completed' WHERE seq = (SELECT min(seq) FROM privacy_audit)")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    let out = admin(&app.cli_vars(), &["privacy", "audit", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("broken_at"));
+}
