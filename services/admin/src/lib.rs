@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: PrivacyCommand,
     },
+    /// Anonymous usage and crash statistics.
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
     /// The managed local Postgres (when DATABASE_URL is unset).
     Db {
         #[command(subcommand)]
@@ -245,6 +250,16 @@ enum PrivacyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AnalyticsCommand {
+    /// Top features, sessions, median session duration, crash-free rate per release, top
+    /// crash signatures; cohorts under 5 sessions show as "<5".
+    Report {
+        #[arg(long, default_value_t = 7)]
+        days: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DbCommand {
     /// Start the managed Postgres if it is not running, and say where it listens.
     Start,
@@ -305,6 +320,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Purchases { command } => purchases_command(json, &config, command).await?,
         Command::Licenses { command } => licenses_command(json, &config, command).await?,
         Command::Privacy { command } => privacy_command(json, &config, command).await?,
+        Command::Analytics {
+            command: AnalyticsCommand::Report { days },
+        } => {
+            anyhow::ensure!(days >= 1, "--days must be at least 1");
+            let pool = connect(&config).await?;
+            let report = pexper_analytics::report::report(&pool, days).await?;
+            print_report(json, &report);
+        }
         Command::Db { command } => {
             anyhow::ensure!(
                 config.database_url.is_none(),
@@ -765,6 +788,48 @@ async fn privacy_command(
         }
     }
     Ok(())
+}
+
+/// The analytics report: JSON as is, or sections for people.
+fn print_report(json: bool, report: &serde_json::Value) {
+    if json {
+        output::object(true, report);
+        return;
+    }
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "last {} day(s); sessions: {}; median session: {} s (cohorts under {} sessions show as <{})",
+        report["days"],
+        cell(&report["sessions"]),
+        cell(&report["median_session_duration_s"]),
+        report["k_threshold"],
+        report["k_threshold"]
+    );
+    let table = |title: &str, key: &str, headers: &[&str]| {
+        println!("\n{title}");
+        let rows = report[key].as_array().cloned().unwrap_or_default();
+        output::rows(false, headers, &rows, |r| {
+            headers.iter().map(|h| cell(&r[*h])).collect()
+        });
+    };
+    table(
+        "Top features",
+        "top_features",
+        &["feature", "uses", "sessions"],
+    );
+    table(
+        "Crash-free sessions by release",
+        "crash_free_by_release",
+        &["release", "sessions", "crashed", "crash_free_rate"],
+    );
+    table(
+        "Top crash signatures",
+        "top_crash_signatures",
+        &["signature", "exception_type", "reports"],
+    );
 }
 
 fn print_jobs(json: bool, list: &[jobs::JobRow]) {

@@ -24,6 +24,7 @@ pub fn all_services() -> Vec<Arc<dyn Service>> {
         Arc::new(pexper_waitlist::Waitlist),
         Arc::new(pexper_payments::Payments),
         Arc::new(pexper_privacy::Privacy),
+        Arc::new(pexper_analytics::Analytics),
     ]
 }
 

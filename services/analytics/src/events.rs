@@ -1,0 +1,195 @@
+//! `POST /v1/analytics/events`: batches of usage events from the desktop app.
+//!
+//! The handler's extractors are the state and the JSON body, nothing else: no connection info,
+//! no headers, so there is no IP address or user agent to keep even by mistake. It is not
+//! behind the platform's per-IP limiter either (see `limit`). Everything stored is checked
+//! against the allow-list in `schema`; the rest is dropped and counted by reason.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pexper_platform::Platform;
+use pexper_platform::http::{ApiError, ApiJson};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::limit::Limiter;
+use crate::schema::{self, Drop};
+
+/// One budget for everyone: we do not know (or want to know) who sends.
+static LIMIT: LazyLock<Limiter<()>> = LazyLock::new(|| Limiter::new(2000.0, 4000.0));
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Batch {
+    /// `MAJOR.MINOR.PATCH[-prerelease]`.
+    app_version: String,
+    /// `linux`, `macos` or `windows`.
+    os: String,
+    /// `x86_64` or `aarch64`.
+    arch: String,
+    /// A random UUID for this app session.
+    session_id: String,
+    /// Up to 100 `{"name", "timestamp", "props"?}` (see `GET /v1/analytics/schema`).
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<Value>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchAccepted {
+    accepted: usize,
+    /// Events refused (unknown name, bad property, out-of-range timestamp): counted, never stored.
+    dropped: usize,
+}
+
+/// A validated event, ready to store.
+struct Accepted {
+    occurred_at: OffsetDateTime,
+    name: &'static str,
+    props: Value,
+}
+
+/// Send a batch of anonymous usage events.
+#[utoipa::path(post, path = "/v1/analytics/events", tag = "analytics",
+    request_body = Batch,
+    responses(
+        (status = 202, description = "Stored (what passed the allow-list) once committed", body = BatchAccepted),
+        (status = 422, description = "The batch's app_version, os, arch or session_id is not valid, or it has more than 100 events", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many batches", body = pexper_wire::ErrorBody)))]
+pub async fn receive(
+    State(platform): State<Platform>,
+    ApiJson(batch): ApiJson<Batch>,
+) -> Result<Response, ApiError> {
+    if let Err(wait) = LIMIT.check(()) {
+        let mut res = ApiError::client(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many batches; retry later",
+        )
+        .into_response();
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+        return Ok(res);
+    }
+    let invalid = |code, message| Err(ApiError::unprocessable(code, message));
+    if !schema::valid_app_version(&batch.app_version) {
+        return invalid(
+            "invalid_app_version",
+            "app_version must be MAJOR.MINOR.PATCH[-prerelease]",
+        );
+    }
+    let Some(os) = schema::OS.iter().find(|o| **o == batch.os) else {
+        return invalid("invalid_os", "os must be linux, macos or windows");
+    };
+    let Some(arch) = schema::ARCH.iter().find(|a| **a == batch.arch) else {
+        return invalid("invalid_arch", "arch must be x86_64 or aarch64");
+    };
+    let Ok(session) = Uuid::try_parse(&batch.session_id) else {
+        return invalid("invalid_session_id", "session_id must be a UUID");
+    };
+    if batch.events.len() > schema::MAX_EVENTS {
+        return invalid("too_many_events", "at most 100 events per batch");
+    }
+
+    let now = OffsetDateTime::now_utc();
+    let mut drops = Vec::new();
+    let mut accepted = Vec::with_capacity(batch.events.len());
+    for event in &batch.events {
+        match check(event, now, &mut drops) {
+            Ok(a) => accepted.push(a),
+            Err(reason) => drops.push(reason),
+        }
+    }
+    let dropped = batch.events.len() - accepted.len();
+
+    let mut tx = platform.pool.begin().await?;
+    if !accepted.is_empty() {
+        let times: Vec<OffsetDateTime> = accepted.iter().map(|a| a.occurred_at).collect();
+        let names: Vec<&str> = accepted.iter().map(|a| a.name).collect();
+        let props: Vec<Value> = accepted.into_iter().map(|a| a.props).collect();
+        sqlx::query(
+            "INSERT INTO analytics_event (occurred_at, session_id, app_version, os, arch, name, props)
+             SELECT t, $2, $3, $4, $5, n, p
+             FROM UNNEST($1::timestamptz[], $6::text[], $7::jsonb[]) AS u(t, n, p)",
+        )
+        .bind(times)
+        .bind(session)
+        .bind(&batch.app_version)
+        .bind(*os)
+        .bind(*arch)
+        .bind(names)
+        .bind(props)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !drops.is_empty() {
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        for d in &drops {
+            *counts.entry(d.as_str()).or_default() += 1;
+        }
+        let (reasons, counts): (Vec<&str>, Vec<i64>) = counts.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO analytics_drop (day, reason, count)
+             SELECT current_date, r, c FROM UNNEST($1::text[], $2::bigint[]) AS u(r, c)
+             ON CONFLICT (day, reason) DO UPDATE SET count = analytics_drop.count + EXCLUDED.count",
+        )
+        .bind(reasons)
+        .bind(counts)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(BatchAccepted {
+            accepted: batch.events.len() - dropped,
+            dropped,
+        }),
+    )
+        .into_response())
+}
+
+fn check(event: &Value, now: OffsetDateTime, drops: &mut Vec<Drop>) -> Result<Accepted, Drop> {
+    let event = event.as_object().ok_or(Drop::Malformed)?;
+    let name = event
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or(Drop::Malformed)?;
+    let spec = schema::event(name).ok_or(Drop::UnknownEvent)?;
+    let occurred_at = event
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .ok_or(Drop::Malformed)?;
+    if occurred_at < now - schema::MAX_AGE {
+        return Err(Drop::TooOld);
+    }
+    if occurred_at > now + schema::MAX_AHEAD {
+        return Err(Drop::InFuture);
+    }
+    let props = match event.get("props") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => Some(map),
+        Some(_) => return Err(Drop::Malformed),
+    };
+    let props = schema::check_props(spec, props, drops)?;
+    Ok(Accepted {
+        occurred_at,
+        name: spec.name,
+        props: Value::Object(props),
+    })
+}
+
+/// What we collect: the allow-list, its allowed values, and how long anything is kept.
+#[utoipa::path(get, path = "/v1/analytics/schema", tag = "analytics",
+    responses((status = 200, description = "Every event and property accepted, with allowed values and retention", body = Object)))]
+pub async fn schema(State(platform): State<Platform>) -> axum::Json<Value> {
+    axum::Json(schema::document(platform.config.analytics_retention_days))
+}

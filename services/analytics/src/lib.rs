@@ -1,0 +1,70 @@
+//! Analytics: anonymous usage events against a published allow-list, a Sentry-compatible crash
+//! intake that rebuilds and scrubs every report, daily rollups with small cohorts masked, and
+//! retention. Nothing here can identify a person: no table has a column for an IP address, a
+//! user agent, an account or a device id, and no handler reads the connection.
+//!
+//! Tables: `analytics_event`, `analytics_drop`, `crash_report`, `app_session`,
+//! `session_aggregate`, `analytics_rollup` (migrations/…_analytics.sql).
+//! Jobs: `analytics.rollup` (recurring: rollups, then retention).
+#![forbid(unsafe_code)]
+
+pub mod crash;
+mod events;
+mod limit;
+mod personal;
+pub mod report;
+pub mod rollup;
+pub mod schema;
+
+use std::sync::Arc;
+
+use pexper_platform::jobs::{Handler, Job, JobError, handler};
+use pexper_platform::personal_data::PersonalData;
+use pexper_platform::{Config, Platform, Service};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Analytics;
+
+impl Service for Analytics {
+    fn name(&self) -> &'static str {
+        "analytics"
+    }
+
+    fn routes(&self) -> OpenApiRouter<Platform> {
+        // The schema is public reading, not collection: the per-client limiter is fine here.
+        OpenApiRouter::new().routes(routes!(events::schema))
+    }
+
+    /// Collection endpoints stay off the platform's per-IP limiter: this service never reads
+    /// an address, not even to count requests. They have their own limits (`limit`).
+    fn machine_routes(&self) -> OpenApiRouter<Platform> {
+        OpenApiRouter::new()
+            .routes(routes!(events::receive))
+            .routes(routes!(crash::intake))
+            .route(
+                "/api/{project_id}/envelope",
+                axum::routing::post(crash::intake),
+            )
+    }
+
+    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
+        vec![(rollup::ROLLUP_JOB, handler(roll_up))]
+    }
+
+    fn recurring(&self) -> Vec<&'static str> {
+        vec![rollup::ROLLUP_JOB]
+    }
+
+    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {
+        Some(Arc::new(personal::AnalyticsData))
+    }
+}
+
+async fn roll_up(platform: Platform, _job: Job) -> Result<(), JobError> {
+    let days = rollup::refresh(&platform.pool).await?;
+    let deleted = rollup::retain(&platform.pool, platform.config.analytics_retention_days).await?;
+    tracing::info!(days, deleted, "analytics rolled up");
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Rate limits for the analytics endpoints that do not read who is asking: token buckets keyed
+//! by what the request names (the crash project), or one for everyone (usage events). The
+//! platform's per-client limiter is keyed by IP address, which this service never reads.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Limiter<K> {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq> Limiter<K> {
+    /// `rate` tokens a second, up to `burst`.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `key`, or says how long until one is free.
+    pub fn check(&self, key: K) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = buckets.entry(key).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_refuses_past_its_burst_and_says_when_to_come_back() {
+        let limiter = Limiter::new(1.0, 3.0);
+        for _ in 0..3 {
+            assert!(limiter.check(1).is_ok());
+        }
+        let wait = limiter.check(1).expect_err("empty");
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
+        assert!(limiter.check(2).is_ok(), "keys have their own buckets");
+    }
+}
