@@ -885,7 +885,13 @@ async fn services_picks_which_routes_a_process_serves() {
     // The privacy registry still reaches every service's data, whatever this process serves.
     assert_eq!(
         app.platform.personal_data.sections(),
-        vec!["email", "waitlist", "payments", "privacy_requests", "analytics"]
+        vec![
+            "email",
+            "waitlist",
+            "payments",
+            "privacy_requests",
+            "analytics"
+        ]
     );
     let waitlist = spawn_app().await;
     let res = waitlist

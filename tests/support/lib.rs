@@ -7,6 +7,7 @@
 #![recursion_limit = "256"]
 
 pub mod browser;
+pub mod canary;
 pub mod smtp;
 pub mod stripe;
 

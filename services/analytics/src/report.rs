@@ -1,5 +1,5 @@
 //! `pexper-admin analytics report`: what the rollups say over the last N days. Any figure that
-//! stands for fewer than `K` sessions is shown as "<K", so no tiny cohort stands out.
+//! stands for some but fewer than `K` sessions is shown as "<K", so no tiny cohort stands out.
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -11,7 +11,7 @@ use crate::rollup;
 pub const K: i64 = 5;
 
 fn masked(value: f64, sessions: i64) -> Value {
-    if sessions < K {
+    if sessions > 0 && sessions < K {
         json!(format!("<{K}"))
     } else if value.fract() == 0.0 {
         json!(value as i64)
@@ -53,11 +53,13 @@ pub async fn report(pool: &PgPool, days: i64) -> anyhow::Result<Value> {
             json!({"app_version": version, "os": os, "sessions": masked(sessions as f64, sessions)})
         })
         .collect();
-    let total: i64 = rows("sessions", "''", "1")
-        .await?
-        .first()
-        .map(|r| r.2)
-        .unwrap_or(0);
+    let total: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(sessions), 0)::bigint FROM analytics_rollup
+         WHERE metric = 'sessions' AND day >= current_date - $1::int",
+    )
+    .bind(since as i32)
+    .fetch_one(pool)
+    .await?;
     // The median of daily medians, weighted by sessions: close enough for a trend.
     let duration: (Option<f64>, Option<i64>) = sqlx::query_as(
         "SELECT sum(value * sessions) / nullif(sum(sessions), 0), sum(sessions)::bigint

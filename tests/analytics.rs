@@ -1,0 +1,656 @@
+//! Analytics, black-box: usage batches against the published schema, the crash intake fed by
+//! the official `sentry` crate and by hand-written envelopes, scrubbing, rollups, the report,
+//! and canary personal data that must reach neither the database nor the logs.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::time::Duration;
+
+use pexper_tests::*;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn now() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap()
+}
+
+fn batch(events: Vec<Value>) -> Value {
+    json!({
+        "app_version": "1.4.0",
+        "os": "linux",
+        "arch": "x86_64",
+        "session_id": uuid::Uuid::new_v4(),
+        "events": events,
+    })
+}
+
+async fn send(client: &reqwest::Client, base: &str, body: &Value) -> reqwest::Response {
+    client
+        .post(format!("{base}/v1/analytics/events"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap()
+}
+
+/// Every event the schema describes, with every allowed value of every property.
+fn events_from_schema(schema: &Value) -> Vec<Value> {
+    let mut events = Vec::new();
+    for event in schema["events"].as_array().unwrap() {
+        let props = event["props"].as_array().unwrap();
+        let variants: Vec<Vec<Value>> = props
+            .iter()
+            .map(|p| match p["type"].as_str().unwrap() {
+                "enum" => p["values"].as_array().unwrap().clone(),
+                "integer" => vec![p["min"].clone(), p["max"].clone()],
+                "boolean" => vec![json!(true), json!(false)],
+                other => panic!("a schema type the test does not know: {other}"),
+            })
+            .collect();
+        let widest = variants.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        for i in 0..widest {
+            let mut values = serde_json::Map::new();
+            for (p, vs) in props.iter().zip(&variants) {
+                values.insert(p["name"].as_str().unwrap().into(), vs[i % vs.len()].clone());
+            }
+            events.push(json!({"name": event["name"], "timestamp": now(), "props": values}));
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn everything_the_schema_describes_is_accepted_and_nothing_else_is_stored() {
+    let app = spawn_app().await;
+    let schema: Value = app
+        .client
+        .get(app.url("/v1/analytics/schema"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(schema["retention_days"], 90);
+    let events = events_from_schema(&schema);
+    assert!(events.len() > 20, "{}", events.len());
+    let res = send(&app.client, &app.address, &batch(events.clone())).await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"accepted": events.len(), "dropped": 0}));
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM analytics_event").await,
+        events.len() as i64
+    );
+
+    let outside = vec![
+        json!({"name": "user.logged_in", "timestamp": now()}),
+        json!({"name": "feature.used", "timestamp": now(), "props": {"feature": "secret_plans"}}),
+        json!({"name": "app.exited", "timestamp": now(), "props": {"duration_s": -1}}),
+        json!({"name": "app.exited", "timestamp": now(), "props": {"duration_s": "10"}}),
+        json!({"name": "app.exited", "timestamp": now()}),
+        json!({"name": "app.started", "timestamp": now(), "props": {"first_run": "yes"}}),
+        json!({"name": "app.started", "timestamp": "2020-01-01T00:00:00Z"}),
+        json!({"name": "app.started", "timestamp": "2999-01-01T00:00:00Z"}),
+        json!({"name": "app.started"}),
+        json!("app.started"),
+    ];
+    let res = send(&app.client, &app.address, &batch(outside.clone())).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"accepted": 0, "dropped": outside.len()})
+    );
+    // An unknown property is dropped, the event kept.
+    let extra = vec![
+        json!({"name": "feature.used", "timestamp": now(), "props": {"feature": "providers", "path": "/home/alice"}}),
+    ];
+    let res = send(&app.client, &app.address, &batch(extra)).await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"accepted": 1, "dropped": 0})
+    );
+    let props: Value =
+        sqlx::query_scalar("SELECT props FROM analytics_event ORDER BY id DESC LIMIT 1")
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(props, json!({"feature": "providers"}));
+    assert_eq!(
+        count(&app, "SELECT sum(count)::bigint FROM analytics_drop").await,
+        outside.len() as i64 + 1
+    );
+
+    for (field, value, code) in [
+        ("app_version", json!("1.4"), "invalid_app_version"),
+        ("os", json!("haiku"), "invalid_os"),
+        ("arch", json!("sparc"), "invalid_arch"),
+        ("session_id", json!("alice"), "invalid_session_id"),
+    ] {
+        let mut body = batch(vec![]);
+        body[field] = value;
+        let res = send(&app.client, &app.address, &body).await;
+        assert_eq!(res.status(), 422, "{field}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], code);
+    }
+    let too_many = batch(
+        (0..101)
+            .map(|_| json!({"name": "app.started", "timestamp": now()}))
+            .collect(),
+    );
+    assert_eq!(
+        send(&app.client, &app.address, &too_many).await.status(),
+        422
+    );
+}
+
+/// A Sentry envelope for project 1 with the development key.
+async fn envelope(
+    app_base: &str,
+    client: &reqwest::Client,
+    body: Vec<u8>,
+    encoding: Option<&str>,
+    auth: Option<&str>,
+) -> reqwest::Response {
+    let mut req = client
+        .post(format!("{app_base}/api/1/envelope/"))
+        .body(body);
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    if let Some(key) = auth {
+        req = req.header(
+            "x-sentry-auth",
+            format!("Sentry sentry_key={key}, sentry_version=7, sentry_client=test/1.0"),
+        );
+    }
+    req.send().await.unwrap()
+}
+
+/// An envelope carrying canaries in every field a Python SDK would fill.
+fn canary_envelope() -> Vec<u8> {
+    use canary::*;
+    let event = json!({
+        "event_id": uuid::Uuid::new_v4().simple().to_string(),
+        "timestamp": now(),
+        "level": "error",
+        "platform": "python",
+        "server_name": HOSTNAME,
+        "release": RELEASE,
+        "environment": "production",
+        "message": sentence(),
+        "user": {"email": EMAIL, "ip_address": IPV4, "username": "alice"},
+        "request": {"url": format!("http://{IPV4}/x"), "headers": {"X-Forwarded-For": IPV6}},
+        "breadcrumbs": {"values": [{"message": sentence()}]},
+        "extra": {"sys.argv": [format!("{LINUX_HOME}app.py"), API_KEY]},
+        "tags": {"email": EMAIL},
+        "contexts": {"os": {"name": "Windows", "version": "11"}, "device": {"name": HOSTNAME, "arch": "x86_64"}},
+        "debug_meta": {"images": [{"code_file": format!("{WINDOWS_HOME}pexper.dll")}]},
+        "exception": {"values": [{
+            "type": "SyncError",
+            "value": sentence(),
+            "stacktrace": {"frames": [
+                {"function": "sync", "module": "pexper.sync", "filename": format!("{WINDOWS_HOME}pexper\\sync.py"), "abs_path": format!("{WINDOWS_HOME}pexper\\sync.py"), "lineno": 7, "in_app": true, "vars": {"email": EMAIL, "key": API_KEY}, "context_line": format!("open('{MAC_HOME}x')")},
+            ]},
+        }]},
+    });
+    let session = json!({"sid": uuid::Uuid::new_v4(), "did": EMAIL, "init": true, "started": now(), "status": "exited", "errors": 1, "attrs": {"release": RELEASE, "environment": "production", "ip_address": IPV4, "user_agent": format!("{HOSTNAME}/1.0")}});
+    let event = event.to_string();
+    let session = session.to_string();
+    format!(
+        "{{\"event_id\":\"x\",\"dsn\":\"http://pexper-dev@{HOSTNAME}/1\",\"trace\":{{\"user_id\":\"{EMAIL}\"}}}}\n\
+{{\"type\":\"event\",\"length\":{}}}\n{event}\n\
+{{\"type\":\"attachment\",\"length\":{}}}\n{}\n\
+{{\"type\":\"session\"}}\n{session}\n",
+        event.len(),
+        sentence().len(),
+        sentence()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn canary_personal_data_reaches_neither_the_database_nor_the_logs() {
+    let server = ServerProcess::start("debug").await;
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+    use canary::*;
+    // Usage batches: a canary in each field in turn.
+    let event =
+        |name: &str, props: Value| json!({"name": name, "timestamp": now(), "props": props});
+    let fields: Vec<(&str, Value)> = vec![
+        ("app_version", json!(format!("1.0.0-{EMAIL}"))),
+        ("os", json!(HOSTNAME)),
+        ("arch", json!(IPV6)),
+        ("session_id", json!(IPV4)),
+    ];
+    for (field, value) in fields {
+        let mut body = batch(vec![event("app.started", json!({}))]);
+        body[field] = value;
+        assert_eq!(send(&client, &base, &body).await.status(), 422);
+    }
+    let events = vec![
+        event(EMAIL, json!({})),
+        event("feature.used", json!({"feature": LINUX_HOME})),
+        event(
+            "feature.used",
+            json!({"feature": "providers", WINDOWS_HOME: API_KEY}),
+        ),
+        event("model.used", json!({"kind": "cloud", "provider": CARD})),
+        json!({"name": "app.started", "timestamp": sentence()}),
+        event(
+            "workflow.run",
+            json!({"nodes": "1", "outcome": "ok", "target": MAC_HOME, "note": sentence()}),
+        ),
+    ];
+    let res = send(&client, &base, &batch(events)).await;
+    assert_eq!(res.status(), 202);
+
+    // Crash reports: a hand-written envelope with canaries everywhere…
+    let res = envelope(&base, &client, canary_envelope(), None, Some("pexper-dev")).await;
+    assert_eq!(res.status(), 200);
+    // …and the official Rust SDK, with every PII option on.
+    let dsn = format!("http://pexper-dev@{}/1", base.trim_start_matches("http://"));
+    let out = std::process::Command::new(binary("pexper-crasher"))
+        .args([&dsn, "panic"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the crasher panics");
+
+    let dump = eventually(WAIT, "both crash reports in the database", || async {
+        let dump = server.dump();
+        (dump.matches("SyncError").count() >= 1 && dump.contains("\"panic\"")).then_some(dump)
+    })
+    .await;
+    let logs = server.stop().await;
+    assert_eq!(found(&dump), Vec::<&str>::new(), "canaries in the database");
+    assert_eq!(found(&logs), Vec::<&str>::new(), "canaries in the logs");
+    assert!(
+        dump.contains("sync.py") && !dump.contains("Users"),
+        "paths are kept, rebased on ~"
+    );
+    assert!(logs.contains("crash report stored"));
+}
+
+#[tokio::test]
+async fn no_table_has_a_column_for_an_ip_address_or_a_user_agent() {
+    let app = spawn_app().await;
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public'
+           AND (column_name ~* '(^|_)(ip|ips|ip_address|ipaddr|addr|remote_addr|user_agent|ua|useragent|host|hostname|device_id|install_id|did)($|_)')",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    assert_eq!(columns, vec![]);
+}
+
+#[tokio::test]
+async fn a_panic_reported_by_the_sentry_crate_is_stored_scrubbed_grouped_and_counted_in_release_health()
+ {
+    let app = spawn_app().await;
+    let dsn = format!(
+        "http://pexper-dev@{}/1",
+        app.address.trim_start_matches("http://")
+    );
+    let run = |mode: &'static str| {
+        let dsn = dsn.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(binary("pexper-crasher"))
+                .args([&dsn, mode])
+                .output()
+                .unwrap()
+        })
+    };
+    // Two crashes at the same place, one reported error, three clean sessions.
+    let mut runs = Vec::new();
+    for mode in ["panic", "panic", "error", "ok", "ok", "ok"] {
+        runs.push(run(mode));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+    let pool = app.platform.pool.clone();
+    eventually(WAIT, "six sessions and three reports", || {
+        let pool = pool.clone();
+        async move {
+            let (sessions, reports): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM app_session WHERE status <> 'ok'), (SELECT count(*) FROM crash_report)",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (sessions == 6 && reports == 3).then_some(())
+        }
+    })
+    .await;
+
+    let panics: Vec<(String, Value)> =
+        sqlx::query_as("SELECT signature, event FROM crash_report WHERE exception_type = 'panic'")
+            .fetch_all(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(panics.len(), 2);
+    assert_eq!(panics[0].0, panics[1].0, "one signature for the same panic");
+    let stored = panics[0].1.to_string();
+    assert_eq!(canary::found(&stored), Vec::<&str>::new(), "{stored}");
+    assert!(
+        stored.contains("[email]") && stored.contains("[ip]") && stored.contains("[card]"),
+        "{stored}"
+    );
+    assert_eq!(panics[0].1["release"], canary::RELEASE);
+
+    let crashed: i64 = count(
+        &app,
+        "SELECT count(*) FROM app_session WHERE status = 'crashed'",
+    )
+    .await;
+    assert_eq!(crashed, 2);
+    let out = admin(
+        &app.cli_vars(),
+        &["analytics", "report", "--days", "1", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let release = report["crash_free_by_release"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["release"] == canary::RELEASE)
+        .unwrap()
+        .clone();
+    assert_eq!(release["sessions"], 6);
+    assert_eq!(release["crashed"], 2);
+    assert_eq!(release["crash_free_rate"], 0.667);
+    let top = &report["top_crash_signatures"][0];
+    assert_eq!(top["reports"], 2);
+    assert_eq!(top["exception_type"], "panic");
+    assert_eq!(top["signature"], panics[0].0.as_str());
+    let table = stdout(&admin(&app.cli_vars(), &["analytics", "report"]));
+    assert!(
+        table.contains("Crash-free sessions by release") && table.contains("0.667"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn small_cohorts_are_reported_as_fewer_than_k_and_rollups_outlive_raw_events() {
+    let app = spawn_app().await;
+    let mut sessions = Vec::new();
+    for i in 0..7 {
+        let mut events = vec![
+            json!({"name": "feature.used", "timestamp": now(), "props": {"feature": "providers"}}),
+        ];
+        if i == 0 {
+            events.push(json!({"name": "feature.used", "timestamp": now(), "props": {"feature": "network_log"}}));
+        }
+        events.push(json!({"name": "app.exited", "timestamp": now(), "props": {"duration_s": 600 + i * 60}}));
+        let body = batch(events);
+        sessions.push(body["session_id"].clone());
+        assert_eq!(send(&app.client, &app.address, &body).await.status(), 202);
+    }
+    let report = |app: &TestApp| {
+        let out = admin(&app.cli_vars(), &["analytics", "report", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    let before = report(&app);
+    assert_eq!(before["sessions"], 7);
+    assert_eq!(before["median_session_duration_s"], 780);
+    let features = before["top_features"].as_array().unwrap();
+    assert_eq!(
+        features[0],
+        json!({"feature": "providers", "uses": 7, "sessions": 7})
+    );
+    assert_eq!(
+        features[1],
+        json!({"feature": "network_log", "uses": "<5", "sessions": "<5"})
+    );
+
+    // Retention deletes raw events; the rollups (and so the report) stay.
+    sqlx::query("UPDATE analytics_event SET occurred_at = occurred_at - interval '91 days'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE analytics_rollup SET day = day - 91")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    let deleted = pexper_analytics::rollup::retain(&app.platform.pool, 90)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 15);
+    assert_eq!(count(&app, "SELECT count(*) FROM analytics_event").await, 0);
+    let after = report(&app);
+    assert_eq!(after["sessions"], 0, "the window is the last 7 days");
+    let kept: i64 = count(
+        &app,
+        "SELECT count(*) FROM analytics_rollup WHERE metric = 'feature_use'",
+    )
+    .await;
+    assert_eq!(kept, 2, "the rollups outlive the raw events");
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A valid brotli stream made of stored (uncompressed) meta-blocks (RFC 7932, 9.2): enough to
+/// prove the intake decodes `br` without an encoder dependency.
+fn brotli_stored(bytes: &[u8]) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, value: u64, bits: u32) {
+            self.acc |= value << self.n;
+            self.n += bits;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        fn align(&mut self) {
+            if self.n > 0 {
+                self.put(0, 8 - self.n);
+            }
+        }
+    }
+    let mut w = Bits {
+        out: Vec::new(),
+        acc: 0,
+        n: 0,
+    };
+    w.put(0, 1); // WBITS = 16
+    for chunk in bytes.chunks(65536) {
+        w.put(0, 1); // ISLAST = 0
+        w.put(0, 2); // MNIBBLES = 4
+        w.put(chunk.len() as u64 - 1, 16); // MLEN - 1
+        w.put(1, 1); // ISUNCOMPRESSED
+        w.align();
+        w.out.extend_from_slice(chunk);
+    }
+    w.put(1, 1); // ISLAST
+    w.put(1, 1); // ISLASTEMPTY
+    w.align();
+    w.out
+}
+
+#[tokio::test]
+async fn envelopes_are_authenticated_decoded_capped_and_rate_limited_as_the_sdks_expect() {
+    let app = spawn_app_with(AppOptions {
+        vars: vec![("PEXPER_CRASH_KEYS", "1:pexper-dev,77:flood-key".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    let client = &app.client;
+    let body = b"{}\n{\"type\":\"client_report\"}\n{\"discarded_events\":[]}\n".to_vec();
+    assert_eq!(
+        envelope(&app.address, client, body.clone(), None, None)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        envelope(&app.address, client, body.clone(), None, Some("wrong"))
+            .await
+            .status(),
+        403
+    );
+    let res = client
+        .post(app.url("/api/1/envelope?sentry_key=pexper-dev&sentry_version=7"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "query auth, no trailing slash");
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({}));
+
+    for (encoding, encoded) in [
+        ("gzip", gzip(&canary_envelope())),
+        ("deflate", {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&canary_envelope()).unwrap();
+            e.finish().unwrap()
+        }),
+        ("br", brotli_stored(&canary_envelope())),
+    ] {
+        let res = envelope(
+            &app.address,
+            client,
+            encoded,
+            Some(encoding),
+            Some("pexper-dev"),
+        )
+        .await;
+        assert_eq!(res.status(), 200, "{encoding}");
+        let id = res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(id.len(), 32, "{encoding}");
+    }
+    assert_eq!(count(&app, "SELECT count(*) FROM crash_report").await, 3);
+
+    let bomb = gzip(&vec![b' '; 5 * 1024 * 1024]);
+    assert!(bomb.len() < 100_000);
+    assert_eq!(
+        envelope(&app.address, client, bomb, Some("gzip"), Some("pexper-dev"))
+            .await
+            .status(),
+        413
+    );
+    let res = envelope(
+        &app.address,
+        client,
+        b"not an envelope".to_vec(),
+        None,
+        Some("pexper-dev"),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_envelope"
+    );
+    let res = envelope(
+        &app.address,
+        client,
+        b"{}".to_vec(),
+        Some("zstd"),
+        Some("pexper-dev"),
+    )
+    .await;
+    assert_eq!(res.status(), 415);
+
+    // Project 77 floods: the SDK is told how long to back off, in whole seconds.
+    let mut limited = None;
+    for _ in 0..600 {
+        let res = client
+            .post(app.url("/api/77/envelope/"))
+            .header(
+                "x-sentry-auth",
+                "Sentry sentry_key=flood-key, sentry_version=7",
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            limited = Some(res);
+            break;
+        }
+    }
+    let res = limited.expect("a 429 within 600 envelopes");
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert_eq!(
+        res.headers()["x-sentry-rate-limits"].to_str().unwrap(),
+        format!("{retry}::organization")
+    );
+    // Project 1 is not affected.
+    assert_eq!(
+        envelope(&app.address, client, body, None, Some("pexper-dev"))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_privacy_export_says_analytics_hold_nothing_linkable_and_erasure_changes_nothing_there()
+{
+    let app = spawn_app().await;
+    send(
+        &app.client,
+        &app.address,
+        &batch(vec![json!({"name": "app.started", "timestamp": now()})]),
+    )
+    .await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let email = pexper_platform::email::EmailAddress::parse("someone@example.net").unwrap();
+    let person = pexper_platform::person::find_or_create(&mut conn, &app.platform.keyring, &email)
+        .await
+        .unwrap();
+    let export = app
+        .platform
+        .personal_data
+        .export(&mut conn, &app.platform.keyring, person)
+        .await
+        .unwrap();
+    assert!(
+        export["analytics"]["statement"]
+            .as_str()
+            .unwrap()
+            .contains("nothing linkable")
+    );
+    let summaries = app
+        .platform
+        .personal_data
+        .erase(&mut conn, &app.platform.keyring, person)
+        .await
+        .unwrap();
+    let analytics = summaries.iter().find(|s| s.section == "analytics").unwrap();
+    assert!(analytics.removed.is_empty());
+    assert_eq!(count(&app, "SELECT count(*) FROM analytics_event").await, 1);
+}
