@@ -36,13 +36,6 @@ async fn send(client: &reqwest::Client, base: &str, body: &Value) -> reqwest::Re
         .unwrap()
 }
 
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(&app.platform.pool)
-        .await
-        .unwrap()
-}
-
 /// Every event the schema describes, with every allowed value of every property.
 fn events_from_schema(schema: &Value) -> Vec<Value> {
     let mut events = Vec::new();
@@ -89,7 +82,7 @@ async fn everything_the_schema_describes_is_accepted_and_nothing_else_is_stored(
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"accepted": events.len(), "dropped": 0}));
     assert_eq!(
-        count(&app, "SELECT count(*) FROM analytics_event").await,
+        app.scalar("SELECT count(*) FROM analytics_event").await,
         events.len() as i64
     );
 
@@ -127,7 +120,8 @@ async fn everything_the_schema_describes_is_accepted_and_nothing_else_is_stored(
             .unwrap();
     assert_eq!(props, json!({"feature": "providers"}));
     assert_eq!(
-        count(&app, "SELECT sum(count)::bigint FROM analytics_drop").await,
+        app.scalar("SELECT sum(count)::bigint FROM analytics_drop")
+            .await,
         outside.len() as i64 + 1
     );
 
@@ -351,11 +345,9 @@ async fn a_panic_reported_by_the_sentry_crate_is_stored_scrubbed_grouped_and_cou
     );
     assert_eq!(panics[0].1["release"], canary::RELEASE);
 
-    let crashed: i64 = count(
-        &app,
-        "SELECT count(*) FROM app_session WHERE status = 'crashed'",
-    )
-    .await;
+    let crashed: i64 = app
+        .scalar("SELECT count(*) FROM app_session WHERE status = 'crashed'")
+        .await;
     assert_eq!(crashed, 2);
     let out = admin(
         &app.cli_vars(),
@@ -431,14 +423,12 @@ async fn small_cohorts_are_reported_as_fewer_than_k_and_rollups_outlive_raw_even
         .await
         .unwrap();
     assert_eq!(deleted, 15);
-    assert_eq!(count(&app, "SELECT count(*) FROM analytics_event").await, 0);
+    assert_eq!(app.scalar("SELECT count(*) FROM analytics_event").await, 0);
     let after = report(&app);
     assert_eq!(after["sessions"], 0, "the window is the last 7 days");
-    let kept: i64 = count(
-        &app,
-        "SELECT count(*) FROM analytics_rollup WHERE metric = 'feature_use'",
-    )
-    .await;
+    let kept: i64 = app
+        .scalar("SELECT count(*) FROM analytics_rollup WHERE metric = 'feature_use'")
+        .await;
     assert_eq!(kept, 2, "the rollups outlive the raw events");
 }
 
@@ -546,7 +536,7 @@ async fn envelopes_are_authenticated_decoded_capped_and_rate_limited_as_the_sdks
             .to_owned();
         assert_eq!(id.len(), 32, "{encoding}");
     }
-    assert_eq!(count(&app, "SELECT count(*) FROM crash_report").await, 3);
+    assert_eq!(app.scalar("SELECT count(*) FROM crash_report").await, 3);
 
     let bomb = gzip(&vec![b' '; 5 * 1024 * 1024]);
     assert!(bomb.len() < 100_000);
@@ -652,5 +642,5 @@ async fn the_privacy_export_says_analytics_hold_nothing_linkable_and_erasure_cha
         .unwrap();
     let analytics = summaries.iter().find(|s| s.section == "analytics").unwrap();
     assert!(analytics.removed.is_empty());
-    assert_eq!(count(&app, "SELECT count(*) FROM analytics_event").await, 1);
+    assert_eq!(app.scalar("SELECT count(*) FROM analytics_event").await, 1);
 }

@@ -38,13 +38,6 @@ async fn delivered(app: &TestApp, event: &Value) -> String {
     body["status"].as_str().unwrap().to_owned()
 }
 
-async fn count(app: &TestApp, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-        .fetch_one(&app.platform.pool)
-        .await
-        .unwrap()
-}
-
 async fn purchase(app: &TestApp, checkout: &Checkout) -> Value {
     let out = admin(
         &app.cli_vars(),
@@ -103,21 +96,6 @@ async fn receipt(app: &TestApp, email: &str) -> smtp::ReceivedMail {
             .find(|m| m.to.contains(&recipient))
     })
     .await
-}
-
-async fn queue_drained(app: &TestApp) {
-    let pool = app.platform.pool.clone();
-    eventually(WAIT, "the job queue to drain", || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (n == 0).then_some(())
-        }
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -245,7 +223,7 @@ async fn bad_missing_stale_or_foreign_signatures_answer_400_and_store_nothing() 
         "person",
         "job",
     ] {
-        assert_eq!(count(&app, table).await, 0, "{table}");
+        assert_eq!(app.count(table).await, 0, "{table}");
     }
 }
 
@@ -293,7 +271,7 @@ async fn a_rotated_secret_and_any_of_several_v1_signatures_are_accepted() {
     )
     .await;
     assert_eq!(res.status(), 400);
-    assert_eq!(count(&app, "purchase").await, 3);
+    assert_eq!(app.count("purchase").await, 3);
 }
 
 #[tokio::test]
@@ -310,11 +288,11 @@ async fn the_same_event_twenty_times_at_once_makes_one_purchase_and_one_email() 
     assert_eq!(answers.iter().filter(|s| *s == "duplicate").count(), 19);
 
     receipt(&app, &checkout.email).await;
-    queue_drained(&app).await;
-    assert_eq!(count(&app, "purchase").await, 1);
-    assert_eq!(count(&app, "license").await, 1);
-    assert_eq!(count(&app, "stripe_event").await, 1);
-    assert_eq!(count(&app, "email_event").await, 1);
+    app.queue_drained().await;
+    assert_eq!(app.count("purchase").await, 1);
+    assert_eq!(app.count("license").await, 1);
+    assert_eq!(app.count("stripe_event").await, 1);
+    assert_eq!(app.count("email_event").await, 1);
     assert_eq!(app.smtp.received().len(), 1);
 }
 
@@ -334,10 +312,10 @@ async fn one_session_told_by_several_events_at_once_is_fulfilled_once_and_stays_
     assert!(answers.iter().all(|s| s == "processed"), "{answers:?}");
 
     receipt(&app, &checkout.email).await;
-    queue_drained(&app).await;
+    app.queue_drained().await;
     assert_eq!(purchase(&app, &checkout).await["status"], "paid");
-    assert_eq!(count(&app, "purchase").await, 1);
-    assert_eq!(count(&app, "license").await, 1);
+    assert_eq!(app.count("purchase").await, 1);
+    assert_eq!(app.count("license").await, 1);
     assert_eq!(app.smtp.received().len(), 1);
 }
 
@@ -359,8 +337,8 @@ async fn an_unpaid_or_failed_checkout_issues_nothing() {
     let row = purchase(&app, &checkout).await;
     assert_eq!(row["status"], "payment_failed");
     assert_eq!(row["license_status"], "none");
-    assert_eq!(count(&app, "license").await, 0);
-    assert_eq!(count(&app, "job").await, 0);
+    assert_eq!(app.count("license").await, 0);
+    assert_eq!(app.count("job").await, 0);
 }
 
 #[tokio::test]
@@ -368,7 +346,7 @@ async fn a_refund_that_arrives_before_its_purchase_is_applied_when_the_purchase_
     let app = spawn_app().await;
     let full = Checkout::new("early.refund@example.net");
     assert_eq!(delivered(&app, &full.refund_event(4900)).await, "processed");
-    assert_eq!(count(&app, "purchase").await, 0);
+    assert_eq!(app.count("purchase").await, 0);
     delivered(
         &app,
         &full.session_event("checkout.session.completed", "paid"),
@@ -396,7 +374,7 @@ async fn a_refund_that_arrives_before_its_purchase_is_applied_when_the_purchase_
     assert_eq!(row["license_status"], "active");
 
     receipt(&app, &partial.email).await;
-    queue_drained(&app).await;
+    app.queue_drained().await;
     let to: Vec<Vec<String>> = app.smtp.received().iter().map(|m| m.to.clone()).collect();
     assert_eq!(
         to,
@@ -450,7 +428,7 @@ async fn other_event_types_are_acknowledged_and_ignored_and_unreadable_ones_are_
     );
     assert_eq!(delivered(&app, &other).await, "ignored");
     assert_eq!(delivered(&app, &other).await, "duplicate");
-    assert_eq!(count(&app, "purchase").await, 0);
+    assert_eq!(app.count("purchase").await, 0);
 
     // Signed by Stripe but without the one field we need: 422 so Stripe retries, and the
     // event is not recorded (a fixed server will process the retry).
@@ -460,7 +438,7 @@ async fn other_event_types_are_acknowledged_and_ignored_and_unreadable_ones_are_
     );
     let res = deliver(&app, &broken).await;
     assert_eq!(res.status(), 422);
-    assert_eq!(count(&app, "stripe_event").await, 1);
+    assert_eq!(app.count("stripe_event").await, 1);
     let res = post(
         &app,
         "{\"not\":\"an event\"}".into(),
@@ -601,7 +579,7 @@ async fn export_holds_purchases_and_licences_and_erasure_keeps_only_the_unlinked
     )
     .await;
     let licence = licence_in(&receipt(&app, &checkout.email).await);
-    queue_drained(&app).await;
+    app.queue_drained().await;
 
     let mut conn = app.platform.pool.acquire().await.unwrap();
     let email = pexper_platform::email::EmailAddress::parse(&checkout.email).unwrap();

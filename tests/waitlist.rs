@@ -19,21 +19,6 @@ async fn signup(app: &TestApp, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-async fn queue_drained(app: &TestApp) {
-    let pool = app.platform.pool.clone();
-    eventually(WAIT, "the job queue to drain", || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (n == 0).then_some(())
-        }
-    })
-    .await;
-}
-
 /// Signs up and confirms `email`; returns the confirmation page's HTML.
 async fn join(app: &TestApp, email: &str, extra: Value) -> String {
     let mut body = json!({ "email": email });
@@ -148,7 +133,7 @@ async fn repeat_signups_answer_byte_identically_and_mail_at_most_once_per_ten_mi
         );
         assert_eq!(again.bytes().await.unwrap(), body, "{variant}");
     }
-    queue_drained(&app).await;
+    app.queue_drained().await;
     assert_eq!(
         app.smtp.received().len(),
         1,
@@ -366,7 +351,7 @@ async fn one_click_unsubscribe_stops_product_email_and_a_get_changes_nothing() {
     assert!(!subscribed().await);
 
     // No more product email: a welcome job for them sends nothing.
-    queue_drained(&app).await;
+    app.queue_drained().await;
     let mut tx = app.platform.pool.begin().await.unwrap();
     let person: pexper_platform::person::PersonId =
         sqlx::query_scalar("SELECT person_id FROM waitlist_entry")
@@ -380,7 +365,7 @@ async fn one_click_unsubscribe_stops_product_email_and_a_get_changes_nothing() {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    queue_drained(&app).await;
+    app.queue_drained().await;
     assert_eq!(app.smtp.received().len(), 2);
 
     // A forged token is refused, and changes nothing.
@@ -393,7 +378,7 @@ async fn waitlist_data_is_exported_and_erasure_keeps_only_a_suppression_hash() {
     let app = spawn_app().await;
     join(&app, "erase.me@example.com", json!({"source": "homepage"})).await;
     app.smtp.wait_for(2, WAIT).await;
-    queue_drained(&app).await;
+    app.queue_drained().await;
     let mut conn = app.platform.pool.acquire().await.unwrap();
     let person: pexper_platform::person::PersonId =
         sqlx::query_scalar("SELECT person_id FROM waitlist_entry")
@@ -465,7 +450,7 @@ async fn the_database_holds_no_address_in_clear_after_signups() {
     join(&app, "dump.canary@example.com", json!({})).await;
     signup(&app, json!({"email": "pending.canary@example.org"})).await;
     app.smtp.wait_for(3, WAIT).await;
-    queue_drained(&app).await;
+    app.queue_drained().await;
     let dump = app.db.dump();
     assert!(dump.contains("COPY public.waitlist_entry"));
     for needle in ["dump.canary", "pending.canary", "example.org"] {
@@ -501,7 +486,7 @@ async fn a_broadcast_reaches_subscribers_once_and_unsubscribed_people_never() {
     }
     signup(&app, json!({"email": "pending@example.com"})).await;
     app.smtp.wait_for(7, WAIT).await; // 3 × (confirm + welcome) + 1 confirm
-    queue_drained(&app).await;
+    app.queue_drained().await;
     let gone = app
         .smtp
         .received()
@@ -547,7 +532,7 @@ async fn a_broadcast_reaches_subscribers_once_and_unsubscribed_people_never() {
         serde_json::from_str::<Value>(&stdout(&out)).unwrap()
     };
     assert_eq!(run(args(true))["queued"], 2, "dry run counts the audience");
-    queue_drained(&app).await;
+    app.queue_drained().await;
     assert_eq!(app.smtp.received().len(), 7, "a dry run sends nothing");
 
     assert_eq!(run(args(false))["queued"], 2);
@@ -578,7 +563,7 @@ async fn a_broadcast_reaches_subscribers_once_and_unsubscribed_people_never() {
 
     // Re-running the same broadcast sends nothing new.
     assert_eq!(run(args(false))["queued"], 0);
-    queue_drained(&app).await;
+    app.queue_drained().await;
     assert_eq!(app.smtp.received().len(), 9);
 }
 
@@ -589,7 +574,7 @@ async fn the_admin_cli_shows_the_line_exports_addresses_and_invites_the_next_peo
         join(&app, who, json!({})).await;
     }
     app.smtp.wait_for(6, WAIT).await;
-    queue_drained(&app).await;
+    app.queue_drained().await;
     let vars = app.cli_vars();
 
     let stats = admin(&vars, &["waitlist", "stats", "--json"]);

@@ -17,17 +17,8 @@ use pexper_tests::stripe::{self, Checkout};
 use pexper_tests::*;
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let people = args.first().copied().unwrap_or(5000);
-    let samples = args.get(1).copied().unwrap_or(20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(people, samples));
+    let [people, samples] = bench_args([5000, 20]);
+    block_on(run(people as usize, samples as usize));
 }
 
 async fn post_all(app: &TestApp, bodies: Vec<(String, Option<String>, String)>) {

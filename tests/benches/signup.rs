@@ -14,17 +14,8 @@ use pexper_platform::http::HttpOptions;
 use pexper_tests::*;
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let requests = args.first().copied().unwrap_or(2000);
-    let concurrency = args.get(1).copied().unwrap_or(32);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(requests, concurrency));
+    let [requests, concurrency] = bench_args([2000, 32]);
+    block_on(run(requests as usize, concurrency as usize));
 }
 
 async fn run(requests: usize, concurrency: usize) {

@@ -17,18 +17,8 @@ use pexper_tests::stripe::{self, Checkout};
 use pexper_tests::*;
 
 fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let rate = args.first().copied().unwrap_or(200);
-    let seconds = args.get(1).copied().unwrap_or(15);
-    let concurrency = args.get(2).copied().unwrap_or(32) as usize;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(rate, seconds, concurrency));
+    let [rate, seconds, concurrency] = bench_args([200, 15, 32]);
+    block_on(run(rate, seconds, concurrency as usize));
 }
 
 /// A signed request body and header for a new paid purchase.

@@ -345,6 +345,29 @@ impl TestApp {
         }
     }
 
+    /// One number from the database, e.g. `SELECT count(*) FROM job`.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.platform.pool)
+            .await
+            .unwrap()
+    }
+
+    /// How many rows `table` has.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.scalar(&format!("SELECT count(*) FROM {table}")).await
+    }
+
+    /// Waits until every queued job has run (a finished job's row is deleted).
+    pub async fn queue_drained(&self) {
+        eventually(
+            Duration::from_secs(10),
+            "the job queue to drain",
+            || async { (self.count("job").await == 0).then_some(()) },
+        )
+        .await;
+    }
+
     /// Environment for running the CLI against this app's database and keys.
     pub fn cli_vars(&self) -> Vec<(String, String)> {
         let c = &self.platform.config;
@@ -395,6 +418,24 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The numeric arguments after `--` of a `cargo bench` run, each defaulting to `defaults`.
+pub fn bench_args<const N: usize>(defaults: [u64; N]) -> [u64; N] {
+    let given: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    std::array::from_fn(|i| given.get(i).copied().unwrap_or(defaults[i]))
+}
+
+/// Runs a benchmark on a multi-threaded runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
@@ -504,6 +545,11 @@ impl ServerProcess {
             dir,
             db,
         }
+    }
+
+    /// The server's process id (to read its memory use from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     /// `pg_dump` of the server's database.

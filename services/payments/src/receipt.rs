@@ -3,7 +3,7 @@
 
 use pexper_platform::Platform;
 use pexper_platform::jobs::{Job, JobError};
-use pexper_platform::mail::{self, EmailTemplate};
+use pexper_platform::mail;
 use pexper_platform::person;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -59,24 +59,20 @@ pub async fn send_receipt(platform: Platform, job: Job) -> Result<(), JobError> 
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
         return Ok(());
     };
-    let rendered = Receipt {
+    let receipt = Receipt {
         product: product_name(&product),
         amount: format_amount(amount, &currency),
         date: paid_at.date().to_string(),
         order: purchase_id.to_string(),
         license,
-    }
-    .render()
-    .map_err(|e| JobError::Permanent(e.into()))?;
-    mail::deliver(
+    };
+    mail::send_template(
+        &platform,
         &mut conn,
-        &platform.mailer,
-        &platform.mail_from,
         &job,
         Some(person),
-        Receipt::NAME,
         to,
-        rendered,
+        &receipt,
         vec![],
     )
     .await
@@ -107,6 +103,8 @@ pub fn format_amount(amount: i64, currency: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use pexper_platform::mail::EmailTemplate;
+
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::email::EmailAddress;
 use crate::jobs::{self, Handler, Job, JobError, NewJob};
-use crate::mail::{self, EmailTemplate, OperatorNotice};
+use crate::mail::{self, OperatorNotice};
 use crate::personal_data::{EmailRecords, PersonalData};
 use crate::state::{Platform, Service};
 
@@ -54,23 +54,10 @@ async fn send_operator_notice(platform: Platform, job: Job) -> Result<(), JobErr
     let to = EmailAddress::parse(&platform.config.privacy_email).map_err(|e| {
         JobError::Permanent(anyhow::anyhow!("PEXPER_PRIVACY_EMAIL is invalid: {e}"))
     })?;
-    let rendered = OperatorNotice {
+    let notice = OperatorNotice {
         title: notice.title,
         lines: notice.lines,
-    }
-    .render()
-    .map_err(|e| JobError::Permanent(e.into()))?;
+    };
     let mut conn = platform.pool.acquire().await?;
-    mail::deliver(
-        &mut conn,
-        &platform.mailer,
-        &platform.mail_from,
-        &job,
-        None,
-        OperatorNotice::NAME,
-        to,
-        rendered,
-        vec![],
-    )
-    .await
+    mail::send_template(&platform, &mut conn, &job, None, to, &notice, vec![]).await
 }

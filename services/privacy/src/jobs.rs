@@ -5,9 +5,8 @@
 use anyhow::Context;
 use pexper_platform::Platform;
 use pexper_platform::core::operator_notice;
-use pexper_platform::email::EmailAddress;
 use pexper_platform::jobs::{self, Job, JobError, NewJob};
-use pexper_platform::mail::{self, EmailTemplate};
+use pexper_platform::mail;
 use pexper_platform::person::{self, PersonId};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -65,30 +64,6 @@ async fn load(conn: &mut PgConnection, request: Uuid) -> Result<Option<RequestRo
     .transpose()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send(
-    platform: &Platform,
-    conn: &mut PgConnection,
-    job: &Job,
-    person: PersonId,
-    to: EmailAddress,
-    rendered: mail::Rendered,
-    template: &'static str,
-) -> Result<(), JobError> {
-    mail::deliver(
-        conn,
-        &platform.mailer,
-        &platform.mail_from,
-        job,
-        Some(person),
-        template,
-        to,
-        rendered,
-        vec![],
-    )
-    .await
-}
-
 /// The acknowledgement of receipt, with the link that verifies the request is theirs.
 pub async fn received_mail(platform: Platform, job: Job) -> Result<(), JobError> {
     let RequestPayload { request_id } = job.payload()?;
@@ -109,7 +84,7 @@ pub async fn received_mail(platform: Platform, job: Job) -> Result<(), JobError>
             .fetch_one(&mut *conn)
             .await?;
     let token = store::new_token(&mut conn, request_id, "verify", verify_by).await?;
-    let rendered = Received {
+    let email = Received {
         kind: request.kind.describe().to_owned(),
         received: request.received_at.date().to_string(),
         due: request.due_at.date().to_string(),
@@ -118,19 +93,8 @@ pub async fn received_mail(platform: Platform, job: Job) -> Result<(), JobError>
             platform.config.public_url
         ),
         verify_by: verify_by.date().to_string(),
-    }
-    .render()
-    .map_err(permanent)?;
-    send(
-        &platform,
-        &mut conn,
-        &job,
-        person,
-        to,
-        rendered,
-        Received::NAME,
-    )
-    .await
+    };
+    mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
 }
 
 /// Runs a verified access, portability or deletion request by itself.
@@ -225,22 +189,11 @@ pub async fn export_mail(platform: Platform, job: Job) -> Result<(), JobError> {
         return Ok(()); // Expired, or the person was erased meanwhile.
     };
     let token = store::new_token(&mut conn, request_id, "export", expires).await?;
-    let rendered = ExportReady {
+    let email = ExportReady {
         url: format!("{}/v1/privacy/exports/{token}", platform.config.public_url),
         expires: expires.date().to_string(),
-    }
-    .render()
-    .map_err(permanent)?;
-    send(
-        &platform,
-        &mut conn,
-        &job,
-        person,
-        to,
-        rendered,
-        ExportReady::NAME,
-    )
-    .await
+    };
+    mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
 }
 
 /// Confirms a deletion, then destroys the person's data key and address: the last thing we
@@ -257,21 +210,10 @@ pub async fn deletion_mail(platform: Platform, job: Job) -> Result<(), JobError>
                     .bind(request_id)
                     .fetch_optional(&mut *conn)
                     .await?;
-            let rendered = DeletionDone {
+            let email = DeletionDone {
                 received: received.map(|r| r.date().to_string()).unwrap_or_default(),
-            }
-            .render()
-            .map_err(permanent)?;
-            send(
-                &platform,
-                &mut conn,
-                &job,
-                person,
-                to,
-                rendered,
-                DeletionDone::NAME,
-            )
-            .await
+            };
+            mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
         }
     };
     let last_attempt = job.attempts >= job.max_attempts;
@@ -319,7 +261,7 @@ pub async fn outcome_mail(platform: Platform, job: Job) -> Result<(), JobError> 
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
         return Ok(());
     };
-    let rendered = Outcome {
+    let email = Outcome {
         kind: Kind::parse(&kind)
             .map(Kind::describe)
             .unwrap_or("your request")
@@ -327,19 +269,8 @@ pub async fn outcome_mail(platform: Platform, job: Job) -> Result<(), JobError> 
         received: received.date().to_string(),
         completed: status == status::COMPLETED,
         note,
-    }
-    .render()
-    .map_err(permanent)?;
-    send(
-        &platform,
-        &mut conn,
-        &job,
-        person,
-        to,
-        rendered,
-        Outcome::NAME,
-    )
-    .await
+    };
+    mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
 }
 
 /// Reminder stages, most urgent last: (name, due within).

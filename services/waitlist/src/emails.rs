@@ -112,26 +112,14 @@ pub async fn signup_mail(platform: Platform, job: Job) -> Result<(), JobError> {
     };
     match token {
         Some(token) => {
-            let rendered = ConfirmEmail {
+            let email = ConfirmEmail {
                 confirm_url: format!(
                     "{}/v1/waitlist/confirm?token={token}",
                     platform.config.public_url
                 ),
                 unsubscribe_url: unsubscribe::url(&platform, person),
-            }
-            .render()
-            .map_err(permanent)?;
-            send(
-                &platform,
-                &mut conn,
-                &job,
-                person,
-                ConfirmEmail::NAME,
-                to,
-                rendered,
-                vec![],
-            )
-            .await
+            };
+            mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
         }
         None if status == "confirmed" => {
             welcome_email(&platform, &mut conn, &job, person, to).await
@@ -189,33 +177,8 @@ async fn send_product_email<T: EmailTemplate>(
 ) -> Result<(), JobError> {
     let unsubscribe_url = unsubscribe::url(platform, person);
     let headers = list_unsubscribe(&unsubscribe_url);
-    let rendered = build(unsubscribe_url).render().map_err(permanent)?;
-    send(platform, conn, job, person, T::NAME, to, rendered, headers).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn send(
-    platform: &Platform,
-    conn: &mut sqlx::PgConnection,
-    job: &Job,
-    person: PersonId,
-    template: &'static str,
-    to: EmailAddress,
-    rendered: mail::Rendered,
-    headers: Vec<(&'static str, String)>,
-) -> Result<(), JobError> {
-    mail::deliver(
-        conn,
-        &platform.mailer,
-        &platform.mail_from,
-        job,
-        Some(person),
-        template,
-        to,
-        rendered,
-        headers,
-    )
-    .await
+    let email = build(unsubscribe_url);
+    mail::send_template(platform, conn, job, Some(person), to, &email, headers).await
 }
 
 pub const BROADCAST_JOB: &str = "waitlist.broadcast";

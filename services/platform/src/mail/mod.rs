@@ -255,8 +255,34 @@ pub fn message_id(job: &Job, from: &Mailbox) -> String {
     format!("<{}@{}>", job.id.0, domain)
 }
 
-/// What a job handler calls to send one email: skips it if this job already sent it, sends,
-/// and records it in the person's email history.
+/// Renders `email` and delivers it from `job` (see `deliver`): what a job handler calls.
+/// `headers` are extra header lines (RFC 8058's List-Unsubscribe pair on product email).
+pub async fn send_template<T: EmailTemplate>(
+    platform: &crate::Platform,
+    conn: &mut PgConnection,
+    job: &Job,
+    person: Option<PersonId>,
+    to: EmailAddress,
+    email: &T,
+    headers: Vec<(&'static str, String)>,
+) -> Result<(), JobError> {
+    let rendered = email.render().map_err(|e| JobError::Permanent(e.into()))?;
+    deliver(
+        conn,
+        &platform.mailer,
+        &platform.mail_from,
+        job,
+        person,
+        T::NAME,
+        to,
+        rendered,
+        headers,
+    )
+    .await
+}
+
+/// Sends one rendered email from a job: skips it if this job already sent it, sends, and
+/// records it in the person's email history.
 #[allow(clippy::too_many_arguments)]
 pub async fn deliver(
     conn: &mut PgConnection,
