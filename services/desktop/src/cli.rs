@@ -1,0 +1,265 @@
+//! The scriptable surface, for operators and tests: no window needed.
+//!
+//! ```text
+//! pexper-desktop [--data-dir DIR] [--offline] [--disable-telemetry] COMMAND
+//! ```
+//!
+//! `run WORKFLOW`, `telemetry status|set LEVEL`, `outbox list|preview|clear|send`,
+//! `license verify FILE|-`. Exit codes: 0 ok, 1 error, 2 usage.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+use crate::egress::Egress;
+use crate::license::{self, Status};
+use crate::secrets::{EncryptedFileStore, SecretStore};
+use crate::store::{Dirs, Settings, Workflow};
+use crate::telemetry::{self, Level, Telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pexper-desktop",
+    version,
+    about = "Pexper: local-first AI workflows"
+)]
+pub struct Cli {
+    /// Keep everything under DIR instead of the OS's own directories.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Block every request (the kill switch), whatever the settings say.
+    #[arg(long, global = true)]
+    offline: bool,
+    /// Telemetry off for this run, whatever the settings say.
+    #[arg(long, global = true)]
+    disable_telemetry: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a workflow by id and print the reply. Keys come from the encrypted key file,
+    /// unlocked by PEXPER_PASSPHRASE.
+    Run { workflow: String },
+    /// What telemetry does, or set its level (off, crash, all).
+    Telemetry {
+        #[command(subcommand)]
+        command: TelemetryCommand,
+    },
+    /// What is waiting to be sent.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Licences, checked on this device.
+    License {
+        #[command(subcommand)]
+        command: LicenseCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TelemetryCommand {
+    Status,
+    /// Set the level; `all` fetches the server's schema and records consent to its version;
+    /// `off` purges the outbox.
+    Set {
+        #[arg(value_parser = ["off", "crash", "all"])]
+        level: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    List,
+    /// The exact bytes each upload will send.
+    Preview,
+    Clear,
+    /// Send what the level allows now.
+    Send,
+}
+
+#[derive(Debug, Subcommand)]
+enum LicenseCommand {
+    /// Verify a licence from a file, or from stdin with `-`.
+    Verify {
+        file: String,
+        /// The server's public key (standard base64), if not built in or configured.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pexper-desktop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn egress(dirs: &Dirs, settings: &Settings, offline_flag: bool) -> Egress {
+    Egress::new(dirs.network_log(), offline_flag || settings.offline)
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dirs = Dirs::new(cli.data_dir.as_deref())?;
+    crate::crash::install(&dirs);
+    let mut settings = Settings::load(&dirs)?;
+    let forced_off = telemetry::forced_off(cli.disable_telemetry);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let net = egress(&dirs, &settings, cli.offline);
+    match cli.command {
+        Command::Run { workflow } => {
+            let w = Workflow::load(&dirs, &workflow)?
+                .with_context(|| format!("no workflow {workflow}"))?;
+            let key = if w.provider.is_local() {
+                None
+            } else {
+                let pass = std::env::var("PEXPER_PASSPHRASE")
+                    .context("set PEXPER_PASSPHRASE to unlock the key file")?;
+                let store = EncryptedFileStore::open(
+                    dirs.secrets(),
+                    &SecretString::from(pass),
+                    "command line",
+                )?;
+                Some(
+                    store
+                        .get(w.provider.name())?
+                        .with_context(|| format!("no key for {}", w.provider.name()))?,
+                )
+            };
+            let base = match w.provider {
+                crate::providers::Provider::Ollama => settings.ollama_url.clone(),
+                _ => settings.lmstudio_url.clone(),
+            };
+            eprintln!("{}: {}", w.name, w.provider.destination());
+            let res = net.send(w.provider.chat(&base, &w.model, &w.prompt, key))?;
+            anyhow::ensure!(
+                (200..300).contains(&res.status),
+                "the provider answered {}",
+                res.status
+            );
+            println!(
+                "{}",
+                w.provider
+                    .reply_text(&res.body)
+                    .context("an unexpected reply")?
+            );
+            let t = Telemetry::new(&dirs, &settings, forced_off);
+            let target = if w.provider.is_local() {
+                "local"
+            } else {
+                "cloud"
+            };
+            let props = serde_json::json!({"nodes": "1", "outcome": "ok", "target": target});
+            t.record(
+                "workflow.run",
+                props.as_object().cloned().unwrap_or_default(),
+            );
+        }
+        Command::Telemetry {
+            command: TelemetryCommand::Status,
+        } => {
+            let schema = telemetry::cached_schema(&dirs);
+            let level = telemetry::effective(&settings, forced_off, schema.as_ref());
+            println!(
+                "{}",
+                serde_json::json!({
+                    "chosen": settings.telemetry,
+                    "effective": level,
+                    "forced_off": forced_off,
+                    "schema_version": telemetry::schema_version(schema.as_ref()),
+                    "consented_schema_version": settings.consented_schema_version,
+                    "offline": net.offline(),
+                })
+            );
+        }
+        Command::Telemetry {
+            command: TelemetryCommand::Set { level },
+        } => {
+            let level = Level::parse(&level).context("off, crash or all")?;
+            if level == Level::All {
+                let schema = telemetry::fetch_schema(&dirs, &settings, &net)?;
+                settings.consented_schema_version = telemetry::schema_version(Some(&schema));
+            }
+            if level == Level::Off {
+                telemetry::purge(&dirs);
+            }
+            settings.telemetry = Some(level);
+            settings.save(&dirs)?;
+            println!("telemetry: {level:?}");
+        }
+        Command::Outbox { command } => {
+            let items = telemetry::outbox(&dirs)?;
+            match command {
+                OutboxCommand::List => {
+                    for item in &items {
+                        println!(
+                            "{}\t{} bytes\t{}",
+                            item.kind,
+                            item.body.len(),
+                            item.file.display()
+                        );
+                    }
+                }
+                OutboxCommand::Preview => {
+                    for item in &items {
+                        println!("{}", String::from_utf8_lossy(&item.body));
+                    }
+                }
+                OutboxCommand::Clear => telemetry::purge(&dirs),
+                OutboxCommand::Send => {
+                    let schema = telemetry::cached_schema(&dirs);
+                    let level = telemetry::effective(&settings, forced_off, schema.as_ref());
+                    let sent = telemetry::send(&dirs, &settings, level, &net)?;
+                    println!("sent {sent}");
+                }
+            }
+        }
+        Command::License {
+            command: LicenseCommand::Verify { file, public_key },
+        } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("failed to read {file}"))?
+            };
+            let key = license::public_key(
+                public_key
+                    .as_deref()
+                    .or(settings.license_public_key.as_deref()),
+            );
+            let check = license::check(&text, key.as_ref(), now, settings.last_seen);
+            settings.last_seen = settings.last_seen.max(now);
+            settings.save(&dirs)?;
+            let (status, detail) = match &check.status {
+                Status::Valid(c) => ("valid", serde_json::json!(c)),
+                Status::Expired(c) => ("expired", serde_json::json!(c)),
+                Status::Invalid(e) => ("invalid", serde_json::json!(e.to_string())),
+                Status::NoKey => (
+                    "no_key",
+                    serde_json::json!("no public key: pass --public-key"),
+                ),
+            };
+            println!(
+                "{}",
+                serde_json::json!({"status": status, "detail": detail, "clock_went_back": check.clock_went_back})
+            );
+            if !matches!(check.status, Status::Valid(_) | Status::Expired(_)) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

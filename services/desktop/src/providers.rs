@@ -1,0 +1,122 @@
+//! AI providers, called straight from the device with the person's own key, through their
+//! real APIs: OpenAI-style chat completions (which Ollama and LM Studio also serve), Anthropic
+//! messages, Gemini generateContent.
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::egress::{Purpose, Request};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Openai,
+    Anthropic,
+    Google,
+    Ollama,
+    Lmstudio,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 5] = [
+        Provider::Openai,
+        Provider::Anthropic,
+        Provider::Google,
+        Provider::Ollama,
+        Provider::Lmstudio,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Google => "google",
+            Provider::Ollama => "ollama",
+            Provider::Lmstudio => "lmstudio",
+        }
+    }
+
+    /// Runs on this device: nothing leaves it.
+    pub fn is_local(self) -> bool {
+        matches!(self, Provider::Ollama | Provider::Lmstudio)
+    }
+
+    /// The one host a cloud provider's key may be sent to.
+    pub fn host(self) -> Option<&'static str> {
+        match self {
+            Provider::Openai => Some("api.openai.com"),
+            Provider::Anthropic => Some("api.anthropic.com"),
+            Provider::Google => Some("generativelanguage.googleapis.com"),
+            Provider::Ollama | Provider::Lmstudio => None,
+        }
+    }
+
+    /// Where a run goes, for the badge next to it.
+    pub fn destination(self) -> String {
+        match self.host() {
+            None => "stays on this device".to_owned(),
+            Some(host) => format!("goes to {host}"),
+        }
+    }
+
+    /// The request for one prompt. `base` is the local runtime's URL for local providers.
+    pub fn chat(self, base: &str, model: &str, prompt: &str, key: Option<SecretString>) -> Request {
+        let (url, body, key, headers) = match self {
+            Provider::Openai | Provider::Ollama | Provider::Lmstudio => {
+                let url = match self {
+                    Provider::Openai => "https://api.openai.com/v1/chat/completions".to_owned(),
+                    _ => format!("{}/v1/chat/completions", base.trim_end_matches('/')),
+                };
+                let body =
+                    json!({"model": model, "messages": [{"role": "user", "content": prompt}]});
+                let key = key.map(|k| {
+                    (
+                        "authorization",
+                        SecretString::from(format!(
+                            "Bearer {}",
+                            secrecy::ExposeSecret::expose_secret(&k)
+                        )),
+                    )
+                });
+                (url, body, key, vec![])
+            }
+            Provider::Anthropic => (
+                "https://api.anthropic.com/v1/messages".to_owned(),
+                json!({"model": model, "max_tokens": 1024, "messages": [{"role": "user", "content": prompt}]}),
+                key.map(|k| ("x-api-key", k)),
+                vec![("anthropic-version", "2023-06-01".to_owned())],
+            ),
+            Provider::Google => (
+                format!(
+                    "https://generativelanguage.googleapis.com/v1beta/models/{model}:generateContent"
+                ),
+                json!({"contents": [{"parts": [{"text": prompt}]}]}),
+                key.map(|k| ("x-goog-api-key", k)),
+                vec![],
+            ),
+        };
+        Request {
+            purpose: Purpose::Provider(self),
+            method: "POST",
+            url,
+            content_type: Some("application/json"),
+            body: body.to_string().into_bytes(),
+            key,
+            headers,
+        }
+    }
+
+    /// The text of a reply.
+    pub fn reply_text(self, body: &[u8]) -> Option<String> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        let text = match self {
+            Provider::Openai | Provider::Ollama | Provider::Lmstudio => {
+                v["choices"][0]["message"]["content"].as_str()
+            }
+            Provider::Anthropic => v["content"][0]["text"].as_str(),
+            Provider::Google => v["candidates"][0]["content"]["parts"][0]["text"].as_str(),
+        };
+        text.map(str::to_owned)
+    }
+}

@@ -1,0 +1,220 @@
+//! Provider API keys: behind one trait so the OS keychain, an encrypted file, or (in tests) a
+//! memory store can hold them. Never in plaintext on disk, never in a log, an export, a crash
+//! report or the UI tree (the key field is a password field).
+//!
+//! The encrypted file is unlocked by a passphrase the person chooses: argon2id stretches it
+//! into an AES-256-GCM key (a key compiled into the app would only be obfuscation).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+/// Where a key is kept, and why there if not in the keychain.
+pub trait SecretStore: Send + Sync {
+    /// What to show in the UI: "OS keychain", "encrypted file", …
+    fn backend(&self) -> String;
+    fn get(&self, name: &str) -> anyhow::Result<Option<SecretString>>;
+    fn set(&self, name: &str, value: &SecretString) -> anyhow::Result<()>;
+    fn delete(&self, name: &str) -> anyhow::Result<()>;
+}
+
+/// For tests and for a session without persistence.
+#[derive(Debug, Default)]
+pub struct MemoryStore(Mutex<BTreeMap<String, SecretString>>);
+
+impl SecretStore for MemoryStore {
+    fn backend(&self) -> String {
+        "memory (not saved)".to_owned()
+    }
+    fn get(&self, name: &str) -> anyhow::Result<Option<SecretString>> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned())
+    }
+    fn set(&self, name: &str, value: &SecretString) -> anyhow::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), value.clone());
+        Ok(())
+    }
+    fn delete(&self, name: &str) -> anyhow::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        Ok(())
+    }
+}
+
+const MAGIC: &[u8; 8] = b"PXSECRT1";
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 12;
+
+/// An AES-256-GCM file keyed by argon2id(passphrase, salt): `MAGIC ‖ salt ‖ nonce ‖ sealed
+/// JSON map`. Written atomically; the header is bound as associated data.
+pub struct EncryptedFileStore {
+    path: PathBuf,
+    key: Zeroizing<[u8; 32]>,
+    salt: [u8; SALT_LEN],
+    reason: String,
+}
+
+impl std::fmt::Debug for EncryptedFileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptedFileStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EncryptedFileStore {
+    /// Opens (or creates) the file with `passphrase`; a wrong passphrase is an error, never an
+    /// empty store that would overwrite the real one. `reason` says why the keychain is not in
+    /// use, for the UI.
+    pub fn open(path: PathBuf, passphrase: &SecretString, reason: &str) -> anyhow::Result<Self> {
+        let salt = match std::fs::read(&path) {
+            Ok(bytes) => {
+                anyhow::ensure!(
+                    bytes.len() > MAGIC.len() + SALT_LEN && bytes.starts_with(MAGIC),
+                    "{} is not a Pexper secret file",
+                    path.display()
+                );
+                bytes[MAGIC.len()..MAGIC.len() + SALT_LEN].try_into()?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut salt = [0u8; SALT_LEN];
+                rand::fill(&mut salt);
+                salt
+            }
+            Err(e) => return Err(e).context("failed to read the secret file"),
+        };
+        let mut key = Zeroizing::new([0u8; 32]);
+        argon2::Argon2::default()
+            .hash_password_into(passphrase.expose_secret().as_bytes(), &salt, key.as_mut())
+            .map_err(|e| anyhow::anyhow!("failed to derive the file key: {e}"))?;
+        let store = Self {
+            path,
+            key,
+            salt,
+            reason: reason.to_owned(),
+        };
+        store.read()?; // Checks the passphrase now.
+        Ok(store)
+    }
+
+    fn header(&self) -> Vec<u8> {
+        [MAGIC.as_slice(), &self.salt].concat()
+    }
+
+    fn read(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e).context("failed to read the secret file"),
+        };
+        let header = self.header();
+        let rest = bytes
+            .get(header.len()..)
+            .context("a truncated secret file")?;
+        anyhow::ensure!(rest.len() > NONCE_LEN, "a truncated secret file");
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into()?;
+        let cipher = Aes256Gcm::new_from_slice(self.key.as_slice()).expect("32-byte key");
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: sealed,
+                        aad: &header,
+                    },
+                )
+                .map_err(|_| anyhow::anyhow!("wrong passphrase, or the secret file was altered"))?,
+        );
+        Ok(serde_json::from_slice(&plain)?)
+    }
+
+    fn write(&self, map: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        let plain = Zeroizing::new(serde_json::to_vec(map)?);
+        let header = self.header();
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce);
+        let cipher = Aes256Gcm::new_from_slice(self.key.as_slice()).expect("32-byte key");
+        let sealed = cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &header,
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("encryption failed"))?;
+        crate::store::write_atomic(&self.path, &[header.as_slice(), &nonce, &sealed].concat())
+    }
+}
+
+impl SecretStore for EncryptedFileStore {
+    fn backend(&self) -> String {
+        format!("encrypted file ({})", self.reason)
+    }
+    fn get(&self, name: &str) -> anyhow::Result<Option<SecretString>> {
+        Ok(self.read()?.remove(name).map(SecretString::from))
+    }
+    fn set(&self, name: &str, value: &SecretString) -> anyhow::Result<()> {
+        let mut map = self.read()?;
+        map.insert(name.to_owned(), value.expose_secret().to_owned());
+        self.write(&map)
+    }
+    fn delete(&self, name: &str) -> anyhow::Result<()> {
+        let mut map = self.read()?;
+        map.remove(name);
+        self.write(&map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_encrypted_and_a_wrong_passphrase_opens_nothing() {
+        let dir = std::env::temp_dir().join(format!("pexper-secrets-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("secrets.enc");
+        let pass = SecretString::from("correct horse battery staple");
+        let planted = "sk-planted-0123456789abcdefghij";
+        let store = EncryptedFileStore::open(path.clone(), &pass, "no keychain").expect("opens");
+        store
+            .set("openai", &SecretString::from(planted))
+            .expect("set");
+        let bytes = std::fs::read(&path).expect("file");
+        assert!(
+            !bytes
+                .windows(planted.len())
+                .any(|w| w == planted.as_bytes()),
+            "never in clear"
+        );
+        let again = EncryptedFileStore::open(path.clone(), &pass, "no keychain").expect("reopens");
+        assert_eq!(
+            again
+                .get("openai")
+                .expect("get")
+                .map(|s| s.expose_secret().to_owned())
+                .as_deref(),
+            Some(planted)
+        );
+        assert!(EncryptedFileStore::open(path, &SecretString::from("wrong"), "x").is_err());
+        assert!(again.backend().starts_with("encrypted file"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

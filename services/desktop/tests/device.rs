@@ -1,0 +1,570 @@
+//! The device-side promises, tested without a window against a loopback stub that records every
+//! request: nothing before consent or after declining, the preview is what is sent, off purges,
+//! the kill switch blocks, keys go only to their provider, the licence matrix, state survives a
+//! restart, and no HTTP client exists outside the egress module.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use pexper_desktop::egress::{Egress, EgressError, Purpose, Request};
+use pexper_desktop::license::{self, Status};
+use pexper_desktop::providers::Provider;
+use pexper_desktop::secrets::{EncryptedFileStore, SecretStore};
+use pexper_desktop::store::{Dirs, Settings, Workflow};
+use pexper_desktop::telemetry::{self, Level, Telemetry};
+use pexper_wire::license::{LicenseClaims, SigningKey};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const PLANTED_KEY: &str = "sk-planted-DO-NOT-LEAK-0123456789abcdef";
+
+/// A request the stub received.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A loopback HTTP server that records requests and answers by path.
+struct Stub {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+fn schema() -> Value {
+    json!({
+        "version": 1,
+        "events": [
+            {"name": "app.started", "props": [{"name": "first_run", "type": "boolean", "required": false}]},
+            {"name": "feature.used", "props": [{"name": "feature", "type": "enum", "values": ["providers", "license"], "required": true}]},
+            {"name": "workflow.run", "props": [
+                {"name": "nodes", "type": "enum", "values": ["1", "2-5"], "required": true},
+                {"name": "outcome", "type": "enum", "values": ["ok", "error"], "required": true},
+                {"name": "target", "type": "enum", "values": ["local", "cloud"], "required": false}]},
+        ]
+    })
+}
+
+impl Stub {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (
+                        parts.next().unwrap_or("").to_owned(),
+                        parts.next().unwrap_or("").to_owned(),
+                    );
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                        }
+                    }
+                    let length = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let reply = if path.starts_with("/v1/analytics/schema") {
+                        schema().to_string()
+                    } else if path.ends_with("/chat/completions") {
+                        json!({"choices": [{"message": {"content": "hello from a local model"}}]})
+                            .to_string()
+                    } else {
+                        "{}".to_owned()
+                    };
+                    let status = if path == "/v1/analytics/events" {
+                        "202 Accepted"
+                    } else {
+                        "200 OK"
+                    };
+                    log.lock().unwrap().push(Seen {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    });
+                    let mut stream = stream;
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                });
+            }
+        });
+        Self { url, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn dirs() -> (Dirs, PathBuf) {
+    let root =
+        std::env::temp_dir().join(format!("pexper-desktop-{}", uuid::Uuid::new_v4().simple()));
+    (Dirs::new(Some(&root)).unwrap(), root)
+}
+
+fn all_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(all_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn props(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+/// Settings pointing at the stub, telemetry chosen as `level` (schema consented).
+fn consented(dirs: &Dirs, stub: &Stub, level: Level) -> Settings {
+    let mut settings = Settings {
+        server_url: stub.url.clone(),
+        ..Settings::default()
+    };
+    let egress = Egress::new(dirs.network_log(), false);
+    let schema = telemetry::fetch_schema(dirs, &settings, &egress).unwrap();
+    settings.consented_schema_version = telemetry::schema_version(Some(&schema));
+    settings.telemetry = Some(level);
+    settings.save(dirs).unwrap();
+    settings
+}
+
+#[test]
+fn nothing_is_collected_or_sent_before_a_choice_or_after_declining() {
+    let stub = Stub::start();
+    let (dirs, _root) = dirs();
+    let mut settings = Settings {
+        server_url: stub.url.clone(),
+        ..Settings::default()
+    };
+    for choice in [None, Some(Level::Off)] {
+        settings.telemetry = choice;
+        let t = Telemetry::new(&dirs, &settings, false);
+        assert_eq!(t.level(), Level::Off);
+        assert!(!t.record("app.started", props(json!({}))));
+        let egress = Egress::new(dirs.network_log(), false);
+        assert_eq!(
+            telemetry::send(&dirs, &settings, t.level(), &egress).unwrap(),
+            0
+        );
+    }
+    assert!(telemetry::outbox(&dirs).unwrap().is_empty());
+    assert_eq!(stub.seen().len(), 0, "no socket was opened");
+}
+
+#[test]
+fn the_preview_is_exactly_what_is_sent_and_off_purges_and_sends_nothing() {
+    let stub = Stub::start();
+    let (dirs, _root) = dirs();
+    let settings = consented(&dirs, &stub, Level::All);
+    let t = Telemetry::new(&dirs, &settings, false);
+    assert_eq!(t.level(), Level::All);
+    assert!(t.record("feature.used", props(json!({"feature": "providers"}))));
+    assert!(t.record("app.started", props(json!({"first_run": true}))));
+    assert!(
+        !t.record("feature.used", props(json!({"feature": "secret"}))),
+        "outside the schema"
+    );
+    assert!(
+        !t.record("user.email", props(json!({}))),
+        "not in the schema"
+    );
+    let preview = telemetry::outbox(&dirs).unwrap();
+    assert_eq!(preview.len(), 1);
+    let egress = Egress::new(dirs.network_log(), false);
+    assert_eq!(
+        telemetry::send(&dirs, &settings, Level::All, &egress).unwrap(),
+        1
+    );
+    let sent: Vec<Seen> = stub
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/v1/analytics/events")
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].method, "POST");
+    assert_eq!(sent[0].body, preview[0].body, "byte for byte");
+    assert!(
+        telemetry::outbox(&dirs).unwrap().is_empty(),
+        "sent means gone"
+    );
+    for (name, _) in &sent[0].headers {
+        assert!(!["cookie", "authorization", "x-api-key"].contains(&name.as_str()));
+    }
+
+    // Turning it off purges what is queued, and nothing more is sent.
+    assert!(t.record("feature.used", props(json!({"feature": "license"}))));
+    let before = stub.seen().len();
+    let off = Settings {
+        telemetry: Some(Level::Off),
+        ..settings.clone()
+    };
+    let t = Telemetry::new(&dirs, &off, false);
+    assert_eq!(t.level(), Level::Off);
+    assert!(telemetry::outbox(&dirs).unwrap().is_empty());
+    assert_eq!(telemetry::send(&dirs, &off, t.level(), &egress).unwrap(), 0);
+    assert_eq!(stub.seen().len(), before);
+}
+
+#[test]
+fn a_new_schema_version_asks_again_and_do_not_track_forces_off() {
+    let stub = Stub::start();
+    let (dirs, _root) = dirs();
+    let mut settings = consented(&dirs, &stub, Level::All);
+    settings.consented_schema_version = Some(0);
+    let t = Telemetry::new(&dirs, &settings, false);
+    assert_eq!(
+        t.level(),
+        Level::Crash,
+        "no usage events until consent to the new schema"
+    );
+    assert!(!t.record("app.started", props(json!({}))));
+    settings.consented_schema_version = Some(1);
+    assert_eq!(
+        Telemetry::new(&dirs, &settings, true).level(),
+        Level::Off,
+        "forced off"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
+        .args([
+            "--data-dir",
+            dirs.config.parent().unwrap().to_str().unwrap(),
+            "telemetry",
+            "status",
+        ])
+        .env("DO_NOT_TRACK", "1")
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["effective"], "off");
+    assert_eq!(status["forced_off"], true);
+}
+
+#[test]
+fn the_kill_switch_blocks_everything_and_keys_go_only_to_their_provider() {
+    let stub = Stub::start();
+    let (dirs, _root) = dirs();
+    let key = SecretString::from(PLANTED_KEY);
+    let offline = Egress::new(dirs.network_log(), true);
+    let run = Provider::Ollama.chat(&stub.url, "llama3", "hi", None);
+    assert!(matches!(
+        offline.send(run),
+        Err(EgressError::Blocked("offline"))
+    ));
+    let cloud = Provider::Openai.chat("", "gpt-4o", "hi", Some(key.clone()));
+    assert!(matches!(offline.send(cloud), Err(EgressError::Blocked(_))));
+
+    let online = Egress::new(dirs.network_log(), false);
+    // A cloud key pointed anywhere but its provider's host is refused before any socket opens.
+    let mut misdirected = Provider::Openai.chat("", "gpt-4o", "hi", Some(key.clone()));
+    misdirected.url = format!("{}/v1/chat/completions", stub.url);
+    assert!(matches!(
+        online.send(misdirected),
+        Err(EgressError::Blocked(_))
+    ));
+    let to_us = Request {
+        purpose: Purpose::Telemetry,
+        method: "POST",
+        url: format!("{}/v1/analytics/events", stub.url),
+        content_type: None,
+        body: vec![],
+        key: Some(("authorization", key.clone())),
+        headers: vec![],
+    };
+    assert!(matches!(online.send(to_us), Err(EgressError::Blocked(_))));
+    let remote_local = Provider::Ollama.chat("http://192.0.2.10:11434", "llama3", "hi", None);
+    assert!(matches!(
+        online.send(remote_local),
+        Err(EgressError::Blocked(_))
+    ));
+    assert_eq!(stub.seen().len(), 0);
+
+    // A local model: loopback only, no key, and the reply comes back.
+    let res = online
+        .send(Provider::Ollama.chat(&stub.url, "llama3", "hi", None))
+        .unwrap();
+    assert_eq!(
+        Provider::Ollama.reply_text(&res.body).unwrap(),
+        "hello from a local model"
+    );
+    assert_eq!(Provider::Ollama.destination(), "stays on this device");
+    assert_eq!(Provider::Openai.destination(), "goes to api.openai.com");
+    let log = online.log();
+    assert!(
+        log.iter()
+            .filter(|e| e.outcome.starts_with("blocked"))
+            .count()
+            >= 5,
+        "{log:?}"
+    );
+    assert_eq!(log.last().unwrap().outcome, "sent");
+}
+
+#[test]
+fn a_planted_key_is_nowhere_on_disk_or_on_the_wire_except_to_its_provider() {
+    let stub = Stub::start();
+    let (dirs, root) = dirs();
+    let store = EncryptedFileStore::open(
+        dirs.secrets(),
+        &SecretString::from("a long passphrase"),
+        "no keychain here",
+    )
+    .unwrap();
+    store
+        .set("openai", &SecretString::from(PLANTED_KEY))
+        .unwrap();
+    let settings = consented(&dirs, &stub, Level::All);
+    let t = Telemetry::new(&dirs, &settings, false);
+    t.record(
+        "workflow.run",
+        props(json!({"nodes": "1", "outcome": "ok", "target": "cloud"})),
+    );
+    let egress = Egress::new(dirs.network_log(), false);
+    telemetry::send(&dirs, &settings, Level::All, &egress).unwrap();
+    let mut misdirected = Provider::Openai.chat("", "gpt-4o", "hi", store.get("openai").unwrap());
+    misdirected.url = format!("{}/v1/chat/completions", stub.url);
+    let _ = egress.send(misdirected);
+
+    for file in all_files(&root) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes
+                .windows(PLANTED_KEY.len())
+                .any(|w| w == PLANTED_KEY.as_bytes()),
+            "{}",
+            file.display()
+        );
+    }
+    for seen in stub.seen() {
+        let all = format!("{:?}{}", seen.headers, String::from_utf8_lossy(&seen.body));
+        assert!(!all.contains(PLANTED_KEY), "the key reached {}", seen.path);
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn a_panic_leaves_a_scrubbed_crash_report_that_goes_out_only_when_allowed() {
+    let stub = Stub::start();
+    let (dirs, _root) = dirs();
+    pexper_desktop::crash::install(&dirs);
+    let home = std::env::var("HOME").unwrap_or_default();
+    let _ = std::panic::catch_unwind(|| {
+        panic!("failed on {home}/projects/x.json with {PLANTED_KEY} for a@b.example")
+    });
+    let _ = std::panic::take_hook();
+    let queued = telemetry::outbox(&dirs).unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].kind, "crash");
+    let text = String::from_utf8(queued[0].body.clone()).unwrap();
+    assert!(
+        !text.contains(PLANTED_KEY) && !text.contains("a@b.example"),
+        "{text}"
+    );
+    assert!(home.len() < 2 || !text.contains(&home), "{text}");
+
+    let egress = Egress::new(dirs.network_log(), false);
+    let mut settings = Settings {
+        server_url: stub.url.clone(),
+        ..Settings::default()
+    };
+    assert_eq!(
+        telemetry::send(&dirs, &settings, Level::Off, &egress).unwrap(),
+        0,
+        "off sends nothing"
+    );
+    assert_eq!(stub.seen().len(), 0);
+    telemetry::queue_crash(&dirs, &queued[0].body).unwrap();
+    settings.telemetry = Some(Level::Crash);
+    assert_eq!(
+        telemetry::send(&dirs, &settings, Level::Crash, &egress).unwrap(),
+        1
+    );
+    let seen = stub.seen();
+    assert_eq!(seen[0].path, "/api/1/envelope/");
+    assert!(
+        seen[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-sentry-auth" && v.contains("sentry_key=pexper-dev"))
+    );
+}
+
+#[test]
+fn the_licence_matrix_is_checked_offline() {
+    let (dirs, _root) = dirs();
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let public = key.verifying_key();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = |expires_at| LicenseClaims {
+        id: uuid::Uuid::now_v7().to_string(),
+        product: "pexper".into(),
+        issued_at: now - 100,
+        expires_at,
+        key_id: pexper_wire::license::key_id(&public),
+        livemode: true,
+    };
+    let valid = pexper_wire::license::sign(&claims(None), &key);
+    assert!(matches!(
+        license::check(&valid, Some(&public), now, now).status,
+        Status::Valid(_)
+    ));
+    let mut tampered = valid.clone();
+    tampered.insert(
+        12,
+        if tampered.as_bytes()[12] == b'A' {
+            'B'
+        } else {
+            'A'
+        },
+    );
+    assert!(matches!(
+        license::check(&tampered, Some(&public), now, now).status,
+        Status::Invalid(_)
+    ));
+    let other = SigningKey::from_bytes(&[6; 32]).verifying_key();
+    assert!(matches!(
+        license::check(&valid, Some(&other), now, now).status,
+        Status::Invalid(_)
+    ));
+    let expired = pexper_wire::license::sign(&claims(Some(now - 10)), &key);
+    assert!(matches!(
+        license::check(&expired, Some(&public), now, now).status,
+        Status::Expired(_)
+    ));
+    let back = license::check(&valid, Some(&public), now - 3 * 86_400, now);
+    assert!(back.clock_went_back);
+    assert!(matches!(back.status, Status::Valid(_)), "fail soft");
+
+    // Through the command line: no request at all.
+    let file = dirs.data.join("licence.txt");
+    std::fs::write(&file, &valid).unwrap();
+    let public_b64 = pexper_wire::license::PublicKey::new(&public).public_key;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
+        .args([
+            "--data-dir",
+            dirs.config.parent().unwrap().to_str().unwrap(),
+            "license",
+            "verify",
+            file.to_str().unwrap(),
+            "--public-key",
+            &public_b64,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["status"], "valid");
+    assert!(!dirs.network_log().exists(), "the network log is empty");
+}
+
+#[test]
+fn settings_and_workflows_survive_a_restart_and_a_torn_write_never_corrupts_them() {
+    let (dirs, root) = dirs();
+    let settings = Settings {
+        offline: true,
+        telemetry: Some(Level::Crash),
+        ..Settings::default()
+    };
+    settings.save(&dirs).unwrap();
+    let w = Workflow {
+        id: "summarise".into(),
+        name: "Summarise".into(),
+        provider: Provider::Ollama,
+        model: "llama3".into(),
+        prompt: "Summarise this".into(),
+    };
+    w.save(&dirs).unwrap();
+    // A crash mid-write leaves a temporary file behind, never a half-written real one.
+    std::fs::write(
+        dirs.config.join(".settings.json.dead.tmp"),
+        b"{\"offline\": fal",
+    )
+    .unwrap();
+
+    let again = Dirs::new(Some(&root)).unwrap();
+    assert_eq!(Settings::load(&again).unwrap(), settings);
+    assert_eq!(Workflow::list(&again).unwrap(), vec![w]);
+    assert!(Workflow::load(&again, "../../etc/passwd").is_err());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
+        .args([
+            "--data-dir",
+            root.to_str().unwrap(),
+            "telemetry",
+            "set",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(Settings::load(&again).unwrap().telemetry, Some(Level::Off));
+}
+
+#[test]
+fn no_http_client_exists_outside_the_egress_module() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let needles = [
+        "ureq",
+        "reqwest",
+        "hyper",
+        "TcpStream",
+        "UdpSocket",
+        "std::net::",
+    ];
+    for file in all_files(&src) {
+        if file.file_name().is_some_and(|n| n == "egress.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for needle in needles {
+            assert!(!text.contains(needle), "{} uses {needle}", file.display());
+        }
+    }
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    for server in ["pexper-platform", "pexper-server", "axum", "sqlx"] {
+        assert!(
+            !manifest.contains(server),
+            "the client must not depend on {server}"
+        );
+    }
+}
