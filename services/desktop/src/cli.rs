@@ -37,8 +37,9 @@ pub struct Cli {
     /// Telemetry off for this run, whatever the settings say.
     #[arg(long, global = true)]
     disable_telemetry: bool,
+    /// Without a command, the window opens.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,7 +118,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let forced_off = telemetry::forced_off(cli.disable_telemetry);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let net = egress(&dirs, &settings, cli.offline);
-    match cli.command {
+    let Some(command) = cli.command else {
+        return crate::window(dirs, forced_off, cli.offline);
+    };
+    match command {
         Command::Run { workflow } => {
             let w = Workflow::load(&dirs, &workflow)?
                 .with_context(|| format!("no workflow {workflow}"))?;

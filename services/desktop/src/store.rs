@@ -37,11 +37,17 @@ impl Dirs {
                 }
             }
         };
-        for dir in [&dirs.config, &dirs.data, &dirs.workflows(), &dirs.outbox()] {
+        dirs.ensure()?;
+        Ok(dirs)
+    }
+
+    /// Creates the directories (again, after "delete all local data").
+    pub fn ensure(&self) -> anyhow::Result<()> {
+        for dir in [&self.config, &self.data, &self.workflows(), &self.outbox()] {
             fs::create_dir_all(dir)
                 .with_context(|| format!("failed to create {}", dir.display()))?;
         }
-        Ok(dirs)
+        Ok(())
     }
 
     pub fn settings(&self) -> PathBuf {

@@ -4,10 +4,11 @@
 //! restart, and no HTTP client exists outside the egress module.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+
+use common::{PLANTED_KEY, Seen, Stub, dirs};
 
 use pexper_desktop::egress::{Egress, EgressError, Purpose, Request};
 use pexper_desktop::license::{self, Status};
@@ -18,119 +19,6 @@ use pexper_desktop::telemetry::{self, Level, Telemetry};
 use pexper_wire::license::{LicenseClaims, SigningKey};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-
-const PLANTED_KEY: &str = "sk-planted-DO-NOT-LEAK-0123456789abcdef";
-
-/// A request the stub received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// A loopback HTTP server that records requests and answers by path.
-struct Stub {
-    url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-fn schema() -> Value {
-    json!({
-        "version": 1,
-        "events": [
-            {"name": "app.started", "props": [{"name": "first_run", "type": "boolean", "required": false}]},
-            {"name": "feature.used", "props": [{"name": "feature", "type": "enum", "values": ["providers", "license"], "required": true}]},
-            {"name": "workflow.run", "props": [
-                {"name": "nodes", "type": "enum", "values": ["1", "2-5"], "required": true},
-                {"name": "outcome", "type": "enum", "values": ["ok", "error"], "required": true},
-                {"name": "target", "type": "enum", "values": ["local", "cloud"], "required": false}]},
-        ]
-    })
-}
-
-impl Stub {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let log = log.clone();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut parts = line.split_whitespace();
-                    let (method, path) = (
-                        parts.next().unwrap_or("").to_owned(),
-                        parts.next().unwrap_or("").to_owned(),
-                    );
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut h = String::new();
-                        reader.read_line(&mut h).unwrap();
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                        }
-                    }
-                    let length = headers
-                        .iter()
-                        .find(|(k, _)| k == "content-length")
-                        .and_then(|(_, v)| v.parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
-                    let reply = if path.starts_with("/v1/analytics/schema") {
-                        schema().to_string()
-                    } else if path.ends_with("/chat/completions") {
-                        json!({"choices": [{"message": {"content": "hello from a local model"}}]})
-                            .to_string()
-                    } else {
-                        "{}".to_owned()
-                    };
-                    let status = if path == "/v1/analytics/events" {
-                        "202 Accepted"
-                    } else {
-                        "200 OK"
-                    };
-                    log.lock().unwrap().push(Seen {
-                        method,
-                        path,
-                        headers,
-                        body,
-                    });
-                    let mut stream = stream;
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                        reply.len()
-                    );
-                });
-            }
-        });
-        Self { url, seen }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn dirs() -> (Dirs, PathBuf) {
-    let root =
-        std::env::temp_dir().join(format!("pexper-desktop-{}", uuid::Uuid::new_v4().simple()));
-    (Dirs::new(Some(&root)).unwrap(), root)
-}
 
 fn all_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -387,15 +275,23 @@ fn a_panic_leaves_a_scrubbed_crash_report_that_goes_out_only_when_allowed() {
         panic!("failed on {home}/projects/x.json with {PLANTED_KEY} for a@b.example")
     });
     let _ = std::panic::take_hook();
+    // The hook is process-wide: another test's failing assertion may add its own report.
     let queued = telemetry::outbox(&dirs).unwrap();
-    assert_eq!(queued.len(), 1);
-    assert_eq!(queued[0].kind, "crash");
-    let text = String::from_utf8(queued[0].body.clone()).unwrap();
+    let ours: Vec<_> = queued
+        .iter()
+        .filter(|q| String::from_utf8_lossy(&q.body).contains("projects/x.json"))
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].kind, "crash");
+    let text = String::from_utf8(ours[0].body.clone()).unwrap();
     assert!(
         !text.contains(PLANTED_KEY) && !text.contains("a@b.example"),
         "{text}"
     );
     assert!(home.len() < 2 || !text.contains(&home), "{text}");
+    let body = ours[0].body.clone();
+    telemetry::purge(&dirs);
+    telemetry::queue_crash(&dirs, &body).unwrap();
 
     let egress = Egress::new(dirs.network_log(), false);
     let mut settings = Settings {
@@ -408,7 +304,7 @@ fn a_panic_leaves_a_scrubbed_crash_report_that_goes_out_only_when_allowed() {
         "off sends nothing"
     );
     assert_eq!(stub.seen().len(), 0);
-    telemetry::queue_crash(&dirs, &queued[0].body).unwrap();
+    telemetry::queue_crash(&dirs, &body).unwrap();
     settings.telemetry = Some(Level::Crash);
     assert_eq!(
         telemetry::send(&dirs, &settings, Level::Crash, &egress).unwrap(),
@@ -542,11 +438,13 @@ fn settings_and_workflows_survive_a_restart_and_a_torn_write_never_corrupts_them
 #[test]
 fn no_http_client_exists_outside_the_egress_module() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    // Crate paths and socket types: `hyperlink_to` in the UI is not an HTTP client.
     let needles = [
-        "ureq",
+        "ureq::",
         "reqwest",
-        "hyper",
+        "hyper::",
         "TcpStream",
+        "TcpListener",
         "UdpSocket",
         "std::net::",
     ];

@@ -1,0 +1,468 @@
+//! The window: first-run consent, then Workflows, Providers & keys, Privacy, Licence and Data.
+//! Every action goes through the same core the command line uses; the UI only shows it. The
+//! key fields are password fields: a key never appears in the UI (or its accessibility tree).
+
+use std::collections::BTreeMap;
+
+use eframe::egui::{self, Response, RichText, TextEdit, Ui};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::egress::Egress;
+use crate::license::{self, Status};
+use crate::providers::Provider;
+use crate::secrets::SecretStore;
+use crate::store::{Dirs, Settings, Workflow};
+use crate::telemetry::{self, Level, Telemetry};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    Workflows,
+    Providers,
+    Privacy,
+    Licence,
+    Data,
+}
+
+pub struct PexperApp {
+    dirs: Dirs,
+    settings: Settings,
+    secrets: Box<dyn SecretStore>,
+    forced_off: bool,
+    offline_flag: bool,
+    telemetry: Telemetry,
+    screen: Screen,
+    workflows: Vec<Workflow>,
+    editing: Workflow,
+    output: String,
+    key_inputs: BTreeMap<&'static str, String>,
+    licence_input: String,
+    licence_status: String,
+    message: String,
+    confirm_delete: bool,
+}
+
+impl std::fmt::Debug for PexperApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PexperApp")
+            .field("screen", &self.screen)
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_workflow() -> Workflow {
+    Workflow {
+        id: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+        name: "New workflow".into(),
+        provider: Provider::Ollama,
+        model: "llama3.2".into(),
+        prompt: String::new(),
+    }
+}
+
+/// A text field with a label that screen readers (and the tests) find it by.
+fn field(ui: &mut Ui, label: &str, edit: TextEdit<'_>) -> Response {
+    ui.horizontal(|ui| {
+        let l = ui.label(label);
+        ui.add(edit).labelled_by(l.id)
+    })
+    .inner
+}
+
+impl PexperApp {
+    pub fn new(
+        dirs: Dirs,
+        secrets: Box<dyn SecretStore>,
+        forced_off: bool,
+        offline_flag: bool,
+    ) -> anyhow::Result<Self> {
+        let settings = Settings::load(&dirs)?;
+        let telemetry = Telemetry::new(&dirs, &settings, forced_off);
+        let workflows = Workflow::list(&dirs)?;
+        let editing = workflows.first().cloned().unwrap_or_else(new_workflow);
+        let licence_input = settings.license.clone().unwrap_or_default();
+        Ok(Self {
+            dirs,
+            settings,
+            secrets,
+            forced_off,
+            offline_flag,
+            telemetry,
+            screen: Screen::Workflows,
+            workflows,
+            editing,
+            output: String::new(),
+            key_inputs: BTreeMap::new(),
+            licence_input,
+            licence_status: String::new(),
+            message: String::new(),
+            confirm_delete: false,
+        })
+    }
+
+    fn egress(&self) -> Egress {
+        Egress::new(
+            self.dirs.network_log(),
+            self.offline_flag || self.settings.offline,
+        )
+    }
+
+    fn save_settings(&mut self) {
+        if let Err(e) = self.settings.save(&self.dirs) {
+            self.message = format!("Could not save settings: {e}");
+        }
+        self.telemetry = Telemetry::new(&self.dirs, &self.settings, self.forced_off);
+    }
+
+    /// Sets the level; `all` needs the server's schema (and records consent to its version).
+    fn choose(&mut self, level: Level) {
+        let mut level = level;
+        if level == Level::All {
+            match telemetry::fetch_schema(&self.dirs, &self.settings, &self.egress()) {
+                Ok(schema) => {
+                    self.settings.consented_schema_version =
+                        telemetry::schema_version(Some(&schema))
+                }
+                Err(e) => {
+                    self.message = format!(
+                        "Could not fetch what we collect ({e}); crash reports only for now."
+                    );
+                    level = Level::Crash;
+                }
+            }
+        }
+        self.settings.telemetry = Some(level);
+        self.save_settings();
+    }
+
+    fn needs_consent(&self) -> bool {
+        !self.forced_off && self.settings.telemetry.is_none()
+    }
+
+    pub fn ui(&mut self, ui: &mut Ui) {
+        if self.needs_consent() {
+            self.consent(ui);
+            return;
+        }
+        ui.horizontal(|ui| {
+            for (screen, label) in [
+                (Screen::Workflows, "Workflows"),
+                (Screen::Providers, "Providers & keys"),
+                (Screen::Privacy, "Privacy"),
+                (Screen::Licence, "Licence"),
+                (Screen::Data, "Data"),
+            ] {
+                ui.selectable_value(&mut self.screen, screen, label);
+            }
+        });
+        if !self.message.is_empty() {
+            ui.label(RichText::new(&self.message).italics());
+        }
+        ui.separator();
+        egui::ScrollArea::vertical().show(ui, |ui| match self.screen {
+            Screen::Workflows => self.workflows_screen(ui),
+            Screen::Providers => self.providers_screen(ui),
+            Screen::Privacy => self.privacy_screen(ui),
+            Screen::Licence => self.licence_screen(ui),
+            Screen::Data => self.data_screen(ui),
+        });
+    }
+
+    fn consent(&mut self, ui: &mut Ui) {
+        ui.heading("Welcome to Pexper");
+        ui.label(
+            "Your workflows, keys and results stay on this device. May Pexper send anything to us?",
+        );
+        ui.label("Nothing has been sent, and nothing will be until you choose. You can change this any time under Privacy.");
+        if ui.button("Keep everything off").clicked() {
+            self.choose(Level::Off);
+        }
+        if ui.button("Send crash reports only").clicked() {
+            self.choose(Level::Crash);
+        }
+        if ui
+            .button("Send crash reports and anonymous usage")
+            .clicked()
+        {
+            self.choose(Level::All);
+        }
+    }
+
+    fn workflows_screen(&mut self, ui: &mut Ui) {
+        ui.horizontal_wrapped(|ui| {
+            for w in self.workflows.clone() {
+                if ui
+                    .selectable_label(self.editing.id == w.id, &w.name)
+                    .clicked()
+                {
+                    self.editing = w;
+                    self.output.clear();
+                }
+            }
+            if ui.button("New workflow").clicked() {
+                self.editing = new_workflow();
+            }
+        });
+        ui.separator();
+        field(ui, "Name", TextEdit::singleline(&mut self.editing.name));
+        egui::ComboBox::from_label("Provider")
+            .selected_text(self.editing.provider.name())
+            .show_ui(ui, |ui| {
+                for p in Provider::ALL {
+                    ui.selectable_value(&mut self.editing.provider, p, p.name());
+                }
+            });
+        field(ui, "Model", TextEdit::singleline(&mut self.editing.model));
+        field(ui, "Prompt", TextEdit::multiline(&mut self.editing.prompt));
+        ui.label(
+            RichText::new(format!("This run {}", self.editing.provider.destination())).strong(),
+        );
+        ui.horizontal(|ui| {
+            if ui.button("Save").clicked() {
+                self.save_workflow();
+            }
+            if ui.button("Run").clicked() {
+                self.run_workflow();
+            }
+        });
+        if !self.output.is_empty() {
+            ui.separator();
+            ui.label(&self.output);
+        }
+    }
+
+    fn save_workflow(&mut self) {
+        match self.editing.save(&self.dirs) {
+            Ok(()) => {
+                self.workflows = Workflow::list(&self.dirs).unwrap_or_default();
+                self.message = "Saved on this device.".into();
+            }
+            Err(e) => self.message = format!("Could not save: {e}"),
+        }
+    }
+
+    fn run_workflow(&mut self) {
+        let w = self.editing.clone();
+        let key = if w.provider.is_local() {
+            None
+        } else {
+            match self.secrets.get(w.provider.name()) {
+                Ok(Some(k)) => Some(k),
+                _ => {
+                    self.output = format!(
+                        "No key for {}: add one under Providers & keys.",
+                        w.provider.name()
+                    );
+                    return;
+                }
+            }
+        };
+        let base = if w.provider == Provider::Lmstudio {
+            &self.settings.lmstudio_url
+        } else {
+            &self.settings.ollama_url
+        };
+        let request = w.provider.chat(base, &w.model, &w.prompt, key);
+        let (outcome, text) = match self.egress().send(request) {
+            Ok(res) if (200..300).contains(&res.status) => (
+                "ok",
+                w.provider
+                    .reply_text(&res.body)
+                    .unwrap_or_else(|| "(an empty reply)".into()),
+            ),
+            Ok(res) => ("error", format!("The provider answered {}.", res.status)),
+            Err(e) => ("error", format!("Not sent: {e}")),
+        };
+        self.output = text;
+        let target = if w.provider.is_local() {
+            "local"
+        } else {
+            "cloud"
+        };
+        let props = json!({"nodes": "1", "outcome": outcome, "target": target});
+        self.telemetry.record(
+            "workflow.run",
+            props.as_object().cloned().unwrap_or_default(),
+        );
+    }
+
+    fn providers_screen(&mut self, ui: &mut Ui) {
+        ui.label(format!("Keys are kept in: {}", self.secrets.backend()));
+        ui.label("A key is only ever sent to its own provider, straight from this device.");
+        for p in Provider::ALL.into_iter().filter(|p| !p.is_local()) {
+            let label = format!("{} API key", p.name());
+            let saved = matches!(self.secrets.get(p.name()), Ok(Some(_)));
+            let input = self.key_inputs.entry(p.name()).or_default();
+            field(ui, &label, TextEdit::singleline(input).password(true));
+            ui.horizontal(|ui| {
+                ui.label(if saved { "saved" } else { "not set" });
+                if ui.button(format!("Save {} key", p.name())).clicked() && !input.is_empty() {
+                    let value = SecretString::from(std::mem::take(input));
+                    if let Err(e) = self.secrets.set(p.name(), &value) {
+                        self.message = format!("Could not save the key: {e}");
+                    }
+                }
+                if saved && ui.button(format!("Remove {} key", p.name())).clicked() {
+                    let _ = self.secrets.delete(p.name());
+                }
+            });
+        }
+        ui.separator();
+        ui.label("Local models: nothing leaves this device.");
+        let mut changed = field(
+            ui,
+            "Ollama URL",
+            TextEdit::singleline(&mut self.settings.ollama_url),
+        )
+        .lost_focus();
+        changed |= field(
+            ui,
+            "LM Studio URL",
+            TextEdit::singleline(&mut self.settings.lmstudio_url),
+        )
+        .lost_focus();
+        if changed {
+            self.save_settings();
+        }
+    }
+
+    fn privacy_screen(&mut self, ui: &mut Ui) {
+        ui.heading("What leaves this device");
+        if self.forced_off {
+            ui.label("Telemetry is forced off (DO_NOT_TRACK, CI or --disable-telemetry).");
+        }
+        let chosen = self.settings.telemetry.unwrap_or(Level::Off);
+        for (level, label) in [
+            (Level::Off, "Off: nothing is sent"),
+            (Level::Crash, "Crash reports only"),
+            (Level::All, "Crash reports and anonymous usage"),
+        ] {
+            if ui.radio(chosen == level, label).clicked() && chosen != level {
+                self.choose(level);
+            }
+        }
+        let mut offline = self.settings.offline;
+        if ui
+            .checkbox(&mut offline, "Offline: block every request")
+            .changed()
+        {
+            self.settings.offline = offline;
+            self.save_settings();
+        }
+        ui.hyperlink_to(
+            "What we collect (the published schema)",
+            format!("{}/v1/analytics/schema", self.settings.server_url),
+        );
+        ui.hyperlink_to(
+            "Ask us for your data, or to delete it",
+            "https://pexper.com/privacy",
+        );
+
+        ui.separator();
+        ui.label(RichText::new("Waiting to be sent (exactly these bytes)").strong());
+        let outbox = telemetry::outbox(&self.dirs).unwrap_or_default();
+        if outbox.is_empty() {
+            ui.label("Nothing.");
+        }
+        for item in &outbox {
+            ui.label(format!("{} — {} bytes", item.kind, item.body.len()));
+            ui.label(RichText::new(String::from_utf8_lossy(&item.body)).monospace());
+        }
+        ui.horizontal(|ui| {
+            if ui.button("Delete queued data").clicked() {
+                telemetry::purge(&self.dirs);
+            }
+            if ui.button("Send now").clicked() {
+                let level = self.telemetry.level();
+                self.message =
+                    match telemetry::send(&self.dirs, &self.settings, level, &self.egress()) {
+                        Ok(n) => format!("Sent {n}."),
+                        Err(e) => format!("Not sent: {e}"),
+                    };
+            }
+        });
+        ui.separator();
+        ui.label(RichText::new("Network log").strong());
+        for entry in self.egress().log().iter().rev().take(50) {
+            ui.label(format!(
+                "{:?} {} {}{} — {}",
+                entry.purpose, entry.method, entry.host, entry.path, entry.outcome
+            ));
+        }
+    }
+
+    fn licence_screen(&mut self, ui: &mut Ui) {
+        field(
+            ui,
+            "Licence key",
+            TextEdit::multiline(&mut self.licence_input),
+        );
+        if ui.button("Verify on this device").clicked() {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let key = license::public_key(self.settings.license_public_key.as_deref());
+            let check = license::check(
+                &self.licence_input,
+                key.as_ref(),
+                now,
+                self.settings.last_seen,
+            );
+            self.licence_status = match &check.status {
+                Status::Valid(c) => format!("Valid: {} licence, issued {}", c.product, c.issued_at),
+                Status::Expired(c) => format!("Expired ({}): Pexper keeps working", c.product),
+                Status::Invalid(e) => format!("Not valid: {e}"),
+                Status::NoKey => "No key to check against in this build.".into(),
+            };
+            if check.clock_went_back {
+                self.licence_status
+                    .push_str(" — this device's clock seems to have gone back.");
+            }
+            if matches!(check.status, Status::Valid(_) | Status::Expired(_)) {
+                self.settings.license = Some(self.licence_input.trim().to_owned());
+            }
+            self.settings.last_seen = self.settings.last_seen.max(now);
+            self.save_settings();
+        }
+        if !self.licence_status.is_empty() {
+            ui.label(&self.licence_status);
+        }
+    }
+
+    fn data_screen(&mut self, ui: &mut Ui) {
+        ui.label(format!("Your files: {}", self.dirs.data.display()));
+        if ui.button("Export my data (without keys)").clicked() {
+            let export = json!({"settings": self.settings, "workflows": self.workflows});
+            let path = self.dirs.data.join("pexper-export.json");
+            self.message = match crate::store::write_json(&path, &export) {
+                Ok(()) => format!("Exported to {}", path.display()),
+                Err(e) => format!("Could not export: {e}"),
+            };
+        }
+        if !self.confirm_delete {
+            if ui.button("Delete all local data").clicked() {
+                self.confirm_delete = true;
+            }
+        } else {
+            ui.label(
+                "This deletes your workflows, settings, keys and queued reports from this device.",
+            );
+            if ui.button("Yes, delete everything").clicked() {
+                for p in Provider::ALL {
+                    let _ = self.secrets.delete(p.name());
+                }
+                let _ = std::fs::remove_dir_all(&self.dirs.data);
+                let _ = std::fs::remove_dir_all(&self.dirs.config);
+                let _ = self.dirs.ensure();
+                self.settings = Settings::default();
+                self.workflows.clear();
+                self.confirm_delete = false;
+                self.message = "Everything on this device is deleted.".into();
+            }
+        }
+    }
+}
+
+impl eframe::App for PexperApp {
+    fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
+        egui::CentralPanel::default().show(ui, |ui| PexperApp::ui(self, ui));
+    }
+}

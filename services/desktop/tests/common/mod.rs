@@ -1,0 +1,123 @@
+//! A loopback HTTP stub that records every request, shared by the desktop's test files.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pexper_desktop::store::Dirs;
+use serde_json::{Value, json};
+
+pub const PLANTED_KEY: &str = "sk-planted-DO-NOT-LEAK-0123456789abcdef";
+
+/// A request the stub received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A loopback HTTP server that records requests and answers by path.
+pub struct Stub {
+    pub url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+pub fn schema() -> Value {
+    json!({
+        "version": 1,
+        "events": [
+            {"name": "app.started", "props": [{"name": "first_run", "type": "boolean", "required": false}]},
+            {"name": "feature.used", "props": [{"name": "feature", "type": "enum", "values": ["providers", "license"], "required": true}]},
+            {"name": "workflow.run", "props": [
+                {"name": "nodes", "type": "enum", "values": ["1", "2-5"], "required": true},
+                {"name": "outcome", "type": "enum", "values": ["ok", "error"], "required": true},
+                {"name": "target", "type": "enum", "values": ["local", "cloud"], "required": false}]},
+        ]
+    })
+}
+
+impl Stub {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (
+                        parts.next().unwrap_or("").to_owned(),
+                        parts.next().unwrap_or("").to_owned(),
+                    );
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                        }
+                    }
+                    let length = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let reply = if path.starts_with("/v1/analytics/schema") {
+                        schema().to_string()
+                    } else if path.ends_with("/chat/completions") {
+                        json!({"choices": [{"message": {"content": "hello from a local model"}}]})
+                            .to_string()
+                    } else {
+                        "{}".to_owned()
+                    };
+                    let status = if path == "/v1/analytics/events" {
+                        "202 Accepted"
+                    } else {
+                        "200 OK"
+                    };
+                    log.lock().unwrap().push(Seen {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    });
+                    let mut stream = stream;
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                });
+            }
+        });
+        Self { url, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+pub fn dirs() -> (Dirs, PathBuf) {
+    let root =
+        std::env::temp_dir().join(format!("pexper-desktop-{}", uuid::Uuid::new_v4().simple()));
+    (Dirs::new(Some(&root)).unwrap(), root)
+}
