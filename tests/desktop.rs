@@ -26,20 +26,8 @@ fn device(app: &TestApp) -> (Dirs, Settings, Egress, tempdir::TempDir) {
 async fn a_licence_from_a_purchase_verifies_in_the_client_with_only_the_public_key() {
     let app = spawn_app().await;
     let checkout = Checkout::new("desktop.buyer@example.net");
-    let payload = checkout
-        .session_event("checkout.session.completed", "paid")
-        .to_string();
-    let res = app
-        .client
-        .post(app.url("/v1/webhooks/stripe"))
-        .header(
-            "Stripe-Signature",
-            stripe::sign(&payload, stripe::SECRET, stripe::now()),
-        )
-        .body(payload)
-        .send()
-        .await
-        .unwrap();
+    let event = checkout.session_event("checkout.session.completed", "paid");
+    let res = stripe::deliver(&app.client, &app.address, &event).await;
     assert_eq!(res.status(), 200);
     let mail = eventually(
         std::time::Duration::from_secs(10),

@@ -14,9 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Posts `event` signed with the development secret, now.
 async fn deliver(app: &TestApp, event: &Value) -> reqwest::Response {
-    let payload = event.to_string();
-    let signature = stripe::sign(&payload, stripe::SECRET, stripe::now());
-    post(app, payload, Some(signature)).await
+    stripe::deliver(&app.client, &app.address, event).await
 }
 
 async fn post(app: &TestApp, payload: String, signature: Option<String>) -> reqwest::Response {
@@ -639,17 +637,7 @@ async fn the_database_and_the_logs_keep_no_card_name_address_phone_or_email_from
         checkout.dispute_event("charge.dispute.closed", "won"),
     ];
     for event in &events {
-        let payload = event.to_string();
-        let res = client
-            .post(format!("{}/v1/webhooks/stripe", server.base))
-            .header(
-                "Stripe-Signature",
-                stripe::sign(&payload, stripe::SECRET, stripe::now()),
-            )
-            .body(payload)
-            .send()
-            .await
-            .unwrap();
+        let res = stripe::deliver(&client, &server.base, event).await;
         assert_eq!(res.status(), 200);
     }
     server.smtp.wait_for(1, WAIT).await;

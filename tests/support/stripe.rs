@@ -27,6 +27,20 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
+/// Posts `event` to the webhook at `base`, signed now with the development secret, as Stripe
+/// would deliver it.
+pub async fn deliver(client: &reqwest::Client, base: &str, event: &Value) -> reqwest::Response {
+    let payload = event.to_string();
+    client
+        .post(format!("{base}/v1/webhooks/stripe"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("Stripe-Signature", sign(&payload, SECRET, now()))
+        .body(payload)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `t=…,v1=…` over `t.payload`, as Stripe signs.
 pub fn sign(payload: &str, secret: &str, t: i64) -> String {
     format!("t={t},v1={}", v1(payload, secret, t))
