@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Takes the README's screenshots of pexper-desktop under Xvfb (software OpenGL), clicking through
 # the screens with xdotool. Needs: apt-get install xvfb xdotool imagemagick libgl1-mesa-dri
-#     cargo build --bin pexper-desktop && docs/desktop-screenshots.sh
+#     cargo build --bin pexper-desktop && services/desktop/screenshots/take.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-out=docs/screenshots
+cd "$(dirname "$0")/../../.."
+out=services/desktop/screenshots
 data=$(mktemp -d)
 mkdir -p "$data/data/workflows" "$out"
 cat > "$data/data/workflows/summarise.json" <<'JSON'
