@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 
 use eframe::egui::{self, Response, RichText, TextEdit, Ui};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::egress::Egress;
 use crate::license::{self, Status};
 use crate::providers::Provider;
-use crate::secrets::SecretStore;
+use crate::secrets::Keys;
 use crate::store::{Dirs, Settings, Workflow};
 use crate::telemetry::{self, Level, Telemetry};
 
@@ -27,7 +27,7 @@ pub enum Screen {
 pub struct PexperApp {
     dirs: Dirs,
     settings: Settings,
-    secrets: Box<dyn SecretStore>,
+    keys: Keys,
     forced_off: bool,
     offline_flag: bool,
     telemetry: Telemetry,
@@ -36,6 +36,7 @@ pub struct PexperApp {
     editing: Workflow,
     output: String,
     key_inputs: BTreeMap<&'static str, String>,
+    passphrase_input: String,
     licence_input: String,
     licence_status: String,
     message: String,
@@ -72,7 +73,7 @@ fn field(ui: &mut Ui, label: &str, edit: TextEdit<'_>) -> Response {
 impl PexperApp {
     pub fn new(
         dirs: Dirs,
-        secrets: Box<dyn SecretStore>,
+        keys: Keys,
         forced_off: bool,
         offline_flag: bool,
     ) -> anyhow::Result<Self> {
@@ -84,7 +85,7 @@ impl PexperApp {
         Ok(Self {
             dirs,
             settings,
-            secrets,
+            keys,
             forced_off,
             offline_flag,
             telemetry,
@@ -93,6 +94,7 @@ impl PexperApp {
             editing,
             output: String::new(),
             key_inputs: BTreeMap::new(),
+            passphrase_input: String::new(),
             licence_input,
             licence_status: String::new(),
             message: String::new(),
@@ -140,6 +142,9 @@ impl PexperApp {
     }
 
     pub fn ui(&mut self, ui: &mut Ui) {
+        if !self.message.is_empty() {
+            ui.label(RichText::new(&self.message).italics());
+        }
         if self.needs_consent() {
             self.consent(ui);
             return;
@@ -155,9 +160,6 @@ impl PexperApp {
                 ui.selectable_value(&mut self.screen, screen, label);
             }
         });
-        if !self.message.is_empty() {
-            ui.label(RichText::new(&self.message).italics());
-        }
         ui.separator();
         egui::ScrollArea::vertical().show(ui, |ui| match self.screen {
             Screen::Workflows => self.workflows_screen(ui),
@@ -246,13 +248,10 @@ impl PexperApp {
         let key = if w.provider.is_local() {
             None
         } else {
-            match self.secrets.get(w.provider.name()) {
-                Ok(Some(k)) => Some(k),
-                _ => {
-                    self.output = format!(
-                        "No key for {}: add one under Providers & keys.",
-                        w.provider.name()
-                    );
+            match self.keys.key(w.provider.name()) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.output = format!("{e}: see Providers & keys.");
                     return;
                 }
             }
@@ -287,23 +286,27 @@ impl PexperApp {
     }
 
     fn providers_screen(&mut self, ui: &mut Ui) {
-        ui.label(format!("Keys are kept in: {}", self.secrets.backend()));
+        ui.label(format!("Keys are kept in: {}", self.keys.backend()));
         ui.label("A key is only ever sent to its own provider, straight from this device.");
+        let Some(store) = self.keys.store() else {
+            self.unlock_form(ui);
+            return;
+        };
         for p in Provider::ALL.into_iter().filter(|p| !p.is_local()) {
             let label = format!("{} API key", p.name());
-            let saved = matches!(self.secrets.get(p.name()), Ok(Some(_)));
+            let saved = matches!(store.get(p.name()), Ok(Some(_)));
             let input = self.key_inputs.entry(p.name()).or_default();
             field(ui, &label, TextEdit::singleline(input).password(true));
             ui.horizontal(|ui| {
                 ui.label(if saved { "saved" } else { "not set" });
                 if ui.button(format!("Save {} key", p.name())).clicked() && !input.is_empty() {
                     let value = SecretString::from(std::mem::take(input));
-                    if let Err(e) = self.secrets.set(p.name(), &value) {
+                    if let Err(e) = store.set(p.name(), &value) {
                         self.message = format!("Could not save the key: {e}");
                     }
                 }
                 if saved && ui.button(format!("Remove {} key", p.name())).clicked() {
-                    let _ = self.secrets.delete(p.name());
+                    let _ = store.delete(p.name());
                 }
             });
         }
@@ -323,6 +326,38 @@ impl PexperApp {
         .lost_focus();
         if changed {
             self.save_settings();
+        }
+    }
+
+    /// The passphrase for the key file: typed into a password field, used once to derive the
+    /// file key, then wiped. A new file asks for a passphrase long enough to resist guessing.
+    fn unlock_form(&mut self, ui: &mut Ui) {
+        let new = self.keys.is_new_file();
+        ui.label(if new {
+            "Choose a passphrase for a new key file (at least 12 characters). It is never saved; without it the keys cannot be read."
+        } else {
+            "Type the passphrase of your key file to use your keys."
+        });
+        field(
+            ui,
+            "Passphrase",
+            TextEdit::singleline(&mut self.passphrase_input).password(true),
+        );
+        let button = if new {
+            "Create key file"
+        } else {
+            "Unlock key file"
+        };
+        if ui.button(button).clicked() {
+            let passphrase = SecretString::from(std::mem::take(&mut self.passphrase_input));
+            self.message = if new && passphrase.expose_secret().chars().count() < 12 {
+                "That passphrase is too short: use at least 12 characters.".into()
+            } else {
+                match self.keys.unlock(&passphrase) {
+                    Ok(()) => "Key file unlocked.".into(),
+                    Err(e) => format!("Not unlocked: {e}"),
+                }
+            };
         }
     }
 
@@ -446,8 +481,10 @@ impl PexperApp {
                 "This deletes your workflows, settings, keys and queued reports from this device.",
             );
             if ui.button("Yes, delete everything").clicked() {
-                for p in Provider::ALL {
-                    let _ = self.secrets.delete(p.name());
+                if let Some(store) = self.keys.store() {
+                    for p in Provider::ALL {
+                        let _ = store.delete(p.name());
+                    }
                 }
                 let _ = std::fs::remove_dir_all(&self.dirs.data);
                 let _ = std::fs::remove_dir_all(&self.dirs.config);

@@ -4,8 +4,8 @@
 //! pexper-desktop [--data-dir DIR] [--offline] [--disable-telemetry] COMMAND
 //! ```
 //!
-//! `run WORKFLOW`, `telemetry status|set LEVEL`, `outbox list|preview|clear|send`,
-//! `license verify FILE|-`. Exit codes: 0 ok, 1 error, 2 usage.
+//! `run WORKFLOW`, `keys status|set|delete`, `telemetry status|set LEVEL`,
+//! `outbox list|preview|clear|send`, `license verify FILE|-`. Exit codes: 0 ok, 1 error, 2 usage.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -13,11 +13,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroize;
 
 use crate::egress::Egress;
 use crate::license::{self, Status};
-use crate::secrets::{EncryptedFileStore, SecretStore};
+use crate::providers::Provider;
+use crate::secrets::Keys;
 use crate::store::{Dirs, Settings, Workflow};
 use crate::telemetry::{self, Level, Telemetry};
 
@@ -44,9 +46,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a workflow by id and print the reply. Keys come from the encrypted key file,
-    /// unlocked by PEXPER_PASSPHRASE.
+    /// Run a workflow by id and print the reply. Keys come from the OS keychain, else from the
+    /// encrypted key file, unlocked by PEXPER_PASSPHRASE.
     Run { workflow: String },
+    /// Provider keys: where they are kept, and setting one (read from stdin, never an argument,
+    /// so it stays out of shell history and the process list).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// What telemetry does, or set its level (off, crash, all).
     Telemetry {
         #[command(subcommand)]
@@ -62,6 +70,36 @@ enum Command {
         #[command(subcommand)]
         command: LicenseCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// The backend in use, why, and which providers have a key.
+    Status,
+    /// Store the key for PROVIDER from the first line of stdin.
+    Set {
+        #[arg(value_parser = cloud_provider)]
+        provider: Provider,
+    },
+    Delete {
+        #[arg(value_parser = cloud_provider)]
+        provider: Provider,
+    },
+}
+
+fn cloud_provider(name: &str) -> Result<Provider, String> {
+    Provider::ALL
+        .into_iter()
+        .find(|p| p.name() == name && !p.is_local())
+        .ok_or_else(|| "openai, anthropic or google".to_owned())
+}
+
+/// The passphrase for the key file, if the environment gives one.
+pub fn passphrase_from_env() -> Option<SecretString> {
+    std::env::var("PEXPER_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(SecretString::from)
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +149,15 @@ fn egress(dirs: &Dirs, settings: &Settings, offline_flag: bool) -> Egress {
     Egress::new(dirs.network_log(), offline_flag || settings.offline)
 }
 
+fn unlocked(keys: &Keys) -> anyhow::Result<&dyn crate::secrets::SecretStore> {
+    keys.store().with_context(|| {
+        format!(
+            "keys are kept in: {}; set PEXPER_PASSPHRASE to unlock the file",
+            keys.backend()
+        )
+    })
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dirs = Dirs::new(cli.data_dir.as_deref())?;
     crate::crash::install(&dirs);
@@ -128,18 +175,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let key = if w.provider.is_local() {
                 None
             } else {
-                let pass = std::env::var("PEXPER_PASSPHRASE")
-                    .context("set PEXPER_PASSPHRASE to unlock the key file")?;
-                let store = EncryptedFileStore::open(
-                    dirs.secrets(),
-                    &SecretString::from(pass),
-                    "command line",
-                )?;
-                Some(
-                    store
-                        .get(w.provider.name())?
-                        .with_context(|| format!("no key for {}", w.provider.name()))?,
-                )
+                let keys = Keys::choose(dirs.secrets(), passphrase_from_env())?;
+                Some(keys.key(w.provider.name())?)
             };
             let base = match w.provider {
                 crate::providers::Provider::Ollama => settings.ollama_url.clone(),
@@ -169,6 +206,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "workflow.run",
                 props.as_object().cloned().unwrap_or_default(),
             );
+        }
+        Command::Keys { command } => {
+            let keys = Keys::choose(dirs.secrets(), passphrase_from_env())?;
+            match command {
+                KeysCommand::Status => {
+                    let saved: Vec<&str> = Provider::ALL
+                        .into_iter()
+                        .filter(|p| keys.key(p.name()).is_ok())
+                        .map(Provider::name)
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "backend": keys.backend(),
+                            "unlocked": keys.store().is_some(),
+                            "keys": saved,
+                        })
+                    );
+                }
+                KeysCommand::Set { provider } => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    let value = SecretString::from(line.trim().to_owned());
+                    line.zeroize();
+                    anyhow::ensure!(!value.expose_secret().is_empty(), "no key on stdin");
+                    unlocked(&keys)?.set(provider.name(), &value)?;
+                    println!("saved the {} key in: {}", provider.name(), keys.backend());
+                }
+                KeysCommand::Delete { provider } => {
+                    unlocked(&keys)?.delete(provider.name())?;
+                    println!("deleted the {} key", provider.name());
+                }
+            }
         }
         Command::Telemetry {
             command: TelemetryCommand::Status,

@@ -19,22 +19,15 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 
-/// Opens the window. Keys go to the encrypted file when `PEXPER_PASSPHRASE` unlocks it, else
-/// they are kept in memory for this session only (the keychain backend is not built yet).
+/// Opens the window. Keys go to the OS keychain; without one, to the encrypted file, which
+/// `PEXPER_PASSPHRASE` unlocks at start or the person unlocks in the window.
 pub fn window(
     dirs: store::Dirs,
     forced_off: bool,
     offline: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let secrets: Box<dyn secrets::SecretStore> = match std::env::var("PEXPER_PASSPHRASE") {
-        Ok(pass) if !pass.is_empty() => Box::new(secrets::EncryptedFileStore::open(
-            dirs.secrets(),
-            &secrecy::SecretString::from(pass),
-            "no OS keychain backend in this build",
-        )?),
-        _ => Box::new(secrets::MemoryStore::default()),
-    };
-    let app = app::PexperApp::new(dirs, secrets, forced_off, offline)?;
+    let keys = secrets::Keys::choose(dirs.secrets(), cli::passphrase_from_env())?;
+    let app = app::PexperApp::new(dirs, keys, forced_off, offline)?;
     eframe::run_native(
         "Pexper",
         eframe::NativeOptions::default(),

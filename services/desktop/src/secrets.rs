@@ -1,5 +1,5 @@
-//! Provider API keys: behind one trait so the OS keychain, an encrypted file, or (in tests) a
-//! memory store can hold them. Never in plaintext on disk, never in a log, an export, a crash
+//! Provider API keys: behind one trait so the OS keychain, an encrypted file, or (in tests)
+//! `keyring-core`'s mock store can hold them. Never in plaintext on disk, never in a log, an export, a crash
 //! report or the UI tree (the key field is a password field).
 //!
 //! The encrypted file is unlocked by a passphrase the person chooses: argon2id stretches it
@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use anyhow::Context;
+use keyring_core::api::CredentialStore;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
@@ -24,35 +25,162 @@ pub trait SecretStore: Send + Sync {
     fn delete(&self, name: &str) -> anyhow::Result<()>;
 }
 
-/// For tests and for a session without persistence.
-#[derive(Debug, Default)]
-pub struct MemoryStore(Mutex<BTreeMap<String, SecretString>>);
+/// The service name under which keys sit in the OS keychain; the account is the provider.
+const KEYCHAIN_SERVICE: &str = "pexper";
 
-impl SecretStore for MemoryStore {
+/// The OS keychain (macOS Keychain, Windows Credential Manager, the Secret Service on Linux)
+/// through `keyring-core`, or any other `keyring-core` store (its mock store in tests).
+pub struct KeychainStore {
+    store: Arc<CredentialStore>,
+    name: String,
+}
+
+impl std::fmt::Debug for KeychainStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeychainStore")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeychainStore {
+    /// Any `keyring-core` store, shown in the UI as `name`.
+    pub fn new(store: Arc<CredentialStore>, name: &str) -> Self {
+        Self {
+            store,
+            name: name.to_owned(),
+        }
+    }
+
+    /// This OS's keychain, if it answers a lookup; else why not, in words for the UI
+    /// (headless Linux has no Secret Service on a session bus).
+    pub fn system() -> Result<Self, String> {
+        let store = system_store().map_err(|e| format!("no OS keychain: {e}"))?;
+        let this = Self::new(store, "OS keychain");
+        match this.get("availability-check") {
+            Ok(_) => Ok(this),
+            Err(e) => Err(format!("the OS keychain did not answer: {e}")),
+        }
+    }
+
+    fn entry(&self, name: &str) -> anyhow::Result<keyring_core::Entry> {
+        Ok(keyring_core::Entry::new_in_store(
+            &self.store,
+            KEYCHAIN_SERVICE,
+            name,
+        )?)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn system_store() -> keyring_core::Result<Arc<CredentialStore>> {
+    Ok(zbus_secret_service_keyring_store::Store::new()?)
+}
+
+#[cfg(target_os = "macos")]
+fn system_store() -> keyring_core::Result<Arc<CredentialStore>> {
+    Ok(apple_native_keyring_store::keychain::Store::new()?)
+}
+
+#[cfg(target_os = "windows")]
+fn system_store() -> keyring_core::Result<Arc<CredentialStore>> {
+    Ok(windows_native_keyring_store::Store::new()?)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
+fn system_store() -> keyring_core::Result<Arc<CredentialStore>> {
+    Err(keyring_core::Error::NoDefaultStore)
+}
+
+impl SecretStore for KeychainStore {
     fn backend(&self) -> String {
-        "memory (not saved)".to_owned()
+        self.name.clone()
     }
     fn get(&self, name: &str) -> anyhow::Result<Option<SecretString>> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned())
+        match self.entry(name)?.get_password() {
+            Ok(value) => Ok(Some(SecretString::from(value))),
+            Err(keyring_core::Error::NoEntry) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
     fn set(&self, name: &str, value: &SecretString) -> anyhow::Result<()> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), value.clone());
-        Ok(())
+        Ok(self.entry(name)?.set_password(value.expose_secret())?)
     }
     fn delete(&self, name: &str) -> anyhow::Result<()> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        match self.entry(name)?.delete_credential() {
+            Ok(()) | Err(keyring_core::Error::NoEntry) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The store in use: the OS keychain when it answers; else the encrypted file, which stays
+/// locked until its passphrase is given (`PEXPER_PASSPHRASE`, or the field in the window).
+pub enum Keys {
+    Open(Box<dyn SecretStore>),
+    Locked { path: PathBuf, reason: String },
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.backend())
+    }
+}
+
+impl Keys {
+    /// The keychain if it answers, else the file at `path` (opened now if `passphrase` is given).
+    pub fn choose(path: PathBuf, passphrase: Option<SecretString>) -> anyhow::Result<Self> {
+        let reason = match KeychainStore::system() {
+            Ok(keychain) => return Ok(Self::Open(Box::new(keychain))),
+            Err(reason) => reason,
+        };
+        let mut keys = Self::Locked { path, reason };
+        if let Some(passphrase) = passphrase {
+            keys.unlock(&passphrase)?;
+        }
+        Ok(keys)
+    }
+
+    /// Opens the locked file (creating it on first use). A wrong passphrase leaves it locked.
+    pub fn unlock(&mut self, passphrase: &SecretString) -> anyhow::Result<()> {
+        if let Self::Locked { path, reason } = self {
+            let store = EncryptedFileStore::open(path.clone(), passphrase, reason)?;
+            *self = Self::Open(Box::new(store));
+        }
         Ok(())
+    }
+
+    pub fn store(&self) -> Option<&dyn SecretStore> {
+        match self {
+            Self::Open(store) => Some(store.as_ref()),
+            Self::Locked { .. } => None,
+        }
+    }
+
+    /// What the UI shows: where keys are kept and, for the file, why not in the keychain.
+    pub fn backend(&self) -> String {
+        match self {
+            Self::Open(store) => store.backend(),
+            Self::Locked { reason, .. } => format!("encrypted file, locked ({reason})"),
+        }
+    }
+
+    /// True when the locked file does not exist yet: the passphrase given will create it.
+    pub fn is_new_file(&self) -> bool {
+        matches!(self, Self::Locked { path, .. } if !path.exists())
+    }
+
+    /// A provider's key, or why there is none.
+    pub fn key(&self, provider: &str) -> anyhow::Result<SecretString> {
+        let store = self.store().with_context(|| {
+            format!(
+                "keys are in the {}: unlock it with its passphrase",
+                self.backend()
+            )
+        })?;
+        store
+            .get(provider)?
+            .with_context(|| format!("no key for {provider}"))
     }
 }
 

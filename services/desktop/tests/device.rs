@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{PLANTED_KEY, Seen, Stub, dirs};
+use common::{PLANTED_KEY, Seen, Stub, all_files, assert_nowhere_under, dirs};
 
 use pexper_desktop::egress::{Egress, EgressError, Purpose, Request};
 use pexper_desktop::license::{self, Status};
@@ -19,19 +19,6 @@ use pexper_desktop::telemetry::{self, Level, Telemetry};
 use pexper_wire::license::{LicenseClaims, SigningKey};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-
-fn all_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(root).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(all_files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
 
 fn props(v: Value) -> serde_json::Map<String, Value> {
     v.as_object().unwrap().clone()
@@ -248,16 +235,7 @@ fn a_planted_key_is_nowhere_on_disk_or_on_the_wire_except_to_its_provider() {
     misdirected.url = format!("{}/v1/chat/completions", stub.url);
     let _ = egress.send(misdirected);
 
-    for file in all_files(&root) {
-        let bytes = std::fs::read(&file).unwrap();
-        assert!(
-            !bytes
-                .windows(PLANTED_KEY.len())
-                .any(|w| w == PLANTED_KEY.as_bytes()),
-            "{}",
-            file.display()
-        );
-    }
+    assert_nowhere_under(&root, PLANTED_KEY);
     for seen in stub.seen() {
         let all = format!("{:?}{}", seen.headers, String::from_utf8_lossy(&seen.body));
         assert!(!all.contains(PLANTED_KEY), "the key reached {}", seen.path);
@@ -465,4 +443,87 @@ fn no_http_client_exists_outside_the_egress_module() {
             "the client must not depend on {server}"
         );
     }
+}
+
+/// The command line on a Linux session with no Secret Service (the session bus address points
+/// nowhere): keys go to the encrypted file, which only the passphrase opens, and `keys status`
+/// says why the keychain is not in use.
+#[cfg(target_os = "linux")]
+#[test]
+fn without_a_keychain_the_command_line_uses_the_key_file_and_says_why() {
+    use std::io::Write;
+    let (_dirs, root) = dirs();
+    let desktop = |args: &[&str], passphrase: Option<&str>, stdin: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"));
+        cmd.arg("--data-dir")
+            .arg(&root)
+            .args(args)
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                "unix:path=/nonexistent/pexper-bus",
+            )
+            .env_remove("PEXPER_PASSPHRASE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(p) = passphrase {
+            cmd.env("PEXPER_PASSPHRASE", p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let status = |passphrase| {
+        let out = desktop(&["keys", "status"], passphrase, "");
+        assert!(out.status.success());
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+
+    let locked = status(None);
+    assert_eq!(locked["unlocked"], false);
+    let backend = locked["backend"].as_str().unwrap();
+    assert!(
+        backend.starts_with("encrypted file, locked (no OS keychain"),
+        "{backend}"
+    );
+    let refused = desktop(&["keys", "set", "openai"], None, PLANTED_KEY);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PEXPER_PASSPHRASE"));
+
+    let pass = "a passphrase for the key file";
+    let saved = desktop(
+        &["keys", "set", "openai"],
+        Some(pass),
+        &format!("{PLANTED_KEY}\n"),
+    );
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    assert_eq!(status(Some(pass))["keys"], json!(["openai"]));
+    assert!(
+        !desktop(&["keys", "status"], Some("the wrong one"), "")
+            .status
+            .success()
+    );
+    assert_nowhere_under(&root, PLANTED_KEY);
+    assert!(
+        !desktop(&["keys", "set", "ollama"], Some(pass), "x")
+            .status
+            .success()
+    );
+
+    assert!(
+        desktop(&["keys", "delete", "openai"], Some(pass), "")
+            .status
+            .success()
+    );
+    assert_eq!(status(Some(pass))["keys"], json!([]));
+    let _ = std::fs::remove_dir_all(root);
 }

@@ -1,25 +1,68 @@
 //! The window, driven headless through its accessibility tree (egui_kittest): consent before
-//! anything, a key typed into its field never shows, the kill switch stops a run, and the
-//! Privacy screen's preview is what "Send now" sends.
+//! anything, a key typed into its field never shows and lands only in the keychain (here
+//! `keyring-core`'s mock store) or the encrypted file, the kill switch stops a run, the Privacy
+//! screen's preview is what "Send now" sends, the licence is checked offline, choices survive a
+//! restart, and the Data screen exports without keys and deletes everything.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{PLANTED_KEY, Stub, dirs};
+use std::sync::Arc;
+
+use common::{PLANTED_KEY, Stub, assert_nowhere_under, dirs};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use pexper_desktop::app::PexperApp;
 use pexper_desktop::egress::Egress;
 use pexper_desktop::providers::Provider;
-use pexper_desktop::secrets::MemoryStore;
+use pexper_desktop::secrets::{KeychainStore, Keys, SecretStore};
 use pexper_desktop::store::{Dirs, Settings, Workflow};
 use pexper_desktop::telemetry::{self, Level};
+use pexper_wire::license::{LicenseClaims, SigningKey};
+use secrecy::{ExposeSecret, SecretString};
+
+/// A keychain that lives in this test only: `keyring-core`'s mock store.
+fn mock_keychain() -> Arc<keyring_core::api::CredentialStore> {
+    keyring_core::mock::Store::new().unwrap()
+}
+
+fn keychain(store: &Arc<keyring_core::api::CredentialStore>) -> Keys {
+    Keys::Open(Box::new(KeychainStore::new(
+        store.clone(),
+        "OS keychain (mock)",
+    )))
+}
 
 fn harness(dirs: &Dirs) -> Harness<'static, PexperApp> {
-    let app = PexperApp::new(dirs.clone(), Box::new(MemoryStore::default()), false, false).unwrap();
+    harness_with(dirs, keychain(&mock_keychain()))
+}
+
+fn harness_with(dirs: &Dirs, keys: Keys) -> Harness<'static, PexperApp> {
+    let app = PexperApp::new(dirs.clone(), keys, false, false).unwrap();
     let mut harness = Harness::new_ui_state(|ui, app: &mut PexperApp| app.ui(ui), app);
     harness.run();
     harness
+}
+
+/// True if `text` is anywhere in the UI tree, as a label or a field's value.
+fn shows(h: &Harness<'static, PexperApp>, text: &str) -> bool {
+    h.query_all_by(|n| {
+        n.label().is_some_and(|l| l.contains(text)) || n.value().is_some_and(|v| v.contains(text))
+    })
+    .next()
+    .is_some()
+}
+
+fn type_into(h: &mut Harness<'static, PexperApp>, label: &str, text: &str) {
+    let field = h.get_by_label(label);
+    field.focus();
+    field.type_text(text);
+    h.run();
+}
+
+fn click(h: &mut Harness<'static, PexperApp>, label: &str) {
+    h.get_by_label(label).click();
+    h.run();
 }
 
 fn settings(dirs: &Dirs, stub: &Stub, edit: impl FnOnce(&mut Settings)) {
@@ -63,29 +106,70 @@ fn the_first_run_asks_before_anything_and_declining_sends_nothing() {
 }
 
 #[test]
-fn a_key_typed_into_its_field_never_appears_in_the_ui() {
+fn a_key_goes_to_the_keychain_never_to_the_data_dir_or_the_ui() {
     let stub = Stub::start();
-    let (dirs, _root) = dirs();
+    let (dirs, root) = dirs();
     settings(&dirs, &stub, |_| {});
-    let mut h = harness(&dirs);
-    h.get_by_label("Providers & keys").click();
-    h.run();
-    let field = h.get_by_label("openai API key");
-    field.focus();
-    field.type_text(PLANTED_KEY);
-    h.run();
-    let shown = h.query_by(|n| {
-        n.label().is_some_and(|l| l.contains("planted"))
-            || n.value().is_some_and(|v| v.contains("planted"))
-    });
-    assert!(shown.is_none(), "the key is in the UI tree");
-    h.get_by_label("Save openai key").click();
-    h.run();
+    let store = mock_keychain();
+    let mut h = harness_with(&dirs, keychain(&store));
+    click(&mut h, "Providers & keys");
+    assert!(shows(&h, "Keys are kept in: OS keychain (mock)"));
+    type_into(&mut h, "openai API key", PLANTED_KEY);
+    assert!(!shows(&h, "planted"), "the key is in the UI tree");
+    click(&mut h, "Save openai key");
     assert!(h.query_by_label("saved").is_some());
-    assert!(
-        h.query_by(|n| n.value().is_some_and(|v| v.contains("planted")))
-            .is_none()
-    );
+    assert!(!shows(&h, "planted"));
+
+    let held = KeychainStore::new(store, "mock").get("openai").unwrap();
+    assert_eq!(held.unwrap().expose_secret(), PLANTED_KEY);
+    assert_nowhere_under(&root, PLANTED_KEY);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn without_a_keychain_the_key_file_is_unlocked_by_a_passphrase_typed_in_the_window() {
+    let stub = Stub::start();
+    let (dirs, root) = dirs();
+    settings(&dirs, &stub, |_| {});
+    let passphrase = "a passphrase nobody guesses";
+    let locked = || Keys::Locked {
+        path: dirs.secrets(),
+        reason: "no OS keychain: none in this test".into(),
+    };
+    let mut h = harness_with(&dirs, locked());
+    click(&mut h, "Providers & keys");
+    assert!(shows(
+        &h,
+        "encrypted file, locked (no OS keychain: none in this test)"
+    ));
+    assert!(h.query_by_label("openai API key").is_none(), "locked first");
+    type_into(&mut h, "Passphrase", "short");
+    click(&mut h, "Create key file");
+    assert!(shows(&h, "too short"));
+    type_into(&mut h, "Passphrase", passphrase);
+    assert!(!shows(&h, passphrase), "the passphrase is masked");
+    click(&mut h, "Create key file");
+    type_into(&mut h, "openai API key", PLANTED_KEY);
+    click(&mut h, "Save openai key");
+    assert!(h.query_by_label("saved").is_some());
+    assert_nowhere_under(&root, PLANTED_KEY);
+    assert_nowhere_under(&root, passphrase);
+    drop(h);
+
+    // After a restart: a wrong passphrase opens nothing; the right one finds the key.
+    let mut h = harness_with(&dirs, locked());
+    click(&mut h, "Providers & keys");
+    type_into(&mut h, "Passphrase", "not the passphrase at all");
+    click(&mut h, "Unlock key file");
+    assert!(shows(&h, "Not unlocked"));
+    assert!(h.query_by_label("openai API key").is_none());
+    type_into(&mut h, "Passphrase", passphrase);
+    click(&mut h, "Unlock key file");
+    assert!(h.query_by_label("saved").is_some(), "the key survived");
+    let mut keys = locked();
+    keys.unlock(&SecretString::from(passphrase)).unwrap();
+    assert_eq!(keys.key("openai").unwrap().expose_secret(), PLANTED_KEY);
+    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
@@ -141,4 +225,125 @@ fn the_privacy_preview_is_exactly_what_send_now_sends() {
         h.query_by_label_contains("GET").is_some() || h.query_by_label_contains("POST").is_some(),
         "the network log is shown"
     );
+}
+
+#[test]
+fn the_licence_screen_verifies_offline_and_says_what_is_wrong() {
+    let stub = Stub::start();
+    let (dirs, root) = dirs();
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let public = key.verifying_key();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let licence = |expires_at, signer: &SigningKey| {
+        pexper_wire::license::sign(
+            &LicenseClaims {
+                id: uuid::Uuid::now_v7().to_string(),
+                product: "pexper-pro".into(),
+                issued_at: now - 60,
+                expires_at,
+                key_id: pexper_wire::license::key_id(&public),
+                livemode: true,
+            },
+            signer,
+        )
+    };
+    // Each case from fresh settings: a checked licence is kept and would fill the field.
+    let verify = |text: &str| {
+        settings(&dirs, &stub, |s| {
+            s.license_public_key = Some(pexper_wire::license::PublicKey::new(&public).public_key);
+        });
+        let mut h = harness(&dirs);
+        click(&mut h, "Licence");
+        type_into(&mut h, "Licence key", text);
+        click(&mut h, "Verify on this device");
+        h
+    };
+    assert!(shows(&verify("PEXPER1.not-a-licence"), "Not valid"));
+    let forged = licence(None, &SigningKey::from_bytes(&[8; 32]));
+    assert!(shows(&verify(&forged), "Not valid"));
+    assert!(shows(
+        &verify(&licence(Some(now - 10), &key)),
+        "Expired (pexper-pro): Pexper keeps working"
+    ));
+    let valid = licence(None, &key);
+    assert!(shows(&verify(&valid), "Valid: pexper-pro licence"));
+    assert_eq!(
+        Settings::load(&dirs).unwrap().license.as_deref(),
+        Some(valid.as_str())
+    );
+    assert!(!dirs.network_log().exists(), "no request");
+    assert!(stub.seen().is_empty());
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn what_is_made_in_the_window_survives_a_restart() {
+    let stub = Stub::start();
+    let (dirs, root) = dirs();
+    settings(&dirs, &stub, |_| {});
+    let mut h = harness(&dirs);
+    click(&mut h, "New workflow");
+    type_into(&mut h, "Name", " renamed"); // appended to "New workflow"
+    type_into(&mut h, "Prompt", "Summarise my notes");
+    click(&mut h, "Save");
+    click(&mut h, "Privacy");
+    click(&mut h, "Offline: block every request");
+    click(&mut h, "Crash reports only");
+    drop(h);
+
+    let saved = Workflow::list(&dirs).unwrap();
+    assert_eq!(saved.len(), 1);
+    assert!(saved[0].name.ends_with("renamed"), "{:?}", saved[0].name);
+    let mut h = harness(&dirs);
+    assert!(
+        h.query_by_label(&saved[0].name).is_some(),
+        "the workflow is listed"
+    );
+    assert!(shows(&h, "Summarise my notes"));
+    click(&mut h, "Privacy");
+    let s = Settings::load(&dirs).unwrap();
+    assert!(s.offline);
+    assert_eq!(s.telemetry, Some(Level::Crash));
+    assert!(stub.seen().is_empty(), "nothing was sent");
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn the_export_holds_no_key_and_delete_all_leaves_nothing_on_the_device() {
+    let stub = Stub::start();
+    let (dirs, root) = dirs();
+    settings(&dirs, &stub, |_| {});
+    local_workflow(&dirs);
+    let store = mock_keychain();
+    let keys = KeychainStore::new(store.clone(), "mock");
+    keys.set("anthropic", &SecretString::from(PLANTED_KEY))
+        .unwrap();
+    let mut h = harness_with(&dirs, keychain(&store));
+    click(&mut h, "Data");
+    click(&mut h, "Export my data (without keys)");
+    let export: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dirs.data.join("pexper-export.json")).unwrap())
+            .unwrap();
+    assert_eq!(export["workflows"][0]["prompt"], "Say hello");
+    assert_nowhere_under(&root, PLANTED_KEY);
+
+    click(&mut h, "Delete all local data");
+    click(&mut h, "Yes, delete everything");
+    h.run();
+    assert!(shows(&h, "Everything on this device is deleted."));
+    assert!(
+        h.query_by_label("Keep everything off").is_some(),
+        "a first run again: asked before anything"
+    );
+    assert!(Workflow::list(&dirs).unwrap().is_empty());
+    assert!(
+        common::all_files(&root).is_empty(),
+        "{:?}",
+        common::all_files(&root)
+    );
+    assert!(
+        keys.get("anthropic").unwrap().is_none(),
+        "the key left the keychain"
+    );
+    let _ = std::fs::remove_dir_all(root);
 }

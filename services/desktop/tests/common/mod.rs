@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pexper_desktop::store::Dirs;
@@ -120,4 +120,30 @@ pub fn dirs() -> (Dirs, PathBuf) {
     let root =
         std::env::temp_dir().join(format!("pexper-desktop-{}", uuid::Uuid::new_v4().simple()));
     (Dirs::new(Some(&root)).unwrap(), root)
+}
+
+/// Every file under `root`, recursively.
+pub fn all_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(all_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Fails if `needle` appears in any file under `root`.
+pub fn assert_nowhere_under(root: &Path, needle: &str) {
+    for file in all_files(root) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "found in {}",
+            file.display()
+        );
+    }
 }
