@@ -427,6 +427,28 @@ impl PexperApp {
     }
 
     fn licence_screen(&mut self, ui: &mut Ui) {
+        ui.label("Your licence is checked on this device: nothing is sent.");
+        match license::public_key(self.settings.license_public_key.as_deref()) {
+            Some(key) => {
+                ui.label(format!(
+                    "Checked against the key {}",
+                    pexper_wire::license::key_id(&key)
+                ));
+            }
+            None => {
+                ui.label("This build has no key to check licences against.");
+                if ui.button("Get the public key from the server").clicked() {
+                    match license::fetch_public_key(&self.settings.server_url, &self.egress()) {
+                        Ok(key) => {
+                            self.settings.license_public_key = Some(key);
+                            self.save_settings();
+                            self.message = "Got the public key.".into();
+                        }
+                        Err(e) => self.message = format!("Could not get the key: {e}"),
+                    }
+                }
+            }
+        }
         field(
             ui,
             "Licence key",

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! `run WORKFLOW`, `keys status|set|delete`, `telemetry status|set LEVEL`,
-//! `outbox list|preview|clear|send`, `license verify FILE|-`. Exit codes: 0 ok, 1 error, 2 usage.
+//! `outbox list|preview|clear|send`, `license verify FILE|-|fetch-key`. Exit codes: 0 ok, 1 error, 2 usage.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -132,6 +132,8 @@ enum LicenseCommand {
         #[arg(long)]
         public_key: Option<String>,
     },
+    /// Fetch the server's public key (one request) and keep it in the settings.
+    FetchKey,
 }
 
 pub fn main() -> ExitCode {
@@ -300,6 +302,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::License {
+            command: LicenseCommand::FetchKey,
+        } => {
+            let key = license::fetch_public_key(&settings.server_url, &net)?;
+            println!("{key}");
+            settings.license_public_key = Some(key);
+            settings.save(&dirs)?;
+        }
+        Command::License {
             command: LicenseCommand::Verify { file, public_key },
         } => {
             let text = if file == "-" {
@@ -323,7 +333,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Status::Invalid(e) => ("invalid", serde_json::json!(e.to_string())),
                 Status::NoKey => (
                     "no_key",
-                    serde_json::json!("no public key: pass --public-key"),
+                    serde_json::json!(
+                        "no public key: pass --public-key, or run `license fetch-key`"
+                    ),
                 ),
             };
             println!(

@@ -228,11 +228,22 @@ fn the_privacy_preview_is_exactly_what_send_now_sends() {
 }
 
 #[test]
-fn the_licence_screen_verifies_offline_and_says_what_is_wrong() {
+fn the_licence_screen_gets_the_key_once_then_verifies_offline() {
     let stub = Stub::start();
     let (dirs, root) = dirs();
-    let key = SigningKey::from_bytes(&[7; 32]);
+    settings(&dirs, &stub, |_| {});
+    let key = common::licence_key();
     let public = key.verifying_key();
+    let mut h = harness(&dirs);
+    click(&mut h, "Licence");
+    assert!(shows(&h, "no key to check licences against"));
+    click(&mut h, "Get the public key from the server");
+    let key_id = pexper_wire::license::key_id(&public);
+    assert!(shows(&h, &format!("Checked against the key {key_id}")));
+    let fetched = Settings::load(&dirs).unwrap().license_public_key;
+    assert!(fetched.is_some());
+    assert_eq!(stub.seen().len(), 1, "one request, for the key");
+
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let licence = |expires_at, signer: &SigningKey| {
         pexper_wire::license::sign(
@@ -241,17 +252,15 @@ fn the_licence_screen_verifies_offline_and_says_what_is_wrong() {
                 product: "pexper-pro".into(),
                 issued_at: now - 60,
                 expires_at,
-                key_id: pexper_wire::license::key_id(&public),
+                key_id: key_id.clone(),
                 livemode: true,
             },
             signer,
         )
     };
-    // Each case from fresh settings: a checked licence is kept and would fill the field.
+    // Each case from the same settings: a checked licence is kept and would fill the field.
     let verify = |text: &str| {
-        settings(&dirs, &stub, |s| {
-            s.license_public_key = Some(pexper_wire::license::PublicKey::new(&public).public_key);
-        });
+        settings(&dirs, &stub, |s| s.license_public_key = fetched.clone());
         let mut h = harness(&dirs);
         click(&mut h, "Licence");
         type_into(&mut h, "Licence key", text);
@@ -271,8 +280,8 @@ fn the_licence_screen_verifies_offline_and_says_what_is_wrong() {
         Settings::load(&dirs).unwrap().license.as_deref(),
         Some(valid.as_str())
     );
-    assert!(!dirs.network_log().exists(), "no request");
-    assert!(stub.seen().is_empty());
+    assert_eq!(stub.seen().len(), 1, "verified without a request");
+    assert_eq!(Egress::new(dirs.network_log(), false).log().len(), 1);
     let _ = std::fs::remove_dir_all(root);
 }
 

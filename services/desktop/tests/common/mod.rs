@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pexper_desktop::store::Dirs;
+use pexper_wire::license::{PublicKey, SigningKey};
 use serde_json::{Value, json};
+
+/// The key the stub publishes as the server's licence key.
+pub fn licence_key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
 
 pub const PLANTED_KEY: &str = "sk-planted-DO-NOT-LEAK-0123456789abcdef";
 
@@ -82,6 +88,9 @@ impl Stub {
                     reader.read_exact(&mut body).unwrap();
                     let reply = if path.starts_with("/v1/analytics/schema") {
                         schema().to_string()
+                    } else if path == "/v1/licenses/public-key" {
+                        serde_json::to_string(&PublicKey::new(&licence_key().verifying_key()))
+                            .unwrap()
                     } else if path.ends_with("/chat/completions") {
                         json!({"choices": [{"message": {"content": "hello from a local model"}}]})
                             .to_string()
