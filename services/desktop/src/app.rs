@@ -137,8 +137,37 @@ impl PexperApp {
         self.save_settings();
     }
 
+    /// Asked at first run, and again when the schema consented to is not the current one.
     fn needs_consent(&self) -> bool {
-        !self.forced_off && self.settings.telemetry.is_none()
+        !self.forced_off
+            && match self.settings.telemetry {
+                None => true,
+                Some(Level::All) => {
+                    self.telemetry.schema_version() != self.settings.consented_schema_version
+                }
+                Some(_) => false,
+            }
+    }
+
+    /// What a launch does before the first frame: nothing at all unless telemetry is on. Then
+    /// the schema is refreshed (a new version asks for consent again, and only crash reports
+    /// go until then) and the outbox, crash reports from an earlier run included, is sent as
+    /// far as the level allows.
+    pub fn launch(&mut self) {
+        if self.telemetry.level() == Level::Off {
+            return;
+        }
+        let egress = self.egress();
+        if self.settings.telemetry == Some(Level::All) {
+            // Unreachable server: the cached schema stands.
+            let _ = telemetry::fetch_schema(&self.dirs, &self.settings, &egress);
+            self.telemetry = Telemetry::new(&self.dirs, &self.settings, self.forced_off);
+        }
+        self.telemetry.record("app.started", serde_json::Map::new());
+        if let Err(e) = telemetry::send(&self.dirs, &self.settings, self.telemetry.level(), &egress)
+        {
+            self.message = format!("Queued reports were not sent: {e}");
+        }
     }
 
     pub fn ui(&mut self, ui: &mut Ui) {
@@ -171,11 +200,20 @@ impl PexperApp {
     }
 
     fn consent(&mut self, ui: &mut Ui) {
-        ui.heading("Welcome to Pexper");
-        ui.label(
-            "Your workflows, keys and results stay on this device. May Pexper send anything to us?",
-        );
-        ui.label("Nothing has been sent, and nothing will be until you choose. You can change this any time under Privacy.");
+        if self.settings.telemetry.is_none() {
+            ui.heading("Welcome to Pexper");
+            ui.label(
+                "Your workflows, keys and results stay on this device. May Pexper send anything to us?",
+            );
+            ui.label("Nothing has been sent, and nothing will be until you choose. You can change this any time under Privacy.");
+        } else {
+            ui.heading("What Pexper collects has changed");
+            ui.label(format!(
+                "The list of anonymous usage events is now version {}; you agreed to version {}. Until you choose again, only crash reports are sent.",
+                self.telemetry.schema_version().map_or("?".into(), |v| v.to_string()),
+                self.settings.consented_schema_version.map_or("?".into(), |v| v.to_string()),
+            ));
+        }
         if ui.button("Keep everything off").clicked() {
             self.choose(Level::Off);
         }

@@ -27,7 +27,8 @@ pub fn window(
     offline: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     let keys = secrets::Keys::choose(dirs.secrets(), cli::passphrase_from_env())?;
-    let app = app::PexperApp::new(dirs, keys, forced_off, offline)?;
+    let mut app = app::PexperApp::new(dirs, keys, forced_off, offline)?;
+    app.launch();
     eframe::run_native(
         "Pexper",
         eframe::NativeOptions::default(),

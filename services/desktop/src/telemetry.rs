@@ -149,6 +149,11 @@ impl Telemetry {
         self.level
     }
 
+    /// The version of the schema on the device, if one was fetched.
+    pub fn schema_version(&self) -> Option<u32> {
+        schema_version(self.schema.as_ref())
+    }
+
     fn session_file(&self) -> PathBuf {
         self.dirs
             .outbox()

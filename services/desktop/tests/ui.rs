@@ -38,7 +38,8 @@ fn harness(dirs: &Dirs) -> Harness<'static, PexperApp> {
 }
 
 fn harness_with(dirs: &Dirs, keys: Keys) -> Harness<'static, PexperApp> {
-    let app = PexperApp::new(dirs.clone(), keys, false, false).unwrap();
+    let mut app = PexperApp::new(dirs.clone(), keys, false, false).unwrap();
+    app.launch();
     let mut harness = Harness::new_ui_state(|ui, app: &mut PexperApp| app.ui(ui), app);
     harness.run();
     harness
@@ -218,11 +219,12 @@ fn the_privacy_preview_is_exactly_what_send_now_sends() {
     let sent = stub
         .seen()
         .into_iter()
-        .find(|s| s.path == "/v1/analytics/events")
+        .rfind(|s| s.path == "/v1/analytics/events")
         .unwrap();
     assert_eq!(sent.body, queued[0].body);
+    h.run();
     assert!(
-        h.query_by_label_contains("GET").is_some() || h.query_by_label_contains("POST").is_some(),
+        shows(&h, "Telemetry POST 127.0.0.1/v1/analytics/events"),
         "the network log is shown"
     );
 }
@@ -354,5 +356,54 @@ fn the_export_holds_no_key_and_delete_all_leaves_nothing_on_the_device() {
         keys.get("anthropic").unwrap().is_none(),
         "the key left the keychain"
     );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn a_crash_report_from_an_earlier_run_goes_out_at_launch_only_when_allowed() {
+    let envelope = b"{\"event_id\":\"0123456789abcdef0123456789abcdef\"}\n";
+    for (level, sent) in [(Level::Off, false), (Level::Crash, true)] {
+        let stub = Stub::start();
+        let (dirs, root) = dirs();
+        settings(&dirs, &stub, |s| s.telemetry = Some(level));
+        telemetry::queue_crash(&dirs, envelope).unwrap();
+        let _h = harness(&dirs);
+        let posted: Vec<_> = stub
+            .seen()
+            .into_iter()
+            .filter(|s| s.path.ends_with("/envelope/"))
+            .collect();
+        assert_eq!(posted.len(), usize::from(sent), "{level:?}");
+        if sent {
+            assert_eq!(posted[0].body, envelope);
+        } else {
+            assert!(stub.seen().is_empty(), "off opens no socket");
+        }
+        assert!(telemetry::outbox(&dirs).unwrap().is_empty(), "{level:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+#[test]
+fn a_new_schema_version_asks_again_at_launch() {
+    let stub = Stub::start();
+    let (dirs, root) = dirs();
+    settings(&dirs, &stub, |s| {
+        s.telemetry = Some(Level::All);
+        s.consented_schema_version = Some(0);
+    });
+    let mut h = harness(&dirs);
+    assert!(shows(&h, "What Pexper collects has changed"));
+    assert!(shows(&h, "now version 1; you agreed to version 0"));
+    assert!(
+        !stub.seen().iter().any(|s| s.path == "/v1/analytics/events"),
+        "no usage event before consent to the new schema"
+    );
+    click(&mut h, "Send crash reports and anonymous usage");
+    assert_eq!(
+        Settings::load(&dirs).unwrap().consented_schema_version,
+        Some(1)
+    );
+    assert!(h.query_by_label("Workflows").is_some());
     let _ = std::fs::remove_dir_all(root);
 }
