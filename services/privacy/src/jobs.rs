@@ -44,21 +44,29 @@ struct RequestRow {
     status: String,
     received_at: OffsetDateTime,
     due_at: OffsetDateTime,
+    verify_by: OffsetDateTime,
 }
 
 async fn load(conn: &mut PgConnection, request: Uuid) -> Result<Option<RequestRow>, JobError> {
-    let row: Option<(String, String, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
-        "SELECT kind, status, received_at, due_at FROM privacy_request WHERE id = $1",
+    let row: Option<(
+        String,
+        String,
+        OffsetDateTime,
+        OffsetDateTime,
+        OffsetDateTime,
+    )> = sqlx::query_as(
+        "SELECT kind, status, received_at, due_at, verify_by FROM privacy_request WHERE id = $1",
     )
     .bind(request)
     .fetch_optional(conn)
     .await?;
-    row.map(|(kind, status, received_at, due_at)| {
+    row.map(|(kind, status, received_at, due_at, verify_by)| {
         Ok(RequestRow {
             kind: Kind::parse(&kind).ok_or_else(|| permanent(anyhow::anyhow!("unknown kind")))?,
             status,
             received_at,
             due_at,
+            verify_by,
         })
     })
     .transpose()
@@ -78,12 +86,7 @@ pub async fn received_mail(platform: Platform, job: Job) -> Result<(), JobError>
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
         return Ok(());
     };
-    let verify_by: OffsetDateTime =
-        sqlx::query_scalar("SELECT verify_by FROM privacy_request WHERE id = $1")
-            .bind(request_id)
-            .fetch_one(&mut *conn)
-            .await?;
-    let token = store::new_token(&mut conn, request_id, "verify", verify_by).await?;
+    let token = store::new_token(&mut conn, request_id, "verify", request.verify_by).await?;
     let email = Received {
         kind: request.kind.describe().to_owned(),
         received: request.received_at.date().to_string(),
@@ -92,7 +95,7 @@ pub async fn received_mail(platform: Platform, job: Job) -> Result<(), JobError>
             "{}/v1/privacy/verify?token={token}",
             platform.config.public_url
         ),
-        verify_by: verify_by.date().to_string(),
+        verify_by: request.verify_by.date().to_string(),
     };
     mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
 }
