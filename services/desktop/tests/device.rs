@@ -527,3 +527,139 @@ fn without_a_keychain_the_command_line_uses_the_key_file_and_says_why() {
     assert_eq!(status(Some(pass))["keys"], json!([]));
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// A private session bus with gnome-keyring's Secret Service on it, stopped on drop.
+#[cfg(target_os = "linux")]
+struct SecretService {
+    address: String,
+    children: Vec<std::process::Child>,
+}
+
+#[cfg(target_os = "linux")]
+impl SecretService {
+    /// None when the tools are not installed (CI installs them and sets
+    /// `PEXPER_REQUIRE_KEYRING=1`, which turns a skip into a failure).
+    fn start(home: &Path) -> Option<Self> {
+        use std::io::{BufRead, Write};
+        use std::process::{Command, Stdio};
+        let installed = |tool: &str| {
+            Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        };
+        if !installed("dbus-daemon") || !installed("gnome-keyring-daemon") {
+            assert!(
+                std::env::var("PEXPER_REQUIRE_KEYRING").is_err(),
+                "PEXPER_REQUIRE_KEYRING is set but dbus-daemon/gnome-keyring are not installed"
+            );
+            eprintln!("skipped: no dbus-daemon or gnome-keyring-daemon");
+            return None;
+        }
+        let mut bus = Command::new("dbus-daemon")
+            .args(["--session", "--print-address=1", "--nofork"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut address = String::new();
+        std::io::BufReader::new(bus.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        let address = address.trim().to_owned();
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--unlock", "--components=secrets", "--foreground"])
+            .env("HOME", home)
+            .env("XDG_DATA_HOME", home.join("share"))
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The login keyring's password, then end of input.
+        keyring
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"keyring password")
+            .unwrap();
+        Some(Self {
+            address,
+            children: vec![bus, keyring],
+        })
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for SecretService {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// With a real Secret Service on the session bus, keys go to it: nothing under the data dir
+/// holds the key, and the keyring's own files do not hold it in clear either.
+#[cfg(target_os = "linux")]
+#[test]
+fn with_a_secret_service_keys_go_to_the_os_keychain() {
+    let (_dirs, root) = dirs();
+    let home = root.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let Some(service) = SecretService::start(&home) else {
+        return;
+    };
+    let desktop = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
+            .arg("--data-dir")
+            .arg(root.join("app"))
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &service.address)
+            .env_remove("PEXPER_PASSPHRASE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    // The keyring daemon takes a moment to claim its name on the bus.
+    let mut status = desktop(&["keys", "status"], "");
+    for _ in 0..50 {
+        if status["backend"] == "OS keychain" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        status = desktop(&["keys", "status"], "");
+    }
+    assert_eq!(status["backend"], "OS keychain", "{status}");
+    desktop(&["keys", "set", "anthropic"], PLANTED_KEY);
+    assert_eq!(
+        desktop(&["keys", "status"], "")["keys"],
+        json!(["anthropic"])
+    );
+    assert!(!root.join("app/config/secrets.enc").exists(), "no key file");
+    assert_nowhere_under(&root, PLANTED_KEY);
+    desktop(&["keys", "delete", "anthropic"], "");
+    assert_eq!(desktop(&["keys", "status"], "")["keys"], json!([]));
+    drop(service);
+    let _ = std::fs::remove_dir_all(root);
+}

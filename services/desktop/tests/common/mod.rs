@@ -131,14 +131,14 @@ pub fn dirs() -> (Dirs, PathBuf) {
     (Dirs::new(Some(&root)).unwrap(), root)
 }
 
-/// Every file under `root`, recursively.
+/// Every regular file under `root`, recursively (sockets and the like are left out).
 pub fn all_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root).unwrap().flatten() {
         let path = entry.path();
         if path.is_dir() {
             out.extend(all_files(&path));
-        } else {
+        } else if path.is_file() {
             out.push(path);
         }
     }
