@@ -87,6 +87,21 @@ async fn the_clients_events_and_crash_reports_are_accepted_unchanged() {
         ),
         ("model.used", json!({"kind": "local", "provider": "ollama"})),
         ("app.exited", json!({"duration_s": 1800})),
+        // Every other value the window records (app.rs).
+        ("telemetry.level_changed", json!({"level": "all"})),
+        ("feature.used", json!({"feature": "workflow_editor"})),
+        ("feature.used", json!({"feature": "privacy_settings"})),
+        ("feature.used", json!({"feature": "license"})),
+        ("feature.used", json!({"feature": "data_export"})),
+        ("feature.used", json!({"feature": "offline_mode"})),
+        (
+            "workflow.run",
+            json!({"nodes": "1", "outcome": "error", "target": "cloud"}),
+        ),
+        (
+            "model.used",
+            json!({"kind": "cloud", "provider": "anthropic"}),
+        ),
     ];
     for (name, props) in &events {
         assert!(t.record(name, props.as_object().unwrap().clone()), "{name}");

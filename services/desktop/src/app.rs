@@ -113,7 +113,14 @@ impl PexperApp {
         if let Err(e) = self.settings.save(&self.dirs) {
             self.message = format!("Could not save settings: {e}");
         }
-        self.telemetry = Telemetry::new(&self.dirs, &self.settings, self.forced_off);
+        self.telemetry.reconfigure(&self.settings, self.forced_off);
+    }
+
+    /// A usage event, through the gate: queued only at `all`, only if the schema allows it.
+    fn event(&self, name: &str, props: serde_json::Value) {
+        if let serde_json::Value::Object(props) = props {
+            self.telemetry.record(name, props);
+        }
     }
 
     /// Sets the level; `all` needs the server's schema (and records consent to its version).
@@ -135,6 +142,9 @@ impl PexperApp {
         }
         self.settings.telemetry = Some(level);
         self.save_settings();
+        if level == Level::All {
+            self.event("telemetry.level_changed", json!({"level": "all"}));
+        }
     }
 
     /// Asked at first run, and again when the schema consented to is not the current one.
@@ -161,9 +171,9 @@ impl PexperApp {
         if self.settings.telemetry == Some(Level::All) {
             // Unreachable server: the cached schema stands.
             let _ = telemetry::fetch_schema(&self.dirs, &self.settings, &egress);
-            self.telemetry = Telemetry::new(&self.dirs, &self.settings, self.forced_off);
+            self.telemetry.reconfigure(&self.settings, self.forced_off);
         }
-        self.telemetry.record("app.started", serde_json::Map::new());
+        self.event("app.started", json!({}));
         if let Err(e) = telemetry::send(&self.dirs, &self.settings, self.telemetry.level(), &egress)
         {
             self.message = format!("Queued reports were not sent: {e}");
@@ -186,7 +196,23 @@ impl PexperApp {
                 (Screen::Licence, "Licence"),
                 (Screen::Data, "Data"),
             ] {
-                ui.selectable_value(&mut self.screen, screen, label);
+                let was = self.screen;
+                if ui
+                    .selectable_value(&mut self.screen, screen, label)
+                    .clicked()
+                    && was != screen
+                {
+                    let feature = match screen {
+                        Screen::Workflows => Some("workflow_editor"),
+                        Screen::Providers => Some("providers"),
+                        Screen::Privacy => Some("privacy_settings"),
+                        Screen::Licence => Some("license"),
+                        Screen::Data => None, // the export button says more
+                    };
+                    if let Some(feature) = feature {
+                        self.event("feature.used", json!({"feature": feature}));
+                    }
+                }
             }
         });
         ui.separator();
@@ -316,10 +342,13 @@ impl PexperApp {
         } else {
             "cloud"
         };
-        let props = json!({"nodes": "1", "outcome": outcome, "target": target});
-        self.telemetry.record(
+        self.event(
             "workflow.run",
-            props.as_object().cloned().unwrap_or_default(),
+            json!({"nodes": "1", "outcome": outcome, "target": target}),
+        );
+        self.event(
+            "model.used",
+            json!({"kind": target, "provider": w.provider.name()}),
         );
     }
 
@@ -420,6 +449,9 @@ impl PexperApp {
             .changed()
         {
             self.settings.offline = offline;
+            if offline {
+                self.event("feature.used", json!({"feature": "offline_mode"}));
+            }
             self.save_settings();
         }
         ui.hyperlink_to(
@@ -525,6 +557,7 @@ impl PexperApp {
     fn data_screen(&mut self, ui: &mut Ui) {
         ui.label(format!("Your files: {}", self.dirs.data.display()));
         if ui.button("Export my data (without keys)").clicked() {
+            self.event("feature.used", json!({"feature": "data_export"}));
             let export = json!({"settings": self.settings, "workflows": self.workflows});
             let path = self.dirs.data.join("pexper-export.json");
             self.message = match crate::store::write_json(&path, &export) {
@@ -558,7 +591,22 @@ impl PexperApp {
     }
 }
 
+impl PexperApp {
+    /// On a normal exit: the session's length, for the median the reports show (sent with the
+    /// next launch's batch, like everything else, only at `all`).
+    pub fn exit(&mut self) {
+        self.event(
+            "app.exited",
+            json!({"duration_s": self.telemetry.session_seconds()}),
+        );
+    }
+}
+
 impl eframe::App for PexperApp {
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.exit();
+    }
+
     fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
         egui::CentralPanel::default().show(ui, |ui| PexperApp::ui(self, ui));
     }

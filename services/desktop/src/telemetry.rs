@@ -127,6 +127,7 @@ pub struct Telemetry {
     schema: Option<Value>,
     /// Random for this session; never written anywhere but this session's queued events.
     session_id: uuid::Uuid,
+    started: std::time::Instant,
 }
 
 impl Telemetry {
@@ -138,11 +139,28 @@ impl Telemetry {
             level,
             schema,
             session_id: uuid::Uuid::new_v4(),
+            started: std::time::Instant::now(),
         };
         if level == Level::Off {
             telemetry.purge();
         }
         telemetry
+    }
+
+    /// After a change of settings: the level and schema are read again, the session goes on.
+    pub fn reconfigure(&mut self, settings: &Settings, forced_off: bool) {
+        let session_id = self.session_id;
+        let started = self.started;
+        *self = Self {
+            session_id,
+            started,
+            ..Self::new(&self.dirs, settings, forced_off)
+        };
+    }
+
+    /// Whole seconds since this session started.
+    pub fn session_seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
     }
 
     pub fn level(&self) -> Level {

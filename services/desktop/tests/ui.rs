@@ -407,3 +407,50 @@ fn a_new_schema_version_asks_again_at_launch() {
     assert!(h.query_by_label("Workflows").is_some());
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn a_sessions_usage_events_are_the_schemas_own_and_nothing_more() {
+    let stub = Stub::start();
+    let (dirs, root) = dirs();
+    settings(&dirs, &stub, |s| {
+        s.telemetry = Some(Level::All);
+        s.consented_schema_version = Some(1);
+    });
+    local_workflow(&dirs);
+    let mut h = harness(&dirs); // launch: app.started, sent at once
+    click(&mut h, "Run");
+    click(&mut h, "Providers & keys");
+    click(&mut h, "Privacy");
+    click(&mut h, "Privacy"); // the same screen again is not a new use
+    h.state_mut().exit();
+
+    let queued = telemetry::outbox(&dirs).unwrap();
+    assert_eq!(queued.len(), 1, "one session, one batch");
+    let batch: serde_json::Value = serde_json::from_slice(&queued[0].body).unwrap();
+    let events: Vec<String> = batch["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {}", e["name"].as_str().unwrap(), e["props"]))
+        .collect();
+    // The session's length in whole seconds: whatever this machine took.
+    let (last, rest) = events.split_last().unwrap();
+    assert!(last.starts_with(r#"app.exited {"duration_s":"#), "{last}");
+    assert_eq!(
+        rest,
+        [
+            r#"workflow.run {"nodes":"1","outcome":"ok","target":"local"}"#,
+            r#"model.used {"kind":"local","provider":"ollama"}"#,
+            r#"feature.used {"feature":"providers"}"#,
+            r#"feature.used {"feature":"privacy_settings"}"#,
+        ],
+    );
+    let body = String::from_utf8_lossy(&queued[0].body);
+    assert!(
+        !body.contains("Say hello") && !body.contains("hello from"),
+        "no content"
+    );
+    let sent = stub.seen();
+    assert_eq!(sent.len(), 3, "schema, app.started, the run: {sent:?}");
+    let _ = std::fs::remove_dir_all(root);
+}
