@@ -574,16 +574,21 @@ impl PexperApp {
                 "This deletes your workflows, settings, keys and queued reports from this device.",
             );
             if ui.button("Yes, delete everything").clicked() {
-                if let Some(store) = self.keys.store() {
-                    for p in Provider::ALL {
-                        let _ = store.delete(p.name());
-                    }
+                let names = Provider::ALL.map(Provider::name);
+                if let Err(e) = self.keys.erase_all(&names) {
+                    self.message = format!("Could not delete the keys: {e}");
+                    return;
                 }
                 let _ = std::fs::remove_dir_all(&self.dirs.data);
                 let _ = std::fs::remove_dir_all(&self.dirs.config);
                 let _ = self.dirs.ensure();
                 self.settings = Settings::default();
+                self.telemetry.reconfigure(&self.settings, self.forced_off);
                 self.workflows.clear();
+                self.editing = new_workflow();
+                self.output.clear();
+                self.licence_input.clear();
+                self.licence_status.clear();
                 self.confirm_delete = false;
                 self.message = "Everything on this device is deleted.".into();
             }

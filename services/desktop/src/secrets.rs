@@ -117,7 +117,8 @@ impl SecretStore for KeychainStore {
 /// The store in use: the OS keychain when it answers; else the encrypted file, which stays
 /// locked until its passphrase is given (`PEXPER_PASSPHRASE`, or the field in the window).
 pub enum Keys {
-    Open(Box<dyn SecretStore>),
+    Keychain(KeychainStore),
+    File(EncryptedFileStore),
     Locked { path: PathBuf, reason: String },
 }
 
@@ -131,7 +132,7 @@ impl Keys {
     /// The keychain if it answers, else the file at `path` (opened now if `passphrase` is given).
     pub fn choose(path: PathBuf, passphrase: Option<SecretString>) -> anyhow::Result<Self> {
         let reason = match KeychainStore::system() {
-            Ok(keychain) => return Ok(Self::Open(Box::new(keychain))),
+            Ok(keychain) => return Ok(Self::Keychain(keychain)),
             Err(reason) => reason,
         };
         let mut keys = Self::Locked { path, reason };
@@ -145,22 +146,48 @@ impl Keys {
     pub fn unlock(&mut self, passphrase: &SecretString) -> anyhow::Result<()> {
         if let Self::Locked { path, reason } = self {
             let store = EncryptedFileStore::open(path.clone(), passphrase, reason)?;
-            *self = Self::Open(Box::new(store));
+            *self = Self::File(store);
         }
         Ok(())
     }
 
     pub fn store(&self) -> Option<&dyn SecretStore> {
         match self {
-            Self::Open(store) => Some(store.as_ref()),
+            Self::Keychain(store) => Some(store),
+            Self::File(store) => Some(store),
             Self::Locked { .. } => None,
         }
+    }
+
+    /// Deletes every key: from the keychain entry by entry; the file as a whole, which locks
+    /// again (a new one needs a passphrase again).
+    pub fn erase_all(&mut self, names: &[&str]) -> anyhow::Result<()> {
+        match self {
+            Self::Keychain(store) => {
+                for name in names {
+                    store.delete(name)?;
+                }
+            }
+            Self::File(store) => {
+                let (path, reason) = (store.path.clone(), store.reason.clone());
+                *self = Self::Locked { path, reason };
+            }
+            Self::Locked { .. } => {}
+        }
+        if let Self::Locked { path, .. } = self {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// What the UI shows: where keys are kept and, for the file, why not in the keychain.
     pub fn backend(&self) -> String {
         match self {
-            Self::Open(store) => store.backend(),
+            Self::Keychain(store) => store.backend(),
+            Self::File(store) => store.backend(),
             Self::Locked { reason, .. } => format!("encrypted file, locked ({reason})"),
         }
     }

@@ -528,11 +528,12 @@ fn without_a_keychain_the_command_line_uses_the_key_file_and_says_why() {
     let _ = std::fs::remove_dir_all(root);
 }
 
-/// A private session bus with gnome-keyring's Secret Service on it, stopped on drop.
+/// A private session bus (`dbus-run-session`) with gnome-keyring's Secret Service on it, its
+/// login keyring unlocked by a password, as a desktop login does. Closing stdin ends it all.
 #[cfg(target_os = "linux")]
 struct SecretService {
     address: String,
-    children: Vec<std::process::Child>,
+    session: std::process::Child,
 }
 
 #[cfg(target_os = "linux")]
@@ -540,7 +541,7 @@ impl SecretService {
     /// None when the tools are not installed (CI installs them and sets
     /// `PEXPER_REQUIRE_KEYRING=1`, which turns a skip into a failure).
     fn start(home: &Path) -> Option<Self> {
-        use std::io::{BufRead, Write};
+        use std::io::BufRead;
         use std::process::{Command, Stdio};
         let installed = |tool: &str| {
             Command::new(tool)
@@ -550,56 +551,43 @@ impl SecretService {
                 .status()
                 .is_ok()
         };
-        if !installed("dbus-daemon") || !installed("gnome-keyring-daemon") {
+        if !installed("dbus-run-session") || !installed("gnome-keyring-daemon") {
             assert!(
                 std::env::var("PEXPER_REQUIRE_KEYRING").is_err(),
-                "PEXPER_REQUIRE_KEYRING is set but dbus-daemon/gnome-keyring are not installed"
+                "PEXPER_REQUIRE_KEYRING is set but dbus-run-session/gnome-keyring-daemon are missing"
             );
-            eprintln!("skipped: no dbus-daemon or gnome-keyring-daemon");
+            eprintln!("skipped: no dbus-run-session or gnome-keyring-daemon");
             return None;
         }
-        let mut bus = Command::new("dbus-daemon")
-            .args(["--session", "--print-address=1", "--nofork"])
+        // The daemon forks once it is up and serving; only then is the address printed, so no
+        // client can make the bus start a second, locked daemon first.
+        let script = r#"printf %s "keyring password" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+echo "$DBUS_SESSION_BUS_ADDRESS"
+exec cat >/dev/null"#;
+        let mut session = Command::new("dbus-run-session")
+            .args(["--", "sh", "-c", script])
+            .env("HOME", home)
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut address = String::new();
-        std::io::BufReader::new(bus.stdout.take().unwrap())
+        std::io::BufReader::new(session.stdout.take().unwrap())
             .read_line(&mut address)
             .unwrap();
         let address = address.trim().to_owned();
-        let mut keyring = Command::new("gnome-keyring-daemon")
-            .args(["--unlock", "--components=secrets", "--foreground"])
-            .env("HOME", home)
-            .env("XDG_DATA_HOME", home.join("share"))
-            .env("DBUS_SESSION_BUS_ADDRESS", &address)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The login keyring's password, then end of input.
-        keyring
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"keyring password")
-            .unwrap();
-        Some(Self {
-            address,
-            children: vec![bus, keyring],
-        })
+        assert!(address.starts_with("unix:"), "no session bus: {address:?}");
+        Some(Self { address, session })
     }
 }
 
 #[cfg(target_os = "linux")]
 impl Drop for SecretService {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(self.session.stdin.take()); // `cat` ends, and with it the session and its bus
+        let _ = self.session.wait();
     }
 }
 
@@ -641,15 +629,7 @@ fn with_a_secret_service_keys_go_to_the_os_keychain() {
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
     };
-    // The keyring daemon takes a moment to claim its name on the bus.
-    let mut status = desktop(&["keys", "status"], "");
-    for _ in 0..50 {
-        if status["backend"] == "OS keychain" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        status = desktop(&["keys", "status"], "");
-    }
+    let status = desktop(&["keys", "status"], "");
     assert_eq!(status["backend"], "OS keychain", "{status}");
     desktop(&["keys", "set", "anthropic"], PLANTED_KEY);
     assert_eq!(

@@ -27,10 +27,7 @@ fn mock_keychain() -> Arc<keyring_core::api::CredentialStore> {
 }
 
 fn keychain(store: &Arc<keyring_core::api::CredentialStore>) -> Keys {
-    Keys::Open(Box::new(KeychainStore::new(
-        store.clone(),
-        "OS keychain (mock)",
-    )))
+    Keys::Keychain(KeychainStore::new(store.clone(), "OS keychain (mock)"))
 }
 
 fn harness(dirs: &Dirs) -> Harness<'static, PexperApp> {
@@ -170,6 +167,16 @@ fn without_a_keychain_the_key_file_is_unlocked_by_a_passphrase_typed_in_the_wind
     let mut keys = locked();
     keys.unlock(&SecretString::from(passphrase)).unwrap();
     assert_eq!(keys.key("openai").unwrap().expose_secret(), PLANTED_KEY);
+
+    // Deleting everything removes the file and locks it again.
+    click(&mut h, "Data");
+    click(&mut h, "Delete all local data");
+    click(&mut h, "Yes, delete everything");
+    assert!(!dirs.secrets().exists());
+    click(&mut h, "Keep everything off");
+    click(&mut h, "Providers & keys");
+    assert!(shows(&h, "encrypted file, locked"));
+    assert!(h.query_by_label("Create key file").is_some());
     let _ = std::fs::remove_dir_all(root);
 }
 
