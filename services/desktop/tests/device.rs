@@ -20,6 +20,30 @@ use pexper_wire::license::{LicenseClaims, SigningKey};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
+/// The command line on `data_dir` with only `env` added (no inherited passphrase), `stdin`
+/// written and closed.
+fn cli(data_dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("PEXPER_PASSPHRASE")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn props(v: Value) -> serde_json::Map<String, Value> {
     v.as_object().unwrap().clone()
 }
@@ -135,16 +159,12 @@ fn a_new_schema_version_asks_again_and_do_not_track_forces_off() {
         "forced off"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
-        .args([
-            "--data-dir",
-            dirs.config.parent().unwrap().to_str().unwrap(),
-            "telemetry",
-            "status",
-        ])
-        .env("DO_NOT_TRACK", "1")
-        .output()
-        .unwrap();
+    let out = cli(
+        dirs.config.parent().unwrap(),
+        &["telemetry", "status"],
+        &[("DO_NOT_TRACK", "1")],
+        "",
+    );
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["effective"], "off");
     assert_eq!(status["forced_off"], true);
@@ -348,18 +368,18 @@ fn the_licence_matrix_is_checked_offline() {
     let file = dirs.data.join("licence.txt");
     std::fs::write(&file, &valid).unwrap();
     let public_b64 = pexper_wire::license::PublicKey::new(&public).public_key;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
-        .args([
-            "--data-dir",
-            dirs.config.parent().unwrap().to_str().unwrap(),
+    let out = cli(
+        dirs.config.parent().unwrap(),
+        &[
             "license",
             "verify",
             file.to_str().unwrap(),
             "--public-key",
             &public_b64,
-        ])
-        .output()
-        .unwrap();
+        ],
+        &[],
+        "",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -399,16 +419,7 @@ fn settings_and_workflows_survive_a_restart_and_a_torn_write_never_corrupts_them
     assert_eq!(Workflow::list(&again).unwrap(), vec![w]);
     assert!(Workflow::load(&again, "../../etc/passwd").is_err());
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
-        .args([
-            "--data-dir",
-            root.to_str().unwrap(),
-            "telemetry",
-            "set",
-            "off",
-        ])
-        .output()
-        .unwrap();
+    let out = cli(&root, &["telemetry", "set", "off"], &[], "");
     assert!(out.status.success());
     assert_eq!(Settings::load(&again).unwrap().telemetry, Some(Level::Off));
 }
@@ -451,32 +462,16 @@ fn no_http_client_exists_outside_the_egress_module() {
 #[cfg(target_os = "linux")]
 #[test]
 fn without_a_keychain_the_command_line_uses_the_key_file_and_says_why() {
-    use std::io::Write;
     let (_dirs, root) = dirs();
     let desktop = |args: &[&str], passphrase: Option<&str>, stdin: &str| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"));
-        cmd.arg("--data-dir")
-            .arg(&root)
-            .args(args)
-            .env(
-                "DBUS_SESSION_BUS_ADDRESS",
-                "unix:path=/nonexistent/pexper-bus",
-            )
-            .env_remove("PEXPER_PASSPHRASE")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        if let Some(p) = passphrase {
-            cmd.env("PEXPER_PASSPHRASE", p);
+        let bus = (
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/nonexistent/pexper-bus",
+        );
+        match passphrase {
+            Some(p) => cli(&root, args, &[bus, ("PEXPER_PASSPHRASE", p)], stdin),
+            None => cli(&root, args, &[bus], stdin),
         }
-        let mut child = cmd.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
     };
     let status = |passphrase| {
         let out = desktop(&["keys", "status"], passphrase, "");
@@ -603,25 +598,8 @@ fn with_a_secret_service_keys_go_to_the_os_keychain() {
         return;
     };
     let desktop = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pexper-desktop"))
-            .arg("--data-dir")
-            .arg(root.join("app"))
-            .args(args)
-            .env("DBUS_SESSION_BUS_ADDRESS", &service.address)
-            .env_remove("PEXPER_PASSPHRASE")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let bus = ("DBUS_SESSION_BUS_ADDRESS", service.address.as_str());
+        let out = cli(&root.join("app"), args, &[bus], stdin);
         assert!(
             out.status.success(),
             "{}",
