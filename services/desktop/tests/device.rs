@@ -556,7 +556,9 @@ impl SecretService {
         }
         // The daemon forks once it is up and serving; only then is the address printed, so no
         // client can make the bus start a second, locked daemon first.
+        // The login keyring is created (and unlocked) a moment later: wait for its file.
         let script = r#"printf %s "keyring password" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+for _ in $(seq 100); do [ -s "$HOME/.local/share/keyrings/login.keyring" ] && break; sleep 0.05; done
 echo "$DBUS_SESSION_BUS_ADDRESS"
 exec cat >/dev/null"#;
         let mut session = Command::new("dbus-run-session")
