@@ -36,6 +36,9 @@ pub struct PexperApp {
     editing: Workflow,
     output: String,
     key_inputs: BTreeMap<&'static str, String>,
+    /// Which providers have a key, read from the store once rather than on every frame (a
+    /// keychain lookup is a round trip to another process); `None` after any change.
+    saved_keys: Option<BTreeMap<&'static str, bool>>,
     passphrase_input: String,
     licence_input: String,
     licence_status: String,
@@ -94,6 +97,7 @@ impl PexperApp {
             editing,
             output: String::new(),
             key_inputs: BTreeMap::new(),
+            saved_keys: None,
             passphrase_input: String::new(),
             licence_input,
             licence_status: String::new(),
@@ -359,9 +363,16 @@ impl PexperApp {
             self.unlock_form(ui);
             return;
         };
-        for p in Provider::ALL.into_iter().filter(|p| !p.is_local()) {
+        let cloud = || Provider::ALL.into_iter().filter(|p| !p.is_local());
+        let saved_keys = self.saved_keys.get_or_insert_with(|| {
+            cloud()
+                .map(|p| (p.name(), matches!(store.get(p.name()), Ok(Some(_)))))
+                .collect()
+        });
+        let mut changed = false;
+        for p in cloud() {
             let label = format!("{} API key", p.name());
-            let saved = matches!(store.get(p.name()), Ok(Some(_)));
+            let saved = saved_keys.get(p.name()).copied().unwrap_or(false);
             let input = self.key_inputs.entry(p.name()).or_default();
             field(ui, &label, TextEdit::singleline(input).password(true));
             ui.horizontal(|ui| {
@@ -371,11 +382,18 @@ impl PexperApp {
                     if let Err(e) = store.set(p.name(), &value) {
                         self.message = format!("Could not save the key: {e}");
                     }
+                    changed = true;
                 }
                 if saved && ui.button(format!("Remove {} key", p.name())).clicked() {
-                    let _ = store.delete(p.name());
+                    if let Err(e) = store.delete(p.name()) {
+                        self.message = format!("Could not remove the key: {e}");
+                    }
+                    changed = true;
                 }
             });
+        }
+        if changed {
+            self.saved_keys = None;
         }
         ui.separator();
         ui.label("Local models: nothing leaves this device.");
@@ -420,6 +438,7 @@ impl PexperApp {
             self.message = if new && passphrase.expose_secret().chars().count() < 12 {
                 "That passphrase is too short: use at least 12 characters.".into()
             } else {
+                self.saved_keys = None;
                 match self.keys.unlock(&passphrase) {
                     Ok(()) => "Key file unlocked.".into(),
                     Err(e) => format!("Not unlocked: {e}"),
@@ -575,6 +594,7 @@ impl PexperApp {
             );
             if ui.button("Yes, delete everything").clicked() {
                 let names = Provider::ALL.map(Provider::name);
+                self.saved_keys = None;
                 if let Err(e) = self.keys.erase_all(&names) {
                     self.message = format!("Could not delete the keys: {e}");
                     return;

@@ -5,7 +5,8 @@
 //! ```
 //!
 //! `run WORKFLOW`, `keys status|set|delete`, `telemetry status|set LEVEL`,
-//! `outbox list|preview|clear|send`, `license verify FILE|-|fetch-key`. Exit codes: 0 ok, 1 error, 2 usage.
+//! `outbox list|preview|clear|send`, `license verify FILE|-`, `license fetch-key`.
+//! Exit codes: 0 ok, 1 error, 2 usage.
 
 use std::io::Read;
 use std::path::PathBuf;

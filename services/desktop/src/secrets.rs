@@ -1,6 +1,6 @@
 //! Provider API keys: behind one trait so the OS keychain, an encrypted file, or (in tests)
-//! `keyring-core`'s mock store can hold them. Never in plaintext on disk, never in a log, an export, a crash
-//! report or the UI tree (the key field is a password field).
+//! `keyring-core`'s mock store can hold them. Never in plaintext on disk, never in a log, an
+//! export, a crash report or the UI tree (the key field is a password field).
 //!
 //! The encrypted file is unlocked by a passphrase the person chooses: argon2id stretches it
 //! into an AES-256-GCM key (a key compiled into the app would only be obfuscation).

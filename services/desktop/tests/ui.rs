@@ -118,9 +118,16 @@ fn a_key_goes_to_the_keychain_never_to_the_data_dir_or_the_ui() {
     assert!(h.query_by_label("saved").is_some());
     assert!(!shows(&h, "planted"));
 
-    let held = KeychainStore::new(store, "mock").get("openai").unwrap();
+    let held = KeychainStore::new(store.clone(), "mock")
+        .get("openai")
+        .unwrap();
     assert_eq!(held.unwrap().expose_secret(), PLANTED_KEY);
     assert_nowhere_under(&root, PLANTED_KEY);
+
+    click(&mut h, "Remove openai key");
+    assert!(h.query_by_label("saved").is_none());
+    let held = KeychainStore::new(store, "mock").get("openai").unwrap();
+    assert!(held.is_none(), "removed from the keychain");
     let _ = std::fs::remove_dir_all(root);
 }
 
