@@ -312,48 +312,17 @@ impl PexperApp {
     }
 
     fn run_workflow(&mut self) {
-        let w = self.editing.clone();
-        let key = if w.provider.is_local() {
-            None
-        } else {
-            match self.keys.key(w.provider.name()) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    self.output = format!("{e}: see Providers & keys.");
-                    return;
-                }
-            }
-        };
-        let base = if w.provider == Provider::Lmstudio {
-            &self.settings.lmstudio_url
-        } else {
-            &self.settings.ollama_url
-        };
-        let request = w.provider.chat(base, &w.model, &w.prompt, key);
-        let (outcome, text) = match self.egress().send(request) {
-            Ok(res) if (200..300).contains(&res.status) => (
-                "ok",
-                w.provider
-                    .reply_text(&res.body)
-                    .unwrap_or_else(|| "(an empty reply)".into()),
-            ),
-            Ok(res) => ("error", format!("The provider answered {}.", res.status)),
-            Err(e) => ("error", format!("Not sent: {e}")),
-        };
-        self.output = text;
-        let target = if w.provider.is_local() {
-            "local"
-        } else {
-            "cloud"
-        };
-        self.event(
-            "workflow.run",
-            json!({"nodes": "1", "outcome": outcome, "target": target}),
+        let run = crate::providers::run_workflow(
+            &self.editing,
+            &self.settings,
+            |provider| self.keys.key(provider),
+            &self.egress(),
+            &self.telemetry,
         );
-        self.event(
-            "model.used",
-            json!({"kind": target, "provider": w.provider.name()}),
-        );
+        self.output = match run {
+            Ok(reply) => reply,
+            Err(e) => format!("Not run: {e:#}"),
+        };
     }
 
     fn providers_screen(&mut self, ui: &mut Ui) {

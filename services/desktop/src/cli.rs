@@ -175,40 +175,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { workflow } => {
             let w = Workflow::load(&dirs, &workflow)?
                 .with_context(|| format!("no workflow {workflow}"))?;
-            let key = if w.provider.is_local() {
-                None
-            } else {
-                let keys = Keys::choose(dirs.secrets(), passphrase_from_env())?;
-                Some(keys.key(w.provider.name())?)
-            };
-            let base = match w.provider {
-                crate::providers::Provider::Ollama => settings.ollama_url.clone(),
-                _ => settings.lmstudio_url.clone(),
-            };
             eprintln!("{}: {}", w.name, w.provider.destination());
-            let res = net.send(w.provider.chat(&base, &w.model, &w.prompt, key))?;
-            anyhow::ensure!(
-                (200..300).contains(&res.status),
-                "the provider answered {}",
-                res.status
-            );
-            println!(
-                "{}",
-                w.provider
-                    .reply_text(&res.body)
-                    .context("an unexpected reply")?
-            );
             let t = Telemetry::new(&dirs, &settings, forced_off);
-            let target = if w.provider.is_local() {
-                "local"
-            } else {
-                "cloud"
-            };
-            let props = serde_json::json!({"nodes": "1", "outcome": "ok", "target": target});
-            t.record(
-                "workflow.run",
-                props.as_object().cloned().unwrap_or_default(),
-            );
+            let key =
+                |provider: &str| Keys::choose(dirs.secrets(), passphrase_from_env())?.key(provider);
+            let reply = crate::providers::run_workflow(&w, &settings, key, &net, &t)?;
+            println!("{reply}");
         }
         Command::Keys { command } => {
             let keys = Keys::choose(dirs.secrets(), passphrase_from_env())?;

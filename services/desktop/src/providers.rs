@@ -2,11 +2,14 @@
 //! real APIs: OpenAI-style chat completions (which Ollama and LM Studio also serve), Anthropic
 //! messages, Gemini generateContent.
 
+use anyhow::Context;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::egress::{Purpose, Request};
+use crate::egress::{Egress, Purpose, Request};
+use crate::store::{Settings, Workflow};
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,4 +122,57 @@ impl Provider {
         };
         text.map(str::to_owned)
     }
+}
+
+/// Runs one workflow, for the window and the command line alike: its provider's key from
+/// `key` (asked only for a cloud provider), one request through egress, the reply's text. Once a request was attempted, the run
+/// and the model are recorded through the telemetry gate, whatever the outcome.
+pub fn run_workflow(
+    w: &Workflow,
+    settings: &Settings,
+    key: impl FnOnce(&str) -> anyhow::Result<SecretString>,
+    egress: &Egress,
+    telemetry: &Telemetry,
+) -> anyhow::Result<String> {
+    let key = match w.provider.is_local() {
+        true => None,
+        false => Some(key(w.provider.name())?),
+    };
+    let base = match w.provider {
+        Provider::Lmstudio => &settings.lmstudio_url,
+        _ => &settings.ollama_url,
+    };
+    let reply = egress
+        .send(w.provider.chat(base, &w.model, &w.prompt, key))
+        .map_err(anyhow::Error::from)
+        .and_then(|res| {
+            anyhow::ensure!(
+                (200..300).contains(&res.status),
+                "the provider answered {}",
+                res.status
+            );
+            w.provider
+                .reply_text(&res.body)
+                .context("an unexpected reply")
+        });
+    let target = if w.provider.is_local() {
+        "local"
+    } else {
+        "cloud"
+    };
+    let outcome = if reply.is_ok() { "ok" } else { "error" };
+    let event = |name, props: Value| {
+        if let Value::Object(props) = props {
+            telemetry.record(name, props);
+        }
+    };
+    event(
+        "workflow.run",
+        json!({"nodes": "1", "outcome": outcome, "target": target}),
+    );
+    event(
+        "model.used",
+        json!({"kind": target, "provider": w.provider.name()}),
+    );
+    reply
 }
