@@ -644,3 +644,238 @@ async fn the_privacy_export_says_analytics_hold_nothing_linkable_and_erasure_cha
     assert!(analytics.removed.is_empty());
     assert_eq!(app.scalar("SELECT count(*) FROM analytics_event").await, 1);
 }
+
+/// An envelope of `n` session items (distinct sessions) starting now.
+fn sessions_envelope(n: usize) -> Vec<u8> {
+    let mut body = b"{}\n".to_vec();
+    for _ in 0..n {
+        let session = json!({"sid": uuid::Uuid::new_v4(), "started": now(), "status": "exited",
+                             "attrs": {"release": "pexper@1.4.0", "environment": "production"}})
+        .to_string();
+        body.extend(b"{\"type\":\"session\"}\n");
+        body.extend(session.as_bytes());
+        body.push(b'\n');
+    }
+    body
+}
+
+#[tokio::test]
+async fn an_envelope_over_the_item_or_aggregate_caps_is_refused_whole_and_stores_nothing() {
+    let app = spawn_app().await;
+    let client = &app.client;
+    let ok = envelope(
+        &app.address,
+        client,
+        sessions_envelope(100),
+        None,
+        Some("pexper-dev"),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(app.count("app_session").await, 100);
+
+    // The flood measured before the caps: thousands of session items in one gzip envelope.
+    let flood = gzip(&sessions_envelope(15_000));
+    let res = envelope(
+        &app.address,
+        client,
+        flood,
+        Some("gzip"),
+        Some("pexper-dev"),
+    )
+    .await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+    let over = envelope(
+        &app.address,
+        client,
+        sessions_envelope(101),
+        None,
+        Some("pexper-dev"),
+    )
+    .await;
+    assert_eq!(over.status(), 413);
+    assert_eq!(
+        app.count("app_session").await,
+        100,
+        "nothing of either was stored"
+    );
+
+    let bucket = json!({"started": now(), "exited": 1});
+    let aggregates = |n: usize| {
+        let item = json!({"aggregates": vec![bucket.clone(); n],
+                          "attrs": {"release": "pexper@1.4.0", "environment": "production"}})
+        .to_string();
+        format!("{{}}\n{{\"type\":\"sessions\"}}\n{item}\n").into_bytes()
+    };
+    let res = envelope(
+        &app.address,
+        client,
+        aggregates(101),
+        None,
+        Some("pexper-dev"),
+    )
+    .await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(app.count("session_aggregate").await, 0);
+    let res = envelope(
+        &app.address,
+        client,
+        aggregates(100),
+        None,
+        Some("pexper-dev"),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        app.scalar("SELECT sum(exited)::bigint FROM session_aggregate")
+            .await,
+        100
+    );
+
+    // Release health is scrubbed like events, and dated only within retention.
+    let far = (OffsetDateTime::now_utc() + time::Duration::days(3650))
+        .format(&Rfc3339)
+        .unwrap();
+    let mut body = b"{}\n".to_vec();
+    for (started, release) in [
+        (far.as_str(), "pexper@1.4.0"),
+        (now().as_str(), "canary.release@example.com"),
+    ] {
+        let s = json!({"sid": uuid::Uuid::new_v4(), "started": started, "status": "ok",
+                       "attrs": {"release": release, "environment": "canary.env@example.org"}});
+        body.extend(format!("{{\"type\":\"session\"}}\n{s}\n").as_bytes());
+    }
+    assert_eq!(
+        envelope(&app.address, client, body, None, Some("pexper-dev"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM app_session WHERE started_at > now() + interval '1 day'")
+            .await,
+        0,
+        "a far-future start would outlive retention"
+    );
+    let dump = app.db.dump();
+    for canary in ["canary.release", "canary.env"] {
+        assert!(!dump.contains(canary), "{canary} reached the database");
+    }
+}
+
+#[tokio::test]
+async fn collection_has_a_per_client_limit_keyed_by_ipv4_address_or_ipv6_64() {
+    let app = spawn_app_with(AppOptions {
+        http: pexper_platform::http::HttpOptions {
+            ingest_burst: 3,
+            ingest_replenish: Duration::from_secs(60),
+            ..AppOptions::default().http
+        },
+        vars: vec![("PEXPER_TRUSTED_PROXY", "127.0.0.1".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    let post = |client_ip: &'static str| {
+        app.client
+            .post(app.url("/v1/analytics/events"))
+            .header("x-forwarded-for", client_ip)
+            .json(&batch(vec![]))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(post("198.51.100.7").await.unwrap().status(), 202);
+    }
+    let limited = post("198.51.100.7:40112").await.unwrap();
+    assert_eq!(
+        limited.status(),
+        429,
+        "the same client, written with a port"
+    );
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(
+        limited.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+    assert_eq!(
+        post("198.51.100.8").await.unwrap().status(),
+        202,
+        "another IPv4 address is another client"
+    );
+    // One /64 is one client, whichever of its addresses it uses.
+    for ip in [
+        "[2001:db8:5:6::1]:443",
+        "2001:db8:5:6::2",
+        "2001:db8:5:6:ffff::3",
+    ] {
+        assert_eq!(post(ip).await.unwrap().status(), 202, "{ip}");
+    }
+    assert_eq!(post("2001:db8:5:6::99").await.unwrap().status(), 429);
+    assert_eq!(post("2001:db8:5:7::1").await.unwrap().status(), 202);
+    // The crash intake shares the collection limit.
+    let res = app
+        .client
+        .post(app.url("/api/1/envelope/?sentry_key=pexper-dev"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+}
+
+#[tokio::test]
+async fn a_flood_that_holds_every_ingestion_connection_leaves_signups_their_own() {
+    let app = spawn_app().await;
+    // Hold every connection collection may use, as a flood of slow batches would.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(app.platform.ingest_pool.acquire().await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let res = send(
+        &app.client,
+        &app.address,
+        &batch(vec![json!({"name": "app.started", "timestamp": now()})]),
+    )
+    .await;
+    assert_eq!(
+        res.status(),
+        429,
+        "collection is asked to come back, not failed"
+    );
+    assert!(res.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered quickly"
+    );
+    let res = envelope(
+        &app.address,
+        &app.client,
+        sessions_envelope(1),
+        None,
+        Some("pexper-dev"),
+    )
+    .await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("x-sentry-rate-limits"));
+
+    let signup = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({"email": "still.served@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        signup.status(),
+        202,
+        "signups have connections of their own"
+    );
+    drop(held);
+    let res = send(&app.client, &app.address, &batch(vec![])).await;
+    assert_eq!(res.status(), 202);
+}

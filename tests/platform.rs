@@ -830,6 +830,154 @@ async fn production_refuses_to_start_without_a_master_key() {
 }
 
 #[tokio::test]
+async fn production_refuses_to_start_on_each_unsafe_setting_with_one_line_and_exit_code_2() {
+    let safe = [
+        ("PEXPER_ENV", "production"),
+        (
+            "PEXPER_MASTER_KEY",
+            "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGU=",
+        ),
+        (
+            "PEXPER_LICENSE_KEY",
+            "bGljZW5zZS1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ=",
+        ),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_real"),
+        ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
+        ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
+        ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a"),
+        (
+            "DATABASE_URL",
+            "postgres://u:p@db.invalid/pexper?sslmode=verify-full",
+        ),
+    ];
+    for (name, unsafe_value, hint) in [
+        (
+            "PEXPER_SMTP_URL",
+            "smtp://u:p@smtp.example.com",
+            "SMTP without TLS",
+        ),
+        (
+            "PEXPER_SMTP_URL",
+            "smtp://u:p@smtp.example.com?tls=opportunistic",
+            "SMTP without TLS",
+        ),
+        ("PEXPER_PUBLIC_URL", "http://api.pexper.com", "https://"),
+        ("PEXPER_CRASH_KEYS", "1:pexper-dev", "pexper-dev"),
+        (
+            "DATABASE_URL",
+            "postgres://u:p@db.invalid/pexper?sslmode=verify-full&sslmode=disable",
+            "sslmode=verify-full",
+        ),
+        ("STRIPE_WEBHOOK_SECRET", "", "STRIPE_WEBHOOK_SECRET"),
+    ] {
+        let out = std::process::Command::new(binary("pexper-server"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(safe)
+            .env(name, unsafe_value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}={unsafe_value}");
+        let err = stderr(&out);
+        assert!(err.contains(hint), "{name}={unsafe_value}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    }
+}
+
+/// The `ENV name=value` pairs of deploy/Dockerfile's final stage.
+fn dockerfile_env() -> Vec<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Dockerfile");
+    let text = std::fs::read_to_string(path).unwrap().replace("\\\n", " ");
+    let last_stage = text.rsplit("\nFROM ").next().unwrap();
+    last_stage
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_container_runs_as_production_and_refuses_to_start_without_its_secrets() {
+    let env = dockerfile_env();
+    assert!(
+        env.contains(&("PEXPER_ENV".into(), "production".into())),
+        "{env:?}"
+    );
+    // Everything a deployment sets, but the Stripe secret: the public development secret
+    // must not verify webhooks in a container.
+    let out = std::process::Command::new(binary("pexper-server"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs([
+            (
+                "PEXPER_MASTER_KEY",
+                "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGU=",
+            ),
+            (
+                "PEXPER_LICENSE_KEY",
+                "bGljZW5zZS1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ=",
+            ),
+            ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
+            ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
+            ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a"),
+            (
+                "DATABASE_URL",
+                "postgres://u:p@db.invalid/pexper?sslmode=verify-full",
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("STRIPE_WEBHOOK_SECRET"),
+        "{}",
+        stderr(&out)
+    );
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+    let healthcheck = dockerfile
+        .lines()
+        .find(|l| l.starts_with("HEALTHCHECK"))
+        .unwrap();
+    assert!(
+        healthcheck.contains(r#"CMD ["/usr/local/bin/pexper-server", "healthcheck"]"#),
+        "the health check is the binary's own (no /dev/tcp in Debian's sh): {healthcheck}"
+    );
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for dir in ["target/", ".pexper/"] {
+        assert!(
+            ignored.lines().any(|l| l.trim() == dir),
+            "{dir} stays out of the build context"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_healthcheck_command_follows_readyz() {
+    let server = ServerProcess::start("info").await;
+    let check = |vars: &std::collections::HashMap<String, String>| {
+        std::process::Command::new(binary("pexper-server"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(vars)
+            .arg("healthcheck")
+            .output()
+            .unwrap()
+    };
+    let vars = server.vars.clone();
+    let up = check(&vars);
+    assert!(up.status.success(), "{}", stderr(&up));
+    server.stop().await;
+    let down = check(&vars);
+    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(stderr(&down).trim().lines().count(), 1, "{}", stderr(&down));
+}
+
+#[tokio::test]
 async fn the_server_binary_serves_and_never_logs_its_secrets() {
     let server = ServerProcess::start("trace").await;
     let vars = server.vars.clone();
@@ -841,6 +989,10 @@ async fn the_server_binary_serves_and_never_logs_its_secrets() {
     let log = server.stop().await;
     assert!(log.contains("listening"), "{log}");
     assert!(log.contains("/readyz"), "the route template is logged");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a file has no colour codes: {log:?}"
+    );
     for secret in [
         key.as_str(),
         "secret-token-value",

@@ -64,7 +64,7 @@ async fn customer(app: &TestApp, email: &str) -> Checkout {
     assert_eq!(res.status(), 202);
     let confirm = mail_to(app, email, "Confirm").await;
     let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));
-    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
 
     let checkout = Checkout::new(email);
     let event = checkout.session_event("checkout.session.completed", "paid");
@@ -552,4 +552,77 @@ async fn an_edited_audit_event_breaks_the_chain() {
     let out = admin(&app.cli_vars(), &["privacy", "audit", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("broken_at"));
+}
+
+#[tokio::test]
+async fn one_address_gets_at_most_three_request_caused_emails_a_day_however_many_ask() {
+    let app = spawn_app().await;
+    let victim = "inbox.victim@example.net";
+    let mut answers = Vec::new();
+    // Every kind is a distinct request (no 10-minute merge), then a waitlist signup: eight
+    // emails on a main without the budget.
+    for kind in [
+        "access",
+        "portability",
+        "deletion",
+        "correction",
+        "restriction",
+        "objection",
+        "opt_out_of_sale",
+    ] {
+        let res = request(&app, json!({"email": victim, "kind": kind})).await;
+        answers.push((res.status(), res.bytes().await.unwrap()));
+    }
+    let signup = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({"email": victim}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), 202, "the same answer, whatever the budget");
+    // Someone else's mail still goes out: the budget is per address.
+    request(
+        &app,
+        json!({"email": "bystander@example.net", "kind": "access"}),
+    )
+    .await;
+    mail_to(&app, "bystander@example.net", "please confirm").await;
+    app.queue_drained().await;
+
+    let first = answers[0].clone();
+    assert!(
+        answers.iter().all(|a| *a == first),
+        "every request answers byte-identically"
+    );
+    assert_eq!(first.0, 202);
+    let sent = app
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.to.contains(&format!("<{victim}>")))
+        .count();
+    assert_eq!(sent, 3, "three emails, then nothing until tomorrow");
+    assert_eq!(
+        app.count("privacy_request").await,
+        8,
+        "every request is kept, mailed or not"
+    );
+
+    // The budget is per UTC day: yesterday's count does not hold today.
+    for sql in [
+        "UPDATE person SET request_mail_day = request_mail_day - 1",
+        "UPDATE privacy_request SET created_at = created_at - interval '1 day'",
+    ] {
+        sqlx::query(sql).execute(&app.platform.pool).await.unwrap();
+    }
+    request(&app, json!({"email": victim, "kind": "access"})).await;
+    app.queue_drained().await;
+    let sent_now = app
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.to.contains(&format!("<{victim}>")))
+        .count();
+    assert_eq!(sent_now, 4, "a new day, a new budget");
 }

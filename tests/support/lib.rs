@@ -279,6 +279,8 @@ impl Default for AppOptions {
             http: HttpOptions {
                 burst: 10_000,
                 replenish: Duration::from_millis(1),
+                ingest_burst: 10_000,
+                ingest_replenish: Duration::from_millis(1),
                 ..HttpOptions::default()
             },
             worker: WorkerOptions {

@@ -506,12 +506,19 @@ async fn waitlist_command(
     Ok(())
 }
 
-/// RFC 4180 quoting.
+/// RFC 4180 quoting, after neutralising formulas: a cell that starts with `=`, `+`, `-`, `@`,
+/// a tab or a carriage return is run by spreadsheets (`=HYPERLINK(…)@example.com` is a valid
+/// address), so it gets a leading `'`, as OWASP's CSV-injection guidance says.
 fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s
     }
 }
 
@@ -848,4 +855,22 @@ fn print_jobs(json: bool, list: &[jobs::JobRow]) {
             ]
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_quoted() {
+        assert_eq!(csv_field("=1+1@example.com"), "'=1+1@example.com");
+        assert_eq!(csv_field("+cmd@example.com"), "'+cmd@example.com");
+        assert_eq!(csv_field("-2@example.com"), "'-2@example.com");
+        assert_eq!(csv_field("@sum@example.com"), "'@sum@example.com");
+        assert_eq!(csv_field("\t=x"), "'\t=x");
+        assert_eq!(csv_field("=a,b"), "\"'=a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("ada@example.com"), "ada@example.com");
+        assert_eq!(csv_field("a-b"), "a-b", "only a leading sign counts");
+    }
 }

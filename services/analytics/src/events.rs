@@ -1,15 +1,16 @@
 //! `POST /v1/analytics/events`: batches of usage events from the desktop app.
 //!
 //! The handler's extractors are the state and the JSON body, nothing else: no connection info,
-//! no headers, so there is no IP address or user agent to keep even by mistake. It is not
-//! behind the platform's per-IP limiter either (see `limit`). Everything stored is checked
-//! against the allow-list in `schema`; the rest is dropped and counted by reason.
+//! no headers, so there is no IP address or user agent to keep even by mistake. The platform's
+//! per-client limit for collection sits in front of it (the address lives only in the
+//! limiter's memory), and a global one in `limit`. Everything stored is checked against the
+//! allow-list in `schema`; the rest is dropped and counted by reason.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pexper_platform::Platform;
 use pexper_platform::http::{ApiError, ApiJson};
@@ -19,7 +20,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::limit::Limiter;
+use crate::limit::{Limiter, db_error, retry_later};
 use crate::schema::{self, Drop};
 
 /// One budget for everyone: we do not know (or want to know) who sends.
@@ -60,23 +61,18 @@ struct Accepted {
     responses(
         (status = 202, description = "Stored (what passed the allow-list) once committed", body = BatchAccepted),
         (status = 422, description = "The batch's app_version, os, arch or session_id is not valid, or it has more than 100 events", body = pexper_wire::ErrorBody),
-        (status = 429, description = "Too many batches", body = pexper_wire::ErrorBody)))]
+        (status = 429, description = "Too many batches, from this client or from everyone, or too busy: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn receive(
     State(platform): State<Platform>,
     ApiJson(batch): ApiJson<Batch>,
 ) -> Result<Response, ApiError> {
     if let Err(wait) = LIMIT.check(()) {
-        let mut res = ApiError::client(
-            StatusCode::TOO_MANY_REQUESTS,
+        return Ok(retry_later(
             "rate_limited",
             "too many batches; retry later",
-        )
-        .into_response();
-        res.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(wait.as_secs().max(1)),
-        );
-        return Ok(res);
+            wait,
+            false,
+        ));
     }
     let invalid = |code, message| Err(ApiError::unprocessable(code, message));
     if !schema::valid_app_version(&batch.app_version) {
@@ -109,7 +105,10 @@ pub async fn receive(
     }
     let dropped = batch.events.len() - accepted.len();
 
-    let mut tx = platform.pool.begin().await?;
+    let mut tx = match platform.ingest_pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return Ok(db_error(e, false)),
+    };
     if !accepted.is_empty() {
         let times: Vec<OffsetDateTime> = accepted.iter().map(|a| a.occurred_at).collect();
         let names: Vec<&str> = accepted.iter().map(|a| a.name).collect();

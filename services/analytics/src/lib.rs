@@ -37,9 +37,10 @@ impl Service for Analytics {
         OpenApiRouter::new().routes(routes!(events::schema))
     }
 
-    /// Collection endpoints stay off the platform's per-IP limiter: this service never reads
-    /// an address, not even to count requests. They have their own limits (`limit`).
-    fn machine_routes(&self) -> OpenApiRouter<Platform> {
+    /// Collection endpoints: the platform's per-client limit for collection, and global limits
+    /// of their own (`limit`). The handlers never read the connection or a header that could
+    /// identify anyone.
+    fn ingest_routes(&self) -> OpenApiRouter<Platform> {
         OpenApiRouter::new()
             .routes(routes!(events::receive))
             .routes(routes!(crash::intake))

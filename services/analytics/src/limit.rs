@@ -1,10 +1,46 @@
-//! Rate limits for the analytics endpoints that do not read who is asking: token buckets keyed
-//! by what the request names (the crash project), or one for everyone (usage events). The
-//! platform's per-client limiter is keyed by IP address, which this service never reads.
+//! Global rate limits for the collection endpoints, beside the platform's per-client one
+//! (keyed by an address this service never sees): token buckets keyed by what the request
+//! names (the crash project), or one for everyone (usage events); and the 429 answers.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pexper_platform::http::ApiError;
+
+/// "Come back later": 429 with `Retry-After` (whole seconds, at least 1), and for Sentry SDKs
+/// `X-Sentry-Rate-Limits`, which they honour per category.
+pub fn retry_later(
+    code: &'static str,
+    message: &'static str,
+    wait: Duration,
+    sentry: bool,
+) -> Response {
+    let seconds = wait.as_secs().max(1);
+    let mut res = ApiError::client(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    if sentry && let Ok(v) = HeaderValue::from_str(&format!("{seconds}::organization")) {
+        res.headers_mut().insert("x-sentry-rate-limits", v);
+    }
+    res
+}
+
+/// A database error on the ingestion pool: out of connections means busy (429, come back),
+/// anything else is ours (500).
+pub fn db_error(e: sqlx::Error, sentry: bool) -> Response {
+    match e {
+        sqlx::Error::PoolTimedOut => retry_later(
+            "busy",
+            "too much is arriving at once; retry later",
+            Duration::from_secs(1),
+            sentry,
+        ),
+        e => ApiError::from(e).into_response(),
+    }
+}
 
 #[derive(Debug)]
 pub struct Limiter<K> {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use eframe::egui::{self, Response, RichText, TextEdit, Ui};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::json;
 
 use crate::egress::Egress;
@@ -404,14 +404,10 @@ impl PexperApp {
         };
         if ui.button(button).clicked() {
             let passphrase = SecretString::from(std::mem::take(&mut self.passphrase_input));
-            self.message = if new && passphrase.expose_secret().chars().count() < 12 {
-                "That passphrase is too short: use at least 12 characters.".into()
-            } else {
-                self.saved_keys = None;
-                match self.keys.unlock(&passphrase) {
-                    Ok(()) => "Key file unlocked.".into(),
-                    Err(e) => format!("Not unlocked: {e}"),
-                }
+            self.saved_keys = None;
+            self.message = match self.keys.unlock(&passphrase) {
+                Ok(()) => "Key file unlocked.".into(),
+                Err(e) => format!("Not unlocked: {e}."),
             };
         }
     }

@@ -163,9 +163,9 @@ fn unlocked(keys: &Keys) -> anyhow::Result<&dyn crate::secrets::SecretStore> {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dirs = Dirs::new(cli.data_dir.as_deref())?;
-    crate::crash::install(&dirs);
-    let mut settings = Settings::load(&dirs)?;
     let forced_off = telemetry::forced_off(cli.disable_telemetry);
+    crate::crash::install(&dirs, forced_off);
+    let mut settings = Settings::load(&dirs)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let net = egress(&dirs, &settings, cli.offline);
     let Some(command) = cli.command else {

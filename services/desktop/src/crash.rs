@@ -1,6 +1,7 @@
 //! Crash reports: a panic hook writes a scrubbed Sentry envelope into the outbox — home
 //! directory as `~`, the user's name, key-like strings, emails and IP addresses removed, no
-//! hostname — and it is sent on a later launch only if the person's level allows.
+//! hostname — only if the person allows crash reports at that moment, and it is sent on a
+//! later launch only if the person's level still allows.
 
 use std::sync::LazyLock;
 
@@ -74,12 +75,29 @@ pub fn envelope(
     .into_bytes()
 }
 
-/// Installs the hook: a panic writes its report to the outbox, then the default hook runs.
-/// Writing happens whatever the level (the level decides sending); turning telemetry off purges.
-pub fn install(dirs: &Dirs) {
+/// Whether a crash now may be reported: the person chose crash reports (or more), and nothing
+/// forces telemetry off. Read from the settings on disk at the moment of the crash, so a
+/// change in the window counts at once; a report not written can never be sent later, when
+/// the level changes.
+fn reporting_allowed(dirs: &Dirs, forced_off: bool) -> bool {
+    !forced_off
+        && crate::store::Settings::load(dirs)
+            .ok()
+            .and_then(|s| s.telemetry)
+            .is_some_and(|level| level >= crate::telemetry::Level::Crash)
+}
+
+/// Installs the hook: a panic writes its report to the outbox if reporting is allowed at that
+/// moment (`forced_off`: `DO_NOT_TRACK`, `CI` or `--disable-telemetry`), then the default hook
+/// runs. Sending is decided again by the level at send time; turning telemetry off purges.
+pub fn install(dirs: &Dirs, forced_off: bool) {
     let dirs = dirs.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if !reporting_allowed(&dirs, forced_off) {
+            previous(info);
+            return;
+        }
         let message = info
             .payload()
             .downcast_ref::<&str>()

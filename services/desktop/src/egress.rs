@@ -110,6 +110,10 @@ impl Egress {
             .http_status_as_error(false)
             // Never follow a redirect: it could take a key or a report somewhere else.
             .max_redirects(0)
+            // Never a proxy from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY): it would
+            // see a local model's prompts while the network log says 127.0.0.1. A proxy, if
+            // ever supported, is an explicit setting shown in the log, never for loopback.
+            .proxy(None)
             .build()
             .into();
         Self {

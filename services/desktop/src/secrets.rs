@@ -114,6 +114,10 @@ impl SecretStore for KeychainStore {
     }
 }
 
+/// The shortest passphrase a new key file takes: long enough that argon2id makes guessing it
+/// offline hopeless, short enough to type.
+pub const MIN_PASSPHRASE: usize = 12;
+
 /// The store in use: the OS keychain when it answers; else the encrypted file, which stays
 /// locked until its passphrase is given (`PEXPER_PASSPHRASE`, or the field in the window).
 pub enum Keys {
@@ -142,8 +146,15 @@ impl Keys {
         Ok(keys)
     }
 
-    /// Opens the locked file (creating it on first use). A wrong passphrase leaves it locked.
+    /// Opens the locked file (creating it on first use, with a passphrase of at least
+    /// `MIN_PASSPHRASE` characters, whether typed in the window or given by
+    /// `PEXPER_PASSPHRASE`). A wrong or too short passphrase leaves it locked.
     pub fn unlock(&mut self, passphrase: &SecretString) -> anyhow::Result<()> {
+        if self.is_new_file() && passphrase.expose_secret().chars().count() < MIN_PASSPHRASE {
+            anyhow::bail!(
+                "that passphrase is too short for a new key file: use at least {MIN_PASSPHRASE} characters"
+            );
+        }
         if let Self::Locked { path, reason } = self {
             let store = EncryptedFileStore::open(path.clone(), passphrase, reason)?;
             *self = Self::File(store);

@@ -263,11 +263,21 @@ fn a_planted_key_is_nowhere_on_disk_or_on_the_wire_except_to_its_provider() {
     let _ = std::fs::remove_dir_all(root);
 }
 
+/// The panic hook is process-wide: tests that install one take turns.
+static PANIC_HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_panic_leaves_a_scrubbed_crash_report_that_goes_out_only_when_allowed() {
+    let _hook = PANIC_HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let stub = Stub::start();
     let (dirs, _root) = dirs();
-    pexper_desktop::crash::install(&dirs);
+    Settings {
+        telemetry: Some(Level::Crash),
+        ..Settings::default()
+    }
+    .save(&dirs)
+    .unwrap();
+    pexper_desktop::crash::install(&dirs, false);
     let home = std::env::var("HOME").unwrap_or_default();
     let _ = std::panic::catch_unwind(|| {
         panic!("failed on {home}/projects/x.json with {PLANTED_KEY} for a@b.example")
@@ -316,6 +326,62 @@ fn a_panic_leaves_a_scrubbed_crash_report_that_goes_out_only_when_allowed() {
             .iter()
             .any(|(k, v)| k == "x-sentry-auth" && v.contains("sentry_key=pexper-dev"))
     );
+}
+
+#[test]
+fn a_crash_while_reports_are_off_undecided_or_forced_off_is_never_written_nor_sent_later() {
+    let _hook = PANIC_HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let stub = Stub::start();
+    let (dirs, _root) = dirs();
+    let crash_with = |telemetry: Option<Level>, forced_off: bool, marker: &str| {
+        Settings {
+            server_url: stub.url.clone(),
+            telemetry,
+            ..Settings::default()
+        }
+        .save(&dirs)
+        .unwrap();
+        pexper_desktop::crash::install(&dirs, forced_off);
+        let marker = marker.to_owned();
+        let _ = std::panic::catch_unwind(move || panic!("{marker}"));
+        let _ = std::panic::take_hook();
+    };
+    crash_with(None, false, "crash-while-undecided");
+    crash_with(Some(Level::Off), false, "crash-while-off");
+    crash_with(Some(Level::Crash), true, "crash-while-forced-off");
+    let ours = |marker: &str| {
+        telemetry::outbox(&dirs)
+            .unwrap()
+            .iter()
+            .any(|q| String::from_utf8_lossy(&q.body).contains(marker))
+    };
+    for marker in [
+        "crash-while-undecided",
+        "crash-while-off",
+        "crash-while-forced-off",
+    ] {
+        assert!(!ours(marker), "{marker} was written");
+    }
+    // The person turns crash reports on: what happened before stays unsent.
+    let settings = Settings {
+        server_url: stub.url.clone(),
+        telemetry: Some(Level::Crash),
+        ..Settings::default()
+    };
+    let egress = Egress::new(dirs.network_log(), false);
+    telemetry::send(&dirs, &settings, Level::Crash, &egress).unwrap();
+    let sent: Vec<String> = stub
+        .seen()
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.body).into_owned())
+        .collect();
+    assert!(
+        !sent.iter().any(|b| b.contains("crash-while-")),
+        "sent later: {sent:?}"
+    );
+    // And from then on a crash is reported.
+    crash_with(Some(Level::Crash), false, "crash-while-allowed");
+    assert!(ours("crash-while-allowed"));
 }
 
 #[test]
@@ -425,6 +491,47 @@ fn settings_and_workflows_survive_a_restart_and_a_torn_write_never_corrupts_them
 }
 
 #[test]
+fn requests_ignore_proxies_named_in_the_environment() {
+    let (dirs, root) = dirs();
+    let (server, proxy) = (Stub::start(), Stub::start());
+    Settings {
+        server_url: server.url.clone(),
+        ..Settings::default()
+    }
+    .save(&dirs)
+    .unwrap();
+    let proxy_url = proxy.url.as_str();
+    let out = cli(
+        &root,
+        &["license", "fetch-key"],
+        &[
+            ("HTTP_PROXY", proxy_url),
+            ("http_proxy", proxy_url),
+            ("HTTPS_PROXY", proxy_url),
+            ("ALL_PROXY", proxy_url),
+            ("all_proxy", proxy_url),
+            ("NO_PROXY", ""),
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server
+            .seen()
+            .iter()
+            .map(|s| s.path.as_str())
+            .collect::<Vec<_>>(),
+        ["/v1/licenses/public-key"],
+        "the request went straight to the server"
+    );
+    assert!(proxy.seen().is_empty(), "the proxy saw {:?}", proxy.seen());
+}
+
+#[test]
 fn no_http_client_exists_outside_the_egress_module() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     // Crate paths and socket types: `hyperlink_to` in the UI is not an HTTP client.
@@ -489,6 +596,24 @@ fn without_a_keychain_the_command_line_uses_the_key_file_and_says_why() {
     let refused = desktop(&["keys", "set", "openai"], None, PLANTED_KEY);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PEXPER_PASSPHRASE"));
+
+    // The window's minimum holds for the environment too: no new file under a short one.
+    let short = desktop(
+        &["keys", "set", "openai"],
+        Some("hunter2"),
+        &format!("{PLANTED_KEY}\n"),
+    );
+    assert!(!short.status.success());
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("at least 12 characters"),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    assert_eq!(status(None)["unlocked"], false);
+    assert!(
+        !all_files(&root).iter().any(|f| f.ends_with("secrets.enc")),
+        "no key file was created"
+    );
 
     let pass = "a passphrase for the key file";
     let saved = desktop(

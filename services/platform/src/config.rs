@@ -109,7 +109,7 @@ impl Config {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()
             .context("PEXPER_TRUSTED_PROXY must be a comma-separated list of IP addresses")?;
-        let crash_keys = list("PEXPER_CRASH_KEYS", "1:pexper-dev")
+        let crash_keys = list("PEXPER_CRASH_KEYS", &format!("1:{DEV_CRASH_KEY}"))
             .iter()
             .map(|pair| parse_crash_key(pair))
             .collect::<anyhow::Result<_>>()?;
@@ -171,18 +171,36 @@ impl Config {
                 "PEXPER_ENV=production needs PEXPER_MASTER_KEY: set it to a base64-encoded 32-byte key (e.g. `openssl rand -base64 32`)"
             );
         }
-        if self.smtp_url.is_none() {
-            bail!(
+        match &self.smtp_url {
+            None => bail!(
                 "PEXPER_ENV=production refuses the file mail backend: set PEXPER_SMTP_URL (e.g. smtps://user:pass@smtp.example.com)"
+            ),
+            Some(url) if !smtp_requires_tls(url.expose_secret()) => bail!(
+                "PEXPER_ENV=production refuses SMTP without TLS: set PEXPER_SMTP_URL to smtps://… (implicit TLS) or smtp://…?tls=required (STARTTLS)"
+            ),
+            Some(_) => {}
+        }
+        if !self.public_url.starts_with("https://") {
+            bail!(
+                "PEXPER_ENV=production needs an https:// PEXPER_PUBLIC_URL: the links in our emails carry tokens"
             );
         }
-        let verify_full = self
+        if self
             .database_url
             .as_ref()
-            .is_some_and(|url| url.expose_secret().contains("sslmode=verify-full"));
-        if !verify_full {
+            .is_none_or(|url| !database_verifies_full(url.expose_secret()))
+        {
             bail!(
                 "PEXPER_ENV=production needs DATABASE_URL with sslmode=verify-full (e.g. postgres://user:pass@db.example.com/pexper?sslmode=verify-full)"
+            );
+        }
+        if self
+            .crash_keys
+            .iter()
+            .any(|k| k.public_key == DEV_CRASH_KEY)
+        {
+            bail!(
+                "PEXPER_ENV=production refuses the development crash key `pexper-dev`: set PEXPER_CRASH_KEYS to project_id:public_key pairs of your own (e.g. 1:$(openssl rand -hex 16))"
             );
         }
         if self.license_key.is_none() {
@@ -219,6 +237,36 @@ impl Config {
     /// Where the file mail backend writes in development.
     pub fn outbox_dir(&self) -> PathBuf {
         self.data_dir.join("outbox")
+    }
+}
+
+/// The crash key of the default `PEXPER_CRASH_KEYS`: public in the source, so development only.
+pub const DEV_CRASH_KEY: &str = "pexper-dev";
+
+/// Whether the pool this URL configures verifies the server's certificate and name. Read the
+/// way sqlx reads it (the last `sslmode` wins, `PGSSLMODE` fills in), not by searching text:
+/// `?sslmode=verify-full&sslmode=disable` disables TLS.
+fn database_verifies_full(url: &str) -> bool {
+    use std::str::FromStr;
+    sqlx::postgres::PgConnectOptions::from_str(url)
+        .is_ok_and(|o| matches!(o.get_ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull))
+}
+
+/// Whether lettre will insist on TLS for this URL: `smtps://` (implicit TLS), or `smtp://`
+/// whose `tls` parameter (the first, as lettre reads it) is `required`. Plain and
+/// opportunistic STARTTLS can be stripped by anyone on the path.
+fn smtp_requires_tls(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else {
+        return false;
+    };
+    let tls = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    match url.scheme() {
+        "smtps" => true,
+        "smtp" => tls.as_deref() == Some("required"),
+        _ => false,
     }
 }
 
@@ -265,7 +313,15 @@ mod tests {
             "DATABASE_URL",
             "postgres://u:p@db/pexper?sslmode=verify-full",
         ),
+        ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
+        ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a8e1f3b5d7c9a2e4f"),
     ];
+
+    fn production_with(name: &str, value: &str) -> anyhow::Result<Config> {
+        let mut v = vars(PRODUCTION_OK);
+        v.insert(name.into(), value.into());
+        Config::from_vars(v)
+    }
 
     fn production_without(name: &str) -> anyhow::Result<Config> {
         let mut v = vars(PRODUCTION_OK);
@@ -328,10 +384,73 @@ mod tests {
     }
 
     #[test]
+    fn production_refuses_unsafe_values_with_one_line_each() {
+        for (name, value, hint) in [
+            (
+                "PEXPER_SMTP_URL",
+                "smtp://u:p@smtp.example.com",
+                "without TLS",
+            ),
+            (
+                "PEXPER_SMTP_URL",
+                "smtp://u:p@smtp.example.com?tls=opportunistic",
+                "without TLS",
+            ),
+            (
+                "PEXPER_SMTP_URL",
+                "smtp://u:p@smtp.example.com?tls=opportunistic&tls=required",
+                "without TLS",
+            ),
+            ("PEXPER_SMTP_URL", "not a url", "without TLS"),
+            ("PEXPER_PUBLIC_URL", "http://api.pexper.com", "https://"),
+            ("PEXPER_CRASH_KEYS", "1:pexper-dev", "development crash key"),
+            (
+                "PEXPER_CRASH_KEYS",
+                "2:mine,1:pexper-dev",
+                "development crash key",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://u:p@db/pexper?sslmode=verify-full&sslmode=disable",
+                "sslmode=verify-full",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://u:p@db/pexper?application_name=sslmode=verify-full",
+                "sslmode=verify-full",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://u:p@db/pexper",
+                "sslmode=verify-full",
+            ),
+        ] {
+            let err = production_with(name, value).expect_err(value).to_string();
+            assert!(err.contains(hint), "{value}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+            assert!(!err.contains(":p@"), "no credentials in the message: {err}");
+        }
+        for (name, value) in [
+            (
+                "PEXPER_SMTP_URL",
+                "smtp://u:p@smtp.example.com:587?tls=required",
+            ),
+            ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
+            (
+                "DATABASE_URL",
+                "postgres://u:p@db/pexper?sslmode=disable&sslmode=verify-full",
+            ),
+        ] {
+            production_with(name, value).expect(value);
+        }
+    }
+
+    #[test]
     fn debug_output_never_shows_a_secret() {
         let c = Config::from_vars(vars(PRODUCTION_OK)).expect("valid");
         let shown = format!("{c:?}");
-        for (_, value) in PRODUCTION_OK.iter().filter(|(k, _)| *k != "PEXPER_ENV") {
+        let public = ["PEXPER_ENV", "PEXPER_PUBLIC_URL", "PEXPER_CRASH_KEYS"];
+        for (_, value) in PRODUCTION_OK.iter().filter(|(k, _)| !public.contains(k)) {
             assert!(!shown.contains(value), "{value} leaked into {shown}");
         }
     }

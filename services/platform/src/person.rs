@@ -50,6 +50,33 @@ pub async fn find(
         .context("failed to look up a person")
 }
 
+/// How many emails that anyone could cause (by typing this person's address into a public
+/// form) we send to one address per UTC day: enough for a person who retries, useless for
+/// flooding an inbox.
+pub const REQUEST_MAIL_PER_DAY: i32 = 3;
+
+/// Takes one email from the person's daily budget of request-caused mail; `false` once it is
+/// spent. One atomic UPDATE on the person row: concurrent requests, on any replica, queue on
+/// its lock and see each other's counts.
+pub async fn take_request_mail(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<bool> {
+    let taken: Option<i32> = sqlx::query_scalar(
+        "UPDATE person
+         SET request_mail_count = CASE WHEN request_mail_day = (now() AT TIME ZONE 'UTC')::date
+                                       THEN request_mail_count + 1 ELSE 1 END,
+             request_mail_day = (now() AT TIME ZONE 'UTC')::date
+         WHERE id = $1
+           AND (request_mail_day IS DISTINCT FROM (now() AT TIME ZONE 'UTC')::date
+                OR request_mail_count < $2)
+         RETURNING request_mail_count",
+    )
+    .bind(person)
+    .bind(REQUEST_MAIL_PER_DAY)
+    .fetch_optional(conn)
+    .await
+    .context("failed to take from a person's mail budget")?;
+    Ok(taken.is_some())
+}
+
 /// Finds the person with this address, or creates them with a fresh data key. Safe under
 /// concurrency: the unique blind index decides, never a read-then-write race.
 pub async fn find_or_create(

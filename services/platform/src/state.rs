@@ -22,6 +22,8 @@ pub struct Platform(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub pool: PgPool,
+    /// Connections for analytics and crash ingestion only (`db::ingest_pool`).
+    pub ingest_pool: PgPool,
     pub keyring: Keyring,
     pub mailer: Mailer,
     pub mail_from: Mailbox,
@@ -56,6 +58,7 @@ impl Platform {
         let license_key = crate::keys::load_license_key(&config)?;
         Ok(Self(Arc::new(Inner {
             config,
+            ingest_pool: crate::db::ingest_pool(&pool),
             pool,
             keyring: Keyring::new(master),
             mailer,
@@ -72,6 +75,14 @@ pub trait Service: Send + Sync {
     fn name(&self) -> &'static str;
 
     fn routes(&self) -> OpenApiRouter<Platform> {
+        OpenApiRouter::new()
+    }
+
+    /// Public collection endpoints (the desktop app's analytics and crash reports): behind a
+    /// per-client limit of their own, more generous than `routes`' (apps send in bursts, and
+    /// many share an office's address), besides whatever global limits the service keeps.
+    /// The client's address lives only in the limiter's memory; handlers never see it.
+    fn ingest_routes(&self) -> OpenApiRouter<Platform> {
         OpenApiRouter::new()
     }
 

@@ -24,8 +24,12 @@ pub fn init(env: Environment) {
         // for every object its strict types cannot read; we read those objects leniently
         // ourselves (payments::stripe), so its opinions are noise.
         .add_directive("stripe_webhook=off".parse().expect("a valid directive"));
+    // Colour codes only for a person at a terminal: in a file, a pipe or journald they are
+    // noise that breaks grep and log parsers.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match env {
         Environment::Production => builder.json().flatten_event(true).try_init(),

@@ -101,11 +101,18 @@ pub async fn create(
     .await
     .context("failed to store a privacy request")?;
     audit::record(conn, id, "received", status::RECEIVED, new.source).await?;
-    jobs::enqueue(
-        conn,
-        NewJob::new(RECEIVED_MAIL_JOB, RequestPayload { request_id: id }).for_person(person),
-    )
-    .await?;
+    // A request from the web form is kept whatever happens, but its acknowledgement comes out
+    // of the address's daily budget: the form must not be a way to flood someone's inbox.
+    // One made by an operator (from a letter to privacy@) is always acknowledged.
+    if new.source != "web" || person::take_request_mail(conn, person).await? {
+        jobs::enqueue(
+            conn,
+            NewJob::new(RECEIVED_MAIL_JOB, RequestPayload { request_id: id }).for_person(person),
+        )
+        .await?;
+    } else {
+        tracing::info!(request = %id, "daily mail budget spent; acknowledgement not sent");
+    }
     Ok(id)
 }
 

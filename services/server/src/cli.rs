@@ -16,6 +16,15 @@ struct Args {
     /// Run only these services (comma-separated), routes and workers; default: all.
     #[arg(long, value_name = "NAMES")]
     services: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Exit 0 if the server on PEXPER_BIND answers `/readyz` with 200, 1 otherwise: a
+    /// container HEALTHCHECK that needs no curl and no shell.
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -25,6 +34,15 @@ pub async fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(Command::Healthcheck) = args.command {
+        return match crate::health::check(config.bind) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pexper-server healthcheck: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     telemetry::init(config.env);
     let services = match crate::select_services(args.services.as_deref()) {
         Ok(s) => s,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+mod health;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

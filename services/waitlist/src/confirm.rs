@@ -1,4 +1,7 @@
-//! `GET /v1/waitlist/confirm?token=…`: the double opt-in click.
+//! The double opt-in link, `/v1/waitlist/confirm?token=…`. `GET` shows a Confirm button and
+//! changes nothing: corporate mail scanners (Safe Links, Proofpoint, …) fetch every link in a
+//! message as it arrives, and a GET that confirmed would let anyone sign a colleague up.
+//! `POST` (the button) uses the token, once, and shows the person's place in line.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -10,33 +13,67 @@ use serde::Deserialize;
 use crate::store::{self, Confirmation};
 use crate::{emails, pages};
 
+/// Longest token we look up: ours are 43 characters; anything much longer is not one of them.
+const MAX_TOKEN: usize = 128;
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ConfirmQuery {
-    /// The token from the confirmation email.
+    /// The token from the confirmation email. A missing, unknown, used or expired one gets
+    /// the same friendly page.
+    #[param(max_length = 128)]
     token: Option<String>,
 }
 
-/// Confirms a signup and shows the person's place in line.
+impl ConfirmQuery {
+    fn token(self) -> Option<String> {
+        self.token.filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
+    }
+}
+
+fn bad_token(platform: &Platform) -> Response {
+    pages::render(
+        StatusCode::BAD_REQUEST,
+        pages::BadToken {
+            site_url: platform.config.site_url().to_owned(),
+        },
+    )
+}
+
+/// Shows the Confirm button (for a token that can still be used). Changes nothing.
 #[utoipa::path(get, path = "/v1/waitlist/confirm", tag = "waitlist", params(ConfirmQuery), responses(
+    (status = 200, description = "A page with a Confirm button", content_type = "text/html"),
+    (status = 400, description = "Missing, expired, used or unknown token: a friendly page", content_type = "text/html")))]
+pub async fn page(
+    State(platform): State<Platform>,
+    Query(q): Query<ConfirmQuery>,
+) -> Result<Response, ApiError> {
+    let Some(token) = q.token() else {
+        return Ok(bad_token(&platform));
+    };
+    if !store::token_is_usable(&platform.pool, &token).await? {
+        return Ok(bad_token(&platform));
+    }
+    Ok(pages::render(
+        StatusCode::OK,
+        pages::Confirm {
+            action: format!("/v1/waitlist/confirm?token={token}"),
+        },
+    ))
+}
+
+/// Confirms a signup (the token works once) and shows the person's place in line.
+#[utoipa::path(post, path = "/v1/waitlist/confirm", tag = "waitlist", params(ConfirmQuery), responses(
     (status = 200, description = "Confirmed: a page with the place in line and a referral link", content_type = "text/html"),
-    (status = 400, description = "Expired, used or unknown token: a friendly page", content_type = "text/html")))]
+    (status = 400, description = "Missing, expired, used or unknown token: a friendly page", content_type = "text/html")))]
 pub async fn confirm(
     State(platform): State<Platform>,
     Query(q): Query<ConfirmQuery>,
 ) -> Result<Response, ApiError> {
-    let bad = || {
-        pages::render(
-            StatusCode::BAD_REQUEST,
-            pages::BadToken {
-                site_url: platform.config.site_url().to_owned(),
-            },
-        )
-    };
-    let Some(token) = q.token.filter(|t| !t.is_empty() && t.len() <= 128) else {
-        return Ok(bad());
+    let Some(token) = q.token() else {
+        return Ok(bad_token(&platform));
     };
     let Confirmation::Confirmed { person } = store::confirm(&platform, &token).await? else {
-        return Ok(bad());
+        return Ok(bad_token(&platform));
     };
     tracing::info!("waitlist signup confirmed");
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;

@@ -68,16 +68,18 @@ fn permanent(e: impl Into<anyhow::Error>) -> JobError {
 }
 
 /// After a signup: a confirmation link for someone not (or no longer) opted in, or a reminder
-/// of their place for someone on the list. At most one email per person per 10 minutes,
+/// of their place for someone on the list. At most one email per person per 10 minutes, and
+/// at most `person::REQUEST_MAIL_PER_DAY` a day together with privacy acknowledgements,
 /// whatever the number of signups.
 pub async fn signup_mail(platform: Platform, job: Job) -> Result<(), JobError> {
     let person = person_of(&job)?;
     // Decide and record in one short transaction, committed before sending, so the link works
     // the moment the email arrives. The row lock serialises concurrent signup jobs for one
-    // person; the job's own retries pass the throttle.
+    // person; the job's own retries pass the throttle and do not spend the budget twice.
     let mut tx = platform.pool.begin().await?;
-    let row: Option<(String, bool)> = sqlx::query_as(
-        "SELECT status, subscribed FROM waitlist_entry
+    let row: Option<(String, bool, bool)> = sqlx::query_as(
+        "SELECT status, subscribed, last_signup_mail_job IS NOT DISTINCT FROM $2
+         FROM waitlist_entry
          WHERE person_id = $1
            AND (last_signup_mail_at IS NULL OR last_signup_mail_at < now() - interval '10 minutes'
                 OR last_signup_mail_job = $2)
@@ -87,9 +89,13 @@ pub async fn signup_mail(platform: Platform, job: Job) -> Result<(), JobError> {
     .bind(job.id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((status, subscribed)) = row else {
+    let Some((status, subscribed, retry)) = row else {
         return Ok(()); // Erased, or mailed within the last 10 minutes.
     };
+    if !retry && !person::take_request_mail(&mut tx, person).await? {
+        tracing::info!("daily mail budget spent; signup email not sent");
+        return Ok(());
+    }
     sqlx::query(
         "UPDATE waitlist_entry SET last_signup_mail_at = now(), last_signup_mail_job = $2
          WHERE person_id = $1",

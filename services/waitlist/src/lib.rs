@@ -36,7 +36,7 @@ impl Service for Waitlist {
     fn routes(&self) -> OpenApiRouter<Platform> {
         OpenApiRouter::new()
             .routes(routes!(signup::signup))
-            .routes(routes!(confirm::confirm))
+            .routes(routes!(confirm::page, confirm::confirm))
             .routes(routes!(unsubscribe::page, unsubscribe::unsubscribe))
     }
 

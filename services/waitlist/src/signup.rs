@@ -18,10 +18,14 @@ use crate::{pages, store};
 pub struct SignupRequest {
     /// The address to add; normalised (trim, NFC, lowercase) before anything else.
     email: String,
-    /// Where the form sits, e.g. `homepage` (`[a-z0-9_-]{1,32}`; anything else is ignored).
+    /// Where the form sits, e.g. `homepage`: 1 to 32 letters, digits, `-` or `_`, stored
+    /// lower-cased. Anything else is refused (422): it is a label, never free text.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$", min_length = 1, max_length = 32)]
     source: Option<String>,
-    /// A referral code from someone's link (`?ref=…` on pexper.com).
+    /// A referral code from someone's link (`?ref=…` on pexper.com), as given. An unknown code
+    /// is accepted and credits no one.
     #[serde(rename = "ref")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$", min_length = 1, max_length = 32)]
     referral: Option<String>,
     /// Honeypot: hidden from people, filled by bots. A filled one gets the normal answer and
     /// nothing is stored or sent.
@@ -59,10 +63,18 @@ pub async fn signup(
     }
     let is_form = content_type(&headers).starts_with("application/x-www-form-urlencoded");
     let body = if is_form {
-        axum::Form::<SignupRequest>::from_request(request, &())
-            .await
-            .map(|axum::Form(b)| b)
-            .map_err(|e| ApiError::client(e.status(), "invalid_request", e.body_text()))?
+        match axum::Form::<SignupRequest>::from_request(request, &()).await {
+            Ok(axum::Form(b)) => b,
+            Err(e) => {
+                return Ok(pages::render(
+                    e.status(),
+                    pages::InvalidForm {
+                        heading: "The form did not arrive complete",
+                        reason: "It needs an email address".to_owned(),
+                    },
+                ));
+            }
+        }
     } else {
         let ApiJson(b) = ApiJson::<SignupRequest>::from_request(request, &()).await?;
         b
@@ -81,16 +93,29 @@ pub async fn signup(
         Err(e) if is_form => {
             return Ok(pages::render(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                pages::InvalidEmail {
-                    reason: e.to_string(),
+                pages::InvalidForm {
+                    heading: "That address does not look right",
+                    reason: capitalise(&e.to_string()),
                 },
             ));
         }
         Err(e) => return Err(ApiError::unprocessable("invalid_email", e.to_string())),
     };
-    let source = body.source.filter(|s| is_slug(s, 32));
-    let referral = body.referral.filter(|r| is_slug(r, 32));
-    store::sign_up(&platform, &email, source.as_deref(), referral.as_deref()).await?;
+    let source = match body.source.as_deref().map(Slug::parse).transpose() {
+        Ok(s) => s.map(Slug::lowercase),
+        Err(()) => return Ok(invalid_field(is_form, "source")),
+    };
+    let referral = match body.referral.as_deref().map(Slug::parse).transpose() {
+        Ok(r) => r,
+        Err(()) => return Ok(invalid_field(is_form, "ref")),
+    };
+    store::sign_up(
+        &platform,
+        &email,
+        source.as_ref().map(Slug::as_str),
+        referral.as_ref().map(Slug::as_str),
+    )
+    .await?;
     tracing::info!(
         email = %pexper_platform::telemetry::email_tag(&platform.keyring, &email),
         domain = email.domain(),
@@ -122,11 +147,59 @@ fn content_type(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-fn is_slug(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+/// A short label from a fixed alphabet (`[A-Za-z0-9_-]{1,32}`): a form's `source`, a referral
+/// code. Never free text, so nothing a person typed can hide in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slug(String);
+
+impl Slug {
+    const MAX: usize = 32;
+
+    fn parse(s: &str) -> Result<Self, ()> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok { Ok(Self(s.to_owned())) } else { Err(()) }
+    }
+
+    /// Sources are case-insensitive labels (`Homepage` is `homepage`); referral codes are not.
+    fn lowercase(self) -> Self {
+        Self(self.0.to_ascii_lowercase())
+    }
+
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A field outside its alphabet: 422 naming it, as JSON or as the form's error page.
+fn invalid_field(is_form: bool, field: &'static str) -> Response {
+    let reason = format!("`{field}` must be 1 to 32 letters, digits, `-` or `_`");
+    if is_form {
+        return pages::render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pages::InvalidForm {
+                heading: "The form did not arrive as we sent it",
+                reason,
+            },
+        );
+    }
+    let code = if field == "source" {
+        "invalid_source"
+    } else {
+        "invalid_ref"
+    };
+    ApiError::unprocessable(code, reason).into_response()
+}
+
+/// "the email address is too long" → "The email address is too long".
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// CORS does not stop a cross-site *form* post (it needs no preflight), so we check where a

@@ -66,6 +66,19 @@ pub async fn new_token(conn: &mut PgConnection, person: PersonId) -> anyhow::Res
     Ok(token)
 }
 
+/// Whether a confirmation token is known, unused and not expired. Reads only: the page that
+/// asks for the click must change nothing.
+pub async fn token_is_usable(pool: &PgPool, token: &str) -> anyhow::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM waitlist_token
+                        WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now())",
+    )
+    .bind(sha256(token.as_bytes()).as_slice())
+    .fetch_one(pool)
+    .await
+    .context("failed to look up a confirmation token")
+}
+
 /// What a confirmation link did.
 pub enum Confirmation {
     Confirmed { person: PersonId },

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::scrub::scrub;
+use super::scrub::{label, scrub};
 use pexper_platform::crypto::{hex, sha256};
 
 /// Longest string kept from an event, in characters.
@@ -36,18 +36,6 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 
 fn clip(s: &str) -> String {
     s.chars().take(MAX_TEXT).collect()
-}
-
-/// A short identifier-like value (release, environment, level, OS name): kept only if it is
-/// made of safe characters, else dropped.
-fn label(v: Option<&str>) -> Option<String> {
-    v.filter(|s| {
-        !s.is_empty()
-            && s.len() <= 100
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-+@ /()".contains(&b))
-    })
-    .map(|s| scrub(s, &[]))
 }
 
 fn timestamp(v: &Value) -> Option<OffsetDateTime> {

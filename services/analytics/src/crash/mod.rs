@@ -9,24 +9,42 @@ pub mod scrub;
 mod sessions;
 
 use std::io::Read;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pexper_platform::Platform;
 use pexper_platform::http::ApiError;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::limit::Limiter;
+use crate::limit::{Limiter, db_error, retry_later};
 
 /// Decoded size caps: an envelope, and one event in it.
 const MAX_ENVELOPE: usize = 4 * 1024 * 1024;
 const MAX_EVENT: usize = 1024 * 1024;
+/// What one envelope may ask of the database. Sentry's Relay caps session items per envelope at
+/// 100 (`limits.max_session_count`); we take the same number for items of any kind and for the
+/// aggregate buckets of an envelope. An SDK sends one event, a session update or a minute's
+/// buckets, far below it; one envelope of 15,000 session items held the intake for 3.5 s.
+const MAX_ITEMS: usize = 100;
+const MAX_AGGREGATES: usize = 100;
 
 /// Envelopes per project: generous for a desktop app's user base, a wall for a runaway loop.
 static LIMIT: LazyLock<Limiter<u64>> = LazyLock::new(|| Limiter::new(50.0, 500.0));
+
+/// Decompressing, parsing and scrubbing run on the blocking pool, at most one envelope per
+/// core at a time: a flood queues here, not on the async workers that serve everyone else.
+static CPU: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Arc::new(Semaphore::new(cores))
+});
+/// How long an envelope may wait for a core before it is asked to come back.
+const CPU_WAIT: Duration = Duration::from_secs(2);
 
 /// What the intake reads from a request, and nothing more: the project, the key, how the body
 /// is encoded, and the body. No connection info, no other header.
@@ -152,6 +170,58 @@ fn decode(encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
+/// An envelope read, rebuilt and scrubbed: owned values, ready to store.
+#[derive(Debug, Default)]
+struct Prepared {
+    events: Vec<event::Rebuilt>,
+    sessions: Vec<sessions::Session>,
+    aggregates: Vec<sessions::Aggregate>,
+}
+
+fn too_large(message: &'static str) -> ApiError {
+    ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+}
+
+/// The CPU part of the intake: decode, frame, rebuild and scrub, and refuse anything over a
+/// cap before a single row is written.
+fn prepare(
+    encoding: Option<&str>,
+    body: &[u8],
+    window: &sessions::Window,
+) -> Result<Prepared, ApiError> {
+    let body = decode(encoding, body)?;
+    let items = envelope::parse(&body)
+        .map_err(|e| ApiError::bad_request("invalid_envelope", e.to_string()))?;
+    if items.len() > MAX_ITEMS {
+        return Err(too_large("an envelope holds at most 100 items"));
+    }
+    let mut prepared = Prepared::default();
+    for item in items {
+        match item.kind.as_str() {
+            "event" => {
+                if item.payload.len() > MAX_EVENT {
+                    return Err(too_large("an event is over 1 MiB"));
+                }
+                // An event we cannot read is skipped like an unknown item, never a reason to
+                // refuse the sessions beside it.
+                prepared.events.extend(event::rebuild(item.payload));
+            }
+            "session" => prepared
+                .sessions
+                .extend(sessions::read_session(item.payload, window)),
+            "sessions" => {
+                let room = MAX_AGGREGATES - prepared.aggregates.len();
+                let buckets = sessions::read_aggregates(item.payload, window, room)
+                    .map_err(|_| too_large("an envelope holds at most 100 session aggregates"))?;
+                prepared.aggregates.extend(buckets);
+            }
+            // client_report, transaction, attachment (could hold anything), log, span, …
+            _ => {}
+        }
+    }
+    Ok(prepared)
+}
+
 /// Receive a Sentry envelope (crash reports and release health).
 #[utoipa::path(post, path = "/api/{project_id}/envelope/", tag = "analytics",
     params(("project_id" = u64, Path, description = "The project of the DSN")),
@@ -161,8 +231,8 @@ fn decode(encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         (status = 400, description = "Not an envelope", body = pexper_wire::ErrorBody),
         (status = 401, description = "No sentry_key", body = pexper_wire::ErrorBody),
         (status = 403, description = "Unknown project or key", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Over the size caps", body = pexper_wire::ErrorBody),
-        (status = 429, description = "Rate limited: `Retry-After` and `X-Sentry-Rate-Limits`", body = pexper_wire::ErrorBody)))]
+        (status = 413, description = "Over the caps: 4 MiB decoded, 1 MiB per event, 100 items, 100 session aggregates", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Rate limited or busy: `Retry-After` and `X-Sentry-Rate-Limits`", body = pexper_wire::ErrorBody)))]
 pub async fn intake(
     State(platform): State<Platform>,
     request: EnvelopeRequest,
@@ -187,50 +257,48 @@ pub async fn intake(
         ));
     }
     if let Err(wait) = LIMIT.check(request.project_id) {
-        let seconds = wait.as_secs().max(1);
-        let mut res = ApiError::client(
-            StatusCode::TOO_MANY_REQUESTS,
+        return Ok(retry_later(
             "rate_limited",
             "too many envelopes; retry later",
-        )
-        .into_response();
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        if let Ok(v) = HeaderValue::from_str(&format!("{seconds}::organization")) {
-            res.headers_mut().insert("x-sentry-rate-limits", v);
-        }
-        return Ok(res);
+            wait,
+            true,
+        ));
     }
-    let body = decode(request.encoding.as_deref(), &request.body)?;
-    let items = envelope::parse(&body)
-        .map_err(|e| ApiError::bad_request("invalid_envelope", e.to_string()))?;
+    let Ok(Ok(core)) = tokio::time::timeout(CPU_WAIT, CPU.clone().acquire_owned()).await else {
+        return Ok(retry_later(
+            "busy",
+            "too much is arriving at once; retry later",
+            Duration::from_secs(1),
+            true,
+        ));
+    };
+    let window = sessions::Window::new(
+        OffsetDateTime::now_utc(),
+        platform.config.analytics_retention_days,
+    );
+    let (encoding, body) = (request.encoding, request.body);
+    let prepared = tokio::task::spawn_blocking(move || {
+        let _core = core;
+        prepare(encoding.as_deref(), &body, &window)
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
 
-    let mut tx = platform.pool.begin().await?;
+    let mut tx = match platform.ingest_pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return Ok(db_error(e, true)),
+    };
     let mut stored: Option<Uuid> = None;
-    for item in items {
-        match item.kind.as_str() {
-            "event" => {
-                if item.payload.len() > MAX_EVENT {
-                    return Err(ApiError::client(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "an event is over 1 MiB",
-                    ));
-                }
-                // An event we cannot read is skipped like an unknown item, never a reason to
-                // refuse the sessions beside it.
-                let Some(event) = event::rebuild(item.payload) else {
-                    continue;
-                };
-                store_event(&mut tx, request.project_id, &event).await?;
-                tracing::info!(project = request.project_id, signature = %event.signature, "crash report stored");
-                stored = Some(event.event_id);
-            }
-            "session" => sessions::session(&mut tx, item.payload).await?,
-            "sessions" => sessions::aggregates(&mut tx, item.payload).await?,
-            // client_report, transaction, attachment (could hold anything), log, span, …
-            _ => {}
-        }
+    for event in &prepared.events {
+        store_event(&mut tx, request.project_id, event).await?;
+        tracing::info!(project = request.project_id, signature = %event.signature, "crash report stored");
+        stored = Some(event.event_id);
+    }
+    for session in &prepared.sessions {
+        sessions::store_session(&mut tx, session).await?;
+    }
+    for aggregate in &prepared.aggregates {
+        sessions::store_aggregate(&mut tx, aggregate).await?;
     }
     tx.commit().await.map_err(anyhow::Error::from)?;
     Ok(axum::Json(match stored {

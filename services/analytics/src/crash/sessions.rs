@@ -1,12 +1,19 @@
 //! Release health from `session` and `sessions` items: each session counted once, with its
 //! latest status until a terminal one; aggregates added up. The `did` (a user or install id)
-//! and `attrs.ip_address`/`user_agent` are never read.
+//! and `attrs.ip_address`/`user_agent` are never read. `release` and `environment` go through
+//! the same label check and scrubbing as an event's; a `started` outside what retention keeps
+//! (too old, or in the future) is skipped, so nothing outlives retention by its date.
+//!
+//! Parsing (`read_*`) is plain CPU work on owned values, done off the async runtime with the
+//! rest of an envelope; `store_*` are the writes.
 
 use anyhow::Context;
 use serde::Deserialize;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use super::scrub::label;
 
 #[derive(Deserialize)]
 struct Attrs {
@@ -16,7 +23,7 @@ struct Attrs {
 }
 
 #[derive(Deserialize)]
-struct Session {
+struct RawSession {
     sid: uuid::Uuid,
     started: String,
     #[serde(default)]
@@ -26,31 +33,64 @@ struct Session {
     attrs: Attrs,
 }
 
-fn when(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).ok()
+/// The dates release health accepts: from the start of retention to a little clock skew ahead.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub oldest: OffsetDateTime,
+    pub newest: OffsetDateTime,
 }
 
-fn clean(label: &str) -> Option<String> {
-    (!label.is_empty()
-        && label.len() <= 100
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-+@".contains(&b)))
-    .then(|| label.to_owned())
+impl Window {
+    pub fn new(now: OffsetDateTime, retention_days: u32) -> Self {
+        Self {
+            oldest: now - time::Duration::days(i64::from(retention_days)),
+            newest: now + crate::schema::MAX_AHEAD,
+        }
+    }
+
+    fn when(&self, s: &str) -> Option<OffsetDateTime> {
+        OffsetDateTime::parse(s, &Rfc3339)
+            .ok()
+            .filter(|t| (self.oldest..=self.newest).contains(t))
+    }
 }
 
-pub async fn session(conn: &mut PgConnection, payload: &[u8]) -> anyhow::Result<()> {
-    // A session we cannot read is skipped, like an unknown item.
-    let Ok(s) = serde_json::from_slice::<Session>(payload) else {
-        return Ok(());
-    };
-    let (Some(started), Some(release)) = (when(&s.started), clean(&s.attrs.release)) else {
-        return Ok(());
-    };
+/// One session update, ready to store.
+#[derive(Debug)]
+pub struct Session {
+    sid: uuid::Uuid,
+    release: String,
+    environment: Option<String>,
+    started: OffsetDateTime,
+    status: &'static str,
+    errors: i32,
+}
+
+/// A session we cannot read, or one outside the window, is `None`: skipped like an unknown
+/// item, never a reason to refuse the envelope.
+pub fn read_session(payload: &[u8], window: &Window) -> Option<Session> {
+    let s = serde_json::from_slice::<RawSession>(payload).ok()?;
+    let started = window.when(&s.started)?;
+    let release = label(Some(&s.attrs.release))?;
     let status = match s.status.as_deref().unwrap_or("ok") {
-        st @ ("ok" | "exited" | "crashed" | "abnormal" | "errored") => st,
-        _ => return Ok(()),
+        "ok" => "ok",
+        "exited" => "exited",
+        "crashed" => "crashed",
+        "abnormal" => "abnormal",
+        "errored" => "errored",
+        _ => return None,
     };
+    Some(Session {
+        sid: s.sid,
+        release,
+        environment: label(s.attrs.environment.as_deref()),
+        started,
+        status,
+        errors: s.errors.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+    })
+}
+
+pub async fn store_session(conn: &mut PgConnection, s: &Session) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO app_session (sid, release, environment, started_at, status, errors)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -60,11 +100,11 @@ pub async fn session(conn: &mut PgConnection, payload: &[u8]) -> anyhow::Result<
          WHERE app_session.status NOT IN ('exited', 'crashed', 'abnormal')",
     )
     .bind(s.sid)
-    .bind(release)
-    .bind(s.attrs.environment.as_deref().and_then(clean))
-    .bind(started)
-    .bind(status)
-    .bind(s.errors.unwrap_or(0).clamp(0, i32::MAX as i64) as i32)
+    .bind(&s.release)
+    .bind(&s.environment)
+    .bind(s.started)
+    .bind(s.status)
+    .bind(s.errors)
     .execute(conn)
     .await
     .context("failed to store a session")?;
@@ -72,7 +112,7 @@ pub async fn session(conn: &mut PgConnection, payload: &[u8]) -> anyhow::Result<
 }
 
 #[derive(Deserialize)]
-struct Aggregate {
+struct RawAggregate {
     started: String,
     #[serde(default)]
     exited: i64,
@@ -85,48 +125,165 @@ struct Aggregate {
 }
 
 #[derive(Deserialize)]
-struct Aggregates {
-    aggregates: Vec<Aggregate>,
+struct RawAggregates {
+    aggregates: Vec<RawAggregate>,
     attrs: Attrs,
 }
 
-pub async fn aggregates(conn: &mut PgConnection, payload: &[u8]) -> anyhow::Result<()> {
-    let Ok(a) = serde_json::from_slice::<Aggregates>(payload) else {
-        return Ok(());
+/// One bucket of session counts, ready to store.
+#[derive(Debug)]
+pub struct Aggregate {
+    started: OffsetDateTime,
+    release: String,
+    environment: String,
+    counts: [i64; 4],
+}
+
+/// The buckets of a `sessions` item. `Err(n)` when it holds more than `max` buckets (`n`);
+/// `Ok` of nothing for one we cannot read.
+pub fn read_aggregates(
+    payload: &[u8],
+    window: &Window,
+    max: usize,
+) -> Result<Vec<Aggregate>, usize> {
+    let Ok(item) = serde_json::from_slice::<RawAggregates>(payload) else {
+        return Ok(Vec::new());
     };
-    let Some(release) = clean(&a.attrs.release) else {
-        return Ok(());
-    };
-    let environment = a
-        .attrs
-        .environment
-        .as_deref()
-        .and_then(clean)
-        .unwrap_or_default();
-    for g in a.aggregates.iter().take(1000) {
-        let Some(started) = when(&g.started) else {
-            continue;
-        };
-        let n = |v: i64| v.clamp(0, 1_000_000);
-        sqlx::query(
-            "INSERT INTO session_aggregate (started, release, environment, exited, errored, abnormal, crashed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (started, release, environment) DO UPDATE
-             SET exited = session_aggregate.exited + EXCLUDED.exited,
-                 errored = session_aggregate.errored + EXCLUDED.errored,
-                 abnormal = session_aggregate.abnormal + EXCLUDED.abnormal,
-                 crashed = session_aggregate.crashed + EXCLUDED.crashed",
-        )
-        .bind(started)
-        .bind(&release)
-        .bind(&environment)
-        .bind(n(g.exited))
-        .bind(n(g.errored))
-        .bind(n(g.abnormal))
-        .bind(n(g.crashed))
-        .execute(&mut *conn)
-        .await
-        .context("failed to store session aggregates")?;
+    if item.aggregates.len() > max {
+        return Err(item.aggregates.len());
     }
+    let Some(release) = label(Some(&item.attrs.release)) else {
+        return Ok(Vec::new());
+    };
+    let environment = label(item.attrs.environment.as_deref()).unwrap_or_default();
+    let n = |v: i64| v.clamp(0, 1_000_000);
+    Ok(item
+        .aggregates
+        .iter()
+        .filter_map(|g| {
+            Some(Aggregate {
+                started: window.when(&g.started)?,
+                release: release.clone(),
+                environment: environment.clone(),
+                counts: [n(g.exited), n(g.errored), n(g.abnormal), n(g.crashed)],
+            })
+        })
+        .collect())
+}
+
+pub async fn store_aggregate(conn: &mut PgConnection, g: &Aggregate) -> anyhow::Result<()> {
+    let [exited, errored, abnormal, crashed] = g.counts;
+    sqlx::query(
+        "INSERT INTO session_aggregate (started, release, environment, exited, errored, abnormal, crashed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (started, release, environment) DO UPDATE
+         SET exited = session_aggregate.exited + EXCLUDED.exited,
+             errored = session_aggregate.errored + EXCLUDED.errored,
+             abnormal = session_aggregate.abnormal + EXCLUDED.abnormal,
+             crashed = session_aggregate.crashed + EXCLUDED.crashed",
+    )
+    .bind(g.started)
+    .bind(&g.release)
+    .bind(&g.environment)
+    .bind(exited)
+    .bind(errored)
+    .bind(abnormal)
+    .bind(crashed)
+    .execute(conn)
+    .await
+    .context("failed to store session aggregates")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window() -> Window {
+        Window::new(OffsetDateTime::now_utc(), 90)
+    }
+
+    fn session(started: &str, release: &str, environment: &str) -> Vec<u8> {
+        serde_json::json!({
+            "sid": uuid::Uuid::new_v4(), "started": started, "status": "ok",
+            "attrs": {"release": release, "environment": environment}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn now_plus(d: time::Duration) -> String {
+        (OffsetDateTime::now_utc() + d)
+            .format(&Rfc3339)
+            .expect("formats")
+    }
+
+    #[test]
+    fn release_and_environment_are_scrubbed_like_an_event_s() {
+        let s = read_session(
+            &session(
+                &now_plus(time::Duration::ZERO),
+                "alice@example.com",
+                "bob@example.org",
+            ),
+            &window(),
+        )
+        .expect("read");
+        assert!(!s.release.contains("alice"), "{s:?}");
+        assert!(
+            !s.environment.as_deref().unwrap_or("").contains("bob"),
+            "{s:?}"
+        );
+        let ok = read_session(
+            &session(
+                &now_plus(time::Duration::ZERO),
+                "pexper@1.4.0",
+                "production",
+            ),
+            &window(),
+        )
+        .expect("read");
+        assert_eq!(ok.release, "pexper@1.4.0");
+    }
+
+    #[test]
+    fn a_start_outside_retention_or_in_the_future_is_skipped() {
+        for started in [
+            now_plus(time::Duration::days(3650)),
+            now_plus(time::Duration::hours(1)),
+            now_plus(-time::Duration::days(91)),
+        ] {
+            assert!(
+                read_session(&session(&started, "pexper@1.4.0", "production"), &window()).is_none(),
+                "{started}"
+            );
+        }
+        assert!(
+            read_session(
+                &session(&now_plus(-time::Duration::days(89)), "pexper@1.4.0", "p"),
+                &window()
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn a_sessions_item_over_the_cap_is_refused_by_its_length() {
+        let bucket = serde_json::json!({"started": now_plus(time::Duration::ZERO), "exited": 1});
+        let item = |n: usize| {
+            serde_json::json!({"aggregates": vec![bucket.clone(); n], "attrs": {"release": "pexper@1.4.0"}})
+                .to_string()
+                .into_bytes()
+        };
+        assert_eq!(
+            read_aggregates(&item(100), &window(), 100)
+                .expect("fits")
+                .len(),
+            100
+        );
+        assert_eq!(
+            read_aggregates(&item(101), &window(), 100).expect_err("over"),
+            101
+        );
+    }
 }

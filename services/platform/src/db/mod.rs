@@ -75,6 +75,22 @@ pub async fn ensure_database(managed: &ManagedPostgres, database: &str) -> anyho
     Ok(())
 }
 
+/// Analytics and crash ingestion have connections of their own, at most this many: a flood
+/// of collection requests queues for these and never takes the ones that signups, webhooks
+/// and privacy requests need.
+const INGEST_POOL_SIZE: u32 = 3;
+/// A collection request waits this long for one of them, then is asked to come back (429).
+const INGEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The ingestion pool beside `main`, to the same database; it connects on first use.
+pub fn ingest_pool(main: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(INGEST_POOL_SIZE)
+        .min_connections(0)
+        .acquire_timeout(INGEST_ACQUIRE_TIMEOUT)
+        .connect_lazy_with((*main.connect_options()).clone())
+}
+
 pub async fn pool(options: PgConnectOptions) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(POOL_SIZE)

@@ -4,8 +4,11 @@
 //! `X-Forwarded-For` is believed only when the peer is a configured trusted proxy
 //! (`PEXPER_TRUSTED_PROXY`), and then only its last entry — the one that proxy appended.
 //! Anyone else could write any address there and dodge the limit.
+//!
+//! An IPv6 client is keyed by its /64: one subscriber line or host gets a whole /64 and can
+//! pick a fresh address for every request. An IPv4 client is keyed by its address.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
@@ -25,11 +28,12 @@ impl ClientIp {
         }
     }
 
+    /// The client's address: the peer, or the entry a trusted proxy appended.
     pub fn resolve<T>(&self, req: &Request<T>) -> Option<IpAddr> {
         let peer = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip())?;
+            .map(|ConnectInfo(addr)| addr.ip().to_canonical())?;
         if !self.trusted_proxies.contains(&peer) {
             return Some(peer);
         }
@@ -39,9 +43,38 @@ impl ClientIp {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .next_back();
+            .next_back()
+            .and_then(forwarded_address);
         Some(forwarded.unwrap_or(peer))
+    }
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `2001:db8::1`, and with a port as some proxies
+/// write them, `1.2.3.4:5678` or `[2001:db8::1]:443` (or bracketed without a port).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let ip = entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+        .or_else(|_| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .unwrap_or(entry)
+                .parse::<IpAddr>()
+        })
+        .ok()?;
+    Some(ip.to_canonical())
+}
+
+/// What the limiter counts as one client: an IPv4 address, or an IPv6 /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
     }
 }
 
@@ -49,7 +82,9 @@ impl KeyExtractor for ClientIp {
     type Key = IpAddr;
 
     fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
-        self.resolve(req).ok_or(GovernorError::UnableToExtractKey)
+        self.resolve(req)
+            .map(client_key)
+            .ok_or(GovernorError::UnableToExtractKey)
     }
 }
 
@@ -90,5 +125,54 @@ mod tests {
             proxy.resolve(&request("10.0.0.2", Some("1.2.3.4"))),
             Some(ip("10.0.0.2"))
         );
+    }
+
+    #[test]
+    fn forwarded_entries_with_ports_and_brackets_parse() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let proxy = ClientIp::new(vec![ip("10.0.0.1")]);
+        for (entry, expected) in [
+            ("1.2.3.4:5678", "1.2.3.4"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+            (" 198.51.100.9 ", "198.51.100.9"),
+            ("::ffff:192.0.2.1", "192.0.2.1"),
+        ] {
+            let header = format!("203.0.113.1, {entry}");
+            assert_eq!(
+                proxy.resolve(&request("10.0.0.1", Some(&header))),
+                Some(ip(expected)),
+                "{entry}"
+            );
+        }
+        assert_eq!(
+            proxy.resolve(&request("10.0.0.1", Some("1.2.3.4, unknown"))),
+            Some(ip("10.0.0.1")),
+            "an unreadable last entry is not replaced by one the client wrote"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_one_client_per_64_and_ipv4_clients_per_address() {
+        let key = |s: &str| {
+            ClientIp::new(vec![])
+                .extract(&request_v6_or_v4(s))
+                .expect("key")
+        };
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+    }
+
+    fn request_v6_or_v4(peer: &str) -> Request<()> {
+        let mut req = Request::builder().body(()).expect("request");
+        let ip: IpAddr = peer.parse().expect("ip");
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(ip, 1234)));
+        req
     }
 }

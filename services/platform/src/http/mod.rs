@@ -53,6 +53,10 @@ pub struct HttpOptions {
     pub replenish: Duration,
     /// How many requests a client may make in a burst.
     pub burst: u32,
+    /// The same per client on the collection endpoints (`Service::ingest_routes`): desktop
+    /// apps send in bursts at launch and exit, and many share an office's address.
+    pub ingest_replenish: Duration,
+    pub ingest_burst: u32,
 }
 
 impl Default for HttpOptions {
@@ -62,6 +66,8 @@ impl Default for HttpOptions {
             timeout: Duration::from_secs(15),
             replenish: Duration::from_millis(500),
             burst: 20,
+            ingest_replenish: Duration::from_millis(250),
+            ingest_burst: 60,
         }
     }
 }
@@ -127,28 +133,39 @@ impl App {
 }
 
 pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOptions) -> App {
-    let governor = Arc::new(
-        GovernorConfigBuilder::default()
-            .key_extractor(ClientIp::new(platform.config.trusted_proxies.clone()))
-            .period(options.replenish)
-            .burst_size(options.burst)
-            .finish()
-            .expect("a positive period and burst"),
-    );
-    let limiter = governor.limiter().clone();
+    let per_client = |period: Duration, burst: u32| {
+        Arc::new(
+            GovernorConfigBuilder::default()
+                .key_extractor(ClientIp::new(platform.config.trusted_proxies.clone()))
+                .period(period)
+                .burst_size(burst)
+                .finish()
+                .expect("a positive period and burst"),
+        )
+    };
+    let governor = per_client(options.replenish, options.burst);
+    let ingest_governor = per_client(options.ingest_replenish, options.ingest_burst);
+    let limiters = [
+        governor.limiter().clone(),
+        ingest_governor.limiter().clone(),
+    ];
 
     let mut api = OpenApiRouter::new();
+    let mut ingest = OpenApiRouter::new();
     let mut machines = OpenApiRouter::new();
     for service in services {
         api = api.merge(service.routes());
+        ingest = ingest.merge(service.ingest_routes());
         machines = machines.merge(service.machine_routes());
     }
     let api = api.layer(GovernorLayer::new(governor));
+    let ingest = ingest.layer(GovernorLayer::new(ingest_governor));
 
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .merge(api)
+        .merge(ingest)
         .merge(machines)
         .split_for_parts();
 
@@ -224,6 +241,6 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
     App {
         router,
         openapi,
-        limiter_gc: Arc::new(move || limiter.retain_recent()),
+        limiter_gc: Arc::new(move || limiters.iter().for_each(|l| l.retain_recent())),
     }
 }
