@@ -507,11 +507,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the server with `RUST_LOG=log_level` and waits until `/readyz` answers 200.
     pub async fn start(log_level: &str) -> Self {
+        Self::start_with(log_level, &[]).await
+    }
+
+    /// The same, with `extra` variables on top of the test defaults.
+    pub async fn start_with(log_level: &str, extra: &[(&str, &str)]) -> Self {
         init();
         let db = TestDatabase::new().await;
         let smtp = SmtpServer::start().await;
         let dir = tempdir::TempDir::new();
         let mut vars = test_vars(&db, &smtp, dir.path());
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

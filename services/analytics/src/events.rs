@@ -29,16 +29,40 @@ static LIMIT: LazyLock<Limiter<()>> = LazyLock::new(|| Limiter::new(2000.0, 4000
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Batch {
     /// `MAJOR.MINOR.PATCH[-prerelease]`.
+    #[schema(pattern = r"^[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}(-[a-z0-9.]{1,20})?$")]
     app_version: String,
-    /// `linux`, `macos` or `windows`.
+    #[schema(value_type = Os)]
     os: String,
-    /// `x86_64` or `aarch64`.
+    #[schema(value_type = Arch)]
     arch: String,
     /// A random UUID for this app session.
+    #[schema(format = Uuid)]
     session_id: String,
-    /// Up to 100 `{"name", "timestamp", "props"?}` (see `GET /v1/analytics/schema`).
-    #[schema(value_type = Vec<Object>)]
+    /// Up to 100 events, each `{"name", "timestamp" (RFC 3339), "props"?: {…}}`. An entry
+    /// outside the published allow-list (see `GET /v1/analytics/schema`: not of that shape, an
+    /// unknown name or property, a value not allowed, a timestamp out of range) is dropped
+    /// and counted, never a reason to refuse the batch: an older server keeps the rest of a
+    /// newer app's events. So any JSON value is accepted here.
+    #[schema(value_type = Vec<Value>, max_items = 100)]
     events: Vec<Value>,
+}
+
+/// The operating systems the desktop app runs on (`schema::OS`).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum Os {
+    Linux,
+    Macos,
+    Windows,
+}
+
+/// The architectures the desktop app is built for (`schema::ARCH`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+enum Arch {
+    x86_64,
+    aarch64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -60,6 +84,9 @@ struct Accepted {
     request_body = Batch,
     responses(
         (status = 202, description = "Stored (what passed the allow-list) once committed", body = BatchAccepted),
+        (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = pexper_wire::ErrorBody),
         (status = 422, description = "The batch's app_version, os, arch or session_id is not valid, or it has more than 100 events", body = pexper_wire::ErrorBody),
         (status = 429, description = "Too many batches, from this client or from everyone, or too busy: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn receive(

@@ -62,8 +62,11 @@ pub async fn public_key(State(platform): State<Platform>) -> axum::Json<PublicKe
     request_body = ValidateRequest,
     responses(
         (status = 200, description = "A licence we signed: active, or revoked by a refund, a lost dispute or an operator", body = ValidateResponse),
+        (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = pexper_wire::ErrorBody),
         (status = 422, description = "Not a licence we signed", body = pexper_wire::ErrorBody),
-        (status = 429, description = "Too many requests", body = pexper_wire::ErrorBody)))]
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn validate(
     State(platform): State<Platform>,
     ApiJson(request): ApiJson<ValidateRequest>,

@@ -39,6 +39,7 @@ pub struct Acknowledged {
     responses(
         (status = 200, description = "Verified and processed (or a duplicate, or a type we ignore)", body = Acknowledged),
         (status = 400, description = "Missing, malformed, wrong or stale signature: nothing stored", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 422, description = "Verified, but not an event we can read: Stripe will retry", body = pexper_wire::ErrorBody)))]
 pub async fn receive(
     State(platform): State<Platform>,

@@ -21,13 +21,16 @@ const MAX_DETAILS: usize = 5000;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PrivacyRequestBody {
     /// The address the request is about; the verification email goes there.
+    #[schema(format = Email, max_length = 254)]
     email: String,
-    /// `access`, `portability`, `deletion`, `correction`, `restriction`, `objection` or
-    /// `opt_out_of_sale`.
+    /// The right being exercised.
+    #[schema(value_type = Kind)]
     kind: String,
-    /// `gdpr`, `ccpa` or `other` (default): the legal deadline can make the due date sooner.
+    /// The legal deadline can make the due date sooner. Default: `other`.
+    #[schema(value_type = Option<Jurisdiction>)]
     jurisdiction: Option<String>,
     /// What to correct, restrict or object to (at most 5,000 characters). Stored encrypted.
+    #[schema(max_length = 5000)]
     details: Option<String>,
 }
 
@@ -41,9 +44,12 @@ pub struct RequestAccepted {
 #[utoipa::path(post, path = "/v1/privacy/requests", tag = "privacy",
     request_body = PrivacyRequestBody,
     responses(
-        (status = 202, description = "Received; a verification email is on its way (the same answer whether or not we know the address)", body = RequestAccepted),
+        (status = 202, description = "Received; a verification email is on its way, within the address's daily budget of three (the same answer whether or not we know the address, and whatever the budget)", body = RequestAccepted),
+        (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = pexper_wire::ErrorBody),
         (status = 422, description = "Not a valid address, kind or jurisdiction, or details too long", body = pexper_wire::ErrorBody),
-        (status = 429, description = "Too many requests", body = pexper_wire::ErrorBody)))]
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn create(
     State(platform): State<Platform>,
     ApiJson(body): ApiJson<PrivacyRequestBody>,
@@ -97,8 +103,27 @@ pub async fn create(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct TokenQuery {
-    /// The token from the verification email.
-    token: String,
+    /// The token from the verification email. Without one, the page says the link does not
+    /// work.
+    #[param(required = true, min_length = 1, max_length = 128)]
+    token: Option<String>,
+}
+
+impl TokenQuery {
+    fn token(self) -> Option<String> {
+        self.token.filter(|t| !t.is_empty() && t.len() <= 128)
+    }
+}
+
+fn invalid_link() -> Response {
+    render_page(
+        StatusCode::BAD_REQUEST,
+        VerifyPage {
+            state: "invalid",
+            action: String::new(),
+            automatic: false,
+        },
+    )
 }
 
 #[derive(Template)]
@@ -112,28 +137,48 @@ struct VerifyPage {
 
 /// Shows the confirmation button. Changes nothing.
 #[utoipa::path(get, path = "/v1/privacy/verify", tag = "privacy", params(TokenQuery), responses(
-    (status = 200, description = "A page with a Confirm button", content_type = "text/html")))]
+    (status = 200, description = "A page with a Confirm button", content_type = "text/html"),
+    (status = 400, description = "No token: the link does not work", content_type = "text/html")))]
 pub async fn verify_page(Query(q): Query<TokenQuery>) -> Response {
+    let Some(token) = q.token() else {
+        return invalid_link();
+    };
     render_page(
         StatusCode::OK,
         VerifyPage {
             state: "ask",
-            action: format!("/v1/privacy/verify?token={}", q.token),
+            action: format!("/v1/privacy/verify?token={}", urlencode(&token)),
             automatic: false,
         },
     )
 }
 
+/// A token goes back into a URL as it came: percent-encoded, so nothing in it can add a
+/// parameter.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Verifies the request: access and deletion then run by themselves.
 #[utoipa::path(post, path = "/v1/privacy/verify", tag = "privacy", params(TokenQuery), responses(
     (status = 200, description = "Verified", content_type = "text/html"),
-    (status = 400, description = "Unknown, used or expired link", content_type = "text/html")))]
+    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
 pub async fn verify(
     State(platform): State<Platform>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
+    let Some(token) = q.token() else {
+        return Ok(invalid_link());
+    };
     let mut tx = platform.pool.begin().await?;
-    let outcome = store::verify(&mut tx, &q.token).await?;
+    let outcome = store::verify(&mut tx, &token).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     Ok(match outcome {
         Verification::Verified { kind } => {
@@ -147,13 +192,6 @@ pub async fn verify(
                 },
             )
         }
-        Verification::Invalid => render_page(
-            StatusCode::BAD_REQUEST,
-            VerifyPage {
-                state: "invalid",
-                action: String::new(),
-                automatic: false,
-            },
-        ),
+        Verification::Invalid => invalid_link(),
     })
 }

@@ -20,7 +20,7 @@ const MAX_TOKEN: usize = 128;
 pub struct ConfirmQuery {
     /// The token from the confirmation email. A missing, unknown, used or expired one gets
     /// the same friendly page.
-    #[param(max_length = 128)]
+    #[param(required = true, min_length = 1, max_length = 128)]
     token: Option<String>,
 }
 

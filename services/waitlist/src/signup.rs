@@ -17,6 +17,7 @@ use crate::{pages, store};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SignupRequest {
     /// The address to add; normalised (trim, NFC, lowercase) before anything else.
+    #[schema(format = Email, max_length = 254)]
     email: String,
     /// Where the form sits, e.g. `homepage`: 1 to 32 letters, digits, `-` or `_`, stored
     /// lower-cased. Anything else is refused (422): it is a label, never free text.
@@ -44,11 +45,18 @@ pub struct SignupAccepted {
         (SignupRequest = "application/json"),
         (SignupRequest = "application/x-www-form-urlencoded"))),
     responses(
-        (status = 202, description = "Accepted; a confirmation email is on its way (same answer for every valid address)", body = SignupAccepted),
+        (status = 202, description = "Accepted; a confirmation email is on its way, within the address's daily budget of three (same answer for every valid address, whatever the budget). A form post gets a small page", content(
+            (SignupAccepted = "application/json"),
+            (String = "text/html"))),
         (status = 303, description = "Form post, with a thank-you URL configured"),
-        (status = 403, description = "A form post from a site that is not ours", body = pexper_wire::ErrorBody),
-        (status = 422, description = "Not a valid email address", body = pexper_wire::ErrorBody),
-        (status = 429, description = "Too many requests", body = pexper_wire::ErrorBody)))]
+        (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
+        (status = 403, description = "A post from a site that is not ours", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "Not a valid email address, or a `source` or `ref` outside `[A-Za-z0-9_-]{1,32}`, naming the field; a form post gets a page that says what to fix", content(
+            (pexper_wire::ErrorBody = "application/json"),
+            (String = "text/html"))),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn signup(
     State(platform): State<Platform>,
     request: Request,
@@ -80,14 +88,6 @@ pub async fn signup(
         b
     };
 
-    if body
-        .website
-        .as_deref()
-        .is_some_and(|w| !w.trim().is_empty())
-    {
-        tracing::info!("honeypot filled; ignored");
-        return Ok(accepted(&platform, is_form));
-    }
     let email = match EmailAddress::parse(&body.email) {
         Ok(e) => e,
         Err(e) if is_form => {
@@ -109,6 +109,16 @@ pub async fn signup(
         Ok(r) => r,
         Err(()) => return Ok(invalid_field(is_form, "ref")),
     };
+    // Checked after the fields, so that a bot gets the answer a person with the same input
+    // would: the contract (`/openapi.json`) holds whatever the honeypot says.
+    if body
+        .website
+        .as_deref()
+        .is_some_and(|w| !w.trim().is_empty())
+    {
+        tracing::info!("honeypot filled; ignored");
+        return Ok(accepted(&platform, is_form));
+    }
     store::sign_up(
         &platform,
         &email,

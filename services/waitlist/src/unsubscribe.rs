@@ -63,23 +63,36 @@ pub fn url(platform: &Platform, person: PersonId) -> String {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct TokenQuery {
-    /// The token from the email's link.
-    token: String,
+    /// The token from the email's link. Without one, the page says the link does not work.
+    #[param(required = true, min_length = 1, max_length = 128)]
+    token: Option<String>,
+}
+
+impl TokenQuery {
+    /// The token, if it is genuine.
+    fn verify(&self, keyring: &Keyring) -> Option<UnsubscribeToken> {
+        UnsubscribeToken::verify(keyring, self.token.as_deref()?)
+    }
 }
 
 /// Shows the unsubscribe button. Changes nothing.
 #[utoipa::path(get, path = "/v1/unsubscribe", tag = "waitlist", params(TokenQuery), responses(
     (status = 200, description = "A page with an Unsubscribe button", content_type = "text/html"),
-    (status = 400, description = "The token is not genuine", content_type = "text/html")))]
+    (status = 400, description = "No token, or not a genuine one", content_type = "text/html")))]
 pub async fn page(State(platform): State<Platform>, Query(q): Query<TokenQuery>) -> Response {
-    if UnsubscribeToken::verify(&platform.keyring, &q.token).is_none() {
+    let Some(token) = q.verify(&platform.keyring) else {
         return pages::render(StatusCode::BAD_REQUEST, pages::BadLink);
-    }
+    };
     pages::render(
         StatusCode::OK,
         pages::Unsubscribe {
             done: false,
-            action: format!("/v1/unsubscribe?token={}", q.token),
+            // Re-issued from the verified person, not echoed: nothing of the request's own
+            // query string goes into the page.
+            action: format!(
+                "/v1/unsubscribe?token={}",
+                UnsubscribeToken::issue(&platform.keyring, token.person())
+            ),
         },
     )
 }
@@ -87,12 +100,12 @@ pub async fn page(State(platform): State<Platform>, Query(q): Query<TokenQuery>)
 /// Unsubscribes at once (RFC 8058 one-click: body `List-Unsubscribe=One-Click`, no cookie).
 #[utoipa::path(post, path = "/v1/unsubscribe", tag = "waitlist", params(TokenQuery), responses(
     (status = 200, description = "Unsubscribed", content_type = "text/html"),
-    (status = 400, description = "The token is not genuine", content_type = "text/html")))]
+    (status = 400, description = "No token, or not a genuine one", content_type = "text/html")))]
 pub async fn unsubscribe(
     State(platform): State<Platform>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    let Some(token) = UnsubscribeToken::verify(&platform.keyring, &q.token) else {
+    let Some(token) = q.verify(&platform.keyring) else {
         return Ok(pages::render(StatusCode::BAD_REQUEST, pages::BadLink));
     };
     crate::store::unsubscribe(&platform.pool, token.person()).await?;

@@ -231,6 +231,7 @@ fn prepare(
         (status = 400, description = "Not an envelope", body = pexper_wire::ErrorBody),
         (status = 401, description = "No sentry_key", body = pexper_wire::ErrorBody),
         (status = 403, description = "Unknown project or key", body = pexper_wire::ErrorBody),
+        (status = 404, description = "The project id is not a number", body = pexper_wire::ErrorBody),
         (status = 413, description = "Over the caps: 4 MiB decoded, 1 MiB per event, 100 items, 100 session aggregates", body = pexper_wire::ErrorBody),
         (status = 429, description = "Rate limited or busy: `Retry-After` and `X-Sentry-Rate-Limits`", body = pexper_wire::ErrorBody)))]
 pub async fn intake(
