@@ -45,7 +45,9 @@ fn memory(pid: u32) -> (u64, u64) {
 }
 
 async fn run(batches: usize, concurrency: usize) {
-    let server = ServerProcess::start("warn").await;
+    // Each client its own address behind a trusted proxy: this measures ingestion, not the
+    // per-client limit (benches/flood.rs measures what the limits protect).
+    let server = ServerProcess::start_with("warn", &[("PEXPER_TRUSTED_PROXY", "127.0.0.1")]).await;
     let (idle, _) = memory(server.pid());
     let url: Arc<str> = format!("{}/v1/analytics/events", server.base).into();
     let client = reqwest::Client::builder()
@@ -58,16 +60,22 @@ async fn run(batches: usize, concurrency: usize) {
 
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for c in 0..concurrency {
         let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
         tasks.spawn(async move {
+            let mut sent = 0usize;
             loop {
                 let Some(body) = bodies.lock().unwrap().pop() else {
                     return;
                 };
+                sent += 1;
                 let res = client
                     .post(&*url)
                     .header("content-type", "application/json")
+                    .header(
+                        "x-forwarded-for",
+                        format!("10.{c}.{}.{}", sent / 256 % 256, sent % 256),
+                    )
                     .body(body)
                     .send()
                     .await
