@@ -9,7 +9,7 @@
 //! hooks (`tests/contract/hooks.py`) give every request its own `X-Forwarded-For`.
 //!
 //! Needs `schemathesis` (PyPI, the version `.ci/run` pins); skipped with a note without it,
-//! unless `PEXPER_REQUIRE_SCHEMATHESIS` is set (CI). `PEXPER_CONTRACT_SECONDS` (default 150)
+//! unless `PEXPER_REQUIRE_SCHEMATHESIS` is set (CI). `PEXPER_CONTRACT_SECONDS` (default 120)
 //! bounds the run; `PEXPER_CONTRACT_SEED` picks another seed than the fixed default.
 #![allow(clippy::unwrap_used)]
 
@@ -47,7 +47,7 @@ async fn schemathesis_finds_nothing_the_openapi_document_does_not_state() {
         "the contract is checked with schemathesis {SCHEMATHESIS}"
     );
     let server = ServerProcess::start_with("warn", &[("PEXPER_TRUSTED_PROXY", "127.0.0.1")]).await;
-    let seconds = std::env::var("PEXPER_CONTRACT_SECONDS").unwrap_or_else(|_| "150".into());
+    let seconds = std::env::var("PEXPER_CONTRACT_SECONDS").unwrap_or_else(|_| "120".into());
     let seed = std::env::var("PEXPER_CONTRACT_SEED").unwrap_or_else(|_| "20261130".into());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contract");
     let base = server.base.clone();
