@@ -879,3 +879,28 @@ async fn a_flood_that_holds_every_ingestion_connection_leaves_signups_their_own(
     let res = send(&app.client, &app.address, &batch(vec![])).await;
     assert_eq!(res.status(), 202);
 }
+
+#[tokio::test]
+async fn a_limited_client_is_told_to_wait_at_least_a_second() {
+    // The limiter's own wait is under a second here; `Retry-After: 0` would bring the client
+    // (an SDK honours it) straight back.
+    let app = spawn_app_with(AppOptions {
+        http: pexper_platform::http::HttpOptions {
+            ingest_burst: 1,
+            ingest_replenish: Duration::from_millis(250),
+            ..AppOptions::default().http
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    assert_eq!(
+        send(&app.client, &app.address, &batch(vec![]))
+            .await
+            .status(),
+        202
+    );
+    let limited = send(&app.client, &app.address, &batch(vec![])).await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert!(!limited.headers().contains_key("x-ratelimit-after"));
+}

@@ -170,7 +170,8 @@ fn decode(encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
-/// An envelope read, rebuilt and scrubbed: owned values, ready to store.
+/// An envelope read, rebuilt and scrubbed: owned values, ready to store (at most
+/// `MAX_ITEMS` rows of each kind, written in one statement per kind).
 #[derive(Debug, Default)]
 struct Prepared {
     events: Vec<event::Rebuilt>,
@@ -295,12 +296,8 @@ pub async fn intake(
         tracing::info!(project = request.project_id, signature = %event.signature, "crash report stored");
         stored = Some(event.event_id);
     }
-    for session in &prepared.sessions {
-        sessions::store_session(&mut tx, session).await?;
-    }
-    for aggregate in &prepared.aggregates {
-        sessions::store_aggregate(&mut tx, aggregate).await?;
-    }
+    sessions::store_sessions(&mut tx, prepared.sessions).await?;
+    sessions::store_aggregates(&mut tx, prepared.aggregates).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     Ok(axum::Json(match stored {
         Some(id) => serde_json::json!({ "id": id.simple().to_string() }),

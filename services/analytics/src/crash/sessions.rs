@@ -90,24 +90,53 @@ pub fn read_session(payload: &[u8], window: &Window) -> Option<Session> {
     })
 }
 
-pub async fn store_session(conn: &mut PgConnection, s: &Session) -> anyhow::Result<()> {
+impl Session {
+    fn is_terminal(&self) -> bool {
+        matches!(self.status, "exited" | "crashed" | "abnormal")
+    }
+}
+
+/// Stores an envelope's session updates in one statement. Updates to one session within the
+/// envelope are merged first as the table would (the latest, until a terminal one), because
+/// one INSERT may not touch a row twice.
+pub async fn store_sessions(conn: &mut PgConnection, sessions: Vec<Session>) -> anyhow::Result<()> {
+    let mut merged: Vec<Session> = Vec::with_capacity(sessions.len());
+    for s in sessions {
+        match merged.iter_mut().find(|m| m.sid == s.sid) {
+            Some(m) if m.is_terminal() => {}
+            Some(m) => {
+                let errors = m.errors.max(s.errors);
+                *m = Session { errors, ..s };
+            }
+            None => merged.push(s),
+        }
+    }
+    if merged.is_empty() {
+        return Ok(());
+    }
+    let sids: Vec<uuid::Uuid> = merged.iter().map(|s| s.sid).collect();
+    let releases: Vec<&str> = merged.iter().map(|s| s.release.as_str()).collect();
+    let environments: Vec<Option<&str>> = merged.iter().map(|s| s.environment.as_deref()).collect();
+    let started: Vec<OffsetDateTime> = merged.iter().map(|s| s.started).collect();
+    let statuses: Vec<&str> = merged.iter().map(|s| s.status).collect();
+    let errors: Vec<i32> = merged.iter().map(|s| s.errors).collect();
     sqlx::query(
         "INSERT INTO app_session (sid, release, environment, started_at, status, errors)
-         VALUES ($1, $2, $3, $4, $5, $6)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::int[])
          ON CONFLICT (sid) DO UPDATE
          SET status = EXCLUDED.status, errors = GREATEST(app_session.errors, EXCLUDED.errors),
              updated_at = now()
          WHERE app_session.status NOT IN ('exited', 'crashed', 'abnormal')",
     )
-    .bind(s.sid)
-    .bind(&s.release)
-    .bind(&s.environment)
-    .bind(s.started)
-    .bind(s.status)
-    .bind(s.errors)
+    .bind(sids)
+    .bind(releases)
+    .bind(environments)
+    .bind(started)
+    .bind(statuses)
+    .bind(errors)
     .execute(conn)
     .await
-    .context("failed to store a session")?;
+    .context("failed to store sessions")?;
     Ok(())
 }
 
@@ -171,24 +200,42 @@ pub fn read_aggregates(
         .collect())
 }
 
-pub async fn store_aggregate(conn: &mut PgConnection, g: &Aggregate) -> anyhow::Result<()> {
-    let [exited, errored, abnormal, crashed] = g.counts;
+/// Stores an envelope's buckets in one statement, buckets with the same key added up first
+/// (one INSERT may not touch a row twice).
+pub async fn store_aggregates(
+    conn: &mut PgConnection,
+    aggregates: Vec<Aggregate>,
+) -> anyhow::Result<()> {
+    let mut merged: Vec<Aggregate> = Vec::with_capacity(aggregates.len());
+    for g in aggregates {
+        match merged.iter_mut().find(|m| {
+            (m.started, &m.release, &m.environment) == (g.started, &g.release, &g.environment)
+        }) {
+            Some(m) => m.counts = std::array::from_fn(|i| m.counts[i] + g.counts[i]),
+            None => merged.push(g),
+        }
+    }
+    if merged.is_empty() {
+        return Ok(());
+    }
+    let column = |i: usize| merged.iter().map(|g| g.counts[i]).collect::<Vec<i64>>();
     sqlx::query(
         "INSERT INTO session_aggregate (started, release, environment, exited, errored, abnormal, crashed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[],
+                              $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
          ON CONFLICT (started, release, environment) DO UPDATE
          SET exited = session_aggregate.exited + EXCLUDED.exited,
              errored = session_aggregate.errored + EXCLUDED.errored,
              abnormal = session_aggregate.abnormal + EXCLUDED.abnormal,
              crashed = session_aggregate.crashed + EXCLUDED.crashed",
     )
-    .bind(g.started)
-    .bind(&g.release)
-    .bind(&g.environment)
-    .bind(exited)
-    .bind(errored)
-    .bind(abnormal)
-    .bind(crashed)
+    .bind(merged.iter().map(|g| g.started).collect::<Vec<_>>())
+    .bind(merged.iter().map(|g| g.release.as_str()).collect::<Vec<_>>())
+    .bind(merged.iter().map(|g| g.environment.as_str()).collect::<Vec<_>>())
+    .bind(column(0))
+    .bind(column(1))
+    .bind(column(2))
+    .bind(column(3))
     .execute(conn)
     .await
     .context("failed to store session aggregates")?;

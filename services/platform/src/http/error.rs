@@ -144,11 +144,19 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     let message = match status {
         StatusCode::NOT_FOUND => "no such endpoint".to_owned(),
         StatusCode::TOO_MANY_REQUESTS => {
+            // The limiter rounds its wait down to whole seconds; `Retry-After: 0` would invite
+            // the client straight back, so the least we ask is one second.
             let after = parts
                 .headers
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("a few");
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                .max(1);
+            parts
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(after));
+            parts.headers.remove("x-ratelimit-after");
             format!("too many requests; retry after {after} seconds")
         }
         StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_owned(),

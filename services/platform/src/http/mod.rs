@@ -66,8 +66,8 @@ impl Default for HttpOptions {
             timeout: Duration::from_secs(15),
             replenish: Duration::from_millis(500),
             burst: 20,
-            ingest_replenish: Duration::from_millis(250),
-            ingest_burst: 60,
+            ingest_replenish: Duration::from_secs(1),
+            ingest_burst: 30,
         }
     }
 }
