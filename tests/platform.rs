@@ -295,11 +295,34 @@ async fn a_database_dump_holds_no_address_in_clear() {
         dump.contains("COPY public.person"),
         "the dump covers the table"
     );
+    // Each person: an index, a sealed address and a wrapped key, all bytea, all searched.
+    assert!(
+        dump.bytea_values() >= 3 * addresses.len(),
+        "bytea values decoded"
+    );
     for a in addresses {
         for needle in [a, a.split('@').next().unwrap()] {
             assert!(!dump.contains(needle), "{needle} appears in the dump");
         }
     }
+}
+
+#[test]
+fn a_dump_search_sees_into_bytea_values() {
+    // What pg_dump writes for a bytea holding "ada@example.com" in clear.
+    let hex: String = b"ada@example.com"
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dump = Dump::new(format!(
+        "COPY public.person (email_sealed) FROM stdin;\n\\\\x{hex}\n\\.\n"
+    ));
+    assert!(!(*dump).contains("ada@example.com"), "not in the text");
+    assert!(
+        dump.contains("ada@example.com"),
+        "found in the decoded bytea"
+    );
+    assert!(!dump.contains("bob@example.com"));
 }
 
 #[tokio::test]

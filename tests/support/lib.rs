@@ -175,8 +175,8 @@ impl TestDatabase {
             .unwrap()
     }
 
-    /// `pg_dump` of the whole database, as text.
-    pub fn dump(&self) -> String {
+    /// `pg_dump` of the whole database.
+    pub fn dump(&self) -> Dump {
         let out = std::process::Command::new("pg_dump")
             .arg("--dbname")
             .arg(self.url())
@@ -187,7 +187,7 @@ impl TestDatabase {
             "pg_dump failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap()
+        Dump::new(String::from_utf8(out.stdout).unwrap())
     }
 }
 
@@ -211,6 +211,58 @@ impl Drop for TestDatabase {
                 .await;
             });
         });
+    }
+}
+
+/// A `pg_dump`, to search for what must not be there. `pg_dump` writes `bytea` as `\x…` hex,
+/// so a search of the text alone would pass if a sealed column held an address in clear:
+/// `contains` also searches the decoded bytes of every `bytea` value. The text is at hand
+/// through `Deref` for searches of everything else.
+pub struct Dump {
+    text: String,
+    bytea: Vec<Vec<u8>>,
+}
+
+impl Dump {
+    pub fn new(text: String) -> Self {
+        static HEX: std::sync::LazyLock<regex::Regex> =
+            std::sync::LazyLock::new(|| regex::Regex::new(r"\\x((?:[0-9a-f]{2})+)").unwrap());
+        let bytea = HEX
+            .captures_iter(&text)
+            .map(|c| {
+                let hex = c[1].as_bytes();
+                hex.chunks(2)
+                    .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+                    .collect()
+            })
+            .collect();
+        Self { text, bytea }
+    }
+
+    /// Whether `needle` is in the text or in any decoded `bytea` value.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text.contains(needle) || self.bytea_contains(needle)
+    }
+
+    /// Whether `needle` is in any decoded `bytea` value.
+    pub fn bytea_contains(&self, needle: &str) -> bool {
+        let needle = needle.as_bytes();
+        self.bytea
+            .iter()
+            .any(|b| !needle.is_empty() && b.windows(needle.len()).any(|w| w == needle))
+    }
+
+    /// How many `bytea` values the dump holds (a dump of sealed data holds many).
+    pub fn bytea_values(&self) -> usize {
+        self.bytea.len()
+    }
+}
+
+impl std::ops::Deref for Dump {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
     }
 }
 
@@ -561,7 +613,7 @@ impl ServerProcess {
     }
 
     /// `pg_dump` of the server's database.
-    pub fn dump(&self) -> String {
+    pub fn dump(&self) -> Dump {
         self.db.dump()
     }
 
