@@ -484,6 +484,204 @@ async fn a_job_survives_a_killed_worker() {
     assert_eq!(runs.0.lock().unwrap().len(), 1);
 }
 
+/// A handler that counts its starts, then waits for `release` and answers `outcome`.
+fn gated_handler(
+    started: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+    outcome: fn() -> Result<(), JobError>,
+) -> Handler<()> {
+    jobs::handler(move |_: (), _job: Job| {
+        let (started, release) = (started.clone(), release.clone());
+        async move {
+            started.fetch_add(1, Ordering::SeqCst);
+            release.notified().await;
+            outcome()
+        }
+    })
+}
+
+async fn job_state(pool: &sqlx::PgPool) -> Option<(String, i32, Option<String>)> {
+    sqlx::query_as("SELECT status, attempts, last_error FROM job")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_job_that_outlives_its_lease_on_a_live_worker_is_not_taken_over() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, "test.long", 1).await;
+    let runs = Runs::default();
+    let (stop, shutdown) = watch::channel(false);
+    // Both workers lease for 300 ms; the job takes 2 s, more than six leases: only the
+    // heartbeat (every 100 ms) keeps it from the other worker.
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let w = Worker::new(db.pool().await, runs.clone())
+            .lease(Duration::from_millis(300))
+            .poll_interval(Duration::from_millis(20))
+            .handle(
+                "test.long",
+                counting_handler(runs.clone(), Duration::from_secs(2)),
+            );
+        workers.push(tokio::spawn(w.run(shutdown.clone())));
+    }
+    eventually(Duration::from_secs(15), "the job to finish", || async {
+        (job_count(&pool).await == 0).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(runs.0.lock().unwrap().len(), 1, "one run, never a second");
+}
+
+#[tokio::test]
+async fn after_a_takeover_the_first_worker_can_neither_finish_nor_fail_the_job() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    for outcome in [(|| Ok(())) as fn() -> Result<(), JobError>, || {
+        Err(JobError::Permanent(anyhow::anyhow!(
+            "the first worker gives up"
+        )))
+    }] {
+        enqueue_n(&pool, "test.fenced", 1).await;
+        // Worker A holds a long lease (no heartbeat during the test) and waits to be released.
+        let (a_started, a_release) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let (stop_a, shutdown_a) = watch::channel(false);
+        // One task each, so that the takeover can only be B's.
+        let a = Worker::new(db.pool().await, ())
+            .concurrency(1)
+            .lease(Duration::from_secs(60))
+            .poll_interval(Duration::from_millis(20))
+            .handle(
+                "test.fenced",
+                gated_handler(a_started.clone(), a_release.clone(), outcome),
+            );
+        let a = tokio::spawn(a.run(shutdown_a));
+        eventually(Duration::from_secs(10), "A to start", || async {
+            (a_started.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        // A's lease lapses (as if its heartbeats stopped reaching the database); B takes over.
+        sqlx::query("UPDATE job SET locked_until = now() - interval '1 second'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (b_started, b_release) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let (stop_b, shutdown_b) = watch::channel(false);
+        let b = Worker::new(db.pool().await, ())
+            .concurrency(1)
+            .lease(Duration::from_secs(60))
+            .poll_interval(Duration::from_millis(20))
+            .handle(
+                "test.fenced",
+                gated_handler(b_started.clone(), b_release.clone(), || Ok(())),
+            );
+        let b = tokio::spawn(b.run(shutdown_b));
+        eventually(Duration::from_secs(10), "B to take over", || async {
+            (b_started.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+
+        // A now finishes (or fails): fenced by its attempt number, it changes nothing.
+        stop_a.send(true).unwrap();
+        a_release.notify_one();
+        a.await.unwrap();
+        assert_eq!(
+            job_state(&pool).await,
+            Some(("running".to_owned(), 2, None)),
+            "B's claim stands"
+        );
+        stop_b.send(true).unwrap();
+        b_release.notify_one();
+        b.await.unwrap();
+        assert_eq!(job_state(&pool).await, None, "B finished it");
+    }
+}
+
+#[tokio::test]
+async fn a_job_that_kills_its_worker_every_time_ends_dead_after_its_attempts() {
+    let app = spawn_app().await;
+    let pool = &app.platform.pool;
+    let mut tx = pool.begin().await.unwrap();
+    let id = jobs::enqueue(
+        &mut tx,
+        NewJob::new("test.fatal", json!({})).max_attempts(2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    // Each attempt takes its worker down mid-job (the task is aborted: nothing after runs).
+    for attempt in 1..=2 {
+        let (_stop, shutdown) = watch::channel(false);
+        let w = Worker::new(pool.clone(), ())
+            .lease(Duration::from_millis(200))
+            .poll_interval(Duration::from_millis(20))
+            .handle(
+                "test.fatal",
+                gated_handler(
+                    started.clone(),
+                    Arc::new(tokio::sync::Notify::new()),
+                    || Ok(()),
+                ),
+            );
+        let w = tokio::spawn(w.run(shutdown));
+        eventually(Duration::from_secs(10), "the attempt to start", || async {
+            (started.load(Ordering::SeqCst) == attempt).then_some(())
+        })
+        .await;
+        w.abort();
+        let _ = w.await;
+    }
+    // A third worker finds the lapsed lease of a job with no attempts left: dead, not run.
+    let (stop, shutdown) = watch::channel(false);
+    let w = Worker::new(pool.clone(), ())
+        .lease(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(20))
+        .handle(
+            "test.fatal",
+            gated_handler(
+                started.clone(),
+                Arc::new(tokio::sync::Notify::new()),
+                || Ok(()),
+            ),
+        );
+    let w = tokio::spawn(w.run(shutdown));
+    let (status, attempts, error) =
+        eventually(Duration::from_secs(10), "the job to go dead", || async {
+            job_state(pool)
+                .await
+                .filter(|(status, _, _)| status == "dead")
+        })
+        .await;
+    stop.send(true).unwrap();
+    w.await.unwrap();
+    assert_eq!((status.as_str(), attempts), ("dead", 2));
+    assert!(error.unwrap().contains("stopped during every attempt"));
+    assert_eq!(started.load(Ordering::SeqCst), 2, "no third run");
+    let out = admin(
+        &app.cli_vars(),
+        &["jobs", "list", "--status", "dead", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed[0]["id"], id.to_string());
+    assert_eq!(listed[0]["attempts"], 2);
+}
+
 #[tokio::test]
 async fn failing_jobs_back_off_then_go_dead_and_the_cli_retries_them() {
     let app = spawn_app().await;

@@ -177,19 +177,29 @@ where
 }
 
 /// Claims the next ready job of one of `kinds`, or a running job whose lease has lapsed.
+///
+/// A lapsed lease means the worker died mid-job (killed, crashed, lost its host). A job whose
+/// every attempt ended that way has used its attempts like any failing job: it goes `dead`,
+/// in the same statement, instead of being taken over forever and taking its workers down
+/// with it.
 pub async fn claim(
     pool: &PgPool,
     kinds: &[String],
     lease: Duration,
 ) -> anyhow::Result<Option<Job>> {
     sqlx::query_as(
-        "UPDATE job SET status = 'running', attempts = attempts + 1,
+        "WITH exhausted AS (
+             UPDATE job SET status = 'dead', locked_until = NULL, updated_at = now(),
+                    last_error = 'the worker stopped during every attempt (killed or crashed)'
+             WHERE kind = ANY($1) AND status = 'running' AND locked_until < now()
+               AND attempts >= max_attempts)
+         UPDATE job SET status = 'running', attempts = attempts + 1,
                 locked_until = now() + $2, updated_at = now()
          WHERE id = (
              SELECT id FROM job
              WHERE kind = ANY($1)
                AND ((status = 'queued' AND run_at <= now())
-                 OR (status = 'running' AND locked_until < now()))
+                 OR (status = 'running' AND locked_until < now() AND attempts < max_attempts))
              ORDER BY run_at
              LIMIT 1
              FOR UPDATE SKIP LOCKED)
