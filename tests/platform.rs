@@ -1276,3 +1276,29 @@ async fn services_picks_which_routes_a_process_serves() {
         .unwrap();
     assert_eq!(res.status(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_is_created_once_however_many_ask_at_the_same_moment() {
+    let app = spawn_app().await;
+    let email = EmailAddress::parse("race@example.com").unwrap();
+    // Eight connections (of the pool's ten) look the address up at the same moment, find
+    // nothing, and insert.
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (platform, email, barrier) = (app.platform.clone(), email.clone(), barrier.clone());
+        tasks.spawn(async move {
+            let mut conn = platform.pool.acquire().await.unwrap();
+            barrier.wait().await;
+            person::find_or_create(&mut conn, &platform.keyring, &email).await
+        });
+    }
+    let ids: HashSet<_> = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("no insert fails on a unique violation"))
+        .collect();
+    assert_eq!(ids.len(), 1, "one person");
+    assert_eq!(app.count("person").await, 1);
+}

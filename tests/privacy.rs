@@ -626,3 +626,37 @@ async fn one_address_gets_at_most_three_request_caused_emails_a_day_however_many
         .count();
     assert_eq!(sent_now, 4, "a new day, a new budget");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verification_link_posted_many_times_at_once_verifies_once() {
+    let app = spawn_app().await;
+    let email = "double.click@example.net";
+    let res = request(&app, json!({"email": email, "kind": "access"})).await;
+    assert_eq!(res.status(), 202);
+    let mail = mail_to(&app, email, "please confirm").await;
+    let url = mail.link(&app.url("/v1/privacy/verify?token="));
+    let posts: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), url.clone());
+            tokio::spawn(async move { client.post(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for p in posts {
+        statuses.push(p.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 400, 400, 400, 400, 400, 400, 400],
+        "one POST verifies"
+    );
+    mail_to(&app, email, "export is ready").await;
+    app.queue_drained().await;
+    assert_eq!(
+        mails_to(&app, email, "export is ready"),
+        1,
+        "one export, one email"
+    );
+    assert_eq!(app.count("privacy_export").await, 1);
+}

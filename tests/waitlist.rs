@@ -1039,3 +1039,93 @@ async fn an_expired_confirmation_link_gets_a_friendly_page_and_confirms_nothing(
         .unwrap();
     assert_eq!(status, "pending");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_signups_of_one_address_make_one_entry_and_one_email() {
+    let app = spawn_app().await;
+    // Five addresses, each signed up sixteen times at once, written two ways that normalise
+    // alike: the race between looking an address up and inserting it is run many times.
+    let addresses: Vec<String> = (0..5).map(|i| format!("twice{i}@example.com")).collect();
+    for address in &addresses {
+        let sends = (0..16).map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/v1/waitlist"));
+            let email = if i % 2 == 0 {
+                address.to_uppercase()
+            } else {
+                format!(" {address} ")
+            };
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({ "email": email }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        });
+        for status in futures_join_all(sends).await {
+            assert_eq!(status, 202);
+        }
+    }
+    app.queue_drained().await;
+    assert_eq!(app.count("person").await, 5);
+    assert_eq!(app.count("waitlist_entry").await, 5);
+    let mails = app.smtp.received();
+    for address in &addresses {
+        let to = vec![format!("<{address}>")];
+        assert_eq!(
+            mails.iter().filter(|m| m.to == to).count(),
+            1,
+            "one confirmation to {address}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_confirmation_link_pressed_many_times_at_once_confirms_once() {
+    let app = spawn_app().await;
+    assert_eq!(
+        signup(&app, json!({"email": "eager@example.com"}))
+            .await
+            .status(),
+        202
+    );
+    let mail = app.smtp.wait_for(1, WAIT).await;
+    let url = mail[0].link(&app.url("/v1/waitlist/confirm?token="));
+    let presses = (0..8).map(|_| {
+        let (client, url) = (app.client.clone(), url.clone());
+        tokio::spawn(async move { client.post(url).send().await.unwrap().status().as_u16() })
+    });
+    let mut statuses = futures_join_all(presses).await;
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 400, 400, 400, 400, 400, 400, 400],
+        "one press confirms"
+    );
+    app.queue_drained().await;
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM waitlist_entry WHERE confirm_seq IS NOT NULL")
+            .await,
+        1
+    );
+    let welcomes = app
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.header("Subject").unwrap().starts_with("You're #"))
+        .count();
+    assert_eq!(welcomes, 1, "one welcome email");
+}
+
+/// Awaits every task, in order.
+async fn futures_join_all<T: 'static>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
