@@ -433,6 +433,29 @@ async fn one_click_unsubscribe_stops_product_email_and_a_get_changes_nothing() {
     assert!(page.text().await.unwrap().contains("id=\"unsubscribe\""));
     assert!(subscribed().await);
 
+    // A token that keeps the format and breaks only its MAC (one character of it) is refused
+    // on the page and by the POST, and the person stays subscribed.
+    let mac_at = url.rfind('.').unwrap() + 1;
+    let flipped = if &url[mac_at..=mac_at] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    let forged = format!("{}{flipped}{}", &url[..mac_at], &url[mac_at + 1..]);
+    assert_eq!(forged.len(), url.len());
+    for res in [
+        app.client.get(&forged).send().await.unwrap(),
+        app.client
+            .post(&forged)
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(res.status(), 400);
+    }
+    assert!(subscribed().await, "a forged MAC changes nothing");
+
     // The mail provider's one-click POST: exactly RFC 8058's body, no cookie.
     let res = app
         .client
