@@ -44,6 +44,30 @@ async fn mail_to(app: &TestApp, to: &str, subject: &str) -> smtp::ReceivedMail {
     .await
 }
 
+/// Runs one more sweep, queued after everything so far, and waits until it and every job it
+/// queued have finished: a later "nothing more was sent" then speaks of a sweep that ran.
+async fn sweep_once_more(app: &TestApp) {
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    let id = pexper_platform::jobs::enqueue(
+        &mut tx,
+        pexper_platform::jobs::NewJob::new("privacy.sweep", json!({}))
+            .dedupe_key(format!("test-sweep-{}", uuid::Uuid::new_v4())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+    eventually(WAIT, "the extra sweep and what it queued", || async {
+        let left = app
+            .scalar(&format!(
+                "SELECT count(*) FROM job WHERE id = '{id}' OR (kind <> 'privacy.sweep' AND status <> 'dead')"
+            ))
+            .await;
+        (left == 0).then_some(())
+    })
+    .await;
+}
+
 fn mails_to(app: &TestApp, to: &str, subject: &str) -> usize {
     app.smtp
         .received()
@@ -325,7 +349,7 @@ async fn an_intake_received_on_january_2_is_due_february_1_listed_overdue_and_in
     // Acknowledged by email; the operator is told it is overdue, once.
     mail_to(&app, "late.letter@example.net", "please confirm").await;
     mail_to(&app, OPERATOR, "Overdue privacy request").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sweep_once_more(&app).await;
     assert_eq!(
         mails_to(&app, OPERATOR, "privacy request"),
         1,
@@ -363,7 +387,7 @@ async fn reminders_come_at_seven_three_and_one_day_before_due_once_each() {
         .await
         .unwrap();
     mail_to(&app, OPERATOR, "due within 1 day(s)").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sweep_once_more(&app).await;
     assert_eq!(
         mails_to(&app, OPERATOR, "privacy request"),
         2,
@@ -497,7 +521,7 @@ async fn every_address_gets_the_same_answer_and_bad_requests_get_422() {
     )
     .await;
     mail_to(&app, "unknown@example.net", "please confirm").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    sweep_once_more(&app).await; // and with it, every mail job queued so far
     assert_eq!(mails_to(&app, "unknown@example.net", "please confirm"), 1);
 }
 
