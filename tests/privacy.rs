@@ -684,3 +684,192 @@ async fn a_verification_link_posted_many_times_at_once_verifies_once() {
     );
     assert_eq!(app.count("privacy_export").await, 1);
 }
+
+/// Every column that can hold a person's id: foreign keys to `person`, and uuid columns named
+/// for a person without one (the job queue's `person_id`). Found in the schema, not listed.
+async fn person_columns(app: &TestApp) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT kcu.table_name::text, kcu.column_name::text
+         FROM information_schema.table_constraints tc
+         JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name)
+         JOIN information_schema.constraint_column_usage ccu USING (constraint_schema, constraint_name)
+         WHERE tc.constraint_type = 'FOREIGN KEY' AND ccu.table_name = 'person'
+         UNION
+         SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND data_type = 'uuid' AND table_name <> 'person'
+           AND (column_name LIKE '%person%' OR column_name IN ('referred_by'))
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap()
+}
+
+/// Every bytea value in every table, with where it is.
+async fn all_bytea(app: &TestApp) -> Vec<(String, Vec<u8>)> {
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND data_type = 'bytea'",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    let mut values = Vec::new();
+    for (table, column) in columns {
+        let rows: Vec<Option<Vec<u8>>> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {column} FROM {table}")))
+                .fetch_all(&app.platform.pool)
+                .await
+                .unwrap();
+        values.extend(
+            rows.into_iter()
+                .flatten()
+                .map(|v| (format!("{table}.{column}"), v)),
+        );
+    }
+    values
+}
+
+#[tokio::test]
+async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_under_their_key() {
+    use pexper_platform::crypto::sealed_key_id;
+    let app = app().await;
+    let email = "everywhere@example.net";
+    // Waitlist (entry, tokens, emails), a purchase (customer), a referral, a broadcast, a
+    // job for later, and an access request with its export.
+    customer(&app, email).await;
+    let person: uuid::Uuid = sqlx::query_scalar("SELECT person_id FROM purchase")
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap();
+    let code: String =
+        sqlx::query_scalar("SELECT referral_code FROM waitlist_entry WHERE person_id = $1")
+            .bind(person)
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap();
+    let friend = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({"email": "friend@example.net", "ref": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(friend.status(), 202);
+    let body = app.data_dir.path().join("update.txt");
+    std::fs::write(&body, "News.").unwrap();
+    cli(
+        &app,
+        &[
+            "mail",
+            "broadcast",
+            "--template",
+            "product-update",
+            "--subject",
+            "News",
+            "--body-file",
+            body.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    mail_to(&app, email, "News").await;
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    pexper_platform::jobs::enqueue(
+        &mut tx,
+        pexper_platform::jobs::NewJob::new("waitlist.welcome", json!({}))
+            .for_person(pexper_platform::person::PersonId(person))
+            .run_at(time::OffsetDateTime::now_utc() + time::Duration::days(1)),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    request_and_verify(&app, email, "access").await;
+    mail_to(&app, email, "export is ready").await;
+    // The friend's entry names the customer only once the friend confirms.
+    let confirm = mail_to(&app, "friend@example.net", "Confirm").await;
+    let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));
+    assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+
+    let key_id = {
+        let sealed: Vec<u8> = sqlx::query_scalar("SELECT email_sealed FROM person WHERE id = $1")
+            .bind(person)
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap();
+        sealed_key_id(&sealed).unwrap()
+    };
+    let columns = person_columns(&app).await;
+    assert!(columns.len() >= 8, "{columns:?}");
+    let pointing = |app: &TestApp, columns: Vec<(String, String)>| {
+        let pool = app.platform.pool.clone();
+        async move {
+            let mut found = Vec::new();
+            for (table, column) in columns {
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {table} WHERE {column} = $1"
+                )))
+                .bind(person)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if n > 0 {
+                    found.push(format!("{table}.{column}"));
+                }
+            }
+            found
+        }
+    };
+    let before = pointing(&app, columns.clone()).await;
+    let all: Vec<String> = columns.iter().map(|(t, c)| format!("{t}.{c}")).collect();
+    assert_eq!(
+        before, all,
+        "the customer has a row in every column that can name a person"
+    );
+
+    let res = request(&app, json!({"email": email, "kind": "deletion"})).await;
+    assert_eq!(res.status(), 202);
+    let verify = eventually(WAIT, "the second verification email", || async {
+        let mails: Vec<_> = app
+            .smtp
+            .received()
+            .into_iter()
+            .filter(|m| is(m, email, "please confirm"))
+            .collect();
+        (mails.len() == 2).then(|| mails[1].clone())
+    })
+    .await;
+    let url = verify.link(&app.url("/v1/privacy/verify?token="));
+    assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+    mail_to(&app, email, "has been deleted").await;
+    eventually(WAIT, "the person to be destroyed", || async {
+        (app.scalar(&format!(
+            "SELECT count(*) FROM person WHERE id = '{person}'"
+        ))
+        .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        pointing(&app, columns).await,
+        Vec::<String>::new(),
+        "nothing points at the erased person"
+    );
+    let left: Vec<String> = all_bytea(&app)
+        .await
+        .into_iter()
+        .filter(|(_, v)| sealed_key_id(v) == Some(key_id))
+        .map(|(place, _)| place)
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "no ciphertext under their (destroyed) key"
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM waitlist_entry").await,
+        1,
+        "the friend stays, unlinked"
+    );
+}
