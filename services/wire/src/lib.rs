@@ -40,5 +40,7 @@ pub struct Health {
     pub status: String,
 }
 
+#[cfg(feature = "analytics")]
+pub mod analytics;
 #[cfg(feature = "license")]
 pub mod license;

@@ -32,23 +32,10 @@ pub struct Stub {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
+/// What the stub serves at `/v1/analytics/schema`: the server's own document, from the same
+/// code, so the client is tested against the allow-list it will really meet.
 pub fn schema() -> Value {
-    json!({
-        "version": 1,
-        "events": [
-            {"name": "app.started", "props": [{"name": "first_run", "type": "boolean", "required": false}]},
-            {"name": "app.exited", "props": [{"name": "duration_s", "type": "integer", "min": 0, "max": 604800, "required": true}]},
-            {"name": "feature.used", "props": [{"name": "feature", "type": "enum", "values": ["workflow_editor", "providers", "license", "privacy_settings", "data_export", "offline_mode"], "required": true}]},
-            {"name": "model.used", "props": [
-                {"name": "kind", "type": "enum", "values": ["local", "cloud"], "required": true},
-                {"name": "provider", "type": "enum", "values": ["openai", "anthropic", "google", "ollama", "lmstudio"], "required": false}]},
-            {"name": "telemetry.level_changed", "props": [{"name": "level", "type": "enum", "values": ["crash", "all"], "required": true}]},
-            {"name": "workflow.run", "props": [
-                {"name": "nodes", "type": "enum", "values": ["1", "2-5"], "required": true},
-                {"name": "outcome", "type": "enum", "values": ["ok", "error"], "required": true},
-                {"name": "target", "type": "enum", "values": ["local", "cloud"], "required": false}]},
-        ]
-    })
+    pexper_wire::analytics::document(90)
 }
 
 impl Stub {
