@@ -212,4 +212,3 @@ pub fn document(retention_days: u32) -> Value {
         "crash_reports": "Sentry envelopes at /api/{project_id}/envelope/, rebuilt from an allow-list: exception types, scrubbed messages and stack frames (home directories replaced by ~), release, OS name and version, architecture. No hostname, user, request, breadcrumbs, extra data, tags or local variables.",
     })
 }
-
