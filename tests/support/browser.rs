@@ -42,17 +42,30 @@ impl Browser {
             eprintln!("skipped: install chromium and chromium-driver to run the browser tests");
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        // Port 0: chromedriver binds a free port itself and says which, so no other test can
+        // take the port between our choosing it and its binding it.
+        let mut child = Command::new(driver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
+        let stdout = child.stdout.take().expect("piped");
+        let port = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
+                line.split("started successfully on port ")
+                    .nth(1)
+                    .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+            });
+            // Keep reading what it prints later, so a full pipe never blocks it.
+            std::thread::spawn(move || lines.for_each(drop));
+            port
+        })
+        .await
+        .unwrap()
+        .expect("chromedriver says which port it listens on");
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         crate::eventually(Duration::from_secs(20), "chromedriver", || {

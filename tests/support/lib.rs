@@ -570,23 +570,51 @@ impl ServerProcess {
         let dir = tempdir::TempDir::new();
         let mut vars = test_vars(&db, &smtp, dir.path());
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let base = format!("http://127.0.0.1:{port}");
-        vars.insert("PEXPER_BIND".into(), format!("127.0.0.1:{port}"));
-        vars.insert("PEXPER_PUBLIC_URL".into(), base.clone());
-        let child = tokio::process::Command::new(binary("pexper-server"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(&vars)
-            .env("RUST_LOG", log_level)
-            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        // A free port is only free until someone takes it: a parallel test may bind the one
+        // we picked before our server does. So the server must say it listens on that port
+        // (its own log line, whatever the level asked) before we believe an answer there,
+        // and if it could not bind, we pick another.
+        let log = dir.path().join("server.log");
+        let mut attempts = 0;
+        let (base, child) = loop {
+            attempts += 1;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let base = format!("http://127.0.0.1:{port}");
+            vars.insert("PEXPER_BIND".into(), format!("127.0.0.1:{port}"));
+            vars.insert("PEXPER_PUBLIC_URL".into(), base.clone());
+            let mut child = tokio::process::Command::new(binary("pexper-server"))
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .envs(&vars)
+                .env("RUST_LOG", format!("{log_level},pexper_server::cli=info"))
+                .stderr(std::fs::File::create(&log).unwrap())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let listening = format!("listening address=127.0.0.1:{port}");
+            let bound = eventually(
+                Duration::from_secs(30),
+                "the server to listen or exit",
+                || {
+                    let exited = child.try_wait().unwrap().is_some();
+                    let said = std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&listening));
+                    async move { (exited || said).then_some(said) }
+                },
+            )
+            .await;
+            if bound {
+                break (base, child);
+            }
+            assert!(
+                attempts < 5,
+                "the server could not bind: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
         let client = reqwest::Client::new();
         let ready = format!("{base}/readyz");
         eventually(Duration::from_secs(30), "the server to be ready", || {
