@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 fn main() {
     let [batches, concurrency] = bench_args([2000, 16]);
-    block_on(run(batches as usize, concurrency as usize));
+    bench_exit(block_on(run(batches as usize, concurrency as usize)));
 }
 
 const FEATURES: [&str; 4] = ["workflow_editor", "providers", "local_models", "license"];
@@ -44,7 +44,7 @@ fn memory(pid: u32) -> (u64, u64) {
     (kib("VmRSS:"), kib("VmHWM:"))
 }
 
-async fn run(batches: usize, concurrency: usize) {
+async fn run(batches: usize, concurrency: usize) -> bool {
     // Each client its own address behind a trusted proxy: this measures ingestion, not the
     // per-client limit (benches/flood.rs measures what the limits protect).
     let server = ServerProcess::start_with("warn", &[("PEXPER_TRUSTED_PROXY", "127.0.0.1")]).await;
@@ -145,9 +145,11 @@ async fn run(batches: usize, concurrency: usize) {
         "COPY: {events} rows in {:.2}s = {copy_rate:.0} rows/s",
         copy_time.as_secs_f64()
     );
-    println!(
-        "HTTP ingestion = {:.0}% of the COPY rate (goal ≥ 25%)",
-        100.0 * http_rate / copy_rate
-    );
+    let share = 100.0 * http_rate / copy_rate;
     server.stop().await;
+    goal(
+        "HTTP ingestion at ≥ 25% of the COPY rate",
+        format!("{share:.0}%"),
+        share >= 25.0,
+    )
 }

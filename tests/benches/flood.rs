@@ -47,7 +47,7 @@ fn main() {
     }
     let [seconds, flooders, rate] = bench_args([30, 64, 20]);
     let ok = block_on(run(seconds, flooders as usize, rate));
-    std::process::exit(if ok { 0 } else { 1 });
+    bench_exit(ok);
 }
 
 /// Latencies and statuses of one kind of request.

@@ -18,7 +18,7 @@ use pexper_tests::*;
 
 fn main() {
     let [rate, seconds, concurrency] = bench_args([200, 15, 32]);
-    block_on(run(rate, seconds, concurrency as usize));
+    bench_exit(block_on(run(rate, seconds, concurrency as usize)));
 }
 
 /// A signed request body and header for a new paid purchase.
@@ -41,7 +41,8 @@ async fn send(client: &reqwest::Client, url: &str, (payload, signature): (String
     assert_eq!(res.status(), 200);
 }
 
-fn report(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
+/// Prints the figures; returns the p99.
+fn report(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Duration {
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(
@@ -53,9 +54,10 @@ fn report(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
         pct(0.99).as_secs_f64() * 1e3,
         latencies.last().unwrap().as_secs_f64() * 1e3,
     );
+    pct(0.99)
 }
 
-async fn run(rate: u64, seconds: u64, concurrency: usize) {
+async fn run(rate: u64, seconds: u64, concurrency: usize) -> bool {
     let app = spawn_app().await;
     let url: Arc<str> = app.url("/v1/webhooks/stripe").into();
     let client = reqwest::Client::builder()
@@ -83,10 +85,15 @@ async fn run(rate: u64, seconds: u64, concurrency: usize) {
         });
     }
     let latencies = tasks.join_all().await;
-    report(
+    let p99 = report(
         &format!("open loop at {rate}/s"),
         latencies,
         started.elapsed(),
+    );
+    let met = goal(
+        &format!("open-loop p99 under 50 ms at {rate}/s"),
+        format!("p99 {:.1} ms", p99.as_secs_f64() * 1e3),
+        p99 < Duration::from_millis(50),
     );
 
     // 2. Closed loop.
@@ -121,4 +128,5 @@ async fn run(rate: u64, seconds: u64, concurrency: usize) {
         .await
         .unwrap();
     println!("licences issued: {purchases}");
+    met
 }
