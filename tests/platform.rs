@@ -1412,3 +1412,73 @@ async fn a_person_is_created_once_however_many_ask_at_the_same_moment() {
     assert_eq!(ids.len(), 1, "one person");
     assert_eq!(app.count("person").await, 1);
 }
+
+#[tokio::test]
+async fn while_the_database_is_down_requests_answer_503_at_once_and_the_server_recovers_by_itself()
+{
+    use pexper_platform::db::managed::{Durability, ManagedPostgres};
+    init();
+    // A cluster of this test's own: the shared one serves every other test.
+    let dir = tempdir::TempDir::new();
+    let root = dir.path().join("postgres");
+    let start = {
+        let root = root.clone();
+        move || ManagedPostgres::start_or_reuse(&root, None, Durability::Throwaway).unwrap()
+    };
+    let cluster = tokio::task::spawn_blocking(start.clone()).await.unwrap();
+    pexper_platform::db::ensure_database(&cluster, "pexper")
+        .await
+        .unwrap();
+    let url = secrecy::ExposeSecret::expose_secret(&cluster.url("pexper")).to_owned();
+    let app = spawn_app_with(AppOptions {
+        vars: vec![("DATABASE_URL", url)],
+        ..AppOptions::default()
+    })
+    .await;
+    let signup = |email: &'static str| {
+        app.client
+            .post(app.url("/v1/waitlist"))
+            .json(&json!({ "email": email }))
+            .send()
+    };
+    assert_eq!(signup("before@example.com").await.unwrap().status(), 202);
+
+    let stop_root = root.clone();
+    tokio::task::spawn_blocking(move || ManagedPostgres::stop(&stop_root, None).unwrap())
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    let res = signup("during@example.com").await.unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "unavailable"
+    );
+    assert!(
+        waited < Duration::from_millis(1500),
+        "answered in {waited:?}"
+    );
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    // Back, on the port it had: the server reconnects by itself.
+    let again = tokio::task::spawn_blocking(start).await.unwrap();
+    assert_eq!(again.port(), cluster.port(), "the cluster keeps its port");
+    eventually(Duration::from_secs(15), "signups to work again", || async {
+        let res = signup("after@example.com").await.ok()?;
+        (res.status() == 202).then_some(())
+    })
+    .await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        app.count("person").await,
+        2,
+        "before and after; the refused one is not kept"
+    );
+    tokio::task::spawn_blocking(move || ManagedPostgres::stop(&root, None).unwrap())
+        .await
+        .unwrap();
+}

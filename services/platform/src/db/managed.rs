@@ -326,13 +326,22 @@ impl Cluster {
         pid.lines().nth(3)?.trim().parse().ok()
     }
 
+    /// Starts the postmaster: on the port it had last time when that is free (so servers
+    /// already running against it reconnect by themselves after a restart), else on another.
     fn start(&self) -> anyhow::Result<u16> {
         let data = self.data_dir();
         let log = data.join("server.log");
+        let remembered = self.root.join("port");
+        let last_port: Option<u16> = fs::read_to_string(&remembered)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
         let mut last_error = None;
         // A free port can be taken between our probe and the postmaster's bind: try again.
-        for _ in 0..3 {
-            let port = free_port()?;
+        for attempt in 0..3 {
+            let port = match last_port {
+                Some(port) if attempt == 0 && port_is_free(port) => port,
+                _ => free_port()?,
+            };
             let out = self.run(
                 &self.bin.pg_ctl,
                 &[
@@ -349,7 +358,11 @@ impl Cluster {
                 ],
             )?;
             match check(&out, "pg_ctl start") {
-                Ok(()) => return Ok(port),
+                Ok(()) => {
+                    fs::write(&remembered, port.to_string())
+                        .context("failed to remember the managed cluster's port")?;
+                    return Ok(port);
+                }
                 Err(e) => last_error = Some(e),
             }
         }
@@ -363,6 +376,10 @@ impl Cluster {
             )
         })
     }
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 fn free_port() -> anyhow::Result<u16> {

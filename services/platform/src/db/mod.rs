@@ -18,8 +18,9 @@ pub const MANAGED_DATABASE: &str = "pexper";
 
 /// Ten connections serve a 2-core box: Postgres itself is CPU-bound well before that.
 const POOL_SIZE: u32 = 10;
-/// A dead database must fail requests fast (and `/readyz` answer 503), not hang for 30 s.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A dead database must fail requests fast (503 with `Retry-After`, and `/readyz` 503), not
+/// hang for 30 s: a healthy pool hands out a connection in milliseconds.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Connection options from the configuration: `DATABASE_URL` as given (its `sslmode` and
 /// `sslrootcert` are honoured), or the managed cluster, started if needed.

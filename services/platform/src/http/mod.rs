@@ -111,6 +111,39 @@ async fn readyz(State(platform): State<Platform>) -> impl IntoResponse {
     }
 }
 
+/// Every operation but `/healthz` reaches the database, and answers 503 with `Retry-After`
+/// while it cannot be reached (`error::database_unavailable`): documented once, here, for all.
+fn document_unavailable(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    let unavailable = ResponseBuilder::new()
+        .description("The database cannot be reached right now: retry after `Retry-After` seconds")
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .build();
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if path == "/healthz" {
+            continue;
+        }
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            operation
+                .responses
+                .responses
+                .entry("503".to_owned())
+                .or_insert_with(|| RefOr::T(unavailable.clone()));
+        }
+    }
+}
+
 /// The assembled application, and the rate limiter's state (which needs periodic pruning).
 pub struct App {
     pub router: Router,
@@ -161,13 +194,14 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
     let api = api.layer(GovernorLayer::new(governor));
     let ingest = ingest.layer(GovernorLayer::new(ingest_governor));
 
-    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .merge(api)
         .merge(ingest)
         .merge(machines)
         .split_for_parts();
+    document_unavailable(&mut openapi);
 
     let spec = Arc::new(openapi.clone());
     let origins: Vec<HeaderValue> = platform
