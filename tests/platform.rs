@@ -1482,3 +1482,82 @@ async fn while_the_database_is_down_requests_answer_503_at_once_and_the_server_r
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn mail_waits_out_a_ten_minute_relay_outage_and_goes_out_once() {
+    let app = spawn_app().await;
+    // The relay answers 451 to every recipient: down, as far as we can tell.
+    app.smtp.reject_transiently(Some("@"));
+    let res = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({"email": "patient@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    // Live through the outage at speed: after each failed attempt, add up the backoff the job
+    // asked for, then make it due at once, until ten minutes' worth of waiting has passed.
+    let (mut waited, mut seen) = (0.0, 0);
+    while waited < 600.0 {
+        let (attempts, status, backoff_s): (i32, String, f64) = eventually(
+            Duration::from_secs(10),
+            "the next failed attempt",
+            || async {
+                let row: (i32, String, f64) = sqlx::query_as(
+                    "SELECT attempts, status, extract(epoch FROM run_at - updated_at)::float8
+                     FROM job WHERE kind = 'waitlist.signup_mail'",
+                )
+                .fetch_one(&app.platform.pool)
+                .await
+                .unwrap();
+                (row.0 > seen && row.1 != "running").then_some(row)
+            },
+        )
+        .await;
+        assert_eq!(
+            status, "queued",
+            "after attempt {attempts} and {waited:.0} s: waiting, not dead"
+        );
+        waited += backoff_s;
+        seen = attempts;
+        sqlx::query("UPDATE job SET run_at = now() WHERE kind = 'waitlist.signup_mail'")
+            .execute(&app.platform.pool)
+            .await
+            .unwrap();
+    }
+    // What waits, and why, is visible to the operator.
+    let out = admin(&app.cli_vars(), &["jobs", "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let waiting = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "waitlist.signup_mail")
+        .unwrap();
+    assert!(
+        waiting["last_error"].as_str().unwrap().contains("451"),
+        "{waiting}"
+    );
+    assert!(
+        !waiting["last_error"].as_str().unwrap().contains("patient"),
+        "{waiting}"
+    );
+
+    // The relay is back: the email goes out, once.
+    app.smtp.reject_transiently(None);
+    sqlx::query("UPDATE job SET run_at = now() WHERE kind = 'waitlist.signup_mail'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    app.smtp.wait_for(1, Duration::from_secs(10)).await;
+    app.queue_drained().await;
+    let to_them = app
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.to == vec!["<patient@example.com>"])
+        .count();
+    assert_eq!(to_them, 1);
+}

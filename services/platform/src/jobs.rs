@@ -33,7 +33,10 @@ use crate::telemetry::redact;
 
 /// The channel `enqueue` notifies on.
 const CHANNEL: &str = "pexper_jobs";
-const DEFAULT_MAX_ATTEMPTS: i32 = 10;
+/// Attempts before a failing job is left `dead`. With the backoff below, the fifteen waits
+/// between sixteen attempts add up to 2.5 to 5 hours: mail waits out a relay outage of hours
+/// (ten attempts gave up after 8.5 to 17 minutes), and a job that cannot work still stops.
+const DEFAULT_MAX_ATTEMPTS: i32 = 16;
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 const BACKOFF_CAP: Duration = Duration::from_secs(3600);
 
