@@ -609,20 +609,69 @@ async fn a_job_survives_a_killed_worker() {
     assert_eq!(runs.0.lock().unwrap().len(), 1);
 }
 
-/// A handler that counts its starts, then waits for `release` and answers `outcome`.
-fn gated_handler(
+/// A one-task worker for `kind` whose handler counts its starts in `started`, then waits for
+/// `release` and answers `outcome`.
+struct GatedWorker {
     started: Arc<AtomicUsize>,
     release: Arc<tokio::sync::Notify>,
-    outcome: fn() -> Result<(), JobError>,
-) -> Handler<()> {
-    jobs::handler(move |_: (), _job: Job| {
-        let (started, release) = (started.clone(), release.clone());
-        async move {
-            started.fetch_add(1, Ordering::SeqCst);
-            release.notified().await;
-            outcome()
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GatedWorker {
+    fn start(
+        pool: sqlx::PgPool,
+        kind: &'static str,
+        lease: Duration,
+        started: Arc<AtomicUsize>,
+        outcome: fn() -> Result<(), JobError>,
+    ) -> Self {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let handler = {
+            let (started, release) = (started.clone(), release.clone());
+            jobs::handler(move |_: (), _job: Job| {
+                let (started, release) = (started.clone(), release.clone());
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    outcome()
+                }
+            })
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let worker = Worker::new(pool, ())
+            .concurrency(1)
+            .lease(lease)
+            .poll_interval(Duration::from_millis(20))
+            .handle(kind, handler);
+        Self {
+            started,
+            release,
+            stop,
+            task: tokio::spawn(worker.run(shutdown)),
         }
-    })
+    }
+
+    /// Waits until the handler has started `n` times in all.
+    async fn started(&self, n: usize, what: &str) {
+        eventually(Duration::from_secs(10), what, || async {
+            (self.started.load(Ordering::SeqCst) == n).then_some(())
+        })
+        .await;
+    }
+
+    /// Lets the job in hand answer, and the worker stop.
+    async fn release_and_stop(self) {
+        self.stop.send(true).unwrap();
+        self.release.notify_one();
+        self.task.await.unwrap();
+    }
+
+    /// Kills the worker mid-job: the task is aborted, nothing after it runs.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
 }
 
 async fn job_state(pool: &sqlx::PgPool) -> Option<(String, i32, Option<String>)> {
@@ -661,61 +710,38 @@ async fn after_a_takeover_the_first_worker_can_neither_finish_nor_fail_the_job()
     }] {
         enqueue_n(&pool, "test.fenced", 1).await;
         // Worker A holds a long lease (no heartbeat during the test) and waits to be released.
-        let (a_started, a_release) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(tokio::sync::Notify::new()),
-        );
-        let (stop_a, shutdown_a) = watch::channel(false);
         // One task each, so that the takeover can only be B's.
-        let a = Worker::new(db.pool().await, ())
-            .concurrency(1)
-            .lease(Duration::from_secs(60))
-            .poll_interval(Duration::from_millis(20))
-            .handle(
-                "test.fenced",
-                gated_handler(a_started.clone(), a_release.clone(), outcome),
-            );
-        let a = tokio::spawn(a.run(shutdown_a));
-        eventually(Duration::from_secs(10), "A to start", || async {
-            (a_started.load(Ordering::SeqCst) == 1).then_some(())
-        })
-        .await;
+        let lease = Duration::from_secs(60);
+        let a = GatedWorker::start(
+            db.pool().await,
+            "test.fenced",
+            lease,
+            Arc::default(),
+            outcome,
+        );
+        a.started(1, "A to start").await;
         // A's lease lapses (as if its heartbeats stopped reaching the database); B takes over.
         sqlx::query("UPDATE job SET locked_until = now() - interval '1 second'")
             .execute(&pool)
             .await
             .unwrap();
-        let (b_started, b_release) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(tokio::sync::Notify::new()),
+        let b = GatedWorker::start(
+            db.pool().await,
+            "test.fenced",
+            lease,
+            Arc::default(),
+            || Ok(()),
         );
-        let (stop_b, shutdown_b) = watch::channel(false);
-        let b = Worker::new(db.pool().await, ())
-            .concurrency(1)
-            .lease(Duration::from_secs(60))
-            .poll_interval(Duration::from_millis(20))
-            .handle(
-                "test.fenced",
-                gated_handler(b_started.clone(), b_release.clone(), || Ok(())),
-            );
-        let b = tokio::spawn(b.run(shutdown_b));
-        eventually(Duration::from_secs(10), "B to take over", || async {
-            (b_started.load(Ordering::SeqCst) == 1).then_some(())
-        })
-        .await;
+        b.started(1, "B to take over").await;
 
         // A now finishes (or fails): fenced by its attempt number, it changes nothing.
-        stop_a.send(true).unwrap();
-        a_release.notify_one();
-        a.await.unwrap();
+        a.release_and_stop().await;
         assert_eq!(
             job_state(&pool).await,
             Some(("running".to_owned(), 2, None)),
             "B's claim stands"
         );
-        stop_b.send(true).unwrap();
-        b_release.notify_one();
-        b.await.unwrap();
+        b.release_and_stop().await;
         assert_eq!(job_state(&pool).await, None, "B finished it");
     }
 }
@@ -734,42 +760,27 @@ async fn a_job_that_kills_its_worker_every_time_ends_dead_after_its_attempts() {
     .unwrap();
     tx.commit().await.unwrap();
     let started = Arc::new(AtomicUsize::new(0));
-    // Each attempt takes its worker down mid-job (the task is aborted: nothing after runs).
+    let lease = Duration::from_millis(200);
+    // Each attempt takes its worker down mid-job.
     for attempt in 1..=2 {
-        let (_stop, shutdown) = watch::channel(false);
-        let w = Worker::new(pool.clone(), ())
-            .lease(Duration::from_millis(200))
-            .poll_interval(Duration::from_millis(20))
-            .handle(
-                "test.fatal",
-                gated_handler(
-                    started.clone(),
-                    Arc::new(tokio::sync::Notify::new()),
-                    || Ok(()),
-                ),
-            );
-        let w = tokio::spawn(w.run(shutdown));
-        eventually(Duration::from_secs(10), "the attempt to start", || async {
-            (started.load(Ordering::SeqCst) == attempt).then_some(())
-        })
-        .await;
-        w.abort();
-        let _ = w.await;
+        let w = GatedWorker::start(
+            pool.clone(),
+            "test.fatal",
+            lease,
+            started.clone(),
+            || Ok(()),
+        );
+        w.started(attempt, "the attempt to start").await;
+        w.kill().await;
     }
     // A third worker finds the lapsed lease of a job with no attempts left: dead, not run.
-    let (stop, shutdown) = watch::channel(false);
-    let w = Worker::new(pool.clone(), ())
-        .lease(Duration::from_millis(200))
-        .poll_interval(Duration::from_millis(20))
-        .handle(
-            "test.fatal",
-            gated_handler(
-                started.clone(),
-                Arc::new(tokio::sync::Notify::new()),
-                || Ok(()),
-            ),
-        );
-    let w = tokio::spawn(w.run(shutdown));
+    let w = GatedWorker::start(
+        pool.clone(),
+        "test.fatal",
+        lease,
+        started.clone(),
+        || Ok(()),
+    );
     let (status, attempts, error) =
         eventually(Duration::from_secs(10), "the job to go dead", || async {
             job_state(pool)
@@ -777,8 +788,7 @@ async fn a_job_that_kills_its_worker_every_time_ends_dead_after_its_attempts() {
                 .filter(|(status, _, _)| status == "dead")
         })
         .await;
-    stop.send(true).unwrap();
-    w.await.unwrap();
+    w.release_and_stop().await;
     assert_eq!((status.as_str(), attempts), ("dead", 2));
     assert!(error.unwrap().contains("stopped during every attempt"));
     assert_eq!(started.load(Ordering::SeqCst), 2, "no third run");
@@ -1160,27 +1170,39 @@ async fn production_refuses_to_start_without_a_master_key() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// Everything a production deployment sets (values for tests only).
+const PRODUCTION: &[(&str, &str)] = &[
+    ("PEXPER_ENV", "production"),
+    (
+        "PEXPER_MASTER_KEY",
+        "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGU=",
+    ),
+    (
+        "PEXPER_LICENSE_KEY",
+        "bGljZW5zZS1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ=",
+    ),
+    ("STRIPE_WEBHOOK_SECRET", "whsec_real"),
+    ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
+    ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
+    ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a"),
+    (
+        "DATABASE_URL",
+        "postgres://u:p@db.invalid/pexper?sslmode=verify-full",
+    ),
+];
+
+/// Runs `pexper-server` with exactly these variables (and PATH), later ones winning.
+fn server_with<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> std::process::Output {
+    std::process::Command::new(binary("pexper-server"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn production_refuses_to_start_on_each_unsafe_setting_with_one_line_and_exit_code_2() {
-    let safe = [
-        ("PEXPER_ENV", "production"),
-        (
-            "PEXPER_MASTER_KEY",
-            "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGU=",
-        ),
-        (
-            "PEXPER_LICENSE_KEY",
-            "bGljZW5zZS1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ=",
-        ),
-        ("STRIPE_WEBHOOK_SECRET", "whsec_real"),
-        ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
-        ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
-        ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a"),
-        (
-            "DATABASE_URL",
-            "postgres://u:p@db.invalid/pexper?sslmode=verify-full",
-        ),
-    ];
     for (name, unsafe_value, hint) in [
         (
             "PEXPER_SMTP_URL",
@@ -1201,13 +1223,7 @@ async fn production_refuses_to_start_on_each_unsafe_setting_with_one_line_and_ex
         ),
         ("STRIPE_WEBHOOK_SECRET", "", "STRIPE_WEBHOOK_SECRET"),
     ] {
-        let out = std::process::Command::new(binary("pexper-server"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(safe)
-            .env(name, unsafe_value)
-            .output()
-            .unwrap();
+        let out = server_with(PRODUCTION.iter().copied().chain([(name, unsafe_value)]));
         assert_eq!(out.status.code(), Some(2), "{name}={unsafe_value}");
         let err = stderr(&out);
         assert!(err.contains(hint), "{name}={unsafe_value}: {err}");
@@ -1238,29 +1254,14 @@ async fn the_container_runs_as_production_and_refuses_to_start_without_its_secre
     );
     // Everything a deployment sets, but the Stripe secret: the public development secret
     // must not verify webhooks in a container.
-    let out = std::process::Command::new(binary("pexper-server"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .envs([
-            (
-                "PEXPER_MASTER_KEY",
-                "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGU=",
-            ),
-            (
-                "PEXPER_LICENSE_KEY",
-                "bGljZW5zZS1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ=",
-            ),
-            ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
-            ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
-            ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a"),
-            (
-                "DATABASE_URL",
-                "postgres://u:p@db.invalid/pexper?sslmode=verify-full",
-            ),
-        ])
-        .output()
-        .unwrap();
+    let out = server_with(
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(
+            PRODUCTION
+                .iter()
+                .copied()
+                .filter(|(k, _)| !matches!(*k, "PEXPER_ENV" | "STRIPE_WEBHOOK_SECRET")),
+        ),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("STRIPE_WEBHOOK_SECRET"),
