@@ -410,6 +410,14 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// A random URL-safe token with 256 bits of entropy.
+/// Whether `s` could be a token from `random_token` (43 base64url characters), so that anything
+/// else is refused before a lookup, and a token echoed into a link needs no escaping.
+pub fn is_token_shaped(s: &str) -> bool {
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes);

@@ -13,20 +13,18 @@ use serde::Deserialize;
 use crate::store::{self, Confirmation};
 use crate::{emails, pages};
 
-/// Longest token we look up: ours are 43 characters; anything much longer is not one of them.
-const MAX_TOKEN: usize = 128;
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ConfirmQuery {
     /// The token from the confirmation email. A missing, unknown, used or expired one gets
     /// the same friendly page.
-    #[param(required = true, min_length = 1, max_length = 128)]
+    #[param(required = true, pattern = "^[A-Za-z0-9_-]{43}$")]
     token: Option<String>,
 }
 
 impl ConfirmQuery {
     fn token(self) -> Option<String> {
-        self.token.filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
+        self.token
+            .filter(|t| pexper_platform::crypto::is_token_shaped(t))
     }
 }
 
