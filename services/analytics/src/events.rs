@@ -219,3 +219,23 @@ fn check(event: &Value, now: OffsetDateTime, drops: &mut Vec<Drop>) -> Result<Ac
 pub async fn schema(State(platform): State<Platform>) -> axum::Json<Value> {
     axum::Json(schema::document(platform.config.analytics_retention_days))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Os` and `Arch` exist only to document `schema::OS` and `schema::ARCH`: they must list
+    /// exactly what the handler accepts.
+    #[test]
+    fn the_documented_os_and_arch_are_the_accepted_ones() {
+        let values = |schema| serde_json::to_value(schema).expect("serialises")["enum"].clone();
+        assert_eq!(
+            values(<Os as utoipa::PartialSchema>::schema()),
+            serde_json::json!(schema::OS)
+        );
+        assert_eq!(
+            values(<Arch as utoipa::PartialSchema>::schema()),
+            serde_json::json!(schema::ARCH)
+        );
+    }
+}
