@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use pexper_platform::email::EmailAddress;
+use pexper_platform::address::EmailAddress;
 use pexper_platform::http::HttpOptions;
 use pexper_platform::person;
 use pexper_tests::stripe::{self, Checkout};

@@ -1,4 +1,4 @@
-"""Schemathesis hooks for the contract run (tests/contract.rs).
+"""Schemathesis hooks for the contract run (tests/api/contract.rs).
 
 Each generated request comes from its own client address: the server trusts the loopback proxy
 in that run and keys its per-client rate limit by `X-Forwarded-For`, so the limiter does not

@@ -184,9 +184,48 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Chromium's profile directory: every Chromium process of this browser names it.
+    pub fn profile(&self) -> PathBuf {
+        self._profile.path().to_owned()
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Ending the session makes chromedriver quit Chromium and wait for it. Killing
+        // chromedriver alone would leave Chromium running, orphaned, after the tests.
+        let _ = end_session(&self.base, &self.session);
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// `DELETE /session/{id}`, blocking: `drop` cannot await.
+fn end_session(base: &str, session: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        stream,
+        "DELETE /session/{session} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    stream.read_to_end(&mut Vec::new())?;
+    Ok(())
+}
+
+/// The processes whose command line mentions `path` (Linux: from `/proc`).
+pub fn processes_naming(path: &Path) -> Vec<u32> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
 }

@@ -18,7 +18,7 @@ pub mod schema;
 
 use std::sync::Arc;
 
-use pexper_platform::jobs::{Handler, Job, JobError, handler};
+use pexper_platform::jobs::{JobRegistry, NewJob};
 use pexper_platform::personal_data::PersonalData;
 use pexper_platform::{Config, Platform, Service};
 use utoipa_axum::router::OpenApiRouter;
@@ -50,22 +50,15 @@ impl Service for Analytics {
             )
     }
 
-    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
-        vec![(rollup::ROLLUP_JOB, handler(roll_up))]
+    fn jobs(&self) -> JobRegistry<Platform> {
+        JobRegistry::new().register::<rollup::RollUp>()
     }
 
-    fn recurring(&self) -> Vec<&'static str> {
-        vec![rollup::ROLLUP_JOB]
+    fn recurring(&self) -> Vec<NewJob> {
+        vec![NewJob::new(&rollup::RollUp {})]
     }
 
     fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {
         Some(Arc::new(personal::AnalyticsData))
     }
-}
-
-async fn roll_up(platform: Platform, _job: Job) -> Result<(), JobError> {
-    let days = rollup::refresh(&platform.pool).await?;
-    let deleted = rollup::retain(&platform.pool, platform.config.analytics_retention_days).await?;
-    tracing::info!(days, deleted, "analytics rolled up");
-    Ok(())
 }

@@ -1,8 +1,10 @@
 //! `pexper-admin analytics report`: what the rollups say over the last N days. Any figure that
 //! stands for some but fewer than `K` sessions is shown as "<K", so no tiny cohort stands out.
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::rollup;
@@ -10,17 +12,83 @@ use crate::rollup;
 /// The smallest cohort a report shows a number for.
 pub const K: i64 = 5;
 
-fn masked(value: f64, sessions: i64) -> Value {
-    if sessions > 0 && sessions < K {
-        json!(format!("<{K}"))
-    } else if value.fract() == 0.0 {
-        json!(value as i64)
-    } else {
-        json!((value * 1000.0).round() / 1000.0)
+/// A figure as the report shows it: whole, to three decimals, or `"<K"` when it stands for
+/// some but fewer than `K` sessions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Figure {
+    Whole(i64),
+    Fraction(f64),
+    Masked(String),
+}
+
+impl Figure {
+    fn of(value: f64, sessions: i64) -> Figure {
+        if sessions > 0 && sessions < K {
+            Figure::Masked(format!("<{K}"))
+        } else if value.fract() == 0.0 {
+            Figure::Whole(value as i64)
+        } else {
+            Figure::Fraction((value * 1000.0).round() / 1000.0)
+        }
     }
 }
 
-pub async fn report(pool: &PgPool, days: i64) -> anyhow::Result<Value> {
+impl std::fmt::Display for Figure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Figure::Whole(n) => n.fmt(f),
+            Figure::Fraction(x) => x.fmt(f),
+            Figure::Masked(s) => s.fmt(f),
+        }
+    }
+}
+
+/// What `pexper-admin analytics report` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub days: i64,
+    pub k_threshold: i64,
+    pub sessions: Figure,
+    pub sessions_by_version_os: Vec<VersionOs>,
+    pub median_session_duration_s: Option<Figure>,
+    pub top_features: Vec<FeatureUse>,
+    pub crash_free_by_release: Vec<ReleaseHealth>,
+    pub top_crash_signatures: Vec<CrashSignature>,
+    /// Events refused, by reason.
+    pub dropped: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionOs {
+    pub app_version: String,
+    pub os: String,
+    pub sessions: Figure,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureUse {
+    pub feature: String,
+    pub uses: Figure,
+    pub sessions: Figure,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseHealth {
+    pub release: String,
+    pub sessions: Figure,
+    pub crashed: Figure,
+    pub crash_free_rate: Figure,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CrashSignature {
+    pub signature: String,
+    pub exception_type: String,
+    pub reports: i64,
+}
+
+pub async fn report(pool: &PgPool, days: i64) -> anyhow::Result<Report> {
     rollup::refresh(pool).await?;
     let since = days.max(1) - 1;
     let rows = |metric: &'static str, group: &'static str, order: &'static str| {
@@ -38,19 +106,25 @@ pub async fn report(pool: &PgPool, days: i64) -> anyhow::Result<Value> {
         }
     };
 
-    let features: Vec<Value> = rows("feature_use", "key", "2 DESC, 1")
+    let top_features = rows("feature_use", "key", "2 DESC, 1")
         .await?
         .into_iter()
-        .map(|(feature, uses, sessions)| {
-            json!({"feature": feature, "uses": masked(uses, sessions), "sessions": masked(sessions as f64, sessions)})
+        .map(|(feature, uses, sessions)| FeatureUse {
+            feature,
+            uses: Figure::of(uses, sessions),
+            sessions: Figure::of(sessions as f64, sessions),
         })
         .collect();
-    let by_version_os: Vec<Value> = rows("sessions", "app_version || ' ' || os", "1")
+    let sessions_by_version_os = rows("sessions", "app_version || ' ' || os", "1")
         .await?
         .into_iter()
         .map(|(label, _, sessions)| {
             let (version, os) = label.split_once(' ').unwrap_or((&label, ""));
-            json!({"app_version": version, "os": os, "sessions": masked(sessions as f64, sessions)})
+            VersionOs {
+                app_version: version.to_owned(),
+                os: os.to_owned(),
+                sessions: Figure::of(sessions as f64, sessions),
+            }
         })
         .collect();
     let total: i64 = sqlx::query_scalar(
@@ -68,7 +142,7 @@ pub async fn report(pool: &PgPool, days: i64) -> anyhow::Result<Value> {
     .bind(since as i32)
     .fetch_one(pool)
     .await?;
-    let releases: Vec<Value> = rows("crashed_sessions", "app_version", "1 DESC")
+    let crash_free_by_release = rows("crashed_sessions", "app_version", "1 DESC")
         .await?
         .into_iter()
         .map(|(release, crashed, sessions)| {
@@ -77,20 +151,24 @@ pub async fn report(pool: &PgPool, days: i64) -> anyhow::Result<Value> {
             } else {
                 1.0
             };
-            json!({
-                "release": release,
-                "sessions": masked(sessions as f64, sessions),
-                "crashed": masked(crashed, sessions),
-                "crash_free_rate": masked(rate, sessions),
-            })
+            ReleaseHealth {
+                release,
+                sessions: Figure::of(sessions as f64, sessions),
+                crashed: Figure::of(crashed, sessions),
+                crash_free_rate: Figure::of(rate, sessions),
+            }
         })
         .collect();
-    let signatures: Vec<Value> = rows("crash_signature", "key", "2 DESC, 1")
+    let top_crash_signatures = rows("crash_signature", "key", "2 DESC, 1")
         .await?
         .into_iter()
         .map(|(key, count, _)| {
             let (signature, exception) = key.split_once(' ').unwrap_or((&key, ""));
-            json!({"signature": signature, "exception_type": exception, "reports": count as i64})
+            CrashSignature {
+                signature: signature.to_owned(),
+                exception_type: exception.to_owned(),
+                reports: count as i64,
+            }
         })
         .collect();
     let dropped: Vec<(String, i64)> = sqlx::query_as(
@@ -100,18 +178,18 @@ pub async fn report(pool: &PgPool, days: i64) -> anyhow::Result<Value> {
     .bind(since as i32)
     .fetch_all(pool)
     .await?;
-    Ok(json!({
-        "days": days.max(1),
-        "k_threshold": K,
-        "sessions": masked(total as f64, total),
-        "sessions_by_version_os": by_version_os,
-        "median_session_duration_s": match duration {
-            (Some(d), Some(n)) => masked(d, n),
-            _ => Value::Null,
+    Ok(Report {
+        days: days.max(1),
+        k_threshold: K,
+        sessions: Figure::of(total as f64, total),
+        sessions_by_version_os,
+        median_session_duration_s: match duration {
+            (Some(d), Some(n)) => Some(Figure::of(d, n)),
+            _ => None,
         },
-        "top_features": features,
-        "crash_free_by_release": releases,
-        "top_crash_signatures": signatures,
-        "dropped": dropped.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>(),
-    }))
+        top_features,
+        crash_free_by_release,
+        top_crash_signatures,
+        dropped: dropped.into_iter().collect(),
+    })
 }

@@ -3,10 +3,27 @@
 //! retention deletes raw rows their day is already summarised. The rollups stay.
 
 use anyhow::Context;
+use pexper_platform::Platform;
+use pexper_platform::jobs::{BackgroundJob, Job, JobError};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::Date;
 
-pub const ROLLUP_JOB: &str = "analytics.rollup";
+/// The recurring job: refresh the rollups, then apply retention to the raw rows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RollUp {}
+
+impl BackgroundJob for RollUp {
+    const KIND: &'static str = "analytics.rollup";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, _job: &Job) -> Result<(), JobError> {
+        let days = refresh(&platform.pool).await?;
+        let deleted = retain(&platform.pool, platform.config.analytics_retention_days).await?;
+        tracing::info!(days, deleted, "analytics rolled up");
+        Ok(())
+    }
+}
 
 /// Recomputes the rollups of every day that needs it; returns how many days.
 pub async fn refresh(pool: &PgPool) -> anyhow::Result<usize> {

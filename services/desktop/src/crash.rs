@@ -3,36 +3,17 @@
 //! hostname — only if the person allows crash reports at that moment, and it is sent on a
 //! later launch only if the person's level still allows.
 
-use std::sync::LazyLock;
-
-use regex::Regex;
 use serde_json::json;
 
 use crate::store::Dirs;
 
-static KEYS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{8,}|\bAIza[0-9A-Za-z_-]{30,}|\bAKIA[0-9A-Z]{16}\b|eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*|(?i)bearer\s+\S+")
-        .expect("a valid pattern")
-});
-static EMAILS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}").expect("a valid pattern")
-});
-static IPS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b(?:\d{1,3}\.){3}\d{1,3}\b").expect("a valid pattern"));
-
-/// Removes what a panic message or a path may say about the person or the machine.
+/// Removes what a panic message or a path may say about the person or the machine (the one
+/// scrubber, `pexper_wire::scrub`, with the home directory as `~` and the user's name).
 pub fn scrub(text: &str, home: Option<&str>, user: Option<&str>) -> String {
-    // Addresses and keys first: a user name inside an email must not leave the domain behind.
-    let out = KEYS.replace_all(text, "[key]");
-    let out = EMAILS.replace_all(&out, "[email]");
-    let mut out = IPS.replace_all(&out, "[ip]").into_owned();
-    if let Some(home) = home.filter(|h| h.len() > 1) {
-        out = out.replace(home, "~");
-    }
-    if let Some(user) = user.filter(|u| u.len() > 1) {
-        out = out.replace(user, "[user]");
-    }
-    out
+    let mut known = Vec::new();
+    known.extend(home.map(|home| (home, "~")));
+    known.extend(user.map(|user| (user, "[user]")));
+    pexper_wire::scrub::scrub(text, &known)
 }
 
 fn home_and_user() -> (Option<String>, Option<String>) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::providers::Provider;
+use crate::provider::Provider;
 
 /// Why a request is made: shown in the network log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 //!
 //! The core is here, usable without a window: `store` (atomic files), `secrets` (keys behind
 //! a trait), `egress` (the only place that opens a connection, and its network log),
-//! `providers`, `telemetry` (the gate and the outbox), `crash` (the panic hook), `license`
+//! `provider` (which provider, and its rules), `providers` (calling them), `telemetry` (the gate and the outbox), `crash` (the panic hook), `license`
 //! (offline verification), and `cli` (the scriptable surface).
 #![forbid(unsafe_code)]
 
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod crash;
 pub mod egress;
 pub mod license;
+pub mod provider;
 pub mod providers;
 pub mod secrets;
 pub mod store;

@@ -11,8 +11,6 @@ use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::telemetry::Level;
-
 /// Where the client keeps things: `--data-dir DIR` puts everything under DIR; otherwise the
 /// OS's own places (`~/.config/pexper`, `~/.local/share/pexper` on Linux).
 #[derive(Debug, Clone)]
@@ -106,6 +104,29 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     write_atomic(path, &serde_json::to_vec_pretty(value)?)
 }
 
+/// How much telemetry the person allows (`telemetry` applies it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Nothing leaves the device.
+    Off,
+    /// Crash reports only.
+    Crash,
+    /// Crash reports and anonymous usage events.
+    All,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "off" => Some(Level::Off),
+            "crash" => Some(Level::Crash),
+            "all" => Some(Level::All),
+            _ => None,
+        }
+    }
+}
+
 /// The person's choices. Nothing here is secret: keys live in the secret store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -164,7 +185,7 @@ impl Settings {
 pub struct Workflow {
     pub id: String,
     pub name: String,
-    pub provider: crate::providers::Provider,
+    pub provider: crate::provider::Provider,
     pub model: String,
     pub prompt: String,
 }

@@ -7,33 +7,13 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+
 use serde_json::{Map, Value, json};
 
 use crate::egress::{Egress, Purpose, Request};
 use crate::store::{Dirs, Settings, write_atomic};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    /// Nothing leaves the device.
-    Off,
-    /// Crash reports only.
-    Crash,
-    /// Crash reports and anonymous usage events.
-    All,
-}
-
-impl Level {
-    pub fn parse(s: &str) -> Option<Level> {
-        match s {
-            "off" => Some(Level::Off),
-            "crash" => Some(Level::Crash),
-            "all" => Some(Level::All),
-            _ => None,
-        }
-    }
-}
+pub use crate::store::Level;
 
 /// Forced off by the environment or a flag, whatever the settings say.
 pub fn forced_off(disable_flag: bool) -> bool {

@@ -2,15 +2,15 @@
 //! opened only when the operator asks for it (`purchases show --email`).
 
 use anyhow::Context;
+use pexper_platform::address::EmailAddress;
 use pexper_platform::crypto::Keyring;
-use pexper_platform::email::EmailAddress;
 use pexper_platform::person::{self, PersonId};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::store::PurchaseId;
+use crate::store::{PurchaseId, PurchaseStatus};
 
 /// One purchase, as `purchases list` and `show` print it.
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -24,7 +24,7 @@ pub struct PurchaseRow {
     pub amount_refunded: i64,
     pub currency: String,
     pub country: Option<String>,
-    pub status: String,
+    pub status: PurchaseStatus,
     pub dispute_status: Option<String>,
     pub livemode: bool,
     /// `active`, `revoked` or `none`.
@@ -53,7 +53,7 @@ const SELECT: &str = "
 /// Newest first; `status` filters, `buyer` limits to one person's purchases.
 pub async fn list(
     pool: &PgPool,
-    status: Option<&str>,
+    status: Option<PurchaseStatus>,
     buyer: Option<PersonId>,
     limit: i64,
 ) -> anyhow::Result<Vec<PurchaseRow>> {

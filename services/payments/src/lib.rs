@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod fulfilment;
 mod license;
 mod personal;
 mod receipt;
@@ -17,13 +18,14 @@ mod webhook;
 
 use std::sync::Arc;
 
-use pexper_platform::jobs::{self, Handler};
+use pexper_platform::jobs::JobRegistry;
 use pexper_platform::personal_data::PersonalData;
 use pexper_platform::{Config, Platform, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use receipt::format_amount;
+pub use store::{PurchaseId, PurchaseStatus};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Payments;
@@ -43,8 +45,8 @@ impl Service for Payments {
         OpenApiRouter::new().routes(routes!(webhook::receive))
     }
 
-    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
-        vec![(receipt::RECEIPT_JOB, jobs::handler(receipt::send_receipt))]
+    fn jobs(&self) -> JobRegistry<Platform> {
+        JobRegistry::new().register::<receipt::SendReceipt>()
     }
 
     fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {

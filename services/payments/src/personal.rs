@@ -25,7 +25,7 @@ struct ExportedPurchase {
     amount_refunded: i64,
     currency: String,
     country: Option<String>,
-    status: String,
+    status: crate::store::PurchaseStatus,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]

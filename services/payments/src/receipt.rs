@@ -2,7 +2,7 @@
 //! delivers the licence key. Sent from the job queue, never inside the webhook.
 
 use pexper_platform::Platform;
-use pexper_platform::jobs::{Job, JobError};
+use pexper_platform::jobs::{BackgroundJob, Job, JobError};
 use pexper_platform::mail;
 use pexper_platform::person;
 use serde::{Deserialize, Serialize};
@@ -10,12 +10,19 @@ use time::OffsetDateTime;
 
 use crate::store::PurchaseId;
 
-pub const RECEIPT_JOB: &str = "payments.receipt";
-
 /// The job names the purchase; everything else is read when it runs.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ReceiptPayload {
+pub struct SendReceipt {
     pub purchase_id: PurchaseId,
+}
+
+impl BackgroundJob for SendReceipt {
+    const KIND: &'static str = "payments.receipt";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        send_receipt(platform, job, self.purchase_id).await
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -35,13 +42,12 @@ pexper_platform::email_template!(
     "emails/purchase-receipt/body.html"
 );
 
-pub async fn send_receipt(platform: Platform, job: Job) -> Result<(), JobError> {
-    let ReceiptPayload { purchase_id } = job.payload()?;
-    let Some(person) = job.person_id else {
-        return Err(JobError::Permanent(anyhow::anyhow!(
-            "a receipt without a buyer"
-        )));
-    };
+async fn send_receipt(
+    platform: Platform,
+    job: &Job,
+    purchase_id: PurchaseId,
+) -> Result<(), JobError> {
+    let person = job.person()?;
     let mut conn = platform.pool.acquire().await?;
     let row: Option<(String, i64, String, OffsetDateTime, String)> = sqlx::query_as(
         "SELECT p.product, p.amount_total, p.currency, COALESCE(p.paid_at, p.created_at), l.token
@@ -69,7 +75,7 @@ pub async fn send_receipt(platform: Platform, job: Job) -> Result<(), JobError> 
     mail::send_template(
         &platform,
         &mut conn,
-        &job,
+        job,
         Some(person),
         to,
         &receipt,

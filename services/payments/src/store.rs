@@ -10,25 +10,26 @@
 //!   committed a moment before its purchase is still seen.
 
 use anyhow::Context;
-use ed25519_dalek::SigningKey;
-use pexper_platform::jobs::{self, NewJob};
 use pexper_platform::person::PersonId;
-use serde::{Deserialize, Serialize};
+
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::receipt;
+pexper_platform::id!(PurchaseId);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
-#[sqlx(transparent)]
-pub struct PurchaseId(pub Uuid);
-
-impl std::fmt::Display for PurchaseId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+pexper_platform::text_enum!(
+    /// A purchase's state, computed from its facts (`status`), never set by an event alone.
+    pub enum PurchaseStatus {
+        Unpaid = "unpaid",
+        Paid = "paid",
+        PaymentFailed = "payment_failed",
+        PartiallyRefunded = "partially_refunded",
+        Refunded = "refunded",
+        Disputed = "disputed",
+        DisputeLost = "dispute_lost",
     }
-}
+);
 
 /// What we record of a verified event before acting on it.
 #[derive(Debug)]
@@ -231,14 +232,13 @@ impl Adjustment {
     }
 }
 
-/// Keeps the adjustment and applies it if its purchase exists. Call under a lock on its
-/// payment intent (or charge).
+/// Keeps the adjustment; returns its purchase if that is here already. Call under a lock on
+/// its payment intent (or charge).
 pub async fn record_adjustment(
     conn: &mut PgConnection,
-    key: &SigningKey,
     event: &EventRecord<'_>,
     adjustment: &Adjustment,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Option<PurchaseId>> {
     let (kind, amount, status) = match adjustment {
         Adjustment::Refund {
             amount_refunded, ..
@@ -261,23 +261,16 @@ pub async fn record_adjustment(
     .await
     .context("failed to record a refund or dispute")?;
 
-    let purchase: Option<PurchaseId> = sqlx::query_scalar(
+    sqlx::query_scalar(
         "SELECT id FROM purchase
          WHERE payment_intent_id = $1 OR (charge_id IS NOT NULL AND charge_id = $2)
          LIMIT 1",
     )
     .bind(adjustment.payment_intent_id())
     .bind(adjustment.charge_id())
-    .fetch_optional(&mut *conn)
+    .fetch_optional(conn)
     .await
-    .context("failed to find a refund's purchase")?;
-    match purchase {
-        Some(id) => {
-            apply(conn, key, id).await?;
-            Ok(Outcome::Applied)
-        }
-        None => Ok(Outcome::Pending),
-    }
+    .context("failed to find a refund's purchase")
 }
 
 /// A purchase's state, from its facts: a pure function so the rules read in one place.
@@ -287,31 +280,36 @@ pub fn status(
     amount_total: i64,
     amount_refunded: i64,
     dispute: Option<&str>,
-) -> &'static str {
+) -> PurchaseStatus {
     match dispute {
-        Some("lost") => return "dispute_lost",
-        _ if amount_refunded > 0 && amount_refunded >= amount_total => return "refunded",
+        Some("lost") => return PurchaseStatus::DisputeLost,
+        _ if amount_refunded > 0 && amount_refunded >= amount_total => {
+            return PurchaseStatus::Refunded;
+        }
         Some("won" | "warning_closed") | None => {}
-        Some(_) => return "disputed",
+        Some(_) => return PurchaseStatus::Disputed,
     }
     if amount_refunded > 0 {
-        "partially_refunded"
+        PurchaseStatus::PartiallyRefunded
     } else if paid {
-        "paid"
+        PurchaseStatus::Paid
     } else if failed {
-        "payment_failed"
+        PurchaseStatus::PaymentFailed
     } else {
-        "unpaid"
+        PurchaseStatus::Unpaid
     }
 }
 
-/// Recomputes a purchase from its facts and every refund and dispute seen for it, then
-/// issues or revokes its licence. Idempotent.
-pub async fn apply(
-    conn: &mut PgConnection,
-    key: &SigningKey,
-    id: PurchaseId,
-) -> anyhow::Result<()> {
+/// What a purchase is after `recompute`.
+#[derive(Debug, Clone, Copy)]
+pub struct Recomputed {
+    pub status: PurchaseStatus,
+    pub paid: bool,
+}
+
+/// Recomputes a purchase's state from its facts and every refund and dispute seen for it.
+/// Idempotent.
+pub async fn recompute(conn: &mut PgConnection, id: PurchaseId) -> anyhow::Result<Recomputed> {
     let (pi, charge, paid, failed, total): (Option<String>, Option<String>, bool, bool, i64) =
         sqlx::query_as(
             "SELECT payment_intent_id, charge_id, paid_at IS NOT NULL, payment_failed_at IS NOT NULL,
@@ -365,40 +363,27 @@ pub async fn apply(
     .await
     .context("failed to update a purchase")?;
 
-    match status {
-        "paid" | "partially_refunded" | "disputed" if paid => fulfil(conn, key, id).await,
-        "refunded" => revoke_for_purchase(conn, id, "refunded").await,
-        "dispute_lost" => revoke_for_purchase(conn, id, "dispute_lost").await,
-        _ => Ok(()),
-    }
+    Ok(Recomputed { status, paid })
 }
 
-/// Issues the purchase's licence and queues the receipt, once: the licence's unique purchase
-/// id decides, and the receipt job is written in the same transaction.
-async fn fulfil(conn: &mut PgConnection, key: &SigningKey, id: PurchaseId) -> anyhow::Result<()> {
-    let (product, livemode, person): (String, bool, Option<PersonId>) =
-        sqlx::query_as("SELECT product, livemode, person_id FROM purchase WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await
-            .context("failed to load a purchase")?;
-    let issued = crate::license::issue(conn, key, id, &product, livemode).await?;
-    if issued && let Some(person) = person {
-        jobs::enqueue(
-            conn,
-            NewJob::new(
-                receipt::RECEIPT_JOB,
-                receipt::ReceiptPayload { purchase_id: id },
-            )
-            .for_person(person)
-            .dedupe_key(format!("{}:{id}", receipt::RECEIPT_JOB)),
-        )
-        .await?;
-    }
-    Ok(())
+/// What a licence is issued from.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Product {
+    pub product: String,
+    pub livemode: bool,
+    pub person_id: Option<PersonId>,
 }
 
-async fn revoke_for_purchase(
+pub async fn product(conn: &mut PgConnection, id: PurchaseId) -> anyhow::Result<Product> {
+    sqlx::query_as("SELECT product, livemode, person_id FROM purchase WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .context("failed to load a purchase")
+}
+
+/// Revokes the purchase's licence, if it has one that is still valid.
+pub async fn revoke_license(
     conn: &mut PgConnection,
     id: PurchaseId,
     reason: &str,
@@ -417,34 +402,49 @@ async fn revoke_for_purchase(
 
 #[cfg(test)]
 mod tests {
-    use super::status;
+    use super::{PurchaseStatus, status};
 
     #[test]
     fn status_follows_money_not_event_order() {
-        assert_eq!(status(false, false, 4900, 0, None), "unpaid");
-        assert_eq!(status(true, false, 4900, 0, None), "paid");
-        assert_eq!(status(false, true, 4900, 0, None), "payment_failed");
+        assert_eq!(status(false, false, 4900, 0, None), PurchaseStatus::Unpaid);
+        assert_eq!(status(true, false, 4900, 0, None), PurchaseStatus::Paid);
+        assert_eq!(
+            status(false, true, 4900, 0, None),
+            PurchaseStatus::PaymentFailed
+        );
         assert_eq!(
             status(true, true, 4900, 0, None),
-            "paid",
+            PurchaseStatus::Paid,
             "paid wins over an old failure"
         );
-        assert_eq!(status(true, false, 4900, 1000, None), "partially_refunded");
-        assert_eq!(status(true, false, 4900, 4900, None), "refunded");
+        assert_eq!(
+            status(true, false, 4900, 1000, None),
+            PurchaseStatus::PartiallyRefunded
+        );
+        assert_eq!(
+            status(true, false, 4900, 4900, None),
+            PurchaseStatus::Refunded
+        );
         assert_eq!(
             status(false, false, 4900, 4900, None),
-            "refunded",
+            PurchaseStatus::Refunded,
             "refund before purchase"
         );
         assert_eq!(
             status(true, false, 4900, 0, Some("needs_response")),
-            "disputed"
+            PurchaseStatus::Disputed
         );
-        assert_eq!(status(true, false, 4900, 0, Some("won")), "paid");
-        assert_eq!(status(true, false, 4900, 0, Some("lost")), "dispute_lost");
+        assert_eq!(
+            status(true, false, 4900, 0, Some("won")),
+            PurchaseStatus::Paid
+        );
+        assert_eq!(
+            status(true, false, 4900, 0, Some("lost")),
+            PurchaseStatus::DisputeLost
+        );
         assert_eq!(
             status(true, false, 0, 0, None),
-            "paid",
+            PurchaseStatus::Paid,
             "a free (100% coupon) order"
         );
     }

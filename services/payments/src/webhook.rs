@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use pexper_platform::Platform;
-use pexper_platform::email::EmailAddress;
+use pexper_platform::address::EmailAddress;
 use pexper_platform::http::ApiError;
 use pexper_platform::person;
 use secrecy::{ExposeSecret, SecretString};
@@ -20,6 +20,7 @@ use serde::Serialize;
 use stripe_webhook::{Webhook, WebhookError};
 use time::OffsetDateTime;
 
+use crate::fulfilment;
 use crate::store::{self, Adjustment, EventRecord, Outcome, SessionFacts};
 use crate::stripe::{Charge, CheckoutSession, Dispute, Event};
 
@@ -189,7 +190,7 @@ async fn process(platform: &Platform, event: &Event<'_>) -> Result<&'static str,
                     store::insert_purchase(&mut tx, &facts, buyer).await?
                 }
             };
-            store::apply(&mut tx, key, id).await?;
+            fulfilment::apply(&mut tx, key, id).await?;
             (Outcome::Applied, Some(facts.session_id))
         }
         "charge.refunded" => {
@@ -237,6 +238,13 @@ async fn adjust(
         .unwrap_or_default()
         .to_owned();
     store::lock(tx, &payment).await?;
-    let outcome = store::record_adjustment(tx, key, record, adjustment).await?;
+    let outcome = match store::record_adjustment(tx, record, adjustment).await? {
+        Some(purchase) => {
+            fulfilment::apply(tx, key, purchase).await?;
+            Outcome::Applied
+        }
+        // Kept for when its purchase lands.
+        None => Outcome::Pending,
+    };
     Ok((outcome, Some(payment)))
 }

@@ -5,13 +5,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::email::EmailAddress;
-use crate::jobs::{self, Handler, Job, JobError, NewJob};
+use crate::address::EmailAddress;
+use crate::jobs::{BackgroundJob, Job, JobError, JobRegistry, NewJob};
 use crate::mail::{self, OperatorNotice};
 use crate::personal_data::{EmailRecords, PersonalData};
 use crate::state::{Platform, Service};
-
-pub const OPERATOR_NOTICE_JOB: &str = "mail.operator_notice";
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Core;
@@ -21,8 +19,8 @@ impl Service for Core {
         "platform"
     }
 
-    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
-        vec![(OPERATOR_NOTICE_JOB, jobs::handler(send_operator_notice))]
+    fn jobs(&self) -> JobRegistry<Platform> {
+        JobRegistry::new().register::<OperatorNoticeJob>()
     }
 
     fn personal_data(&self, _config: &crate::Config) -> Option<Arc<dyn PersonalData>> {
@@ -40,24 +38,25 @@ pub struct OperatorNoticeJob {
 
 /// Queues a notice to the operator address, in the caller's transaction.
 pub fn operator_notice(title: impl Into<String>, lines: Vec<String>) -> NewJob {
-    NewJob::new(
-        OPERATOR_NOTICE_JOB,
-        OperatorNoticeJob {
-            title: title.into(),
-            lines,
-        },
-    )
+    NewJob::new(&OperatorNoticeJob {
+        title: title.into(),
+        lines,
+    })
 }
 
-async fn send_operator_notice(platform: Platform, job: Job) -> Result<(), JobError> {
-    let notice: OperatorNoticeJob = job.payload()?;
-    let to = EmailAddress::parse(&platform.config.privacy_email).map_err(|e| {
-        JobError::Permanent(anyhow::anyhow!("PEXPER_PRIVACY_EMAIL is invalid: {e}"))
-    })?;
-    let notice = OperatorNotice {
-        title: notice.title,
-        lines: notice.lines,
-    };
-    let mut conn = platform.pool.acquire().await?;
-    mail::send_template(&platform, &mut conn, &job, None, to, &notice, vec![]).await
+impl BackgroundJob for OperatorNoticeJob {
+    const KIND: &'static str = "mail.operator_notice";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        let to = EmailAddress::parse(&platform.config.privacy_email).map_err(|e| {
+            JobError::permanent(anyhow::anyhow!("PEXPER_PRIVACY_EMAIL is invalid: {e}"))
+        })?;
+        let notice = OperatorNotice {
+            title: self.title,
+            lines: self.lines,
+        };
+        let mut conn = platform.pool.acquire().await?;
+        mail::send_template(&platform, &mut conn, job, None, to, &notice, vec![]).await
+    }
 }

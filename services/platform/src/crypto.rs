@@ -26,11 +26,24 @@ use uuid::Uuid;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// AES-256 and HMAC-SHA256 keys.
 const KEY_LEN: usize = 32;
+/// AES-GCM's 96-bit nonce and 128-bit tag.
 const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// A sealed value names its data key by id: a UUID's bytes.
+const KEY_ID_LEN: usize = 16;
+/// HMAC-SHA256 output.
+const MAC_LEN: usize = 32;
 /// First byte of every sealed value; a new layout gets a new number.
 const SEALED_FORMAT_V1: u8 = 1;
-const SEALED_HEADER_LEN: usize = 1 + 16 + NONCE_LEN;
+/// `[format][key id][nonce]` before the ciphertext.
+const SEALED_HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
+/// Prefix of every purpose a key is derived for: a new derivation scheme gets a new one.
+const DERIVATION_PREFIX: &[u8] = b"pexper/v1/";
+/// Random bytes in a token (256 bits), and their length in unpadded base64url.
+const TOKEN_BYTES: usize = 32;
+const TOKEN_LEN: usize = 43;
 
 /// Failures that must never reveal which byte was wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,19 +77,24 @@ fn random_key() -> SecretKey {
 /// HKDF-Expand's first block).
 fn derive(master: &SecretKey, purpose: &str) -> SecretKey {
     let mut mac = HmacSha256::new_from_slice(master.expose_secret()).expect("HMAC takes any key");
-    mac.update(b"pexper/v1/");
+    mac.update(DERIVATION_PREFIX);
     mac.update(purpose.as_bytes());
     secret_key(mac.finalize().into_bytes().into())
 }
 
-fn hmac(key: &SecretKey, parts: &[&[u8]]) -> [u8; 32] {
+/// HMAC-SHA256 under `key` over `parts`, each length-prefixed so ("ab","c") and ("a","bc")
+/// never collide; ready to finalize or to verify.
+fn keyed_mac(key: &SecretKey, parts: &[&[u8]]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(key.expose_secret()).expect("HMAC takes any key");
     for part in parts {
-        // Length-prefix each part so ("ab","c") and ("a","bc") never collide.
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part);
     }
-    mac.finalize().into_bytes().into()
+    mac
+}
+
+fn hmac(key: &SecretKey, parts: &[&[u8]]) -> [u8; MAC_LEN] {
+    keyed_mac(key, parts).finalize().into_bytes().into()
 }
 
 /// The versions of the master key this process knows, and which one is current.
@@ -165,7 +183,7 @@ impl fmt::Debug for Keyring {
 }
 
 /// A blind index value (HMAC-SHA256 output).
-pub type BlindIndex = [u8; 32];
+pub type BlindIndex = [u8; MAC_LEN];
 
 impl Keyring {
     pub fn new(master: &MasterKeys) -> Self {
@@ -207,12 +225,12 @@ impl Keyring {
             id,
             key: random_key(),
         };
-        let wrapped = self.wrap(&key);
+        let wrapped = self.wrap_data_key(&key);
         (key, wrapped)
     }
 
     /// Wraps a data key under the current master version.
-    pub fn wrap(&self, key: &DataKey) -> WrappedKey {
+    pub fn wrap_data_key(&self, key: &DataKey) -> WrappedKey {
         let sealed = seal_raw(
             &self.current().wrap,
             &wrap_aad(key.id),
@@ -224,7 +242,8 @@ impl Keyring {
         }
     }
 
-    pub fn unwrap(&self, id: Uuid, wrapped: &WrappedKey) -> Result<DataKey, CryptoError> {
+    /// Opens a stored data key (under whichever configured master version wrapped it).
+    pub fn open_data_key(&self, id: Uuid, wrapped: &WrappedKey) -> Result<DataKey, CryptoError> {
         let wrap = &self.version(wrapped.master_version)?.wrap;
         let bytes = open_raw(wrap, &wrap_aad(id), &wrapped.bytes)?;
         let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Malformed)?;
@@ -253,7 +272,7 @@ impl Keyring {
     }
 
     /// A MAC for a self-verifying token (unsubscribe links and the like), current version.
-    pub fn sign_token(&self, domain: &str, message: &[u8]) -> (i32, [u8; 32]) {
+    pub fn sign_token(&self, domain: &str, message: &[u8]) -> (i32, [u8; MAC_LEN]) {
         (
             self.current,
             hmac(&self.current().token, &[domain.as_bytes(), message]),
@@ -265,12 +284,9 @@ impl Keyring {
         let Ok(keys) = self.version(version) else {
             return false;
         };
-        let mut mac = HmacSha256::new_from_slice(keys.token.expose_secret()).expect("any key");
-        for part in [domain.as_bytes(), message] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
-        }
-        mac.verify_slice(tag).is_ok()
+        keyed_mac(&keys.token, &[domain.as_bytes(), message])
+            .verify_slice(tag)
+            .is_ok()
     }
 }
 
@@ -332,7 +348,7 @@ impl DataKey {
         let mut aad = self.id.as_bytes().to_vec();
         aad.extend(field.aad());
         let body = seal_raw(&self.key, &aad, plaintext);
-        let mut out = Vec::with_capacity(17 + body.len());
+        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + body.len());
         out.push(SEALED_FORMAT_V1);
         out.extend_from_slice(self.id.as_bytes());
         out.extend(body);
@@ -340,7 +356,7 @@ impl DataKey {
     }
 
     pub fn open(&self, field: Field<'_>, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < SEALED_HEADER_LEN + 16 || sealed[0] != SEALED_FORMAT_V1 {
+        if sealed.len() < SEALED_HEADER_LEN + TAG_LEN || sealed[0] != SEALED_FORMAT_V1 {
             return Err(CryptoError::Malformed);
         }
         if Some(self.id) != sealed_key_id(sealed) {
@@ -348,7 +364,7 @@ impl DataKey {
         }
         let mut aad = self.id.as_bytes().to_vec();
         aad.extend(field.aad());
-        open_raw(&self.key, &aad, &sealed[17..])
+        open_raw(&self.key, &aad, &sealed[1 + KEY_ID_LEN..])
     }
 
     pub fn open_string(&self, field: Field<'_>, sealed: &[u8]) -> Result<String, CryptoError> {
@@ -358,7 +374,7 @@ impl DataKey {
 
 /// The id of the data key a sealed value needs, read from its header.
 pub fn sealed_key_id(sealed: &[u8]) -> Option<Uuid> {
-    let id = sealed.get(1..17)?;
+    let id = sealed.get(1..1 + KEY_ID_LEN)?;
     Uuid::from_slice(id).ok()
 }
 
@@ -381,7 +397,7 @@ fn seal_raw(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
 }
 
 fn open_raw(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    if sealed.len() < NONCE_LEN + 16 {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(CryptoError::Malformed);
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
@@ -409,17 +425,17 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// A random URL-safe token with 256 bits of entropy.
 /// Whether `s` could be a token from `random_token` (43 base64url characters), so that anything
 /// else is refused before a lookup, and a token echoed into a link needs no escaping.
 pub fn is_token_shaped(s: &str) -> bool {
-    s.len() == 43
+    s.len() == TOKEN_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A random URL-safe token with 256 bits of entropy.
 pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; TOKEN_BYTES];
     rand::fill(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -490,13 +506,13 @@ mod tests {
             let sealed = key.seal(field(row), &plaintext);
 
             let during = Keyring::new(&master(&format!("2:{new},1:{old}")));
-            let unwrapped = during.unwrap(id, &wrapped_v1).expect("old version still configured");
-            let wrapped_v2 = during.wrap(&unwrapped);
+            let unwrapped = during.open_data_key(id, &wrapped_v1).expect("old version still configured");
+            let wrapped_v2 = during.wrap_data_key(&unwrapped);
             prop_assert_eq!(wrapped_v2.master_version, 2);
 
             let after = Keyring::new(&master(&format!("2:{new}")));
-            prop_assert_eq!(after.unwrap(id, &wrapped_v1).err(), Some(CryptoError::UnknownMasterVersion(1)));
-            let key_after = after.unwrap(id, &wrapped_v2).expect("rewrapped key opens");
+            prop_assert_eq!(after.open_data_key(id, &wrapped_v1).err(), Some(CryptoError::UnknownMasterVersion(1)));
+            let key_after = after.open_data_key(id, &wrapped_v2).expect("rewrapped key opens");
             prop_assert_eq!(key_after.open(field(row), &sealed).expect("data still opens"), plaintext);
         }
     }
@@ -506,7 +522,7 @@ mod tests {
         let ring = keyring();
         let (_, wrapped) = ring.new_data_key(Uuid::new_v4());
         assert_eq!(
-            ring.unwrap(Uuid::new_v4(), &wrapped).err(),
+            ring.open_data_key(Uuid::new_v4(), &wrapped).err(),
             Some(CryptoError::Authentication)
         );
     }

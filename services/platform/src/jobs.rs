@@ -11,6 +11,9 @@
 //! * Failures retry with exponential backoff and full jitter; permanent errors, and transient
 //!   ones after `max_attempts`, leave the job `dead` for an operator (`pexper-admin jobs`).
 //! * Finished jobs are deleted.
+//! * A job is a type implementing [`BackgroundJob`]: its kind, its payload (the type's fields)
+//!   and its `run` in one place. A use case enqueues one with `NewJob::new(&job)`; a service
+//!   registers the types it runs (`JobRegistry::register::<J>()`); nothing matches on strings.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::RngExt;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
@@ -40,17 +44,40 @@ const DEFAULT_MAX_ATTEMPTS: i32 = 16;
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 const BACKOFF_CAP: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
-#[sqlx(transparent)]
-pub struct JobId(pub Uuid);
+crate::id!(JobId);
 
-impl std::fmt::Display for JobId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+crate::text_enum!(
+    /// Where a job is: waiting for its `run_at`, held by a worker's lease, or given up on.
+    pub enum JobStatus {
+        Queued = "queued",
+        Running = "running",
+        Dead = "dead",
     }
+);
+
+/// A kind of background work (crates.io's `BackgroundJob`): the type's fields are the payload,
+/// stored as JSON in `job.payload`, and `run` is what a worker does with it.
+///
+/// The payload holds ids, never personal data. `KIND` and the payload's shape are stored in
+/// rows that outlive a release: renaming either strands the jobs already queued, unless a
+/// migration rewrites them. A job without fields is written `struct Sweep {}` (a braced struct
+/// is the JSON `{}`; a unit struct would be `null`).
+pub trait BackgroundJob: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The name in `job.kind`.
+    const KIND: &'static str;
+    /// What `run` works with besides its payload (the server's `Platform`).
+    type Context: Clone + Send + Sync + 'static;
+
+    /// Does the work. `job` is the claimed row: its id (a stable key for an email's
+    /// Message-ID), its attempt and the person it is about.
+    fn run(
+        self,
+        ctx: Self::Context,
+        job: &Job,
+    ) -> impl Future<Output = Result<(), JobError>> + Send;
 }
 
-/// A job to enqueue. The payload must hold ids, never personal data.
+/// A job to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     kind: &'static str,
@@ -62,15 +89,19 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    pub fn new(kind: &'static str, payload: impl Serialize) -> Self {
+    pub fn new<J: BackgroundJob>(job: &J) -> Self {
         Self {
-            kind,
-            payload: serde_json::to_value(payload).expect("job payloads serialise to JSON"),
+            kind: J::KIND,
+            payload: serde_json::to_value(job).expect("job payloads serialise to JSON"),
             person: None,
             run_at: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             dedupe_key: None,
         }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
     }
 
     /// The person this job is about, so erasure can cancel it.
@@ -137,9 +168,10 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
-        serde_json::from_value(self.payload.clone()).map_err(|e| {
-            JobError::Permanent(anyhow::anyhow!("malformed {} payload: {e}", self.kind))
+    /// The person the job is about; a job enqueued without one is a bug, not worth a retry.
+    pub fn person(&self) -> Result<PersonId, JobError> {
+        self.person_id.ok_or_else(|| {
+            JobError::Permanent(anyhow::anyhow!("a {} job without a person", self.kind))
         })
     }
 }
@@ -165,18 +197,66 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
-pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+impl JobError {
+    /// A failure that a retry would repeat (bad data, a gone row, a refused address).
+    pub fn permanent(e: impl Into<anyhow::Error>) -> Self {
+        JobError::Permanent(e.into())
+    }
+}
 
-/// A handler for one job kind. `S` is the state handlers share (the server's `Platform`).
-pub type Handler<S> = Arc<dyn Fn(S, Job) -> JobFuture + Send + Sync>;
+type JobFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+type Handler<S> = Arc<dyn Fn(S, Job) -> JobFuture + Send + Sync>;
 
-/// Wraps an async fn as a `Handler`.
-pub fn handler<S, F, Fut>(f: F) -> Handler<S>
-where
-    F: Fn(S, Job) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
-{
-    Arc::new(move |state, job| Box::pin(f(state, job)))
+/// The job types a worker runs, by kind. `S` is the context they share (the `Platform`).
+pub struct JobRegistry<S> {
+    handlers: HashMap<&'static str, Handler<S>>,
+}
+
+impl<S> Default for JobRegistry<S> {
+    fn default() -> Self {
+        Self {
+            handlers: HashMap::new(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for JobRegistry<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.handlers.keys()).finish()
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> JobRegistry<S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register<J: BackgroundJob<Context = S>>(mut self) -> Self {
+        let handler: Handler<S> = Arc::new(|ctx, job: Job| {
+            Box::pin(async move {
+                let payload: J = serde_json::from_value(job.payload.clone()).map_err(|e| {
+                    JobError::permanent(anyhow::anyhow!("malformed {} payload: {e}", J::KIND))
+                })?;
+                payload.run(ctx, &job).await
+            })
+        });
+        let previous = self.handlers.insert(J::KIND, handler);
+        assert!(previous.is_none(), "job kind {} registered twice", J::KIND);
+        self
+    }
+
+    /// Adds another registry's job types (each service brings its own).
+    pub fn merge(mut self, other: JobRegistry<S>) -> Self {
+        for (kind, handler) in other.handlers {
+            let previous = self.handlers.insert(kind, handler);
+            assert!(previous.is_none(), "job kind {kind} registered twice");
+        }
+        self
+    }
+
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.handlers.keys().copied().collect()
+    }
 }
 
 /// Claims the next ready job of one of `kinds`, or a running job whose lease has lapsed.
@@ -285,7 +365,7 @@ pub async fn cancel_for_person(conn: &mut PgConnection, person: PersonId) -> any
 pub struct JobRow {
     pub id: JobId,
     pub kind: String,
-    pub status: String,
+    pub status: JobStatus,
     pub attempts: i32,
     pub max_attempts: i32,
     #[serde(with = "time::serde::rfc3339")]
@@ -295,7 +375,11 @@ pub struct JobRow {
     pub created_at: OffsetDateTime,
 }
 
-pub async fn list(pool: &PgPool, status: Option<&str>, limit: i64) -> anyhow::Result<Vec<JobRow>> {
+pub async fn list(
+    pool: &PgPool,
+    status: Option<JobStatus>,
+    limit: i64,
+) -> anyhow::Result<Vec<JobRow>> {
     sqlx::query_as(
         "SELECT id, kind, status, attempts, max_attempts, run_at, last_error, created_at
          FROM job WHERE ($1::text IS NULL OR status = $1)
@@ -333,7 +417,7 @@ pub async fn retry(pool: &PgPool, id: Option<JobId>) -> anyhow::Result<u64> {
 pub struct Worker<S> {
     pool: PgPool,
     state: S,
-    handlers: HashMap<String, Handler<S>>,
+    jobs: JobRegistry<S>,
     concurrency: usize,
     lease: Duration,
     poll_interval: Duration,
@@ -342,7 +426,7 @@ pub struct Worker<S> {
 impl<S> std::fmt::Debug for Worker<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
+            .field("kinds", &self.jobs)
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
@@ -353,15 +437,20 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         Self {
             pool,
             state,
-            handlers: HashMap::new(),
+            jobs: JobRegistry::new(),
             concurrency: 2,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
         }
     }
 
-    pub fn handle(mut self, kind: &str, handler: Handler<S>) -> Self {
-        self.handlers.insert(kind.to_owned(), handler);
+    pub fn register<J: BackgroundJob<Context = S>>(mut self) -> Self {
+        self.jobs = self.jobs.register::<J>();
+        self
+    }
+
+    pub fn jobs(mut self, jobs: JobRegistry<S>) -> Self {
+        self.jobs = self.jobs.merge(jobs);
         self
     }
 
@@ -384,7 +473,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     /// Runs until `shutdown` turns true; jobs in hand are finished before it returns.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        if self.handlers.is_empty() {
+        if self.jobs.handlers.is_empty() {
             return;
         }
         let wake = Arc::new(Notify::new());
@@ -399,7 +488,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     }
 
     async fn work(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-        let kinds: Vec<String> = self.handlers.keys().cloned().collect();
+        let kinds: Vec<String> = self.jobs.kinds().into_iter().map(String::from).collect();
         while !*shutdown.borrow() {
             // Register for wake-ups before claiming, so a NOTIFY that lands between an empty
             // claim and the wait is not lost.
@@ -425,7 +514,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn execute(&self, job: Job) {
         let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, attempt = job.attempts);
         async {
-            let Some(handler) = self.handlers.get(&job.kind) else {
+            let Some(handler) = self.jobs.handlers.get(job.kind.as_str()) else {
                 return;
             };
             let started = std::time::Instant::now();

@@ -4,11 +4,11 @@
 //! other's.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod db;
-pub mod email;
 pub mod http;
 pub mod jobs;
 pub mod keys;
@@ -17,6 +17,7 @@ pub mod person;
 pub mod personal_data;
 pub mod state;
 pub mod telemetry;
+mod types;
 
 pub use config::Config;
 pub use state::{Platform, Service};

@@ -4,25 +4,21 @@
 //! someone, a mail job names the person and the address is opened only at send time.
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::address::EmailAddress;
 use crate::crypto::{DataKey, Field, Keyring, WrappedKey};
-use crate::email::EmailAddress;
 
 /// Domain of the email blind index (see `Keyring::blind_index`).
 pub const EMAIL_INDEX: &str = "email";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
-#[sqlx(transparent)]
-pub struct PersonId(pub Uuid);
-
-impl std::fmt::Display for PersonId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+crate::id!(
+    /// Someone we hold an address for: the waitlist, purchases and privacy requests of one
+    /// address all point at one person.
+    PersonId
+);
 
 fn email_field(id: PersonId) -> Field<'static> {
     Field {
@@ -127,7 +123,7 @@ pub async fn data_key(
             .context("failed to load a data key")?;
     row.map(|(bytes, master_version)| {
         keyring
-            .unwrap(
+            .open_data_key(
                 id.0,
                 &WrappedKey {
                     master_version,
@@ -155,7 +151,7 @@ pub async fn email(
         return Ok(None);
     };
     let key = keyring
-        .unwrap(
+        .open_data_key(
             id.0,
             &WrappedKey {
                 master_version,
@@ -208,7 +204,7 @@ pub async fn rotate_batch(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyho
     .context("failed to select keys to rotate")?;
     for (id, sealed, bytes, master_version) in &rows {
         let key = keyring
-            .unwrap(
+            .open_data_key(
                 id.0,
                 &WrappedKey {
                     master_version: *master_version,
@@ -219,7 +215,7 @@ pub async fn rotate_batch(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyho
         let address = key
             .open_string(email_field(*id), sealed)
             .with_context(|| format!("failed to open the address of person {id}"))?;
-        let wrapped = keyring.wrap(&key);
+        let wrapped = keyring.wrap_data_key(&key);
         sqlx::query(
             "UPDATE person SET data_key = $2, key_version = $3, email_index = $4, updated_at = now()
              WHERE id = $1",

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::crypto::{Keyring, MasterKeys};
-use crate::jobs::Handler;
+use crate::jobs::{JobRegistry, NewJob};
 use crate::mail::Mailer;
 use crate::personal_data::{PersonalData, Registry};
 
@@ -93,14 +93,15 @@ pub trait Service: Send + Sync {
         OpenApiRouter::new()
     }
 
-    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
-        Vec::new()
+    /// The job types this service runs.
+    fn jobs(&self) -> JobRegistry<Platform> {
+        JobRegistry::new()
     }
 
-    /// Job kinds to run periodically (sweeps, rollups, retention). Each is enqueued every
+    /// Jobs to run periodically (sweeps, rollups, retention). Each is enqueued every
     /// `WorkerOptions::recurring_every` with its kind as the dedupe key, so however many
-    /// replicas run, at most one of each is waiting; the handlers must be idempotent.
-    fn recurring(&self) -> Vec<&'static str> {
+    /// replicas run, at most one of each is waiting; they must be idempotent.
+    fn recurring(&self) -> Vec<NewJob> {
         Vec::new()
     }
 

@@ -6,14 +6,11 @@
 //! Where text from elsewhere must be logged (an error from an SMTP server or the database), it
 //! goes through `redact` first.
 
-use std::sync::LazyLock;
-
-use regex::Regex;
 use tracing_subscriber::EnvFilter;
 
+use crate::address::EmailAddress;
 use crate::config::Environment;
 use crate::crypto::{Keyring, hex};
-use crate::email::EmailAddress;
 
 /// Installs the global subscriber: JSON lines in production, compact text in development.
 /// `RUST_LOG` overrides the level (default `info`).
@@ -44,55 +41,6 @@ pub fn email_tag(keyring: &Keyring, email: &EmailAddress) -> String {
     hex(&index[..4])
 }
 
-static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[^\s<>()\[\],;:@]+@[^\s<>()\[\],;:@]+\.[^\s<>()\[\],;:@]+").expect("valid regex")
-});
-static IPV4: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b\d{1,3}(?:\.\d{1,3}){3}\b").expect("valid regex"));
-/// Anything with two colons among hex digits is a candidate; `Ipv6Addr` decides.
-static IPV6_CANDIDATE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)[0-9a-f:]*:[0-9a-f]*:[0-9a-f:.]*").expect("valid regex"));
-/// `postgres://user:password@host` and the like: the credentials go.
-static URL_CREDENTIALS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@").expect("valid regex"));
-
-/// Removes addresses, IPs and URL credentials from text we did not write ourselves.
-pub fn redact(text: &str) -> String {
-    let text = URL_CREDENTIALS.replace_all(text, "${1}[redacted]@");
-    let text = EMAIL.replace_all(&text, "[email]");
-    let text = IPV4.replace_all(&text, "[ip]");
-    IPV6_CANDIDATE
-        .replace_all(&text, |c: &regex::Captures<'_>| {
-            let candidate = &c[0];
-            if candidate.parse::<std::net::Ipv6Addr>().is_ok() {
-                "[ip]".to_owned()
-            } else {
-                candidate.to_owned()
-            }
-        })
-        .into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_removes_addresses_ips_and_credentials() {
-        let smtp = "550 5.1.1 <alice.smith@example.com>: Recipient address rejected from 203.0.113.9 and 2001:db8::1";
-        let out = redact(smtp);
-        assert!(!out.contains("alice"), "{out}");
-        assert!(!out.contains("203.0.113.9"), "{out}");
-        assert!(!out.contains("2001:db8"), "{out}");
-        assert!(out.contains("Recipient address rejected"), "{out}");
-        let url = redact("connect to postgres://pexper:hunter2@db.internal/pexper failed");
-        assert!(!url.contains("hunter2"), "{url}");
-        assert!(url.contains("db.internal"), "{url}");
-    }
-
-    #[test]
-    fn redact_leaves_ordinary_messages_alone() {
-        let s = "job failed: connection refused (os error 111) after 3 attempts";
-        assert_eq!(redact(s), s);
-    }
-}
+/// Removes secrets, addresses and IPs from text we did not write ourselves (the one scrubber,
+/// shared with the crash intake and the desktop app).
+pub use pexper_wire::scrub::redact;

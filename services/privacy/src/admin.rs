@@ -3,17 +3,17 @@
 //! requests along, and report the SLA.
 
 use anyhow::Context;
+use pexper_platform::address::EmailAddress;
 use pexper_platform::crypto::Keyring;
-use pexper_platform::email::EmailAddress;
 use pexper_platform::jobs::{self, NewJob};
 use pexper_platform::person::{self, PersonId};
 use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
-use crate::jobs::{OUTCOME_MAIL_JOB, PROCESS_JOB, RequestPayload};
-use crate::request::{Jurisdiction, Kind, status};
+use crate::intake;
+use crate::jobs::{OutcomeMail, Process};
+use crate::request::{Jurisdiction, Kind, PrivacyRequestId, Status};
 use crate::store::{self, NewRequest, details_field, outcome_field};
 
 pub use crate::audit::{Verification as AuditVerification, verify as verify_audit};
@@ -28,10 +28,10 @@ pub async fn intake(
     jurisdiction: Jurisdiction,
     received_at: OffsetDateTime,
     note: Option<String>,
-) -> anyhow::Result<Uuid> {
+) -> anyhow::Result<PrivacyRequestId> {
     let mut tx = pool.begin().await?;
     let person = person::find_or_create(&mut tx, keyring, email).await?;
-    let id = store::create(
+    let id = intake::take_in(
         &mut tx,
         keyring,
         person,
@@ -50,10 +50,10 @@ pub async fn intake(
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct Row {
-    pub id: Uuid,
-    pub kind: String,
-    pub jurisdiction: String,
-    pub status: String,
+    pub id: PrivacyRequestId,
+    pub kind: Kind,
+    pub jurisdiction: Jurisdiction,
+    pub status: Status,
     pub source: String,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
@@ -79,7 +79,7 @@ const SELECT: &str = "
 /// The queue, soonest due first. `overdue` and `due_within` look at open requests only.
 pub async fn list(
     pool: &PgPool,
-    status: Option<&str>,
+    status: Option<Status>,
     overdue: bool,
     due_within_days: Option<i64>,
 ) -> anyhow::Result<Vec<Row>> {
@@ -99,7 +99,7 @@ pub async fn list(
     .context("failed to list privacy requests")
 }
 
-pub async fn find(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<Row>> {
+pub async fn find(pool: &PgPool, id: PrivacyRequestId) -> anyhow::Result<Option<Row>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
         .bind(id)
         .fetch_optional(pool)
@@ -143,35 +143,28 @@ pub async fn private_parts(
 
 /// `privacy process ID`: an operator takes a verified request in hand; for access and
 /// deletion (say, after their job went dead) it runs the automatic processing again.
-pub async fn process(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
+pub async fn process(pool: &PgPool, id: PrivacyRequestId) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    let row: Option<(String, String, Option<PersonId>)> = sqlx::query_as(
+    let row: Option<(Kind, Status, Option<PersonId>)> = sqlx::query_as(
         "SELECT kind, status, person_id FROM privacy_request WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
     let (kind, current, person) = row.with_context(|| format!("no privacy request {id}"))?;
-    let kind = Kind::parse(&kind).context("a stored kind no longer parses")?;
     anyhow::ensure!(
-        current == status::VERIFIED || current == status::PROCESSING,
+        current == Status::Verified || current == Status::Processing,
         "request {id} is {current}: only a verified request can be processed"
     );
     if kind.is_automatic() {
         let person = person.context("the request's person is erased")?;
-        jobs::enqueue(
-            &mut tx,
-            NewJob::new(PROCESS_JOB, RequestPayload { request_id: id })
-                .for_person(person)
-                .dedupe_key(format!("{PROCESS_JOB}:{id}")),
-        )
-        .await?;
+        jobs::enqueue(&mut tx, Process::job(id, person)).await?;
     } else {
         store::transition(
             &mut tx,
             id,
-            &[status::VERIFIED],
-            status::PROCESSING,
+            &[Status::Verified],
+            Status::Processing,
             "processing",
             "operator",
         )
@@ -186,23 +179,23 @@ pub async fn process(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
 pub async fn close(
     pool: &PgPool,
     keyring: &Keyring,
-    id: Uuid,
+    id: PrivacyRequestId,
     completed: bool,
     note: &str,
 ) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    let (to, from, event): (&str, &[&str], &str) = if completed {
+    let (to, from, event): (Status, &[Status], &str) = if completed {
         (
-            status::COMPLETED,
-            &[status::VERIFIED, status::PROCESSING],
+            Status::Completed,
+            &[Status::Verified, Status::Processing],
             "completed",
         )
     } else {
-        (status::REJECTED, &status::OPEN, "rejected")
+        (Status::Rejected, &Status::OPEN, "rejected")
     };
     let Some((_, person)) = store::transition(&mut tx, id, from, to, event, "operator").await?
     else {
-        let current: Option<String> =
+        let current: Option<Status> =
             sqlx::query_scalar("SELECT status FROM privacy_request WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -223,7 +216,7 @@ pub async fn close(
             .await?;
         jobs::enqueue(
             &mut tx,
-            NewJob::new(OUTCOME_MAIL_JOB, RequestPayload { request_id: id }).for_person(person),
+            NewJob::new(&OutcomeMail { request_id: id }).for_person(person),
         )
         .await?;
     }

@@ -7,13 +7,14 @@ use pexper_platform::crypto::sha256;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
-use uuid::Uuid;
+
+use crate::request::{PrivacyRequestId, Status};
 
 const GENESIS: [u8; 32] = [0; 32];
 
 fn link(
     prev: &[u8],
-    request: Uuid,
+    request: PrivacyRequestId,
     event: &str,
     status: &str,
     detail: &str,
@@ -22,7 +23,7 @@ fn link(
     // Length-prefixed fields: no two different rows serialise alike.
     let mut bytes = prev.to_vec();
     for field in [
-        request.as_bytes().as_slice(),
+        request.0.as_bytes().as_slice(),
         event.as_bytes(),
         status.as_bytes(),
         detail.as_bytes(),
@@ -38,9 +39,9 @@ fn link(
 /// (counts, ids, reasons chosen from a list).
 pub async fn record(
     conn: &mut PgConnection,
-    request: Uuid,
+    request: PrivacyRequestId,
     event: &str,
-    status: &str,
+    status: Status,
     detail: &str,
 ) -> anyhow::Result<()> {
     // One writer at a time, so each row chains to the true last one.
@@ -57,7 +58,7 @@ pub async fn record(
     // Microseconds: what Postgres stores, so the hash can be recomputed from the row.
     let at = OffsetDateTime::now_utc();
     let at = at.replace_nanosecond(at.nanosecond() / 1000 * 1000)?;
-    let hash = link(&prev, request, event, status, detail, at);
+    let hash = link(&prev, request, event, status.as_str(), detail, at);
     sqlx::query(
         "INSERT INTO privacy_audit (request_id, event, status, detail, at, prev_hash, hash)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -78,7 +79,7 @@ pub async fn record(
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct Entry {
     pub seq: i64,
-    pub request_id: Uuid,
+    pub request_id: PrivacyRequestId,
     pub event: String,
     pub status: String,
     pub detail: String,
@@ -87,7 +88,7 @@ pub struct Entry {
 }
 
 /// One request's events, oldest first.
-pub async fn of_request(pool: &PgPool, request: Uuid) -> anyhow::Result<Vec<Entry>> {
+pub async fn of_request(pool: &PgPool, request: PrivacyRequestId) -> anyhow::Result<Vec<Entry>> {
     sqlx::query_as(
         "SELECT seq, request_id, event, status, detail, at FROM privacy_audit
          WHERE request_id = $1 ORDER BY seq",
@@ -109,7 +110,7 @@ pub struct Verification {
 pub async fn verify(pool: &PgPool) -> anyhow::Result<Verification> {
     type Row = (
         i64,
-        Uuid,
+        PrivacyRequestId,
         String,
         String,
         String,

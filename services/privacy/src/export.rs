@@ -13,15 +13,16 @@ use pexper_platform::person::{self, PersonId};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use uuid::Uuid;
+
+use crate::request::PrivacyRequestId;
 
 use crate::store::LINK_LIFETIME;
 
-fn document_field(request: Uuid) -> Field<'static> {
+fn document_field(request: PrivacyRequestId) -> Field<'static> {
     Field {
         table: "privacy_export",
         column: "document_sealed",
-        row: request,
+        row: request.0,
     }
 }
 
@@ -29,7 +30,7 @@ fn document_field(request: Uuid) -> Field<'static> {
 pub async fn build(
     platform: &Platform,
     conn: &mut PgConnection,
-    request: Uuid,
+    request: PrivacyRequestId,
     person: PersonId,
 ) -> anyhow::Result<String> {
     let sections = platform
@@ -80,7 +81,7 @@ pub async fn download(
     State(platform): State<Platform>,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
-    let row: Option<(Uuid, bool)> = sqlx::query_as(
+    let row: Option<(PrivacyRequestId, bool)> = sqlx::query_as(
         "SELECT request_id, expires_at > now() FROM privacy_token
          WHERE token_hash = $1 AND purpose = 'export'",
     )

@@ -6,14 +6,15 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use pexper_platform::Platform;
-use pexper_platform::email::EmailAddress;
+use pexper_platform::address::EmailAddress;
 use pexper_platform::http::{ApiError, ApiJson, render_page};
 use pexper_platform::person;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::intake::{self, Verification};
 use crate::request::{Jurisdiction, Kind};
-use crate::store::{self, NewRequest, Verification};
+use crate::store::NewRequest;
 
 /// Longest free text we take: enough for any correction, not a place to upload documents.
 const MAX_DETAILS: usize = 5000;
@@ -59,7 +60,10 @@ pub async fn create(
     let kind = Kind::parse(&body.kind).ok_or_else(|| {
         ApiError::unprocessable(
             "invalid_kind",
-            "kind must be one of access, portability, deletion, correction, restriction, objection, opt_out_of_sale",
+            format!(
+                "kind must be one of {}",
+                Kind::ALL.map(Kind::as_str).join(", ")
+            ),
         )
     })?;
     let jurisdiction = match body.jurisdiction.as_deref() {
@@ -90,7 +94,7 @@ pub async fn create(
         details: body.details,
         received_at: OffsetDateTime::now_utc(),
     };
-    let id = store::create(&mut tx, &platform.keyring, person, &new).await?;
+    let id = intake::take_in(&mut tx, &platform.keyring, person, &new).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(request = %id, kind = kind.as_str(), "privacy request received");
     Ok((
@@ -166,7 +170,7 @@ pub async fn verify(
         return Ok(invalid_link());
     };
     let mut tx = platform.pool.begin().await?;
-    let outcome = store::verify(&mut tx, &token).await?;
+    let outcome = intake::verify(&mut tx, &token).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     Ok(match outcome {
         Verification::Verified { kind } => {

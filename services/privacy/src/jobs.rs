@@ -5,82 +5,128 @@
 use anyhow::Context;
 use pexper_platform::Platform;
 use pexper_platform::core::operator_notice;
-use pexper_platform::jobs::{self, Job, JobError, NewJob};
+use pexper_platform::jobs::{self, BackgroundJob, Job, JobError, NewJob};
 use pexper_platform::mail;
 use pexper_platform::person::{self, PersonId};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::emails::{DeletionDone, ExportReady, Outcome, Received};
-use crate::request::{Kind, status};
+use crate::request::{Kind, PrivacyRequestId, Status};
 use crate::{audit, export, store};
 
-pub const RECEIVED_MAIL_JOB: &str = "privacy.received_mail";
-pub const PROCESS_JOB: &str = "privacy.process";
-pub const EXPORT_MAIL_JOB: &str = "privacy.export_mail";
-pub const DELETION_MAIL_JOB: &str = "privacy.deletion_mail";
-pub const OUTCOME_MAIL_JOB: &str = "privacy.outcome_mail";
-pub const SWEEP_JOB: &str = "privacy.sweep";
+/// Declares a job that names one privacy request (every privacy job names its request and
+/// nothing else) and runs `$run(platform, job, request_id)`.
+macro_rules! request_job {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $run:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub struct $name {
+            pub request_id: PrivacyRequestId,
+        }
 
-/// Every privacy job names its request; nothing else.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RequestPayload {
-    pub request_id: Uuid,
+        impl BackgroundJob for $name {
+            const KIND: &'static str = $kind;
+            type Context = Platform;
+
+            async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+                $run(platform, job, self.request_id).await
+            }
+        }
+    };
+}
+
+request_job!(
+    /// The acknowledgement of receipt, with the link that verifies the request is theirs.
+    ReceivedMail,
+    "privacy.received_mail",
+    received_mail
+);
+request_job!(
+    /// Runs a verified access, portability or deletion request by itself.
+    Process,
+    "privacy.process",
+    process
+);
+request_job!(
+    /// The download link of a finished export.
+    ExportMail,
+    "privacy.export_mail",
+    export_mail
+);
+request_job!(
+    /// The confirmation of a deletion, then the end of the person's key and address.
+    DeletionMail,
+    "privacy.deletion_mail",
+    deletion_mail
+);
+request_job!(
+    /// What became of a request an operator completed or rejected.
+    OutcomeMail,
+    "privacy.outcome_mail",
+    outcome_mail
+);
+
+impl Process {
+    /// The processing of a verified request, once however often it is asked for.
+    pub fn job(request_id: PrivacyRequestId, person: PersonId) -> NewJob {
+        NewJob::new(&Process { request_id })
+            .for_person(person)
+            .dedupe_key(format!("{}:{request_id}", Process::KIND))
+    }
+}
+
+/// The recurring sweep: expires unverified requests, deletes expired exports and links, and
+/// reminds the operator of due dates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Sweep {}
+
+impl BackgroundJob for Sweep {
+    const KIND: &'static str = "privacy.sweep";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, _job: &Job) -> Result<(), JobError> {
+        sweep(platform).await
+    }
 }
 
 fn permanent(e: impl Into<anyhow::Error>) -> JobError {
     JobError::Permanent(e.into())
 }
 
-fn person_of(job: &Job) -> Result<PersonId, JobError> {
-    job.person_id
-        .ok_or_else(|| permanent(anyhow::anyhow!("{} without a person", job.kind)))
-}
-
+#[derive(sqlx::FromRow)]
 struct RequestRow {
     kind: Kind,
-    status: String,
+    status: Status,
     received_at: OffsetDateTime,
     due_at: OffsetDateTime,
     verify_by: OffsetDateTime,
 }
 
-async fn load(conn: &mut PgConnection, request: Uuid) -> Result<Option<RequestRow>, JobError> {
-    let row: Option<(
-        String,
-        String,
-        OffsetDateTime,
-        OffsetDateTime,
-        OffsetDateTime,
-    )> = sqlx::query_as(
+async fn load(
+    conn: &mut PgConnection,
+    request: PrivacyRequestId,
+) -> Result<Option<RequestRow>, JobError> {
+    Ok(sqlx::query_as(
         "SELECT kind, status, received_at, due_at, verify_by FROM privacy_request WHERE id = $1",
     )
     .bind(request)
     .fetch_optional(conn)
-    .await?;
-    row.map(|(kind, status, received_at, due_at, verify_by)| {
-        Ok(RequestRow {
-            kind: Kind::parse(&kind).ok_or_else(|| permanent(anyhow::anyhow!("unknown kind")))?,
-            status,
-            received_at,
-            due_at,
-            verify_by,
-        })
-    })
-    .transpose()
+    .await?)
 }
 
-/// The acknowledgement of receipt, with the link that verifies the request is theirs.
-pub async fn received_mail(platform: Platform, job: Job) -> Result<(), JobError> {
-    let RequestPayload { request_id } = job.payload()?;
-    let person = person_of(&job)?;
+async fn received_mail(
+    platform: Platform,
+    job: &Job,
+    request_id: PrivacyRequestId,
+) -> Result<(), JobError> {
+    let person = job.person()?;
     let mut conn = platform.pool.acquire().await?;
     let Some(request) = load(&mut conn, request_id).await? else {
         return Ok(());
     };
-    if request.status != status::RECEIVED {
+    if request.status != Status::Received {
         return Ok(());
     }
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
@@ -97,19 +143,21 @@ pub async fn received_mail(platform: Platform, job: Job) -> Result<(), JobError>
         ),
         verify_by: request.verify_by.date().to_string(),
     };
-    mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
+    mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
 }
 
-/// Runs a verified access, portability or deletion request by itself.
-pub async fn process(platform: Platform, job: Job) -> Result<(), JobError> {
-    let RequestPayload { request_id } = job.payload()?;
-    let person = person_of(&job)?;
+async fn process(
+    platform: Platform,
+    job: &Job,
+    request_id: PrivacyRequestId,
+) -> Result<(), JobError> {
+    let person = job.person()?;
     let mut tx = platform.pool.begin().await?;
     let Some((kind, _)) = store::transition(
         &mut tx,
         request_id,
-        &[status::VERIFIED, status::PROCESSING],
-        status::PROCESSING,
+        &[Status::Verified, Status::Processing],
+        Status::Processing,
         "processing",
         "automatic",
     )
@@ -123,15 +171,15 @@ pub async fn process(platform: Platform, job: Job) -> Result<(), JobError> {
             store::transition(
                 &mut tx,
                 request_id,
-                &[status::PROCESSING],
-                status::COMPLETED,
+                &[Status::Processing],
+                Status::Completed,
                 "export_ready",
                 &format!("sections: {sections}"),
             )
             .await?;
             jobs::enqueue(
                 &mut tx,
-                NewJob::new(EXPORT_MAIL_JOB, RequestPayload { request_id }).for_person(person),
+                NewJob::new(&ExportMail { request_id }).for_person(person),
             )
             .await?;
         }
@@ -151,8 +199,8 @@ pub async fn process(platform: Platform, job: Job) -> Result<(), JobError> {
             store::transition(
                 &mut tx,
                 request_id,
-                &[status::PROCESSING],
-                status::COMPLETED,
+                &[Status::Processing],
+                Status::Completed,
                 "erased",
                 &counts.join(" "),
             )
@@ -160,7 +208,7 @@ pub async fn process(platform: Platform, job: Job) -> Result<(), JobError> {
             // After the erase, which cancels the person's queued jobs: this one must run.
             jobs::enqueue(
                 &mut tx,
-                NewJob::new(DELETION_MAIL_JOB, RequestPayload { request_id }).for_person(person),
+                NewJob::new(&DeletionMail { request_id }).for_person(person),
             )
             .await?;
         }
@@ -175,10 +223,12 @@ pub async fn process(platform: Platform, job: Job) -> Result<(), JobError> {
     Ok(())
 }
 
-/// The download link of a finished export.
-pub async fn export_mail(platform: Platform, job: Job) -> Result<(), JobError> {
-    let RequestPayload { request_id } = job.payload()?;
-    let person = person_of(&job)?;
+async fn export_mail(
+    platform: Platform,
+    job: &Job,
+    request_id: PrivacyRequestId,
+) -> Result<(), JobError> {
+    let person = job.person()?;
     let mut conn = platform.pool.acquire().await?;
     let expires: Option<OffsetDateTime> =
         sqlx::query_scalar("SELECT expires_at FROM privacy_export WHERE request_id = $1")
@@ -196,14 +246,17 @@ pub async fn export_mail(platform: Platform, job: Job) -> Result<(), JobError> {
         url: format!("{}/v1/privacy/exports/{token}", platform.config.public_url),
         expires: expires.date().to_string(),
     };
-    mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
+    mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
 }
 
-/// Confirms a deletion, then destroys the person's data key and address: the last thing we
-/// ever do with them. If the email cannot be delivered, the key is destroyed all the same.
-pub async fn deletion_mail(platform: Platform, job: Job) -> Result<(), JobError> {
-    let RequestPayload { request_id } = job.payload()?;
-    let person = person_of(&job)?;
+/// The last thing we ever do with the person: if the email cannot be delivered, the key is
+/// destroyed all the same.
+async fn deletion_mail(
+    platform: Platform,
+    job: &Job,
+    request_id: PrivacyRequestId,
+) -> Result<(), JobError> {
+    let person = job.person()?;
     let mut conn = platform.pool.acquire().await?;
     let sent = match person::email(&mut conn, &platform.keyring, person).await? {
         None => Ok(()),
@@ -216,7 +269,7 @@ pub async fn deletion_mail(platform: Platform, job: Job) -> Result<(), JobError>
             let email = DeletionDone {
                 received: received.map(|r| r.date().to_string()).unwrap_or_default(),
             };
-            mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
+            mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
         }
     };
     let last_attempt = job.attempts >= job.max_attempts;
@@ -232,17 +285,19 @@ pub async fn deletion_mail(platform: Platform, job: Job) -> Result<(), JobError>
     let mut tx = platform.pool.begin().await?;
     // The confirmation's own history row goes with the person (ON DELETE CASCADE).
     person::destroy(&mut tx, person).await?;
-    audit::record(&mut tx, request_id, "key_destroyed", status::COMPLETED, "").await?;
+    audit::record(&mut tx, request_id, "key_destroyed", Status::Completed, "").await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Tells the person what became of a request an operator completed or rejected.
-pub async fn outcome_mail(platform: Platform, job: Job) -> Result<(), JobError> {
-    let RequestPayload { request_id } = job.payload()?;
-    let person = person_of(&job)?;
+async fn outcome_mail(
+    platform: Platform,
+    job: &Job,
+    request_id: PrivacyRequestId,
+) -> Result<(), JobError> {
+    let person = job.person()?;
     let mut conn = platform.pool.acquire().await?;
-    let row: Option<(String, String, OffsetDateTime, Option<Vec<u8>>)> = sqlx::query_as(
+    let row: Option<(Kind, Status, OffsetDateTime, Option<Vec<u8>>)> = sqlx::query_as(
         "SELECT kind, status, received_at, outcome_sealed FROM privacy_request
          WHERE id = $1 AND person_id = $2",
     )
@@ -265,15 +320,12 @@ pub async fn outcome_mail(platform: Platform, job: Job) -> Result<(), JobError> 
         return Ok(());
     };
     let email = Outcome {
-        kind: Kind::parse(&kind)
-            .map(Kind::describe)
-            .unwrap_or("your request")
-            .to_owned(),
+        kind: kind.describe().to_owned(),
         received: received.date().to_string(),
-        completed: status == status::COMPLETED,
+        completed: status == Status::Completed,
         note,
     };
-    mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
+    mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
 }
 
 /// Reminder stages, most urgent last: (name, due within).
@@ -284,11 +336,10 @@ const STAGES: [(&str, time::Duration); 4] = [
     ("overdue", time::Duration::ZERO),
 ];
 
-/// Periodic and idempotent: expires unverified requests, deletes expired exports and links,
-/// and sends each due-date reminder once.
-pub async fn sweep(platform: Platform, _job: Job) -> Result<(), JobError> {
+/// Periodic and idempotent: each due-date reminder is sent once.
+async fn sweep(platform: Platform) -> Result<(), JobError> {
     let mut tx = platform.pool.begin().await?;
-    let expired: Vec<Uuid> = sqlx::query_scalar(
+    let expired: Vec<PrivacyRequestId> = sqlx::query_scalar(
         "SELECT id FROM privacy_request WHERE status = 'received' AND verify_by < now() FOR UPDATE",
     )
     .fetch_all(&mut *tx)
@@ -297,8 +348,8 @@ pub async fn sweep(platform: Platform, _job: Job) -> Result<(), JobError> {
         store::transition(
             &mut tx,
             id,
-            &[status::RECEIVED],
-            status::EXPIRED,
+            &[Status::Received],
+            Status::Expired,
             "expired",
             "not verified within 7 days",
         )
@@ -311,7 +362,7 @@ pub async fn sweep(platform: Platform, _job: Job) -> Result<(), JobError> {
         .execute(&mut *tx)
         .await?;
 
-    let open: Vec<(Uuid, String, OffsetDateTime, Vec<String>)> = sqlx::query_as(
+    let open: Vec<(PrivacyRequestId, Kind, OffsetDateTime, Vec<String>)> = sqlx::query_as(
         "SELECT id, kind, due_at, reminders FROM privacy_request
          WHERE status IN ('received', 'verified', 'processing') AND due_at < now() + interval '7 days'
          FOR UPDATE",

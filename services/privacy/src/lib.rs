@@ -12,6 +12,7 @@ mod audit;
 mod emails;
 mod export;
 mod http;
+mod intake;
 mod jobs;
 mod personal;
 pub mod request;
@@ -19,13 +20,14 @@ mod store;
 
 use std::sync::Arc;
 
-use pexper_platform::jobs::{Handler, handler};
+use pexper_platform::jobs::{JobRegistry, NewJob};
 use pexper_platform::personal_data::PersonalData;
 use pexper_platform::{Config, Platform, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use jobs::SWEEP_JOB;
+pub use jobs::Sweep;
+pub use request::PrivacyRequestId;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Privacy;
@@ -42,19 +44,18 @@ impl Service for Privacy {
             .routes(routes!(export::download))
     }
 
-    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
-        vec![
-            (jobs::RECEIVED_MAIL_JOB, handler(jobs::received_mail)),
-            (jobs::PROCESS_JOB, handler(jobs::process)),
-            (jobs::EXPORT_MAIL_JOB, handler(jobs::export_mail)),
-            (jobs::DELETION_MAIL_JOB, handler(jobs::deletion_mail)),
-            (jobs::OUTCOME_MAIL_JOB, handler(jobs::outcome_mail)),
-            (jobs::SWEEP_JOB, handler(jobs::sweep)),
-        ]
+    fn jobs(&self) -> JobRegistry<Platform> {
+        JobRegistry::new()
+            .register::<jobs::ReceivedMail>()
+            .register::<jobs::Process>()
+            .register::<jobs::ExportMail>()
+            .register::<jobs::DeletionMail>()
+            .register::<jobs::OutcomeMail>()
+            .register::<jobs::Sweep>()
     }
 
-    fn recurring(&self) -> Vec<&'static str> {
-        vec![jobs::SWEEP_JOB]
+    fn recurring(&self) -> Vec<NewJob> {
+        vec![NewJob::new(&jobs::Sweep {})]
     }
 
     fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {

@@ -11,15 +11,15 @@ use pexper_platform::personal_data::{BoxFuture, ErasureSummary, PersonalData};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use uuid::Uuid;
 
+use crate::request::PrivacyRequestId;
 use crate::store::details_field;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PrivacyData;
 
 type Row = (
-    Uuid,
+    PrivacyRequestId,
     String,
     String,
     String,

@@ -1,50 +1,29 @@
 //! What a privacy request is: its kind, its jurisdiction, its status, and when it is due.
 //! Parsed at the edge; past the handler nothing re-checks.
 
-use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
-/// The rights the policy names. `access` covers GDPR access and CCPA "know"; `portability`
-/// gets the same machine-readable export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Access,
-    Portability,
-    Deletion,
-    Correction,
-    Restriction,
-    Objection,
-    OptOutOfSale,
-}
+pexper_platform::id!(
+    /// A privacy request.
+    PrivacyRequestId
+);
+
+pexper_platform::text_enum!(
+    /// The rights the policy names. `access` covers GDPR access and CCPA "know";
+    /// `portability` gets the same machine-readable export.
+    #[derive(utoipa::ToSchema)]
+    pub enum Kind {
+        Access = "access",
+        Portability = "portability",
+        Deletion = "deletion",
+        Correction = "correction",
+        Restriction = "restriction",
+        Objection = "objection",
+        OptOutOfSale = "opt_out_of_sale",
+    }
+);
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Access,
-        Kind::Portability,
-        Kind::Deletion,
-        Kind::Correction,
-        Kind::Restriction,
-        Kind::Objection,
-        Kind::OptOutOfSale,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Access => "access",
-            Kind::Portability => "portability",
-            Kind::Deletion => "deletion",
-            Kind::Correction => "correction",
-            Kind::Restriction => "restriction",
-            Kind::Objection => "objection",
-            Kind::OptOutOfSale => "opt_out_of_sale",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
     /// Access, portability and deletion run by themselves once verified; the rest need an
     /// operator's judgement.
     pub fn is_automatic(self) -> bool {
@@ -65,30 +44,36 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Jurisdiction {
-    Gdpr,
-    Ccpa,
-    #[default]
-    Other,
+pexper_platform::text_enum!(
+    /// Whose law sets the deadline.
+    #[derive(Default, utoipa::ToSchema)]
+    pub enum Jurisdiction {
+        Gdpr = "gdpr",
+        Ccpa = "ccpa",
+        #[default]
+        Other = "other",
+    }
+);
+
+pexper_platform::text_enum!(
+    /// Where a request is. Received until its person follows the emailed link; expired if
+    /// they never do; closed as completed or rejected.
+    pub enum Status {
+        Received = "received",
+        Verified = "verified",
+        Processing = "processing",
+        Completed = "completed",
+        Rejected = "rejected",
+        Expired = "expired",
+    }
+);
+
+impl Status {
+    /// Still waiting for someone: the person, the automatic processing, or the operator.
+    pub const OPEN: [Status; 3] = [Status::Received, Status::Verified, Status::Processing];
 }
 
 impl Jurisdiction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Jurisdiction::Gdpr => "gdpr",
-            Jurisdiction::Ccpa => "ccpa",
-            Jurisdiction::Other => "other",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Jurisdiction> {
-        [Jurisdiction::Gdpr, Jurisdiction::Ccpa, Jurisdiction::Other]
-            .into_iter()
-            .find(|j| j.as_str() == s)
-    }
-
     /// The legal deadline: GDPR one month (Art. 12(3)), CCPA 45 days (§1798.130).
     fn legal_deadline(self, received: OffsetDateTime) -> OffsetDateTime {
         match self {
@@ -118,17 +103,6 @@ fn add_one_month(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_date(date)
 }
 
-pub mod status {
-    pub const RECEIVED: &str = "received";
-    pub const VERIFIED: &str = "verified";
-    pub const PROCESSING: &str = "processing";
-    pub const COMPLETED: &str = "completed";
-    pub const REJECTED: &str = "rejected";
-    pub const EXPIRED: &str = "expired";
-    pub const ALL: [&str; 6] = [RECEIVED, VERIFIED, PROCESSING, COMPLETED, REJECTED, EXPIRED];
-    pub const OPEN: [&str; 3] = [RECEIVED, VERIFIED, PROCESSING];
-}
-
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
@@ -154,6 +128,21 @@ mod tests {
         assert_eq!(
             due_at(datetime!(2026-12-15 00:00 UTC), Jurisdiction::Gdpr),
             datetime!(2027-01-14 00:00 UTC)
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_spells_kinds_and_jurisdictions_as_the_api_does() {
+        let spelled = |schema: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>| {
+            serde_json::to_value(schema).expect("serializes")["enum"].clone()
+        };
+        assert_eq!(
+            spelled(<Kind as utoipa::PartialSchema>::schema()),
+            serde_json::json!(Kind::ALL.map(Kind::as_str))
+        );
+        assert_eq!(
+            spelled(<Jurisdiction as utoipa::PartialSchema>::schema()),
+            serde_json::json!(Jurisdiction::ALL.map(Jurisdiction::as_str))
         );
     }
 

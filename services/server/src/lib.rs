@@ -76,16 +76,16 @@ pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<
     Platform::new(config, pool, &master, mailer, registry)
 }
 
-/// Enqueues every recurring job kind every `every` (the first time one period after start),
-/// until shutdown. The kind is
-/// the dedupe key: a job still waiting (from this or another replica) is not doubled.
+/// Enqueues every recurring job every `every` (the first time one period after start), until
+/// shutdown. Its kind is the dedupe key: a job still waiting (from this or another replica) is
+/// not doubled.
 async fn schedule(
     platform: Platform,
-    kinds: Vec<&'static str>,
+    recurring: Vec<jobs::NewJob>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if kinds.is_empty() {
+    if recurring.is_empty() {
         return;
     }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -94,14 +94,11 @@ async fn schedule(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for kind in &kinds {
+        for job in &recurring {
+            let kind = job.kind();
             let enqueued = async {
                 let mut conn = platform.pool.acquire().await?;
-                jobs::enqueue(
-                    &mut conn,
-                    jobs::NewJob::new(kind, serde_json::json!({})).dedupe_key(*kind),
-                )
-                .await
+                jobs::enqueue(&mut conn, job.clone().dedupe_key(kind)).await
             };
             if let Err(e) = enqueued.await {
                 tracing::warn!(error = %pexper_platform::telemetry::redact(&format!("{e:#}")), kind, "failed to schedule a recurring job");
@@ -148,12 +145,10 @@ pub async fn launch(
         .lease(worker.lease)
         .poll_interval(worker.poll_interval);
     for service in &services {
-        for (kind, handler) in service.jobs() {
-            jobs = jobs.handle(kind, handler);
-        }
+        jobs = jobs.jobs(service.jobs());
     }
     let worker_task = tokio::spawn(jobs.run(shutdown.clone()));
-    let recurring: Vec<&'static str> = services.iter().flat_map(|s| s.recurring()).collect();
+    let recurring: Vec<jobs::NewJob> = services.iter().flat_map(|s| s.recurring()).collect();
     let scheduler = tokio::spawn(schedule(
         platform.clone(),
         recurring,

@@ -10,7 +10,8 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::emails::{BROADCAST_JOB, BroadcastPayload, INVITATION_JOB};
+use crate::emails::{Broadcast, Invitation};
+use crate::store::EntryStatus;
 
 /// Rows handled per transaction by the long-running commands.
 const BATCH: i64 = 200;
@@ -51,7 +52,7 @@ pub struct Row {
     pub person_id: Uuid,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    pub status: String,
+    pub status: EntryStatus,
     pub subscribed: bool,
     pub referrals: i32,
     pub source: Option<String>,
@@ -64,7 +65,7 @@ pub struct Row {
 type RawRow = (
     Option<i64>,
     Uuid,
-    String,
+    EntryStatus,
     bool,
     i32,
     Option<String>,
@@ -200,8 +201,7 @@ pub async fn broadcast(
         for person in &people {
             jobs::enqueue(
                 &mut tx,
-                NewJob::new(BROADCAST_JOB, BroadcastPayload { broadcast_id: id })
-                    .for_person(*person),
+                NewJob::new(&Broadcast { broadcast_id: id }).for_person(*person),
             )
             .await?;
         }
@@ -242,11 +242,7 @@ pub async fn invite(
         .fetch_all(&mut *tx)
         .await?;
         for person in &people {
-            jobs::enqueue(
-                &mut tx,
-                NewJob::new(INVITATION_JOB, serde_json::json!({})).for_person(*person),
-            )
-            .await?;
+            jobs::enqueue(&mut tx, NewJob::new(&Invitation {}).for_person(*person)).await?;
         }
         tx.commit().await?;
         if people.is_empty() {

@@ -8,10 +8,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use pexper_platform::Platform;
 use pexper_platform::http::ApiError;
+use pexper_platform::jobs::{self, NewJob};
 use serde::Deserialize;
 
+use crate::emails::{self, Welcome};
+use crate::pages;
 use crate::store::{self, Confirmation};
-use crate::{emails, pages};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ConfirmQuery {
@@ -70,7 +72,7 @@ pub async fn confirm(
     let Some(token) = q.token() else {
         return Ok(bad_token(&platform));
     };
-    let Confirmation::Confirmed { person } = store::confirm(&platform, &token).await? else {
+    let Confirmation::Confirmed { person } = confirm_signup(&platform, &token).await? else {
         return Ok(bad_token(&platform));
     };
     tracing::info!("waitlist signup confirmed");
@@ -88,4 +90,15 @@ pub async fn confirm(
             ),
         },
     ))
+}
+
+/// Confirms the token's signup and queues the welcome email, in one transaction.
+async fn confirm_signup(platform: &Platform, token: &str) -> anyhow::Result<Confirmation> {
+    let mut tx = platform.pool.begin().await?;
+    let confirmation = store::confirm(&mut tx, &platform.keyring, token).await?;
+    if let Confirmation::Confirmed { person } = confirmation {
+        jobs::enqueue(&mut tx, NewJob::new(&Welcome {}).for_person(person)).await?;
+        tx.commit().await?;
+    }
+    Ok(confirmation)
 }

@@ -3,15 +3,15 @@
 //! No email has tracking pixels or rewritten links.
 
 use pexper_platform::Platform;
-use pexper_platform::email::EmailAddress;
-use pexper_platform::jobs::{Job, JobError};
+use pexper_platform::address::EmailAddress;
+use pexper_platform::jobs::{BackgroundJob, Job, JobError};
 use pexper_platform::mail::{self, EmailTemplate};
 use pexper_platform::person::{self, PersonId};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use crate::{store, unsubscribe};
-
-pub const SIGNUP_MAIL_JOB: &str = "waitlist.signup_mail";
-pub const WELCOME_JOB: &str = "waitlist.welcome";
+use crate::store::{self, EntryStatus};
+use crate::unsubscribe;
 
 #[derive(Debug, Clone)]
 pub struct ConfirmEmail {
@@ -58,26 +58,49 @@ fn list_unsubscribe(url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn person_of(job: &Job) -> Result<PersonId, JobError> {
-    job.person_id
-        .ok_or_else(|| JobError::Permanent(anyhow::anyhow!("{} without a person", job.kind)))
-}
-
-fn permanent(e: impl Into<anyhow::Error>) -> JobError {
-    JobError::Permanent(e.into())
-}
-
 /// After a signup: a confirmation link for someone not (or no longer) opted in, or a reminder
 /// of their place for someone on the list. At most one email per person per 10 minutes, and
 /// at most `person::REQUEST_MAIL_PER_DAY` a day together with privacy acknowledgements,
 /// whatever the number of signups.
-pub async fn signup_mail(platform: Platform, job: Job) -> Result<(), JobError> {
-    let person = person_of(&job)?;
+/// The email a signup asks for: a confirmation link, or (for someone already confirmed) a
+/// reminder of their place. At most one per person per 10 minutes, within the daily budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignupMail {}
+
+impl BackgroundJob for SignupMail {
+    const KIND: &'static str = "waitlist.signup_mail";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        signup_mail(platform, job).await
+    }
+}
+
+/// The welcome with one's place in line, after a confirmation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Welcome {}
+
+impl BackgroundJob for Welcome {
+    const KIND: &'static str = "waitlist.welcome";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        let person = job.person()?;
+        let mut conn = platform.pool.acquire().await?;
+        let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
+            return Ok(());
+        };
+        welcome_email(&platform, &mut conn, job, person, to).await
+    }
+}
+
+async fn signup_mail(platform: Platform, job: &Job) -> Result<(), JobError> {
+    let person = job.person()?;
     // Decide and record in one short transaction, committed before sending, so the link works
     // the moment the email arrives. The row lock serialises concurrent signup jobs for one
     // person; the job's own retries pass the throttle and do not spend the budget twice.
     let mut tx = platform.pool.begin().await?;
-    let row: Option<(String, bool, bool)> = sqlx::query_as(
+    let row: Option<(EntryStatus, bool, bool)> = sqlx::query_as(
         "SELECT status, subscribed, last_signup_mail_job IS NOT DISTINCT FROM $2
          FROM waitlist_entry
          WHERE person_id = $1
@@ -104,7 +127,7 @@ pub async fn signup_mail(platform: Platform, job: Job) -> Result<(), JobError> {
     .bind(job.id)
     .execute(&mut *tx)
     .await?;
-    let confirm = status == "pending" || !subscribed;
+    let confirm = status == EntryStatus::Pending || !subscribed;
     let token = if confirm {
         Some(store::new_token(&mut tx, person).await?)
     } else {
@@ -125,25 +148,16 @@ pub async fn signup_mail(platform: Platform, job: Job) -> Result<(), JobError> {
                 ),
                 unsubscribe_url: unsubscribe::url(&platform, person),
             };
-            mail::send_template(&platform, &mut conn, &job, Some(person), to, &email, vec![]).await
+            mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
         }
-        None if status == "confirmed" => {
-            welcome_email(&platform, &mut conn, &job, person, to).await
+        None if status == EntryStatus::Confirmed => {
+            welcome_email(&platform, &mut conn, job, person, to).await
         }
         None => Ok(()), // Invited already: the invitation said everything.
     }
 }
 
 /// After a confirmation: the place in line and the referral link.
-pub async fn welcome(platform: Platform, job: Job) -> Result<(), JobError> {
-    let person = person_of(&job)?;
-    let mut conn = platform.pool.acquire().await?;
-    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
-        return Ok(());
-    };
-    welcome_email(&platform, &mut conn, &job, person, to).await
-}
-
 async fn welcome_email(
     platform: &Platform,
     conn: &mut sqlx::PgConnection,
@@ -187,9 +201,6 @@ async fn send_product_email<T: EmailTemplate>(
     mail::send_template(platform, conn, job, Some(person), to, &email, headers).await
 }
 
-pub const BROADCAST_JOB: &str = "waitlist.broadcast";
-pub const INVITATION_JOB: &str = "waitlist.invitation";
-
 /// `product-update`: a broadcast whose subject and body the operator wrote.
 #[derive(Debug, Clone)]
 pub struct ProductUpdate {
@@ -218,13 +229,13 @@ pexper_platform::email_template!(
 );
 
 #[derive(Debug, Clone)]
-pub struct Invitation {
+pub struct InvitationEmail {
     pub download_url: String,
     pub unsubscribe_url: String,
 }
 
 pexper_platform::email_template!(
-    Invitation,
+    InvitationEmail,
     "waitlist-invitation",
     "emails/waitlist-invitation/subject.txt",
     "emails/waitlist-invitation/body.txt",
@@ -246,14 +257,36 @@ async fn may_receive_product_email(
     .await?)
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct BroadcastPayload {
-    pub broadcast_id: uuid::Uuid,
+/// One product update to one person (`pexper-admin waitlist broadcast` queues one per person).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Broadcast {
+    pub broadcast_id: Uuid,
 }
 
-pub async fn broadcast(platform: Platform, job: Job) -> Result<(), JobError> {
-    let person = person_of(&job)?;
-    let BroadcastPayload { broadcast_id } = job.payload()?;
+impl BackgroundJob for Broadcast {
+    const KIND: &'static str = "waitlist.broadcast";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        broadcast(platform, job, self.broadcast_id).await
+    }
+}
+
+/// The invitation to download the app (`pexper-admin waitlist invite`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invitation {}
+
+impl BackgroundJob for Invitation {
+    const KIND: &'static str = "waitlist.invitation";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        invitation(platform, job).await
+    }
+}
+
+async fn broadcast(platform: Platform, job: &Job, broadcast_id: Uuid) -> Result<(), JobError> {
+    let person = job.person()?;
     let mut conn = platform.pool.acquire().await?;
     if !may_receive_product_email(&mut conn, person).await? {
         return Ok(());
@@ -264,14 +297,14 @@ pub async fn broadcast(platform: Platform, job: Job) -> Result<(), JobError> {
             .fetch_optional(&mut *conn)
             .await?
     else {
-        return Err(permanent(anyhow::anyhow!(
+        return Err(JobError::permanent(anyhow::anyhow!(
             "broadcast {broadcast_id} is gone"
         )));
     };
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
         return Ok(());
     };
-    send_product_email(&platform, &mut conn, &job, person, to, |unsubscribe_url| {
+    send_product_email(&platform, &mut conn, job, person, to, |unsubscribe_url| {
         ProductUpdate {
             subject,
             body,
@@ -281,8 +314,8 @@ pub async fn broadcast(platform: Platform, job: Job) -> Result<(), JobError> {
     .await
 }
 
-pub async fn invitation(platform: Platform, job: Job) -> Result<(), JobError> {
-    let person = person_of(&job)?;
+async fn invitation(platform: Platform, job: &Job) -> Result<(), JobError> {
+    let person = job.person()?;
     let mut conn = platform.pool.acquire().await?;
     if !may_receive_product_email(&mut conn, person).await? {
         return Ok(());
@@ -291,8 +324,8 @@ pub async fn invitation(platform: Platform, job: Job) -> Result<(), JobError> {
         return Ok(());
     };
     let download_url = format!("{}/download", platform.config.site_url());
-    send_product_email(&platform, &mut conn, &job, person, to, |unsubscribe_url| {
-        Invitation {
+    send_product_email(&platform, &mut conn, job, person, to, |unsubscribe_url| {
+        InvitationEmail {
             download_url,
             unsubscribe_url,
         }

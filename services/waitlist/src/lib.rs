@@ -16,12 +16,13 @@ mod unsubscribe;
 
 use std::sync::Arc;
 
-use pexper_platform::jobs::{self, Handler};
+use pexper_platform::jobs::JobRegistry;
 use pexper_platform::personal_data::PersonalData;
 use pexper_platform::{Platform, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use emails::Welcome;
 pub use store::position;
 pub use unsubscribe::UnsubscribeToken;
 
@@ -40,13 +41,12 @@ impl Service for Waitlist {
             .routes(routes!(unsubscribe::page, unsubscribe::unsubscribe))
     }
 
-    fn jobs(&self) -> Vec<(&'static str, Handler<Platform>)> {
-        vec![
-            (emails::SIGNUP_MAIL_JOB, jobs::handler(emails::signup_mail)),
-            (emails::WELCOME_JOB, jobs::handler(emails::welcome)),
-            (emails::BROADCAST_JOB, jobs::handler(emails::broadcast)),
-            (emails::INVITATION_JOB, jobs::handler(emails::invitation)),
-        ]
+    fn jobs(&self) -> JobRegistry<Platform> {
+        JobRegistry::new()
+            .register::<emails::SignupMail>()
+            .register::<emails::Welcome>()
+            .register::<emails::Broadcast>()
+            .register::<emails::Invitation>()
     }
 
     fn personal_data(&self, config: &pexper_platform::Config) -> Option<Arc<dyn PersonalData>> {

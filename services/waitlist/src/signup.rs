@@ -7,10 +7,12 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use pexper_platform::Platform;
-use pexper_platform::email::EmailAddress;
+use pexper_platform::address::EmailAddress;
 use pexper_platform::http::{ApiError, ApiJson};
+use pexper_platform::jobs::{self, NewJob};
 use serde::{Deserialize, Serialize};
 
+use crate::emails::SignupMail;
 use crate::{pages, store};
 
 /// A signup, as the website sends it.
@@ -119,7 +121,7 @@ pub async fn signup(
         tracing::info!("honeypot filled; ignored");
         return Ok(accepted(&platform, is_form));
     }
-    store::sign_up(
+    sign_up(
         &platform,
         &email,
         source.as_ref().map(Slug::as_str),
@@ -132,6 +134,21 @@ pub async fn signup(
         "signup queued"
     );
     Ok(accepted(&platform, is_form))
+}
+
+/// Records a signup and queues its email, in one transaction: the email goes out if and only
+/// if the signup was stored.
+async fn sign_up(
+    platform: &Platform,
+    email: &EmailAddress,
+    source: Option<&str>,
+    referral: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut tx = platform.pool.begin().await?;
+    let person = store::sign_up(&mut tx, &platform.keyring, email, source, referral).await?;
+    jobs::enqueue(&mut tx, NewJob::new(&SignupMail {}).for_person(person)).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 fn accepted(platform: &Platform, is_form: bool) -> Response {

@@ -4,32 +4,37 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use pexper_platform::Platform;
+use pexper_platform::address::EmailAddress;
 use pexper_platform::crypto::{Keyring, random_token, sha256};
-use pexper_platform::email::EmailAddress;
-use pexper_platform::jobs::{self, NewJob};
 use pexper_platform::person::{self, PersonId};
 use pexper_platform::personal_data::{BoxFuture, ErasureSummary, PersonalData};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
-use crate::emails::{SIGNUP_MAIL_JOB, WELCOME_JOB};
+pexper_platform::text_enum!(
+    /// Where a signup is: waiting for its confirmation, in line, or invited to download.
+    pub enum EntryStatus {
+        Pending = "pending",
+        Confirmed = "confirmed",
+        Invited = "invited",
+    }
+);
 
 /// Confirmation links work for seven days.
 pub const TOKEN_LIFETIME: time::Duration = time::Duration::days(7);
 /// Domain of the suppression hash (see `Keyring::blind_index`).
 pub const SUPPRESSION_INDEX: &str = "suppression";
 
-/// Records a signup and queues its email, in one transaction. The same statements run for
-/// every address, known or not.
+/// Records a signup (a person and a pending entry, unless they exist). The same statements run
+/// for every address, known or not.
 pub async fn sign_up(
-    platform: &Platform,
+    conn: &mut PgConnection,
+    keyring: &Keyring,
     email: &EmailAddress,
     source: Option<&str>,
     referral: Option<&str>,
-) -> anyhow::Result<()> {
-    let mut tx = platform.pool.begin().await?;
-    let person = person::find_or_create(&mut tx, &platform.keyring, email).await?;
+) -> anyhow::Result<PersonId> {
+    let person = person::find_or_create(&mut *conn, keyring, email).await?;
     sqlx::query(
         "INSERT INTO waitlist_entry (person_id, source, referred_by)
          VALUES ($1, $2, (SELECT person_id FROM waitlist_entry
@@ -39,16 +44,10 @@ pub async fn sign_up(
     .bind(person)
     .bind(source)
     .bind(referral)
-    .execute(&mut *tx)
+    .execute(conn)
     .await
     .context("failed to record a signup")?;
-    jobs::enqueue(
-        &mut tx,
-        NewJob::new(SIGNUP_MAIL_JOB, serde_json::json!({})).for_person(person),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(person)
 }
 
 /// A new single-use confirmation token; only its hash is stored.
@@ -80,15 +79,19 @@ pub async fn token_is_usable(pool: &PgPool, token: &str) -> anyhow::Result<bool>
 }
 
 /// What a confirmation link did.
+#[derive(Debug, Clone, Copy)]
 pub enum Confirmation {
     Confirmed { person: PersonId },
     Invalid,
 }
 
 /// Uses a token (once, before it expires) and confirms its person: a place in line, a referral
-/// code, a subscription; the referrer moves up; the welcome email is queued.
-pub async fn confirm(platform: &Platform, token: &str) -> anyhow::Result<Confirmation> {
-    let mut tx = platform.pool.begin().await?;
+/// code, a subscription; the referrer moves up.
+pub async fn confirm(
+    tx: &mut PgConnection,
+    keyring: &Keyring,
+    token: &str,
+) -> anyhow::Result<Confirmation> {
     let person: Option<PersonId> = sqlx::query_scalar(
         "UPDATE waitlist_token SET used_at = now()
          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
@@ -131,18 +134,12 @@ pub async fn confirm(platform: &Platform, token: &str) -> anyhow::Result<Confirm
     .bind(person)
     .execute(&mut *tx)
     .await?;
-    if let Some(email) = person::email(&mut tx, &platform.keyring, person).await? {
+    if let Some(email) = person::email(&mut *tx, keyring, person).await? {
         sqlx::query("DELETE FROM email_suppression WHERE address_hash = ANY($1)")
-            .bind(suppression_hashes(&platform.keyring, &email))
+            .bind(suppression_hashes(keyring, &email))
             .execute(&mut *tx)
             .await?;
     }
-    jobs::enqueue(
-        &mut tx,
-        NewJob::new(WELCOME_JOB, serde_json::json!({})).for_person(person),
-    )
-    .await?;
-    tx.commit().await?;
     Ok(Confirmation::Confirmed { person })
 }
 
@@ -213,7 +210,7 @@ pub struct WaitlistData {
 
 #[derive(Debug, sqlx::FromRow, serde::Serialize)]
 struct ExportRow {
-    status: String,
+    status: EntryStatus,
     source: Option<String>,
     referral_code: Option<String>,
     referrals: i32,

@@ -44,3 +44,5 @@ pub struct Health {
 pub mod analytics;
 #[cfg(feature = "license")]
 pub mod license;
+#[cfg(feature = "scrub")]
+pub mod scrub;

@@ -20,8 +20,8 @@ use secrecy::ExposeSecret;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::address::EmailAddress;
 use crate::config::Config;
-use crate::email::EmailAddress;
 use crate::jobs::{Job, JobError};
 use crate::person::PersonId;
 
@@ -266,55 +266,33 @@ pub async fn send_template<T: EmailTemplate>(
     email: &T,
     headers: Vec<(&'static str, String)>,
 ) -> Result<(), JobError> {
-    let rendered = email.render().map_err(|e| JobError::Permanent(e.into()))?;
-    deliver(
-        conn,
-        &platform.mailer,
-        &platform.mail_from,
-        job,
-        person,
-        T::NAME,
+    let outgoing = OutgoingEmail {
         to,
-        rendered,
+        rendered: email.render().map_err(|e| JobError::Permanent(e.into()))?,
+        message_id: message_id(job, &platform.mail_from),
         headers,
-    )
-    .await
+    };
+    deliver(platform, conn, person, T::NAME, outgoing).await
 }
 
-/// Sends one rendered email from a job: skips it if this job already sent it, sends, and
-/// records it in the person's email history.
-#[allow(clippy::too_many_arguments)]
-pub async fn deliver(
+/// Sends one email from a job: skips it if this job already sent it (its Message-ID is
+/// recorded), sends, and records it in the person's email history under `template`.
+async fn deliver(
+    platform: &crate::Platform,
     conn: &mut PgConnection,
-    mailer: &Mailer,
-    from: &Mailbox,
-    job: &Job,
     person: Option<PersonId>,
     template: &'static str,
-    to: EmailAddress,
-    rendered: Rendered,
-    headers: Vec<(&'static str, String)>,
+    email: OutgoingEmail,
 ) -> Result<(), JobError> {
-    let message_id = message_id(job, from);
     let already: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM email_event WHERE message_id = $1)")
-            .bind(&message_id)
+            .bind(&email.message_id)
             .fetch_one(&mut *conn)
             .await?;
     if already {
         return Ok(());
     }
-    mailer
-        .send(
-            from,
-            &OutgoingEmail {
-                to,
-                rendered,
-                message_id: message_id.clone(),
-                headers,
-            },
-        )
-        .await?;
+    platform.mailer.send(&platform.mail_from, &email).await?;
     if let Some(person) = person {
         sqlx::query(
             "INSERT INTO email_event (id, person_id, template, message_id) VALUES ($1, $2, $3, $4)
@@ -323,7 +301,7 @@ pub async fn deliver(
         .bind(Uuid::now_v7())
         .bind(person)
         .bind(template)
-        .bind(&message_id)
+        .bind(&email.message_id)
         .execute(&mut *conn)
         .await?;
     }

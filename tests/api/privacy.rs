@@ -1,7 +1,6 @@
 //! Privacy requests, black-box: the form and privacy@ intake, verification links (a GET
 //! changes nothing), automatic access exports and erasure across every service, operator
 //! handling with emails, due dates, reminders, the SLA and the audit chain.
-#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
@@ -50,7 +49,7 @@ async fn sweep_once_more(app: &TestApp) {
     let mut tx = app.platform.pool.begin().await.unwrap();
     let id = pexper_platform::jobs::enqueue(
         &mut tx,
-        pexper_platform::jobs::NewJob::new("privacy.sweep", json!({}))
+        pexper_platform::jobs::NewJob::new(&pexper_privacy::Sweep {})
             .dedupe_key(format!("test-sweep-{}", uuid::Uuid::new_v4())),
     )
     .await
@@ -776,7 +775,7 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
     let mut tx = app.platform.pool.begin().await.unwrap();
     pexper_platform::jobs::enqueue(
         &mut tx,
-        pexper_platform::jobs::NewJob::new("waitlist.welcome", json!({}))
+        pexper_platform::jobs::NewJob::new(&pexper_waitlist::Welcome {})
             .for_person(pexper_platform::person::PersonId(person))
             .run_at(time::OffsetDateTime::now_utc() + time::Duration::days(1)),
     )

@@ -11,7 +11,6 @@
 //! Needs `schemathesis` (PyPI, the version `.ci/run` pins); skipped with a note without it,
 //! unless `PEXPER_REQUIRE_SCHEMATHESIS` is set (CI). `PEXPER_CONTRACT_SECONDS` (default 120)
 //! bounds the run; `PEXPER_CONTRACT_SEED` picks another seed than the fixed default.
-#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! Analytics, black-box: usage batches against the published schema, the crash intake fed by
 //! the official `sentry` crate and by hand-written envelopes, scrubbing, rollups, the report,
 //! and canary personal data that must reach neither the database nor the logs.
-#![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::time::Duration;
@@ -618,7 +617,7 @@ async fn the_privacy_export_says_analytics_hold_nothing_linkable_and_erasure_cha
     )
     .await;
     let mut conn = app.platform.pool.acquire().await.unwrap();
-    let email = pexper_platform::email::EmailAddress::parse("someone@example.net").unwrap();
+    let email = pexper_platform::address::EmailAddress::parse("someone@example.net").unwrap();
     let person = pexper_platform::person::find_or_create(&mut conn, &app.platform.keyring, &email)
         .await
         .unwrap();

@@ -3,13 +3,10 @@
 //! `keyring-core`'s mock store) or the encrypted file, the kill switch stops a run, the Privacy
 //! screen's preview is what "Send now" sends, the licence is checked offline, choices survive a
 //! restart, and the Data screen exports without keys and deletes everything.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::sync::Arc;
 
-use common::{PLANTED_KEY, Stub, assert_nowhere_under, dirs};
+use crate::common::{PLANTED_KEY, Stub, assert_nowhere_under, dirs};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use pexper_desktop::app::PexperApp;
@@ -248,7 +245,7 @@ fn the_licence_screen_gets_the_key_once_then_verifies_offline() {
     let stub = Stub::start();
     let (dirs, root) = dirs();
     settings(&dirs, &stub, |_| {});
-    let key = common::licence_key();
+    let key = crate::common::licence_key();
     let public = key.verifying_key();
     let mut h = harness(&dirs);
     click(&mut h, "Licence");
@@ -362,9 +359,9 @@ fn the_export_holds_no_key_and_delete_all_leaves_nothing_on_the_device() {
     );
     assert!(Workflow::list(&dirs).unwrap().is_empty());
     assert!(
-        common::all_files(&root).is_empty(),
+        crate::common::all_files(&root).is_empty(),
         "{:?}",
-        common::all_files(&root)
+        crate::common::all_files(&root)
     );
     assert!(
         keys.get("anthropic").unwrap().is_none(),

@@ -1,5 +1,4 @@
-//! A loopback HTTP stub that records every request, shared by the desktop's test files.
-#![allow(dead_code, clippy::unwrap_used)]
+//! A loopback HTTP stub that records every request, shared by the desktop's test modules.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

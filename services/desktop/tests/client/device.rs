@@ -2,13 +2,10 @@
 //! request: nothing before consent or after declining, the preview is what is sent, off purges,
 //! the kill switch blocks, keys go only to their provider, the licence matrix, state survives a
 //! restart, and no HTTP client exists outside the egress module.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::path::Path;
 
-use common::{PLANTED_KEY, Seen, Stub, all_files, assert_nowhere_under, dirs};
+use crate::common::{PLANTED_KEY, Seen, Stub, all_files, assert_nowhere_under, dirs};
 
 use pexper_desktop::egress::{Egress, EgressError, Purpose, Request};
 use pexper_desktop::license::{self, Status};

@@ -1,7 +1,6 @@
 //! The desktop client against the real backend: a licence the payments service issued
 //! verifies in the client offline; the usage events and crash envelopes the client sends are
 //! accepted by the analytics service unchanged.
-#![allow(clippy::unwrap_used)]
 
 use pexper_desktop::egress::Egress;
 use pexper_desktop::license::{self, Status};

@@ -1,7 +1,6 @@
 //! Payments, black-box: Stripe webhooks signed as Stripe signs them, with complete payloads;
 //! purchases, refunds and disputes in any order; licences verified offline; the receipt over a
 //! real SMTP server; the admin CLI; what the database keeps.
-#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
@@ -620,7 +619,7 @@ async fn export_holds_purchases_and_licences_and_erasure_keeps_only_the_unlinked
     app.queue_drained().await;
 
     let mut conn = app.platform.pool.acquire().await.unwrap();
-    let email = pexper_platform::email::EmailAddress::parse(&checkout.email).unwrap();
+    let email = pexper_platform::address::EmailAddress::parse(&checkout.email).unwrap();
     let person = pexper_platform::person::find(&mut conn, &app.platform.keyring, &email)
         .await
         .unwrap()

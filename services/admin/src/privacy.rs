@@ -1,0 +1,193 @@
+//! `pexper-admin privacy`: requests that came by email, the queue, handling, the SLA, and the
+//! audit trail's check.
+
+use anyhow::Context;
+use clap::Subcommand;
+use pexper_platform::Config;
+use pexper_platform::address::EmailAddress;
+use pexper_privacy::PrivacyRequestId;
+use pexper_privacy::admin;
+use pexper_privacy::request::{Jurisdiction, Kind, Status};
+use serde_json::json;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use crate::{keyring, output};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take in a request that arrived by email; the person gets an acknowledgement with a
+    /// verification link.
+    Intake {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        kind: Kind,
+        #[arg(long, default_value_t = Jurisdiction::Other)]
+        jurisdiction: Jurisdiction,
+        /// When it arrived (YYYY-MM-DD or RFC 3339; default now): the due date counts from it.
+        #[arg(long)]
+        received_at: Option<String>,
+        /// What they asked, in their words (stored encrypted).
+        #[arg(long)]
+        note: Option<String>,
+        /// Where it came from; only `email` is taken in by hand.
+        #[arg(long, value_parser = ["email"], default_value = "email")]
+        source: String,
+    },
+    /// The queue, soonest due first.
+    List {
+        /// Only open requests past their due date.
+        #[arg(long)]
+        overdue: bool,
+        /// Only open requests due within this many days.
+        #[arg(long, value_name = "DAYS")]
+        due_within: Option<i64>,
+        #[arg(long)]
+        status: Option<Status>,
+    },
+    /// One request: what the person wrote, its audit trail.
+    Show {
+        id: PrivacyRequestId,
+        /// Also decrypt and show the person's address.
+        #[arg(long)]
+        email: bool,
+    },
+    /// Take a verified request in hand (access and deletion: run their processing again).
+    Process { id: PrivacyRequestId },
+    /// Close a request as done; the note is emailed to the person.
+    Complete {
+        id: PrivacyRequestId,
+        #[arg(long)]
+        note: String,
+    },
+    /// Refuse a request; the reason is emailed to the person.
+    Reject {
+        id: PrivacyRequestId,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Open, due soon, overdue; median days to close and share closed on time (90 days).
+    Sla,
+    /// Check the audit trail's hash chain.
+    Audit,
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+fn parse_instant(s: &str) -> anyhow::Result<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let date = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .with_context(|| format!("`{s}` is neither YYYY-MM-DD nor an RFC 3339 time"))?;
+    Ok(date.midnight().assume_utc())
+}
+
+pub async fn run(
+    json: bool,
+    config: &Config,
+    pool: &PgPool,
+    command: Command,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Intake {
+            email,
+            kind,
+            jurisdiction,
+            received_at,
+            note,
+            source: _,
+        } => {
+            let email = EmailAddress::parse(&email).context("--email is not a valid address")?;
+            let received_at = match received_at {
+                Some(s) => parse_instant(&s)?,
+                None => OffsetDateTime::now_utc(),
+            };
+            anyhow::ensure!(
+                received_at <= OffsetDateTime::now_utc(),
+                "--received-at is in the future"
+            );
+            let id = admin::intake(
+                pool,
+                &keyring(config)?,
+                &email,
+                kind,
+                jurisdiction,
+                received_at,
+                note,
+            )
+            .await?;
+            let row = admin::find(pool, id)
+                .await?
+                .context("the request vanished")?;
+            output::object(json, &serde_json::to_value(row)?);
+        }
+        Command::List {
+            overdue,
+            due_within,
+            status,
+        } => {
+            let rows = admin::list(pool, status, overdue, due_within).await?;
+            output::rows(
+                json,
+                &["id", "kind", "status", "received_at", "due_at", "days_left"],
+                &rows,
+                |r| {
+                    vec![
+                        r.id.to_string(),
+                        r.kind.to_string(),
+                        r.status.to_string(),
+                        r.received_at.date().to_string(),
+                        r.due_at.date().to_string(),
+                        match r.days_left {
+                            Some(d) if d < 0 => format!("overdue {}d", -d),
+                            Some(d) => d.to_string(),
+                            None => "-".into(),
+                        },
+                    ]
+                },
+            );
+        }
+        Command::Show { id, email } => {
+            let row = admin::find(pool, id)
+                .await?
+                .with_context(|| format!("no privacy request {id}"))?;
+            let mut value = serde_json::to_value(&row)?;
+            let private = admin::private_parts(pool, &keyring(config)?, &row, email).await?;
+            if let (Some(v), Some(p)) = (value.as_object_mut(), private.as_object()) {
+                v.extend(p.clone());
+            }
+            value["audit"] = serde_json::to_value(admin::audit_of(pool, id).await?)?;
+            output::object(json, &value);
+        }
+        Command::Process { id } => {
+            admin::process(pool, id).await?;
+            output::object(json, &json!({"id": id, "processing": true}));
+        }
+        Command::Complete { id, note } => {
+            anyhow::ensure!(!note.trim().is_empty(), "--note must say what was done");
+            admin::close(pool, &keyring(config)?, id, true, note.trim()).await?;
+            output::object(json, &json!({"id": id, "status": Status::Completed}));
+        }
+        Command::Reject { id, reason } => {
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+            admin::close(pool, &keyring(config)?, id, false, reason.trim()).await?;
+            output::object(json, &json!({"id": id, "status": Status::Rejected}));
+        }
+        Command::Sla => {
+            output::object(json, &serde_json::to_value(admin::sla(pool).await?)?);
+        }
+        Command::Audit => {
+            let check = admin::verify_audit(pool).await?;
+            let intact = check.broken_at.is_none();
+            output::object(json, &serde_json::to_value(&check)?);
+            anyhow::ensure!(
+                intact,
+                "the audit trail is broken at event {}",
+                check.broken_at.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! A request's first steps, each inside the caller's transaction: taking it in (stored, and
+//! acknowledged by email with a verification link) and verifying it (access and deletion then
+//! run by themselves; the others go to the operator).
+
+use pexper_platform::core::operator_notice;
+use pexper_platform::crypto::Keyring;
+use pexper_platform::jobs::{self, NewJob};
+use pexper_platform::person::{self, PersonId};
+use sqlx::PgConnection;
+
+use crate::jobs::{Process, ReceivedMail};
+use crate::request::{Kind, PrivacyRequestId};
+use crate::store::{self, NewRequest};
+
+/// Stores a request and queues its acknowledgement; an identical web request within 10
+/// minutes is the same request and sends nothing new.
+pub async fn take_in(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    person: PersonId,
+    new: &NewRequest,
+) -> anyhow::Result<PrivacyRequestId> {
+    let created = store::create(conn, keyring, person, new).await?;
+    if !created.new {
+        return Ok(created.id);
+    }
+    let id = created.id;
+    // A request from the web form is kept whatever happens, but its acknowledgement comes out
+    // of the address's daily budget: the form must not be a way to flood someone's inbox.
+    // One made by an operator (from a letter to privacy@) is always acknowledged.
+    if new.source != "web" || person::take_request_mail(conn, person).await? {
+        jobs::enqueue(
+            conn,
+            NewJob::new(&ReceivedMail { request_id: id }).for_person(person),
+        )
+        .await?;
+    } else {
+        tracing::info!(request = %id, "daily mail budget spent; acknowledgement not sent");
+    }
+    Ok(id)
+}
+
+/// What a verification link did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verification {
+    Verified {
+        kind: Kind,
+    },
+    /// Unknown, used, expired, or its request is no longer waiting.
+    Invalid,
+}
+
+/// Uses a verification token: the request is the person's. Access and deletion start by
+/// themselves; the operator is told of the others.
+pub async fn verify(conn: &mut PgConnection, token: &str) -> anyhow::Result<Verification> {
+    let Some(verified) = store::verify(conn, token).await? else {
+        return Ok(Verification::Invalid);
+    };
+    let (request, kind) = (verified.request, verified.kind);
+    let job = if kind.is_automatic() {
+        Process::job(request, verified.person)
+    } else {
+        operator_notice(
+            format!("Verified {} request to handle", kind.as_str()),
+            vec![
+                format!(
+                    "Request {request} ({}) is verified and waits for you.",
+                    kind.as_str()
+                ),
+                format!("It is due {}.", verified.due.date()),
+                format!("Read it: pexper-admin privacy show {request}"),
+                format!(
+                    "Then: pexper-admin privacy complete {request} --note \"…\" (or reject … --reason \"…\")"
+                ),
+            ],
+        )
+    };
+    jobs::enqueue(conn, job).await?;
+    Ok(Verification::Verified { kind })
+}

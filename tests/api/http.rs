@@ -1,0 +1,281 @@
+//! The HTTP stack, black-box: health and readiness, JSON errors for bad requests, rate
+//! limits, CORS, and an OpenAPI document that lists exactly the routed operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use pexper_platform::http::{ApiJson, HttpOptions};
+use pexper_platform::state::{Platform, Service};
+use pexper_tests::*;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+
+/// A service that exists only in tests: a JSON endpoint to exercise the HTTP stack.
+struct Probe;
+
+async fn echo(ApiJson(body): ApiJson<Value>) -> axum::Json<Value> {
+    axum::Json(body)
+}
+
+impl Service for Probe {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn routes(&self) -> OpenApiRouter<Platform> {
+        OpenApiRouter::new().route("/v1/probe/echo", axum::routing::post(echo))
+    }
+}
+
+fn with_probe(http: Option<HttpOptions>) -> AppOptions {
+    let mut services = pexper_server::all_services();
+    services.push(Arc::new(Probe));
+    let defaults = AppOptions::default();
+    AppOptions {
+        services,
+        http: http.unwrap_or(defaults.http),
+        ..defaults
+    }
+}
+
+async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap();
+    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("application/json"), "{status}: {ct}");
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, body["error"]["code"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_ok_and_readiness_fails_fast_without_a_database() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    }
+    // The database goes away: readiness says so within the acquire timeout, health does not care.
+    let mut admin = sqlx::PgConnection::connect_with(&cluster().connect_options("postgres"))
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {} WITH (FORCE)",
+        app.db.name
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_never_a_500() {
+    let app = spawn_app_with(with_probe(None)).await;
+    let echo = app.url("/v1/probe/echo");
+
+    let res = app
+        .client
+        .get(app.url("/no/such/path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+
+    let res = app
+        .client
+        .post(&echo)
+        .header("content-type", "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::BAD_REQUEST, "malformed_json".into())
+    );
+
+    let res = app.client.post(&echo).body("{}").send().await.unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type".into()
+        )
+    );
+
+    let res = app.client.delete(&echo).send().await.unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into())
+    );
+
+    let three_mb = format!("{{\"pad\": \"{}\"}}", "x".repeat(3 * 1024 * 1024));
+    let res = app
+        .client
+        .post(&echo)
+        .header("content-type", "application/json")
+        .body(three_mb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into())
+    );
+
+    // And a good request still works.
+    let res = app
+        .client
+        .post(&echo)
+        .json(&json!({"ok": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn a_burst_from_one_client_meets_429_with_retry_after() {
+    let app = spawn_app_with(with_probe(Some(HttpOptions {
+        burst: 5,
+        replenish: Duration::from_secs(2),
+        ..HttpOptions::default()
+    })))
+    .await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let res = app
+            .client
+            .post(app.url("/v1/probe/echo"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            limited = Some(res);
+            break;
+        }
+        assert_eq!(res.status(), 200);
+    }
+    let res = limited.expect("the burst is limited");
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into())
+    );
+    // Health checks are not rate limited (load balancers poll them).
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_exactly_the_configured_origins() {
+    let app = spawn_app_with(with_probe(None)).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/v1/probe/echo"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let ok = preflight("https://pexper.com").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://pexper.com"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn openapi_documents_exactly_the_routed_operations() {
+    let app = spawn_app().await;
+    let spec: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let documented: Vec<(String, String)> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.to_uppercase(), path.clone()))
+        })
+        .collect();
+    // Every route the services register through utoipa-axum's `routes!` is documented by the
+    // same annotation; these are all of them, so a route that loses its document (or a
+    // document that loses its route) fails here.
+    let mut expected = vec![
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("POST", "/v1/waitlist"),
+        ("GET", "/v1/waitlist/confirm"),
+        ("POST", "/v1/waitlist/confirm"),
+        ("GET", "/v1/unsubscribe"),
+        ("POST", "/v1/unsubscribe"),
+        ("POST", "/v1/webhooks/stripe"),
+        ("GET", "/v1/licenses/public-key"),
+        ("POST", "/v1/licenses/validate"),
+        ("POST", "/v1/privacy/requests"),
+        ("GET", "/v1/privacy/verify"),
+        ("POST", "/v1/privacy/verify"),
+        ("GET", "/v1/privacy/exports/{token}"),
+        ("POST", "/v1/analytics/events"),
+        ("GET", "/v1/analytics/schema"),
+        ("POST", "/api/{project_id}/envelope/"),
+    ];
+    expected.sort();
+    let mut found: Vec<(&str, &str)> = documented
+        .iter()
+        .map(|(m, p)| (m.as_str(), p.as_str()))
+        .collect();
+    found.sort();
+    assert_eq!(found, expected, "the documented operations");
+    // And each documented operation is routed: it never meets the router's own 404 or 405.
+    for (method, path) in &documented {
+        let concrete = path.replace("{token}", "x").replace("{project_id}", "1");
+        let res = app
+            .client
+            .request(method.parse().unwrap(), app.url(&concrete))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.text().await.unwrap();
+        assert_ne!(status, 405, "{method} {path}");
+        assert!(
+            !body.contains("no such endpoint"),
+            "{method} {path} is documented but not routed"
+        );
+    }
+}

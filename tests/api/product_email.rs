@@ -1,0 +1,373 @@
+//! Product email to the waitlist: one-click unsubscribe, broadcasts, invitations, DKIM,
+//! and the suppression that outlives an erasure.
+
+use pexper_platform::personal_data::Registry;
+use pexper_tests::*;
+use serde_json::{Value, json};
+
+use crate::waitlist::{WAIT, join, signup};
+
+#[tokio::test]
+async fn one_click_unsubscribe_stops_product_email_and_a_get_changes_nothing() {
+    let app = spawn_app().await;
+    join(&app, "lin@example.com", json!({})).await;
+    let mail = app.smtp.wait_for(2, WAIT).await;
+    let header = mail[1].header("List-Unsubscribe").unwrap();
+    let url = header
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned();
+    let subscribed = || async {
+        sqlx::query_scalar::<_, bool>("SELECT subscribed FROM waitlist_entry")
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap()
+    };
+
+    // A mail scanner follows the link: nothing changes.
+    let page = app.client.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("id=\"unsubscribe\""));
+    assert!(subscribed().await);
+
+    // A token that keeps the format and breaks only its MAC (one character of it) is refused
+    // on the page and by the POST, and the person stays subscribed.
+    let mac_at = url.rfind('.').unwrap() + 1;
+    let flipped = if &url[mac_at..=mac_at] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    let forged = format!("{}{flipped}{}", &url[..mac_at], &url[mac_at + 1..]);
+    assert_eq!(forged.len(), url.len());
+    for res in [
+        app.client.get(&forged).send().await.unwrap(),
+        app.client
+            .post(&forged)
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(res.status(), 400);
+    }
+    assert!(subscribed().await, "a forged MAC changes nothing");
+
+    // The mail provider's one-click POST: exactly RFC 8058's body, no cookie.
+    let res = app
+        .client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(!subscribed().await);
+
+    // No more product email: a welcome job for them sends nothing.
+    app.queue_drained().await;
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    let person: pexper_platform::person::PersonId =
+        sqlx::query_scalar("SELECT person_id FROM waitlist_entry")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    pexper_platform::jobs::enqueue(
+        &mut tx,
+        pexper_platform::jobs::NewJob::new(&pexper_waitlist::Welcome {}).for_person(person),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    app.queue_drained().await;
+    assert_eq!(app.smtp.received().len(), 2);
+
+    // A forged token is refused, and changes nothing.
+    let forged = url.replace("token=v", "token=x");
+    assert_eq!(app.client.post(&forged).send().await.unwrap().status(), 400);
+}
+
+#[tokio::test]
+async fn waitlist_data_is_exported_and_erasure_keeps_only_a_suppression_hash() {
+    let app = spawn_app().await;
+    join(&app, "erase.me@example.com", json!({"source": "homepage"})).await;
+    app.smtp.wait_for(2, WAIT).await;
+    app.queue_drained().await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let person: pexper_platform::person::PersonId =
+        sqlx::query_scalar("SELECT person_id FROM waitlist_entry")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    pexper_waitlist_unsubscribe(&app, person).await;
+
+    let registry: Registry = pexper_server::personal_data(&app.platform.config);
+    let export = registry
+        .export(&mut conn, &app.platform.keyring, person)
+        .await
+        .unwrap();
+    assert_eq!(export["email"]["address"], "erase.me@example.com");
+    assert_eq!(export["waitlist"]["status"], "confirmed");
+    assert_eq!(export["waitlist"]["source"], "homepage");
+    assert_eq!(export["waitlist"]["subscribed"], false);
+    assert_eq!(export["waitlist"]["position"], 1);
+    assert!(export["waitlist"]["referral_code"].as_str().unwrap().len() >= 10);
+    let sent: Vec<&str> = export["email"]["emails_sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(sent, vec!["waitlist-confirm", "waitlist-welcome"]);
+
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    let summary = registry
+        .erase(&mut tx, &app.platform.keyring, person)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let waitlist = summary.iter().find(|s| s.section == "waitlist").unwrap();
+    assert_eq!(waitlist.removed["waitlist_entries"], 1);
+    assert_eq!(waitlist.kept.len(), 1, "{waitlist:?}");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM person) + (SELECT count(*) FROM waitlist_entry)
+              + (SELECT count(*) FROM waitlist_token) + (SELECT count(*) FROM email_event)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    let suppressed: i64 = sqlx::query_scalar("SELECT count(*) FROM email_suppression")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(suppressed, 1);
+    let dump = app.db.dump();
+    assert!(!dump.contains("erase.me"), "no trace of the address");
+}
+
+async fn pexper_waitlist_unsubscribe(app: &TestApp, person: pexper_platform::person::PersonId) {
+    let token = pexper_waitlist::UnsubscribeToken::issue(&app.platform.keyring, person);
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/unsubscribe?token={token}")))
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_subscribers_once_and_unsubscribed_people_never() {
+    let app = spawn_app().await;
+    for who in ["one@example.com", "two@example.com", "gone@example.com"] {
+        join(&app, who, json!({})).await;
+    }
+    signup(&app, json!({"email": "pending@example.com"})).await;
+    app.smtp.wait_for(7, WAIT).await; // 3 × (confirm + welcome) + 1 confirm
+    app.queue_drained().await;
+    let gone = app
+        .smtp
+        .received()
+        .into_iter()
+        .find(|m| m.to == ["<gone@example.com>"] && m.header("List-Unsubscribe").is_some())
+        .unwrap();
+    let url = gone.header("List-Unsubscribe").unwrap();
+    let url = url.trim_start_matches('<').trim_end_matches('>');
+    app.client
+        .post(url)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+
+    let body = app.data_dir.path().join("update.txt");
+    std::fs::write(
+        &body,
+        "Pexper 0.9 is out.\n\nLocal models now run 2x faster.",
+    )
+    .unwrap();
+    let vars = app.cli_vars();
+    let args = |dry: bool| {
+        let mut a = vec![
+            "mail",
+            "broadcast",
+            "--template",
+            "product-update",
+            "--subject",
+            "Pexper 0.9",
+            "--body-file",
+            body.to_str().unwrap(),
+            "--json",
+        ];
+        if dry {
+            a.push("--dry-run");
+        }
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let out = admin(&vars, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    assert_eq!(run(args(true))["queued"], 2, "dry run counts the audience");
+    app.queue_drained().await;
+    assert_eq!(app.smtp.received().len(), 7, "a dry run sends nothing");
+
+    assert_eq!(run(args(false))["queued"], 2);
+    let mail = app.smtp.wait_for(9, WAIT).await;
+    let updates: Vec<_> = mail
+        .iter()
+        .filter(|m| m.header("Subject").as_deref() == Some("Pexper 0.9"))
+        .collect();
+    let mut to: Vec<_> = updates.iter().map(|m| m.to[0].clone()).collect();
+    to.sort();
+    assert_eq!(to, vec!["<one@example.com>", "<two@example.com>"]);
+    for m in &updates {
+        assert!(
+            m.header("List-Unsubscribe")
+                .unwrap()
+                .contains("/v1/unsubscribe?token=")
+        );
+        assert_eq!(
+            m.header("List-Unsubscribe-Post").unwrap(),
+            "List-Unsubscribe=One-Click"
+        );
+        assert!(
+            m.part("text/html")
+                .unwrap()
+                .contains("<p>Local models now run 2x faster.</p>")
+        );
+    }
+
+    // Re-running the same broadcast sends nothing new.
+    assert_eq!(run(args(false))["queued"], 0);
+    app.queue_drained().await;
+    assert_eq!(app.smtp.received().len(), 9);
+}
+
+#[tokio::test]
+async fn the_admin_cli_shows_the_line_exports_addresses_and_invites_the_next_people() {
+    let app = spawn_app().await;
+    for who in ["a1@example.com", "a2@example.com", "a3@example.com"] {
+        join(&app, who, json!({})).await;
+    }
+    app.smtp.wait_for(6, WAIT).await;
+    app.queue_drained().await;
+    let vars = app.cli_vars();
+
+    let stats = admin(&vars, &["waitlist", "stats", "--json"]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let stats: Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    assert_eq!(
+        (stats["confirmed"].as_i64(), stats["subscribed"].as_i64()),
+        (Some(3), Some(3))
+    );
+
+    let list = admin(&vars, &["waitlist", "list"]);
+    assert!(
+        !stdout(&list).contains("@example.com"),
+        "list shows no address"
+    );
+    let csv = stdout(&admin(&vars, &["waitlist", "export", "--format", "csv"]));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("position,email,status"));
+    assert!(lines[1].starts_with("1,a1@example.com,confirmed"), "{csv}");
+
+    let invite = admin(&vars, &["waitlist", "invite", "--count", "2", "--json"]);
+    assert!(invite.status.success(), "{}", stderr(&invite));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&invite)).unwrap()["queued"],
+        2
+    );
+    let mail = app.smtp.wait_for(8, WAIT).await;
+    let mut invited: Vec<_> = mail[6..].iter().map(|m| m.to[0].clone()).collect();
+    invited.sort();
+    assert_eq!(invited, vec!["<a1@example.com>", "<a2@example.com>"]);
+    let export: Value =
+        serde_json::from_str(&stdout(&admin(&vars, &["waitlist", "export", "--json"]))).unwrap();
+    assert_eq!(export[0]["email"], "a3@example.com");
+    assert_eq!(
+        export[0]["position"], 1,
+        "the one still waiting is now first"
+    );
+}
+
+#[tokio::test]
+async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_headers() {
+    use base64::Engine;
+    let seed = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let app = spawn_app_with(AppOptions {
+        vars: vec![
+            ("PEXPER_DKIM_SELECTOR", "mail2026".into()),
+            ("PEXPER_DKIM_KEY", format!("ed25519:{seed}")),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    join(&app, "signed@example.com", json!({})).await;
+    let mail = app.smtp.wait_for(2, WAIT).await;
+    for m in &mail {
+        let sig = m.header("DKIM-Signature").expect("signed");
+        let tags: std::collections::HashMap<&str, &str> = sig
+            .split(';')
+            .filter_map(|t| t.trim().split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        assert_eq!(tags["d"], "pexper.com");
+        assert_eq!(tags["s"], "mail2026");
+        assert_eq!(tags["a"], "ed25519-sha256");
+        assert_eq!(tags["c"], "relaxed/relaxed");
+        let signed: Vec<String> = tags["h"]
+            .split(':')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        for h in ["from", "to", "subject", "date", "message-id"] {
+            assert!(signed.contains(&h.to_owned()), "{h} in {signed:?}");
+        }
+        let is_product = m.header("List-Unsubscribe").is_some();
+        assert_eq!(
+            signed.contains(&"list-unsubscribe".to_owned())
+                && signed.contains(&"list-unsubscribe-post".to_owned()),
+            is_product,
+            "{signed:?}"
+        );
+        assert!(tags["b"].len() > 40);
+        dkim::verify(
+            m,
+            &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key(),
+        )
+        .unwrap();
+        // Any change to a signed header breaks the signature.
+        let mut forged = m.clone();
+        forged.data = forged.data.replacen("Subject: ", "Subject: Re: ", 1);
+        assert!(
+            dkim::verify(
+                &forged,
+                &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key()
+            )
+            .is_err()
+        );
+        if is_product {
+            let mut forged = m.clone();
+            forged.data = forged.data.replacen(
+                "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+                "List-Unsubscribe-Post: nothing",
+                1,
+            );
+            assert!(
+                dkim::verify(
+                    &forged,
+                    &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key()
+                )
+                .is_err()
+            );
+        }
+    }
+    assert!(
+        mail.iter().any(|m| m.header("List-Unsubscribe").is_some()),
+        "the welcome is product email"
+    );
+}

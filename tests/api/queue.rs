@@ -1,0 +1,464 @@
+//! The job queue: leases, heartbeats and fencing between workers, backoff, dead jobs and
+//! the CLI that retries them, and a shutdown that finishes the job in hand.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pexper_platform::jobs::{self, BackgroundJob, Job, JobError, JobRegistry, NewJob, Worker};
+use pexper_platform::state::{Platform, Service};
+use pexper_tests::*;
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// The queue tests' job: what it does is its worker's `Behaviour`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TestJob {
+    i: usize,
+}
+
+impl BackgroundJob for TestJob {
+    const KIND: &'static str = "test.job";
+    type Context = Behaviour;
+
+    async fn run(self, behaviour: Behaviour, job: &Job) -> Result<(), JobError> {
+        match behaviour {
+            Behaviour::Count { runs, delay } => {
+                tokio::time::sleep(delay).await;
+                runs.0.lock().unwrap().push(job.id.to_string());
+                Ok(())
+            }
+            Behaviour::Gated {
+                started,
+                release,
+                outcome,
+            } => {
+                started.fetch_add(1, Ordering::SeqCst);
+                release.notified().await;
+                outcome()
+            }
+            Behaviour::Fail => Err(JobError::Retry(anyhow::anyhow!(
+                "upstream said no to alice@example.com from 192.0.2.1"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Behaviour {
+    /// Waits `delay`, then records the job's id in `runs`.
+    Count { runs: Runs, delay: Duration },
+    /// Counts its start in `started`, waits for `release`, then answers `outcome`.
+    Gated {
+        started: Arc<AtomicUsize>,
+        release: Arc<tokio::sync::Notify>,
+        outcome: fn() -> Result<(), JobError>,
+    },
+    /// Fails, worth a retry, quoting an address and an IP address.
+    Fail,
+}
+
+/// The ids of the jobs a `Behaviour::Count` ran, in order.
+#[derive(Clone, Default)]
+struct Runs(Arc<Mutex<Vec<String>>>);
+
+async fn enqueue_n(pool: &sqlx::PgPool, n: usize) {
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..n {
+        jobs::enqueue(&mut tx, NewJob::new(&TestJob { i }))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+pub(crate) async fn job_count(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM job")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Two workers (each `lease` long, four tasks) run the jobs queued in `db`, each job taking
+/// `job_time`, until the queue is empty; returns the ids of the jobs run, in order.
+async fn two_workers_until_empty(
+    db: &TestDatabase,
+    lease: Duration,
+    job_time: Duration,
+) -> Vec<String> {
+    let pool = db.pool().await;
+    let runs = Runs::default();
+    let (stop, shutdown) = watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let behaviour = Behaviour::Count {
+            runs: runs.clone(),
+            delay: job_time,
+        };
+        let w = Worker::new(db.pool().await, behaviour)
+            .concurrency(4)
+            .lease(lease)
+            .poll_interval(Duration::from_millis(20))
+            .register::<TestJob>();
+        workers.push(tokio::spawn(w.run(shutdown.clone())));
+    }
+    eventually(Duration::from_secs(30), "the queue to be empty", || async {
+        (job_count(&pool).await == 0).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    runs.0.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn two_workers_never_run_the_same_job() {
+    init();
+    let db = TestDatabase::new().await;
+    enqueue_n(&db.pool().await, 200).await;
+    let ran = two_workers_until_empty(&db, Duration::from_secs(60), Duration::from_millis(1)).await;
+    let distinct: HashSet<_> = ran.iter().collect();
+    assert_eq!(ran.len(), 200, "every job ran");
+    assert_eq!(distinct.len(), 200, "no job ran twice");
+}
+
+#[tokio::test]
+async fn a_job_survives_a_killed_worker() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, 1).await;
+
+    // Worker A claims the job and is killed mid-job (its task is aborted: no cleanup runs).
+    let started = Arc::new(AtomicUsize::new(0));
+    let a = GatedWorker::start(
+        db.pool().await,
+        Duration::from_secs(1),
+        started.clone(),
+        || Ok(()),
+    );
+    a.started(1, "worker A to start the job").await;
+    a.kill().await;
+    let status: String = sqlx::query_scalar("SELECT status FROM job")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "running",
+        "the killed worker's job is still claimed"
+    );
+
+    // Worker B takes it over once the lease lapses, and finishes it.
+    let runs = Runs::default();
+    let (stop_b, shutdown_b) = watch::channel(false);
+    let behaviour = Behaviour::Count {
+        runs: runs.clone(),
+        delay: Duration::ZERO,
+    };
+    let b = Worker::new(db.pool().await, behaviour)
+        .lease(Duration::from_secs(1))
+        .poll_interval(Duration::from_millis(100))
+        .register::<TestJob>();
+    let b = tokio::spawn(b.run(shutdown_b));
+    eventually(
+        Duration::from_secs(15),
+        "worker B to finish the job",
+        || async { (job_count(&pool).await == 0).then_some(()) },
+    )
+    .await;
+    stop_b.send(true).unwrap();
+    b.await.unwrap();
+    assert_eq!(runs.0.lock().unwrap().len(), 1);
+}
+
+/// A one-task worker whose jobs count their starts in `started`, then wait for `release` and
+/// answer `outcome`.
+struct GatedWorker {
+    started: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GatedWorker {
+    fn start(
+        pool: sqlx::PgPool,
+        lease: Duration,
+        started: Arc<AtomicUsize>,
+        outcome: fn() -> Result<(), JobError>,
+    ) -> Self {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let behaviour = Behaviour::Gated {
+            started: started.clone(),
+            release: release.clone(),
+            outcome,
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let worker = Worker::new(pool, behaviour)
+            .concurrency(1)
+            .lease(lease)
+            .poll_interval(Duration::from_millis(20))
+            .register::<TestJob>();
+        Self {
+            started,
+            release,
+            stop,
+            task: tokio::spawn(worker.run(shutdown)),
+        }
+    }
+
+    /// Waits until the handler has started `n` times in all.
+    async fn started(&self, n: usize, what: &str) {
+        eventually(Duration::from_secs(10), what, || async {
+            (self.started.load(Ordering::SeqCst) == n).then_some(())
+        })
+        .await;
+    }
+
+    /// Lets the job in hand answer, and the worker stop.
+    async fn release_and_stop(self) {
+        self.stop.send(true).unwrap();
+        self.release.notify_one();
+        self.task.await.unwrap();
+    }
+
+    /// Kills the worker mid-job: the task is aborted, nothing after it runs.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn job_state(pool: &sqlx::PgPool) -> Option<(String, i32, Option<String>)> {
+    sqlx::query_as("SELECT status, attempts, last_error FROM job")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_job_that_outlives_its_lease_on_a_live_worker_is_not_taken_over() {
+    init();
+    let db = TestDatabase::new().await;
+    enqueue_n(&db.pool().await, 1).await;
+    // Leases of 300 ms; the job takes 2 s, more than six leases: only the heartbeat (every
+    // 100 ms) keeps it from the seven other tasks polling for work.
+    let ran =
+        two_workers_until_empty(&db, Duration::from_millis(300), Duration::from_secs(2)).await;
+    assert_eq!(ran.len(), 1, "one run, never a second");
+}
+
+#[tokio::test]
+async fn after_a_takeover_the_first_worker_can_neither_finish_nor_fail_the_job() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    for outcome in [(|| Ok(())) as fn() -> Result<(), JobError>, || {
+        Err(JobError::Permanent(anyhow::anyhow!(
+            "the first worker gives up"
+        )))
+    }] {
+        enqueue_n(&pool, 1).await;
+        // Worker A holds a long lease (no heartbeat during the test) and waits to be released.
+        // One task each, so that the takeover can only be B's.
+        let lease = Duration::from_secs(60);
+        let a = GatedWorker::start(db.pool().await, lease, Arc::default(), outcome);
+        a.started(1, "A to start").await;
+        // A's lease lapses (as if its heartbeats stopped reaching the database); B takes over.
+        sqlx::query("UPDATE job SET locked_until = now() - interval '1 second'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let b = GatedWorker::start(db.pool().await, lease, Arc::default(), || Ok(()));
+        b.started(1, "B to take over").await;
+
+        // A now finishes (or fails): fenced by its attempt number, it changes nothing.
+        a.release_and_stop().await;
+        assert_eq!(
+            job_state(&pool).await,
+            Some(("running".to_owned(), 2, None)),
+            "B's claim stands"
+        );
+        b.release_and_stop().await;
+        assert_eq!(job_state(&pool).await, None, "B finished it");
+    }
+}
+
+#[tokio::test]
+async fn a_job_that_kills_its_worker_every_time_ends_dead_after_its_attempts() {
+    let app = spawn_app().await;
+    let pool = &app.platform.pool;
+    let mut tx = pool.begin().await.unwrap();
+    let id = jobs::enqueue(&mut tx, NewJob::new(&TestJob { i: 0 }).max_attempts(2))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let lease = Duration::from_millis(200);
+    // Each attempt takes its worker down mid-job.
+    for attempt in 1..=2 {
+        let w = GatedWorker::start(pool.clone(), lease, started.clone(), || Ok(()));
+        w.started(attempt, "the attempt to start").await;
+        w.kill().await;
+    }
+    // A third worker finds the lapsed lease of a job with no attempts left: dead, not run.
+    let w = GatedWorker::start(pool.clone(), lease, started.clone(), || Ok(()));
+    let (status, attempts, error) =
+        eventually(Duration::from_secs(10), "the job to go dead", || async {
+            job_state(pool)
+                .await
+                .filter(|(status, _, _)| status == "dead")
+        })
+        .await;
+    w.release_and_stop().await;
+    assert_eq!((status.as_str(), attempts), ("dead", 2));
+    assert!(error.unwrap().contains("stopped during every attempt"));
+    assert_eq!(started.load(Ordering::SeqCst), 2, "no third run");
+    let out = admin(
+        &app.cli_vars(),
+        &["jobs", "list", "--status", "dead", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed[0]["id"], id.to_string());
+    assert_eq!(listed[0]["attempts"], 2);
+}
+
+#[tokio::test]
+async fn failing_jobs_back_off_then_go_dead_and_the_cli_retries_them() {
+    let app = spawn_app().await;
+    let pool = &app.platform.pool;
+    let mut tx = pool.begin().await.unwrap();
+    // No worker handles this kind in the app, so the test drives attempts by hand.
+    let id = jobs::enqueue(&mut tx, NewJob::new(&TestJob { i: 0 }).max_attempts(2))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let fail_once = |pool: sqlx::PgPool| async move {
+        let (stop, shutdown) = watch::channel(false);
+        let w = Worker::new(pool.clone(), Behaviour::Fail)
+            .poll_interval(Duration::from_millis(50))
+            .register::<TestJob>();
+        let handle = tokio::spawn(w.run(shutdown));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stop.send(true).unwrap();
+        handle.await.unwrap();
+    };
+
+    fail_once(pool.clone()).await;
+    let (status, attempts, delay_s, error): (String, i32, f64, String) = sqlx::query_as(
+        "SELECT status, attempts, extract(epoch FROM run_at - now())::float8, last_error FROM job WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("queued", 1));
+    assert!(
+        delay_s > 0.0 && delay_s <= 2.0,
+        "backoff after the first attempt: {delay_s}"
+    );
+    assert!(
+        !error.contains("alice") && !error.contains("192.0.2.1"),
+        "{error}"
+    );
+
+    sqlx::query("UPDATE job SET run_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    fail_once(pool.clone()).await;
+    let status: String = sqlx::query_scalar("SELECT status FROM job WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "dead");
+
+    let vars = app.cli_vars();
+    let out = admin(&vars, &["jobs", "list", "--status", "dead", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed[0]["id"], id.to_string());
+    assert_eq!(listed[0]["status"], "dead");
+    let table = admin(&vars, &["jobs", "list"]);
+    assert!(stdout(&table).contains("test.job"), "{}", stdout(&table));
+
+    let out = admin(&vars, &["jobs", "retry", &id.to_string(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()["requeued"],
+        1
+    );
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM job WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("queued", 0));
+
+    let usage = admin(&vars, &["jobs", "frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_job_in_hand() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct SlowFinish {}
+    impl BackgroundJob for SlowFinish {
+        const KIND: &'static str = "test.slow_finish";
+        type Context = Platform;
+        async fn run(self, p: Platform, _: &Job) -> Result<(), JobError> {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            sqlx::query("CREATE TABLE slow_job_finished (x int)")
+                .execute(&p.pool)
+                .await?;
+            Ok(())
+        }
+    }
+    struct Slow;
+    impl Service for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn jobs(&self) -> JobRegistry<Platform> {
+            JobRegistry::new().register::<SlowFinish>()
+        }
+    }
+    let mut options = AppOptions::default();
+    options.services.push(Arc::new(Slow));
+    let mut app = spawn_app_with(options).await;
+    let pool = app.platform.pool.clone();
+    let mut tx = pool.begin().await.unwrap();
+    jobs::enqueue(&mut tx, NewJob::new(&SlowFinish {}))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    eventually(Duration::from_secs(5), "the job to be claimed", || async {
+        let s: Option<String> = sqlx::query_scalar("SELECT status FROM job")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        (s.as_deref() == Some("running")).then_some(())
+    })
+    .await;
+    app.shutdown().await;
+    assert_eq!(
+        job_count(&pool).await,
+        0,
+        "the job finished before shutdown returned"
+    );
+    let finished: bool = sqlx::query_scalar("SELECT to_regclass('slow_job_finished') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(finished);
+}

@@ -1,0 +1,345 @@
+//! Storage: Postgres over TLS only (managed and external), encryption at rest bound to its
+//! row, key rotation, migrations, and people created once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use pexper_platform::address::EmailAddress;
+use pexper_platform::crypto::{Keyring, MasterKeys};
+use pexper_platform::person;
+use pexper_tests::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn every_database_connection_uses_tls_and_plain_connections_are_refused() {
+    let app = spawn_app().await;
+    // Make the pool open a few connections.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let pool = app.platform.pool.clone();
+        handles.push(tokio::spawn(async move {
+            sqlx::query("SELECT pg_sleep(0.2)")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let (tls, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = current_database() AND a.application_name = 'pexper'",
+    )
+    .fetch_one(&app.platform.pool)
+    .await
+    .unwrap();
+    assert!(tls >= 2, "the app's connections: {tls} over TLS");
+    assert_eq!(plain, 0);
+
+    let plain_url = app
+        .db
+        .url()
+        .replace("sslmode=verify-full", "sslmode=disable");
+    // Refused by the server for being plain (the only pg_hba line is `hostssl`), not for a
+    // wrong password or database: the same credentials work over TLS above.
+    let refused = sqlx::PgPool::connect(&plain_url).await.err();
+    let Some(sqlx::Error::Database(e)) = &refused else {
+        panic!("a connection without TLS is refused by the server: {refused:?}");
+    };
+    assert_eq!(e.code().as_deref(), Some("28000"), "{e}");
+    assert!(e.message().contains("no encryption"), "{e}");
+}
+
+#[tokio::test]
+async fn a_database_dump_holds_no_address_in_clear() {
+    let app = spawn_app().await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let addresses = ["canary.alice@example.com", "bob.canary@example.org"];
+    for a in addresses {
+        let email = EmailAddress::parse(a).unwrap();
+        let id = person::find_or_create(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap();
+        // Same address, same person; and it opens again.
+        let again = person::find_or_create(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap();
+        assert_eq!(id, again);
+        let opened = person::email(&mut conn, &app.platform.keyring, id)
+            .await
+            .unwrap();
+        assert_eq!(opened.unwrap().as_str(), a);
+    }
+    let dump = app.db.dump();
+    assert!(
+        dump.contains("COPY public.person"),
+        "the dump covers the table"
+    );
+    // Each person: an index, a sealed address and a wrapped key, all bytea, all searched.
+    assert!(
+        dump.bytea_values() >= 3 * addresses.len(),
+        "bytea values decoded"
+    );
+    for a in addresses {
+        for needle in [a, a.split('@').next().unwrap()] {
+            assert!(!dump.contains(needle), "{needle} appears in the dump");
+        }
+    }
+}
+
+#[test]
+fn a_dump_search_sees_into_bytea_values() {
+    // What pg_dump writes for a bytea holding "ada@example.com" in clear.
+    let hex: String = b"ada@example.com"
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dump = Dump::new(format!(
+        "COPY public.person (email_sealed) FROM stdin;\n\\\\x{hex}\n\\.\n"
+    ));
+    assert!(!(*dump).contains("ada@example.com"), "not in the text");
+    assert!(
+        dump.contains("ada@example.com"),
+        "found in the decoded bytea"
+    );
+    assert!(!dump.contains("bob@example.com"));
+}
+
+#[tokio::test]
+async fn a_copied_ciphertext_does_not_open_in_another_row() {
+    let app = spawn_app().await;
+    let ring = &app.platform.keyring;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let alice = person::find_or_create(
+        &mut conn,
+        ring,
+        &EmailAddress::parse("a@example.com").unwrap(),
+    )
+    .await
+    .unwrap();
+    let bob = person::find_or_create(
+        &mut conn,
+        ring,
+        &EmailAddress::parse("b@example.com").unwrap(),
+    )
+    .await
+    .unwrap();
+    // An attacker with write access copies Alice's sealed address into Bob's row.
+    sqlx::query("UPDATE person SET email_sealed = (SELECT email_sealed FROM person WHERE id = $1) WHERE id = $2")
+        .bind(alice)
+        .bind(bob)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(person::email(&mut conn, ring, bob).await.is_err());
+    assert!(
+        person::email(&mut conn, ring, alice)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_row_under_the_same_key_fails_on_the_row_binding() {
+    use pexper_platform::crypto::{CryptoError, Field, sealed_key_id};
+    let app = spawn_app().await;
+    // One person, two requests with details: two ciphertexts under one data key.
+    for (kind, details) in [
+        ("correction", "my name is spelt wrong"),
+        ("restriction", "stop using my data"),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/v1/privacy/requests"))
+            .json(&json!({"email": "moved@example.com", "kind": kind, "details": details}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    let rows: Vec<(uuid::Uuid, Vec<u8>, person::PersonId)> = sqlx::query_as(
+        "SELECT id, details_sealed, person_id FROM privacy_request ORDER BY created_at",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let key = person::data_key(&mut conn, &app.platform.keyring, rows[0].2)
+        .await
+        .unwrap()
+        .unwrap();
+    let field = |row| Field {
+        table: "privacy_request",
+        column: "details_sealed",
+        row,
+    };
+    let (first, moved) = (&rows[0], &rows[1]);
+    assert_eq!(
+        key.open(field(first.0), &first.1).unwrap(),
+        b"my name is spelt wrong",
+        "it opens where it was sealed"
+    );
+    // Copied into the other request's row: the key id matches, so only the binding of the
+    // ciphertext to its row can refuse it.
+    assert_eq!(sealed_key_id(&first.1), Some(key.id()));
+    assert_eq!(sealed_key_id(&moved.1), Some(key.id()));
+    assert_eq!(
+        key.open(field(moved.0), &first.1),
+        Err(CryptoError::Authentication)
+    );
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
+    init();
+    let db = TestDatabase::empty().await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let pool = db.pool().await;
+        tasks.push(tokio::spawn(async move {
+            pexper_platform::db::migrate(&pool).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    pexper_platform::db::migrate(&db.pool().await)
+        .await
+        .unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(applied, files);
+}
+
+#[tokio::test]
+async fn key_rotation_rewraps_every_data_key_and_lookups_keep_working() {
+    let app = spawn_app().await;
+    let old = app.platform.config.master_key.clone().unwrap();
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let mut people = Vec::new();
+    for i in 0..25 {
+        let email = EmailAddress::parse(&format!("person{i}@example.com")).unwrap();
+        let id = person::find_or_create(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap();
+        people.push((id, email));
+    }
+    let new = MasterKeys::generate_encoded();
+    let both = format!("2:{new},1:{}", secrecy::ExposeSecret::expose_secret(&old));
+    let mut vars = app.cli_vars();
+    vars.retain(|(k, _)| k != "PEXPER_MASTER_KEY");
+    vars.push(("PEXPER_MASTER_KEY".into(), both));
+
+    let status = admin(&vars, &["keys", "status", "--json"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let status: Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["current_version"], 2);
+    assert_eq!(status["data_keys_to_rotate"], 25);
+
+    let out = admin(&vars, &["keys", "rotate", "--batch", "10", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()["rewrapped"],
+        25
+    );
+    assert!(
+        stderr(&out).contains("re-wrapped 25/25"),
+        "progress: {}",
+        stderr(&out)
+    );
+
+    // With only the new master key, every address still opens and is still found.
+    let only_new = Keyring::new(&MasterKeys::parse(&format!("2:{new}").into()).unwrap());
+    for (id, email) in &people {
+        assert_eq!(
+            person::email(&mut conn, &only_new, *id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(email)
+        );
+        assert_eq!(
+            person::find(&mut conn, &only_new, email).await.unwrap(),
+            Some(*id)
+        );
+    }
+    let status = admin(&vars, &["keys", "status", "--json"]);
+    let status: Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["data_keys_to_rotate"], 0);
+}
+
+#[tokio::test]
+async fn the_managed_postgres_is_the_embedded_default_and_missing_binaries_say_what_to_do() {
+    let dir = tempdir::TempDir::new();
+    let vars = vec![
+        (
+            "PEXPER_DATA_DIR".to_owned(),
+            dir.path().display().to_string(),
+        ),
+        ("PEXPER_BIND".to_owned(), "127.0.0.1:0".to_owned()),
+    ];
+    let out = admin(&vars, &["migrate", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("postgres/ca.crt").exists());
+    let hba = std::fs::read_to_string(dir.path().join("postgres/data/pg_hba.conf")).unwrap();
+    assert!(
+        hba.lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.starts_with("hostssl")),
+        "{hba}"
+    );
+    // A second process reuses the running cluster.
+    let again = admin(&vars, &["keys", "status", "--json"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let stop = admin(&vars, &["db", "stop", "--json"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&stop)).unwrap()["stopped"],
+        true
+    );
+
+    let mut missing = vars.clone();
+    missing.push(("PG_BIN".to_owned(), "/nonexistent".to_owned()));
+    let out = admin(&missing, &["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("initdb, pg_ctl") && err.contains("PG_BIN") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_is_created_once_however_many_ask_at_the_same_moment() {
+    let app = spawn_app().await;
+    let email = EmailAddress::parse("race@example.com").unwrap();
+    // Eight connections (of the pool's ten) look the address up at the same moment, find
+    // nothing, and insert.
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (platform, email, barrier) = (app.platform.clone(), email.clone(), barrier.clone());
+        tasks.spawn(async move {
+            let mut conn = platform.pool.acquire().await.unwrap();
+            barrier.wait().await;
+            person::find_or_create(&mut conn, &platform.keyring, &email).await
+        });
+    }
+    let ids: HashSet<_> = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("no insert fails on a unique violation"))
+        .collect();
+    assert_eq!(ids.len(), 1, "one person");
+    assert_eq!(app.count("person").await, 1);
+}

@@ -1,0 +1,253 @@
+//! The run's throwaway TLS Postgres cluster (started through the same code as the embedded
+//! default), a migrated template, a fresh database per test cloned from it, and `Dump`, a
+//! `pg_dump` to search for what must not be there.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use pexper_platform::db::managed::{Durability, ManagedPostgres};
+use secrecy::ExposeSecret;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::init;
+
+/// Where this checkout's test cluster lives: under the system temp dir, which the `postgres`
+/// user can reach even when the checkout sits under a 0700 home directory.
+fn cluster_root() -> PathBuf {
+    let digest = pexper_platform::crypto::sha256(env!("CARGO_MANIFEST_DIR").as_bytes());
+    std::env::temp_dir().join(format!(
+        "pexper-test-cluster-{}",
+        pexper_platform::crypto::hex(&digest[..6])
+    ))
+}
+
+/// The run's cluster: started on first use by whichever test binary comes first, reused by
+/// the others (a file lock inside `start_or_reuse` serialises them).
+pub fn cluster() -> &'static ManagedPostgres {
+    static CLUSTER: OnceLock<ManagedPostgres> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        init();
+        ManagedPostgres::start_or_reuse(&cluster_root(), None, Durability::Throwaway)
+            .expect("the test cluster starts (are initdb and pg_ctl on PATH?)")
+    })
+}
+
+/// The migrations' fingerprint: a template is rebuilt whenever a migration changes.
+fn migrations_digest() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut all = Vec::new();
+    for f in files {
+        all.extend(f.file_name().unwrap().as_encoded_bytes());
+        all.extend(std::fs::read(&f).unwrap());
+    }
+    pexper_platform::crypto::hex(&pexper_platform::crypto::sha256(&all)[..6])
+}
+
+async fn admin_connection() -> PgConnection {
+    PgConnection::connect_with(&cluster().connect_options("postgres"))
+        .await
+        .expect("connect to the test cluster")
+}
+
+/// The migrated template every test database is cloned from, built once per migration set.
+async fn template() -> String {
+    let name = format!("pexper_template_{}", migrations_digest());
+    let mut conn = admin_connection().await;
+    // Serialise builders across test processes with an advisory lock.
+    sqlx::query("SELECT pg_advisory_lock(7131)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    sweep_orphans(&mut conn).await;
+    if !exists {
+        let building = format!("{name}_building");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {building}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {building}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let pool = PgPool::connect_with(cluster().connect_options(&building))
+            .await
+            .unwrap();
+        pexper_platform::db::migrate(&pool).await.unwrap();
+        pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {building} RENAME TO {name}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    sqlx::query("SELECT pg_advisory_unlock(7131)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    name
+}
+
+/// A fresh database for one test, cloned from the migrated template, dropped on drop.
+pub struct TestDatabase {
+    pub name: String,
+}
+
+impl TestDatabase {
+    pub async fn new() -> Self {
+        Self::create(Some(&template().await)).await
+    }
+
+    /// An empty database, for testing migrations themselves.
+    pub async fn empty() -> Self {
+        Self::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> Self {
+        let name = format!("test_{}_{}", std::process::id(), Uuid::new_v4().simple());
+        let mut conn = admin_connection().await;
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self { name }
+    }
+
+    /// The database as an external `DATABASE_URL` (verify-full against the cluster's CA).
+    pub fn url(&self) -> String {
+        cluster().url(&self.name).expose_secret().to_owned()
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect_with(cluster().connect_options(&self.name))
+            .await
+            .unwrap()
+    }
+
+    /// `pg_dump` of the whole database.
+    pub fn dump(&self) -> Dump {
+        let out = std::process::Command::new("pg_dump")
+            .arg("--dbname")
+            .arg(self.url())
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            out.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Dump::new(String::from_utf8(out.stdout).unwrap())
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which must not block: the app's tasks (and their
+        // connections) live on it. A detached thread drops the database; if the process exits
+        // first, `sweep_orphans` drops it in a later run.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut conn = admin_connection().await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await;
+            });
+        });
+    }
+}
+
+/// A `pg_dump`, to search for what must not be there. `pg_dump` writes `bytea` as `\x…` hex,
+/// so a search of the text alone would pass if a sealed column held an address in clear:
+/// `contains` also searches the decoded bytes of every `bytea` value. The text is at hand
+/// through `Deref` for searches of everything else.
+pub struct Dump {
+    text: String,
+    bytea: Vec<Vec<u8>>,
+}
+
+impl Dump {
+    pub fn new(text: String) -> Self {
+        static HEX: std::sync::LazyLock<regex::Regex> =
+            std::sync::LazyLock::new(|| regex::Regex::new(r"\\x((?:[0-9a-f]{2})+)").unwrap());
+        let bytea = HEX
+            .captures_iter(&text)
+            .map(|c| {
+                let hex = c[1].as_bytes();
+                hex.chunks(2)
+                    .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+                    .collect()
+            })
+            .collect();
+        Self { text, bytea }
+    }
+
+    /// Whether `needle` is in the text or in any decoded `bytea` value.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text.contains(needle) || self.bytea_contains(needle)
+    }
+
+    /// Whether `needle` is in any decoded `bytea` value.
+    pub fn bytea_contains(&self, needle: &str) -> bool {
+        let needle = needle.as_bytes();
+        self.bytea
+            .iter()
+            .any(|b| !needle.is_empty() && b.windows(needle.len()).any(|w| w == needle))
+    }
+
+    /// How many `bytea` values the dump holds (a dump of sealed data holds many).
+    pub fn bytea_values(&self) -> usize {
+        self.bytea.len()
+    }
+}
+
+impl std::ops::Deref for Dump {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Drops test databases left behind by test processes that no longer run.
+async fn sweep_orphans(conn: &mut PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid = name.split('_').nth(1).unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut *conn)
+            .await;
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The real binaries as child processes: `pexper-admin` runs, and `ServerProcess`, a
+//! `pexper-server` with its own test database and SMTP server.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::{Dump, SmtpServer, TestDatabase, eventually, init, tempdir, test_vars};
+
+/// The path of `pexper-server` or `pexper-admin`, as built for this test run (see the
+/// `[[bin]]` entries of tests/Cargo.toml).
+///
+/// Cargo builds a package's binaries before its integration tests and puts them one level
+/// above the test executable (`target/debug/deps/platform-…` → `target/debug/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(format!("{name}-under-test"));
+    assert!(path.exists(), "{} is not built", path.display());
+    path
+}
+
+/// Runs `pexper-admin` with exactly these variables (plus PATH).
+pub fn admin(vars: &[(String, String)], args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(binary("pexper-admin"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .args(args);
+    cmd.output().expect("pexper-admin runs")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The real `pexper-server` binary as a child process, with its own test database and SMTP
+/// server, logging to a file (not a pipe: nobody reads a pipe until exit, and a full one would
+/// block the server's logging, and so the server).
+pub struct ServerProcess {
+    pub base: String,
+    pub vars: HashMap<String, String>,
+    pub smtp: SmtpServer,
+    child: tokio::process::Child,
+    dir: tempdir::TempDir,
+    db: TestDatabase,
+}
+
+impl ServerProcess {
+    /// Starts the server with `RUST_LOG=log_level` and waits until `/readyz` answers 200.
+    pub async fn start(log_level: &str) -> Self {
+        Self::start_with(log_level, &[]).await
+    }
+
+    /// The same, with `extra` variables on top of the test defaults.
+    pub async fn start_with(log_level: &str, extra: &[(&str, &str)]) -> Self {
+        init();
+        let db = TestDatabase::new().await;
+        let smtp = SmtpServer::start().await;
+        let dir = tempdir::TempDir::new();
+        let mut vars = test_vars(&db, &smtp, dir.path());
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        // A free port is only free until someone takes it: a parallel test may bind the one
+        // we picked before our server does. So the server must say it listens on that port
+        // (its own log line, whatever the level asked) before we believe an answer there,
+        // and if it could not bind, we pick another.
+        let log = dir.path().join("server.log");
+        let mut attempts = 0;
+        let (base, child) = loop {
+            attempts += 1;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let base = format!("http://127.0.0.1:{port}");
+            vars.insert("PEXPER_BIND".into(), format!("127.0.0.1:{port}"));
+            vars.insert("PEXPER_PUBLIC_URL".into(), base.clone());
+            let mut child = tokio::process::Command::new(binary("pexper-server"))
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .envs(&vars)
+                .env("RUST_LOG", format!("{log_level},pexper_server::cli=info"))
+                .stderr(std::fs::File::create(&log).unwrap())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let listening = format!("listening address=127.0.0.1:{port}");
+            let bound = eventually(
+                Duration::from_secs(30),
+                "the server to listen or exit",
+                || {
+                    let exited = child.try_wait().unwrap().is_some();
+                    let said = std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&listening));
+                    async move { (exited || said).then_some(said) }
+                },
+            )
+            .await;
+            if bound {
+                break (base, child);
+            }
+            assert!(
+                attempts < 5,
+                "the server could not bind: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let client = reqwest::Client::new();
+        let ready = format!("{base}/readyz");
+        eventually(Duration::from_secs(30), "the server to be ready", || {
+            let (client, url) = (client.clone(), ready.clone());
+            async move {
+                let res = client.get(&url).send().await.ok()?;
+                (res.status() == 200).then_some(())
+            }
+        })
+        .await;
+        Self {
+            base,
+            vars,
+            smtp,
+            child,
+            dir,
+            db,
+        }
+    }
+
+    /// The server's process id (to read its memory use from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// `pg_dump` of the server's database.
+    pub fn dump(&self) -> Dump {
+        self.db.dump()
+    }
+
+    /// Sends SIGTERM, asserts a graceful exit within 15 s, and returns everything it logged.
+    pub async fn stop(mut self) -> String {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("SIGTERM stops the server")
+            .unwrap();
+        assert!(status.success(), "graceful exit");
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap()
+    }
+}
