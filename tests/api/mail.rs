@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use pexper_platform::core;
-use pexper_platform::jobs::{self};
+use pexper_platform::jobs;
 use pexper_tests::*;
-
-use crate::queue::job_count;
 
 #[tokio::test]
 async fn an_operator_notice_arrives_over_smtp_with_a_stable_message_id() {
@@ -38,10 +36,7 @@ async fn an_operator_notice_arrives_over_smtp_with_a_stable_message_id() {
     );
     assert!(m.data.contains("multipart/alternative"));
     assert!(m.data.contains("Request 7 is due on 2026-12-01."));
-    eventually(Duration::from_secs(5), "the job to be deleted", || async {
-        (job_count(&app.platform.pool).await == 0).then_some(())
-    })
-    .await;
+    app.queue_drained().await;
 }
 
 #[tokio::test]

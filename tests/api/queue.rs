@@ -73,7 +73,7 @@ async fn enqueue_n(pool: &sqlx::PgPool, n: usize) {
     tx.commit().await.unwrap();
 }
 
-pub(crate) async fn job_count(pool: &sqlx::PgPool) -> i64 {
+async fn job_count(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM job")
         .fetch_one(pool)
         .await

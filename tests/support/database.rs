@@ -12,25 +12,58 @@ use uuid::Uuid;
 
 use crate::init;
 
-/// Where this checkout's test cluster lives: under the system temp dir, which the `postgres`
-/// user can reach even when the checkout sits under a 0700 home directory.
-fn cluster_root() -> PathBuf {
-    let digest = pexper_platform::crypto::sha256(env!("CARGO_MANIFEST_DIR").as_bytes());
-    std::env::temp_dir().join(format!(
-        "pexper-test-cluster-{}",
-        pexper_platform::crypto::hex(&digest[..6])
-    ))
+/// This process's data directory: its cluster lives in `postgres/` under it, so that
+/// `PEXPER_DATA_DIR=<it> pexper-admin db stop` stops the cluster. Under the system temp dir,
+/// which the `postgres` user can reach even when the checkout sits under a 0700 home
+/// directory.
+fn data_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("pexper-test-{}", std::process::id()))
 }
 
-/// The run's cluster: started on first use by whichever test binary comes first, reused by
-/// the others (a file lock inside `start_or_reuse` serialises them).
+/// The process's cluster: started on first use, stopped and removed when the process exits,
+/// however it exits (`stop_and_remove_after_exit`), so a test run leaves no Postgres behind.
+/// Each test process has its own: none can stop one another's.
 pub fn cluster() -> &'static ManagedPostgres {
     static CLUSTER: OnceLock<ManagedPostgres> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         init();
-        ManagedPostgres::start_or_reuse(&cluster_root(), None, Durability::Throwaway)
-            .expect("the test cluster starts (are initdb and pg_ctl on PATH?)")
+        let cluster = ManagedPostgres::start_or_reuse(
+            &data_dir().join("postgres"),
+            None,
+            Durability::Throwaway,
+        )
+        .expect("the test cluster starts (are initdb and pg_ctl on PATH?)");
+        stop_and_remove_after_exit();
+        cluster
     })
+}
+
+/// A test binary cannot run code after its last test, so a watchdog process does: it waits
+/// for this process to end (even by SIGKILL), stops the cluster with `pexper-admin db stop`
+/// and removes its directory. `setsid`: a Ctrl-C to the test run must not take the watchdog
+/// down before its work is done.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the watchdog outlives this process by design; it is never waited for"
+)]
+fn stop_and_remove_after_exit() {
+    let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
+"$2" db stop >/dev/null 2>&1
+rm -rf "$3""#;
+    let dir = data_dir();
+    std::process::Command::new("setsid")
+        .args(["sh", "-c", script, "pexper-test-watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(crate::binary("pexper-admin"))
+        .arg(&dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PEXPER_DATA_DIR", &dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the cluster's watchdog starts (setsid and sh on PATH)");
 }
 
 /// The migrations' fingerprint: a template is rebuilt whenever a migration changes.
@@ -55,11 +88,11 @@ async fn admin_connection() -> PgConnection {
         .expect("connect to the test cluster")
 }
 
-/// The migrated template every test database is cloned from, built once per migration set.
+/// The migrated template every test database is cloned from, built once per cluster.
 async fn template() -> String {
     let name = format!("pexper_template_{}", migrations_digest());
     let mut conn = admin_connection().await;
-    // Serialise builders across test processes with an advisory lock.
+    // Tests start in parallel: one builds the template, the others wait on this lock.
     sqlx::query("SELECT pg_advisory_lock(7131)")
         .execute(&mut conn)
         .await
@@ -70,7 +103,6 @@ async fn template() -> String {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    sweep_orphans(&mut conn).await;
     if !exists {
         let building = format!("{name}_building");
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -163,7 +195,7 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Drop runs inside the test's runtime, which must not block: the app's tasks (and their
         // connections) live on it. A detached thread drops the database; if the process exits
-        // first, `sweep_orphans` drops it in a later run.
+        // first, the cluster goes with it.
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -230,24 +262,5 @@ impl std::ops::Deref for Dump {
 
     fn deref(&self) -> &str {
         &self.text
-    }
-}
-
-/// Drops test databases left behind by test processes that no longer run.
-async fn sweep_orphans(conn: &mut PgConnection) {
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'")
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap_or_default();
-    for name in names {
-        let pid = name.split('_').nth(1).unwrap_or("");
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut *conn)
-            .await;
-        }
     }
 }

@@ -4,7 +4,7 @@
 
 use pexper_platform::crypto::Keyring;
 use pexper_platform::person::PersonId;
-use pexper_platform::personal_data::{BoxFuture, ErasureSummary, PersonalData};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData};
 use sqlx::PgConnection;
 
 const STATEMENT: &str = "Anonymous usage analytics and crash reports hold nothing linkable to a person: no account, email address, IP address, user agent, device or install identifier. Nothing in them can be found for you, so there is nothing to export or erase. You can turn both off in Pexper's settings.";
@@ -17,27 +17,25 @@ impl PersonalData for AnalyticsData {
         "analytics"
     }
 
-    fn export<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        _keyring: &'a Keyring,
+    async fn export(
+        &self,
+        _conn: &mut PgConnection,
+        _keyring: &Keyring,
         _person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
-        Box::pin(async { Ok(serde_json::json!({ "statement": STATEMENT })) })
+    ) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::json!({ "statement": STATEMENT }))
     }
 
-    fn erase<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        _keyring: &'a Keyring,
+    async fn erase(
+        &self,
+        _conn: &mut PgConnection,
+        _keyring: &Keyring,
         _person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
-        Box::pin(async move {
-            Ok(ErasureSummary {
-                section: self.section(),
-                removed: Default::default(),
-                kept: vec![STATEMENT.to_owned()],
-            })
+    ) -> anyhow::Result<ErasureSummary> {
+        Ok(ErasureSummary {
+            section: self.section(),
+            removed: Default::default(),
+            kept: vec![STATEMENT.to_owned()],
         })
     }
 }

@@ -109,8 +109,7 @@ enum TelemetryCommand {
     /// Set the level; `all` fetches the server's schema and records consent to its version;
     /// `off` purges the outbox.
     Set {
-        #[arg(value_parser = ["off", "crash", "all"])]
-        level: String,
+        level: Level,
     },
 }
 
@@ -161,65 +160,96 @@ fn unlocked(keys: &Keys) -> anyhow::Result<&dyn crate::secrets::SecretStore> {
     })
 }
 
+/// What every command works with.
+struct Session {
+    dirs: Dirs,
+    settings: Settings,
+    forced_off: bool,
+    net: Egress,
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dirs = Dirs::new(cli.data_dir.as_deref())?;
     let forced_off = telemetry::forced_off(cli.disable_telemetry);
     crate::crash::install(&dirs, forced_off);
-    let mut settings = Settings::load(&dirs)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let settings = Settings::load(&dirs)?;
     let net = egress(&dirs, &settings, cli.offline);
     let Some(command) = cli.command else {
         return crate::window(dirs, forced_off, cli.offline);
     };
+    let mut session = Session {
+        dirs,
+        settings,
+        forced_off,
+        net,
+    };
     match command {
-        Command::Run { workflow } => {
-            let w = Workflow::load(&dirs, &workflow)?
-                .with_context(|| format!("no workflow {workflow}"))?;
-            eprintln!("{}: {}", w.name, w.provider.destination());
-            let t = Telemetry::new(&dirs, &settings, forced_off);
-            let key =
-                |provider: &str| Keys::choose(dirs.secrets(), passphrase_from_env())?.key(provider);
-            let reply = crate::providers::run_workflow(&w, &settings, key, &net, &t)?;
-            println!("{reply}");
+        Command::Run { workflow } => run_workflow(&session, &workflow)?,
+        Command::Keys { command } => keys(&session, command)?,
+        Command::Telemetry { command } => telemetry_command(&mut session, command)?,
+        Command::Outbox { command } => outbox(&session, command)?,
+        Command::License { command } => return license_command(&mut session, command),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_workflow(session: &Session, workflow: &str) -> anyhow::Result<()> {
+    let dirs = &session.dirs;
+    let w = Workflow::load(dirs, workflow)?.with_context(|| format!("no workflow {workflow}"))?;
+    eprintln!("{}: {}", w.name, w.provider.destination());
+    let t = Telemetry::new(dirs, &session.settings, session.forced_off);
+    let key = |provider: &str| Keys::choose(dirs.secrets(), passphrase_from_env())?.key(provider);
+    let reply = crate::providers::run_workflow(&w, &session.settings, key, &session.net, &t)?;
+    println!("{reply}");
+    Ok(())
+}
+
+fn keys(session: &Session, command: KeysCommand) -> anyhow::Result<()> {
+    let keys = Keys::choose(session.dirs.secrets(), passphrase_from_env())?;
+    match command {
+        KeysCommand::Status => {
+            let saved: Vec<&str> = Provider::ALL
+                .into_iter()
+                .filter(|p| keys.key(p.name()).is_ok())
+                .map(Provider::name)
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "backend": keys.backend(),
+                    "unlocked": keys.store().is_some(),
+                    "keys": saved,
+                })
+            );
         }
-        Command::Keys { command } => {
-            let keys = Keys::choose(dirs.secrets(), passphrase_from_env())?;
-            match command {
-                KeysCommand::Status => {
-                    let saved: Vec<&str> = Provider::ALL
-                        .into_iter()
-                        .filter(|p| keys.key(p.name()).is_ok())
-                        .map(Provider::name)
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "backend": keys.backend(),
-                            "unlocked": keys.store().is_some(),
-                            "keys": saved,
-                        })
-                    );
-                }
-                KeysCommand::Set { provider } => {
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line)?;
-                    let value = SecretString::from(line.trim().to_owned());
-                    line.zeroize();
-                    anyhow::ensure!(!value.expose_secret().is_empty(), "no key on stdin");
-                    unlocked(&keys)?.set(provider.name(), &value)?;
-                    println!("saved the {} key in: {}", provider.name(), keys.backend());
-                }
-                KeysCommand::Delete { provider } => {
-                    unlocked(&keys)?.delete(provider.name())?;
-                    println!("deleted the {} key", provider.name());
-                }
-            }
+        KeysCommand::Set { provider } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let value = SecretString::from(line.trim().to_owned());
+            line.zeroize();
+            anyhow::ensure!(!value.expose_secret().is_empty(), "no key on stdin");
+            unlocked(&keys)?.set(provider.name(), &value)?;
+            println!("saved the {} key in: {}", provider.name(), keys.backend());
         }
-        Command::Telemetry {
-            command: TelemetryCommand::Status,
-        } => {
-            let schema = telemetry::cached_schema(&dirs);
-            let level = telemetry::effective(&settings, forced_off, schema.as_ref());
+        KeysCommand::Delete { provider } => {
+            unlocked(&keys)?.delete(provider.name())?;
+            println!("deleted the {} key", provider.name());
+        }
+    }
+    Ok(())
+}
+
+fn telemetry_command(session: &mut Session, command: TelemetryCommand) -> anyhow::Result<()> {
+    let Session {
+        dirs,
+        settings,
+        forced_off,
+        net,
+    } = session;
+    match command {
+        TelemetryCommand::Status => {
+            let schema = telemetry::cached_schema(dirs);
+            let level = telemetry::effective(settings, *forced_off, schema.as_ref());
             println!(
                 "{}",
                 serde_json::json!({
@@ -232,59 +262,69 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
             );
         }
-        Command::Telemetry {
-            command: TelemetryCommand::Set { level },
-        } => {
-            let level = Level::parse(&level).context("off, crash or all")?;
+        TelemetryCommand::Set { level } => {
             if level == Level::All {
-                let schema = telemetry::fetch_schema(&dirs, &settings, &net)?;
+                let schema = telemetry::fetch_schema(dirs, settings, net)?;
                 settings.consented_schema_version = telemetry::schema_version(Some(&schema));
             }
             if level == Level::Off {
-                telemetry::purge(&dirs);
+                telemetry::purge(dirs);
             }
             settings.telemetry = Some(level);
-            settings.save(&dirs)?;
+            settings.save(dirs)?;
             println!("telemetry: {level:?}");
         }
-        Command::Outbox { command } => {
-            let items = telemetry::outbox(&dirs)?;
-            match command {
-                OutboxCommand::List => {
-                    for item in &items {
-                        println!(
-                            "{}\t{} bytes\t{}",
-                            item.kind,
-                            item.body.len(),
-                            item.file.display()
-                        );
-                    }
-                }
-                OutboxCommand::Preview => {
-                    for item in &items {
-                        println!("{}", String::from_utf8_lossy(&item.body));
-                    }
-                }
-                OutboxCommand::Clear => telemetry::purge(&dirs),
-                OutboxCommand::Send => {
-                    let schema = telemetry::cached_schema(&dirs);
-                    let level = telemetry::effective(&settings, forced_off, schema.as_ref());
-                    let sent = telemetry::send(&dirs, &settings, level, &net)?;
-                    println!("sent {sent}");
-                }
+    }
+    Ok(())
+}
+
+fn outbox(session: &Session, command: OutboxCommand) -> anyhow::Result<()> {
+    let dirs = &session.dirs;
+    let items = telemetry::outbox(dirs)?;
+    match command {
+        OutboxCommand::List => {
+            for item in &items {
+                println!(
+                    "{}\t{} bytes\t{}",
+                    item.kind,
+                    item.body.len(),
+                    item.file.display()
+                );
             }
         }
-        Command::License {
-            command: LicenseCommand::FetchKey,
-        } => {
-            let key = license::fetch_public_key(&settings.server_url, &net)?;
+        OutboxCommand::Preview => {
+            for item in &items {
+                println!("{}", String::from_utf8_lossy(&item.body));
+            }
+        }
+        OutboxCommand::Clear => telemetry::purge(dirs),
+        OutboxCommand::Send => {
+            let schema = telemetry::cached_schema(dirs);
+            let level =
+                telemetry::effective(&session.settings, session.forced_off, schema.as_ref());
+            let sent = telemetry::send(dirs, &session.settings, level, &session.net)?;
+            println!("sent {sent}");
+        }
+    }
+    Ok(())
+}
+
+/// `license verify` fails (exit 1) unless the licence is ours, valid or merely expired.
+fn license_command(session: &mut Session, command: LicenseCommand) -> anyhow::Result<ExitCode> {
+    let Session {
+        dirs,
+        settings,
+        net,
+        ..
+    } = session;
+    match command {
+        LicenseCommand::FetchKey => {
+            let key = license::fetch_public_key(&settings.server_url, net)?;
             println!("{key}");
             settings.license_public_key = Some(key);
-            settings.save(&dirs)?;
+            settings.save(dirs)?;
         }
-        Command::License {
-            command: LicenseCommand::Verify { file, public_key },
-        } => {
+        LicenseCommand::Verify { file, public_key } => {
             let text = if file == "-" {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -297,9 +337,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .or(settings.license_public_key.as_deref()),
             );
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let check = license::check(&text, key.as_ref(), now, settings.last_seen);
             settings.last_seen = settings.last_seen.max(now);
-            settings.save(&dirs)?;
+            settings.save(dirs)?;
             let (status, detail) = match &check.status {
                 Status::Valid(c) => ("valid", serde_json::json!(c)),
                 Status::Expired(c) => ("expired", serde_json::json!(c)),

@@ -105,7 +105,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
 }
 
 /// How much telemetry the person allows (`telemetry` applies it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// Nothing leaves the device.
@@ -114,17 +116,6 @@ pub enum Level {
     Crash,
     /// Crash reports and anonymous usage events.
     All,
-}
-
-impl Level {
-    pub fn parse(s: &str) -> Option<Level> {
-        match s {
-            "off" => Some(Level::Off),
-            "crash" => Some(Level::Crash),
-            "all" => Some(Level::All),
-            _ => None,
-        }
-    }
 }
 
 /// The person's choices. Nothing here is secret: keys live in the secret store.

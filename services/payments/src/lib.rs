@@ -19,7 +19,7 @@ mod webhook;
 use std::sync::Arc;
 
 use pexper_platform::jobs::JobRegistry;
-use pexper_platform::personal_data::PersonalData;
+use pexper_platform::personal_data::DynPersonalData;
 use pexper_platform::{Config, Platform, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -49,7 +49,7 @@ impl Service for Payments {
         JobRegistry::new().register::<receipt::SendReceipt>()
     }
 
-    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {
+    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn DynPersonalData>> {
         Some(Arc::new(personal::PaymentsData))
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use pexper_platform::crypto::Keyring;
 use pexper_platform::person::PersonId;
-use pexper_platform::personal_data::{BoxFuture, ErasureSummary, PersonalData};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData};
 use serde::Serialize;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -40,65 +40,60 @@ impl PersonalData for PaymentsData {
         "payments"
     }
 
-    fn export<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        _keyring: &'a Keyring,
+    async fn export(
+        &self,
+        conn: &mut PgConnection,
+        _keyring: &Keyring,
         person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let purchases: Vec<ExportedPurchase> = sqlx::query_as(
-                "SELECT p.id, p.checkout_session_id, p.product, p.amount_total AS amount,
-                        p.amount_refunded, p.currency, p.country, p.status, p.created_at,
-                        p.paid_at, l.id AS license_id,
-                        CASE WHEN l.id IS NULL THEN NULL
-                             WHEN l.revoked_at IS NULL THEN 'active' ELSE 'revoked' END
-                            AS license_status,
-                        l.token AS license
-                 FROM purchase p LEFT JOIN license l ON l.purchase_id = p.id
-                 WHERE p.person_id = $1 ORDER BY p.created_at",
-            )
-            .bind(person)
-            .fetch_all(conn)
-            .await
-            .context("failed to export purchases")?;
-            Ok(serde_json::json!({
-                "purchases": purchases,
-                "card_details": "never received: Stripe processes payments, and we keep only the metadata above",
-            }))
-        })
+    ) -> anyhow::Result<serde_json::Value> {
+        let purchases: Vec<ExportedPurchase> = sqlx::query_as(
+            "SELECT p.id, p.checkout_session_id, p.product, p.amount_total AS amount,
+                    p.amount_refunded, p.currency, p.country, p.status, p.created_at,
+                    p.paid_at, l.id AS license_id,
+                    CASE WHEN l.id IS NULL THEN NULL
+                         WHEN l.revoked_at IS NULL THEN 'active' ELSE 'revoked' END
+                        AS license_status,
+                    l.token AS license
+             FROM purchase p LEFT JOIN license l ON l.purchase_id = p.id
+             WHERE p.person_id = $1 ORDER BY p.created_at",
+        )
+        .bind(person)
+        .fetch_all(conn)
+        .await
+        .context("failed to export purchases")?;
+        Ok(serde_json::json!({
+            "purchases": purchases,
+            "card_details": "never received: Stripe processes payments, and we keep only the metadata above",
+        }))
     }
 
-    fn erase<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        _keyring: &'a Keyring,
+    async fn erase(
+        &self,
+        conn: &mut PgConnection,
+        _keyring: &Keyring,
         person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
-        Box::pin(async move {
-            let unlinked = sqlx::query(
-                "UPDATE purchase SET person_id = NULL, updated_at = now() WHERE person_id = $1",
-            )
-            .bind(person)
-            .execute(conn)
-            .await
-            .context("failed to unlink purchases")?
-            .rows_affected();
-            let mut kept = Vec::new();
-            if unlinked > 0 {
-                kept.push(format!(
-                    "{unlinked} purchase record(s) — amount, currency, date, country and Stripe's ids — unlinked from the person and kept for tax law"
-                ));
-                kept.push(
-                    "their licence key(s) stay valid: a licence carries no personal data"
-                        .to_owned(),
-                );
-            }
-            Ok(ErasureSummary {
-                section: self.section(),
-                removed: BTreeMap::from([("purchase_links", unlinked)]),
-                kept,
-            })
+    ) -> anyhow::Result<ErasureSummary> {
+        let unlinked = sqlx::query(
+            "UPDATE purchase SET person_id = NULL, updated_at = now() WHERE person_id = $1",
+        )
+        .bind(person)
+        .execute(conn)
+        .await
+        .context("failed to unlink purchases")?
+        .rows_affected();
+        let mut kept = Vec::new();
+        if unlinked > 0 {
+            kept.push(format!(
+                "{unlinked} purchase record(s) — amount, currency, date, country and Stripe's ids — unlinked from the person and kept for tax law"
+            ));
+            kept.push(
+                "their licence key(s) stay valid: a licence carries no personal data".to_owned(),
+            );
+        }
+        Ok(ErasureSummary {
+            section: self.section(),
+            removed: BTreeMap::from([("purchase_links", unlinked)]),
+            kept,
         })
     }
 }

@@ -111,6 +111,42 @@ fn unreadable(event: &Event<'_>) -> ApiError {
     ApiError::unprocessable("unreadable_event", "the event's object could not be read")
 }
 
+/// What an event type asks of us; every other type is acknowledged and ignored.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Session(SessionEvent),
+    Refund,
+    Dispute,
+    Ignore,
+}
+
+/// The three Checkout Session events: each tells the whole session, and what it says of the
+/// payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEvent {
+    Completed,
+    PaymentSucceeded,
+    PaymentFailed,
+}
+
+impl Action {
+    fn of(kind: &str) -> Action {
+        match kind {
+            "checkout.session.completed" => Action::Session(SessionEvent::Completed),
+            "checkout.session.async_payment_succeeded" => {
+                Action::Session(SessionEvent::PaymentSucceeded)
+            }
+            "checkout.session.async_payment_failed" => Action::Session(SessionEvent::PaymentFailed),
+            "charge.refunded" => Action::Refund,
+            "charge.dispute.created" | "charge.dispute.closed" => Action::Dispute,
+            _ => Action::Ignore,
+        }
+    }
+}
+
+/// What became of an event, and the payment (session, intent or charge) it was about.
+type Applied = (Outcome, Option<String>);
+
 /// Applies one verified event in one transaction; the job queue gets any email.
 async fn process(platform: &Platform, event: &Event<'_>) -> Result<&'static str, ApiError> {
     let occurred_at = OffsetDateTime::from_unix_timestamp(event.created)
@@ -126,95 +162,11 @@ async fn process(platform: &Platform, event: &Event<'_>) -> Result<&'static str,
         return Ok("duplicate");
     }
     let key = &platform.license_key;
-    let (outcome, payment_ref) = match event.kind.as_str() {
-        kind @ ("checkout.session.completed"
-        | "checkout.session.async_payment_succeeded"
-        | "checkout.session.async_payment_failed") => {
-            let session: CheckoutSession = event.object().map_err(|_| unreadable(event))?;
-            let paid = match kind {
-                "checkout.session.completed" => matches!(
-                    session.payment_status.as_deref(),
-                    Some("paid" | "no_payment_required")
-                ),
-                "checkout.session.async_payment_succeeded" => true,
-                _ => false,
-            };
-            let (product, price_id) = session.product();
-            let amount_total = session.amount_total.unwrap_or(0);
-            let currency = session
-                .currency
-                .as_deref()
-                .unwrap_or("usd")
-                .to_ascii_lowercase();
-            if amount_total < 0
-                || currency.len() != 3
-                || !currency.bytes().all(|b| b.is_ascii_lowercase())
-            {
-                return Err(unreadable(event));
-            }
-            let facts = SessionFacts {
-                payment_intent_id: session.payment_intent_id(),
-                product,
-                price_id,
-                amount_total,
-                currency,
-                country: session.country(),
-                livemode: event.livemode,
-                created_at: session
-                    .created
-                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-                    .unwrap_or(occurred_at),
-                paid,
-                failed: kind == "checkout.session.async_payment_failed",
-                occurred_at,
-                session_id: session.id.clone(),
-            };
-            store::lock(&mut tx, &facts.session_id).await?;
-            if let Some(pi) = &facts.payment_intent_id {
-                store::lock(&mut tx, pi).await?;
-            }
-            let id = match store::purchase_of_session(&mut tx, &facts.session_id).await? {
-                Some(id) => {
-                    store::update_purchase(&mut tx, id, &facts).await?;
-                    id
-                }
-                None => {
-                    // A malformed address is not worth losing a purchase over: keep the
-                    // purchase, without a buyer to write to.
-                    let buyer = match session.email().map(EmailAddress::parse) {
-                        Some(Ok(email)) => {
-                            Some(person::find_or_create(&mut tx, &platform.keyring, &email).await?)
-                        }
-                        _ => None,
-                    };
-                    store::insert_purchase(&mut tx, &facts, buyer).await?
-                }
-            };
-            fulfilment::apply(&mut tx, key, id).await?;
-            (Outcome::Applied, Some(facts.session_id))
-        }
-        "charge.refunded" => {
-            let charge: Charge = event.object().map_err(|_| unreadable(event))?;
-            let adjustment = Adjustment::Refund {
-                payment_intent_id: charge.payment_intent_id(),
-                charge_id: charge.id.clone(),
-                amount_refunded: charge.amount_refunded,
-            };
-            adjust(&mut tx, key, &record, &adjustment).await?
-        }
-        "charge.dispute.created" | "charge.dispute.closed" => {
-            let dispute: Dispute = event.object().map_err(|_| unreadable(event))?;
-            let adjustment = Adjustment::Dispute {
-                payment_intent_id: dispute.payment_intent_id(),
-                charge_id: dispute.charge_id(),
-                status: dispute.status.clone(),
-            };
-            if adjustment.payment_intent_id().is_none() && adjustment.charge_id().is_none() {
-                return Err(unreadable(event));
-            }
-            adjust(&mut tx, key, &record, &adjustment).await?
-        }
-        _ => (Outcome::Ignored, None),
+    let (outcome, payment_ref) = match Action::of(&event.kind) {
+        Action::Session(which) => session(platform, &mut tx, event, which, occurred_at).await?,
+        Action::Refund => refund(&mut tx, key, &record, event).await?,
+        Action::Dispute => dispute(&mut tx, key, &record, event).await?,
+        Action::Ignore => (Outcome::Ignored, None),
     };
     store::set_outcome(&mut tx, &event.id, outcome, payment_ref.as_deref()).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
@@ -224,6 +176,120 @@ async fn process(platform: &Platform, event: &Event<'_>) -> Result<&'static str,
     })
 }
 
+/// The facts a Checkout Session event states, checked.
+fn session_facts(
+    event: &Event<'_>,
+    session: &CheckoutSession,
+    which: SessionEvent,
+    occurred_at: OffsetDateTime,
+) -> Result<SessionFacts, ApiError> {
+    let paid = match which {
+        SessionEvent::Completed => matches!(
+            session.payment_status.as_deref(),
+            Some("paid" | "no_payment_required")
+        ),
+        SessionEvent::PaymentSucceeded => true,
+        SessionEvent::PaymentFailed => false,
+    };
+    let (product, price_id) = session.product();
+    let amount_total = session.amount_total.unwrap_or(0);
+    let currency = session
+        .currency
+        .as_deref()
+        .unwrap_or("usd")
+        .to_ascii_lowercase();
+    if amount_total < 0 || currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_lowercase())
+    {
+        return Err(unreadable(event));
+    }
+    Ok(SessionFacts {
+        payment_intent_id: session.payment_intent_id(),
+        product,
+        price_id,
+        amount_total,
+        currency,
+        country: session.country(),
+        livemode: event.livemode,
+        created_at: session
+            .created
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+            .unwrap_or(occurred_at),
+        paid,
+        failed: which == SessionEvent::PaymentFailed,
+        occurred_at,
+        session_id: session.id.clone(),
+    })
+}
+
+/// A Checkout Session event: the purchase is created or told more, then fulfilled as its
+/// state now says.
+async fn session(
+    platform: &Platform,
+    tx: &mut sqlx::PgConnection,
+    event: &Event<'_>,
+    which: SessionEvent,
+    occurred_at: OffsetDateTime,
+) -> Result<Applied, ApiError> {
+    let session: CheckoutSession = event.object().map_err(|_| unreadable(event))?;
+    let facts = session_facts(event, &session, which, occurred_at)?;
+    store::lock(tx, &facts.session_id).await?;
+    if let Some(pi) = &facts.payment_intent_id {
+        store::lock(tx, pi).await?;
+    }
+    let id = match store::purchase_of_session(tx, &facts.session_id).await? {
+        Some(id) => {
+            store::update_purchase(tx, id, &facts).await?;
+            id
+        }
+        None => {
+            // A malformed address is not worth losing a purchase over: keep the purchase,
+            // without a buyer to write to.
+            let buyer = match session.email().map(EmailAddress::parse) {
+                Some(Ok(email)) => {
+                    Some(person::find_or_create(tx, &platform.keyring, &email).await?)
+                }
+                _ => None,
+            };
+            store::insert_purchase(tx, &facts, buyer).await?
+        }
+    };
+    fulfilment::apply(tx, &platform.license_key, id).await?;
+    Ok((Outcome::Applied, Some(facts.session_id)))
+}
+
+async fn refund(
+    tx: &mut sqlx::PgConnection,
+    key: &ed25519_dalek::SigningKey,
+    record: &EventRecord<'_>,
+    event: &Event<'_>,
+) -> Result<Applied, ApiError> {
+    let charge: Charge = event.object().map_err(|_| unreadable(event))?;
+    let adjustment = Adjustment::Refund {
+        payment_intent_id: charge.payment_intent_id(),
+        charge_id: charge.id.clone(),
+        amount_refunded: charge.amount_refunded,
+    };
+    adjust(tx, key, record, &adjustment).await
+}
+
+async fn dispute(
+    tx: &mut sqlx::PgConnection,
+    key: &ed25519_dalek::SigningKey,
+    record: &EventRecord<'_>,
+    event: &Event<'_>,
+) -> Result<Applied, ApiError> {
+    let dispute: Dispute = event.object().map_err(|_| unreadable(event))?;
+    let adjustment = Adjustment::Dispute {
+        payment_intent_id: dispute.payment_intent_id(),
+        charge_id: dispute.charge_id(),
+        status: dispute.status.clone(),
+    };
+    if adjustment.payment_intent_id().is_none() && adjustment.charge_id().is_none() {
+        return Err(unreadable(event));
+    }
+    adjust(tx, key, record, &adjustment).await
+}
+
 /// Keeps a refund or dispute and applies it if its purchase is here; returns the outcome and
 /// the payment it was about.
 async fn adjust(
@@ -231,7 +297,7 @@ async fn adjust(
     key: &ed25519_dalek::SigningKey,
     record: &EventRecord<'_>,
     adjustment: &Adjustment,
-) -> Result<(Outcome, Option<String>), ApiError> {
+) -> Result<Applied, ApiError> {
     let payment = adjustment
         .payment_intent_id()
         .or(adjustment.charge_id())

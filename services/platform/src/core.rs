@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::EmailAddress;
 use crate::jobs::{BackgroundJob, Job, JobError, JobRegistry, NewJob};
 use crate::mail::{self, OperatorNotice};
-use crate::personal_data::{EmailRecords, PersonalData};
+use crate::personal_data::{DynPersonalData, EmailRecords};
 use crate::state::{Platform, Service};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,7 +23,7 @@ impl Service for Core {
         JobRegistry::new().register::<OperatorNoticeJob>()
     }
 
-    fn personal_data(&self, _config: &crate::Config) -> Option<Arc<dyn PersonalData>> {
+    fn personal_data(&self, _config: &crate::Config) -> Option<Arc<dyn DynPersonalData>> {
         Some(Arc::new(EmailRecords))
     }
 }

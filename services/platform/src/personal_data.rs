@@ -13,7 +13,7 @@ use sqlx::PgConnection;
 use crate::crypto::Keyring;
 use crate::person::{self, PersonId};
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What an erase did, in counts and sentences: never personal data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -31,6 +31,28 @@ pub trait PersonalData: Send + Sync {
     fn section(&self) -> &'static str;
 
     /// Everything this service holds about `person`, as one JSON value, decrypted.
+    fn export(
+        &self,
+        conn: &mut PgConnection,
+        keyring: &Keyring,
+        person: PersonId,
+    ) -> impl Future<Output = anyhow::Result<serde_json::Value>> + Send;
+
+    /// Removes (or unlinks, where law requires a record) what this service holds about
+    /// `person`. Runs inside the erasure's transaction, before the person's key is destroyed.
+    fn erase(
+        &self,
+        conn: &mut PgConnection,
+        keyring: &Keyring,
+        person: PersonId,
+    ) -> impl Future<Output = anyhow::Result<ErasureSummary>> + Send;
+}
+
+/// `PersonalData` as the registry holds it, behind `dyn`: implementations write plain
+/// `async fn`s, and this blanket impl boxes their futures, once, here.
+pub trait DynPersonalData: Send + Sync {
+    fn section(&self) -> &'static str;
+
     fn export<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -38,8 +60,6 @@ pub trait PersonalData: Send + Sync {
         person: PersonId,
     ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>>;
 
-    /// Removes (or unlinks, where law requires a record) what this service holds about
-    /// `person`. Runs inside the erasure's transaction, before the person's key is destroyed.
     fn erase<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -48,10 +68,34 @@ pub trait PersonalData: Send + Sync {
     ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>>;
 }
 
+impl<T: PersonalData> DynPersonalData for T {
+    fn section(&self) -> &'static str {
+        PersonalData::section(self)
+    }
+
+    fn export<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        keyring: &'a Keyring,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
+        Box::pin(PersonalData::export(self, conn, keyring, person))
+    }
+
+    fn erase<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        keyring: &'a Keyring,
+        person: PersonId,
+    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
+        Box::pin(PersonalData::erase(self, conn, keyring, person))
+    }
+}
+
 /// Every service's `PersonalData`, in export order.
 #[derive(Clone, Default)]
 pub struct Registry {
-    parts: Vec<Arc<dyn PersonalData>>,
+    parts: Vec<Arc<dyn DynPersonalData>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -63,7 +107,7 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn new(parts: Vec<Arc<dyn PersonalData>>) -> Self {
+    pub fn new(parts: Vec<Arc<dyn DynPersonalData>>) -> Self {
         Self { parts }
     }
 
@@ -132,56 +176,52 @@ impl PersonalData for EmailRecords {
         "email"
     }
 
-    fn export<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        keyring: &'a Keyring,
+    async fn export(
+        &self,
+        conn: &mut PgConnection,
+        keyring: &Keyring,
         person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let address = person::email(conn, keyring, person).await?;
-            let history: Vec<(String, time::OffsetDateTime)> = sqlx::query_as(
-                "SELECT template, sent_at FROM email_event WHERE person_id = $1 ORDER BY sent_at",
-            )
-            .bind(person)
-            .fetch_all(&mut *conn)
-            .await
-            .context("failed to read email history")?;
-            let history: Vec<_> = history
-                .into_iter()
-                .map(|(template, sent_at)| {
-                    serde_json::json!({
-                        "email": template,
-                        "sent_at": sent_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-                    })
+    ) -> anyhow::Result<serde_json::Value> {
+        let address = person::email(conn, keyring, person).await?;
+        let history: Vec<(String, time::OffsetDateTime)> = sqlx::query_as(
+            "SELECT template, sent_at FROM email_event WHERE person_id = $1 ORDER BY sent_at",
+        )
+        .bind(person)
+        .fetch_all(&mut *conn)
+        .await
+        .context("failed to read email history")?;
+        let history: Vec<_> = history
+            .into_iter()
+            .map(|(template, sent_at)| {
+                serde_json::json!({
+                    "email": template,
+                    "sent_at": sent_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
                 })
-                .collect();
-            Ok(serde_json::json!({
-                "address": address.as_ref().map(|a| a.as_str()),
-                "emails_sent": history,
-            }))
-        })
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "address": address.as_ref().map(|a| a.as_str()),
+            "emails_sent": history,
+        }))
     }
 
-    fn erase<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        _keyring: &'a Keyring,
+    async fn erase(
+        &self,
+        conn: &mut PgConnection,
+        _keyring: &Keyring,
         person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
-        Box::pin(async move {
-            let jobs = crate::jobs::cancel_for_person(conn, person).await?;
-            let history = sqlx::query("DELETE FROM email_event WHERE person_id = $1")
-                .bind(person)
-                .execute(&mut *conn)
-                .await
-                .context("failed to delete email history")?
-                .rows_affected();
-            Ok(ErasureSummary {
-                section: self.section(),
-                removed: BTreeMap::from([("queued_jobs", jobs), ("email_history", history)]),
-                kept: vec![],
-            })
+    ) -> anyhow::Result<ErasureSummary> {
+        let jobs = crate::jobs::cancel_for_person(conn, person).await?;
+        let history = sqlx::query("DELETE FROM email_event WHERE person_id = $1")
+            .bind(person)
+            .execute(&mut *conn)
+            .await
+            .context("failed to delete email history")?
+            .rows_affected();
+        Ok(ErasureSummary {
+            section: PersonalData::section(self),
+            removed: BTreeMap::from([("queued_jobs", jobs), ("email_history", history)]),
+            kept: vec![],
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::crypto::{Keyring, MasterKeys};
 use crate::jobs::{JobRegistry, NewJob};
 use crate::mail::Mailer;
-use crate::personal_data::{PersonalData, Registry};
+use crate::personal_data::{DynPersonalData, Registry};
 
 #[derive(Clone)]
 pub struct Platform(Arc<Inner>);
@@ -106,7 +106,7 @@ pub trait Service: Send + Sync {
     }
 
     /// What this service keeps about a person; `config` for settings that shape an export.
-    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {
+    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn DynPersonalData>> {
         None
     }
 }

@@ -21,7 +21,7 @@ mod store;
 use std::sync::Arc;
 
 use pexper_platform::jobs::{JobRegistry, NewJob};
-use pexper_platform::personal_data::PersonalData;
+use pexper_platform::personal_data::DynPersonalData;
 use pexper_platform::{Config, Platform, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -58,7 +58,7 @@ impl Service for Privacy {
         vec![NewJob::new(&jobs::Sweep {})]
     }
 
-    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn PersonalData>> {
+    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn DynPersonalData>> {
         Some(Arc::new(personal::PrivacyData))
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use pexper_platform::crypto::Keyring;
 use pexper_platform::person::{self, PersonId};
-use pexper_platform::personal_data::{BoxFuture, ErasureSummary, PersonalData};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -38,86 +38,82 @@ impl PersonalData for PrivacyData {
         "privacy_requests"
     }
 
-    fn export<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        keyring: &'a Keyring,
+    async fn export(
+        &self,
+        conn: &mut PgConnection,
+        keyring: &Keyring,
         person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let rows: Vec<Row> = sqlx::query_as(
-                "SELECT id, kind, jurisdiction, status, received_at, due_at, closed_at, details_sealed
-                 FROM privacy_request WHERE person_id = $1 ORDER BY received_at",
-            )
-            .bind(person)
-            .fetch_all(&mut *conn)
-            .await
-            .context("failed to export privacy requests")?;
-            let key = person::data_key(conn, keyring, person).await?;
-            let mut requests = Vec::with_capacity(rows.len());
-            for (id, kind, jurisdiction, status, received, due, closed, details) in rows {
-                let details = match (&key, details) {
-                    (Some(key), Some(sealed)) => Some(key.open_string(details_field(id), &sealed)?),
-                    _ => None,
-                };
-                requests.push(serde_json::json!({
-                    "id": id,
-                    "kind": kind,
-                    "jurisdiction": jurisdiction,
-                    "status": status,
-                    "received_at": rfc3339(received),
-                    "due_at": rfc3339(due),
-                    "closed_at": closed.map(rfc3339),
-                    "details": details,
-                }));
-            }
-            Ok(serde_json::json!({ "requests": requests }))
-        })
+    ) -> anyhow::Result<serde_json::Value> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, kind, jurisdiction, status, received_at, due_at, closed_at, details_sealed
+             FROM privacy_request WHERE person_id = $1 ORDER BY received_at",
+        )
+        .bind(person)
+        .fetch_all(&mut *conn)
+        .await
+        .context("failed to export privacy requests")?;
+        let key = person::data_key(conn, keyring, person).await?;
+        let mut requests = Vec::with_capacity(rows.len());
+        for (id, kind, jurisdiction, status, received, due, closed, details) in rows {
+            let details = match (&key, details) {
+                (Some(key), Some(sealed)) => Some(key.open_string(details_field(id), &sealed)?),
+                _ => None,
+            };
+            requests.push(serde_json::json!({
+                "id": id,
+                "kind": kind,
+                "jurisdiction": jurisdiction,
+                "status": status,
+                "received_at": rfc3339(received),
+                "due_at": rfc3339(due),
+                "closed_at": closed.map(rfc3339),
+                "details": details,
+            }));
+        }
+        Ok(serde_json::json!({ "requests": requests }))
     }
 
-    fn erase<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        _keyring: &'a Keyring,
+    async fn erase(
+        &self,
+        conn: &mut PgConnection,
+        _keyring: &Keyring,
         person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
-        Box::pin(async move {
-            let exports = sqlx::query("DELETE FROM privacy_export WHERE person_id = $1")
-                .bind(person)
-                .execute(&mut *conn)
-                .await
-                .context("failed to delete exports")?
-                .rows_affected();
-            let links = sqlx::query(
-                "DELETE FROM privacy_token WHERE request_id IN
-                     (SELECT id FROM privacy_request WHERE person_id = $1)",
-            )
+    ) -> anyhow::Result<ErasureSummary> {
+        let exports = sqlx::query("DELETE FROM privacy_export WHERE person_id = $1")
             .bind(person)
             .execute(&mut *conn)
             .await
-            .context("failed to delete links")?
+            .context("failed to delete exports")?
             .rows_affected();
-            let requests = sqlx::query(
-                "UPDATE privacy_request
-                 SET person_id = NULL, details_sealed = NULL, outcome_sealed = NULL, updated_at = now()
-                 WHERE person_id = $1",
-            )
-            .bind(person)
-            .execute(&mut *conn)
-            .await
-            .context("failed to unlink privacy requests")?
-            .rows_affected();
-            Ok(ErasureSummary {
-                section: self.section(),
-                removed: BTreeMap::from([
-                    ("request_links", requests),
-                    ("exports", exports),
-                    ("link_tokens", links),
-                ]),
-                kept: vec![format!(
-                    "{requests} request receipt(s) — kind, dates, status — and their audit trail, without personal data"
-                )],
-            })
+        let links = sqlx::query(
+            "DELETE FROM privacy_token WHERE request_id IN
+                 (SELECT id FROM privacy_request WHERE person_id = $1)",
+        )
+        .bind(person)
+        .execute(&mut *conn)
+        .await
+        .context("failed to delete links")?
+        .rows_affected();
+        let requests = sqlx::query(
+            "UPDATE privacy_request
+             SET person_id = NULL, details_sealed = NULL, outcome_sealed = NULL, updated_at = now()
+             WHERE person_id = $1",
+        )
+        .bind(person)
+        .execute(&mut *conn)
+        .await
+        .context("failed to unlink privacy requests")?
+        .rows_affected();
+        Ok(ErasureSummary {
+            section: self.section(),
+            removed: BTreeMap::from([
+                ("request_links", requests),
+                ("exports", exports),
+                ("link_tokens", links),
+            ]),
+            kept: vec![format!(
+                "{requests} request receipt(s) — kind, dates, status — and their audit trail, without personal data"
+            )],
         })
     }
 }

@@ -17,7 +17,7 @@ mod unsubscribe;
 use std::sync::Arc;
 
 use pexper_platform::jobs::JobRegistry;
-use pexper_platform::personal_data::PersonalData;
+use pexper_platform::personal_data::DynPersonalData;
 use pexper_platform::{Platform, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -49,7 +49,7 @@ impl Service for Waitlist {
             .register::<emails::Invitation>()
     }
 
-    fn personal_data(&self, config: &pexper_platform::Config) -> Option<Arc<dyn PersonalData>> {
+    fn personal_data(&self, config: &pexper_platform::Config) -> Option<Arc<dyn DynPersonalData>> {
         Some(Arc::new(store::WaitlistData {
             referral_bump: config.referral_bump,
         }))

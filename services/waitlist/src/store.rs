@@ -7,7 +7,7 @@ use anyhow::Context;
 use pexper_platform::address::EmailAddress;
 use pexper_platform::crypto::{Keyring, random_token, sha256};
 use pexper_platform::person::{self, PersonId};
-use pexper_platform::personal_data::{BoxFuture, ErasureSummary, PersonalData};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
@@ -231,84 +231,84 @@ impl PersonalData for WaitlistData {
         "waitlist"
     }
 
-    fn export<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        _keyring: &'a Keyring,
+    async fn export(
+        &self,
+        conn: &mut PgConnection,
+        _keyring: &Keyring,
         person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let row: Option<ExportRow> = sqlx::query_as(
-                "SELECT status, source, referral_code, referrals, referred_by IS NOT NULL AS referred_by_someone,
-                        subscribed, created_at AS signed_up_at, confirmed_at, invited_at, unsubscribed_at
-                 FROM waitlist_entry WHERE person_id = $1",
-            )
-            .bind(person)
-            .fetch_optional(&mut *conn)
-            .await
-            .context("failed to export a waitlist entry")?;
-            let Some(row) = row else {
-                return Ok(serde_json::Value::Null);
-            };
-            let place = position(conn, person, self.referral_bump).await?;
-            let mut value = serde_json::to_value(row)?;
-            value["position"] = serde_json::json!(place);
-            Ok(value)
-        })
+    ) -> anyhow::Result<serde_json::Value> {
+        let row: Option<ExportRow> = sqlx::query_as(
+            "SELECT status, source, referral_code, referrals, referred_by IS NOT NULL AS referred_by_someone,
+                    subscribed, created_at AS signed_up_at, confirmed_at, invited_at, unsubscribed_at
+             FROM waitlist_entry WHERE person_id = $1",
+        )
+        .bind(person)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("failed to export a waitlist entry")?;
+        let Some(row) = row else {
+            return Ok(serde_json::Value::Null);
+        };
+        let place = position(conn, person, self.referral_bump).await?;
+        let mut value = serde_json::to_value(row)?;
+        value["position"] = serde_json::json!(place);
+        Ok(value)
     }
 
-    fn erase<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        keyring: &'a Keyring,
+    async fn erase(
+        &self,
+        conn: &mut PgConnection,
+        keyring: &Keyring,
         person: PersonId,
-    ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>> {
-        Box::pin(async move {
-            let unsubscribed: Option<bool> = sqlx::query_scalar(
-                "SELECT unsubscribed_at IS NOT NULL AND NOT subscribed FROM waitlist_entry WHERE person_id = $1",
+    ) -> anyhow::Result<ErasureSummary> {
+        let unsubscribed: Option<bool> = sqlx::query_scalar(
+            "SELECT unsubscribed_at IS NOT NULL AND NOT subscribed FROM waitlist_entry WHERE person_id = $1",
+        )
+        .bind(person)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let mut kept = Vec::new();
+        if unsubscribed == Some(true)
+            && let Some(email) = person::email(conn, keyring, person).await?
+        {
+            sqlx::query(
+                "INSERT INTO email_suppression (address_hash) VALUES ($1) ON CONFLICT DO NOTHING",
             )
-            .bind(person)
-            .fetch_optional(&mut *conn)
+            .bind(
+                keyring
+                    .blind_index(SUPPRESSION_INDEX, email.as_str())
+                    .as_slice(),
+            )
+            .execute(&mut *conn)
             .await?;
-            let mut kept = Vec::new();
-            if unsubscribed == Some(true)
-                && let Some(email) = person::email(conn, keyring, person).await?
-            {
-                sqlx::query(
-                    "INSERT INTO email_suppression (address_hash) VALUES ($1) ON CONFLICT DO NOTHING",
-                )
-                .bind(keyring.blind_index(SUPPRESSION_INDEX, email.as_str()).as_slice())
-                .execute(&mut *conn)
-                .await?;
-                kept.push(
-                    "a keyed hash of the address, so the unsubscription outlives the erasure"
-                        .to_owned(),
-                );
-            }
-            let tokens = sqlx::query("DELETE FROM waitlist_token WHERE person_id = $1")
-                .bind(person)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            let broadcasts = sqlx::query("DELETE FROM broadcast_delivery WHERE person_id = $1")
-                .bind(person)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            let entries = sqlx::query("DELETE FROM waitlist_entry WHERE person_id = $1")
-                .bind(person)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            Ok(ErasureSummary {
-                section: self.section(),
-                removed: BTreeMap::from([
-                    ("waitlist_entries", entries),
-                    ("confirmation_tokens", tokens),
-                    ("broadcast_deliveries", broadcasts),
-                ]),
-                kept,
-            })
+            kept.push(
+                "a keyed hash of the address, so the unsubscription outlives the erasure"
+                    .to_owned(),
+            );
+        }
+        let tokens = sqlx::query("DELETE FROM waitlist_token WHERE person_id = $1")
+            .bind(person)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        let broadcasts = sqlx::query("DELETE FROM broadcast_delivery WHERE person_id = $1")
+            .bind(person)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        let entries = sqlx::query("DELETE FROM waitlist_entry WHERE person_id = $1")
+            .bind(person)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        Ok(ErasureSummary {
+            section: self.section(),
+            removed: BTreeMap::from([
+                ("waitlist_entries", entries),
+                ("confirmation_tokens", tokens),
+                ("broadcast_deliveries", broadcasts),
+            ]),
+            kept,
         })
     }
 }
