@@ -154,3 +154,70 @@ async fn mail_waits_out_a_ten_minute_relay_outage_and_goes_out_once() {
         .count();
     assert_eq!(to_them, 1);
 }
+
+#[tokio::test]
+async fn sigterm_hands_back_a_job_it_cannot_finish_and_exits_within_its_grace() {
+    init();
+    let grace = Duration::from_secs(2);
+    let mut replicas = Replicas::start(
+        1,
+        TestDatabase::new().await,
+        "info",
+        &[("PEXPER_SHUTDOWN_GRACE_SECONDS", "2")],
+    )
+    .await;
+    let pool = replicas.db.pool().await;
+    // The relay answers no connection: the confirmation's job hangs in hand.
+    replicas.smtp.stall(true);
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/waitlist", replicas.bases[0]))
+        .json(&json!({"email": "patient@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job_state = || async {
+        sqlx::query_as::<_, (String, i32, bool)>(
+            "SELECT status, attempts, locked_until <= now() FROM job
+             WHERE kind = 'waitlist.signup_mail'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    eventually(Duration::from_secs(10), "the job to be in hand", || async {
+        job_state()
+            .await
+            .filter(|(status, _, _)| status == "running")
+    })
+    .await;
+
+    // SIGTERM: the job is given its grace, then handed back, and the process exits.
+    let took = replicas.terminate(0).await;
+    eprintln!("exited {took:?} after SIGTERM, with a grace of {grace:?}");
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(3),
+        "exited {took:?} after SIGTERM, with a grace of {grace:?}"
+    );
+    assert_eq!(
+        job_state().await,
+        Some(("running".to_owned(), 1, true)),
+        "its lease is over: the next worker need not wait for it to lapse"
+    );
+
+    // Another replica takes it at once (the lease was 60 s) and the email goes out, once.
+    replicas.smtp.stall(false);
+    let restarted = std::time::Instant::now();
+    replicas.add().await;
+    replicas.smtp.wait_for(1, Duration::from_secs(20)).await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        restarted.elapsed()
+    );
+    eventually(Duration::from_secs(10), "the job to be done", || async {
+        job_state().await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(replicas.smtp.received().len(), 1);
+}

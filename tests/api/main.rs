@@ -16,5 +16,6 @@ mod payments;
 mod privacy;
 mod product_email;
 mod queue;
+mod replicas;
 mod storage;
 mod waitlist;

@@ -25,7 +25,7 @@ use std::time::Duration;
 pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with, test_vars};
 pub use bench::{bench_args, bench_exit, block_on, goal};
 pub use database::{Dump, TestDatabase, cluster};
-pub use process::{ServerProcess, admin, binary, stderr, stdout};
+pub use process::{Replicas, ServerProcess, admin, binary, stderr, stdout};
 pub use smtp::SmtpServer;
 
 /// Installs ring as the rustls provider once per test process.

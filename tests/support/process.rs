@@ -2,7 +2,7 @@
 //! `pexper-server` with its own test database and SMTP server.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -65,61 +65,8 @@ impl ServerProcess {
         let dir = tempdir::TempDir::new();
         let mut vars = test_vars(&db, &smtp, dir.path());
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        // A free port is only free until someone takes it: a parallel test may bind the one
-        // we picked before our server does. So the server must say it listens on that port
-        // (its own log line, whatever the level asked) before we believe an answer there,
-        // and if it could not bind, we pick another.
         let log = dir.path().join("server.log");
-        let mut attempts = 0;
-        let (base, child) = loop {
-            attempts += 1;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let base = format!("http://127.0.0.1:{port}");
-            vars.insert("PEXPER_BIND".into(), format!("127.0.0.1:{port}"));
-            vars.insert("PEXPER_PUBLIC_URL".into(), base.clone());
-            let mut child = tokio::process::Command::new(binary("pexper-server"))
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .envs(&vars)
-                .env("RUST_LOG", format!("{log_level},pexper_server::cli=info"))
-                .stderr(std::fs::File::create(&log).unwrap())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
-            let listening = format!("listening address=127.0.0.1:{port}");
-            let bound = eventually(
-                Duration::from_secs(30),
-                "the server to listen or exit",
-                || {
-                    let exited = child.try_wait().unwrap().is_some();
-                    let said = std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&listening));
-                    async move { (exited || said).then_some(said) }
-                },
-            )
-            .await;
-            if bound {
-                break (base, child);
-            }
-            assert!(
-                attempts < 5,
-                "the server could not bind: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        let client = reqwest::Client::new();
-        let ready = format!("{base}/readyz");
-        eventually(Duration::from_secs(30), "the server to be ready", || {
-            let (client, url) = (client.clone(), ready.clone());
-            async move {
-                let res = client.get(&url).send().await.ok()?;
-                (res.status() == 200).then_some(())
-            }
-        })
-        .await;
+        let (base, child) = spawn_server(&mut vars, &log, log_level, true).await;
         Self {
             base,
             vars,
@@ -153,5 +100,183 @@ impl ServerProcess {
             .unwrap();
         assert!(status.success(), "graceful exit");
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap()
+    }
+}
+
+/// Starts `pexper-server` with exactly `vars` (and PATH, and `RUST_LOG=log_level`) on a free
+/// port, logging to `log`, and waits until `/readyz` answers 200; returns its base URL. With
+/// `own_public_url`, `PEXPER_PUBLIC_URL` is that base (links in its email lead back to it).
+async fn spawn_server(
+    vars: &mut HashMap<String, String>,
+    log: &Path,
+    log_level: &str,
+    own_public_url: bool,
+) -> (String, tokio::process::Child) {
+    // A free port is only free until someone takes it: a parallel test may bind the one we
+    // picked before our server does. So the server must say it listens on that port (its own
+    // log line, whatever the level asked) before we believe an answer there, and if it could
+    // not bind, we pick another.
+    let mut attempts = 0;
+    let (base, child) = loop {
+        attempts += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        vars.insert("PEXPER_BIND".into(), format!("127.0.0.1:{port}"));
+        if own_public_url {
+            vars.insert("PEXPER_PUBLIC_URL".into(), base.clone());
+        }
+        let mut child = tokio::process::Command::new(binary("pexper-server"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&*vars)
+            .env("RUST_LOG", format!("{log_level},pexper_server::cli=info"))
+            .stderr(std::fs::File::create(log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let listening = format!("listening address=127.0.0.1:{port}");
+        let bound = eventually(
+            Duration::from_secs(30),
+            "the server to listen or exit",
+            || {
+                let exited = child.try_wait().unwrap().is_some();
+                let said = std::fs::read_to_string(log).is_ok_and(|l| l.contains(&listening));
+                async move { (exited || said).then_some(said) }
+            },
+        )
+        .await;
+        if bound {
+            break (base, child);
+        }
+        assert!(
+            attempts < 5,
+            "the server could not bind: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    };
+    let client = reqwest::Client::new();
+    let ready = format!("{base}/readyz");
+    eventually(Duration::from_secs(30), "the server to be ready", || {
+        let (client, url) = (client.clone(), ready.clone());
+        async move {
+            let res = client.get(&url).send().await.ok()?;
+            (res.status() == 200).then_some(())
+        }
+    })
+    .await;
+    (base, child)
+}
+
+/// Several `pexper-server` processes on one database, one SMTP server and the same keys, as
+/// replicas behind a load balancer: each has its own port, data dir and log.
+pub struct Replicas {
+    pub bases: Vec<String>,
+    pub smtp: SmtpServer,
+    pub db: TestDatabase,
+    /// `None` once terminated.
+    children: Vec<Option<tokio::process::Child>>,
+    shared: HashMap<String, String>,
+    log_level: String,
+    dir: tempdir::TempDir,
+}
+
+impl Replicas {
+    /// Starts `n` replicas on `db`, 300 ms apart, with `extra` variables. A start takes longer
+    /// than that, so they apply the migrations at the same time, as replicas rolled out
+    /// together do; and their clocks tick out of step, as real replicas' do.
+    pub async fn start(
+        n: usize,
+        db: TestDatabase,
+        log_level: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        init();
+        let smtp = SmtpServer::start().await;
+        let dir = tempdir::TempDir::new();
+        let mut shared = test_vars(&db, &smtp, dir.path());
+        // One licence key for all, as in production (a master key is in `test_vars`):
+        // 32 random bytes in standard base64, the same shape.
+        shared.insert(
+            "PEXPER_LICENSE_KEY".into(),
+            pexper_platform::crypto::MasterKeys::generate_encoded(),
+        );
+        shared.insert("PEXPER_PUBLIC_URL".into(), "https://api.pexper.test".into());
+        shared.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut replicas = Self {
+            bases: Vec::new(),
+            smtp,
+            db,
+            children: Vec::new(),
+            shared,
+            log_level: log_level.to_owned(),
+            dir,
+        };
+        let starting: Vec<_> = (0..n)
+            .map(|i| replicas.spawn(i, Duration::from_millis(300) * i as u32))
+            .collect();
+        for started in starting {
+            let (base, child) = started.await.unwrap();
+            replicas.bases.push(base);
+            replicas.children.push(Some(child));
+        }
+        replicas
+    }
+
+    fn spawn(
+        &self,
+        i: usize,
+        after: Duration,
+    ) -> tokio::task::JoinHandle<(String, tokio::process::Child)> {
+        let mut vars = self.shared.clone();
+        let data = self.dir.path().join(format!("replica-{i}"));
+        vars.insert("PEXPER_DATA_DIR".into(), data.display().to_string());
+        let log = self.dir.path().join(format!("replica-{i}.log"));
+        let level = self.log_level.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            spawn_server(&mut vars, &log, &level, false).await
+        })
+    }
+
+    /// Starts one more replica; returns its index.
+    pub async fn add(&mut self) -> usize {
+        let i = self.children.len();
+        let (base, child) = self.spawn(i, Duration::ZERO).await.unwrap();
+        self.bases.push(base);
+        self.children.push(Some(child));
+        i
+    }
+
+    /// Sends replica `i` SIGTERM and waits for it to exit (at most 60 s); returns how long it
+    /// took, and asserts the exit was clean.
+    pub async fn terminate(&mut self, i: usize) -> Duration {
+        let mut child = self.children[i].take().expect("replica still running");
+        let pid = child.id().unwrap().to_string();
+        let sent = std::time::Instant::now();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .expect("SIGTERM stops the replica")
+            .unwrap();
+        let took = sent.elapsed();
+        assert!(status.success(), "a clean exit: {status}");
+        took
+    }
+
+    /// Everything the replicas logged, one string per replica.
+    pub fn logs(&self) -> Vec<String> {
+        (0..self.children.len())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("replica-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 }

@@ -103,6 +103,8 @@ struct State {
     reject_permanently: Mutex<Option<String>>,
     /// Recipients containing this text get `451` (transient).
     reject_transiently: Mutex<Option<String>>,
+    /// While set, a new connection gets no greeting: the sender waits, nothing is sent.
+    stalled: std::sync::atomic::AtomicBool,
     arrived: Notify,
 }
 
@@ -138,6 +140,13 @@ impl SmtpServer {
         *self.state.reject_transiently.lock().unwrap() = pattern.map(str::to_owned);
     }
 
+    /// A relay that accepts connections and then says nothing (overloaded, or half down).
+    pub fn stall(&self, stalled: bool) {
+        self.state
+            .stalled
+            .store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn received(&self) -> Vec<ReceivedMail> {
         self.state.mail.lock().unwrap().clone()
     }
@@ -164,6 +173,9 @@ async fn session(socket: tokio::net::TcpStream, state: Arc<State>) {
     let reply = async |w: &mut tokio::net::tcp::OwnedWriteHalf, s: &str| {
         w.write_all(format!("{s}\r\n").as_bytes()).await.is_ok()
     };
+    while state.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     if !reply(&mut write, "220 test-smtp ready").await {
         return;
     }

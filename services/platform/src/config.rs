@@ -47,6 +47,11 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     pub crash_keys: Vec<CrashKey>,
     pub analytics_retention_days: u32,
+    /// The period of the recurring jobs (sweeps, rollups): each runs once per period, however
+    /// many replicas serve.
+    pub recurring_seconds: u64,
+    /// After SIGTERM, how long running jobs may take before they are handed back.
+    pub shutdown_grace_seconds: u64,
     /// Where `initdb`/`pg_ctl` live when they are not on `PATH`.
     pub pg_bin: Option<PathBuf>,
     /// Places a waitlist member moves up for each confirmed referral.
@@ -117,6 +122,20 @@ impl Config {
             .unwrap_or("90")
             .parse()
             .context("PEXPER_ANALYTICS_RETENTION_DAYS must be a whole number of days")?;
+        let recurring_seconds = get("PEXPER_RECURRING_SECONDS")
+            .unwrap_or("300")
+            .parse()
+            .ok()
+            .filter(|s| (1..=86_400).contains(s))
+            .context("PEXPER_RECURRING_SECONDS must be a whole number of seconds, 1 to 86400")?;
+        let shutdown_grace_seconds = get("PEXPER_SHUTDOWN_GRACE_SECONDS")
+            .unwrap_or("20")
+            .parse()
+            .ok()
+            .filter(|s| (1..=3600).contains(s))
+            .context(
+                "PEXPER_SHUTDOWN_GRACE_SECONDS must be a whole number of seconds, 1 to 3600",
+            )?;
         let stripe_webhook_secrets = list("STRIPE_WEBHOOK_SECRET", DEV_STRIPE_WEBHOOK_SECRET)
             .into_iter()
             .map(SecretString::from)
@@ -142,6 +161,8 @@ impl Config {
             trusted_proxies,
             crash_keys,
             analytics_retention_days,
+            recurring_seconds,
+            shutdown_grace_seconds,
             pg_bin: get("PG_BIN").map(PathBuf::from),
             referral_bump: get("PEXPER_REFERRAL_BUMP")
                 .unwrap_or("5")

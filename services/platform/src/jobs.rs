@@ -259,6 +259,37 @@ impl<S: Clone + Send + Sync + 'static> JobRegistry<S> {
     }
 }
 
+/// Enqueues a recurring job for the current period (periods of `every`, counted from the Unix
+/// epoch), unless some replica already did: one run per period, however many
+/// replicas tick. Returns whether this call enqueued it. The job's kind is also its dedupe
+/// key, so a run still waiting from an earlier period is not doubled.
+pub async fn enqueue_recurring(
+    pool: &PgPool,
+    job: NewJob,
+    every: Duration,
+) -> anyhow::Result<bool> {
+    let period = OffsetDateTime::now_utc().unix_timestamp() / every.as_secs().max(1) as i64;
+    let mut tx = pool.begin().await?;
+    let claimed = sqlx::query(
+        "INSERT INTO recurring_job (kind, period) VALUES ($1, $2)
+         ON CONFLICT (kind) DO UPDATE SET period = EXCLUDED.period, updated_at = now()
+         WHERE recurring_job.period < EXCLUDED.period",
+    )
+    .bind(job.kind)
+    .bind(period)
+    .execute(&mut *tx)
+    .await
+    .context("failed to claim a recurring period")?
+    .rows_affected()
+        == 1;
+    if claimed {
+        let kind = job.kind;
+        enqueue(&mut tx, job.dedupe_key(kind)).await?;
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
 /// Claims the next ready job of one of `kinds`, or a running job whose lease has lapsed.
 ///
 /// A lapsed lease means the worker died mid-job (killed, crashed, lost its host). A job whose
@@ -421,6 +452,9 @@ pub struct Worker<S> {
     concurrency: usize,
     lease: Duration,
     poll_interval: Duration,
+    shutdown_grace: Duration,
+    /// The jobs being run now, with their attempt: what to hand back if shutdown cannot wait.
+    in_hand: std::sync::Mutex<HashMap<JobId, i32>>,
 }
 
 impl<S> std::fmt::Debug for Worker<S> {
@@ -441,6 +475,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             concurrency: 2,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(20),
+            in_hand: std::sync::Mutex::default(),
         }
     }
 
@@ -471,7 +507,16 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         self
     }
 
-    /// Runs until `shutdown` turns true; jobs in hand are finished before it returns.
+    /// How long shutdown waits for the jobs in hand before it hands them back.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Runs until `shutdown` turns true, then lets the jobs in hand finish for up to
+    /// `shutdown_grace`. What is still running then is stopped and its lease handed back, so
+    /// another worker takes it at once instead of after the lease: shutdown is bounded, and
+    /// nothing claimed is lost.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         if self.jobs.handlers.is_empty() {
             return;
@@ -483,8 +528,57 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         for _ in 0..this.concurrency {
             tasks.spawn(this.clone().work(wake.clone(), shutdown.clone()));
         }
-        while tasks.join_next().await.is_some() {}
+        let deadline = {
+            let mut shutdown = shutdown.clone();
+            let grace = this.shutdown_grace;
+            async move {
+                while !*shutdown.borrow() {
+                    if shutdown.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                tokio::time::sleep(grace).await;
+            }
+        };
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => if joined.is_none() { break },
+                _ = &mut deadline => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    this.hand_back().await;
+                    break;
+                }
+            }
+        }
         listener.abort();
+    }
+
+    /// Ends the leases of the jobs still in hand, so that they are claimed again at once.
+    async fn hand_back(&self) {
+        let in_hand: Vec<(JobId, i32)> = self
+            .in_hand
+            .lock()
+            .expect("the in-hand set is never poisoned")
+            .drain()
+            .collect();
+        for (id, attempts) in &in_hand {
+            let released = sqlx::query(
+                "UPDATE job SET locked_until = now() WHERE id = $1 AND attempts = $2 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(attempts)
+            .execute(&self.pool)
+            .await;
+            if let Err(e) = released {
+                tracing::warn!(error = %redact(&format!("{e:#}")), job.id = %id, "failed to hand a job back");
+            }
+        }
+        tracing::warn!(
+            jobs = in_hand.len(),
+            "shutdown grace over: jobs in hand handed back"
+        );
     }
 
     async fn work(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
@@ -518,6 +612,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 return;
             };
             let started = std::time::Instant::now();
+            self.in_hand
+                .lock()
+                .expect("the in-hand set is never poisoned")
+                .insert(job.id, job.attempts);
             let work = handler(self.state.clone(), job.clone());
             tokio::pin!(work);
             let mut heartbeat = tokio::time::interval(self.lease / 3);
@@ -533,6 +631,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             };
             let elapsed_ms = started.elapsed().as_millis() as u64;
+            self.in_hand
+                .lock()
+                .expect("the in-hand set is never poisoned")
+                .remove(&job.id);
             match result {
                 Ok(()) => {
                     if let Err(e) = finish(&self.pool, &job).await {

@@ -3,6 +3,7 @@
 //! so that the tests build and run the very same entry point.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::WorkerOptions;
 use clap::Parser;
@@ -65,6 +66,8 @@ async fn run(
     services: Vec<std::sync::Arc<dyn pexper_platform::Service>>,
 ) -> anyhow::Result<()> {
     let bind = config.bind;
+    let recurring_seconds = config.recurring_seconds;
+    let shutdown_grace_seconds = config.shutdown_grace_seconds;
     if config.uses_dev_stripe_secret() {
         // Not a secret: it is in the source, so that `stripe listen` or a script can sign.
         tracing::warn!(
@@ -90,7 +93,11 @@ async fn run(
         platform,
         services,
         HttpOptions::default(),
-        WorkerOptions::default(),
+        WorkerOptions {
+            recurring_every: Duration::from_secs(recurring_seconds),
+            shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
+            ..WorkerOptions::default()
+        },
         shutdown,
     )
     .await

@@ -76,9 +76,9 @@ pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<
     Platform::new(config, pool, &master, mailer, registry)
 }
 
-/// Enqueues every recurring job every `every` (the first time one period after start), until
-/// shutdown. Its kind is the dedupe key: a job still waiting (from this or another replica) is
-/// not doubled.
+/// Enqueues each recurring job once per period of `every` across every replica
+/// (`jobs::enqueue_recurring`): each process looks once a period, the first time one period
+/// after start, until shutdown.
 async fn schedule(
     platform: Platform,
     recurring: Vec<jobs::NewJob>,
@@ -95,13 +95,8 @@ async fn schedule(
             _ = shutdown.changed() => return,
         }
         for job in &recurring {
-            let kind = job.kind();
-            let enqueued = async {
-                let mut conn = platform.pool.acquire().await?;
-                jobs::enqueue(&mut conn, job.clone().dedupe_key(kind)).await
-            };
-            if let Err(e) = enqueued.await {
-                tracing::warn!(error = %pexper_platform::telemetry::redact(&format!("{e:#}")), kind, "failed to schedule a recurring job");
+            if let Err(e) = jobs::enqueue_recurring(&platform.pool, job.clone(), every).await {
+                tracing::warn!(error = %pexper_platform::telemetry::redact(&format!("{e:#}")), kind = job.kind(), "failed to schedule a recurring job");
             }
         }
     }
@@ -115,6 +110,8 @@ pub struct WorkerOptions {
     pub poll_interval: Duration,
     /// How often each service's recurring jobs are enqueued.
     pub recurring_every: Duration,
+    /// After shutdown, how long jobs in hand may run before they are handed back.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -124,6 +121,7 @@ impl Default for WorkerOptions {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
             recurring_every: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -143,7 +141,8 @@ pub async fn launch(
     let mut jobs = Worker::new(platform.pool.clone(), platform.clone())
         .concurrency(worker.concurrency)
         .lease(worker.lease)
-        .poll_interval(worker.poll_interval);
+        .poll_interval(worker.poll_interval)
+        .shutdown_grace(worker.shutdown_grace);
     for service in &services {
         jobs = jobs.jobs(service.jobs());
     }
