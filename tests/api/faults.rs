@@ -221,3 +221,252 @@ async fn sigterm_hands_back_a_job_it_cannot_finish_and_exits_within_its_grace() 
     .await;
     assert_eq!(replicas.smtp.received().len(), 1);
 }
+
+/// What one load generator sent and how it was answered.
+#[derive(Debug, Clone)]
+struct Sent {
+    /// The address, or the Stripe event's id.
+    key: String,
+    /// For a webhook, the event to deliver again.
+    event: Option<Value>,
+    status: u16,
+    took: Duration,
+}
+
+/// Sends `request(i)` for i = 0, 1, … until `stop`, 20 ms apart; returns every answer.
+async fn load<F, Fut>(stop: std::sync::Arc<std::sync::atomic::AtomicBool>, request: F) -> Vec<Sent>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Sent>,
+{
+    let mut sent = Vec::new();
+    for i in 0.. {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        sent.push(request(i).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sent
+}
+
+#[tokio::test]
+async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webhook_applies_once_when_redelivered()
+ {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use pexper_platform::db::managed::{Durability, ManagedPostgres};
+    use pexper_tests::stripe::{self, Checkout};
+    init();
+    // A cluster of this test's own, to kill, and durable as the embedded default is: the
+    // throwaway clusters of the other tests run with `synchronous_commit = off`, which may lose
+    // acknowledged commits in a crash (this test sees it, if asked to).
+    let dir = tempdir::TempDir::new();
+    let root = dir.path().join("postgres");
+    let start = {
+        let root = root.clone();
+        move || ManagedPostgres::start_or_reuse(&root, None, Durability::Durable)
+    };
+    let cluster = tokio::task::spawn_blocking(start.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    pexper_platform::db::ensure_database(&cluster, "pexper")
+        .await
+        .unwrap();
+    let url = secrecy::ExposeSecret::expose_secret(&cluster.url("pexper")).to_owned();
+    let app = Arc::new(
+        spawn_app_with(AppOptions {
+            vars: vec![("DATABASE_URL", url)],
+            ..AppOptions::default()
+        })
+        .await,
+    );
+
+    // Signups, Stripe purchases and privacy requests, each from its own generator.
+    let stop = Arc::new(AtomicBool::new(false));
+    let timed = |status: u16, started: std::time::Instant| (status, started.elapsed());
+    let signups = tokio::spawn(load(stop.clone(), {
+        let app = app.clone();
+        move |i| {
+            let app = app.clone();
+            async move {
+                let email = format!("signup{i}@example.com");
+                let started = std::time::Instant::now();
+                let res = app
+                    .client
+                    .post(app.url("/v1/waitlist"))
+                    .json(&json!({ "email": email }))
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, took) = timed(res.status().as_u16(), started);
+                Sent {
+                    key: email,
+                    event: None,
+                    status,
+                    took,
+                }
+            }
+        }
+    }));
+    let webhooks = tokio::spawn(load(stop.clone(), {
+        let app = app.clone();
+        move |i| {
+            let app = app.clone();
+            async move {
+                let event = Checkout::new(&format!("buyer{i}@example.com"))
+                    .session_event("checkout.session.completed", "paid");
+                let started = std::time::Instant::now();
+                let res = stripe::deliver(&app.client, &app.address, &event).await;
+                let (status, took) = timed(res.status().as_u16(), started);
+                let key = event["id"].as_str().unwrap().to_owned();
+                Sent {
+                    key,
+                    event: Some(event),
+                    status,
+                    took,
+                }
+            }
+        }
+    }));
+    let requests = tokio::spawn(load(stop.clone(), {
+        let app = app.clone();
+        move |i| {
+            let app = app.clone();
+            async move {
+                let email = format!("asker{i}@example.com");
+                let started = std::time::Instant::now();
+                let res = app
+                    .client
+                    .post(app.url("/v1/privacy/requests"))
+                    .json(&json!({ "email": email, "kind": "access" }))
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, took) = timed(res.status().as_u16(), started);
+                Sent {
+                    key: email,
+                    event: None,
+                    status,
+                    took,
+                }
+            }
+        }
+    }));
+
+    // Two seconds in, the postmaster is killed: no shutdown, no checkpoint.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = std::fs::read_to_string(root.join("data/postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap().trim().to_owned();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let down = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Restarted (crash recovery) once its orphaned backends have noticed and gone.
+    eventually(Duration::from_secs(30), "Postgres to start again", || {
+        let start = start.clone();
+        async move { tokio::task::spawn_blocking(start).await.unwrap().ok() }
+    })
+    .await;
+    let restarted = down.elapsed();
+    eventually(
+        Duration::from_secs(15),
+        "the server to be ready again",
+        || async {
+            let res = app.client.get(app.url("/readyz")).send().await.ok()?;
+            (res.status() == 200).then_some(())
+        },
+    )
+    .await;
+    let recovered = down.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let signups = signups.await.unwrap();
+    let webhooks = webhooks.await.unwrap();
+    let requests = requests.await.unwrap();
+
+    // While it was down, every answer was a 503 with Retry-After, in well under a second.
+    let all = || signups.iter().chain(&webhooks).chain(&requests);
+    let refused: Vec<&Sent> = all().filter(|s| s.status == 503).collect();
+    assert!(!refused.is_empty(), "the outage was seen");
+    assert!(
+        all().all(|s| s.status == 503 || (200..300).contains(&s.status)),
+        "{:?}",
+        all()
+            .filter(|s| s.status != 503 && s.status >= 300)
+            .collect::<Vec<_>>()
+    );
+    let slowest_refusal = refused.iter().map(|s| s.took).max().unwrap();
+    assert!(
+        slowest_refusal < Duration::from_secs(1),
+        "{slowest_refusal:?}"
+    );
+    eprintln!(
+        "{} answered, {} refused (slowest refusal {slowest_refusal:?}); Postgres back {restarted:?} and the server ready {recovered:?} after the kill",
+        all().count(),
+        refused.len()
+    );
+
+    // Every acknowledged request is in the database, checked one by one.
+    let pool = &app.platform.pool;
+    let mut conn = pool.acquire().await.unwrap();
+    for sent in signups.iter().chain(&requests).filter(|s| s.status < 300) {
+        let email = pexper_platform::address::EmailAddress::parse(&sent.key).unwrap();
+        let person = pexper_platform::person::find(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} was acknowledged and lost", sent.key));
+        let table = if sent.key.starts_with("signup") {
+            "waitlist_entry"
+        } else {
+            "privacy_request"
+        };
+        let kept: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE person_id = $1"
+        )))
+        .bind(person)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(kept, 1, "{} in {table}", sent.key);
+    }
+    for sent in webhooks.iter().filter(|s| s.status < 300) {
+        let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_event WHERE id = $1")
+            .bind(&sent.key)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(kept, 1, "event {} was acknowledged and lost", sent.key);
+    }
+
+    // Stripe delivers a refused event again: it is applied, once, however often it comes.
+    let redelivered: Vec<&Sent> = webhooks.iter().filter(|s| s.status == 503).collect();
+    assert!(!redelivered.is_empty(), "some webhook met the outage");
+    for sent in &redelivered {
+        let event = sent.event.as_ref().unwrap();
+        for _ in 0..2 {
+            let res = stripe::deliver(&app.client, &app.address, event).await;
+            assert_eq!(res.status(), 200);
+        }
+        let session = event["data"]["object"]["id"].as_str().unwrap();
+        let (purchases, licences): (i64, i64) = sqlx::query_as(
+            "SELECT count(DISTINCT p.id), count(l.id) FROM purchase p
+             LEFT JOIN license l ON l.purchase_id = p.id WHERE p.checkout_session_id = $1",
+        )
+        .bind(session)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!((purchases, licences), (1, 1), "session {session}");
+    }
+    drop(conn);
+    let root_for_stop = root.clone();
+    tokio::task::spawn_blocking(move || ManagedPostgres::stop(&root_for_stop, None).unwrap())
+        .await
+        .unwrap();
+}
