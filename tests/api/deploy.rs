@@ -32,6 +32,7 @@ const PRODUCTION: &[(&str, &str)] = &[
     ("STRIPE_WEBHOOK_SECRET", "whsec_real"),
     ("PEXPER_SMTP_URL", "smtps://u:p@smtp.example.com"),
     ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
+    ("PEXPER_TRUSTED_PROXY", "10.0.0.2"),
     ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a"),
     (
         "DATABASE_URL",

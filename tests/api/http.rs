@@ -279,3 +279,87 @@ async fn openapi_documents_exactly_the_routed_operations() {
         );
     }
 }
+
+/// A certificate for 127.0.0.1 from a fresh CA, written (each file replaced whole) to `cert`
+/// and `key`; returns the CA's certificate, to trust.
+fn issue_certificate(cert: &std::path::Path, key: &std::path::Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    for (path, pem) in [(key, leaf_key.serialize_pem()), (cert, leaf.pem())] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+    ca.pem()
+}
+
+/// A client that trusts only `ca`, and opens a new connection for every request.
+fn trusting(ca: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn with_a_certificate_the_server_speaks_only_https_sends_hsts_and_takes_a_renewed_certificate()
+ {
+    init();
+    let dir = tempdir::TempDir::new();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let first_ca = issue_certificate(&cert, &key);
+    let app = spawn_app_with(AppOptions {
+        vars: vec![
+            ("PEXPER_TLS_CERT", cert.display().to_string()),
+            ("PEXPER_TLS_KEY", key.display().to_string()),
+        ],
+        http: HttpOptions {
+            tls_reload_every: Duration::from_millis(100),
+            ..AppOptions::default().http
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let url = format!("https://127.0.0.1:{port}/healthz");
+
+    let res = trusting(&first_ca).get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["strict-transport-security"],
+        "max-age=63072000; includeSubDomains"
+    );
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_err(),
+        "no plain HTTP on the HTTPS port"
+    );
+
+    // Renewed (here by another CA, so that each client can tell which one it was shown):
+    // new connections get the new certificate, without a restart.
+    let second_ca = issue_certificate(&cert, &key);
+    eventually(
+        Duration::from_secs(10),
+        "the renewed certificate",
+        || async {
+            let res = trusting(&second_ca).get(&url).send().await.ok()?;
+            (res.status() == 200).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        trusting(&first_ca).get(&url).send().await.is_err(),
+        "the old certificate is no longer shown"
+    );
+}

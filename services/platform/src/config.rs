@@ -23,6 +23,13 @@ pub struct CrashKey {
     pub public_key: String,
 }
 
+/// PEM files: the certificate chain and the private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub env: Environment,
@@ -45,6 +52,9 @@ pub struct Config {
     pub privacy_email: String,
     /// Only requests whose peer is one of these addresses may name a client in `X-Forwarded-For`.
     pub trusted_proxies: Vec<IpAddr>,
+    /// The certificate chain and private key (PEM files) when the server terminates TLS
+    /// itself; re-read when they change.
+    pub tls: Option<TlsFiles>,
     pub crash_keys: Vec<CrashKey>,
     pub analytics_retention_days: u32,
     /// The period of the recurring jobs (sweeps, rollups): each runs once per period, however
@@ -122,6 +132,14 @@ impl Config {
             .unwrap_or("90")
             .parse()
             .context("PEXPER_ANALYTICS_RETENTION_DAYS must be a whole number of days")?;
+        let tls = match (get("PEXPER_TLS_CERT"), get("PEXPER_TLS_KEY")) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
+            (None, None) => None,
+            _ => bail!("PEXPER_TLS_CERT and PEXPER_TLS_KEY go together: set both, or neither"),
+        };
         let recurring_seconds = get("PEXPER_RECURRING_SECONDS")
             .unwrap_or("300")
             .parse()
@@ -159,6 +177,7 @@ impl Config {
                 .unwrap_or("privacy@pexper.com")
                 .to_owned(),
             trusted_proxies,
+            tls,
             crash_keys,
             analytics_retention_days,
             recurring_seconds,
@@ -227,6 +246,11 @@ impl Config {
         if self.license_key.is_none() {
             bail!(
                 "PEXPER_ENV=production needs PEXPER_LICENSE_KEY: set it to a base64-encoded 32-byte Ed25519 seed"
+            );
+        }
+        if self.tls.is_none() && self.trusted_proxies.is_empty() {
+            bail!(
+                "PEXPER_ENV=production needs HTTPS: set PEXPER_TLS_CERT and PEXPER_TLS_KEY, or name the proxy that terminates TLS in PEXPER_TRUSTED_PROXY"
             );
         }
         if self.uses_dev_stripe_secret() {
@@ -335,6 +359,7 @@ mod tests {
             "postgres://u:p@db/pexper?sslmode=verify-full",
         ),
         ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
+        ("PEXPER_TRUSTED_PROXY", "10.0.0.2"),
         ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a8e1f3b5d7c9a2e4f"),
     ];
 
@@ -388,6 +413,7 @@ mod tests {
             ("DATABASE_URL", "sslmode=verify-full"),
             ("PEXPER_LICENSE_KEY", "PEXPER_LICENSE_KEY"),
             ("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET"),
+            ("PEXPER_TRUSTED_PROXY", "PEXPER_TLS_CERT and PEXPER_TLS_KEY"),
         ] {
             let err = production_without(missing).expect_err(missing).to_string();
             assert!(err.contains(hint), "{missing}: {err}");
@@ -470,7 +496,12 @@ mod tests {
     fn debug_output_never_shows_a_secret() {
         let c = Config::from_vars(vars(PRODUCTION_OK)).expect("valid");
         let shown = format!("{c:?}");
-        let public = ["PEXPER_ENV", "PEXPER_PUBLIC_URL", "PEXPER_CRASH_KEYS"];
+        let public = [
+            "PEXPER_ENV",
+            "PEXPER_PUBLIC_URL",
+            "PEXPER_CRASH_KEYS",
+            "PEXPER_TRUSTED_PROXY",
+        ];
         for (_, value) in PRODUCTION_OK.iter().filter(|(k, _)| !public.contains(k)) {
             assert!(!shown.contains(value), "{value} leaked into {shown}");
         }

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
+use axum_server::tls_rustls::RustlsConfig;
+use pexper_platform::config::TlsFiles;
 use pexper_platform::http::HttpOptions;
 use pexper_platform::jobs::{self, Worker};
 use pexper_platform::mail::Mailer;
@@ -102,6 +105,91 @@ async fn schedule(
     }
 }
 
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn shutdown_requested(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// TLS terminated by the server itself.
+struct Tls {
+    files: TlsFiles,
+    /// How often the files are checked for a new certificate.
+    reload_every: Duration,
+    /// How long open connections may take to finish after shutdown.
+    drain: Duration,
+}
+
+/// Serves HTTPS on `listener` with rustls. A renewed certificate is picked up without a
+/// restart: the files are checked every `reload_every` and re-read when they change; a pair
+/// that does not load (half written, a key that does not match) leaves the one in use.
+async fn serve_tls(
+    listener: TcpListener,
+    make_service: IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    tls: Tls,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let config = RustlsConfig::from_pem_file(&tls.files.cert, &tls.files.key)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to load PEXPER_TLS_CERT {} and PEXPER_TLS_KEY {}",
+                tls.files.cert.display(),
+                tls.files.key.display()
+            )
+        })?;
+    let reloader = tokio::spawn(reload_when_changed(
+        config.clone(),
+        tls.files,
+        tls.reload_every,
+    ));
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let stopper = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown_requested(shutdown).await;
+            handle.graceful_shutdown(Some(tls.drain));
+        })
+    };
+    let served = axum_server::from_tcp_rustls(listener.into_std()?, config)?
+        .handle(handle)
+        .serve(make_service)
+        .await
+        .context("the HTTPS server failed");
+    reloader.abort();
+    stopper.abort();
+    served
+}
+
+async fn reload_when_changed(config: RustlsConfig, files: TlsFiles, every: Duration) {
+    let stamp = |files: &TlsFiles| {
+        let modified =
+            |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        (modified(&files.cert), modified(&files.key))
+    };
+    let mut loaded = stamp(&files);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = stamp(&files);
+        if now == loaded {
+            continue;
+        }
+        match config.reload_from_pem_file(&files.cert, &files.key).await {
+            Ok(()) => {
+                tracing::info!("TLS certificate reloaded");
+                loaded = now;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate not reloaded; the one in use stays")
+            }
+        }
+    }
+}
+
 /// How the process's job worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -169,21 +257,23 @@ pub async fn launch(
         })
     };
 
-    let mut stop = shutdown.clone();
-    let served = axum::serve(
-        listener,
-        app.router
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                break;
-            }
+    let make_service = app
+        .router
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let served = match platform.config.tls.clone() {
+        None => axum::serve(listener, make_service)
+            .with_graceful_shutdown(shutdown_requested(shutdown.clone()))
+            .await
+            .context("the HTTP server failed"),
+        Some(files) => {
+            let tls = Tls {
+                files,
+                reload_every: http.tls_reload_every,
+                drain: http.timeout,
+            };
+            serve_tls(listener, make_service, tls, shutdown.clone()).await
         }
-    })
-    .await
-    .context("the HTTP server failed");
+    };
 
     worker_task.await.context("the job worker panicked")?;
     prune.abort();

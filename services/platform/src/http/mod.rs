@@ -57,6 +57,8 @@ pub struct HttpOptions {
     /// apps send in bursts at launch and exit, and many share an office's address.
     pub ingest_replenish: Duration,
     pub ingest_burst: u32,
+    /// With TLS terminated here: how often the certificate files are checked for a new one.
+    pub tls_reload_every: Duration,
 }
 
 impl Default for HttpOptions {
@@ -68,6 +70,7 @@ impl Default for HttpOptions {
             burst: 20,
             ingest_replenish: Duration::from_secs(1),
             ingest_burst: 30,
+            tls_reload_every: Duration::from_secs(10),
         }
     }
 }
@@ -216,6 +219,13 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         .allow_headers([header::CONTENT_TYPE])
         .max_age(Duration::from_secs(3600));
 
+    // Served over HTTPS here: browsers are told to use nothing else for two years.
+    let hsts = platform.config.tls.is_some().then(|| {
+        SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        )
+    });
     let router = router
         .route(
             "/openapi.json",
@@ -240,6 +250,7 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
+        .layer(tower::util::option_layer(hsts))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
