@@ -872,3 +872,95 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
         "the friend stays, unlinked"
     );
 }
+
+#[tokio::test]
+async fn what_arrives_for_an_address_between_its_erasure_and_the_goodbye_email_is_kept_for_a_new_person()
+ {
+    let app = app().await;
+    let email = "window@example.net";
+    customer(&app, email).await;
+    let res = request(
+        &app,
+        json!({"email": email, "kind": "deletion", "jurisdiction": "gdpr"}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let mail = mail_to(&app, email, "please confirm").await;
+    let url = mail.link(&app.url("/v1/privacy/verify?token="));
+    // The goodbye email cannot go out for now: the window between the erasure and the
+    // destruction of the person's key stays open.
+    app.smtp.reject_transiently(Some(email));
+    assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+    let pool = app.platform.pool.clone();
+    let erased: pexper_platform::person::PersonId =
+        eventually(WAIT, "the erasure, before the goodbye", || async {
+            // Queued in the erasure's own transaction, retried while the relay refuses.
+            sqlx::query_scalar("SELECT person_id FROM job WHERE kind = 'privacy.deletion_mail'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        })
+        .await;
+
+    // In that window, they sign up again and buy again.
+    let res = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let checkout = Checkout::new(email);
+    let event = checkout.session_event("checkout.session.completed", "paid");
+    assert_eq!(
+        stripe::deliver(&app.client, &app.address, &event)
+            .await
+            .status(),
+        200
+    );
+
+    // The goodbye goes out at last, and the erased person is destroyed.
+    app.smtp.reject_transiently(None);
+    sqlx::query("UPDATE job SET run_at = now() WHERE kind = 'privacy.deletion_mail'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    mail_to(&app, email, "has been deleted").await;
+    eventually(WAIT, "the erased person to be destroyed", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM person WHERE id = $1")
+            .bind(erased)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+
+    // What came in the window belongs to a new person, and is all still here.
+    let mut conn = pool.acquire().await.unwrap();
+    let address = pexper_platform::address::EmailAddress::parse(email).unwrap();
+    let now = pexper_platform::person::find(&mut conn, &app.platform.keyring, &address)
+        .await
+        .unwrap()
+        .expect("the signup in the window kept its person");
+    assert_ne!(now, erased);
+    let entries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM waitlist_entry WHERE person_id = $1")
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(entries, 1, "the signup is kept");
+    let buyer: Option<pexper_platform::person::PersonId> =
+        sqlx::query_scalar("SELECT person_id FROM purchase WHERE checkout_session_id = $1")
+            .bind(&checkout.session)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        buyer,
+        Some(now),
+        "the purchase is kept, linked to its buyer"
+    );
+}

@@ -169,6 +169,24 @@ pub async fn email(
 
 /// Deletes the person row and with it their data key (crypto-shredding). Services erase their
 /// own rows first (see `personal_data`); this is the last step.
+/// Detaches a person being erased from their address: their blind index becomes random bytes,
+/// so no lookup finds them, and a signup or a purchase for the address from now on makes a new
+/// person, while this one waits for its goodbye email and `destroy`.
+pub async fn detach(conn: &mut PgConnection, id: PersonId) -> anyhow::Result<()> {
+    let mut unfindable = [0u8; 32];
+    rand::fill(&mut unfindable);
+    sqlx::query(
+        "UPDATE person SET email_index = $2, erasing_since = now(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(unfindable.as_slice())
+    .execute(conn)
+    .await
+    .context("failed to detach a person from their address")?;
+    Ok(())
+}
+
 pub async fn destroy(conn: &mut PgConnection, id: PersonId) -> anyhow::Result<bool> {
     let deleted = sqlx::query("DELETE FROM person WHERE id = $1")
         .bind(id)
@@ -216,8 +234,10 @@ pub async fn rotate_batch(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyho
             .open_string(email_field(*id), sealed)
             .with_context(|| format!("failed to open the address of person {id}"))?;
         let wrapped = keyring.wrap_data_key(&key);
+        // A person being erased keeps the random index `detach` gave them.
         sqlx::query(
-            "UPDATE person SET data_key = $2, key_version = $3, email_index = $4, updated_at = now()
+            "UPDATE person SET data_key = $2, key_version = $3, updated_at = now(),
+                    email_index = CASE WHEN erasing_since IS NULL THEN $4 ELSE email_index END
              WHERE id = $1",
         )
         .bind(id)

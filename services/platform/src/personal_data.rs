@@ -148,7 +148,8 @@ impl Registry {
 
     /// Every service's erase, leaving the person row (their sealed address and data key) for a
     /// last message — the deletion confirmation — after which the caller must
-    /// `person::destroy` them.
+    /// `person::destroy` them. The row is detached from the address (`person::detach`): what
+    /// arrives for it meanwhile goes to a new person, and outlives this one.
     pub async fn erase_sections(
         &self,
         conn: &mut PgConnection,
@@ -163,6 +164,7 @@ impl Registry {
                     .with_context(|| format!("failed to erase the {} section", part.section()))?,
             );
         }
+        person::detach(conn, person).await?;
         Ok(summaries)
     }
 }
