@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 fn main() {
-    let [batches, concurrency] = bench_args([2000, 16]);
+    let [batches, concurrency] = bench_args([2000, 16], [20, 4]);
     bench_exit(block_on(run(batches as usize, concurrency as usize)));
 }
 

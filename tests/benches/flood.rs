@@ -45,7 +45,7 @@ fn main() {
         println!("{}", serde_json::to_string(&tallies).unwrap());
         return;
     }
-    let [seconds, flooders, rate] = bench_args([30, 64, 20]);
+    let [seconds, flooders, rate] = bench_args([30, 64, 20], [2, 4, 5]);
     let ok = block_on(run(seconds, flooders as usize, rate));
     bench_exit(ok);
 }

@@ -17,7 +17,7 @@ use pexper_tests::stripe::{self, Checkout};
 use pexper_tests::*;
 
 fn main() {
-    let [people, samples] = bench_args([5000, 20]);
+    let [people, samples] = bench_args([5000, 20], [30, 2]);
     bench_exit(block_on(run(people as usize, samples as usize)));
 }
 

@@ -14,7 +14,7 @@ use pexper_platform::http::HttpOptions;
 use pexper_tests::*;
 
 fn main() {
-    let [requests, concurrency] = bench_args([2000, 32]);
+    let [requests, concurrency] = bench_args([2000, 32], [30, 4]);
     block_on(run(requests as usize, concurrency as usize));
 }
 

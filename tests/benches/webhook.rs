@@ -17,7 +17,7 @@ use pexper_tests::stripe::{self, Checkout};
 use pexper_tests::*;
 
 fn main() {
-    let [rate, seconds, concurrency] = bench_args([200, 15, 32]);
+    let [rate, seconds, concurrency] = bench_args([200, 15, 32], [20, 2, 4]);
     bench_exit(block_on(run(rate, seconds, concurrency as usize)));
 }
 
