@@ -575,10 +575,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 tracing::warn!(error = %redact(&format!("{e:#}")), job.id = %id, "failed to hand a job back");
             }
         }
-        tracing::warn!(
-            jobs = in_hand.len(),
-            "shutdown grace over: jobs in hand handed back"
-        );
+        if !in_hand.is_empty() {
+            tracing::warn!(
+                jobs = in_hand.len(),
+                "shutdown grace over: jobs in hand handed back"
+            );
+        }
     }
 
     async fn work(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
