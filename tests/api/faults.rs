@@ -233,6 +233,24 @@ struct Sent {
     took: Duration,
 }
 
+/// Posts `body` to `path` on the in-process server; `key` names what was sent.
+async fn post_json(app: std::sync::Arc<TestApp>, path: &str, key: String, body: Value) -> Sent {
+    let started = std::time::Instant::now();
+    let res = app
+        .client
+        .post(app.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    Sent {
+        key,
+        event: None,
+        status: res.status().as_u16(),
+        took: started.elapsed(),
+    }
+}
+
 /// Sends `request(i)` for i = 0, 1, … until `stop`, 20 ms apart; returns every answer.
 async fn load<F, Fut>(stop: std::sync::Arc<std::sync::atomic::AtomicBool>, request: F) -> Vec<Sent>
 where
@@ -286,29 +304,12 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
 
     // Signups, Stripe purchases and privacy requests, each from its own generator.
     let stop = Arc::new(AtomicBool::new(false));
-    let timed = |status: u16, started: std::time::Instant| (status, started.elapsed());
     let signups = tokio::spawn(load(stop.clone(), {
         let app = app.clone();
         move |i| {
-            let app = app.clone();
-            async move {
-                let email = format!("signup{i}@example.com");
-                let started = std::time::Instant::now();
-                let res = app
-                    .client
-                    .post(app.url("/v1/waitlist"))
-                    .json(&json!({ "email": email }))
-                    .send()
-                    .await
-                    .unwrap();
-                let (status, took) = timed(res.status().as_u16(), started);
-                Sent {
-                    key: email,
-                    event: None,
-                    status,
-                    took,
-                }
-            }
+            let email = format!("signup{i}@example.com");
+            let body = json!({ "email": email });
+            post_json(app.clone(), "/v1/waitlist", email, body)
         }
     }));
     let webhooks = tokio::spawn(load(stop.clone(), {
@@ -320,13 +321,11 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
                     .session_event("checkout.session.completed", "paid");
                 let started = std::time::Instant::now();
                 let res = stripe::deliver(&app.client, &app.address, &event).await;
-                let (status, took) = timed(res.status().as_u16(), started);
-                let key = event["id"].as_str().unwrap().to_owned();
                 Sent {
-                    key,
+                    key: event["id"].as_str().unwrap().to_owned(),
+                    status: res.status().as_u16(),
+                    took: started.elapsed(),
                     event: Some(event),
-                    status,
-                    took,
                 }
             }
         }
@@ -334,25 +333,9 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
     let requests = tokio::spawn(load(stop.clone(), {
         let app = app.clone();
         move |i| {
-            let app = app.clone();
-            async move {
-                let email = format!("asker{i}@example.com");
-                let started = std::time::Instant::now();
-                let res = app
-                    .client
-                    .post(app.url("/v1/privacy/requests"))
-                    .json(&json!({ "email": email, "kind": "access" }))
-                    .send()
-                    .await
-                    .unwrap();
-                let (status, took) = timed(res.status().as_u16(), started);
-                Sent {
-                    key: email,
-                    event: None,
-                    status,
-                    took,
-                }
-            }
+            let email = format!("asker{i}@example.com");
+            let body = json!({ "email": email, "kind": "access" });
+            post_json(app.clone(), "/v1/privacy/requests", email, body)
         }
     }));
 
