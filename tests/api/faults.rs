@@ -3,28 +3,72 @@
 
 use std::time::Duration;
 
+use pexper_platform::db::managed::{Durability, ManagedPostgres};
 use pexper_tests::*;
 use serde_json::{Value, json};
+
+/// A Postgres cluster of one test's own, to stop or kill: the process's shared one serves
+/// every other test.
+struct PrivateCluster {
+    _dir: tempdir::TempDir,
+    root: std::path::PathBuf,
+    durability: Durability,
+    port: u16,
+    /// Its `pexper` database, as an external `DATABASE_URL`.
+    url: String,
+}
+
+impl PrivateCluster {
+    async fn start(durability: Durability) -> Self {
+        let dir = tempdir::TempDir::new();
+        let root = dir.path().join("postgres");
+        let mut cluster = Self {
+            _dir: dir,
+            root,
+            durability,
+            port: 0,
+            url: String::new(),
+        };
+        let pg = cluster.start_again().await.unwrap();
+        pexper_platform::db::ensure_database(&pg, "pexper")
+            .await
+            .unwrap();
+        cluster.port = pg.port();
+        cluster.url = secrecy::ExposeSecret::expose_secret(&pg.url("pexper")).to_owned();
+        cluster
+    }
+
+    /// Starts it (after a stop or a crash), or finds it running.
+    async fn start_again(&self) -> anyhow::Result<ManagedPostgres> {
+        let (root, durability) = (self.root.clone(), self.durability);
+        tokio::task::spawn_blocking(move || {
+            ManagedPostgres::start_or_reuse(&root, None, durability)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn stop(&self) {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || ManagedPostgres::stop(&root, None).unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// The postmaster's process id.
+    fn postmaster(&self) -> String {
+        let pid = std::fs::read_to_string(self.root.join("data/postmaster.pid")).unwrap();
+        pid.lines().next().unwrap().trim().to_owned()
+    }
+}
 
 #[tokio::test]
 async fn while_the_database_is_down_requests_answer_503_at_once_and_the_server_recovers_by_itself()
 {
-    use pexper_platform::db::managed::{Durability, ManagedPostgres};
     init();
-    // A cluster of this test's own: the shared one serves every other test.
-    let dir = tempdir::TempDir::new();
-    let root = dir.path().join("postgres");
-    let start = {
-        let root = root.clone();
-        move || ManagedPostgres::start_or_reuse(&root, None, Durability::Throwaway).unwrap()
-    };
-    let cluster = tokio::task::spawn_blocking(start.clone()).await.unwrap();
-    pexper_platform::db::ensure_database(&cluster, "pexper")
-        .await
-        .unwrap();
-    let url = secrecy::ExposeSecret::expose_secret(&cluster.url("pexper")).to_owned();
+    let pg = PrivateCluster::start(Durability::Throwaway).await;
     let app = spawn_app_with(AppOptions {
-        vars: vec![("DATABASE_URL", url)],
+        vars: vec![("DATABASE_URL", pg.url.clone())],
         ..AppOptions::default()
     })
     .await;
@@ -36,10 +80,7 @@ async fn while_the_database_is_down_requests_answer_503_at_once_and_the_server_r
     };
     assert_eq!(signup("before@example.com").await.unwrap().status(), 202);
 
-    let stop_root = root.clone();
-    tokio::task::spawn_blocking(move || ManagedPostgres::stop(&stop_root, None).unwrap())
-        .await
-        .unwrap();
+    pg.stop().await;
     let asked = std::time::Instant::now();
     let res = signup("during@example.com").await.unwrap();
     let waited = asked.elapsed();
@@ -57,8 +98,8 @@ async fn while_the_database_is_down_requests_answer_503_at_once_and_the_server_r
     assert_eq!(ready.status(), 503);
 
     // Back, on the port it had: the server reconnects by itself.
-    let again = tokio::task::spawn_blocking(start).await.unwrap();
-    assert_eq!(again.port(), cluster.port(), "the cluster keeps its port");
+    let again = pg.start_again().await.unwrap();
+    assert_eq!(again.port(), pg.port, "the cluster keeps its port");
     eventually(Duration::from_secs(15), "signups to work again", || async {
         let res = signup("after@example.com").await.ok()?;
         (res.status() == 202).then_some(())
@@ -71,9 +112,7 @@ async fn while_the_database_is_down_requests_answer_503_at_once_and_the_server_r
         2,
         "before and after; the refused one is not kept"
     );
-    tokio::task::spawn_blocking(move || ManagedPostgres::stop(&root, None).unwrap())
-        .await
-        .unwrap();
+    pg.stop().await;
 }
 
 #[tokio::test]
@@ -274,29 +313,15 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use pexper_platform::db::managed::{Durability, ManagedPostgres};
     use pexper_tests::stripe::{self, Checkout};
     init();
     // A cluster of this test's own, to kill, and durable as the embedded default is: the
     // throwaway clusters of the other tests run with `synchronous_commit = off`, which may lose
     // acknowledged commits in a crash (this test sees it, if asked to).
-    let dir = tempdir::TempDir::new();
-    let root = dir.path().join("postgres");
-    let start = {
-        let root = root.clone();
-        move || ManagedPostgres::start_or_reuse(&root, None, Durability::Durable)
-    };
-    let cluster = tokio::task::spawn_blocking(start.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    pexper_platform::db::ensure_database(&cluster, "pexper")
-        .await
-        .unwrap();
-    let url = secrecy::ExposeSecret::expose_secret(&cluster.url("pexper")).to_owned();
+    let pg = PrivateCluster::start(Durability::Durable).await;
     let app = Arc::new(
         spawn_app_with(AppOptions {
-            vars: vec![("DATABASE_URL", url)],
+            vars: vec![("DATABASE_URL", pg.url.clone())],
             ..AppOptions::default()
         })
         .await,
@@ -341,8 +366,7 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
 
     // Two seconds in, the postmaster is killed: no shutdown, no checkpoint.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid = std::fs::read_to_string(root.join("data/postmaster.pid")).unwrap();
-    let pid = pid.lines().next().unwrap().trim().to_owned();
+    let pid = pg.postmaster();
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pid])
         .status()
@@ -351,10 +375,11 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
     let down = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Restarted (crash recovery) once its orphaned backends have noticed and gone.
-    eventually(Duration::from_secs(30), "Postgres to start again", || {
-        let start = start.clone();
-        async move { tokio::task::spawn_blocking(start).await.unwrap().ok() }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "Postgres to start again",
+        || async { pg.start_again().await.ok() },
+    )
     .await;
     let restarted = down.elapsed();
     eventually(
@@ -448,8 +473,5 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
         assert_eq!((purchases, licences), (1, 1), "session {session}");
     }
     drop(conn);
-    let root_for_stop = root.clone();
-    tokio::task::spawn_blocking(move || ManagedPostgres::stop(&root_for_stop, None).unwrap())
-        .await
-        .unwrap();
+    pg.stop().await;
 }

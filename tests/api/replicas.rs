@@ -75,7 +75,7 @@ async fn three_replicas_on_one_database_behave_as_one() {
             sent.push(signup(base, "everywhere@example.com".into(), ip));
         }
     }
-    for answer in futures_join_all(sent).await {
+    for answer in join_all(sent.into_iter().map(tokio::spawn)).await {
         assert_eq!(answer.unwrap().status(), 202);
     }
 
@@ -122,19 +122,4 @@ async fn three_replicas_on_one_database_behave_as_one() {
         (2..=periods as usize + 1).contains(&rollups),
         "{rollups} rollups in {periods} periods of a second (with each replica enqueuing on its own tick, about three times as many)"
     );
-}
-
-/// Awaits every future, in order.
-async fn futures_join_all<F: std::future::Future + Send + 'static>(
-    futures: Vec<F>,
-) -> Vec<F::Output>
-where
-    F::Output: Send,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
 }

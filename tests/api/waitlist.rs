@@ -630,7 +630,7 @@ async fn simultaneous_signups_of_one_address_make_one_entry_and_one_email() {
                     .status()
             })
         });
-        for status in futures_join_all(sends).await {
+        for status in join_all(sends).await {
             assert_eq!(status, 202);
         }
     }
@@ -663,7 +663,7 @@ async fn one_confirmation_link_pressed_many_times_at_once_confirms_once() {
         let (client, url) = (app.client.clone(), url.clone());
         tokio::spawn(async move { client.post(url).send().await.unwrap().status().as_u16() })
     });
-    let mut statuses = futures_join_all(presses).await;
+    let mut statuses = join_all(presses).await;
     statuses.sort();
     assert_eq!(
         statuses,
@@ -683,15 +683,4 @@ async fn one_confirmation_link_pressed_many_times_at_once_confirms_once() {
         .filter(|m| m.header("Subject").unwrap().starts_with("You're #"))
         .count();
     assert_eq!(welcomes, 1, "one welcome email");
-}
-
-/// Awaits every task, in order.
-async fn futures_join_all<T: 'static>(
-    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<T> {
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
 }

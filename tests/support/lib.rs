@@ -62,3 +62,12 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Awaits spawned tasks, in order: the answers of requests sent all at once.
+pub async fn join_all<T>(tasks: impl IntoIterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}

@@ -529,14 +529,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             tasks.spawn(this.clone().work(wake.clone(), shutdown.clone()));
         }
         let deadline = {
-            let mut shutdown = shutdown.clone();
-            let grace = this.shutdown_grace;
+            let (shutdown, grace) = (shutdown.clone(), this.shutdown_grace);
             async move {
-                while !*shutdown.borrow() {
-                    if shutdown.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
+                crate::shutdown::requested(shutdown).await;
                 tokio::time::sleep(grace).await;
             }
         };

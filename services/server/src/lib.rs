@@ -105,15 +105,6 @@ async fn schedule(
     }
 }
 
-/// Resolves once `shutdown` turns true (or its sender is gone).
-async fn shutdown_requested(mut shutdown: watch::Receiver<bool>) {
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            break;
-        }
-    }
-}
-
 /// TLS terminated by the server itself.
 struct Tls {
     files: TlsFiles,
@@ -150,7 +141,7 @@ async fn serve_tls(
     let stopper = {
         let handle = handle.clone();
         tokio::spawn(async move {
-            shutdown_requested(shutdown).await;
+            pexper_platform::shutdown::requested(shutdown).await;
             handle.graceful_shutdown(Some(tls.drain));
         })
     };
@@ -262,7 +253,7 @@ pub async fn launch(
         .into_make_service_with_connect_info::<SocketAddr>();
     let served = match platform.config.tls.clone() {
         None => axum::serve(listener, make_service)
-            .with_graceful_shutdown(shutdown_requested(shutdown.clone()))
+            .with_graceful_shutdown(pexper_platform::shutdown::requested(shutdown.clone()))
             .await
             .context("the HTTP server failed"),
         Some(files) => {
