@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use pexper_platform::crypto::MasterKeys;
+use pexper_tests::smtp::ReceivedMail;
 use pexper_tests::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// How many times `needle` appears in every replica's log together.
 fn logged(replicas: &Replicas, needle: &str) -> usize {
@@ -122,4 +124,243 @@ async fn three_replicas_on_one_database_behave_as_one() {
         (2..=periods as usize + 1).contains(&rollups),
         "{rollups} rollups in {periods} periods of a second (with each replica enqueuing on its own tick, about three times as many)"
     );
+}
+
+/// pexper.com's address in the replicas' links, and the same link on one replica.
+const PUBLIC_URL: &str = "https://api.pexper.test";
+
+fn on(base: &str, link: &str) -> String {
+    link.replacen(PUBLIC_URL, base, 1)
+}
+
+/// Every mail to `to` so far whose subject contains `subject`, once there are `n`.
+async fn mails_to(replicas: &Replicas, to: &str, subject: &str, n: usize) -> Vec<ReceivedMail> {
+    eventually(Duration::from_secs(30), subject, || async {
+        let found: Vec<ReceivedMail> = replicas
+            .smtp
+            .received()
+            .into_iter()
+            .filter(|m| {
+                m.to.iter().any(|t| t.contains(to))
+                    && m.header("Subject").is_some_and(|s| s.contains(subject))
+            })
+            .collect();
+        (found.len() >= n).then_some(found)
+    })
+    .await
+}
+
+fn admin_json(vars: &[(String, String)], key: &str, args: &[&str]) -> Value {
+    let mut vars = vars.to_vec();
+    vars.retain(|(k, _)| k != "PEXPER_MASTER_KEY");
+    vars.push(("PEXPER_MASTER_KEY".into(), key.into()));
+    let out = admin(&vars, args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+#[tokio::test]
+async fn the_master_key_rotates_in_a_rolling_restart_without_a_second_person_or_a_dead_link() {
+    let old = MasterKeys::generate_encoded();
+    let new = MasterKeys::generate_encoded();
+    let both = format!("2:{new},1:{old}");
+    let only_new = format!("2:{new}");
+    let mut replicas = Replicas::start(
+        1,
+        TestDatabase::empty().await,
+        "info",
+        &[
+            ("PEXPER_MASTER_KEY", &old),
+            ("PEXPER_TRUSTED_PROXY", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let pool = replicas.db.pool().await;
+    let vars = replicas.cli_vars();
+    let client = reqwest::Client::new();
+    let next_client = std::sync::atomic::AtomicU32::new(1);
+    let post = |url: String, body: Value| {
+        let ip = next_client.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = client
+            .post(url)
+            .header("X-Forwarded-For", format!("192.0.2.{ip}"));
+        async move {
+            let sent = if body.is_null() {
+                sent.body("List-Unsubscribe=One-Click")
+            } else {
+                sent.json(&body)
+            };
+            sent.send().await.unwrap().status().as_u16()
+        }
+    };
+    let join =
+        |base: &str, email: &str| post(format!("{base}/v1/waitlist"), json!({ "email": email }));
+    let people = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM person")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let suppressed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM email_suppression")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let confirm_subject = "Confirm your place";
+    let unsubscribe = format!("{PUBLIC_URL}/v1/unsubscribe?token=");
+
+    // Before the rotation, under version 1 alone: Alice joins, confirms and keeps her mail;
+    // Dave joins, unsubscribes and has everything erased, which leaves a keyed hash of his
+    // address.
+    let first = replicas.bases[0].clone();
+    assert_eq!(join(&first, "alice@example.com").await, 202);
+    assert_eq!(join(&first, "dave@example.com").await, 202);
+    let alice_mail = &mails_to(&replicas, "alice@", confirm_subject, 1).await[0];
+    let alice_unsubscribe = alice_mail.link(&unsubscribe);
+    let alice_confirm = on(
+        &first,
+        &alice_mail.link(&format!("{PUBLIC_URL}/v1/waitlist/confirm?token=")),
+    );
+    assert_eq!(
+        client.post(alice_confirm).send().await.unwrap().status(),
+        200
+    );
+    let dave_mail = &mails_to(&replicas, "dave@", confirm_subject, 1).await[0];
+    let dave_unsubscribe = on(&first, &dave_mail.link(&unsubscribe));
+    assert_eq!(post(dave_unsubscribe, Value::Null).await, 200);
+    let deletion = json!({"email": "dave@example.com", "kind": "deletion", "jurisdiction": "gdpr"});
+    assert_eq!(
+        post(format!("{first}/v1/privacy/requests"), deletion).await,
+        202
+    );
+    let verify = &mails_to(&replicas, "dave@", "please confirm", 1).await[0];
+    let verify = on(
+        &first,
+        &verify.link(&format!("{PUBLIC_URL}/v1/privacy/verify?token=")),
+    );
+    assert_eq!(client.post(verify).send().await.unwrap().status(), 200);
+    mails_to(&replicas, "dave@", "has been deleted", 1).await;
+    eventually(Duration::from_secs(30), "Dave's erasure", || async {
+        (people().await == 1 && suppressed().await == 1).then_some(())
+    })
+    .await;
+
+    // A process given only the new version before the rotation cannot work, and says why.
+    let mut early = vars.clone();
+    early.retain(|(k, _)| k != "PEXPER_MASTER_KEY");
+    early.push(("PEXPER_MASTER_KEY".into(), only_new.clone()));
+    let refused = admin(&early, &["waitlist", "export", "--format", "json"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("cannot open the lookup keys"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // The rolling restart, half done: a replica with version 2 current beside one that still
+    // runs with version 1 alone. The operator rotates, and is told the old one is behind.
+    let i = replicas.add_with(&[("PEXPER_MASTER_KEY", &both)]).await;
+    let second = replicas.bases[i].clone();
+    eventually(
+        Duration::from_secs(30),
+        "both replicas in `replica`",
+        || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replica")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (n == 2).then_some(())
+        },
+    )
+    .await;
+    let rotated = admin_json(&vars, &both, &["keys", "rotate", "--json"]);
+    assert_eq!(rotated["rewrapped"], 1, "{rotated}");
+    assert_eq!(rotated["processes_behind"].as_array().unwrap().len(), 1);
+
+    // The stale replica still finds everyone, and so does the new one: one person each.
+    assert_eq!(join(&first, "alice@example.com").await, 202);
+    assert_eq!(join(&second, "alice@example.com").await, 202);
+    assert_eq!(join(&second, "bob@example.com").await, 202);
+    assert_eq!(join(&first, "bob@example.com").await, 202);
+    assert_eq!(join(&first, "carol@example.com").await, 202);
+    assert_eq!(people().await, 3, "Alice, Bob and Carol, once each");
+
+    // Version 1 is not removable while a process wraps under it, or a key is wrapped under it.
+    let status = admin_json(&vars, &both, &["keys", "status", "--json"]);
+    assert_eq!(status["removable_versions"], json!([]), "{status}");
+    let in_use = status["in_use"]["1"].to_string();
+    assert!(
+        in_use.contains("1 data keys") && in_use.contains("wraps new keys"),
+        "{status}"
+    );
+
+    // The rolling restart ends; the operator rotates again, and now version 1 can go.
+    replicas.terminate(0).await;
+    let rotated = admin_json(&vars, &both, &["keys", "rotate", "--json"]);
+    assert_eq!(
+        rotated["rewrapped"], 1,
+        "Carol's key, made by the stale replica"
+    );
+    assert_eq!(rotated["processes_behind"], json!([]));
+    let status = admin_json(&vars, &both, &["keys", "status", "--json"]);
+    assert_eq!(status["removable_versions"], json!([1]), "{status}");
+    assert_eq!(status["data_keys_to_rotate"], 0);
+
+    // Version 1 removed. Everything made under it still works on a replica without it: every
+    // address opens, Alice's link from before the rotation unsubscribes her, and Dave's
+    // suppression is found (and lifted) when he joins again and confirms.
+    let i = replicas.add_with(&[("PEXPER_MASTER_KEY", &only_new)]).await;
+    let third = replicas.bases[i].clone();
+    let alice_subscribed = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT subscribed FROM waitlist_entry WHERE status = 'confirmed'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert!(alice_subscribed().await);
+    assert_eq!(post(on(&third, &alice_unsubscribe), Value::Null).await, 200);
+    assert!(
+        !alice_subscribed().await,
+        "her link from before the rotation worked"
+    );
+    let export = admin_json(
+        &vars,
+        &only_new,
+        &["waitlist", "export", "--format", "json"],
+    );
+    let rows: BTreeMap<String, bool> = export
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["email"].as_str().unwrap().to_owned(),
+                r["subscribed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        BTreeMap::from([
+            ("alice@example.com".to_owned(), false),
+            ("bob@example.com".to_owned(), false),
+            ("carol@example.com".to_owned(), false),
+        ])
+    );
+    assert_eq!(join(&third, "dave@example.com").await, 202);
+    let again = mails_to(&replicas, "dave@", confirm_subject, 2).await;
+    let confirm = on(
+        &third,
+        &again[1].link(&format!("{PUBLIC_URL}/v1/waitlist/confirm?token=")),
+    );
+    assert_eq!(client.post(confirm).send().await.unwrap().status(), 200);
+    assert_eq!(
+        suppressed().await,
+        0,
+        "the hash made under version 1 was found"
+    );
+    assert_eq!(people().await, 4);
 }

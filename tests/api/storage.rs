@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use pexper_platform::address::EmailAddress;
-use pexper_platform::crypto::{Keyring, MasterKeys};
+use pexper_platform::crypto::MasterKeys;
 use pexper_platform::person;
 use pexper_tests::*;
 use serde_json::{Value, json};
@@ -257,7 +257,12 @@ async fn key_rotation_rewraps_every_data_key_and_lookups_keep_working() {
     );
 
     // With only the new master key, every address still opens and is still found.
-    let only_new = Keyring::new(&MasterKeys::parse(&format!("2:{new}").into()).unwrap());
+    let only_new = pexper_platform::keys::keyring(
+        &app.platform.pool,
+        &MasterKeys::parse(&format!("2:{new}").into()).unwrap(),
+    )
+    .await
+    .unwrap();
     for (id, email) in &people {
         assert_eq!(
             person::email(&mut conn, &only_new, *id)

@@ -216,7 +216,7 @@ impl Replicas {
             dir,
         };
         let starting: Vec<_> = (0..n)
-            .map(|i| replicas.spawn(i, Duration::from_millis(300) * i as u32))
+            .map(|i| replicas.spawn(i, Duration::from_millis(300) * i as u32, &[]))
             .collect();
         for started in starting {
             let (base, child) = started.await.unwrap();
@@ -230,8 +230,10 @@ impl Replicas {
         &self,
         i: usize,
         after: Duration,
+        own: &[(&str, &str)],
     ) -> tokio::task::JoinHandle<(String, tokio::process::Child)> {
         let mut vars = self.shared.clone();
+        vars.extend(own.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let data = self.dir.path().join(format!("replica-{i}"));
         vars.insert("PEXPER_DATA_DIR".into(), data.display().to_string());
         let log = self.dir.path().join(format!("replica-{i}.log"));
@@ -244,8 +246,14 @@ impl Replicas {
 
     /// Starts one more replica; returns its index.
     pub async fn add(&mut self) -> usize {
+        self.add_with(&[]).await
+    }
+
+    /// Starts one more replica with some variables of its own (a rolling restart's new
+    /// configuration); returns its index.
+    pub async fn add_with(&mut self, own: &[(&str, &str)]) -> usize {
         let i = self.children.len();
-        let (base, child) = self.spawn(i, Duration::ZERO).await.unwrap();
+        let (base, child) = self.spawn(i, Duration::ZERO, own).await.unwrap();
         self.bases.push(base);
         self.children.push(Some(child));
         i
@@ -268,6 +276,11 @@ impl Replicas {
         let took = sent.elapsed();
         assert!(status.success(), "a clean exit: {status}");
         took
+    }
+
+    /// The variables every replica shares, as `pexper-admin` takes them.
+    pub fn cli_vars(&self) -> Vec<(String, String)> {
+        self.shared.clone().into_iter().collect()
     }
 
     /// Everything the replicas logged, one string per replica.

@@ -134,11 +134,10 @@ async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     pexper_platform::db::pool(pexper_platform::db::connect_options(config).await?).await
 }
 
-/// The keyring, for the commands that open an address (only when the operator asks).
-fn keyring(config: &Config) -> anyhow::Result<Keyring> {
-    Ok(Keyring::new(&pexper_platform::keys::load_master_keys(
-        config,
-    )?))
+/// The keyring, for the commands that open or look up an address.
+async fn keyring(config: &Config, pool: &PgPool) -> anyhow::Result<Keyring> {
+    let master = pexper_platform::keys::load_master_keys(config)?;
+    pexper_platform::keys::keyring(pool, &master).await
 }
 
 /// A progress line on stderr (`label done/total`), rewritten in place.

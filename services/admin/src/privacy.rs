@@ -110,7 +110,7 @@ pub async fn run(
             );
             let id = admin::intake(
                 pool,
-                &keyring(config)?,
+                &keyring(config, pool).await?,
                 &email,
                 kind,
                 jurisdiction,
@@ -154,7 +154,8 @@ pub async fn run(
                 .await?
                 .with_context(|| format!("no privacy request {id}"))?;
             let mut value = serde_json::to_value(&row)?;
-            let private = admin::private_parts(pool, &keyring(config)?, &row, email).await?;
+            let private =
+                admin::private_parts(pool, &keyring(config, pool).await?, &row, email).await?;
             if let (Some(v), Some(p)) = (value.as_object_mut(), private.as_object()) {
                 v.extend(p.clone());
             }
@@ -167,12 +168,19 @@ pub async fn run(
         }
         Command::Complete { id, note } => {
             anyhow::ensure!(!note.trim().is_empty(), "--note must say what was done");
-            admin::close(pool, &keyring(config)?, id, true, note.trim()).await?;
+            admin::close(pool, &keyring(config, pool).await?, id, true, note.trim()).await?;
             output::object(json, &json!({"id": id, "status": Status::Completed}));
         }
         Command::Reject { id, reason } => {
             anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
-            admin::close(pool, &keyring(config)?, id, false, reason.trim()).await?;
+            admin::close(
+                pool,
+                &keyring(config, pool).await?,
+                id,
+                false,
+                reason.trim(),
+            )
+            .await?;
             output::object(json, &json!({"id": id, "status": Status::Rejected}));
         }
         Command::Sla => {

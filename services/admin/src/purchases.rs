@@ -57,7 +57,7 @@ pub async fn run(
                     let email =
                         EmailAddress::parse(&address).context("--buyer is not a valid address")?;
                     let mut conn = pool.acquire().await?;
-                    match person::find(&mut conn, &keyring(config)?, &email).await? {
+                    match person::find(&mut conn, &keyring(config, pool).await?, &email).await? {
                         Some(p) => admin::list(pool, status, Some(p), limit).await?,
                         // Nobody by that address: an empty list.
                         None => Vec::new(),
@@ -103,7 +103,7 @@ pub async fn run(
                 .collect();
             value["events"] = json!(events);
             if email {
-                let address = admin::buyer_email(pool, &keyring(config)?, &row).await?;
+                let address = admin::buyer_email(pool, &keyring(config, pool).await?, &row).await?;
                 value["email"] = json!(address.as_ref().map(|a| a.as_str()));
             }
             output::object(json, &value);

@@ -69,7 +69,12 @@ pub async fn run(
             );
         }
         Command::Export { format } => {
-            let rows = admin::rows(pool, config.referral_bump, Some(&keyring(config)?)).await?;
+            let rows = admin::rows(
+                pool,
+                config.referral_bump,
+                Some(&keyring(config, pool).await?),
+            )
+            .await?;
             if json || format == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());

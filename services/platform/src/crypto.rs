@@ -8,8 +8,13 @@
 //!   ciphertext made with it, wherever a copy survives, becomes unreadable (crypto-shredding).
 //! * Every **sealed value** carries the id of its data key and is bound by associated data to
 //!   its table, column and row, so a ciphertext copied to another row or column fails to open.
-//! * The **blind index** is HMAC-SHA256 of a normalised value under its own derived key, for
-//!   equality lookups without storing the value.
+//! * The **blind index** is HMAC-SHA256 of a normalised value under its own key, for equality
+//!   lookups without storing the value.
+//! * The blind-index and token keys are **lookup keys**: what they make is kept (indexes in
+//!   rows, MACs in links already mailed), so they must not change when the master key does.
+//!   They are derived once, from the master version current at the deployment's first start,
+//!   and then stored wrapped like data keys (`keys::keyring`). Rotating the master key re-wraps
+//!   them and changes no index and no link.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -162,16 +167,39 @@ impl MasterKeys {
     }
 }
 
-/// The purpose keys derived from every configured master version.
+/// The key-wrapping key of every configured master version, and the deployment's lookup keys.
 pub struct Keyring {
     current: i32,
-    versions: BTreeMap<i32, DerivedKeys>,
+    wrap: BTreeMap<i32, SecretKey>,
+    lookup: LookupKeys,
 }
 
-struct DerivedKeys {
-    wrap: SecretKey,
+/// Keys whose outputs are kept, so that they outlive any one master version.
+struct LookupKeys {
     blind_index: SecretKey,
     token: SecretKey,
+}
+
+/// Which lookup key: also its derivation label and its name in the `lookup_key` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupPurpose {
+    BlindIndex,
+    Token,
+}
+
+impl LookupPurpose {
+    pub const ALL: [Self; 2] = [Self::BlindIndex, Self::Token];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BlindIndex => "blind-index",
+            Self::Token => "token-signing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
 }
 
 impl fmt::Debug for Keyring {
@@ -186,37 +214,91 @@ impl fmt::Debug for Keyring {
 pub type BlindIndex = [u8; MAC_LEN];
 
 impl Keyring {
+    /// A keyring whose lookup keys are derived from the current master version: what a new
+    /// deployment starts with. A running deployment's are loaded by `keys::keyring`.
     pub fn new(master: &MasterKeys) -> Self {
-        let versions = master
-            .keys
-            .iter()
-            .map(|(v, key)| {
-                let derived = DerivedKeys {
-                    wrap: derive(key, "data-key-wrap"),
-                    blind_index: derive(key, "blind-index"),
-                    token: derive(key, "token-signing"),
-                };
-                (*v, derived)
-            })
-            .collect();
+        let current = &master.keys[&master.current];
         Self {
             current: master.current,
-            versions,
+            wrap: master
+                .keys
+                .iter()
+                .map(|(v, key)| (*v, derive(key, "data-key-wrap")))
+                .collect(),
+            lookup: LookupKeys {
+                blind_index: derive(current, LookupPurpose::BlindIndex.as_str()),
+                token: derive(current, LookupPurpose::Token.as_str()),
+            },
         }
+    }
+
+    /// This keyring with the deployment's stored lookup keys in place of the derived ones.
+    /// Every purpose must be present and wrapped under a configured version.
+    pub fn with_lookup_keys(
+        mut self,
+        stored: &[(LookupPurpose, WrappedKey)],
+    ) -> Result<Self, CryptoError> {
+        for purpose in LookupPurpose::ALL {
+            let (_, wrapped) = stored
+                .iter()
+                .find(|(p, _)| *p == purpose)
+                .ok_or(CryptoError::Malformed)?;
+            let key = open_raw(
+                self.wrapping(wrapped.master_version)?,
+                &lookup_aad(purpose),
+                &wrapped.bytes,
+            )?;
+            let key = secret_key(key.try_into().map_err(|_| CryptoError::Malformed)?);
+            match purpose {
+                LookupPurpose::BlindIndex => self.lookup.blind_index = key,
+                LookupPurpose::Token => self.lookup.token = key,
+            }
+        }
+        Ok(self)
+    }
+
+    /// The lookup keys wrapped under the current master version, to store.
+    pub fn wrap_lookup_keys(&self) -> Vec<(LookupPurpose, WrappedKey)> {
+        LookupPurpose::ALL
+            .into_iter()
+            .map(|purpose| {
+                let key = match purpose {
+                    LookupPurpose::BlindIndex => &self.lookup.blind_index,
+                    LookupPurpose::Token => &self.lookup.token,
+                };
+                let bytes = seal_raw(
+                    self.current_wrapping(),
+                    &lookup_aad(purpose),
+                    key.expose_secret(),
+                );
+                (
+                    purpose,
+                    WrappedKey {
+                        master_version: self.current,
+                        bytes,
+                    },
+                )
+            })
+            .collect()
     }
 
     pub fn current_version(&self) -> i32 {
         self.current
     }
 
-    fn version(&self, v: i32) -> Result<&DerivedKeys, CryptoError> {
-        self.versions
+    /// Every master version this keyring can unwrap under.
+    pub fn versions(&self) -> Vec<i32> {
+        self.wrap.keys().copied().collect()
+    }
+
+    fn wrapping(&self, v: i32) -> Result<&SecretKey, CryptoError> {
+        self.wrap
             .get(&v)
             .ok_or(CryptoError::UnknownMasterVersion(v))
     }
 
-    fn current(&self) -> &DerivedKeys {
-        &self.versions[&self.current]
+    fn current_wrapping(&self) -> &SecretKey {
+        &self.wrap[&self.current]
     }
 
     /// A new random data key for one person, with its wrapped form to store.
@@ -232,7 +314,7 @@ impl Keyring {
     /// Wraps a data key under the current master version.
     pub fn wrap_data_key(&self, key: &DataKey) -> WrappedKey {
         let sealed = seal_raw(
-            &self.current().wrap,
+            self.current_wrapping(),
             &wrap_aad(key.id),
             key.key.expose_secret(),
         );
@@ -244,7 +326,7 @@ impl Keyring {
 
     /// Opens a stored data key (under whichever configured master version wrapped it).
     pub fn open_data_key(&self, id: Uuid, wrapped: &WrappedKey) -> Result<DataKey, CryptoError> {
-        let wrap = &self.version(wrapped.master_version)?.wrap;
+        let wrap = self.wrapping(wrapped.master_version)?;
         let bytes = open_raw(wrap, &wrap_aad(id), &wrapped.bytes)?;
         let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Malformed)?;
         Ok(DataKey {
@@ -253,38 +335,23 @@ impl Keyring {
         })
     }
 
-    /// The blind index of `value` under the current master version. `domain` separates
-    /// indexes of different kinds of value (`"email"`, `"suppression"`, …).
+    /// The blind index of `value`. `domain` separates indexes of different kinds of value
+    /// (`"email"`, `"suppression"`, …).
     pub fn blind_index(&self, domain: &str, value: &str) -> BlindIndex {
         hmac(
-            &self.current().blind_index,
+            &self.lookup.blind_index,
             &[domain.as_bytes(), value.as_bytes()],
         )
     }
 
-    /// The blind index under every configured version: lookups match any of them, so finding
-    /// a person keeps working while `keys rotate` re-indexes rows.
-    pub fn blind_indexes(&self, domain: &str, value: &str) -> Vec<BlindIndex> {
-        self.versions
-            .values()
-            .map(|k| hmac(&k.blind_index, &[domain.as_bytes(), value.as_bytes()]))
-            .collect()
-    }
-
-    /// A MAC for a self-verifying token (unsubscribe links and the like), current version.
-    pub fn sign_token(&self, domain: &str, message: &[u8]) -> (i32, [u8; MAC_LEN]) {
-        (
-            self.current,
-            hmac(&self.current().token, &[domain.as_bytes(), message]),
-        )
+    /// A MAC for a self-verifying token (unsubscribe links and the like).
+    pub fn sign_token(&self, domain: &str, message: &[u8]) -> [u8; MAC_LEN] {
+        hmac(&self.lookup.token, &[domain.as_bytes(), message])
     }
 
     /// Checks a token MAC in constant time.
-    pub fn verify_token(&self, version: i32, domain: &str, message: &[u8], tag: &[u8]) -> bool {
-        let Ok(keys) = self.version(version) else {
-            return false;
-        };
-        keyed_mac(&keys.token, &[domain.as_bytes(), message])
+    pub fn verify_token(&self, domain: &str, message: &[u8], tag: &[u8]) -> bool {
+        keyed_mac(&self.lookup.token, &[domain.as_bytes(), message])
             .verify_slice(tag)
             .is_ok()
     }
@@ -292,6 +359,14 @@ impl Keyring {
 
 fn wrap_aad(id: Uuid) -> Vec<u8> {
     [b"pexper/data-key/".as_slice(), id.as_bytes()].concat()
+}
+
+fn lookup_aad(purpose: LookupPurpose) -> Vec<u8> {
+    [
+        b"pexper/lookup-key/".as_slice(),
+        purpose.as_str().as_bytes(),
+    ]
+    .concat()
 }
 
 /// A data key as stored: sealed under one master version.
@@ -559,11 +634,45 @@ mod tests {
     #[test]
     fn token_macs_verify_only_unchanged() {
         let ring = keyring();
-        let (v, tag) = ring.sign_token("unsubscribe", b"person-1");
-        assert!(ring.verify_token(v, "unsubscribe", b"person-1", &tag));
-        assert!(!ring.verify_token(v, "unsubscribe", b"person-2", &tag));
-        assert!(!ring.verify_token(v, "confirm", b"person-1", &tag));
-        assert!(!ring.verify_token(v + 1, "unsubscribe", b"person-1", &tag));
+        let tag = ring.sign_token("unsubscribe", b"person-1");
+        assert!(ring.verify_token("unsubscribe", b"person-1", &tag));
+        assert!(!ring.verify_token("unsubscribe", b"person-2", &tag));
+        assert!(!ring.verify_token("confirm", b"person-1", &tag));
+        assert!(!keyring().verify_token("unsubscribe", b"person-1", &tag));
+    }
+
+    #[test]
+    fn lookup_keys_outlive_the_master_version_they_were_made_under() {
+        let old = MasterKeys::generate_encoded();
+        let new = MasterKeys::generate_encoded();
+        let before = Keyring::new(&master(&old));
+        let index = before.blind_index("email", "x@y.z");
+        let tag = before.sign_token("unsubscribe", b"person-1");
+
+        // Rotation: both versions configured, the stored keys re-wrapped under the new one.
+        let during = Keyring::new(&master(&format!("2:{new},1:{old}")))
+            .with_lookup_keys(&before.wrap_lookup_keys())
+            .expect("old version still configured");
+        let rewrapped = during.wrap_lookup_keys();
+        assert!(rewrapped.iter().all(|(_, w)| w.master_version == 2));
+
+        let only_new = || Keyring::new(&master(&format!("2:{new}")));
+        assert_ne!(
+            only_new().blind_index("email", "x@y.z"),
+            index,
+            "a fresh derivation differs"
+        );
+        assert_eq!(
+            only_new()
+                .with_lookup_keys(&before.wrap_lookup_keys())
+                .err(),
+            Some(CryptoError::UnknownMasterVersion(1))
+        );
+        let after = only_new()
+            .with_lookup_keys(&rewrapped)
+            .expect("re-wrapped keys open");
+        assert_eq!(after.blind_index("email", "x@y.z"), index);
+        assert!(after.verify_token("unsubscribe", b"person-1", &tag));
     }
 
     #[test]

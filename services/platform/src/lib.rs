@@ -15,6 +15,7 @@ pub mod keys;
 pub mod mail;
 pub mod person;
 pub mod personal_data;
+pub mod replica;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;

@@ -28,19 +28,14 @@ fn email_field(id: PersonId) -> Field<'static> {
     }
 }
 
-/// Finds a person by address, matching the blind index under any configured master version.
+/// Finds a person by address through the blind index.
 pub async fn find(
     conn: &mut PgConnection,
     keyring: &Keyring,
     email: &EmailAddress,
 ) -> anyhow::Result<Option<PersonId>> {
-    let indexes: Vec<Vec<u8>> = keyring
-        .blind_indexes(EMAIL_INDEX, email.as_str())
-        .iter()
-        .map(|i| i.to_vec())
-        .collect();
-    sqlx::query_scalar("SELECT id FROM person WHERE email_index = ANY($1)")
-        .bind(indexes)
+    sqlx::query_scalar("SELECT id FROM person WHERE email_index = $1")
+        .bind(keyring.blind_index(EMAIL_INDEX, email.as_str()).as_slice())
         .fetch_optional(conn)
         .await
         .context("failed to look up a person")
@@ -206,44 +201,37 @@ pub async fn key_versions(pool: &PgPool) -> anyhow::Result<Vec<(i32, i64)>> {
     .context("failed to count data keys")
 }
 
-/// Re-wraps up to `batch` data keys that are not under the current master version, and
-/// recomputes their blind index under it. Returns how many were done; 0 means finished.
-/// Each batch is one transaction with rows locked, so it is safe beside a running server.
+/// Re-wraps up to `batch` data keys that are not under the current master version. Returns
+/// how many were done; 0 means none is left. Each batch is one transaction; it waits for rows
+/// a running server holds (never skips them), so 0 is a real count, not a batch of busy rows.
 pub async fn rotate_batch(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(PersonId, Vec<u8>, Vec<u8>, i32)> = sqlx::query_as(
-        "SELECT id, email_sealed, data_key, key_version FROM person
-         WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    let rows: Vec<(PersonId, Vec<u8>, i32)> = sqlx::query_as(
+        "SELECT id, data_key, key_version FROM person
+         WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR UPDATE",
     )
     .bind(keyring.current_version())
     .bind(batch)
     .fetch_all(&mut *tx)
     .await
     .context("failed to select keys to rotate")?;
-    for (id, sealed, bytes, master_version) in &rows {
+    for (id, bytes, master_version) in rows.iter().cloned() {
         let key = keyring
             .open_data_key(
                 id.0,
                 &WrappedKey {
-                    master_version: *master_version,
-                    bytes: bytes.clone(),
+                    master_version,
+                    bytes,
                 },
             )
             .with_context(|| format!("failed to unwrap the data key of person {id}"))?;
-        let address = key
-            .open_string(email_field(*id), sealed)
-            .with_context(|| format!("failed to open the address of person {id}"))?;
         let wrapped = keyring.wrap_data_key(&key);
-        // A person being erased keeps the random index `detach` gave them.
         sqlx::query(
-            "UPDATE person SET data_key = $2, key_version = $3, updated_at = now(),
-                    email_index = CASE WHEN erasing_since IS NULL THEN $4 ELSE email_index END
-             WHERE id = $1",
+            "UPDATE person SET data_key = $2, key_version = $3, updated_at = now() WHERE id = $1",
         )
         .bind(id)
         .bind(&wrapped.bytes)
         .bind(wrapped.master_version)
-        .bind(keyring.blind_index(EMAIL_INDEX, &address).as_slice())
         .execute(&mut *tx)
         .await
         .context("failed to store a re-wrapped key")?;

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
-use crate::crypto::{Keyring, MasterKeys};
+use crate::crypto::Keyring;
 use crate::jobs::{JobRegistry, NewJob};
 use crate::mail::Mailer;
 use crate::personal_data::{DynPersonalData, Registry};
@@ -50,7 +50,7 @@ impl Platform {
     pub fn new(
         config: Config,
         pool: PgPool,
-        master: &MasterKeys,
+        keyring: Keyring,
         mailer: Mailer,
         personal_data: Registry,
     ) -> anyhow::Result<Self> {
@@ -60,7 +60,7 @@ impl Platform {
             config,
             ingest_pool: crate::db::ingest_pool(&pool),
             pool,
-            keyring: Keyring::new(master),
+            keyring,
             mailer,
             mail_from,
             license_key,

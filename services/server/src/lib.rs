@@ -75,8 +75,9 @@ pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<
         Some(m) => m,
         None => Mailer::from_config(&config)?,
     };
+    let keyring = keys::keyring(&pool, &master).await?;
     let registry = personal_data(&config);
-    Platform::new(config, pool, &master, mailer, registry)
+    Platform::new(config, pool, keyring, mailer, registry)
 }
 
 /// Enqueues each recurring job once per period of `every` across every replica
@@ -234,6 +235,15 @@ pub async fn launch(
         shutdown.clone(),
     ));
 
+    let heartbeat = {
+        let platform = platform.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            pexper_platform::replica::heartbeat(platform.pool.clone(), &platform.keyring, shutdown)
+                .await
+        })
+    };
+
     let prune = {
         let mut shutdown = shutdown.clone();
         let gc = app.limiter_gc();
@@ -267,6 +277,7 @@ pub async fn launch(
     };
 
     worker_task.await.context("the job worker panicked")?;
+    heartbeat.await.context("the heartbeat panicked")?;
     prune.abort();
     scheduler.abort();
     served

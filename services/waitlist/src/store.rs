@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use pexper_platform::address::EmailAddress;
-use pexper_platform::crypto::{Keyring, random_token, sha256};
+use pexper_platform::crypto::{BlindIndex, Keyring, random_token, sha256};
 use pexper_platform::person::{self, PersonId};
 use pexper_platform::personal_data::{ErasureSummary, PersonalData};
 use sqlx::{PgConnection, PgPool};
@@ -135,20 +135,16 @@ pub async fn confirm(
     .execute(&mut *tx)
     .await?;
     if let Some(email) = person::email(&mut *tx, keyring, person).await? {
-        sqlx::query("DELETE FROM email_suppression WHERE address_hash = ANY($1)")
-            .bind(suppression_hashes(keyring, &email))
+        sqlx::query("DELETE FROM email_suppression WHERE address_hash = $1")
+            .bind(suppression_hash(keyring, &email).as_slice())
             .execute(&mut *tx)
             .await?;
     }
     Ok(Confirmation::Confirmed { person })
 }
 
-fn suppression_hashes(keyring: &Keyring, email: &EmailAddress) -> Vec<Vec<u8>> {
-    keyring
-        .blind_indexes(SUPPRESSION_INDEX, email.as_str())
-        .iter()
-        .map(|h| h.to_vec())
-        .collect()
+fn suppression_hash(keyring: &Keyring, email: &EmailAddress) -> BlindIndex {
+    keyring.blind_index(SUPPRESSION_INDEX, email.as_str())
 }
 
 /// A person's place among those still waiting (1 = next), or `None` if they are not waiting.
@@ -274,11 +270,7 @@ impl PersonalData for WaitlistData {
             sqlx::query(
                 "INSERT INTO email_suppression (address_hash) VALUES ($1) ON CONFLICT DO NOTHING",
             )
-            .bind(
-                keyring
-                    .blind_index(SUPPRESSION_INDEX, email.as_str())
-                    .as_slice(),
-            )
+            .bind(suppression_hash(keyring, &email).as_slice())
             .execute(&mut *conn)
             .await?;
             kept.push(

@@ -1,5 +1,6 @@
-//! One-click unsubscribe (RFC 8058). The token is the person's id with a MAC under a key
-//! derived from the master key: it needs no table and works for as long as the person exists.
+//! One-click unsubscribe (RFC 8058). The token is the person's id with a MAC under the token
+//! lookup key: it needs no table and works for as long as the person exists, across rotations
+//! of the master key (which re-wrap the lookup key and leave it unchanged).
 //! `GET` only shows a button (mail scanners follow links); `POST` unsubscribes at once, with
 //! any body (RFC 8058's is `List-Unsubscribe=One-Click`) and no cookie.
 
@@ -24,26 +25,24 @@ const DOMAIN: &str = "unsubscribe";
 pub struct UnsubscribeToken(PersonId);
 
 impl UnsubscribeToken {
-    /// `v<version>.<person id>.<mac>`.
+    /// `v1.<person id>.<mac>`.
     pub fn issue(keyring: &Keyring, person: PersonId) -> String {
-        let (version, mac) = keyring.sign_token(DOMAIN, person.0.as_bytes());
-        format!(
-            "v{version}.{}.{}",
-            person.0.simple(),
-            URL_SAFE_NO_PAD.encode(mac)
-        )
+        let mac = keyring.sign_token(DOMAIN, person.0.as_bytes());
+        format!("v1.{}.{}", person.0.simple(), URL_SAFE_NO_PAD.encode(mac))
     }
 
+    /// Links mailed before the token key became a lookup key carry the master version they
+    /// were signed under (`v<n>`); the MAC alone decides, so any version number is read.
     pub fn verify(keyring: &Keyring, token: &str) -> Option<Self> {
         let mut parts = token.split('.');
-        let version = parts.next()?.strip_prefix('v')?.parse().ok()?;
+        parts.next()?.strip_prefix('v')?.parse::<u32>().ok()?;
         let person = Uuid::try_parse(parts.next()?).ok()?;
         let mac = URL_SAFE_NO_PAD.decode(parts.next()?).ok()?;
         if parts.next().is_some() {
             return None;
         }
         keyring
-            .verify_token(version, DOMAIN, person.as_bytes(), &mac)
+            .verify_token(DOMAIN, person.as_bytes(), &mac)
             .then_some(Self(PersonId(person)))
     }
 
