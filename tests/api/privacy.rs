@@ -964,3 +964,137 @@ async fn what_arrives_for_an_address_between_its_erasure_and_the_goodbye_email_i
         "the purchase is kept, linked to its buyer"
     );
 }
+
+/// Who would get a product update now: `mail broadcast --dry-run`'s count.
+fn broadcast_audience(vars: &[(String, String)], dir: &std::path::Path) -> Value {
+    let body = dir.join("update.txt");
+    std::fs::write(&body, "News.").unwrap();
+    let out = admin(
+        vars,
+        &[
+            "mail",
+            "broadcast",
+            "--template",
+            "product-update",
+            "--subject",
+            "News",
+            "--body-file",
+            body.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+#[tokio::test]
+async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken() {
+    let mut app = app().await;
+    let erased = "erased.later@example.net";
+    crate::waitlist::join(&app, erased, json!({})).await;
+    crate::waitlist::join(&app, "stays@example.net", json!({})).await;
+    app.queue_drained().await;
+    let dir = tempdir::TempDir::new();
+    let vars = app.cli_vars();
+    let audience = broadcast_audience(&vars, dir.path());
+
+    // Back up; then one of the two is erased.
+    let file = dir.path().join("pexper.backup");
+    let taken = cli(&app, &["db", "backup", file.to_str().unwrap(), "--json"]);
+    assert!(taken["bytes"].as_u64().unwrap() > 1000, "{taken}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = admin(&vars, &["db", "backup", file.to_str().unwrap()]);
+    assert!(
+        !again.status.success(),
+        "an existing file is not overwritten"
+    );
+    let erased_id: pexper_platform::person::PersonId = {
+        let mut conn = app.platform.pool.acquire().await.unwrap();
+        let address = pexper_platform::address::EmailAddress::parse(erased).unwrap();
+        pexper_platform::person::find(&mut conn, &app.platform.keyring, &address)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    request_and_verify(&app, erased, "deletion").await;
+    mail_to(&app, erased, "has been deleted").await;
+    app.queue_drained().await;
+    assert_eq!(app.count("person").await, 1);
+    let journal = cli(&app, &["db", "journal", "--json"]);
+    let hash =
+        pexper_platform::crypto::sha256(format!("pexper/erased-person/{}", erased_id.0).as_bytes());
+    assert_eq!(
+        journal[0]["person_hash"],
+        pexper_platform::crypto::hex(&hash)
+    );
+    let exported = dir.path().join("journal.json");
+    std::fs::write(&exported, journal.to_string()).unwrap();
+
+    // Restoring with a server still connected is refused, and changes nothing.
+    let refused = admin(&vars, &["db", "restore", file.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("stop every pexper-server"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(app.count("person").await, 1);
+
+    // The servers stop; the backup is restored; the erasure is replayed from the live journal.
+    app.shutdown().await;
+    app.platform.pool.close().await;
+    let restored = cli(&app, &["db", "restore", file.to_str().unwrap(), "--json"]);
+    assert_eq!(restored, json!({"journal_entries": 1, "erased_again": 1}));
+    let pool = app.db.pool().await;
+    let is_back = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM person WHERE id = $1")
+            .bind(erased_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        is_back(pool.clone()).await,
+        0,
+        "their key is destroyed again"
+    );
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM waitlist_entry")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(entries, 1, "only the one who stayed");
+    assert_eq!(audience["queued"], 2, "{audience}");
+    assert_eq!(
+        broadcast_audience(&vars, dir.path())["queued"],
+        1,
+        "not mailed"
+    );
+
+    // The live database is lost with its journal: the backup goes into a new one, with the
+    // exported copy of the journal.
+    let fresh = TestDatabase::empty().await;
+    let mut elsewhere = vars.clone();
+    elsewhere.retain(|(k, _)| k != "DATABASE_URL");
+    elsewhere.push(("DATABASE_URL".into(), fresh.url()));
+    let out = admin(
+        &elsewhere,
+        &[
+            "db",
+            "restore",
+            file.to_str().unwrap(),
+            "--journal",
+            exported.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restored: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(restored["erased_again"], 1, "{restored}");
+    assert_eq!(is_back(fresh.pool().await).await, 0);
+    assert_eq!(broadcast_audience(&elsewhere, dir.path())["queued"], 1);
+}

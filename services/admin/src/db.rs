@@ -1,8 +1,13 @@
-//! `pexper-admin db` and `migrate`: the managed local Postgres, and the schema.
+//! `pexper-admin db` and `migrate`: the managed local Postgres, the schema, backups that
+//! respect erasure (`pexper_platform::db::backup`).
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Subcommand;
+use pexper_platform::db::backup::{self, JournalEntry};
 use pexper_platform::db::managed::ManagedPostgres;
-use pexper_platform::{Config, db};
+use pexper_platform::{Config, db, keys};
 use serde_json::json;
 
 use crate::{connect, output};
@@ -13,6 +18,20 @@ pub enum Command {
     Start,
     /// Stop the managed Postgres.
     Stop,
+    /// Write a backup of the database (managed or DATABASE_URL) to FILE (pg_dump, mode 0600).
+    Backup { file: PathBuf },
+    /// Replace the database with the backup in FILE, then erase again everyone erased since
+    /// it was taken. Stop every pexper-server first.
+    Restore {
+        file: PathBuf,
+        /// An erasure journal exported with `db journal --json`, for when the live database
+        /// (and the journal in it) is lost. May be given several times.
+        #[arg(long)]
+        journal: Vec<PathBuf>,
+    },
+    /// The erasure journal (hashes of erased people's ids, and times): export it with
+    /// `--json` to keep a copy apart from the backups.
+    Journal,
 }
 
 pub async fn migrate(json: bool, config: &Config) -> anyhow::Result<()> {
@@ -23,20 +42,16 @@ pub async fn migrate(json: bool, config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn run(json: bool, config: &Config, command: Command) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        config.database_url.is_none(),
-        "DATABASE_URL is set: the managed Postgres is not in use"
-    );
-    let root = config.data_dir.join("postgres");
     match command {
         Command::Start => {
-            let managed = db::start_managed(config).await?;
+            let managed = db::start_managed(managed_only(config)?).await?;
             output::object(
                 json,
-                &json!({"running": true, "port": managed.port(), "directory": root.display().to_string()}),
+                &json!({"running": true, "port": managed.port(), "directory": managed_root(config).display().to_string()}),
             );
         }
         Command::Stop => {
+            let root = managed_root(managed_only(config)?);
             let pg_bin = config.pg_bin.clone();
             let was_running = tokio::task::spawn_blocking(move || {
                 ManagedPostgres::stop(&root, pg_bin.as_deref())
@@ -44,6 +59,51 @@ pub async fn run(json: bool, config: &Config, command: Command) -> anyhow::Resul
             .await??;
             output::object(json, &json!({"stopped": was_running}));
         }
+        Command::Backup { file } => {
+            let bytes = backup::backup(config, &file).await?;
+            output::object(
+                json,
+                &json!({"file": file.display().to_string(), "bytes": bytes}),
+            );
+        }
+        Command::Restore { file, journal } => {
+            let mut exported = Vec::new();
+            for path in &journal {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("failed to read {}", path.display()))?;
+                let entries: Vec<JournalEntry> =
+                    serde_json::from_str(&text).with_context(|| {
+                        format!(
+                            "{} is not a journal from `db journal --json`",
+                            path.display()
+                        )
+                    })?;
+                exported.extend(entries);
+            }
+            let master = keys::load_master_keys(config)?;
+            let registry = pexper_server::personal_data(config);
+            let restored = backup::restore(config, &file, exported, &master, &registry).await?;
+            output::object(json, &serde_json::to_value(restored)?);
+        }
+        Command::Journal => {
+            let pool = connect(config).await?;
+            let entries = backup::journal_entries(&mut *pool.acquire().await?).await?;
+            output::rows(json, &["person_hash", "erased_at"], &entries, |e| {
+                vec![e.person_hash.clone(), e.erased_at.to_string()]
+            });
+        }
     }
     Ok(())
+}
+
+fn managed_only(config: &Config) -> anyhow::Result<&Config> {
+    anyhow::ensure!(
+        config.database_url.is_none(),
+        "DATABASE_URL is set: the managed Postgres is not in use"
+    );
+    Ok(config)
+}
+
+fn managed_root(config: &Config) -> PathBuf {
+    config.data_dir.join("postgres")
 }

@@ -78,7 +78,7 @@ enum Command {
         #[command(subcommand)]
         command: analytics::Command,
     },
-    /// The managed local Postgres (when DATABASE_URL is unset).
+    /// The database: the managed local Postgres, backups, and the erasure journal.
     Db {
         #[command(subcommand)]
         command: db::Command,

@@ -163,22 +163,33 @@ struct PgBin {
 
 impl PgBin {
     fn find(pg_bin: Option<&Path>) -> anyhow::Result<Self> {
-        let search: Vec<PathBuf> = match pg_bin {
-            Some(dir) => vec![dir.to_path_buf()],
-            None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect(),
-        };
-        let find = |name: &str| search.iter().map(|d| d.join(name)).find(|p| p.is_file());
-        match (find("initdb"), find("pg_ctl")) {
-            (Some(initdb), Some(pg_ctl)) => Ok(Self { initdb, pg_ctl }),
-            _ => bail!(
-                "PostgreSQL server binaries (initdb, pg_ctl) were not found {}: install the PostgreSQL server (e.g. `apt-get install postgresql`), set PG_BIN to the directory holding them, or set DATABASE_URL to an existing database",
-                match pg_bin {
-                    Some(dir) => format!("in PG_BIN={}", dir.display()),
-                    None => "on PATH".to_owned(),
-                }
-            ),
+        let programs = ["initdb", "pg_ctl"];
+        match programs.map(|name| find_program(pg_bin, name)) {
+            [Some(initdb), Some(pg_ctl)] => Ok(Self { initdb, pg_ctl }),
+            _ => Err(missing_programs(pg_bin, &programs)),
         }
     }
+}
+
+/// A PostgreSQL program (`initdb`, `pg_dump`, …) in `PG_BIN`, or else on `PATH`.
+pub fn find_program(pg_bin: Option<&Path>, name: &str) -> Option<PathBuf> {
+    let search: Vec<PathBuf> = match pg_bin {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect(),
+    };
+    search.iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// The one line that says which programs are missing and what to do.
+pub fn missing_programs(pg_bin: Option<&Path>, names: &[&str]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "PostgreSQL server binaries ({}) were not found {}: install the PostgreSQL server (e.g. `apt-get install postgresql`), set PG_BIN to the directory holding them, or set DATABASE_URL to an existing database",
+        names.join(", "),
+        match pg_bin {
+            Some(dir) => format!("in PG_BIN={}", dir.display()),
+            None => "on PATH".to_owned(),
+        }
+    )
 }
 
 struct Cluster {

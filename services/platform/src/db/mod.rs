@@ -1,5 +1,6 @@
 //! Connecting to Postgres (managed or external, always able to do TLS) and migrating it.
 
+pub mod backup;
 pub mod managed;
 
 use std::str::FromStr;

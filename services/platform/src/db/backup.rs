@@ -1,0 +1,284 @@
+//! Backups that respect erasure.
+//!
+//! `backup` is `pg_dump` (custom format) of the application's database, managed or external;
+//! `restore` is `pg_restore` of one. A backup holds everyone who existed when it was taken —
+//! their wrapped data keys included — so restoring it would bring back people erased since:
+//! crypto-shredding destroys the key in the live database, not in the copies. So every erasure
+//! is journalled (`erasure_journal`: a hash of the person's id and the time, nothing else) in
+//! the erasure's own transaction, and a restore replays the journal: the live database's, read
+//! before it is replaced, and any copies the operator exported with `pexper-admin db journal`
+//! (for when the live database is lost with its journal). Everyone in it is erased again.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, PgConnection};
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::crypto::MasterKeys;
+use crate::db::{self, managed};
+use crate::person::PersonId;
+use crate::personal_data::Registry;
+
+/// One erasure, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct JournalEntry {
+    /// `sha256('pexper/erased-person/' || person id)`, in hex.
+    pub person_hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub erased_at: OffsetDateTime,
+}
+
+/// Journals the erasure of `person`; call in the erasure's transaction. The hash is computed
+/// by Postgres, as `restore` matches it, so the two cannot drift apart.
+pub async fn journal(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO erasure_journal (person_hash)
+         VALUES (sha256(convert_to('pexper/erased-person/' || $1::text, 'UTF8')))
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(person)
+    .execute(conn)
+    .await
+    .context("failed to journal an erasure")?;
+    Ok(())
+}
+
+pub async fn journal_entries(conn: &mut PgConnection) -> anyhow::Result<Vec<JournalEntry>> {
+    sqlx::query_as(
+        "SELECT encode(person_hash, 'hex') AS person_hash, erased_at FROM erasure_journal
+         ORDER BY erased_at, person_hash",
+    )
+    .fetch_all(conn)
+    .await
+    .context("failed to read the erasure journal")
+}
+
+/// Writes a backup of the database to `file` (mode 0600; refused if it exists). Returns its
+/// size in bytes.
+pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        !file.exists(),
+        "{} exists: choose a new name",
+        file.display()
+    );
+    let target = Tool::connect(config).await?;
+    let partial = PathBuf::from(format!("{}.partial", file.display()));
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("failed to create {}", partial.display()))?;
+    let written = target
+        .run(
+            "pg_dump",
+            &[
+                "--format=custom".as_ref(),
+                "--no-owner".as_ref(),
+                "--file".as_ref(),
+                partial.as_os_str(),
+            ],
+        )
+        .await
+        .and_then(|()| {
+            std::fs::rename(&partial, file)
+                .with_context(|| format!("failed to write {}", file.display()))
+        });
+    if written.is_err() {
+        std::fs::remove_file(&partial).ok();
+    }
+    written?;
+    Ok(std::fs::metadata(file)?.len())
+}
+
+/// What a restore did.
+#[derive(Debug, Serialize)]
+pub struct Restored {
+    /// Erasures known after it: the backup's own, the live journal and any exported copies.
+    pub journal_entries: usize,
+    /// People in the backup who had been erased since it was taken, erased again.
+    pub erased_again: usize,
+}
+
+/// Replaces the database with the backup in `file`, migrates it, and erases again everyone in
+/// the erasure journal (the live one, read first, and `exported` copies). Refused while any
+/// other `pexper` process is connected: stop every server first. If `pg_restore` fails, the
+/// database is left as it was.
+pub async fn restore(
+    config: &Config,
+    file: &Path,
+    exported: Vec<JournalEntry>,
+    master: &MasterKeys,
+    registry: &Registry,
+) -> anyhow::Result<Restored> {
+    anyhow::ensure!(file.is_file(), "{} is not a backup file", file.display());
+    let target = Tool::connect(config).await?;
+    let mut conn = PgConnection::connect_with(&db::connect_options(config).await?).await?;
+    let others: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'pexper'
+           AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    anyhow::ensure!(
+        others == 0,
+        "{others} connection(s) of pexper processes are open on this database: stop every pexper-server (and other pexper-admin commands) before restoring"
+    );
+    let mut known = live_journal(&mut conn).await?;
+    known.extend(exported);
+
+    // The live schema steps aside (as pexper_replaced_by_restore) rather than being dropped,
+    // so a failed restore loses nothing.
+    let mut tx = conn.begin().await?;
+    sqlx::query("DROP SCHEMA IF EXISTS pexper_replaced_by_restore CASCADE")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("ALTER SCHEMA public RENAME TO pexper_replaced_by_restore")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE SCHEMA public")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit()
+        .await
+        .context("failed to set the live schema aside")?;
+    let restored = target
+        .run(
+            "pg_restore",
+            &[
+                "--no-owner".as_ref(),
+                "--no-privileges".as_ref(),
+                "--single-transaction".as_ref(),
+                "--exit-on-error".as_ref(),
+                file.as_os_str(),
+            ],
+        )
+        .await;
+    let mut tx = conn.begin().await?;
+    if let Err(e) = restored {
+        sqlx::query("DROP SCHEMA public CASCADE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("ALTER SCHEMA pexper_replaced_by_restore RENAME TO public")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Err(e.context("the restore failed; the database is as it was"));
+    }
+    sqlx::query("DROP SCHEMA pexper_replaced_by_restore CASCADE")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    conn.close().await.ok();
+
+    // A backup from before the newest migrations is brought up to date, then the journal is
+    // replayed: rows first (so a later restore of this state knows them), then the erasures.
+    let pool = db::pool(db::connect_options(config).await?).await?;
+    db::migrate(&pool).await?;
+    let mut conn = pool.acquire().await?;
+    for entry in &known {
+        sqlx::query(
+            "INSERT INTO erasure_journal (person_hash, erased_at) VALUES (decode($1, 'hex'), $2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&entry.person_hash)
+        .bind(entry.erased_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let journal = journal_entries(&mut conn).await?;
+    let back: Vec<PersonId> = sqlx::query_scalar(
+        "SELECT p.id FROM person p JOIN erasure_journal j
+           ON j.person_hash = sha256(convert_to('pexper/erased-person/' || p.id::text, 'UTF8'))",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    drop(conn);
+    let keyring = crate::keys::keyring(&pool, master).await?;
+    for person in &back {
+        let mut tx = pool.begin().await?;
+        registry.erase(&mut tx, &keyring, *person).await?;
+        tx.commit().await?;
+    }
+    Ok(Restored {
+        journal_entries: journal.len(),
+        erased_again: back.len(),
+    })
+}
+
+/// The live database's journal; empty if it has none yet (a new database).
+async fn live_journal(conn: &mut PgConnection) -> anyhow::Result<Vec<JournalEntry>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('erasure_journal') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    journal_entries(conn).await
+}
+
+/// How the PostgreSQL programs reach the database: the URL without its password, which goes
+/// in their environment (`PGPASSWORD`), never in an argument list that `ps` shows.
+struct Tool {
+    pg_bin: Option<PathBuf>,
+    url: String,
+    password: Option<SecretString>,
+}
+
+impl Tool {
+    async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let url = match &config.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let managed = db::start_managed(config).await?;
+                db::ensure_database(&managed, db::MANAGED_DATABASE).await?;
+                managed.url(db::MANAGED_DATABASE)
+            }
+        };
+        let mut url = url::Url::parse(url.expose_secret())
+            .context("DATABASE_URL is not a valid postgres:// URL")?;
+        let password = url.password().map(|p| {
+            SecretString::from(
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        });
+        url.set_password(None).ok();
+        Ok(Self {
+            pg_bin: config.pg_bin.clone(),
+            url: url.to_string(),
+            password,
+        })
+    }
+
+    /// Runs `program` against the database; its stderr becomes the error if it fails.
+    async fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+        let path = managed::find_program(self.pg_bin.as_deref(), program)
+            .ok_or_else(|| managed::missing_programs(self.pg_bin.as_deref(), &[program]))?;
+        let mut command = Command::new(path);
+        command.args(args).arg(format!("--dbname={}", self.url));
+        if let Some(password) = &self.password {
+            command.env("PGPASSWORD", password.expose_secret());
+        }
+        let out = tokio::task::spawn_blocking(move || command.output())
+            .await?
+            .with_context(|| format!("failed to run {program}"))?;
+        if !out.status.success() {
+            bail!(
+                "{program} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
