@@ -3,11 +3,13 @@
 //! and `PEXPER_ENV=production` refuses the insecure development defaults.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::http::TrustedProxy;
 
 /// Where the process runs. Production refuses every insecure default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +53,7 @@ pub struct Config {
     pub license_key: Option<SecretString>,
     pub privacy_email: String,
     /// Only requests whose peer is one of these addresses may name a client in `X-Forwarded-For`.
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<TrustedProxy>,
     /// The certificate chain and private key (PEM files) when the server terminates TLS
     /// itself; re-read when they change.
     pub tls: Option<TlsFiles>,
@@ -123,7 +125,7 @@ impl Config {
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_, _>>()
-            .context("PEXPER_TRUSTED_PROXY must be a comma-separated list of IP addresses")?;
+            .map_err(|e: String| anyhow::anyhow!("PEXPER_TRUSTED_PROXY must be a comma-separated list of IP addresses or CIDR networks: {e}"))?;
         let crash_keys = list("PEXPER_CRASH_KEYS", &format!("1:{DEV_CRASH_KEY}"))
             .iter()
             .map(|pair| parse_crash_key(pair))

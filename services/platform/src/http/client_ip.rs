@@ -2,13 +2,15 @@
 //! never logged, stored or handed to a handler.
 //!
 //! `X-Forwarded-For` is believed only when the peer is a configured trusted proxy
-//! (`PEXPER_TRUSTED_PROXY`), and then only its last entry — the one that proxy appended.
+//! (`PEXPER_TRUSTED_PROXY`: addresses, or networks such as a Kubernetes pod range), and then
+//! only its last entry — the one that proxy appended.
 //! Anyone else could write any address there and dodge the limit.
 //!
 //! An IPv6 client is keyed by its /64: one subscriber line or host gets a whole /64 and can
 //! pick a fresh address for every request. An IPv4 client is keyed by its address.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
@@ -16,13 +18,66 @@ use axum::http::Request;
 use tower_governor::GovernorError;
 use tower_governor::key_extractor::KeyExtractor;
 
+/// A trusted proxy: one address (`10.0.0.2`), or a network in CIDR notation (`10.42.0.0/16`)
+/// where the proxy's address is not fixed, as for an ingress controller's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl TrustedProxy {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                same_prefix(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                same_prefix(u128::from(net), u128::from(ip), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `prefix` of `bits` bits of `a` and `b` agree.
+fn same_prefix(a: u128, b: u128, bits: u8, prefix: u8) -> bool {
+    let shift = u32::from(bits - prefix);
+    a.checked_shr(shift).unwrap_or(0) == b.checked_shr(shift).unwrap_or(0)
+}
+
+impl FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (address, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let network = address
+            .parse::<IpAddr>()
+            .map_err(|_| format!("`{s}` is not an IP address or a CIDR network"))?
+            .to_canonical();
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {bits}"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientIp {
-    trusted_proxies: Arc<Vec<IpAddr>>,
+    trusted_proxies: Arc<Vec<TrustedProxy>>,
 }
 
 impl ClientIp {
-    pub fn new(trusted_proxies: Vec<IpAddr>) -> Self {
+    pub fn new(trusted_proxies: Vec<TrustedProxy>) -> Self {
         Self {
             trusted_proxies: Arc::new(trusted_proxies),
         }
@@ -34,7 +89,7 @@ impl ClientIp {
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip().to_canonical())?;
-        if !self.trusted_proxies.contains(&peer) {
+        if !self.trusted_proxies.iter().any(|p| p.contains(peer)) {
             return Some(peer);
         }
         let forwarded = req
@@ -107,11 +162,12 @@ mod tests {
     fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
         let none = ClientIp::new(vec![]);
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let proxy = |s: &str| s.parse::<TrustedProxy>().expect("proxy");
         assert_eq!(
             none.resolve(&request("198.51.100.7", Some("1.2.3.4"))),
             Some(ip("198.51.100.7"))
         );
-        let proxy = ClientIp::new(vec![ip("10.0.0.1")]);
+        let proxy = ClientIp::new(vec![proxy("10.0.0.1")]);
         assert_eq!(
             proxy.resolve(&request("10.0.0.1", Some("1.2.3.4, 203.0.113.5"))),
             Some(ip("203.0.113.5")),
@@ -128,9 +184,45 @@ mod tests {
     }
 
     #[test]
+    fn a_trusted_network_trusts_exactly_its_addresses() {
+        let proxy = |s: &str| s.parse::<TrustedProxy>().expect("proxy");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let pods = proxy("10.42.0.0/16");
+        assert!(pods.contains(ip("10.42.0.0")) && pods.contains(ip("10.42.255.255")));
+        assert!(!pods.contains(ip("10.43.0.0")) && !pods.contains(ip("10.41.255.255")));
+        assert!(pods.contains(ip("::ffff:10.42.1.1")), "an IPv4-mapped peer");
+        assert!(!pods.contains(ip("fd00::1")));
+        let v6 = proxy("fd00:10::/64");
+        assert!(v6.contains(ip("fd00:10::ffff")) && !v6.contains(ip("fd00:11::1")));
+        assert!(proxy("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(
+            proxy("10.0.0.1").contains(ip("10.0.0.1"))
+                && !proxy("10.0.0.1").contains(ip("10.0.0.2"))
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0.0/",
+            "example.com",
+            "10.0.0.0/x",
+        ] {
+            assert!(bad.parse::<TrustedProxy>().is_err(), "{bad}");
+        }
+        let client = ClientIp::new(vec![pods]);
+        assert_eq!(
+            client.resolve(&request("10.42.7.9", Some("203.0.113.5"))),
+            Some(ip("203.0.113.5"))
+        );
+        assert_eq!(
+            client.resolve(&request("10.43.7.9", Some("203.0.113.5"))),
+            Some(ip("10.43.7.9"))
+        );
+    }
+
+    #[test]
     fn forwarded_entries_with_ports_and_brackets_parse() {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        let proxy = ClientIp::new(vec![ip("10.0.0.1")]);
+        let proxy = ClientIp::new(vec!["10.0.0.1".parse().expect("proxy")]);
         for (entry, expected) in [
             ("1.2.3.4:5678", "1.2.3.4"),
             ("[2001:db8::1]:443", "2001:db8::1"),

@@ -2,6 +2,7 @@
 //! endpoints, and `/openapi.json` generated from the handlers' annotations.
 
 mod client_ip;
+pub use client_ip::TrustedProxy;
 mod error;
 
 use std::sync::Arc;
