@@ -11,6 +11,7 @@ mod deploy;
 mod desktop;
 mod faults;
 mod http;
+mod kubernetes;
 mod mail;
 mod payments;
 mod privacy;

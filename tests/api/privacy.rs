@@ -1097,4 +1097,9 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     assert_eq!(restored["erased_again"], 1, "{restored}");
     assert_eq!(is_back(fresh.pool().await).await, 0);
     assert_eq!(broadcast_audience(&elsewhere, dir.path())["queued"], 1);
+    // Replaying again (as after a point-in-time recovery) finds nobody left to erase.
+    let out = admin(&elsewhere, &["db", "replay", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let replayed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(replayed, json!({"journal_entries": 1, "erased_again": 0}));
 }

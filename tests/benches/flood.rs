@@ -320,6 +320,7 @@ async fn run(seconds: u64, flooders: usize, rate: u64) -> bool {
         .build()
         .unwrap();
     probe(base.clone(), client.clone(), rate, 2).await; // warm-up: pools, caches
+    let warm_rss = memory(server.pid(), "VmRSS");
     let (quiet_signups, quiet_webhooks) =
         probe(base.clone(), client.clone(), rate, seconds / 2).await;
     println!(
@@ -370,6 +371,23 @@ async fn run(seconds: u64, flooders: usize, rate: u64) -> bool {
         ok &= errors == 0 && probes_ok && (manner != "polite" || within);
     }
     let errors = quiet_signups.server_errors() + quiet_webhooks.server_errors();
+    // What deploy/k8s/deployment.yaml's memory request and limit are sized from.
+    println!(
+        "server memory: {warm_rss} MiB resident when warm, {} MiB at its peak (through both floods)\n",
+        memory(server.pid(), "VmHWM")
+    );
     server.stop().await;
     ok && errors == 0
+}
+
+/// A memory figure of a process from `/proc/<pid>/status` (`VmRSS`: resident now; `VmHWM`: the
+/// peak resident), in MiB.
+fn memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib / 1024
 }

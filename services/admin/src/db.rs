@@ -32,6 +32,13 @@ pub enum Command {
     /// The erasure journal (hashes of erased people's ids, and times): export it with
     /// `--json` to keep a copy apart from the backups.
     Journal,
+    /// Erase again everyone in the journal (and in exported copies): after a point-in-time
+    /// recovery made by other means, e.g. CloudNativePG's.
+    Replay {
+        /// An erasure journal exported with `db journal --json`. May be given several times.
+        #[arg(long)]
+        journal: Vec<PathBuf>,
+    },
 }
 
 pub async fn migrate(json: bool, config: &Config) -> anyhow::Result<()> {
@@ -67,23 +74,19 @@ pub async fn run(json: bool, config: &Config, command: Command) -> anyhow::Resul
             );
         }
         Command::Restore { file, journal } => {
-            let mut exported = Vec::new();
-            for path in &journal {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("failed to read {}", path.display()))?;
-                let entries: Vec<JournalEntry> =
-                    serde_json::from_str(&text).with_context(|| {
-                        format!(
-                            "{} is not a journal from `db journal --json`",
-                            path.display()
-                        )
-                    })?;
-                exported.extend(entries);
-            }
+            let exported = read_journals(&journal)?;
             let master = keys::load_master_keys(config)?;
             let registry = pexper_server::personal_data(config);
             let restored = backup::restore(config, &file, exported, &master, &registry).await?;
             output::object(json, &serde_json::to_value(restored)?);
+        }
+        Command::Replay { journal } => {
+            let exported = read_journals(&journal)?;
+            let master = keys::load_master_keys(config)?;
+            let registry = pexper_server::personal_data(config);
+            let pool = connect(config).await?;
+            let replayed = backup::replay(&pool, exported, &master, &registry).await?;
+            output::object(json, &serde_json::to_value(replayed)?);
         }
         Command::Journal => {
             let pool = connect(config).await?;
@@ -94,6 +97,23 @@ pub async fn run(json: bool, config: &Config, command: Command) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// Journals exported with `db journal --json`.
+fn read_journals(paths: &[PathBuf]) -> anyhow::Result<Vec<JournalEntry>> {
+    let mut entries = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        let more: Vec<JournalEntry> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a journal from `db journal --json`",
+                path.display()
+            )
+        })?;
+        entries.extend(more);
+    }
+    Ok(entries)
 }
 
 fn managed_only(config: &Config) -> anyhow::Result<&Config> {

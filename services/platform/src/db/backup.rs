@@ -99,7 +99,7 @@ pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(file)?.len())
 }
 
-/// What a restore did.
+/// What a restore (or a replay of the journal) did.
 #[derive(Debug, Serialize)]
 pub struct Restored {
     /// Erasures known after it: the backup's own, the live journal and any exported copies.
@@ -180,12 +180,24 @@ pub async fn restore(
     tx.commit().await?;
     conn.close().await.ok();
 
-    // A backup from before the newest migrations is brought up to date, then the journal is
-    // replayed: rows first (so a later restore of this state knows them), then the erasures.
+    // A backup from before the newest migrations is brought up to date first.
     let pool = db::pool(db::connect_options(config).await?).await?;
     db::migrate(&pool).await?;
+    replay(&pool, known, master, registry).await
+}
+
+/// Erases again everyone in the erasure journal — the database's own and `exported` copies,
+/// which join it first, so that a later restore of this state knows them too. What
+/// `restore` ends with, and what follows a point-in-time recovery made by other means
+/// (CloudNativePG's): the recovered database's journal ends where the recovery point does.
+pub async fn replay(
+    pool: &sqlx::PgPool,
+    exported: Vec<JournalEntry>,
+    master: &MasterKeys,
+    registry: &Registry,
+) -> anyhow::Result<Restored> {
     let mut conn = pool.acquire().await?;
-    for entry in &known {
+    for entry in &exported {
         sqlx::query(
             "INSERT INTO erasure_journal (person_hash, erased_at) VALUES (decode($1, 'hex'), $2)
              ON CONFLICT DO NOTHING",
@@ -193,7 +205,8 @@ pub async fn restore(
         .bind(&entry.person_hash)
         .bind(entry.erased_at)
         .execute(&mut *conn)
-        .await?;
+        .await
+        .context("failed to add to the erasure journal")?;
     }
     let journal = journal_entries(&mut conn).await?;
     let back: Vec<PersonId> = sqlx::query_scalar(
@@ -203,7 +216,7 @@ pub async fn restore(
     .fetch_all(&mut *conn)
     .await?;
     drop(conn);
-    let keyring = crate::keys::keyring(&pool, master).await?;
+    let keyring = crate::keys::keyring(pool, master).await?;
     for person in &back {
         let mut tx = pool.begin().await?;
         registry.erase(&mut tx, &keyring, *person).await?;

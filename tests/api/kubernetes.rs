@@ -1,0 +1,313 @@
+//! deploy/k8s, the production deployment on Kubernetes: valid against the Kubernetes API
+//! schemas (kubernetes-validate, strict: an unknown field fails) and CloudNativePG's
+//! (deploy/k8s/validate), with no network; and in agreement with the server it deploys — its
+//! configuration passes the production checks, its probes answer, its grace period covers the
+//! drain, and the admin jobs run with the server's own settings.
+//!
+//! Needs `kubernetes-validate` (PyPI, the version `.ci/run` pins; it brings PyYAML) and
+//! `npm ci --prefix deploy/k8s/validate`; skipped with a note without them, unless
+//! `PEXPER_REQUIRE_KUBERNETES_VALIDATE` is set (CI).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pexper_tests::*;
+use serde_json::Value;
+
+/// The kubernetes-validate version, and the Kubernetes version validated against.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
+const KUBERNETES: &str = "1.33.0";
+
+fn k8s_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s")
+}
+
+/// Every manifest (the kustomization aside), by file name.
+fn manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(k8s_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml")
+                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Whether the validators are here; `None` (with the reason) if not.
+fn validators_missing() -> Option<String> {
+    let version = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match version {
+        None => {
+            return Some(format!(
+                "pip install kubernetes-validate=={KUBERNETES_VALIDATE}"
+            ));
+        }
+        Some(v) => assert_eq!(v, KUBERNETES_VALIDATE, "the version .ci/run pins"),
+    }
+    if !k8s_dir()
+        .join("validate/node_modules/@kubernetes-models/cloudnative-pg")
+        .exists()
+    {
+        return Some("npm ci --prefix deploy/k8s/validate".into());
+    }
+    None
+}
+
+/// Every document of every manifest, as JSON (PyYAML, which kubernetes-validate brings).
+fn documents() -> Vec<Value> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import json, sys, yaml\nprint(json.dumps([d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]))")
+        .args(manifests())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} in deploy/k8s"))
+}
+
+/// The pod template of a Deployment, Job or CronJob.
+fn pod(resource: &Value) -> &Value {
+    match resource["kind"].as_str().unwrap() {
+        "CronJob" => &resource["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        _ => &resource["spec"]["template"]["spec"],
+    }
+}
+
+#[test]
+fn the_manifests_validate_against_the_kubernetes_and_cloudnative_pg_schemas() {
+    if let Some(missing) = validators_missing() {
+        assert!(
+            std::env::var("PEXPER_REQUIRE_KUBERNETES_VALIDATE").is_err(),
+            "PEXPER_REQUIRE_KUBERNETES_VALIDATE is set but: {missing}"
+        );
+        eprintln!("skipped: {missing} to validate deploy/k8s");
+        return;
+    }
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", KUBERNETES])
+        .args(manifests())
+        .output()
+        .unwrap();
+    let report = stdout(&out) + &stderr(&out);
+    assert!(out.status.success(), "{report}");
+    // The only resources it has no schema for are CloudNativePG's, checked below.
+    for line in report.lines().filter(|l| !l.starts_with("INFO")) {
+        assert!(
+            line.starts_with("WARN") && line.contains("api version postgresql.cnpg.io/v1"),
+            "{line}"
+        );
+    }
+    let core = documents()
+        .iter()
+        .filter(|d| {
+            !d["apiVersion"]
+                .as_str()
+                .unwrap()
+                .starts_with("postgresql.cnpg.io")
+        })
+        .count();
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        core,
+        "{report}"
+    );
+
+    let out = Command::new("node")
+        .arg(k8s_dir().join("validate/validate.mjs"))
+        .args(manifests())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        stdout(&out).matches(" passed against ").count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn the_manifests_agree_with_the_server_they_deploy() {
+    if Command::new("python3")
+        .args(["-c", "import yaml"])
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        assert!(std::env::var("PEXPER_REQUIRE_KUBERNETES_VALIDATE").is_err());
+        eprintln!("skipped: PyYAML (pip install kubernetes-validate=={KUBERNETES_VALIDATE})");
+        return;
+    }
+    let docs = documents();
+
+    // The kustomization applies every manifest there is.
+    let kustomization = std::fs::read_to_string(k8s_dir().join("kustomization.yaml")).unwrap();
+    let listed: BTreeSet<String> = kustomization
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|l| l.ends_with(".yaml"))
+        .map(str::to_owned)
+        .collect();
+    let present: BTreeSet<String> = manifests()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed, present);
+
+    let deployment = find(&docs, "Deployment", "pexper-server");
+    let server = &pod(deployment)["containers"][0];
+    let config = &find(&docs, "ConfigMap", "pexper-config")["data"];
+
+    // The admin jobs run with exactly the server's settings (production checks them all).
+    for (kind, name) in [
+        ("Job", "pexper-migrate"),
+        ("CronJob", "pexper-erasure-journal"),
+    ] {
+        let job = &pod(find(&docs, kind, name))["containers"][0];
+        assert_eq!(job["env"], server["env"], "{kind}/{name}");
+        assert_eq!(job["envFrom"], server["envFrom"], "{kind}/{name}");
+        assert_eq!(job["image"], server["image"], "{kind}/{name}");
+    }
+
+    // Its settings, with stand-ins for the secrets, pass the server's production checks.
+    let mut vars: BTreeMap<String, String> = config
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let stand_in = |key: &str| match key {
+        "username" => "pexper".to_owned(),
+        "password" => "s3cret".to_owned(),
+        "master-key" | "license-key" => pexper_platform::crypto::MasterKeys::generate_encoded(),
+        "stripe-webhook-secret" => "whsec_stand_in".to_owned(),
+        "smtp-url" => "smtps://user:pass@smtp.example.com".to_owned(),
+        "crash-keys" => "1:0f3c9a7e5b2d4c6a".to_owned(),
+        other => panic!("a stand-in for secret key {other}"),
+    };
+    for var in server["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap().to_owned();
+        let value = match var.get("value") {
+            Some(v) => v
+                .as_str()
+                .unwrap()
+                .replace("$(PGUSER)", &vars["PGUSER"])
+                .replace("$(PGPASSWORD)", &vars["PGPASSWORD"]),
+            None => {
+                let secret = &var["valueFrom"]["secretKeyRef"];
+                if secret["optional"] == true {
+                    continue;
+                }
+                stand_in(secret["key"].as_str().unwrap())
+            }
+        };
+        vars.insert(name, value);
+    }
+    vars.remove("PGUSER");
+    vars.remove("PGPASSWORD");
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/platform/src/config.rs"),
+    )
+    .unwrap();
+    for name in vars.keys() {
+        assert!(
+            source.contains(&format!("\"{name}\"")),
+            "the server reads {name}"
+        );
+    }
+    let parsed = pexper_platform::Config::from_vars(vars.clone().into_iter().collect());
+    assert!(
+        parsed.is_ok(),
+        "production refuses it: {:#}",
+        parsed.unwrap_err()
+    );
+    assert!(vars["DATABASE_URL"].contains("sslmode=verify-full"));
+
+    // The probes' paths answer on a real server; the port is the one it binds.
+    let running = ServerProcess::start("warn").await;
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let path = server[probe]["httpGet"]["path"].as_str().unwrap();
+        let res = reqwest::get(format!("{}{path}", running.base))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{probe} {path}");
+    }
+    assert_eq!(server["readinessProbe"]["httpGet"]["path"], "/readyz");
+    running.stop().await;
+    let port = server["ports"][0]["containerPort"].as_u64().unwrap();
+    assert!(
+        config["PEXPER_BIND"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}"))
+    );
+
+    // The grace period covers the drain: preStop, then the longer of the request timeout
+    // (15 s) and the jobs' grace, with a margin before the kubelet's SIGKILL.
+    let pre_stop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap();
+    let job_grace: u64 = config["PEXPER_SHUTDOWN_GRACE_SECONDS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let request_timeout = pexper_platform::http::HttpOptions::default()
+        .timeout
+        .as_secs();
+    let grace = pod(deployment)["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        grace >= pre_stop + job_grace.max(request_timeout) + 5,
+        "{grace}"
+    );
+
+    // Three replicas, of which a disruption leaves two; the database takes the most the
+    // autoscaler makes (13 connections each) and a few admin jobs.
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let pdb = find(&docs, "PodDisruptionBudget", "pexper-server");
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    let hpa = find(&docs, "HorizontalPodAutoscaler", "pexper-server");
+    assert_eq!(hpa["spec"]["minReplicas"], 3);
+    let max_replicas = hpa["spec"]["maxReplicas"].as_u64().unwrap();
+    let cluster = find(&docs, "Cluster", "pexper-db");
+    let max_connections: u64 = cluster["spec"]["postgresql"]["parameters"]["max_connections"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        max_replicas * 13 + 20 <= max_connections,
+        "{max_replicas} replicas"
+    );
+    assert_eq!(
+        cluster["spec"]["postgresql"]["parameters"]["synchronous_commit"], "on",
+        "acknowledged means durable (faults::postgres_killed_mid_load_…)"
+    );
+
+    // The server's egress: Postgres, the SMTP relay, DNS; nothing else.
+    let policy = find(&docs, "NetworkPolicy", "pexper-server");
+    let ports: BTreeSet<u64> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_array().unwrap().clone())
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, BTreeSet::from([53, 465, 587, 5432]));
+}
