@@ -475,3 +475,227 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
     drop(conn);
     pg.stop().await;
 }
+
+/// Holds `LOCK TABLE … IN SHARE MODE` on `table` until dropped (rolled back): writers to it
+/// wait, so a request or a job that writes there stops at that statement, mid-transaction.
+struct TableLock(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+
+impl TableLock {
+    async fn take(pool: &sqlx::PgPool, table: &str) -> Self {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {table} IN SHARE MODE"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        Self(Some(tx))
+    }
+
+    /// Waits until some other session is waiting for this lock.
+    async fn until_someone_waits(&self, pool: &sqlx::PgPool) {
+        eventually(
+            Duration::from_secs(20),
+            "a writer waiting for the lock",
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                )
+                .fetch_one(pool)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn release(mut self) {
+        self.0.take().unwrap().rollback().await.unwrap();
+    }
+}
+
+/// What a lapsed lease looks like: the killed worker's jobs become anyone's (the 60 s lease,
+/// run forward).
+async fn leases_lapse(pool: &sqlx::PgPool) {
+    sqlx::query("UPDATE job SET locked_until = now() WHERE status = 'running'")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sigkill_in_the_middle_of_work_redoes_it_once_one_licence_one_erasure_one_email() {
+    init();
+    let mut replicas = Replicas::start(1, TestDatabase::new().await, "info", &[]).await;
+    let pool = replicas.db.pool().await;
+    let client = reqwest::Client::new();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let mails_to = |replicas: &Replicas, to: &str| {
+        replicas
+            .smtp
+            .received()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t.contains(to)))
+            .collect::<Vec<_>>()
+    };
+    let signup = |base: String, email: &'static str| {
+        let client = client.clone();
+        async move {
+            let res = client
+                .post(format!("{base}/v1/waitlist"))
+                .json(&json!({ "email": email }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 202);
+        }
+    };
+
+    // 1. A Stripe webhook killed mid-transaction (the licence insert waits on a lock): the
+    //    delivery fails, Stripe delivers it again to another replica, and one licence and one
+    //    receipt follow.
+    let event = stripe::Checkout::new("buyer@example.com")
+        .session_event("checkout.session.completed", "paid");
+    let lock = TableLock::take(&pool, "license").await;
+    let delivery = {
+        let (client, base, payload) =
+            (client.clone(), replicas.bases[0].clone(), event.to_string());
+        tokio::spawn(async move {
+            client
+                .post(format!("{base}/v1/webhooks/stripe"))
+                .header("content-type", "application/json")
+                .header(
+                    "Stripe-Signature",
+                    stripe::sign(&payload, stripe::SECRET, stripe::now()),
+                )
+                .body(payload)
+                .send()
+                .await
+        })
+    };
+    lock.until_someone_waits(&pool).await;
+    replicas.kill(0).await;
+    assert!(
+        delivery.await.unwrap().is_err(),
+        "the killed server answered nothing"
+    );
+    lock.release().await;
+    let i = replicas.add().await;
+    let res = stripe::deliver(&client, &replicas.bases[i], &event).await;
+    assert_eq!(res.status(), 200);
+    eventually(Duration::from_secs(20), "the receipt", || async {
+        (!mails_to(&replicas, "buyer@").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(count("SELECT count(*) FROM license").await, 1);
+
+    // 2. The erasure killed mid-transaction (its last write waits on a lock): after the
+    //    lease, the next replica erases once, says goodbye once, and destroys the person.
+    signup(replicas.bases[i].clone(), "leaving@example.com").await;
+    let res = client
+        .post(format!("{}/v1/privacy/requests", replicas.bases[i]))
+        .json(&json!({"email": "leaving@example.com", "kind": "deletion", "jurisdiction": "gdpr"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let verify = eventually(
+        Duration::from_secs(20),
+        "the verification email",
+        || async {
+            mails_to(&replicas, "leaving@")
+                .into_iter()
+                .find(|m| m.header("Subject").unwrap().contains("please confirm"))
+        },
+    )
+    .await
+    .link("https://api.pexper.test/v1/privacy/verify?token=")
+    .replacen("https://api.pexper.test", &replicas.bases[i], 1);
+    let lock = TableLock::take(&pool, "erasure_journal").await;
+    assert_eq!(client.post(&verify).send().await.unwrap().status(), 200);
+    lock.until_someone_waits(&pool).await;
+    replicas.kill(i).await;
+    lock.release().await;
+    assert_eq!(
+        count("SELECT count(*) FROM erasure_journal").await,
+        0,
+        "rolled back"
+    );
+    leases_lapse(&pool).await;
+    let i = replicas.add().await;
+    eventually(
+        Duration::from_secs(20),
+        "the goodbye and the destruction",
+        || async {
+            let goodbyes = mails_to(&replicas, "leaving@")
+                .iter()
+                .filter(|m| m.header("Subject").unwrap().contains("has been deleted"))
+                .count();
+            let people = count("SELECT count(*) FROM person").await;
+            (goodbyes == 1 && people == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(count("SELECT count(*) FROM erasure_journal").await, 1);
+
+    // 3. A confirmation email killed while the relay holds the connection: after the lease,
+    //    the next replica sends it, once.
+    replicas.smtp.stall(true);
+    signup(replicas.bases[i].clone(), "patient@example.com").await;
+    eventually(Duration::from_secs(20), "the confirmation's job in hand", || async {
+        let running = count("SELECT count(*) FROM job WHERE kind = 'waitlist.signup_mail' AND status = 'running'").await;
+        (running == 1).then_some(())
+    })
+    .await;
+    replicas.kill(i).await;
+    replicas.smtp.stall(false);
+    leases_lapse(&pool).await;
+    let i = replicas.add().await;
+    eventually(Duration::from_secs(20), "the confirmation", || async {
+        (mails_to(&replicas, "patient@").len() == 1).then_some(())
+    })
+    .await;
+
+    // 4. SMTP's own limit: killed after the relay said 250 and before the send was recorded,
+    //    the job cannot know the message left, and the next attempt sends it again — the same
+    //    message, under the same Message-ID, which the receiving side takes as one.
+    let lock = TableLock::take(&pool, "email_event").await;
+    signup(replicas.bases[i].clone(), "twice@example.com").await;
+    eventually(Duration::from_secs(20), "the first copy", || async {
+        (mails_to(&replicas, "twice@").len() == 1).then_some(())
+    })
+    .await;
+    lock.until_someone_waits(&pool).await;
+    replicas.kill(i).await;
+    lock.release().await;
+    leases_lapse(&pool).await;
+    replicas.add().await;
+    let copies = eventually(Duration::from_secs(20), "the second copy", || async {
+        let copies = mails_to(&replicas, "twice@");
+        (copies.len() == 2).then_some(copies)
+    })
+    .await;
+    assert_eq!(
+        copies[0].header("Message-ID"),
+        copies[1].header("Message-ID")
+    );
+    eventually(Duration::from_secs(20), "every job done", || async {
+        (count("SELECT count(*) FROM job WHERE kind <> 'analytics.rollup'").await == 0)
+            .then_some(())
+    })
+    .await;
+    // Once each, everywhere else.
+    assert_eq!(mails_to(&replicas, "patient@").len(), 1);
+    assert_eq!(mails_to(&replicas, "buyer@").len(), 1);
+    assert_eq!(count("SELECT count(*) FROM license").await, 1);
+}

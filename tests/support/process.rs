@@ -278,6 +278,14 @@ impl Replicas {
         took
     }
 
+    /// Kills replica `i` with SIGKILL, as a crash or an OOM kill would: nothing is finished or
+    /// handed back.
+    pub async fn kill(&mut self, i: usize) {
+        let mut child = self.children[i].take().expect("replica still running");
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+
     /// The variables every replica shares, as `pexper-admin` takes them.
     pub fn cli_vars(&self) -> Vec<(String, String)> {
         self.shared.clone().into_iter().collect()
