@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::http::TrustedProxy;
+use crate::trusted_proxy::TrustedProxy;
 
 /// Where the process runs. Production refuses every insecure default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

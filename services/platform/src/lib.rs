@@ -19,6 +19,7 @@ pub mod replica;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod trusted_proxy;
 mod types;
 
 pub use config::Config;

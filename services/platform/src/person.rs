@@ -162,8 +162,6 @@ pub async fn email(
     ))
 }
 
-/// Deletes the person row and with it their data key (crypto-shredding). Services erase their
-/// own rows first (see `personal_data`); this is the last step.
 /// Detaches a person being erased from their address: their blind index becomes random bytes,
 /// so no lookup finds them, and a signup or a purchase for the address from now on makes a new
 /// person, while this one waits for its goodbye email and `destroy`.
@@ -182,6 +180,36 @@ pub async fn detach(conn: &mut PgConnection, id: PersonId) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Journals the erasure of a person, in the erasure's transaction, so that restoring a backup
+/// taken before it erases them again (`db::backup`): a hash of their id, computed by Postgres
+/// as `journalled` matches it, so the two cannot drift apart.
+pub async fn journal_erasure(conn: &mut PgConnection, id: PersonId) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO erasure_journal (person_hash)
+         VALUES (sha256(convert_to('pexper/erased-person/' || $1::text, 'UTF8')))
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .execute(conn)
+    .await
+    .context("failed to journal an erasure")?;
+    Ok(())
+}
+
+/// The people still here whom the erasure journal names: after a restore, those erased since
+/// the backup was taken.
+pub async fn journalled(conn: &mut PgConnection) -> anyhow::Result<Vec<PersonId>> {
+    sqlx::query_scalar(
+        "SELECT p.id FROM person p JOIN erasure_journal j
+           ON j.person_hash = sha256(convert_to('pexper/erased-person/' || p.id::text, 'UTF8'))",
+    )
+    .fetch_all(conn)
+    .await
+    .context("failed to read the erasure journal")
+}
+
+/// Deletes the person row and with it their data key (crypto-shredding). Services erase their
+/// own rows first (see `personal_data`); this is the last step.
 pub async fn destroy(conn: &mut PgConnection, id: PersonId) -> anyhow::Result<bool> {
     let deleted = sqlx::query("DELETE FROM person WHERE id = $1")
         .bind(id)

@@ -165,8 +165,7 @@ impl Registry {
             );
         }
         person::detach(conn, person).await?;
-        // So that restoring a backup taken before now erases them again (`db::backup`).
-        crate::db::backup::journal(conn, person).await?;
+        person::journal_erasure(conn, person).await?;
         Ok(summaries)
     }
 }

@@ -4,8 +4,8 @@
 //! `restore` is `pg_restore` of one. A backup holds everyone who existed when it was taken —
 //! their wrapped data keys included — so restoring it would bring back people erased since:
 //! crypto-shredding destroys the key in the live database, not in the copies. So every erasure
-//! is journalled (`erasure_journal`: a hash of the person's id and the time, nothing else) in
-//! the erasure's own transaction, and a restore replays the journal: the live database's, read
+//! is journalled (`person::journal_erasure`: a hash of the person's id and the time, nothing
+//! else) in the erasure's own transaction, and a restore replays the journal: the live database's, read
 //! before it is replaced, and any copies the operator exported with `pexper-admin db journal`
 //! (for when the live database is lost with its journal). Everyone in it is erased again.
 
@@ -23,7 +23,6 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::crypto::MasterKeys;
 use crate::db::{self, managed};
-use crate::person::PersonId;
 use crate::personal_data::Registry;
 
 /// One erasure, as the journal keeps it.
@@ -33,21 +32,6 @@ pub struct JournalEntry {
     pub person_hash: String,
     #[serde(with = "time::serde::rfc3339")]
     pub erased_at: OffsetDateTime,
-}
-
-/// Journals the erasure of `person`; call in the erasure's transaction. The hash is computed
-/// by Postgres, as `restore` matches it, so the two cannot drift apart.
-pub async fn journal(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO erasure_journal (person_hash)
-         VALUES (sha256(convert_to('pexper/erased-person/' || $1::text, 'UTF8')))
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(person)
-    .execute(conn)
-    .await
-    .context("failed to journal an erasure")?;
-    Ok(())
 }
 
 pub async fn journal_entries(conn: &mut PgConnection) -> anyhow::Result<Vec<JournalEntry>> {
@@ -209,12 +193,7 @@ pub async fn replay(
         .context("failed to add to the erasure journal")?;
     }
     let journal = journal_entries(&mut conn).await?;
-    let back: Vec<PersonId> = sqlx::query_scalar(
-        "SELECT p.id FROM person p JOIN erasure_journal j
-           ON j.person_hash = sha256(convert_to('pexper/erased-person/' || p.id::text, 'UTF8'))",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let back = crate::person::journalled(&mut conn).await?;
     drop(conn);
     let keyring = crate::keys::keyring(pool, master).await?;
     for person in &back {

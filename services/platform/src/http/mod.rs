@@ -2,7 +2,6 @@
 //! endpoints, and `/openapi.json` generated from the handlers' annotations.
 
 mod client_ip;
-pub use client_ip::TrustedProxy;
 mod error;
 
 use std::sync::Arc;
