@@ -35,6 +35,10 @@ const PRODUCTION: &[(&str, &str)] = &[
     ("PEXPER_TRUSTED_PROXY", "10.0.0.2"),
     ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a"),
     (
+        "PEXPER_POSTAL_ADDRESS",
+        "Pexper Inc., 1 Example Street, Springfield",
+    ),
+    (
         "DATABASE_URL",
         "postgres://u:p@db.invalid/pexper?sslmode=verify-full",
     ),
@@ -71,6 +75,7 @@ async fn production_refuses_to_start_on_each_unsafe_setting_with_one_line_and_ex
             "sslmode=verify-full",
         ),
         ("STRIPE_WEBHOOK_SECRET", "", "STRIPE_WEBHOOK_SECRET"),
+        ("PEXPER_POSTAL_ADDRESS", "", "PEXPER_POSTAL_ADDRESS"),
     ] {
         let out = server_with(PRODUCTION.iter().copied().chain([(name, unsafe_value)]));
         assert_eq!(out.status.code(), Some(2), "{name}={unsafe_value}");

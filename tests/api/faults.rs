@@ -650,7 +650,11 @@ async fn sigkill_in_the_middle_of_work_redoes_it_once_one_licence_one_erasure_on
 
     // 3. A confirmation email killed while the relay holds the connection: after the lease,
     //    the next replica sends it, once.
+    // A fresh replica, so no connection to the relay is pooled from before the stall.
     replicas.smtp.stall(true);
+    let fresh = replicas.add().await;
+    replicas.terminate(i).await;
+    let i = fresh;
     signup(replicas.bases[i].clone(), "patient@example.com").await;
     eventually(Duration::from_secs(20), "the confirmation's job in hand", || async {
         let running = count("SELECT count(*) FROM job WHERE kind = 'waitlist.signup_mail' AND status = 'running'").await;

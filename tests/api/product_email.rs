@@ -371,3 +371,179 @@ async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_head
         "the welcome is product email"
     );
 }
+
+/// A delivery status notification for the message `original` (as our relay received it),
+/// sent back to its envelope sender; `final_recipient` is left out when `None`, as some
+/// reporters do.
+fn dsn(original: &smtp::ReceivedMail, final_recipient: Option<&str>, status: &str) -> String {
+    let message_id = original.header("Message-ID").unwrap();
+    let action = if status.starts_with('5') {
+        "failed"
+    } else {
+        "delayed"
+    };
+    let recipient = final_recipient
+        .map(|r| format!("Final-Recipient: rfc822; {r}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n\
+         To: {to}\r\nMessage-ID: <dsn-{status}-{message_id}>\r\nSubject: Undelivered Mail\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"r\"\r\n\r\n\
+         --r\r\nContent-Type: text/plain\r\n\r\nThe message could not be delivered.\r\n\
+         --r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+         {recipient}Action: {action}\r\nStatus: {status}\r\n\r\n\
+         --r\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {message_id}\r\nSubject: x\r\n\r\n\
+         --r--\r\n",
+        to = original.from.trim_matches(['<', '>']),
+    )
+}
+
+/// An ARF complaint about `original`, with the message attached and no Original-Rcpt-To.
+fn complaint(original: &smtp::ReceivedMail) -> String {
+    let message_id = original.header("Message-ID").unwrap();
+    format!(
+        "From: feedback@isp.example\r\nTo: abuse@pexper.com\r\nMessage-ID: <arf-{message_id}>\r\n\
+         Subject: Complaint\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"r\"\r\n\r\n\
+         --r\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n\
+         --r\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n\r\n\
+         --r\r\nContent-Type: message/rfc822\r\n\r\nFrom: hello@pexper.com\r\n\
+         Message-ID: {message_id}\r\nSubject: x\r\n\r\nx\r\n--r--\r\n"
+    )
+}
+
+#[tokio::test]
+async fn bounces_and_complaints_suppress_what_they_should_and_a_second_read_changes_nothing() {
+    let postal = "Pexper Inc., 1 Example Street, Springfield";
+    let app = spawn_app_with(AppOptions {
+        vars: vec![("PEXPER_POSTAL_ADDRESS", postal.into())],
+        ..AppOptions::default()
+    })
+    .await;
+    for who in ["bounced", "softly", "complains", "stays"] {
+        join(&app, &format!("{who}@example.net"), json!({})).await;
+    }
+    app.smtp.wait_for(8, WAIT).await;
+    app.queue_drained().await;
+    let welcome = |who: &str| {
+        app.smtp
+            .received()
+            .into_iter()
+            .find(|m| {
+                m.to.contains(&format!("<{who}@example.net>"))
+                    && m.header("Subject").unwrap().starts_with("You're")
+            })
+            .unwrap()
+    };
+    // Every message goes out from its own bounce address (VERP), and product email names the
+    // company's postal address.
+    let stays = welcome("stays");
+    assert!(stays.from.starts_with("<bounces+"), "{}", stays.from);
+    assert_ne!(stays.from, welcome("softly").from);
+    assert!(stays.part("text/plain").unwrap().contains(postal));
+    assert!(stays.part("text/html").unwrap().contains(postal));
+
+    let dir = tempdir::TempDir::new();
+    let mbox = dir.path().join("bounces.mbox");
+    let separator = "From MAILER-DAEMON Mon Nov 30 12:00:00 2026\n";
+    let reply =
+        "From: someone@example.net\r\nTo: hello@pexper.com\r\nSubject: Re: hi\r\n\r\nThanks!\r\n";
+    let reports = [
+        dsn(&welcome("bounced"), Some("bounced@example.net"), "5.1.1"),
+        dsn(&welcome("softly"), None, "4.2.2"),
+        complaint(&welcome("complains")),
+        reply.to_owned(),
+    ];
+    let text: String = reports
+        .iter()
+        .map(|r| format!("{separator}{}\n", r.replace("\r\n", "\n")))
+        .collect();
+    std::fs::write(&mbox, text).unwrap();
+    let read = |app: &TestApp| {
+        let out = admin(
+            &app.cli_vars(),
+            &["mail", "bounces", mbox.to_str().unwrap(), "--json"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    assert_eq!(
+        read(&app),
+        json!({"messages": 4, "not_reports": 1, "already_seen": 0, "unmatched": 0,
+               "hard_bounces": 1, "soft_bounces": 1, "complaints": 1})
+    );
+    assert_eq!(
+        read(&app),
+        json!({"messages": 4, "not_reports": 1, "already_seen": 3, "unmatched": 0,
+               "hard_bounces": 0, "soft_bounces": 0, "complaints": 0}),
+        "a second read of the same mailbox changes nothing"
+    );
+    let reasons: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT reason, count(*) FROM email_suppression GROUP BY reason ORDER BY reason",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons,
+        vec![("bounced".into(), 1), ("complained".into(), 1)]
+    );
+    assert_eq!(
+        app.scalar("SELECT sum(soft_bounces) FROM email_event")
+            .await,
+        1,
+        "the soft bounce, found by its bounce address alone, counted on its message"
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM waitlist_entry WHERE NOT subscribed")
+            .await,
+        1,
+        "the complaint unsubscribed its sender"
+    );
+
+    // Product news goes to the two left: not to the bounced address (still subscribed, but
+    // suppressed), not to the one who complained.
+    let before = app.smtp.received().len();
+    let body = dir.path().join("news.txt");
+    std::fs::write(&body, "News.").unwrap();
+    let out = admin(
+        &app.cli_vars(),
+        &[
+            "mail",
+            "broadcast",
+            "--template",
+            "product-update",
+            "--subject",
+            "News",
+            "--body-file",
+            body.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    app.queue_drained().await;
+    let mut news: Vec<String> = app.smtp.received()[before..]
+        .iter()
+        .map(|m| m.to.join(","))
+        .collect();
+    news.sort();
+    assert_eq!(news, vec!["<softly@example.net>", "<stays@example.net>"]);
+
+    // What a person asks for still reaches a complainer, never a bounced address.
+    for who in ["complains", "bounced"] {
+        let res = app
+            .client
+            .post(app.url("/v1/privacy/requests"))
+            .json(&json!({"email": format!("{who}@example.net"), "kind": "access"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    app.queue_drained().await;
+    let asked: Vec<String> = app.smtp.received()[before + 2..]
+        .iter()
+        .map(|m| m.to.join(","))
+        .collect();
+    assert_eq!(asked, vec!["<complains@example.net>"]);
+}

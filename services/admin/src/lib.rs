@@ -114,7 +114,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Waitlist { command } => {
             waitlist::run(json, &config, &connect(&config).await?, command).await
         }
-        Command::Mail { command } => mail::run(json, &connect(&config).await?, command).await,
+        Command::Mail { command } => {
+            mail::run(json, &config, &connect(&config).await?, command).await
+        }
         Command::Purchases { command } => {
             purchases::run(json, &config, &connect(&config).await?, command).await
         }

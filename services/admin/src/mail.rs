@@ -28,6 +28,13 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Read bounces (RFC 3464) and complaints (RFC 5965) from a maildir or an mbox: a hard
+    /// bounce suppresses the address, a soft one is counted on its message, a complaint
+    /// unsubscribes and suppresses. Safe to run again over the same mailbox.
+    Bounces {
+        /// A maildir (a directory with cur/ and new/) or an mbox file.
+        path: std::path::PathBuf,
+    },
 }
 
 /// The templates a broadcast can send.
@@ -39,8 +46,17 @@ pub enum Template {
 /// Job kinds that send email, by prefix.
 const MAIL_JOBS: [&str; 4] = ["mail.", "waitlist.", "payments.", "privacy."];
 
-pub async fn run(json: bool, pool: &PgPool, command: Command) -> anyhow::Result<()> {
+pub async fn run(
+    json: bool,
+    config: &pexper_platform::Config,
+    pool: &PgPool,
+    command: Command,
+) -> anyhow::Result<()> {
     match command {
+        Command::Bounces { path } => {
+            let done = bounces(config, pool, &path).await?;
+            output::object(json, &serde_json::to_value(done)?);
+        }
         Command::Outbox => {
             let list: Vec<_> = jobs::list(pool, None, 1000)
                 .await?
@@ -83,4 +99,50 @@ pub async fn run(json: bool, pool: &PgPool, command: Command) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// What `mail bounces` did, by report.
+#[derive(Debug, Default, serde::Serialize)]
+struct BounceRun {
+    messages: u64,
+    not_reports: u64,
+    already_seen: u64,
+    unmatched: u64,
+    hard_bounces: u64,
+    soft_bounces: u64,
+    complaints: u64,
+}
+
+async fn bounces(
+    config: &pexper_platform::Config,
+    pool: &PgPool,
+    path: &std::path::Path,
+) -> anyhow::Result<BounceRun> {
+    use pexper_platform::mail::bounces::{self, Applied, ReportKind};
+    let keyring = crate::keyring(config, pool).await?;
+    let sender = pexper_platform::mail::sender(config)?;
+    let mut run = BounceRun::default();
+    for raw in bounces::read_mailbox(path)? {
+        run.messages += 1;
+        let Some(report) = bounces::parse(&raw) else {
+            run.not_reports += 1;
+            continue;
+        };
+        let mut tx = pool.begin().await?;
+        let applied = bounces::apply(&mut tx, &keyring, sender.email.domain(), &report).await?;
+        tx.commit().await?;
+        match applied {
+            Applied::AlreadySeen => run.already_seen += 1,
+            Applied::Unmatched => run.unmatched += 1,
+            Applied::Done(ReportKind::HardBounce, _) => run.hard_bounces += 1,
+            Applied::Done(ReportKind::SoftBounce, _) => run.soft_bounces += 1,
+            Applied::Done(ReportKind::Complaint, person) => {
+                run.complaints += 1;
+                if let Some(person) = person {
+                    pexper_waitlist::admin::unsubscribe(pool, person).await?;
+                }
+            }
+        }
+    }
+    Ok(run)
 }

@@ -37,6 +37,7 @@ pub struct Receipt {
 pexper_platform::email_template!(
     Receipt,
     "purchase-receipt",
+    Requested,
     "emails/purchase-receipt/subject.txt",
     "emails/purchase-receipt/body.txt",
     "emails/purchase-receipt/body.html"

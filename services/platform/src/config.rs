@@ -73,6 +73,9 @@ pub struct Config {
     /// DKIM signing of outgoing mail: the DNS selector and the private key (RSA PKCS#1 PEM, or
     /// `ed25519:<base64 seed>`). Both or neither.
     pub dkim: Option<(String, SecretString)>,
+    /// The company's postal address, in the footer of every product email (CAN-SPAM and its
+    /// kin require one in commercial email). Production refuses to start without it.
+    pub postal_address: Option<String>,
 }
 
 /// The fixed Stripe secret used in development, so that `stripe listen` or a test can sign.
@@ -192,6 +195,7 @@ impl Config {
                 .filter(|n| (0..=10_000).contains(n))
                 .context("PEXPER_REFERRAL_BUMP must be a whole number of places from 0 to 10000")?,
             waitlist_thank_you_url: get("PEXPER_WAITLIST_THANK_YOU_URL").map(str::to_owned),
+            postal_address: get("PEXPER_POSTAL_ADDRESS").map(str::to_owned),
             dkim: match (get("PEXPER_DKIM_SELECTOR"), secret("PEXPER_DKIM_KEY")) {
                 (Some(selector), Some(key)) => Some((selector.to_owned(), key)),
                 (None, None) => None,
@@ -243,6 +247,11 @@ impl Config {
         {
             bail!(
                 "PEXPER_ENV=production refuses the development crash key `pexper-dev`: set PEXPER_CRASH_KEYS to project_id:public_key pairs of your own (e.g. 1:$(openssl rand -hex 16))"
+            );
+        }
+        if self.postal_address.is_none() {
+            bail!(
+                "PEXPER_ENV=production needs PEXPER_POSTAL_ADDRESS: the company's postal address, which the law asks for in the footer of product email"
             );
         }
         if self.license_key.is_none() {
@@ -363,6 +372,7 @@ mod tests {
         ("PEXPER_PUBLIC_URL", "https://api.pexper.com"),
         ("PEXPER_TRUSTED_PROXY", "10.0.0.2"),
         ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a8e1f3b5d7c9a2e4f"),
+        ("PEXPER_POSTAL_ADDRESS", "Pexper Inc., 1 Example Street"),
     ];
 
     fn production_with(name: &str, value: &str) -> anyhow::Result<Config> {
@@ -416,6 +426,7 @@ mod tests {
             ("PEXPER_LICENSE_KEY", "PEXPER_LICENSE_KEY"),
             ("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET"),
             ("PEXPER_TRUSTED_PROXY", "PEXPER_TLS_CERT and PEXPER_TLS_KEY"),
+            ("PEXPER_POSTAL_ADDRESS", "PEXPER_POSTAL_ADDRESS"),
         ] {
             let err = production_without(missing).expect_err(missing).to_string();
             assert!(err.contains(hint), "{missing}: {err}");

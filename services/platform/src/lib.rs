@@ -18,6 +18,7 @@ pub mod personal_data;
 pub mod replica;
 pub mod shutdown;
 pub mod state;
+pub mod suppression;
 pub mod telemetry;
 pub mod trusted_proxy;
 mod types;

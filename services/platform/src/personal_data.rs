@@ -186,8 +186,9 @@ impl PersonalData for EmailRecords {
         person: PersonId,
     ) -> anyhow::Result<serde_json::Value> {
         let address = person::email(conn, keyring, person).await?;
-        let history: Vec<(String, time::OffsetDateTime)> = sqlx::query_as(
-            "SELECT template, sent_at FROM email_event WHERE person_id = $1 ORDER BY sent_at",
+        let history: Vec<(String, time::OffsetDateTime, i32)> = sqlx::query_as(
+            "SELECT template, sent_at, soft_bounces FROM email_event WHERE person_id = $1
+             ORDER BY sent_at",
         )
         .bind(person)
         .fetch_all(&mut *conn)
@@ -195,10 +196,11 @@ impl PersonalData for EmailRecords {
         .context("failed to read email history")?;
         let history: Vec<_> = history
             .into_iter()
-            .map(|(template, sent_at)| {
+            .map(|(template, sent_at, soft_bounces)| {
                 serde_json::json!({
                     "email": template,
                     "sent_at": sent_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    "soft_bounces": soft_bounces,
                 })
             })
             .collect();

@@ -15,6 +15,7 @@ pub struct Received {
 email_template!(
     Received,
     "privacy-received",
+    Requested,
     "emails/privacy-received/subject.txt",
     "emails/privacy-received/body.txt",
     "emails/privacy-received/body.html"
@@ -29,6 +30,7 @@ pub struct ExportReady {
 email_template!(
     ExportReady,
     "privacy-export-ready",
+    Requested,
     "emails/privacy-export-ready/subject.txt",
     "emails/privacy-export-ready/body.txt",
     "emails/privacy-export-ready/body.html"
@@ -42,6 +44,7 @@ pub struct DeletionDone {
 email_template!(
     DeletionDone,
     "privacy-deleted",
+    Requested,
     "emails/privacy-deleted/subject.txt",
     "emails/privacy-deleted/body.txt",
     "emails/privacy-deleted/body.html"
@@ -59,6 +62,7 @@ pub struct Outcome {
 email_template!(
     Outcome,
     "privacy-outcome",
+    Requested,
     "emails/privacy-outcome/subject.txt",
     "emails/privacy-outcome/body.txt",
     "emails/privacy-outcome/body.html"

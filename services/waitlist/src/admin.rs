@@ -10,6 +10,9 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+/// Unsubscribes a person from product email, as their link does (a complaint report does).
+pub use crate::store::unsubscribe;
+
 use crate::emails::{Broadcast, Invitation};
 use crate::store::EntryStatus;
 

@@ -22,6 +22,7 @@ pub struct ConfirmEmail {
 pexper_platform::email_template!(
     ConfirmEmail,
     "waitlist-confirm",
+    Requested,
     "emails/waitlist-confirm/subject.txt",
     "emails/waitlist-confirm/body.txt",
     "emails/waitlist-confirm/body.html"
@@ -32,12 +33,13 @@ pub struct WelcomeEmail {
     pub position: i64,
     pub bump: i64,
     pub referral_link: String,
-    pub unsubscribe_url: String,
+    pub footer: ProductFooter,
 }
 
 pexper_platform::email_template!(
     WelcomeEmail,
     "waitlist-welcome",
+    Product,
     "emails/waitlist-welcome/subject.txt",
     "emails/waitlist-welcome/body.txt",
     "emails/waitlist-welcome/body.html"
@@ -174,30 +176,39 @@ async fn welcome_email(
     };
     let bump = platform.config.referral_bump;
     let referral_link = referral_link(platform, entry.referral_code.as_deref().unwrap_or(""));
-    send_product_email(platform, conn, job, person, to, |unsubscribe_url| {
-        WelcomeEmail {
-            position,
-            bump,
-            referral_link,
-            unsubscribe_url,
-        }
+    send_product_email(platform, conn, job, person, to, |footer| WelcomeEmail {
+        position,
+        bump,
+        referral_link,
+        footer,
     })
     .await
 }
 
-/// Sends product email: its footer links to the unsubscribe page and it carries both RFC 8058
-/// headers. `build` gets the person's unsubscribe URL.
+/// What the footer of every product email carries: the person's unsubscribe link and the
+/// company's postal address (`PEXPER_POSTAL_ADDRESS`; anti-spam law asks for both).
+#[derive(Debug, Clone)]
+pub struct ProductFooter {
+    pub unsubscribe_url: String,
+    pub postal_address: String,
+}
+
+/// Sends product email: its footer links to the unsubscribe page and names the company's
+/// postal address, and it carries both RFC 8058 headers. `build` gets the footer.
 async fn send_product_email<T: EmailTemplate>(
     platform: &Platform,
     conn: &mut sqlx::PgConnection,
     job: &Job,
     person: PersonId,
     to: EmailAddress,
-    build: impl FnOnce(String) -> T,
+    build: impl FnOnce(ProductFooter) -> T,
 ) -> Result<(), JobError> {
     let unsubscribe_url = unsubscribe::url(platform, person);
     let headers = list_unsubscribe(&unsubscribe_url);
-    let email = build(unsubscribe_url);
+    let email = build(ProductFooter {
+        unsubscribe_url,
+        postal_address: platform.config.postal_address.clone().unwrap_or_default(),
+    });
     mail::send_template(platform, conn, job, Some(person), to, &email, headers).await
 }
 
@@ -206,7 +217,7 @@ async fn send_product_email<T: EmailTemplate>(
 pub struct ProductUpdate {
     pub subject: String,
     pub body: String,
-    pub unsubscribe_url: String,
+    pub footer: ProductFooter,
 }
 
 impl ProductUpdate {
@@ -223,6 +234,7 @@ impl ProductUpdate {
 pexper_platform::email_template!(
     ProductUpdate,
     "product-update",
+    Product,
     "emails/product-update/subject.txt",
     "emails/product-update/body.txt",
     "emails/product-update/body.html"
@@ -231,12 +243,13 @@ pexper_platform::email_template!(
 #[derive(Debug, Clone)]
 pub struct InvitationEmail {
     pub download_url: String,
-    pub unsubscribe_url: String,
+    pub footer: ProductFooter,
 }
 
 pexper_platform::email_template!(
     InvitationEmail,
     "waitlist-invitation",
+    Product,
     "emails/waitlist-invitation/subject.txt",
     "emails/waitlist-invitation/body.txt",
     "emails/waitlist-invitation/body.html"
@@ -304,11 +317,11 @@ async fn broadcast(platform: Platform, job: &Job, broadcast_id: Uuid) -> Result<
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
         return Ok(());
     };
-    send_product_email(&platform, &mut conn, job, person, to, |unsubscribe_url| {
+    send_product_email(&platform, &mut conn, job, person, to, |footer| {
         ProductUpdate {
             subject,
             body,
-            unsubscribe_url,
+            footer,
         }
     })
     .await
@@ -324,10 +337,10 @@ async fn invitation(platform: Platform, job: &Job) -> Result<(), JobError> {
         return Ok(());
     };
     let download_url = format!("{}/download", platform.config.site_url());
-    send_product_email(&platform, &mut conn, job, person, to, |unsubscribe_url| {
+    send_product_email(&platform, &mut conn, job, person, to, |footer| {
         InvitationEmail {
             download_url,
-            unsubscribe_url,
+            footer,
         }
     })
     .await

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use pexper_platform::address::EmailAddress;
-use pexper_platform::crypto::{BlindIndex, Keyring, random_token, sha256};
+use pexper_platform::crypto::{Keyring, random_token, sha256};
 use pexper_platform::person::{self, PersonId};
 use pexper_platform::personal_data::{ErasureSummary, PersonalData};
+use pexper_platform::suppression;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
@@ -22,8 +23,6 @@ pexper_platform::text_enum!(
 
 /// Confirmation links work for seven days.
 pub const TOKEN_LIFETIME: time::Duration = time::Duration::days(7);
-/// Domain of the suppression hash (see `Keyring::blind_index`).
-pub const SUPPRESSION_INDEX: &str = "suppression";
 
 /// Records a signup (a person and a pending entry, unless they exist). The same statements run
 /// for every address, known or not.
@@ -135,16 +134,9 @@ pub async fn confirm(
     .execute(&mut *tx)
     .await?;
     if let Some(email) = person::email(&mut *tx, keyring, person).await? {
-        sqlx::query("DELETE FROM email_suppression WHERE address_hash = $1")
-            .bind(suppression_hash(keyring, &email).as_slice())
-            .execute(&mut *tx)
-            .await?;
+        suppression::lift_unsubscribed(&mut *tx, keyring, &email).await?;
     }
     Ok(Confirmation::Confirmed { person })
-}
-
-fn suppression_hash(keyring: &Keyring, email: &EmailAddress) -> BlindIndex {
-    keyring.blind_index(SUPPRESSION_INDEX, email.as_str())
 }
 
 /// A person's place among those still waiting (1 = next), or `None` if they are not waiting.
@@ -267,12 +259,7 @@ impl PersonalData for WaitlistData {
         if unsubscribed == Some(true)
             && let Some(email) = person::email(conn, keyring, person).await?
         {
-            sqlx::query(
-                "INSERT INTO email_suppression (address_hash) VALUES ($1) ON CONFLICT DO NOTHING",
-            )
-            .bind(suppression_hash(keyring, &email).as_slice())
-            .execute(&mut *conn)
-            .await?;
+            suppression::suppress(conn, keyring, &email, suppression::Reason::Unsubscribed).await?;
             kept.push(
                 "a keyed hash of the address, so the unsubscription outlives the erasure"
                     .to_owned(),

@@ -5,6 +5,7 @@
 //! receiving side recognises as the same one, and a message already recorded as sent is not
 //! sent again.
 
+pub mod bounces;
 mod templates;
 
 use std::sync::{Arc, Mutex};
@@ -25,13 +26,14 @@ use crate::config::Config;
 use crate::jobs::{Job, JobError};
 use crate::person::PersonId;
 
-pub use templates::{EmailTemplate, OperatorNotice, Rendered};
+pub use templates::{EmailTemplate, MailClass, OperatorNotice, Rendered};
 
 /// An email ready to go.
 #[derive(Debug, Clone)]
 pub struct OutgoingEmail {
     pub to: EmailAddress,
     pub rendered: Rendered,
+    /// `<job id@sender's domain>`: the same on every attempt of the job that sends it.
     pub message_id: String,
     /// Extra headers, e.g. `List-Unsubscribe` (RFC 8058) on product email.
     pub headers: Vec<(&'static str, String)>,
@@ -232,11 +234,16 @@ fn build(from: &Mailbox, email: &OutgoingEmail) -> anyhow::Result<Message> {
         .as_str()
         .parse()
         .context("recipient is not a mailbox")?;
+    let envelope = lettre::address::Envelope::new(
+        Some(bounce_address(from, &email.message_id)?),
+        vec![to.email.clone()],
+    )?;
     let mut builder = Message::builder()
         .from(from.clone())
         .to(to)
         .subject(email.rendered.subject.clone())
-        .message_id(Some(email.message_id.clone()));
+        .message_id(Some(email.message_id.clone()))
+        .envelope(envelope);
     for (name, value) in &email.headers {
         builder = builder.raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str(name),
@@ -247,6 +254,28 @@ fn build(from: &Mailbox, email: &OutgoingEmail) -> anyhow::Result<Message> {
         email.rendered.text.clone(),
         email.rendered.html.clone(),
     ))?)
+}
+
+/// The envelope sender (Return-Path) of a message: `bounces+<tag>@<sender's domain>`, where
+/// the tag is its Message-ID's local part (the sending job's id), so a bounce or a complaint
+/// delivered there names the very message it is about (VERP), even when the report itself
+/// does not (`bounces::read`).
+fn bounce_address(from: &Mailbox, message_id: &str) -> anyhow::Result<lettre::Address> {
+    let tag = message_id
+        .trim_start_matches('<')
+        .split('@')
+        .next()
+        .unwrap_or_default();
+    let domain = from.email.domain();
+    format!("bounces+{tag}@{domain}")
+        .parse()
+        .context("the bounce address is not an address")
+}
+
+/// The job id a bounce address (`bounces+<job id>@…`) names, if it is one of ours.
+pub fn job_of_bounce_address(address: &str) -> Option<Uuid> {
+    let local = address.trim().trim_matches(['<', '>']).split('@').next()?;
+    Uuid::try_parse(local.strip_prefix("bounces+")?).ok()
 }
 
 /// The Message-ID of the email a job sends: the same on every attempt of that job.
@@ -272,16 +301,18 @@ pub async fn send_template<T: EmailTemplate>(
         message_id: message_id(job, &platform.mail_from),
         headers,
     };
-    deliver(platform, conn, person, T::NAME, outgoing).await
+    deliver(platform, conn, person, T::NAME, T::CLASS, outgoing).await
 }
 
 /// Sends one email from a job: skips it if this job already sent it (its Message-ID is
-/// recorded), sends, and records it in the person's email history under `template`.
+/// recorded) or if the address is suppressed for mail of its `class`, sends, and records it
+/// in the person's email history under `template`.
 async fn deliver(
     platform: &crate::Platform,
     conn: &mut PgConnection,
     person: Option<PersonId>,
     template: &'static str,
+    class: MailClass,
     email: OutgoingEmail,
 ) -> Result<(), JobError> {
     let already: bool =
@@ -291,6 +322,13 @@ async fn deliver(
             .await?;
     if already {
         return Ok(());
+    }
+    if class != MailClass::Operator {
+        let reason = crate::suppression::reason(conn, &platform.keyring, &email.to).await?;
+        if !class.allows(reason) {
+            tracing::info!(template, reason = ?reason, "not sent: the address is suppressed");
+            return Ok(());
+        }
     }
     platform.mailer.send(&platform.mail_from, &email).await?;
     if let Some(person) = person {

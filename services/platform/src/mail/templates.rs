@@ -10,10 +10,41 @@ pub struct Rendered {
     pub html: String,
 }
 
+/// What kind of mail an email is, which decides who may still get it (`allows`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailClass {
+    /// What a person's own action asked for just now: a confirmation link, a receipt, an
+    /// answer to their privacy request. Stopped only by a hard bounce (that address takes no
+    /// mail); a complaint about our product email, or an unsubscribe before an erasure, does
+    /// not stop us answering what they ask of us.
+    Requested,
+    /// Product news and invitations: only to the subscribed, with one-click unsubscribe and
+    /// the postal address; stopped by any suppression.
+    Product,
+    /// Legal notices (a change of the privacy policy): to everyone we have a relationship
+    /// with, unsubscribed or not, but stopped by any suppression (bounced, complained, erased).
+    Notice,
+    /// To the operator's own address: never stopped.
+    Operator,
+}
+
+impl MailClass {
+    /// Whether mail of this class goes to an address suppressed for `reason` (if any).
+    pub fn allows(self, reason: Option<crate::suppression::Reason>) -> bool {
+        use crate::suppression::Reason::*;
+        match (self, reason) {
+            (_, None) | (Self::Operator, _) => true,
+            (Self::Requested, Some(reason)) => reason != Bounced,
+            (Self::Product | Self::Notice, Some(_)) => false,
+        }
+    }
+}
+
 /// An email's data, and how it renders.
 pub trait EmailTemplate {
     /// The folder name under `templates/emails/`, recorded in the person's email history.
     const NAME: &'static str;
+    const CLASS: MailClass;
     fn render(&self) -> Result<Rendered, askama::Error>;
 }
 
@@ -21,11 +52,11 @@ pub trait EmailTemplate {
 /// struct as `m`.
 ///
 /// ```ignore
-/// email_template!(Welcome, "welcome");
+/// email_template!(Welcome, "welcome", Product, "emails/welcome/subject.txt", …);
 /// ```
 #[macro_export]
 macro_rules! email_template {
-    ($ty:ident, $name:tt, $subject:tt, $text:tt, $html:tt) => {
+    ($ty:ident, $name:tt, $class:ident, $subject:tt, $text:tt, $html:tt) => {
         const _: () = {
             #[derive(::askama::Template)]
             #[template(path = $subject)]
@@ -44,6 +75,7 @@ macro_rules! email_template {
             }
             impl $crate::mail::EmailTemplate for $ty {
                 const NAME: &'static str = $name;
+                const CLASS: $crate::mail::MailClass = $crate::mail::MailClass::$class;
                 fn render(&self) -> ::std::result::Result<$crate::mail::Rendered, ::askama::Error> {
                     use ::askama::Template as _;
                     // A subject is one line: a template's trailing newline must not fold a header.
@@ -69,6 +101,7 @@ pub struct OperatorNotice {
 crate::email_template!(
     OperatorNotice,
     "operator-notice",
+    Operator,
     "emails/operator-notice/subject.txt",
     "emails/operator-notice/body.txt",
     "emails/operator-notice/body.html"
@@ -77,6 +110,18 @@ crate::email_template!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_class_is_stopped_by_exactly_the_suppressions_it_should_be() {
+        use crate::suppression::Reason::{self, *};
+        let reasons: [Option<Reason>; 4] =
+            [None, Some(Unsubscribed), Some(Bounced), Some(Complained)];
+        let allowed = |class: MailClass| reasons.map(|r| class.allows(r));
+        assert_eq!(allowed(MailClass::Requested), [true, true, false, true]);
+        assert_eq!(allowed(MailClass::Product), [true, false, false, false]);
+        assert_eq!(allowed(MailClass::Notice), [true, false, false, false]);
+        assert_eq!(allowed(MailClass::Operator), [true, true, true, true]);
+    }
 
     #[test]
     fn operator_notice_renders_escaped_html_and_plain_text() {

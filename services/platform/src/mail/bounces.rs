@@ -1,0 +1,325 @@
+//! Bounces and complaints, as they come back to the envelope sender: delivery status
+//! notifications (RFC 3464, `multipart/report; report-type=delivery-status`) and complaint
+//! feedback reports (RFC 5965 ARF, `report-type=feedback-report`), read from a maildir or an
+//! mbox (`pexper-admin mail bounces PATH`).
+//!
+//! A hard bounce (status 5.x.x) suppresses the address; a soft one (4.x.x, or `delayed`) is
+//! counted on the message it is about; a complaint suppresses the address (the caller also
+//! unsubscribes the person). Each report is applied once, however often the mailbox is read.
+//!
+//! The message a report is about is found by the envelope sender it came back to
+//! (`bounces+<job id>@…`, see `mail::bounce_address`), or by the Message-ID in the headers it
+//! returns; the address, by the report's recipient field, or else through that message.
+
+use std::path::Path;
+
+use anyhow::Context;
+use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::address::EmailAddress;
+use crate::crypto::{Keyring, sha256};
+use crate::person::{self, PersonId};
+use crate::suppression::{self, Reason};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    HardBounce,
+    SoftBounce,
+    Complaint,
+}
+
+impl ReportKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::HardBounce => "hard_bounce",
+            Self::SoftBounce => "soft_bounce",
+            Self::Complaint => "complaint",
+        }
+    }
+}
+
+/// What one report says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// SHA-256 of the report's own Message-ID (or of the whole report without one).
+    pub key: [u8; 32],
+    pub kind: ReportKind,
+    /// The address it is about, as the report names it.
+    pub recipient: Option<String>,
+    /// The job whose message it is about.
+    pub message: Option<Uuid>,
+}
+
+/// Every message in a maildir (a directory with `cur/` and `new/`) or an mbox file.
+pub fn read_mailbox(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let open = || format!("failed to read {}", path.display());
+    if path.is_dir() {
+        mail_parser::mailbox::maildir::MessageIterator::new(path.to_path_buf())
+            .with_context(open)?
+            .map(|m| m.map(|m| m.contents().to_vec()))
+            .collect::<Result<_, _>>()
+            .with_context(open)
+    } else {
+        let file = std::io::BufReader::new(std::fs::File::open(path).with_context(open)?);
+        mail_parser::mailbox::mbox::MessageIterator::new(file)
+            .map(|m| m.map(|m| m.contents().to_vec()))
+            .collect::<Result<_, _>>()
+            .with_context(open)
+    }
+}
+
+/// Reads one message as a report; `None` if it is neither a delivery status notification nor
+/// a complaint report (replies, auto-responders and the like land in the same mailbox).
+pub fn parse(raw: &[u8]) -> Option<Report> {
+    let message = MessageParser::default().parse(raw)?;
+    let key = match message.message_id() {
+        Some(id) => sha256(id.as_bytes()),
+        None => sha256(raw),
+    };
+    // The envelope sender the report came back to, as the receiving side recorded it.
+    let message_job = ["Delivered-To", "X-Original-To", "To"]
+        .iter()
+        .flat_map(|name| raw_headers(&message, name))
+        .find_map(|value| {
+            value
+                .split(',')
+                .find_map(crate::mail::job_of_bounce_address)
+        });
+    let mut kind = None;
+    let mut recipient = None;
+    let mut returned_job = None;
+    for part in &message.parts {
+        if is(part, "message", "delivery-status") {
+            let fields = fields(&String::from_utf8_lossy(part.contents()));
+            let status = field(&fields, "Status").unwrap_or_default();
+            let action = field(&fields, "Action")
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let hard = status.starts_with('5') || (action == "failed" && !status.starts_with('4'));
+            kind = Some(if hard {
+                ReportKind::HardBounce
+            } else {
+                ReportKind::SoftBounce
+            });
+            recipient = recipient.or(field(&fields, "Final-Recipient").map(address_of));
+        } else if is(part, "message", "feedback-report") {
+            let fields = fields(&String::from_utf8_lossy(part.contents()));
+            kind = Some(ReportKind::Complaint);
+            recipient = recipient.or(field(&fields, "Original-Rcpt-To").map(address_of));
+        } else if is(part, "text", "rfc822-headers") {
+            let headers = fields(&String::from_utf8_lossy(part.contents()));
+            returned_job =
+                returned_job.or(field(&headers, "Message-ID").and_then(job_of_message_id));
+        } else if let PartType::Message(nested) = &part.body {
+            returned_job = returned_job.or(nested.message_id().and_then(job_of_message_id));
+        }
+    }
+    Some(Report {
+        key,
+        kind: kind?,
+        recipient,
+        message: message_job.or(returned_job),
+    })
+}
+
+fn is(part: &MessagePart<'_>, ctype: &str, subtype: &str) -> bool {
+    part.content_type().is_some_and(|t| {
+        t.ctype().eq_ignore_ascii_case(ctype)
+            && t.subtype().is_some_and(|s| s.eq_ignore_ascii_case(subtype))
+    })
+}
+
+/// Every value of a top-level header, as written.
+fn raw_headers<'m>(message: &'m Message<'_>, name: &str) -> Vec<&'m str> {
+    message.parts[0]
+        .headers
+        .iter()
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        .filter_map(|h| {
+            let raw = message
+                .raw_message
+                .get(h.offset_start as usize..h.offset_end as usize)?;
+            std::str::from_utf8(raw).ok().map(str::trim)
+        })
+        .collect()
+}
+
+/// `Name: value` fields (RFC 5322 style, folded lines joined), in order; repeated blocks
+/// (one per recipient) simply follow each other.
+fn fields(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = out.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            out.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    out
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// `rfc822; someone@example.com` (or a bare address) → the address.
+fn address_of(value: &str) -> String {
+    let value = value.rsplit(';').next().unwrap_or(value);
+    value.trim().trim_matches(['<', '>']).to_owned()
+}
+
+/// `<job id@domain>` → the job id.
+fn job_of_message_id(id: &str) -> Option<Uuid> {
+    Uuid::try_parse(id.trim().trim_matches(['<', '>']).split('@').next()?).ok()
+}
+
+/// What applying a report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Read before: nothing done again.
+    AlreadySeen,
+    /// Neither its address nor its message could be found: recorded, nothing else.
+    Unmatched,
+    /// Applied; a complaint names the person to unsubscribe, when we know them.
+    Done(ReportKind, Option<PersonId>),
+}
+
+/// Applies a report once: records it, then suppresses the address (hard bounce, complaint) or
+/// counts a soft bounce on its message. `domain` is the sender's, which Message-IDs carry.
+pub async fn apply(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    domain: &str,
+    report: &Report,
+) -> anyhow::Result<Applied> {
+    let message_id = report.message.map(|job| format!("<{job}@{domain}>"));
+    let sent_to: Option<PersonId> = match &message_id {
+        Some(id) => {
+            sqlx::query_scalar("SELECT person_id FROM email_event WHERE message_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        None => None,
+    };
+    let address = match report
+        .recipient
+        .as_deref()
+        .and_then(|r| EmailAddress::parse(r).ok())
+    {
+        Some(address) => Some(address),
+        None => match sent_to {
+            Some(person) => person::email(conn, keyring, person).await?,
+            None => None,
+        },
+    };
+    let kind = if address.is_some() {
+        report.kind.as_str()
+    } else {
+        "unmatched"
+    };
+    let new: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO mail_report (report_hash, kind) VALUES ($1, $2)
+         ON CONFLICT DO NOTHING RETURNING true",
+    )
+    .bind(report.key.as_slice())
+    .bind(kind)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if new.is_none() {
+        return Ok(Applied::AlreadySeen);
+    }
+    let Some(address) = address else {
+        return Ok(Applied::Unmatched);
+    };
+    match report.kind {
+        ReportKind::HardBounce => {
+            suppression::suppress(conn, keyring, &address, Reason::Bounced).await?
+        }
+        ReportKind::Complaint => {
+            suppression::suppress(conn, keyring, &address, Reason::Complained).await?
+        }
+        ReportKind::SoftBounce => {
+            sqlx::query(
+                "UPDATE email_event SET soft_bounces = soft_bounces + 1 WHERE message_id = $1",
+            )
+            .bind(&message_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    let person = match sent_to {
+        Some(person) => Some(person),
+        None => person::find(conn, keyring, &address).await?,
+    };
+    Ok(Applied::Done(report.kind, person))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB: &str = "0192f3a4-5b6c-7d8e-9f01-23456789abcd";
+
+    fn dsn(status: &str, action: &str) -> String {
+        format!(
+            "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces+{JOB}@pexper.com\r\n\
+             Message-ID: <dsn-{status}@mx.example.net>\r\nSubject: Undelivered Mail\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\n\
+             Reporting-MTA: dns; mx.example.net\r\n\r\n\
+             Final-Recipient: rfc822; gone@example.net\r\nAction: {action}\r\nStatus: {status}\r\n\r\n\
+             --b\r\nContent-Type: text/rfc822-headers\r\n\r\n\
+             Message-ID: <{JOB}@pexper.com>\r\nSubject: Welcome\r\n\r\n--b--\r\n"
+        )
+    }
+
+    #[test]
+    fn delivery_status_notifications_are_hard_or_soft_by_their_status() {
+        let hard = parse(dsn("5.1.1", "failed").as_bytes()).expect("a report");
+        assert_eq!(hard.kind, ReportKind::HardBounce);
+        assert_eq!(hard.recipient.as_deref(), Some("gone@example.net"));
+        assert_eq!(hard.message, Some(Uuid::parse_str(JOB).expect("uuid")));
+        let soft = parse(dsn("4.2.2", "delayed").as_bytes()).expect("a report");
+        assert_eq!(soft.kind, ReportKind::SoftBounce);
+        assert_ne!(hard.key, soft.key);
+    }
+
+    #[test]
+    fn a_complaint_names_its_message_through_the_attached_original() {
+        let arf = format!(
+            "From: feedback@isp.example\r\nTo: abuse@pexper.com\r\nMessage-ID: <arf-1@isp.example>\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nA complaint.\r\n\
+             --b\r\nContent-Type: message/feedback-report\r\n\r\n\
+             Feedback-Type: abuse\r\nUser-Agent: isp/1.0\r\nVersion: 1\r\n\r\n\
+             --b\r\nContent-Type: message/rfc822\r\n\r\n\
+             From: hello@pexper.com\r\nTo: reader@example.net\r\nMessage-ID: <{JOB}@pexper.com>\r\n\
+             Subject: News\r\n\r\nNews.\r\n--b--\r\n"
+        );
+        let report = parse(arf.as_bytes()).expect("a report");
+        assert_eq!(report.kind, ReportKind::Complaint);
+        assert_eq!(
+            report.recipient, None,
+            "no Original-Rcpt-To: found through the message"
+        );
+        assert_eq!(report.message, Some(Uuid::parse_str(JOB).expect("uuid")));
+    }
+
+    #[test]
+    fn other_mail_is_not_a_report() {
+        let reply = b"From: someone@example.net\r\nTo: bounces+x@pexper.com\r\nSubject: Re: hi\r\n\r\nThanks!\r\n";
+        assert_eq!(parse(reply), None);
+    }
+}
