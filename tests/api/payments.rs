@@ -588,7 +588,15 @@ async fn the_admin_lists_purchases_with_the_contracted_fields_and_shows_the_emai
 
     let out = admin(
         &app.cli_vars(),
-        &["purchases", "show", &a.session, "--email", "--json"],
+        &[
+            "purchases",
+            "show",
+            &a.session,
+            "--email",
+            "--reason",
+            "refund by hand",
+            "--json",
+        ],
     );
     let shown: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(shown["email"], "list.a@example.net");

@@ -226,7 +226,17 @@ async fn a_deletion_request_completes_by_itself_and_leaves_only_unlinked_records
     })
     .await;
 
-    let export = admin(&app.cli_vars(), &["waitlist", "export", "--format", "json"]);
+    let export = admin(
+        &app.cli_vars(),
+        &[
+            "waitlist",
+            "export",
+            "--format",
+            "json",
+            "--reason",
+            "checking the export",
+        ],
+    );
     assert!(out_ok(&export));
     assert!(
         !stdout(&export).contains(email),
@@ -354,7 +364,18 @@ async fn an_intake_received_on_january_2_is_due_february_1_listed_overdue_and_in
         1,
         "one reminder, not one per sweep or stage"
     );
-    let shown = cli(&app, &["privacy", "show", &id, "--email", "--json"]);
+    let shown = cli(
+        &app,
+        &[
+            "privacy",
+            "show",
+            &id,
+            "--email",
+            "--reason",
+            "replying by hand",
+            "--json",
+        ],
+    );
     assert_eq!(shown["details"], "My name is misspelt");
     assert_eq!(shown["email"], "late.letter@example.net");
 }
@@ -1102,4 +1123,105 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     assert!(out.status.success(), "{}", stderr(&out));
     let replayed: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(replayed, json!({"journal_entries": 1, "erased_again": 0}));
+}
+
+#[tokio::test]
+async fn an_operator_erases_without_a_link_and_the_audit_trail_names_who_and_why() {
+    let app = app().await;
+    let email = "too.young@example.net";
+    customer(&app, email).await;
+    let mut vars = app.cli_vars();
+    vars.push(("PEXPER_OPERATOR".into(), "alice".into()));
+    let run = |args: &[&str]| admin(&vars, args);
+
+    // Addresses in clear only with a reason, which is recorded (redacted) with her name.
+    let out = run(&["waitlist", "export", "--format", "json"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--reason"), "{}", stderr(&out));
+    let out = run(&["purchases", "list", "--json"]);
+    let purchase = serde_json::from_str::<Value>(&stdout(&out)).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = run(&["purchases", "show", &purchase, "--email", "--json"]);
+    assert!(!out.status.success(), "--email without --reason");
+    let out = run(&[
+        "waitlist",
+        "export",
+        "--format",
+        "json",
+        "--reason",
+        &format!("checking {email}'s entry"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(email));
+
+    // Nobody by that address: one clear line, nothing done.
+    let out = run(&[
+        "privacy",
+        "erase",
+        "--email",
+        "nobody@example.net",
+        "--reason",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nobody is known"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim().lines().count(), 1);
+
+    // The erasure: the same deletion as a verified request, confirmed to the address.
+    let out = run(&[
+        "privacy",
+        "erase",
+        "--email",
+        email,
+        "--reason",
+        "a child under 16, ticket 42",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = serde_json::from_str::<Value>(&stdout(&out)).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    mail_to(&app, email, "has been deleted").await;
+    eventually(WAIT, "the person to be destroyed", || async {
+        (app.count("person").await == 0).then_some(())
+    })
+    .await;
+    let shown = cli(&app, &["privacy", "show", &id, "--json"]);
+    assert_eq!(shown["source"], "operator");
+    assert_eq!(shown["status"], "completed");
+    let audit = shown["audit"].as_array().unwrap();
+    let by = |event: &str| audit.iter().find(|e| e["event"] == event).unwrap().clone();
+    assert_eq!(by("received")["actor"], "alice");
+    assert_eq!(by("verified")["actor"], "alice");
+    assert!(
+        by("verified")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("a child under 16, ticket 42")
+    );
+    assert!(
+        audit.iter().any(|e| e["actor"] == "system"),
+        "the server's own steps: {audit:?}"
+    );
+
+    let reads: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, detail FROM privacy_audit WHERE event = 'read'")
+            .fetch_all(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0].0, "alice");
+    assert!(
+        reads[0].1.contains("waitlist export: 1 addresses"),
+        "{reads:?}"
+    );
+    assert!(
+        !reads[0].1.contains(email),
+        "the reason is redacted: {reads:?}"
+    );
+    let check = cli(&app, &["privacy", "audit", "--json"]);
+    assert_eq!(check["broken_at"], Value::Null, "{check}");
 }

@@ -271,7 +271,17 @@ async fn the_admin_cli_shows_the_line_exports_addresses_and_invites_the_next_peo
         !stdout(&list).contains("@example.com"),
         "list shows no address"
     );
-    let csv = stdout(&admin(&vars, &["waitlist", "export", "--format", "csv"]));
+    let csv = stdout(&admin(
+        &vars,
+        &[
+            "waitlist",
+            "export",
+            "--format",
+            "csv",
+            "--reason",
+            "launch list",
+        ],
+    ));
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("position,email,status"));
     assert!(lines[1].starts_with("1,a1@example.com,confirmed"), "{csv}");
@@ -286,8 +296,11 @@ async fn the_admin_cli_shows_the_line_exports_addresses_and_invites_the_next_peo
     let mut invited: Vec<_> = mail[6..].iter().map(|m| m.to[0].clone()).collect();
     invited.sort();
     assert_eq!(invited, vec!["<a1@example.com>", "<a2@example.com>"]);
-    let export: Value =
-        serde_json::from_str(&stdout(&admin(&vars, &["waitlist", "export", "--json"]))).unwrap();
+    let export: Value = serde_json::from_str(&stdout(&admin(
+        &vars,
+        &["waitlist", "export", "--json", "--reason", "launch list"],
+    )))
+    .unwrap();
     assert_eq!(export[0]["email"], "a3@example.com");
     assert_eq!(
         export[0]["position"], 1,

@@ -250,7 +250,17 @@ async fn the_master_key_rotates_in_a_rolling_restart_without_a_second_person_or_
     let mut early = vars.clone();
     early.retain(|(k, _)| k != "PEXPER_MASTER_KEY");
     early.push(("PEXPER_MASTER_KEY".into(), only_new.clone()));
-    let refused = admin(&early, &["waitlist", "export", "--format", "json"]);
+    let refused = admin(
+        &early,
+        &[
+            "waitlist",
+            "export",
+            "--format",
+            "json",
+            "--reason",
+            "checking the rotation",
+        ],
+    );
     assert!(!refused.status.success());
     assert!(
         stderr(&refused).contains("cannot open the lookup keys"),
@@ -329,7 +339,14 @@ async fn the_master_key_rotates_in_a_rolling_restart_without_a_second_person_or_
     let export = admin_json(
         &vars,
         &only_new,
-        &["waitlist", "export", "--format", "json"],
+        &[
+            "waitlist",
+            "export",
+            "--format",
+            "json",
+            "--reason",
+            "checking the rotation",
+        ],
     );
     let rows: BTreeMap<String, bool> = export
         .as_array()

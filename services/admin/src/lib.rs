@@ -132,8 +132,29 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// The pool every command uses. Its connections name the operator (`pexper.actor`), so the
+/// audit trail records who did what.
 async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    pexper_platform::db::pool(pexper_platform::db::connect_options(config).await?).await
+    let options = pexper_platform::db::connect_options(config).await?;
+    pexper_platform::db::pool(options.options([("pexper.actor", operator())])).await
+}
+
+/// Who runs this command: `PEXPER_OPERATOR`, else the OS user; only the characters of a user
+/// name or an address, so it passes as a connection option unescaped.
+fn operator() -> String {
+    let name: String = ["PEXPER_OPERATOR", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.trim().is_empty()))
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._@-".contains(*c))
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "unknown".into()
+    } else {
+        name
+    }
 }
 
 /// The keyring, for the commands that open or look up an address.

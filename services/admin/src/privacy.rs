@@ -49,9 +49,22 @@ pub enum Command {
     /// One request: what the person wrote, its audit trail.
     Show {
         id: PrivacyRequestId,
-        /// Also decrypt and show the person's address.
-        #[arg(long)]
+        /// Also decrypt and show the person's address (needs --reason; audited).
+        #[arg(long, requires = "reason")]
         email: bool,
+        /// Why you need the address: recorded in the audit trail with your name.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Erase someone without their clicking a link (a child's data found out, abuse): the same
+    /// deletion as a verified request, confirmed to the address; the audit trail records who
+    /// and why.
+    Erase {
+        #[arg(long)]
+        email: String,
+        /// Why: recorded in the audit trail with your name (addresses in it are redacted).
+        #[arg(long)]
+        reason: String,
     },
     /// Take a verified request in hand (access and deletion: run their processing again).
     Process { id: PrivacyRequestId },
@@ -149,10 +162,14 @@ pub async fn run(
                 },
             );
         }
-        Command::Show { id, email } => {
+        Command::Show { id, email, reason } => {
             let row = admin::find(pool, id)
                 .await?
                 .with_context(|| format!("no privacy request {id}"))?;
+            if let (true, Some(reason)) = (email, reason) {
+                let what = format!("the address of the person of request {id}");
+                admin::record_read(&mut *pool.acquire().await?, Some(id), &what, &reason).await?;
+            }
             let mut value = serde_json::to_value(&row)?;
             let private =
                 admin::private_parts(pool, &keyring(config, pool).await?, &row, email).await?;
@@ -161,6 +178,17 @@ pub async fn run(
             }
             value["audit"] = serde_json::to_value(admin::audit_of(pool, id).await?)?;
             output::object(json, &value);
+        }
+        Command::Erase { email, reason } => {
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+            let email = EmailAddress::parse(&email).context("--email is not a valid address")?;
+            let id = admin::erase(pool, &keyring(config, pool).await?, &email, &reason)
+                .await?
+                .context("nobody is known by that address: nothing to erase")?;
+            output::object(
+                json,
+                &json!({"id": id, "status": Status::Verified, "erasure": "queued"}),
+            );
         }
         Command::Process { id } => {
             admin::process(pool, id).await?;

@@ -25,9 +25,12 @@ pub enum Command {
     /// One purchase (by id or Checkout Session id) and the events that shaped it.
     Show {
         id: String,
-        /// Also decrypt and show the buyer's address.
-        #[arg(long)]
+        /// Also decrypt and show the buyer's address (needs --reason; audited).
+        #[arg(long, requires = "reason")]
         email: bool,
+        /// Why you need the address: recorded in the audit trail with your name.
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -89,7 +92,7 @@ pub async fn run(
                 },
             );
         }
-        Command::Show { id, email } => {
+        Command::Show { id, email, reason } => {
             let row = admin::find(pool, &id)
                 .await?
                 .with_context(|| format!("no purchase {id}"))?;
@@ -102,7 +105,15 @@ pub async fn run(
                 )
                 .collect();
             value["events"] = json!(events);
-            if email {
+            if let (true, Some(reason)) = (email, reason) {
+                let what = format!("the buyer's address of purchase {}", row.id);
+                pexper_privacy::admin::record_read(
+                    &mut *pool.acquire().await?,
+                    None,
+                    &what,
+                    &reason,
+                )
+                .await?;
                 let address = admin::buyer_email(pool, &keyring(config, pool).await?, &row).await?;
                 value["email"] = json!(address.as_ref().map(|a| a.as_str()));
             }

@@ -13,10 +13,13 @@ pub enum Command {
     Stats,
     /// The line, in order, without addresses.
     List,
-    /// Every entry with its address (decrypted for the operator who asks).
+    /// Every entry with its address (decrypted for the operator who asks; audited).
     Export {
         #[arg(long, value_enum, default_value_t = Format::Csv)]
         format: Format,
+        /// Why you need the addresses: recorded in the audit trail with your name.
+        #[arg(long)]
+        reason: String,
     },
     /// Invite the next N people in line (subscribed), queueing their invitation email.
     Invite {
@@ -68,13 +71,17 @@ pub async fn run(
                 },
             );
         }
-        Command::Export { format } => {
+        Command::Export { format, reason } => {
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
             let rows = admin::rows(
                 pool,
                 config.referral_bump,
                 Some(&keyring(config, pool).await?),
             )
             .await?;
+            let what = format!("waitlist export: {} addresses", rows.len());
+            pexper_privacy::admin::record_read(&mut *pool.acquire().await?, None, &what, &reason)
+                .await?;
             if json || format == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());

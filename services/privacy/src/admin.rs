@@ -16,7 +16,7 @@ use crate::jobs::{OutcomeMail, Process};
 use crate::request::{Jurisdiction, Kind, PrivacyRequestId, Status};
 use crate::store::{self, NewRequest, details_field, outcome_field};
 
-pub use crate::audit::{Verification as AuditVerification, verify as verify_audit};
+pub use crate::audit::{Verification as AuditVerification, record_read, verify as verify_audit};
 
 /// A request that arrived by email, taken in by an operator. It is acknowledged by email with
 /// a verification link like any other.
@@ -46,6 +46,50 @@ pub async fn intake(
     .await?;
     tx.commit().await?;
     Ok(id)
+}
+
+/// `privacy erase --email --reason`: an operator erases someone without their clicking a link
+/// (data of a child, found out; abuse). It is the same deletion as a verified request — a
+/// request of source `operator`, verified at once, processed by the same job, confirmed to the
+/// address — and the audit trail says who started it and why. `None` if nobody has the
+/// address.
+pub async fn erase(
+    pool: &PgPool,
+    keyring: &Keyring,
+    email: &EmailAddress,
+    reason: &str,
+) -> anyhow::Result<Option<PrivacyRequestId>> {
+    let mut tx = pool.begin().await?;
+    let Some(person) = person::find(&mut tx, keyring, email).await? else {
+        return Ok(None);
+    };
+    let created = store::create(
+        &mut tx,
+        keyring,
+        person,
+        &NewRequest {
+            kind: Kind::Deletion,
+            jurisdiction: Jurisdiction::Other,
+            source: "operator",
+            details: None,
+            received_at: OffsetDateTime::now_utc(),
+        },
+    )
+    .await?;
+    let reason = pexper_platform::telemetry::redact(reason.trim());
+    store::transition(
+        &mut tx,
+        created.id,
+        &[Status::Received],
+        Status::Verified,
+        "verified",
+        &format!("erasure by the operator; reason: {reason}"),
+    )
+    .await?
+    .context("a request just made is not waiting")?;
+    jobs::enqueue(&mut tx, Process::job(created.id, person)).await?;
+    tx.commit().await?;
+    Ok(Some(created.id))
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]

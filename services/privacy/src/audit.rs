@@ -1,6 +1,10 @@
-//! The audit trail: every status change of every request, in one hash chain. Each row's hash
-//! covers the previous row's hash and its own fields, so an edited, inserted or deleted row
-//! shows at the first hash that no longer matches. No personal data is ever written here.
+//! The audit trail: every status change of every request, and every operator read of personal
+//! data in clear, in one hash chain. Each row's hash covers the previous row's hash and its own
+//! fields, so an edited, inserted or deleted row shows at the first hash that no longer
+//! matches. No personal data is ever written here (an operator's reason is redacted).
+//!
+//! Each row names its actor: the operator (`pexper-admin` sets `pexper.actor` on its
+//! connections, from `PEXPER_OPERATOR` or the OS user), or `system` for the server's work.
 
 use anyhow::Context;
 use pexper_platform::crypto::sha256;
@@ -14,21 +18,29 @@ const GENESIS: [u8; 32] = [0; 32];
 
 fn link(
     prev: &[u8],
-    request: PrivacyRequestId,
+    request: Option<PrivacyRequestId>,
     event: &str,
     status: &str,
     detail: &str,
+    actor: &str,
     at: OffsetDateTime,
 ) -> [u8; 32] {
-    // Length-prefixed fields: no two different rows serialise alike.
+    // Length-prefixed fields: no two different rows serialise alike. The actor is covered
+    // when there is one; rows from before actors were recorded have none.
     let mut bytes = prev.to_vec();
-    for field in [
-        request.0.as_bytes().as_slice(),
+    let request = request.map(|r| *r.0.as_bytes());
+    let mut fields = vec![
+        request.as_ref().map_or(&[][..], |r| r.as_slice()),
         event.as_bytes(),
         status.as_bytes(),
         detail.as_bytes(),
-        &at.unix_timestamp_nanos().to_be_bytes(),
-    ] {
+    ];
+    let at = at.unix_timestamp_nanos().to_be_bytes();
+    fields.push(&at);
+    if !actor.is_empty() {
+        fields.push(actor.as_bytes());
+    }
+    for field in fields {
         bytes.extend((field.len() as u64).to_be_bytes());
         bytes.extend(field);
     }
@@ -44,6 +56,35 @@ pub async fn record(
     status: Status,
     detail: &str,
 ) -> anyhow::Result<()> {
+    append(conn, Some(request), event, status.as_str(), detail).await
+}
+
+/// Records that the operator read personal data in clear (`what`, with no address in it),
+/// and why; the reason is redacted of anything that looks like an address or a token.
+pub async fn record_read(
+    conn: &mut PgConnection,
+    request: Option<PrivacyRequestId>,
+    what: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let reason = pexper_platform::telemetry::redact(reason.trim());
+    append(
+        conn,
+        request,
+        "read",
+        "",
+        &format!("{what}; reason: {reason}"),
+    )
+    .await
+}
+
+async fn append(
+    conn: &mut PgConnection,
+    request: Option<PrivacyRequestId>,
+    event: &str,
+    status: &str,
+    detail: &str,
+) -> anyhow::Result<()> {
     // One writer at a time, so each row chains to the true last one.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('privacy_audit', 0))")
         .execute(&mut *conn)
@@ -55,18 +96,24 @@ pub async fn record(
             .await
             .context("failed to read the audit trail")?
             .unwrap_or_else(|| GENESIS.to_vec());
+    let actor: String = sqlx::query_scalar(
+        "SELECT coalesce(nullif(current_setting('pexper.actor', true), ''), 'system')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     // Microseconds: what Postgres stores, so the hash can be recomputed from the row.
     let at = OffsetDateTime::now_utc();
     let at = at.replace_nanosecond(at.nanosecond() / 1000 * 1000)?;
-    let hash = link(&prev, request, event, status.as_str(), detail, at);
+    let hash = link(&prev, request, event, status, detail, &actor, at);
     sqlx::query(
-        "INSERT INTO privacy_audit (request_id, event, status, detail, at, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO privacy_audit (request_id, event, status, detail, actor, at, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(request)
     .bind(event)
     .bind(status)
     .bind(detail)
+    .bind(&actor)
     .bind(at)
     .bind(&prev)
     .bind(hash.as_slice())
@@ -79,10 +126,11 @@ pub async fn record(
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct Entry {
     pub seq: i64,
-    pub request_id: PrivacyRequestId,
+    pub request_id: Option<PrivacyRequestId>,
     pub event: String,
     pub status: String,
     pub detail: String,
+    pub actor: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
@@ -90,7 +138,7 @@ pub struct Entry {
 /// One request's events, oldest first.
 pub async fn of_request(pool: &PgPool, request: PrivacyRequestId) -> anyhow::Result<Vec<Entry>> {
     sqlx::query_as(
-        "SELECT seq, request_id, event, status, detail, at FROM privacy_audit
+        "SELECT seq, request_id, event, status, detail, actor, at FROM privacy_audit
          WHERE request_id = $1 ORDER BY seq",
     )
     .bind(request)
@@ -110,7 +158,8 @@ pub struct Verification {
 pub async fn verify(pool: &PgPool) -> anyhow::Result<Verification> {
     type Row = (
         i64,
-        PrivacyRequestId,
+        Option<PrivacyRequestId>,
+        String,
         String,
         String,
         String,
@@ -119,15 +168,15 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<Verification> {
         Vec<u8>,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, request_id, event, status, detail, at, prev_hash, hash
+        "SELECT seq, request_id, event, status, detail, actor, at, prev_hash, hash
          FROM privacy_audit ORDER BY seq",
     )
     .fetch_all(pool)
     .await
     .context("failed to read the audit trail")?;
     let mut prev = GENESIS.to_vec();
-    for (seq, request, event, status, detail, at, prev_hash, hash) in &rows {
-        let expected = link(&prev, *request, event, status, detail, *at);
+    for (seq, request, event, status, detail, actor, at, prev_hash, hash) in &rows {
+        let expected = link(&prev, *request, event, status, detail, actor, *at);
         if *prev_hash != prev || hash.as_slice() != expected.as_slice() {
             return Ok(Verification {
                 events: rows.len() as u64,
