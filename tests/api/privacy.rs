@@ -805,6 +805,9 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
     tx.commit().await.unwrap();
     request_and_verify(&app, email, "access").await;
     mail_to(&app, email, "export is ready").await;
+    let out = announce(&app, "2027-02", 40, "A change.", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    mail_to(&app, email, "privacy policy").await;
     // The friend's entry names the customer only once the friend confirms.
     let confirm = mail_to(&app, "friend@example.net", "Confirm").await;
     let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));
@@ -1224,4 +1227,203 @@ async fn an_operator_erases_without_a_link_and_the_audit_trail_names_who_and_why
     );
     let check = cli(&app, &["privacy", "audit", "--json"]);
     assert_eq!(check["broken_at"], Value::Null, "{check}");
+}
+
+/// `policy announce` with this summary, `days` ahead.
+fn announce(
+    app: &TestApp,
+    version: &str,
+    days: i64,
+    summary: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let file = app
+        .data_dir
+        .path()
+        .join(format!("summary-{version}-{}.txt", summary.len()));
+    std::fs::write(&file, summary).unwrap();
+    let effective =
+        (time::OffsetDateTime::now_utc().date() + time::Duration::days(days)).to_string();
+    let mut args = vec![
+        "policy",
+        "announce",
+        "--version",
+        version,
+        "--effective",
+        &effective,
+        "--summary-file",
+        file.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend(extra);
+    admin(&app.cli_vars(), &args)
+}
+
+#[tokio::test]
+async fn a_policy_change_is_announced_30_days_ahead_once_to_everyone_concerned_but_the_suppressed()
+{
+    let app = app().await;
+    // A buyer; a confirmed member who unsubscribed from product email; someone who never
+    // confirmed (no relationship yet); and someone who unsubscribed, was erased, and bought
+    // again: the suppression kept at their erasure is what keeps them from the notice.
+    customer(&app, "buyer@example.net").await;
+    crate::waitlist::join(&app, "quiet@example.net", json!({})).await;
+    let unsubscribe = mail_to(&app, "quiet@example.net", "Confirm")
+        .await
+        .link(&app.url("/v1/unsubscribe?token="));
+    assert_eq!(
+        app.client
+            .post(&unsubscribe)
+            .body("")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let res = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({"email": "pending@example.net"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let returning = "returning@example.net";
+    crate::waitlist::join(&app, returning, json!({})).await;
+    let link = mail_to(&app, returning, "Confirm")
+        .await
+        .link(&app.url("/v1/unsubscribe?token="));
+    assert_eq!(
+        app.client
+            .post(&link)
+            .body("")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    request_and_verify(&app, returning, "deletion").await;
+    mail_to(&app, returning, "has been deleted").await;
+    app.queue_drained().await;
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM email_suppression").await,
+        1
+    );
+    let checkout = Checkout::new(returning);
+    let event = checkout.session_event("checkout.session.completed", "paid");
+    assert_eq!(
+        stripe::deliver(&app.client, &app.address, &event)
+            .await
+            .status(),
+        200
+    );
+    app.queue_drained().await;
+
+    // Less than 30 days' notice is refused, with one line and exit code 2.
+    let out = announce(
+        &app,
+        "2027-01",
+        29,
+        "We now keep receipts for 10 years.",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("30 days"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim().lines().count(), 1);
+
+    // A dry run counts the three concerned, and records nothing.
+    let summary = "We now keep receipts for 10 years.\n\nNothing else changes.";
+    let out = announce(&app, "2027-01", 45, summary, &["--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dry: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(dry["audience"], 3, "{dry}");
+    assert_eq!(dry["queued"], 0);
+    let policy = |app: &TestApp| {
+        let url = app.url("/v1/policy");
+        let client = app.client.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        policy(&app).await,
+        json!({"current": null, "upcoming": null})
+    );
+
+    let before = app.smtp.received().len();
+    let out = announce(&app, "2027-01", 45, summary, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        (done["audience"].clone(), done["queued"].clone()),
+        (json!(3), json!(3))
+    );
+    app.queue_drained().await;
+    let notices: Vec<smtp::ReceivedMail> = app.smtp.received()[before..].to_vec();
+    let mut to: Vec<String> = notices.iter().map(|m| m.to.join(",")).collect();
+    to.sort();
+    assert_eq!(to, vec!["<buyer@example.net>", "<quiet@example.net>"]);
+    for notice in &notices {
+        assert!(notice.header("Subject").unwrap().contains("privacy policy"));
+        assert!(
+            notice.header("List-Unsubscribe").is_none(),
+            "a legal notice, not marketing"
+        );
+        assert!(
+            notice
+                .part("text/plain")
+                .unwrap()
+                .contains("Nothing else changes.")
+        );
+    }
+    let statuses: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM policy_notice GROUP BY status ORDER BY status",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    assert_eq!(statuses, vec![("sent".into(), 2), ("suppressed".into(), 1)]);
+
+    // Again: nobody twice. Another summary under the same version: refused.
+    let again: Value =
+        serde_json::from_str(&stdout(&announce(&app, "2027-01", 45, summary, &[]))).unwrap();
+    assert_eq!(
+        (again["queued"].clone(), again["already"].clone()),
+        (json!(0), json!(3))
+    );
+    let out = announce(&app, "2027-01", 45, "Something else.", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    app.queue_drained().await;
+    assert_eq!(app.smtp.received().len(), before + 2);
+
+    // The banner's source, and the buyer's export.
+    let status = policy(&app).await;
+    assert_eq!(status["current"], Value::Null);
+    assert_eq!(status["upcoming"]["version"], "2027-01");
+    assert_eq!(status["upcoming"]["summary"], summary);
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let buyer = pexper_platform::person::find(
+        &mut conn,
+        &app.platform.keyring,
+        &pexper_platform::address::EmailAddress::parse("buyer@example.net").unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let export = pexper_server::personal_data(&app.platform.config)
+        .export(&mut conn, &app.platform.keyring, buyer)
+        .await
+        .unwrap();
+    let notices = &export["privacy_requests"]["policy_notices"];
+    assert_eq!(notices[0]["version"], "2027-01", "{export}");
+    assert_eq!(notices[0]["status"], "sent");
 }

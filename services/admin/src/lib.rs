@@ -12,6 +12,7 @@ mod jobs;
 mod keys;
 mod mail;
 mod output;
+mod policy;
 mod privacy;
 mod purchases;
 mod waitlist;
@@ -73,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: privacy::Command,
     },
+    /// Privacy-policy changes: announced 30 days ahead, by email, to everyone concerned.
+    Policy {
+        #[command(subcommand)]
+        command: policy::Command,
+    },
     /// Anonymous usage and crash statistics.
     Analytics {
         #[command(subcommand)]
@@ -99,6 +105,13 @@ pub async fn main() -> ExitCode {
                 "pexper-admin: {}",
                 pexper_platform::telemetry::redact(&format!("{e:#}"))
             );
+            // A request the operator must change (a policy change announced too late) is a
+            // usage error, like a bad flag.
+            if e.downcast_ref::<pexper_privacy::policy::Refused>()
+                .is_some()
+            {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }
@@ -122,6 +135,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Licenses { command } => {
             purchases::licenses(json, &connect(&config).await?, command).await
+        }
+        Command::Policy { command } => {
+            policy::run(json, &config, &connect(&config).await?, command).await
         }
         Command::Privacy { command } => {
             privacy::run(json, &config, &connect(&config).await?, command).await

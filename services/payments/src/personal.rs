@@ -67,6 +67,10 @@ impl PersonalData for PaymentsData {
         }))
     }
 
+    fn notice_audience(&self) -> Option<&'static str> {
+        Some("SELECT person_id FROM purchase WHERE person_id IS NOT NULL")
+    }
+
     async fn erase(
         &self,
         conn: &mut PgConnection,

@@ -46,6 +46,13 @@ pub trait PersonalData: Send + Sync {
         keyring: &Keyring,
         person: PersonId,
     ) -> impl Future<Output = anyhow::Result<ErasureSummary>> + Send;
+
+    /// Whom this service has a relationship with that a legal notice (a privacy-policy
+    /// change) must reach — buyers, confirmed waitlist members, account holders — as a query
+    /// selecting `person_id`. `None`: nobody on this service's account.
+    fn notice_audience(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// `PersonalData` as the registry holds it, behind `dyn`: implementations write plain
@@ -66,9 +73,15 @@ pub trait DynPersonalData: Send + Sync {
         keyring: &'a Keyring,
         person: PersonId,
     ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>>;
+
+    fn notice_audience(&self) -> Option<&'static str>;
 }
 
 impl<T: PersonalData> DynPersonalData for T {
+    fn notice_audience(&self) -> Option<&'static str> {
+        PersonalData::notice_audience(self)
+    }
+
     fn section(&self) -> &'static str {
         PersonalData::section(self)
     }
@@ -113,6 +126,29 @@ impl Registry {
 
     pub fn sections(&self) -> Vec<&'static str> {
         self.parts.iter().map(|p| p.section()).collect()
+    }
+
+    /// Every person some service has a relationship with (`PersonalData::notice_audience`),
+    /// once each, leaving out anyone being erased.
+    pub async fn notice_audience(&self, conn: &mut PgConnection) -> anyhow::Result<Vec<PersonId>> {
+        let queries: Vec<&str> = self
+            .parts
+            .iter()
+            .filter_map(|p| p.notice_audience())
+            .collect();
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The queries are each service's own constants, not input.
+        let sql = format!(
+            "SELECT DISTINCT a.person_id FROM ({}) a JOIN person p ON p.id = a.person_id
+             WHERE p.erasing_since IS NULL ORDER BY 1",
+            queries.join(" UNION ")
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(conn)
+            .await
+            .context("failed to list the notice audience")
     }
 
     /// One JSON object with a section per service.

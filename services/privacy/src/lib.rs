@@ -4,7 +4,8 @@
 //! reporting, and a hash-chained audit trail without personal data.
 //!
 //! Tables: `privacy_request`, `privacy_token`, `privacy_export`, `privacy_audit`
-//! (migrations/…_privacy.sql). Jobs: see `jobs`.
+//! (migrations/…_privacy.sql), `policy_version` and `policy_notice` (…_policy.sql).
+//! Jobs: see `jobs` and `policy`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -15,6 +16,7 @@ mod http;
 mod intake;
 mod jobs;
 mod personal;
+pub mod policy;
 pub mod request;
 mod store;
 
@@ -42,6 +44,7 @@ impl Service for Privacy {
             .routes(routes!(http::create))
             .routes(routes!(http::verify_page, http::verify))
             .routes(routes!(export::download))
+            .routes(routes!(policy::status))
     }
 
     fn jobs(&self) -> JobRegistry<Platform> {
@@ -52,6 +55,7 @@ impl Service for Privacy {
             .register::<jobs::DeletionMail>()
             .register::<jobs::OutcomeMail>()
             .register::<jobs::Sweep>()
+            .register::<policy::PolicyNotice>()
     }
 
     fn recurring(&self) -> Vec<NewJob> {

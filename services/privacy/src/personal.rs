@@ -70,7 +70,8 @@ impl PersonalData for PrivacyData {
                 "details": details,
             }));
         }
-        Ok(serde_json::json!({ "requests": requests }))
+        let notices = crate::policy::notices_of(conn, person).await?;
+        Ok(serde_json::json!({ "requests": requests, "policy_notices": notices }))
     }
 
     async fn erase(
@@ -104,12 +105,19 @@ impl PersonalData for PrivacyData {
         .await
         .context("failed to unlink privacy requests")?
         .rows_affected();
+        let notices = sqlx::query("DELETE FROM policy_notice WHERE person_id = $1")
+            .bind(person)
+            .execute(&mut *conn)
+            .await
+            .context("failed to delete policy notices")?
+            .rows_affected();
         Ok(ErasureSummary {
             section: self.section(),
             removed: BTreeMap::from([
                 ("request_links", requests),
                 ("exports", exports),
                 ("link_tokens", links),
+                ("policy_notices", notices),
             ]),
             kept: vec![format!(
                 "{requests} request receipt(s) — kind, dates, status — and their audit trail, without personal data"

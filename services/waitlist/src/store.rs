@@ -243,6 +243,11 @@ impl PersonalData for WaitlistData {
         Ok(value)
     }
 
+    fn notice_audience(&self) -> Option<&'static str> {
+        // Confirmed members, subscribed to product email or not: a legal notice is not one.
+        Some("SELECT person_id FROM waitlist_entry WHERE status IN ('confirmed', 'invited')")
+    }
+
     async fn erase(
         &self,
         conn: &mut PgConnection,
