@@ -18,5 +18,6 @@ mod privacy;
 mod product_email;
 mod queue;
 mod replicas;
+mod retention;
 mod storage;
 mod waitlist;

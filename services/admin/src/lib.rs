@@ -15,6 +15,7 @@ mod output;
 mod policy;
 mod privacy;
 mod purchases;
+mod retention;
 mod waitlist;
 
 use std::io::Write;
@@ -79,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: policy::Command,
     },
+    /// How long each kind of personal data is kept; apply the rules now.
+    Retention {
+        #[command(subcommand)]
+        command: retention::Command,
+    },
     /// Anonymous usage and crash statistics.
     Analytics {
         #[command(subcommand)]
@@ -135,6 +141,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Licenses { command } => {
             purchases::licenses(json, &connect(&config).await?, command).await
+        }
+        Command::Retention { command } => {
+            retention::run(json, &config, &connect(&config).await?, command).await
         }
         Command::Policy { command } => {
             policy::run(json, &config, &connect(&config).await?, command).await

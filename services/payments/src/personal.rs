@@ -67,6 +67,10 @@ impl PersonalData for PaymentsData {
         }))
     }
 
+    fn holds(&self) -> Option<&'static str> {
+        Some("SELECT person_id FROM purchase WHERE person_id IS NOT NULL")
+    }
+
     fn notice_audience(&self) -> Option<&'static str> {
         Some("SELECT person_id FROM purchase WHERE person_id IS NOT NULL")
     }

@@ -1,5 +1,5 @@
-//! The platform's own service: the operator-notice email job, and the email section of a
-//! person's data (their address and the history of what we sent them).
+//! The platform's own service: the operator-notice email job, the retention job, and the
+//! email section of a person's data (their address and the history of what we sent them).
 
 use std::sync::Arc;
 
@@ -20,7 +20,13 @@ impl Service for Core {
     }
 
     fn jobs(&self) -> JobRegistry<Platform> {
-        JobRegistry::new().register::<OperatorNoticeJob>()
+        JobRegistry::new()
+            .register::<OperatorNoticeJob>()
+            .register::<crate::retention::Retention>()
+    }
+
+    fn recurring(&self) -> Vec<NewJob> {
+        vec![NewJob::new(&crate::retention::Retention {})]
     }
 
     fn personal_data(&self, _config: &crate::Config) -> Option<Arc<dyn DynPersonalData>> {

@@ -16,6 +16,7 @@ pub mod mail;
 pub mod person;
 pub mod personal_data;
 pub mod replica;
+pub mod retention;
 pub mod shutdown;
 pub mod state;
 pub mod suppression;

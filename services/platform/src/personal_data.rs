@@ -25,6 +25,19 @@ pub struct ErasureSummary {
     pub kept: Vec<String>,
 }
 
+/// One kind of personal data and how long it stays (enforced by `retention`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionRule {
+    /// `service.what`, e.g. `waitlist.unconfirmed`.
+    pub name: &'static str,
+    /// The period, in words: "unconfirmed signups, 30 days after their link expired".
+    pub keeps: &'static str,
+    /// `SELECT count(*) …` of the rows due now.
+    pub due: &'static str,
+    /// The statement that removes (or unlinks) them.
+    pub apply: &'static str,
+}
+
 /// A service's view of one person's data.
 pub trait PersonalData: Send + Sync {
     /// The section name in an export (`"waitlist"`, `"payments"`, …).
@@ -53,6 +66,17 @@ pub trait PersonalData: Send + Sync {
     fn notice_audience(&self) -> Option<&'static str> {
         None
     }
+
+    /// Whom this service still holds something for, as a query selecting `person_id`: a
+    /// person no service holds anything for is erased by retention (`retention`).
+    fn holds(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// How long this service keeps each kind of data, enforced by the retention job.
+    fn retention(&self) -> Vec<RetentionRule> {
+        Vec::new()
+    }
 }
 
 /// `PersonalData` as the registry holds it, behind `dyn`: implementations write plain
@@ -75,11 +99,23 @@ pub trait DynPersonalData: Send + Sync {
     ) -> BoxFuture<'a, anyhow::Result<ErasureSummary>>;
 
     fn notice_audience(&self) -> Option<&'static str>;
+
+    fn holds(&self) -> Option<&'static str>;
+
+    fn retention(&self) -> Vec<RetentionRule>;
 }
 
 impl<T: PersonalData> DynPersonalData for T {
     fn notice_audience(&self) -> Option<&'static str> {
         PersonalData::notice_audience(self)
+    }
+
+    fn holds(&self) -> Option<&'static str> {
+        PersonalData::holds(self)
+    }
+
+    fn retention(&self) -> Vec<RetentionRule> {
+        PersonalData::retention(self)
     }
 
     fn section(&self) -> &'static str {
@@ -126,6 +162,16 @@ impl Registry {
 
     pub fn sections(&self) -> Vec<&'static str> {
         self.parts.iter().map(|p| p.section()).collect()
+    }
+
+    /// Every service's retention rules.
+    pub fn retention(&self) -> Vec<RetentionRule> {
+        self.parts.iter().flat_map(|p| p.retention()).collect()
+    }
+
+    /// Every service's query of whom it holds something for.
+    pub fn holds(&self) -> Vec<&'static str> {
+        self.parts.iter().filter_map(|p| p.holds()).collect()
     }
 
     /// Every person some service has a relationship with (`PersonalData::notice_audience`),
@@ -244,6 +290,29 @@ impl PersonalData for EmailRecords {
             "address": address.as_ref().map(|a| a.as_str()),
             "emails_sent": history,
         }))
+    }
+
+    fn retention(&self) -> Vec<RetentionRule> {
+        vec![
+            RetentionRule {
+                name: "mail.history",
+                keeps: "the history of emails sent to a person (template, time): 2 years",
+                due: "SELECT count(*) FROM email_event WHERE sent_at < now() - interval '2 years'",
+                apply: "DELETE FROM email_event WHERE sent_at < now() - interval '2 years'",
+            },
+            RetentionRule {
+                name: "mail.reports",
+                keeps: "hashes of bounce and complaint reports already read: 1 year",
+                due: "SELECT count(*) FROM mail_report WHERE received_at < now() - interval '1 year'",
+                apply: "DELETE FROM mail_report WHERE received_at < now() - interval '1 year'",
+            },
+            RetentionRule {
+                name: "jobs.dead",
+                keeps: "jobs given up on (ids only, no personal data in payloads): 30 days",
+                due: "SELECT count(*) FROM job WHERE status = 'dead' AND updated_at < now() - interval '30 days'",
+                apply: "DELETE FROM job WHERE status = 'dead' AND updated_at < now() - interval '30 days'",
+            },
+        ]
     }
 
     async fn erase(

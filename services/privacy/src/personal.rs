@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use pexper_platform::crypto::Keyring;
 use pexper_platform::person::{self, PersonId};
-use pexper_platform::personal_data::{ErasureSummary, PersonalData};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -72,6 +72,32 @@ impl PersonalData for PrivacyData {
         }
         let notices = crate::policy::notices_of(conn, person).await?;
         Ok(serde_json::json!({ "requests": requests, "policy_notices": notices }))
+    }
+
+    fn holds(&self) -> Option<&'static str> {
+        // An unverified request that expired holds nobody: it was never shown to be theirs.
+        Some(
+            "SELECT person_id FROM privacy_request WHERE person_id IS NOT NULL AND status <> 'expired'",
+        )
+    }
+
+    fn retention(&self) -> Vec<RetentionRule> {
+        vec![
+            RetentionRule {
+                name: "privacy.unverified",
+                keeps: "a request never verified: its words and its link to the person end when it expires (7 days)",
+                due: "SELECT count(*) FROM privacy_request
+                      WHERE status = 'expired' AND (person_id IS NOT NULL OR details_sealed IS NOT NULL)",
+                apply: "UPDATE privacy_request SET person_id = NULL, details_sealed = NULL, updated_at = now()
+                        WHERE status = 'expired' AND (person_id IS NOT NULL OR details_sealed IS NOT NULL)",
+            },
+            RetentionRule {
+                name: "privacy.receipts",
+                keeps: "a closed request (kind, dates, status, the person's link): 3 years after it closed, the proof we answered; its audit events stay, without personal data",
+                due: "SELECT count(*) FROM privacy_request WHERE closed_at < now() - interval '3 years'",
+                apply: "DELETE FROM privacy_request WHERE closed_at < now() - interval '3 years'",
+            },
+        ]
     }
 
     async fn erase(

@@ -7,6 +7,7 @@ use anyhow::Context;
 use pexper_platform::address::EmailAddress;
 use pexper_platform::crypto::{Keyring, random_token, sha256};
 use pexper_platform::person::{self, PersonId};
+use pexper_platform::personal_data::RetentionRule;
 use pexper_platform::personal_data::{ErasureSummary, PersonalData};
 use pexper_platform::suppression;
 use sqlx::{PgConnection, PgPool};
@@ -241,6 +242,31 @@ impl PersonalData for WaitlistData {
         let mut value = serde_json::to_value(row)?;
         value["position"] = serde_json::json!(place);
         Ok(value)
+    }
+
+    fn holds(&self) -> Option<&'static str> {
+        Some("SELECT person_id FROM waitlist_entry")
+    }
+
+    fn retention(&self) -> Vec<RetentionRule> {
+        vec![
+            RetentionRule {
+                name: "waitlist.unconfirmed",
+                keeps: "a signup never confirmed: 30 days after its 7-day link expired",
+                due: "SELECT count(*) FROM waitlist_entry
+                      WHERE status = 'pending' AND updated_at < now() - interval '37 days'",
+                apply: "DELETE FROM waitlist_entry
+                        WHERE status = 'pending' AND updated_at < now() - interval '37 days'",
+            },
+            RetentionRule {
+                name: "waitlist.links",
+                keeps: "confirmation links (a hash): a day after they were used or expired",
+                due: "SELECT count(*) FROM waitlist_token
+                      WHERE coalesce(used_at, expires_at) < now() - interval '1 day'",
+                apply: "DELETE FROM waitlist_token
+                        WHERE coalesce(used_at, expires_at) < now() - interval '1 day'",
+            },
+        ]
     }
 
     fn notice_audience(&self) -> Option<&'static str> {

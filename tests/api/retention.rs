@@ -1,0 +1,156 @@
+//! Retention: each rule removes what its period makes due, and only that; a person left with
+//! nothing is erased; `retention status` shows what is due and when each rule last ran.
+
+use pexper_platform::address::EmailAddress;
+use pexper_platform::person;
+use pexper_tests::*;
+use serde_json::{Value, json};
+
+use crate::waitlist::{WAIT, join, signup};
+
+/// Runs statements as they are (several, separated by `;`).
+async fn exec(app: &TestApp, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+}
+
+async fn person_of(app: &TestApp, email: &str) -> Option<person::PersonId> {
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    person::find(
+        &mut conn,
+        &app.platform.keyring,
+        &EmailAddress::parse(email).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn due(status: &Value) -> Vec<(String, i64)> {
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap().to_owned(),
+                r["due"].as_i64().unwrap(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[tokio::test]
+async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_nothing_is_erased() {
+    let app = spawn_app().await;
+    // A member who confirmed; two who never did, one of them long ago; a stranger whose
+    // privacy request was never verified.
+    join(&app, "member@example.net", json!({})).await;
+    for email in ["forgot@example.net", "recent@example.net"] {
+        assert_eq!(signup(&app, json!({"email": email})).await.status(), 202);
+    }
+    let res = app
+        .client
+        .post(app.url("/v1/privacy/requests"))
+        .json(&json!({"email": "stranger@example.net", "kind": "correction", "details": "My name is Sam"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    app.smtp.wait_for(5, WAIT).await;
+    app.queue_drained().await;
+    let forgot = person_of(&app, "forgot@example.net").await.unwrap();
+    let stranger = person_of(&app, "stranger@example.net").await.unwrap();
+
+    // Time passes, as rows say it.
+    exec(&app, &format!(
+        "UPDATE waitlist_entry SET updated_at = now() - interval '38 days' WHERE person_id = '{forgot}';
+         UPDATE waitlist_token SET expires_at = now() - interval '31 days' WHERE person_id = '{forgot}';
+         UPDATE person SET created_at = now() - interval '38 days'
+             WHERE id IN ('{forgot}', '{stranger}');
+         UPDATE waitlist_token SET used_at = now() - interval '2 days' WHERE used_at IS NOT NULL;
+         UPDATE privacy_request SET status = 'expired', closed_at = now() - interval '1 day'
+             WHERE person_id = '{stranger}';
+         UPDATE email_event SET sent_at = now() - interval '25 months'
+             WHERE template = 'waitlist-welcome';"
+    ))
+    .await;
+    // A request closed four years ago, a job dead for 40 days and one dead since yesterday.
+    exec(&app, "INSERT INTO privacy_request (id, kind, jurisdiction, source, status, received_at, due_at, verify_by, closed_at)
+                VALUES (gen_random_uuid(), 'access', 'gdpr', 'web', 'completed', now() - interval '4 years',
+                        now() - interval '4 years' + interval '30 days', now() - interval '4 years', now() - interval '4 years')").await;
+    exec(&app, "INSERT INTO job (id, kind, payload, status, updated_at) VALUES
+                (gen_random_uuid(), 'mail.operator_notice', '{}', 'dead', now() - interval '40 days'),
+                (gen_random_uuid(), 'mail.operator_notice', '{}', 'dead', now() - interval '1 day')").await;
+
+    let vars = app.cli_vars();
+    let cli = |args: &[&str]| {
+        let out = admin(&vars, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    let expected = vec![
+        ("mail.history".to_owned(), 1),
+        ("jobs.dead".to_owned(), 1),
+        ("waitlist.unconfirmed".to_owned(), 1),
+        ("waitlist.links".to_owned(), 2),
+        ("privacy.unverified".to_owned(), 1),
+        ("privacy.receipts".to_owned(), 1),
+    ];
+    let mut before = due(&cli(&["retention", "status", "--json"]));
+    before.sort();
+    // The stranger is held by nothing already (an expired request holds nobody); the
+    // forgotten signup will be once its entry is gone.
+    let mut want = expected.clone();
+    want.push(("people.unlinked".to_owned(), 1));
+    want.sort();
+    assert_eq!(before, want);
+
+    let run = cli(&["retention", "run", "--json"]);
+    for (rule, n) in &expected {
+        assert_eq!(run["removed"][rule], *n, "{rule}: {run}");
+    }
+    assert_eq!(
+        run["removed"]["people.unlinked"], 2,
+        "the forgotten signup and the stranger: {run}"
+    );
+
+    // What was due is gone; the rest is here.
+    assert_eq!(person_of(&app, "forgot@example.net").await, None);
+    assert_eq!(person_of(&app, "stranger@example.net").await, None);
+    assert!(person_of(&app, "recent@example.net").await.is_some());
+    assert!(person_of(&app, "member@example.net").await.is_some());
+    assert_eq!(app.count("waitlist_entry").await, 2);
+    assert_eq!(app.scalar("SELECT count(*) FROM privacy_request WHERE details_sealed IS NOT NULL OR person_id IS NOT NULL").await, 0);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM privacy_request").await,
+        1,
+        "the expired receipt stays, unlinked"
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE status = 'dead'")
+            .await,
+        1
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM erasure_journal").await, 2);
+    let dump = app.db.dump();
+    for gone in [
+        "forgot@example.net",
+        "stranger@example.net",
+        "My name is Sam",
+    ] {
+        assert!(!dump.contains(gone) && !dump.bytea_contains(gone), "{gone}");
+    }
+
+    let after = cli(&["retention", "status", "--json"]);
+    assert_eq!(due(&after), Vec::<(String, i64)>::new(), "{after}");
+    assert!(
+        after
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["last_run_at"].is_string())
+    );
+}
