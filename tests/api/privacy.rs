@@ -287,7 +287,7 @@ async fn a_deletion_request_completes_by_itself_and_leaves_only_unlinked_records
     }
     // The periodic sweeps come and go; nothing else may be left in the queue.
     let queued = app
-        .scalar("SELECT count(*) FROM job WHERE kind NOT IN ('privacy.sweep', 'analytics.rollup')")
+        .scalar("SELECT count(*) FROM job WHERE kind NOT IN ('privacy.sweep', 'analytics.rollup', 'platform.retention')")
         .await;
     assert_eq!(queued, 0, "no job of theirs is left");
     assert_eq!(
@@ -776,22 +776,7 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
         .await
         .unwrap();
     assert_eq!(friend.status(), 202);
-    let body = app.data_dir.path().join("update.txt");
-    std::fs::write(&body, "News.").unwrap();
-    cli(
-        &app,
-        &[
-            "mail",
-            "broadcast",
-            "--template",
-            "product-update",
-            "--subject",
-            "News",
-            "--body-file",
-            body.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    crate::product_email::broadcast(&app.cli_vars(), app.data_dir.path(), false);
     mail_to(&app, email, "News").await;
     let mut tx = app.platform.pool.begin().await.unwrap();
     pexper_platform::jobs::enqueue(
@@ -989,29 +974,6 @@ async fn what_arrives_for_an_address_between_its_erasure_and_the_goodbye_email_i
     );
 }
 
-/// Who would get a product update now: `mail broadcast --dry-run`'s count.
-fn broadcast_audience(vars: &[(String, String)], dir: &std::path::Path) -> Value {
-    let body = dir.join("update.txt");
-    std::fs::write(&body, "News.").unwrap();
-    let out = admin(
-        vars,
-        &[
-            "mail",
-            "broadcast",
-            "--template",
-            "product-update",
-            "--subject",
-            "News",
-            "--body-file",
-            body.to_str().unwrap(),
-            "--dry-run",
-            "--json",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_str(&stdout(&out)).unwrap()
-}
-
 #[tokio::test]
 async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken() {
     let mut app = app().await;
@@ -1021,7 +983,7 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     app.queue_drained().await;
     let dir = tempdir::TempDir::new();
     let vars = app.cli_vars();
-    let audience = broadcast_audience(&vars, dir.path());
+    let audience = crate::product_email::broadcast(&vars, dir.path(), true);
 
     // Back up; then one of the two is erased.
     let file = dir.path().join("pexper.backup");
@@ -1094,7 +1056,7 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     assert_eq!(entries, 1, "only the one who stayed");
     assert_eq!(audience["queued"], 2, "{audience}");
     assert_eq!(
-        broadcast_audience(&vars, dir.path())["queued"],
+        crate::product_email::broadcast(&vars, dir.path(), true)["queued"],
         1,
         "not mailed"
     );
@@ -1120,7 +1082,10 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     let restored: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(restored["erased_again"], 1, "{restored}");
     assert_eq!(is_back(fresh.pool().await).await, 0);
-    assert_eq!(broadcast_audience(&elsewhere, dir.path())["queued"], 1);
+    assert_eq!(
+        crate::product_email::broadcast(&elsewhere, dir.path(), true)["queued"],
+        1
+    );
     // Replaying again (as after a point-in-time recovery) finds nobody left to erase.
     let out = admin(&elsewhere, &["db", "replay", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1229,6 +1194,15 @@ async fn an_operator_erases_without_a_link_and_the_audit_trail_names_who_and_why
     assert_eq!(check["broken_at"], Value::Null, "{check}");
 }
 
+/// Follows the unsubscribe link in the footer of `email`'s confirmation (one-click POST).
+async fn unsubscribe_by_the_confirmation_link(app: &TestApp, email: &str) {
+    let link = mail_to(app, email, "Confirm")
+        .await
+        .link(&app.url("/v1/unsubscribe?token="));
+    let res = app.client.post(&link).body("").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 /// `policy announce` with this summary, `days` ahead.
 fn announce(
     app: &TestApp,
@@ -1268,19 +1242,7 @@ async fn a_policy_change_is_announced_30_days_ahead_once_to_everyone_concerned_b
     // again: the suppression kept at their erasure is what keeps them from the notice.
     customer(&app, "buyer@example.net").await;
     crate::waitlist::join(&app, "quiet@example.net", json!({})).await;
-    let unsubscribe = mail_to(&app, "quiet@example.net", "Confirm")
-        .await
-        .link(&app.url("/v1/unsubscribe?token="));
-    assert_eq!(
-        app.client
-            .post(&unsubscribe)
-            .body("")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    unsubscribe_by_the_confirmation_link(&app, "quiet@example.net").await;
     let res = app
         .client
         .post(app.url("/v1/waitlist"))
@@ -1291,19 +1253,7 @@ async fn a_policy_change_is_announced_30_days_ahead_once_to_everyone_concerned_b
     assert_eq!(res.status(), 202);
     let returning = "returning@example.net";
     crate::waitlist::join(&app, returning, json!({})).await;
-    let link = mail_to(&app, returning, "Confirm")
-        .await
-        .link(&app.url("/v1/unsubscribe?token="));
-    assert_eq!(
-        app.client
-            .post(&link)
-            .body("")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    unsubscribe_by_the_confirmation_link(&app, returning).await;
     request_and_verify(&app, returning, "deletion").await;
     mail_to(&app, returning, "has been deleted").await;
     app.queue_drained().await;

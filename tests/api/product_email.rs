@@ -518,22 +518,7 @@ async fn bounces_and_complaints_suppress_what_they_should_and_a_second_read_chan
     // Product news goes to the two left: not to the bounced address (still subscribed, but
     // suppressed), not to the one who complained.
     let before = app.smtp.received().len();
-    let body = dir.path().join("news.txt");
-    std::fs::write(&body, "News.").unwrap();
-    let out = admin(
-        &app.cli_vars(),
-        &[
-            "mail",
-            "broadcast",
-            "--template",
-            "product-update",
-            "--subject",
-            "News",
-            "--body-file",
-            body.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    broadcast(&app.cli_vars(), dir.path(), false);
     app.queue_drained().await;
     let mut news: Vec<String> = app.smtp.received()[before..]
         .iter()
@@ -559,4 +544,27 @@ async fn bounces_and_complaints_suppress_what_they_should_and_a_second_read_chan
         .map(|m| m.to.join(","))
         .collect();
     assert_eq!(asked, vec!["<complains@example.net>"]);
+}
+
+/// `mail broadcast` of a product update saying "News.", as the operator runs it; its JSON.
+pub(crate) fn broadcast(vars: &[(String, String)], dir: &std::path::Path, dry_run: bool) -> Value {
+    let body = dir.join("news.txt");
+    std::fs::write(&body, "News.").unwrap();
+    let mut args = vec![
+        "mail",
+        "broadcast",
+        "--template",
+        "product-update",
+        "--subject",
+        "News",
+        "--body-file",
+        body.to_str().unwrap(),
+        "--json",
+    ];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    let out = admin(vars, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
 }

@@ -514,6 +514,7 @@ mod tests {
             "PEXPER_PUBLIC_URL",
             "PEXPER_CRASH_KEYS",
             "PEXPER_TRUSTED_PROXY",
+            "PEXPER_POSTAL_ADDRESS",
         ];
         for (_, value) in PRODUCTION_OK.iter().filter(|(k, _)| !public.contains(k)) {
             assert!(!shown.contains(value), "{value} leaked into {shown}");

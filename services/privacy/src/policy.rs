@@ -244,11 +244,7 @@ pub struct PolicyNoticeEmail {
 impl PolicyNoticeEmail {
     /// Paragraphs for the HTML body (blank-line separated in the summary).
     pub fn paragraphs(&self) -> Vec<&str> {
-        self.summary
-            .split("\n\n")
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .collect()
+        mail::paragraphs(&self.summary)
     }
 }
 

@@ -223,11 +223,7 @@ pub struct ProductUpdate {
 impl ProductUpdate {
     /// Paragraphs for the HTML body (blank-line separated in the text).
     pub fn paragraphs(&self) -> Vec<&str> {
-        self.body
-            .split("\n\n")
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .collect()
+        mail::paragraphs(&self.body)
     }
 }
 

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::jobs::{Job, JobError};
 use crate::person::PersonId;
 
-pub use templates::{EmailTemplate, MailClass, OperatorNotice, Rendered};
+pub use templates::{EmailTemplate, MailClass, OperatorNotice, Rendered, paragraphs};
 
 /// An email ready to go.
 #[derive(Debug, Clone)]

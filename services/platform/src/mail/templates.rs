@@ -40,6 +40,14 @@ impl MailClass {
     }
 }
 
+/// The paragraphs of an operator's text (separated by blank lines), for an HTML body.
+pub fn paragraphs(text: &str) -> Vec<&str> {
+    text.split("\n\n")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// An email's data, and how it renders.
 pub trait EmailTemplate {
     /// The folder name under `templates/emails/`, recorded in the person's email history.
