@@ -776,7 +776,7 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
         .await
         .unwrap();
     assert_eq!(friend.status(), 202);
-    crate::product_email::broadcast(&app.cli_vars(), app.data_dir.path(), false);
+    crate::product_email::broadcast(&app.cli_vars(), app.data_dir.path(), "News", false);
     mail_to(&app, email, "News").await;
     let mut tx = app.platform.pool.begin().await.unwrap();
     pexper_platform::jobs::enqueue(
@@ -983,7 +983,7 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     app.queue_drained().await;
     let dir = tempdir::TempDir::new();
     let vars = app.cli_vars();
-    let audience = crate::product_email::broadcast(&vars, dir.path(), true);
+    let audience = crate::product_email::broadcast(&vars, dir.path(), "News", true);
 
     // Back up; then one of the two is erased.
     let file = dir.path().join("pexper.backup");
@@ -1056,7 +1056,7 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     assert_eq!(entries, 1, "only the one who stayed");
     assert_eq!(audience["queued"], 2, "{audience}");
     assert_eq!(
-        crate::product_email::broadcast(&vars, dir.path(), true)["queued"],
+        crate::product_email::broadcast(&vars, dir.path(), "News", true)["queued"],
         1,
         "not mailed"
     );
@@ -1083,7 +1083,7 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     assert_eq!(restored["erased_again"], 1, "{restored}");
     assert_eq!(is_back(fresh.pool().await).await, 0);
     assert_eq!(
-        crate::product_email::broadcast(&elsewhere, dir.path(), true)["queued"],
+        crate::product_email::broadcast(&elsewhere, dir.path(), "News", true)["queued"],
         1
     );
     // Replaying again (as after a point-in-time recovery) finds nobody left to erase.
@@ -1376,4 +1376,144 @@ async fn a_policy_change_is_announced_30_days_ahead_once_to_everyone_concerned_b
     let notices = &export["privacy_requests"]["policy_notices"];
     assert_eq!(notices[0]["version"], "2027-01", "{export}");
     assert_eq!(notices[0]["status"], "sent");
+}
+
+async fn person_of(app: &TestApp, email: &str) -> Option<pexper_platform::person::PersonId> {
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let address = pexper_platform::address::EmailAddress::parse(email).unwrap();
+    pexper_platform::person::find(&mut conn, &app.platform.keyring, &address)
+        .await
+        .unwrap()
+}
+
+/// The id of the (only) request of this kind.
+fn request_of_kind(app: &TestApp, kind: &str) -> String {
+    requests(app).iter().find(|r| r["kind"] == kind).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Who got a product update with this subject.
+fn got(app: &TestApp, subject: &str) -> Vec<String> {
+    let mut to: Vec<String> = app
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.header("Subject").as_deref() == Some(subject))
+        .map(|m| m.to.join(","))
+        .collect();
+    to.sort();
+    to
+}
+
+#[tokio::test]
+async fn correction_restriction_and_objection_are_carried_out_when_completed() {
+    let app = app().await;
+    for who in ["old.name", "taken", "restricted", "objects"] {
+        crate::waitlist::join(&app, &format!("{who}@example.net"), json!({})).await;
+    }
+    let vars = app.cli_vars();
+
+    // A correction of the address: refused while the new one is someone else's (nothing
+    // changes), then carried out: found by the new address only, told at the new address.
+    request_and_verify(&app, "old.name@example.net", "correction").await;
+    let id = request_of_kind(&app, "correction");
+    let before = person_of(&app, "old.name@example.net").await.unwrap();
+    let out = admin(
+        &vars,
+        &[
+            "privacy",
+            "complete",
+            &id,
+            "--note",
+            "Corrected.",
+            "--new-email",
+            "taken@example.net",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("another person"), "{}", stderr(&out));
+    assert_eq!(
+        cli(&app, &["privacy", "show", &id, "--json"])["status"],
+        "verified"
+    );
+    assert_eq!(person_of(&app, "old.name@example.net").await, Some(before));
+    cli(
+        &app,
+        &[
+            "privacy",
+            "complete",
+            &id,
+            "--note",
+            "Corrected.",
+            "--new-email",
+            "new.name@example.net",
+            "--json",
+        ],
+    );
+    assert_eq!(person_of(&app, "new.name@example.net").await, Some(before));
+    assert_eq!(person_of(&app, "old.name@example.net").await, None);
+    mail_to(&app, "new.name@example.net", "request is complete").await;
+
+    // A restriction: while it holds, no product email; lifted, product email again.
+    request_and_verify(&app, "restricted@example.net", "restriction").await;
+    let id = request_of_kind(&app, "restriction");
+    cli(
+        &app,
+        &[
+            "privacy",
+            "complete",
+            &id,
+            "--note",
+            "Restricted.",
+            "--json",
+        ],
+    );
+    let restricted = person_of(&app, "restricted@example.net").await.unwrap();
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let export = pexper_server::personal_data(&app.platform.config)
+        .export(&mut conn, &app.platform.keyring, restricted)
+        .await
+        .unwrap();
+    assert!(
+        export["email"]["processing_restricted_since"].is_string(),
+        "{export}"
+    );
+    drop(conn);
+
+    // An objection: unsubscribed from product email.
+    request_and_verify(&app, "objects@example.net", "objection").await;
+    let id_objection = request_of_kind(&app, "objection");
+    cli(
+        &app,
+        &[
+            "privacy",
+            "complete",
+            &id_objection,
+            "--note",
+            "Stopped.",
+            "--json",
+        ],
+    );
+
+    let dir = tempdir::TempDir::new();
+    crate::product_email::broadcast(&vars, dir.path(), "News one", false);
+    app.queue_drained().await;
+    assert_eq!(
+        got(&app, "News one"),
+        vec!["<new.name@example.net>", "<taken@example.net>"],
+        "not the restricted, not the objector"
+    );
+    cli(&app, &["privacy", "lift", &id, "--json"]);
+    crate::product_email::broadcast(&vars, dir.path(), "News two", false);
+    app.queue_drained().await;
+    assert_eq!(
+        got(&app, "News two"),
+        vec![
+            "<new.name@example.net>",
+            "<restricted@example.net>",
+            "<taken@example.net>"
+        ]
+    );
 }

@@ -518,7 +518,7 @@ async fn bounces_and_complaints_suppress_what_they_should_and_a_second_read_chan
     // Product news goes to the two left: not to the bounced address (still subscribed, but
     // suppressed), not to the one who complained.
     let before = app.smtp.received().len();
-    broadcast(&app.cli_vars(), dir.path(), false);
+    broadcast(&app.cli_vars(), dir.path(), "News", false);
     app.queue_drained().await;
     let mut news: Vec<String> = app.smtp.received()[before..]
         .iter()
@@ -546,8 +546,14 @@ async fn bounces_and_complaints_suppress_what_they_should_and_a_second_read_chan
     assert_eq!(asked, vec!["<complains@example.net>"]);
 }
 
-/// `mail broadcast` of a product update saying "News.", as the operator runs it; its JSON.
-pub(crate) fn broadcast(vars: &[(String, String)], dir: &std::path::Path, dry_run: bool) -> Value {
+/// `mail broadcast` of a product update with this subject (and the body "News."), as the
+/// operator runs it; its JSON. Another subject is another broadcast.
+pub(crate) fn broadcast(
+    vars: &[(String, String)],
+    dir: &std::path::Path,
+    subject: &str,
+    dry_run: bool,
+) -> Value {
     let body = dir.join("news.txt");
     std::fs::write(&body, "News.").unwrap();
     let mut args = vec![
@@ -556,7 +562,7 @@ pub(crate) fn broadcast(vars: &[(String, String)], dir: &std::path::Path, dry_ru
         "--template",
         "product-update",
         "--subject",
-        "News",
+        subject,
         "--body-file",
         body.to_str().unwrap(),
         "--json",

@@ -73,7 +73,13 @@ pub enum Command {
         id: PrivacyRequestId,
         #[arg(long)]
         note: String,
+        /// For a correction of the address: the address to store instead (refused, with
+        /// nothing changed, if it is another person's).
+        #[arg(long)]
+        new_email: Option<String>,
     },
+    /// End the restriction of processing a completed restriction request set.
+    Lift { id: PrivacyRequestId },
     /// Refuse a request; the reason is emailed to the person.
     Reject {
         id: PrivacyRequestId,
@@ -194,10 +200,26 @@ pub async fn run(
             admin::process(pool, id).await?;
             output::object(json, &json!({"id": id, "processing": true}));
         }
-        Command::Complete { id, note } => {
+        Command::Complete {
+            id,
+            note,
+            new_email,
+        } => {
             anyhow::ensure!(!note.trim().is_empty(), "--note must say what was done");
-            admin::close(pool, &keyring(config, pool).await?, id, true, note.trim()).await?;
+            let new_email = new_email
+                .map(|e| EmailAddress::parse(&e).context("--new-email is not a valid address"))
+                .transpose()?;
+            let keyring = keyring(config, pool).await?;
+            let closed =
+                admin::close(pool, &keyring, id, true, note.trim(), new_email.as_ref()).await?;
+            if let Some(person) = closed.objected {
+                pexper_waitlist::admin::unsubscribe(pool, person).await?;
+            }
             output::object(json, &json!({"id": id, "status": Status::Completed}));
+        }
+        Command::Lift { id } => {
+            admin::lift_restriction(pool, id).await?;
+            output::object(json, &json!({"id": id, "restriction": "lifted"}));
         }
         Command::Reject { id, reason } => {
             anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
@@ -207,6 +229,7 @@ pub async fn run(
                 id,
                 false,
                 reason.trim(),
+                None,
             )
             .await?;
             output::object(json, &json!({"id": id, "status": Status::Rejected}));

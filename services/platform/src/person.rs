@@ -162,6 +162,74 @@ pub async fn email(
     ))
 }
 
+/// What `change_email` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailChange {
+    Changed,
+    /// The new address is another person's: nothing changed (never merged silently).
+    Taken(PersonId),
+}
+
+/// Changes a person's address (a completed correction request): sealed anew under their key
+/// and re-indexed, so they are found by the new address and no longer by the old one.
+pub async fn change_email(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    id: PersonId,
+    new: &EmailAddress,
+) -> anyhow::Result<EmailChange> {
+    match find(conn, keyring, new).await? {
+        Some(other) if other != id => return Ok(EmailChange::Taken(other)),
+        _ => {}
+    }
+    let key = data_key(conn, keyring, id)
+        .await?
+        .context("no such person to correct")?;
+    let updated = sqlx::query(
+        "UPDATE person SET email_sealed = $2, email_index = $3, updated_at = now()
+         WHERE id = $1 AND erasing_since IS NULL",
+    )
+    .bind(id)
+    .bind(key.seal(email_field(id), new.as_str().as_bytes()))
+    .bind(keyring.blind_index(EMAIL_INDEX, new.as_str()).as_slice())
+    .execute(conn)
+    .await
+    .context("failed to change an address")?;
+    anyhow::ensure!(updated.rows_affected() == 1, "the person is being erased");
+    Ok(EmailChange::Changed)
+}
+
+/// Sets or lifts a restriction of processing (`restricted_since`): while set, no product email
+/// goes to them (`mail::deliver`).
+pub async fn restrict(conn: &mut PgConnection, id: PersonId, on: bool) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE person SET restricted_since = CASE WHEN $2 THEN coalesce(restricted_since, now()) END,
+                updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(on)
+    .execute(conn)
+    .await
+    .context("failed to change a restriction")?;
+    Ok(())
+}
+
+/// Since when processing is restricted for a person, if it is.
+pub async fn restricted_since(
+    conn: &mut PgConnection,
+    id: PersonId,
+) -> anyhow::Result<Option<time::OffsetDateTime>> {
+    Ok(
+        sqlx::query_scalar("SELECT restricted_since FROM person WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+            .context("failed to read a restriction")?
+            .flatten(),
+    )
+}
+
 /// Detaches a person being erased from their address: their blind index becomes random bytes,
 /// so no lookup finds them, and a signup or a purchase for the address from now on makes a new
 /// person, while this one waits for its goodbye email and `destroy`.

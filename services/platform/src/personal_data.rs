@@ -286,9 +286,12 @@ impl PersonalData for EmailRecords {
                 })
             })
             .collect();
+        let restricted = person::restricted_since(conn, person).await?;
         Ok(serde_json::json!({
             "address": address.as_ref().map(|a| a.as_str()),
             "emails_sent": history,
+            "processing_restricted_since": restricted
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
         }))
     }
 

@@ -218,15 +218,27 @@ pub async fn process(pool: &PgPool, id: PrivacyRequestId) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `privacy complete ID --note` / `privacy reject ID --reason`: closes a request and tells the
-/// person, with the note sealed under their key.
+/// What closing a request carried out, besides telling the person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Closed {
+    /// An objection was completed: the caller unsubscribes this person from product email
+    /// (the waitlist's, which this crate does not reach into).
+    pub objected: Option<PersonId>,
+}
+
+/// `privacy complete ID --note [--new-email]` / `privacy reject ID --reason`: closes a request
+/// and tells the person, with the note sealed under their key. Completing carries the request
+/// out in the same transaction: a correction with a new address changes it (refused, with
+/// nothing changed, if it is someone else's), a restriction stops processing but storage
+/// until lifted, an objection unsubscribes (through the caller).
 pub async fn close(
     pool: &PgPool,
     keyring: &Keyring,
     id: PrivacyRequestId,
     completed: bool,
     note: &str,
-) -> anyhow::Result<()> {
+    new_email: Option<&EmailAddress>,
+) -> anyhow::Result<Closed> {
     let mut tx = pool.begin().await?;
     let (to, from, event): (Status, &[Status], &str) = if completed {
         (
@@ -237,7 +249,7 @@ pub async fn close(
     } else {
         (Status::Rejected, &Status::OPEN, "rejected")
     };
-    let Some((_, person)) = store::transition(&mut tx, id, from, to, event, "operator").await?
+    let Some((kind, person)) = store::transition(&mut tx, id, from, to, event, "operator").await?
     else {
         let current: Option<Status> =
             sqlx::query_scalar("SELECT status FROM privacy_request WHERE id = $1")
@@ -249,6 +261,28 @@ pub async fn close(
             Some(s) => format!("request {id} is {s}: it cannot be {to} now"),
         });
     };
+    anyhow::ensure!(
+        new_email.is_none() || (completed && kind == Kind::Correction),
+        "--new-email is for completing a correction request; request {id} is a {kind} request"
+    );
+    let mut closed = Closed::default();
+    if let (true, Some(person)) = (completed, person) {
+        match kind {
+            Kind::Correction => {
+                if let Some(new) = new_email
+                    && let person::EmailChange::Taken(_) =
+                        person::change_email(&mut tx, keyring, person, new).await?
+                {
+                    anyhow::bail!(
+                        "the new address belongs to another person: nothing was changed or merged; tell the person, or erase one of the two first"
+                    );
+                }
+            }
+            Kind::Restriction => person::restrict(&mut tx, person, true).await?,
+            Kind::Objection => closed.objected = Some(person),
+            _ => {}
+        }
+    }
     if let Some(person) = person {
         let key = person::data_key(&mut tx, keyring, person)
             .await?
@@ -264,6 +298,26 @@ pub async fn close(
         )
         .await?;
     }
+    tx.commit().await?;
+    Ok(closed)
+}
+
+/// `privacy lift ID`: ends the restriction a completed restriction request set.
+pub async fn lift_restriction(pool: &PgPool, id: PrivacyRequestId) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(Kind, Status, Option<PersonId>)> =
+        sqlx::query_as("SELECT kind, status, person_id FROM privacy_request WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (kind, status, person) = row.with_context(|| format!("no privacy request {id}"))?;
+    anyhow::ensure!(
+        kind == Kind::Restriction && status == Status::Completed,
+        "request {id} is a {status} {kind} request: only a completed restriction can be lifted"
+    );
+    let person = person.context("the request's person is erased")?;
+    person::restrict(&mut tx, person, false).await?;
+    crate::audit::record(&mut tx, id, "restriction lifted", status, "operator").await?;
     tx.commit().await?;
     Ok(())
 }

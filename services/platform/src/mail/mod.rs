@@ -330,6 +330,16 @@ async fn deliver(
             return Ok(());
         }
     }
+    // A restriction of processing stops what is not needed: product email.
+    if class == MailClass::Product
+        && let Some(person) = person
+        && crate::person::restricted_since(conn, person)
+            .await?
+            .is_some()
+    {
+        tracing::info!(template, "not sent: processing is restricted");
+        return Ok(());
+    }
     platform.mailer.send(&platform.mail_from, &email).await?;
     if let Some(person) = person {
         sqlx::query(
