@@ -251,6 +251,7 @@ async fn openapi_documents_exactly_the_routed_operations() {
         ("POST", "/v1/privacy/verify"),
         ("GET", "/v1/privacy/exports/{token}"),
         ("GET", "/v1/policy"),
+        ("POST", "/v1/support"),
         ("POST", "/v1/analytics/events"),
         ("GET", "/v1/analytics/schema"),
         ("POST", "/api/{project_id}/envelope/"),

@@ -20,4 +20,5 @@ mod queue;
 mod replicas;
 mod retention;
 mod storage;
+mod support;
 mod waitlist;

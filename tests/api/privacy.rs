@@ -793,6 +793,20 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
     let out = announce(&app, "2027-02", 40, "A change.", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     mail_to(&app, email, "privacy policy").await;
+    let res = app
+        .client
+        .post(app.url("/v1/support"))
+        .json(&json!({"email": email, "message": "Where is my licence?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    mail_to(&app, email, "We have your message").await;
+    // A day later (four emails anyone could cause are over one day's budget of three).
+    sqlx::query("UPDATE person SET request_mail_day = request_mail_day - 1")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
     // The friend's entry names the customer only once the friend confirms.
     let confirm = mail_to(&app, "friend@example.net", "Confirm").await;
     let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));

@@ -16,6 +16,7 @@ mod policy;
 mod privacy;
 mod purchases;
 mod retention;
+mod support;
 mod waitlist;
 
 use std::io::Write;
@@ -80,6 +81,11 @@ enum Command {
         #[command(subcommand)]
         command: policy::Command,
     },
+    /// Support requests: the queue, reading one, replying by email, closing.
+    Support {
+        #[command(subcommand)]
+        command: support::Command,
+    },
     /// How long each kind of personal data is kept; apply the rules now.
     Retention {
         #[command(subcommand)]
@@ -141,6 +147,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Licenses { command } => {
             purchases::licenses(json, &connect(&config).await?, command).await
+        }
+        Command::Support { command } => {
+            support::run(json, &config, &connect(&config).await?, command).await
         }
         Command::Retention { command } => {
             retention::run(json, &config, &connect(&config).await?, command).await

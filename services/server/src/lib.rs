@@ -29,6 +29,7 @@ pub fn all_services() -> Vec<Arc<dyn Service>> {
         Arc::new(pexper_payments::Payments),
         Arc::new(pexper_privacy::Privacy),
         Arc::new(pexper_analytics::Analytics),
+        Arc::new(pexper_support::Support),
     ]
 }
 

@@ -2,6 +2,8 @@
 //! endpoints, and `/openapi.json` generated from the handlers' annotations.
 
 mod client_ip;
+mod origin;
+pub use origin::origin_allowed;
 mod error;
 
 use std::sync::Arc;

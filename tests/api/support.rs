@@ -1,0 +1,215 @@
+//! Support requests: the form and JSON, sealed at rest, acknowledged with a reference, read
+//! and answered by an operator, in the export, gone at erasure.
+
+use pexper_tests::*;
+use serde_json::{Value, json};
+
+use crate::waitlist::WAIT;
+
+const MESSAGE: &str = "My licence key canary-support-7731 stopped working after the update.";
+
+async fn post(app: &TestApp, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/support"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_support_request_is_sealed_acknowledged_answered_exported_and_erased() {
+    let app = spawn_app().await;
+    let email = "help.me@example.net";
+    let res = post(
+        &app,
+        json!({"email": email, "subject": "Licence", "message": MESSAGE}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"status": "received"})
+    );
+    let ack = app.smtp.wait_for(1, WAIT).await[0].clone();
+    let subject = ack.header("Subject").unwrap();
+    let reference = subject.split(['(', ')']).nth(1).unwrap().to_owned();
+    assert!(
+        reference.starts_with("S-") && reference.len() == 10,
+        "{subject}"
+    );
+    assert!(ack.part("text/plain").unwrap().contains(&reference));
+    let dump = app.db.dump();
+    assert!(!dump.contains("canary-support-7731") && !dump.bytea_contains("canary-support-7731"));
+
+    // The operator: the list holds no personal data; the request opens; a reply goes by email.
+    let vars = app.cli_vars();
+    let cli = |args: &[&str]| {
+        let out = admin(&vars, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    let list = cli(&["support", "list", "--json"]);
+    assert_eq!(list[0]["reference"], reference.as_str());
+    assert!(!list.to_string().contains(email));
+    let shown = cli(&["support", "show", &reference, "--json"]);
+    assert_eq!(shown["message"], MESSAGE);
+    assert_eq!(shown["subject"], "Licence");
+    assert!(shown.get("email").is_none());
+    let out = admin(&vars, &["support", "show", &reference, "--email", "--json"]);
+    assert!(!out.status.success(), "the address needs a reason");
+    let shown = cli(&[
+        "support",
+        "show",
+        &reference,
+        "--email",
+        "--reason",
+        "to answer",
+        "--json",
+    ]);
+    assert_eq!(shown["email"], email);
+    let body = app.data_dir.path().join("reply.txt");
+    std::fs::write(&body, "Sorry about that.\n\nHere is a new key.").unwrap();
+    cli(&[
+        "support",
+        "reply",
+        &reference,
+        "--body-file",
+        body.to_str().unwrap(),
+        "--json",
+    ]);
+    let reply = app.smtp.wait_for(2, WAIT).await[1].clone();
+    assert_eq!(reply.to, vec![format!("<{email}>")]);
+    assert!(reply.header("Subject").unwrap().contains(&reference));
+    assert!(
+        reply
+            .part("text/plain")
+            .unwrap()
+            .contains("Here is a new key.")
+    );
+    assert!(reply.header("List-Unsubscribe").is_none());
+    assert!(!app.db.dump().bytea_contains("Here is a new key."));
+    assert_eq!(cli(&["support", "list", "--json"])[0]["status"], "answered");
+
+    // In their export; gone with them.
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let person = pexper_platform::person::find(
+        &mut conn,
+        &app.platform.keyring,
+        &pexper_platform::address::EmailAddress::parse(email).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let registry = pexper_server::personal_data(&app.platform.config);
+    let export = registry
+        .export(&mut conn, &app.platform.keyring, person)
+        .await
+        .unwrap();
+    let request = &export["support"]["requests"][0];
+    assert_eq!(request["message"], MESSAGE);
+    assert_eq!(
+        request["replies"][0]["body"],
+        "Sorry about that.\n\nHere is a new key."
+    );
+    cli(&["support", "close", &reference, "--json"]);
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    registry
+        .erase(&mut tx, &app.platform.keyring, person)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        app.count("support_request").await + app.count("support_reply").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn bad_support_requests_get_422_naming_the_field_and_forms_get_pages() {
+    let app = spawn_app().await;
+    for (body, code) in [
+        (
+            json!({"email": "not-an-address", "message": "hi"}),
+            "invalid_email",
+        ),
+        (
+            json!({"email": "a@example.net", "message": "   \n "}),
+            "invalid_message",
+        ),
+        (
+            json!({"email": "a@example.net", "message": "x".repeat(10_001)}),
+            "invalid_message",
+        ),
+        (
+            json!({"email": "a@example.net", "message": "hi", "subject": "s".repeat(201)}),
+            "invalid_subject",
+        ),
+    ] {
+        let res = post(&app, body).await;
+        assert_eq!(res.status(), 422);
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], code);
+    }
+    // The longest message there may be is taken.
+    let res = post(
+        &app,
+        json!({"email": "a@example.net", "message": "é".repeat(10_000)}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+
+    // A form post from our site gets a page; from another site, 403; a filled honeypot, the
+    // normal answer and nothing stored.
+    let form = |origin: &str, fields: &[(&str, &str)]| {
+        // The values here need no escaping but `@`.
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace('@', "%40")))
+            .collect();
+        app.client
+            .post(app.url("/v1/support"))
+            .header("Origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"))
+            .send()
+    };
+    let res = form(
+        "https://pexper.com",
+        &[("email", "b@example.net"), ("message", "Help")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 202);
+    assert!(res.text().await.unwrap().contains("id=\"received\""));
+    let res = form(
+        "https://evil.example",
+        &[("email", "c@example.net"), ("message", "Help")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 403);
+    let res = form(
+        "https://pexper.com",
+        &[("email", "bad"), ("message", "Help")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 422);
+    assert!(res.text().await.unwrap().contains("id=\"invalid\""));
+    let res = form(
+        "https://pexper.com",
+        &[
+            ("email", "bot@example.net"),
+            ("message", "Buy"),
+            ("website", "spam"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        app.count("support_request").await,
+        2,
+        "the longest message and the form"
+    );
+}
