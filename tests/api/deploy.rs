@@ -228,7 +228,8 @@ async fn services_picks_which_routes_a_process_serves() {
             "waitlist",
             "payments",
             "privacy_requests",
-            "analytics"
+            "analytics",
+            "support"
         ]
     );
     let waitlist = spawn_app().await;

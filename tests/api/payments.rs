@@ -670,6 +670,20 @@ async fn export_holds_purchases_and_licences_and_erasure_keeps_only_the_unlinked
     );
     let dump = app.db.dump();
     assert!(!dump.contains("erase.me"), "the address is gone");
+    assert!(
+        !dump.contains(&checkout.session),
+        "the Checkout Session id is a keyed hash now"
+    );
+    // A late event for the session still finds its purchase (no second one), and records
+    // the session under its hash.
+    delivered(
+        &app,
+        &checkout.session_event("checkout.session.async_payment_succeeded", "paid"),
+    )
+    .await;
+    assert_eq!(app.count("purchase").await, 1);
+    assert!(!app.db.dump().contains(&checkout.session));
+    assert_eq!(purchase(&app, &checkout).await["has_buyer"], false);
 }
 
 #[tokio::test]

@@ -93,7 +93,7 @@ pub async fn run(
             );
         }
         Command::Show { id, email, reason } => {
-            let row = admin::find(pool, &id)
+            let row = admin::find(pool, &keyring(config, pool).await?, &id)
                 .await?
                 .with_context(|| format!("no purchase {id}"))?;
             let mut value = serde_json::to_value(&row)?;

@@ -70,14 +70,18 @@ pub async fn list(
     .context("failed to list purchases")
 }
 
-/// A purchase by its id or its Checkout Session id.
-pub async fn find(pool: &PgPool, id_or_session: &str) -> anyhow::Result<Option<PurchaseRow>> {
+/// A purchase by its id or its Checkout Session id (also once hashed at its buyer's erasure).
+pub async fn find(
+    pool: &PgPool,
+    keyring: &Keyring,
+    id_or_session: &str,
+) -> anyhow::Result<Option<PurchaseRow>> {
     let id = Uuid::parse_str(id_or_session).ok();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE p.id = $1 OR p.checkout_session_id = $2"
+        "{SELECT} WHERE p.id = $1 OR p.checkout_session_id = ANY($2)"
     )))
     .bind(id)
-    .bind(id_or_session)
+    .bind(crate::store::session_forms(keyring, id_or_session))
     .fetch_optional(pool)
     .await
     .context("failed to find a purchase")

@@ -78,9 +78,34 @@ impl PersonalData for PaymentsData {
     async fn erase(
         &self,
         conn: &mut PgConnection,
-        _keyring: &Keyring,
+        keyring: &Keyring,
         person: PersonId,
     ) -> anyhow::Result<ErasureSummary> {
+        // The Checkout Session id names the buyer's session at Stripe and serves no
+        // accounting purpose: it becomes a keyed hash, here and on the events that name it.
+        let sessions: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT id, checkout_session_id FROM purchase
+             WHERE person_id = $1 AND checkout_session_id NOT LIKE 'h:%'",
+        )
+        .bind(person)
+        .fetch_all(&mut *conn)
+        .await
+        .context("failed to read purchases to erase")?;
+        for (id, session) in &sessions {
+            let hashed = crate::store::hashed_session(keyring, session);
+            sqlx::query("UPDATE purchase SET checkout_session_id = $2 WHERE id = $1")
+                .bind(id)
+                .bind(&hashed)
+                .execute(&mut *conn)
+                .await
+                .context("failed to hash a session id")?;
+            sqlx::query("UPDATE stripe_event SET payment_ref = $2 WHERE payment_ref = $1")
+                .bind(session)
+                .bind(&hashed)
+                .execute(&mut *conn)
+                .await
+                .context("failed to hash an event's session id")?;
+        }
         let unlinked = sqlx::query(
             "UPDATE purchase SET person_id = NULL, updated_at = now() WHERE person_id = $1",
         )
@@ -92,7 +117,7 @@ impl PersonalData for PaymentsData {
         let mut kept = Vec::new();
         if unlinked > 0 {
             kept.push(format!(
-                "{unlinked} purchase record(s) — amount, currency, date, country and Stripe's ids — unlinked from the person and kept for tax law"
+                "{unlinked} purchase record(s), unlinked from the person and kept 10 years for tax law: amount, currency, date, country, and the payment's reference at Stripe (pi_/ch_) that reconciles it with Stripe's payouts; the Checkout Session id is replaced by a keyed hash"
             ));
             kept.push(
                 "their licence key(s) stay valid: a licence carries no personal data".to_owned(),
@@ -100,7 +125,10 @@ impl PersonalData for PaymentsData {
         }
         Ok(ErasureSummary {
             section: self.section(),
-            removed: BTreeMap::from([("purchase_links", unlinked)]),
+            removed: BTreeMap::from([
+                ("purchase_links", unlinked),
+                ("session_ids", sessions.len() as u64),
+            ]),
             kept,
         })
     }

@@ -10,6 +10,7 @@
 //!   committed a moment before its purchase is still seen.
 
 use anyhow::Context;
+use pexper_platform::crypto::{Keyring, hex};
 use pexper_platform::person::PersonId;
 
 use sqlx::PgConnection;
@@ -122,16 +123,34 @@ pub struct SessionFacts {
     pub occurred_at: OffsetDateTime,
 }
 
-/// The purchase of this session, if we have it.
+/// What an erased buyer's purchase keeps of its Checkout Session id: a keyed hash (`h:` and
+/// hex), so that a late event, or an operator holding the id, still finds the purchase while
+/// the row no longer names a session at Stripe.
+pub fn hashed_session(keyring: &Keyring, session_id: &str) -> String {
+    format!(
+        "h:{}",
+        hex(&keyring.blind_index("stripe-session", session_id))
+    )
+}
+
+/// The forms a session id can be stored in: as Stripe wrote it, or hashed at erasure.
+pub fn session_forms(keyring: &Keyring, session_id: &str) -> Vec<String> {
+    vec![session_id.to_owned(), hashed_session(keyring, session_id)]
+}
+
+/// The purchase of this session, if we have it, with the session id as stored.
 pub async fn purchase_of_session(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     session_id: &str,
-) -> anyhow::Result<Option<PurchaseId>> {
-    sqlx::query_scalar("SELECT id FROM purchase WHERE checkout_session_id = $1")
-        .bind(session_id)
-        .fetch_optional(conn)
-        .await
-        .context("failed to look up a purchase")
+) -> anyhow::Result<Option<(PurchaseId, String)>> {
+    sqlx::query_as(
+        "SELECT id, checkout_session_id FROM purchase WHERE checkout_session_id = ANY($1)",
+    )
+    .bind(session_forms(keyring, session_id))
+    .fetch_optional(conn)
+    .await
+    .context("failed to look up a purchase")
 }
 
 /// Creates the purchase of a session we have not seen. Call under `lock(session_id)`.

@@ -236,25 +236,29 @@ async fn session(
     if let Some(pi) = &facts.payment_intent_id {
         store::lock(tx, pi).await?;
     }
-    let id = match store::purchase_of_session(tx, &facts.session_id).await? {
-        Some(id) => {
-            store::update_purchase(tx, id, &facts).await?;
-            id
-        }
-        None => {
-            // A malformed address is not worth losing a purchase over: keep the purchase,
-            // without a buyer to write to.
-            let buyer = match session.email().map(EmailAddress::parse) {
-                Some(Ok(email)) => {
-                    Some(person::find_or_create(tx, &platform.keyring, &email).await?)
-                }
-                _ => None,
-            };
-            store::insert_purchase(tx, &facts, buyer).await?
-        }
-    };
+    // The event is recorded under the session id as the purchase stores it: hashed once its
+    // buyer is erased.
+    let (id, session_ref) =
+        match store::purchase_of_session(tx, &platform.keyring, &facts.session_id).await? {
+            Some((id, stored)) => {
+                store::update_purchase(tx, id, &facts).await?;
+                (id, stored)
+            }
+            None => {
+                // A malformed address is not worth losing a purchase over: keep the purchase,
+                // without a buyer to write to.
+                let buyer = match session.email().map(EmailAddress::parse) {
+                    Some(Ok(email)) => {
+                        Some(person::find_or_create(tx, &platform.keyring, &email).await?)
+                    }
+                    _ => None,
+                };
+                let id = store::insert_purchase(tx, &facts, buyer).await?;
+                (id, facts.session_id.clone())
+            }
+        };
     fulfilment::apply(tx, &platform.license_key, id).await?;
-    Ok((Outcome::Applied, Some(facts.session_id)))
+    Ok((Outcome::Applied, Some(session_ref)))
 }
 
 async fn refund(
