@@ -213,3 +213,121 @@ async fn bad_support_requests_get_422_naming_the_field_and_forms_get_pages() {
         "the longest message and the form"
     );
 }
+
+/// The canaries of `pexper_tests::canary` that none of these fields may keep in clear.
+fn planted(dump: &Dump) -> Vec<&'static str> {
+    canary::NEEDLES
+        .iter()
+        .copied()
+        .filter(|n| dump.to_lowercase().contains(n) || dump.bytea_contains(n))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_canary_audit_finds_nothing_of_the_new_fields_in_a_dump_or_the_logs() {
+    let server = ServerProcess::start("debug").await;
+    let vars: Vec<(String, String)> = server.vars.clone().into_iter().collect();
+    let cli = |args: &[&str]| {
+        let out = admin(&vars, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    let client = reqwest::Client::new();
+    // What a person writes, with every canary in it, from the canary address.
+    let res = client
+        .post(format!("{}/v1/support", server.base))
+        .json(&json!({
+            "email": canary::EMAIL,
+            "subject": format!("{} {} {}", canary::EMAIL, canary::IPV4, canary::HOSTNAME),
+            "message": canary::sentence(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let ack = server.smtp.wait_for(1, WAIT).await[0].clone();
+    let reference = cli(&["support", "list", "--json"])[0]["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What an operator writes: a reply and reasons that repeat the canaries.
+    let dir = tempdir::TempDir::new();
+    let body = dir.path().join("reply.txt");
+    std::fs::write(&body, canary::sentence()).unwrap();
+    cli(&[
+        "support",
+        "reply",
+        &reference,
+        "--body-file",
+        body.to_str().unwrap(),
+        "--json",
+    ]);
+    let reason = format!(
+        "asked by {} from {} about {} card {}",
+        canary::EMAIL,
+        canary::IPV4,
+        canary::API_KEY,
+        canary::CARD
+    );
+    cli(&[
+        "support", "show", &reference, "--email", "--reason", &reason, "--json",
+    ]);
+    cli(&[
+        "waitlist", "export", "--format", "json", "--reason", &reason,
+    ]);
+    // A bounce report naming the address.
+    let report = format!(
+        "From: MAILER-DAEMON@mx.example.net\nTo: {}\nMessage-ID: <canary-dsn@mx.example.net>\n\
+         MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"r\"\n\n\
+         --r\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.net\n\n\
+         Final-Recipient: rfc822; {}\nAction: delayed\nStatus: 4.2.2\n\n--r--\n",
+        ack.from.trim_matches(['<', '>']),
+        canary::EMAIL
+    );
+    let mbox = dir.path().join("bounces.mbox");
+    std::fs::write(
+        &mbox,
+        format!("From MAILER-DAEMON Mon Nov 30 12:00:00 2026\n{report}\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        cli(&["mail", "bounces", mbox.to_str().unwrap(), "--json"])["soft_bounces"],
+        1
+    );
+    server.smtp.wait_for(2, WAIT).await;
+
+    let dump = server.dump();
+    assert!(
+        dump.bytea_values() > 3,
+        "the sealed fields are there, sealed"
+    );
+    assert_eq!(
+        planted(&dump),
+        Vec::<&str>::new(),
+        "in the database while they are ours"
+    );
+
+    // The operator erases them, giving the same reason.
+    cli(&[
+        "privacy",
+        "erase",
+        "--email",
+        canary::EMAIL,
+        "--reason",
+        &reason,
+        "--json",
+    ]);
+    let goodbye = server.smtp.wait_for(3, WAIT).await;
+    assert!(goodbye[2].header("Subject").unwrap().contains("deleted"));
+    assert_eq!(
+        planted(&server.dump()),
+        Vec::<&str>::new(),
+        "after the erasure"
+    );
+    let log = server.stop().await;
+    assert!(
+        log.contains("support request received"),
+        "the log is captured"
+    );
+    assert_eq!(canary::found(&log), Vec::<&str>::new(), "in the logs");
+}
