@@ -462,3 +462,37 @@ async fn graceful_shutdown_finishes_the_job_in_hand() {
         .unwrap();
     assert!(finished);
 }
+
+#[tokio::test]
+async fn an_enqueue_wakes_the_workers_on_commit_and_a_deduplicated_one_does_not() {
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("pexper_jobs").await.unwrap();
+    let enqueue = |key: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let id = jobs::enqueue(&mut tx, NewJob::new(&TestJob { i: 1 }).dedupe_key(key))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            id
+        }
+    };
+    assert!(enqueue("once").await.is_some());
+    let woke = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification on commit")
+        .unwrap();
+    assert_eq!(woke.payload(), "test.job");
+    assert!(enqueue("once").await.is_none(), "the same key again");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), listener.recv())
+            .await
+            .is_err(),
+        "nothing new, no wake-up"
+    );
+}

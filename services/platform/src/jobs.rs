@@ -128,12 +128,16 @@ impl NewJob {
 }
 
 /// Enqueues inside the caller's transaction. Returns `None` when the dedupe key already exists.
+/// One statement: the insert, and the `NOTIFY` (delivered on commit) only if a row went in.
 pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> anyhow::Result<Option<JobId>> {
     let id: Option<JobId> = sqlx::query_scalar(
-        "INSERT INTO job (id, kind, payload, person_id, run_at, max_attempts, dedupe_key)
-         VALUES ($1, $2, $3, $4, coalesce($5, now()), $6, $7)
-         ON CONFLICT ON CONSTRAINT job_dedupe_key_key DO NOTHING
-         RETURNING id",
+        "WITH queued AS (
+             INSERT INTO job (id, kind, payload, person_id, run_at, max_attempts, dedupe_key)
+             VALUES ($1, $2, $3, $4, coalesce($5, now()), $6, $7)
+             ON CONFLICT ON CONSTRAINT job_dedupe_key_key DO NOTHING
+             RETURNING id, kind
+         )
+         SELECT id FROM queued, pg_notify($8, queued.kind)",
     )
     .bind(JobId(Uuid::now_v7()))
     .bind(job.kind)
@@ -142,17 +146,10 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> anyhow::Result<Opt
     .bind(job.run_at)
     .bind(job.max_attempts)
     .bind(&job.dedupe_key)
+    .bind(CHANNEL)
     .fetch_optional(&mut *conn)
     .await
     .context("failed to enqueue a job")?;
-    if id.is_some() {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(job.kind)
-            .execute(conn)
-            .await
-            .context("failed to notify workers")?;
-    }
     Ok(id)
 }
 
