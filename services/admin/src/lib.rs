@@ -16,6 +16,7 @@ mod policy;
 mod privacy;
 mod purchases;
 mod retention;
+mod reveal;
 mod support;
 mod waitlist;
 

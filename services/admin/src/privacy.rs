@@ -12,6 +12,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
+use crate::reveal::Reveal;
 use crate::{keyring, output};
 
 #[derive(Debug, Subcommand)]
@@ -49,12 +50,8 @@ pub enum Command {
     /// One request: what the person wrote, its audit trail.
     Show {
         id: PrivacyRequestId,
-        /// Also decrypt and show the person's address (needs --reason; audited).
-        #[arg(long, requires = "reason")]
-        email: bool,
-        /// Why you need the address: recorded in the audit trail with your name.
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        reveal: Reveal,
     },
     /// Erase someone without their clicking a link (a child's data found out, abuse): the same
     /// deletion as a verified request, confirmed to the address; the audit trail records who
@@ -168,14 +165,15 @@ pub async fn run(
                 },
             );
         }
-        Command::Show { id, email, reason } => {
+        Command::Show { id, reveal } => {
             let row = admin::find(pool, id)
                 .await?
                 .with_context(|| format!("no privacy request {id}"))?;
-            if let (true, Some(reason)) = (email, reason) {
-                let what = format!("the address of the person of request {id}");
-                admin::record_read(&mut *pool.acquire().await?, Some(id), &what, &reason).await?;
-            }
+            let email = reveal
+                .record(pool, Some(id), || {
+                    format!("the address of the person of request {id}")
+                })
+                .await?;
             let mut value = serde_json::to_value(&row)?;
             let private =
                 admin::private_parts(pool, &keyring(config, pool).await?, &row, email).await?;

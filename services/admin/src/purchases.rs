@@ -8,6 +8,7 @@ use pexper_platform::{Config, person};
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::reveal::Reveal;
 use crate::{keyring, output};
 
 #[derive(Debug, Subcommand)]
@@ -25,12 +26,8 @@ pub enum Command {
     /// One purchase (by id or Checkout Session id) and the events that shaped it.
     Show {
         id: String,
-        /// Also decrypt and show the buyer's address (needs --reason; audited).
-        #[arg(long, requires = "reason")]
-        email: bool,
-        /// Why you need the address: recorded in the audit trail with your name.
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        reveal: Reveal,
     },
 }
 
@@ -92,7 +89,7 @@ pub async fn run(
                 },
             );
         }
-        Command::Show { id, email, reason } => {
+        Command::Show { id, reveal } => {
             let row = admin::find(pool, &keyring(config, pool).await?, &id)
                 .await?
                 .with_context(|| format!("no purchase {id}"))?;
@@ -105,15 +102,8 @@ pub async fn run(
                 )
                 .collect();
             value["events"] = json!(events);
-            if let (true, Some(reason)) = (email, reason) {
-                let what = format!("the buyer's address of purchase {}", row.id);
-                pexper_privacy::admin::record_read(
-                    &mut *pool.acquire().await?,
-                    None,
-                    &what,
-                    &reason,
-                )
-                .await?;
+            let what = || format!("the buyer's address of purchase {}", row.id);
+            if reveal.record(pool, None, what).await? {
                 let address = admin::buyer_email(pool, &keyring(config, pool).await?, &row).await?;
                 value["email"] = json!(address.as_ref().map(|a| a.as_str()));
             }

@@ -9,6 +9,7 @@ use pexper_support::store::Status;
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::reveal::Reveal;
 use crate::{keyring, output};
 
 #[derive(Debug, Subcommand)]
@@ -21,12 +22,8 @@ pub enum Command {
     /// One request (by id or reference): what they wrote, what we answered.
     Show {
         id: String,
-        /// Also decrypt and show their address (needs --reason; audited).
-        #[arg(long, requires = "reason")]
-        email: bool,
-        /// Why you need the address: recorded in the audit trail with your name.
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        reveal: Reveal,
     },
     /// Answer by email: the body file's text (UTF-8; blank lines separate paragraphs).
     Reply {
@@ -62,7 +59,7 @@ pub async fn run(
                 },
             );
         }
-        Command::Show { id, email, reason } => {
+        Command::Show { id, reveal } => {
             let row = found(pool, &id).await?;
             let keyring = keyring(config, pool).await?;
             let mut value = serde_json::to_value(&row)?;
@@ -72,15 +69,8 @@ pub async fn run(
             {
                 v.extend(o);
             }
-            if let (true, Some(reason), Some(person)) = (email, reason, row.person_id) {
-                let what = format!("the address of support request {}", row.reference);
-                pexper_privacy::admin::record_read(
-                    &mut *pool.acquire().await?,
-                    None,
-                    &what,
-                    &reason,
-                )
-                .await?;
+            let what = || format!("the address of support request {}", row.reference);
+            if let (true, Some(person)) = (reveal.record(pool, None, what).await?, row.person_id) {
                 let address = person::email(&mut *pool.acquire().await?, &keyring, person).await?;
                 value["email"] = json!(address.as_ref().map(|a| a.as_str()));
             }
