@@ -170,6 +170,26 @@ impl Browser {
         .await;
     }
 
+    /// Types `text` into the input `css`.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    /// The address of the page shown.
+    pub async fn current_url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Saves a PNG screenshot of the page and returns its size in bytes.
     pub async fn screenshot(&self, path: &Path) -> usize {
         use base64::Engine;

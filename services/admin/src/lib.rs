@@ -6,6 +6,7 @@
 //! the SQL stays in the service that owns the tables.
 #![forbid(unsafe_code)]
 
+mod accounts;
 mod analytics;
 mod db;
 mod jobs;
@@ -82,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: policy::Command,
     },
+    /// Accounts on pexper.com: list, show, disable, end sessions (changes audited).
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::Command,
+    },
     /// Support requests: the queue, reading one, replying by email, closing.
     Support {
         #[command(subcommand)]
@@ -148,6 +154,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Licenses { command } => {
             purchases::licenses(json, &connect(&config).await?, command).await
+        }
+        Command::Accounts { command } => {
+            accounts::run(json, &config, &connect(&config).await?, command).await
         }
         Command::Support { command } => {
             support::run(json, &config, &connect(&config).await?, command).await

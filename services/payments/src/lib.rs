@@ -24,7 +24,7 @@ use pexper_platform::{Config, Platform, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use receipt::format_amount;
+pub use receipt::{SendReceipt, format_amount};
 pub use store::{PurchaseId, PurchaseStatus};
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -78,6 +78,18 @@ pub async fn record_read(
     .await
 }
 
+/// Records an operator's action on something that is not a privacy request (an account
+/// disabled, its sessions ended), and why; `what` names ids only, the reason is redacted.
+pub async fn record_action(
+    conn: &mut PgConnection,
+    event: &str,
+    what: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let reason = pexper_platform::telemetry::redact(reason.trim());
+    append(conn, None, event, "", &format!("{what}; reason: {reason}")).await
+}
+
 async fn append(
     conn: &mut PgConnection,
     request: Option<PrivacyRequestId>,

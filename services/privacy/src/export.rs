@@ -26,13 +26,14 @@ fn document_field(request: PrivacyRequestId) -> Field<'static> {
     }
 }
 
-/// Builds and stores the export; returns the section names (for the audit trail).
+/// Builds and stores the export; returns the section names (for the audit trail) and the
+/// document.
 pub async fn build(
     platform: &Platform,
     conn: &mut PgConnection,
     request: PrivacyRequestId,
     person: PersonId,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Vec<u8>)> {
     let sections = platform
         .personal_data
         .export(conn, &platform.keyring, person)
@@ -53,7 +54,8 @@ pub async fn build(
     let key = person::data_key(conn, &platform.keyring, person)
         .await?
         .context("the person vanished")?;
-    let sealed = key.seal(document_field(request), &serde_json::to_vec(&document)?);
+    let document = serde_json::to_vec_pretty(&document)?;
+    let sealed = key.seal(document_field(request), &document);
     sqlx::query(
         "INSERT INTO privacy_export (request_id, person_id, document_sealed, expires_at)
          VALUES ($1, $2, $3, $4)
@@ -67,7 +69,7 @@ pub async fn build(
     .execute(conn)
     .await
     .context("failed to store an export")?;
-    Ok(names.join(","))
+    Ok((names.join(","), document))
 }
 
 /// Download an access export.

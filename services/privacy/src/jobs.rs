@@ -167,7 +167,7 @@ async fn process(
     };
     match kind {
         Kind::Access | Kind::Portability => {
-            let sections = export::build(&platform, &mut tx, request_id, person).await?;
+            let (sections, _) = export::build(&platform, &mut tx, request_id, person).await?;
             store::transition(
                 &mut tx,
                 request_id,

@@ -18,6 +18,7 @@ mod jobs;
 mod personal;
 pub mod policy;
 pub mod request;
+pub mod self_service;
 mod store;
 
 use std::sync::Arc;

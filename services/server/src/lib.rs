@@ -30,6 +30,7 @@ pub fn all_services() -> Vec<Arc<dyn Service>> {
         Arc::new(pexper_privacy::Privacy),
         Arc::new(pexper_analytics::Analytics),
         Arc::new(pexper_support::Support),
+        Arc::new(pexper_accounts::Accounts),
     ]
 }
 

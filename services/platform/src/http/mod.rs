@@ -25,7 +25,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use client_ip::ClientIp;
+pub use client_ip::{ClientIp, client_key};
 pub use error::{ApiError, ApiJson, json_error};
 
 /// Renders an HTML page (an askama template over `layouts/page.html`) with a status. A

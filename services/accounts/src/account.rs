@@ -1,0 +1,668 @@
+//! "My account": what the backend holds for the signed-in person — read from every service's
+//! own export, so the page and an access export can never disagree — and what they can do
+//! with it: resend a licence, sign out elsewhere, change the password, download their data,
+//! delete it all.
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use pexper_platform::Platform;
+use pexper_platform::http::ApiError;
+use pexper_platform::jobs::{self, NewJob};
+use pexper_platform::person;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::AccountsState;
+use crate::http::{change_password, end_session};
+use crate::pages::{self, render, see_other};
+use crate::password::{Busy, Checked, Password};
+use crate::session::{self, SignedIn};
+use crate::store::{self, SessionInfo};
+
+/// A purchase as the account shows it (from the payments export).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Purchase {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: uuid::Uuid,
+    pub product: String,
+    /// Minor units (cents).
+    pub amount: i64,
+    pub currency: String,
+    /// `paid`, `refunded`, `disputed`, …
+    pub status: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// `active` or `revoked`; none before payment.
+    pub license_status: Option<String>,
+    /// The signed licence key, for the desktop app.
+    pub license: Option<String>,
+}
+
+/// A privacy request (from the privacy export).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PrivacyRequest {
+    pub kind: String,
+    pub status: String,
+    #[schema(format = DateTime)]
+    pub received_at: String,
+    #[schema(format = DateTime)]
+    pub due_at: String,
+}
+
+/// A notice of a change to the privacy policy (from the privacy export).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyNotice {
+    pub version: String,
+    pub status: String,
+    #[schema(format = DateTime)]
+    pub notified_at: Option<String>,
+}
+
+/// An email we sent (from the platform's export).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmailSent {
+    /// Which email, e.g. `purchase-receipt`.
+    pub email: String,
+    #[schema(format = DateTime)]
+    pub sent_at: String,
+}
+
+/// The waitlist entry (from the waitlist export).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WaitlistPlace {
+    /// `pending`, `confirmed`, `invited`, …
+    pub status: String,
+    /// The place in line, while waiting.
+    pub position: Option<i64>,
+    pub subscribed: bool,
+}
+
+/// The signed-in person's account.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AccountView {
+    #[schema(format = Email)]
+    pub email: String,
+    pub waitlist: Option<WaitlistPlace>,
+    pub purchases: Vec<Purchase>,
+    pub privacy_requests: Vec<PrivacyRequest>,
+    pub policy_notices: Vec<PolicyNotice>,
+    pub emails_sent: Vec<EmailSent>,
+    pub sessions: Vec<SessionInfo>,
+    /// Send it as `X-CSRF-Token` (or the form field `csrf`) with state-changing requests.
+    pub csrf_token: String,
+}
+
+fn part<T: serde::de::DeserializeOwned + Default>(value: Option<&serde_json::Value>) -> T {
+    value
+        .filter(|v| !v.is_null())
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+async fn view(platform: &Platform, signed_in: &SignedIn) -> Result<AccountView, ApiError> {
+    let person = signed_in.session.person_id;
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    let sections = platform
+        .personal_data
+        .export(&mut conn, &platform.keyring, person)
+        .await?;
+    let email = person::email(&mut conn, &platform.keyring, person)
+        .await?
+        .map(|e| e.as_str().to_owned())
+        .unwrap_or_default();
+    let sessions = store::sessions(&mut conn, signed_in.session.account_id).await?;
+    Ok(AccountView {
+        email,
+        waitlist: sections
+            .get("waitlist")
+            .filter(|v| !v.is_null())
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
+        purchases: part(sections.pointer("/payments/purchases")),
+        privacy_requests: part(sections.pointer("/privacy_requests/requests")),
+        policy_notices: part(sections.pointer("/privacy_requests/policy_notices")),
+        emails_sent: part(sections.pointer("/email/emails_sent")),
+        sessions,
+        csrf_token: signed_in.csrf(platform),
+    })
+}
+
+/// The signed-in person's account.
+#[utoipa::path(get, path = "/v1/account", tag = "accounts", responses(
+    (status = 200, description = "The address, waitlist place, purchases and licences, privacy requests, policy notices, emails sent, sessions, and the session's CSRF token", body = AccountView),
+    (status = 401, description = "Not signed in", body = pexper_wire::ErrorBody),
+    (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn get_account(
+    State(platform): State<Platform>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let signed_in = session::require(&platform, &headers).await?;
+    let view = view(&platform, &signed_in).await?;
+    Ok((
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(view),
+    )
+        .into_response())
+}
+
+#[derive(askama::Template)]
+#[template(path = "pages/account.html")]
+struct AccountPage {
+    view: AccountView,
+    current_session: uuid::Uuid,
+    /// Whether the password was typed recently enough for export and deletion.
+    recently_confirmed: bool,
+    notice: Option<&'static str>,
+}
+
+impl AccountPage {
+    fn amount(&self, p: &Purchase) -> String {
+        pexper_payments::format_amount(p.amount, &p.currency)
+    }
+
+    /// The day of an RFC 3339 time.
+    fn date<'a>(&self, rfc3339: &'a str) -> &'a str {
+        rfc3339.get(..10).unwrap_or(rfc3339)
+    }
+}
+
+async fn page(
+    platform: &Platform,
+    signed_in: &SignedIn,
+    status: StatusCode,
+    notice: Option<&'static str>,
+) -> Result<Response, ApiError> {
+    let view = view(platform, signed_in).await?;
+    let recently_confirmed =
+        OffsetDateTime::now_utc() - signed_in.session.reauthenticated_at < store::REAUTH_WINDOW;
+    let mut response = render(
+        status,
+        AccountPage {
+            view,
+            current_session: signed_in.session.id.0,
+            recently_confirmed,
+            notice,
+        },
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The account page; without a session, on to sign-in.
+#[utoipa::path(get, path = "/account", tag = "accounts", responses(
+    (status = 200, description = "The account page", content_type = "text/html"),
+    (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String)))))]
+pub async fn account_page(
+    State(platform): State<Platform>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(signed_in) = session::signed_in(&platform, &headers).await? else {
+        return Ok(see_other("/account/sign-in"));
+    };
+    page(&platform, &signed_in, StatusCode::OK, None).await
+}
+
+/// The sign-up form.
+#[utoipa::path(get, path = "/account/sign-up", tag = "accounts", responses(
+    (status = 200, description = "The sign-up form", content_type = "text/html")))]
+pub async fn sign_up_page() -> Response {
+    render(
+        StatusCode::OK,
+        pages::SignUp {
+            error: None,
+            email: String::new(),
+        },
+    )
+}
+
+/// The sign-in form.
+#[utoipa::path(get, path = "/account/sign-in", tag = "accounts", responses(
+    (status = 200, description = "The sign-in form", content_type = "text/html")))]
+pub async fn sign_in_page() -> Response {
+    render(
+        StatusCode::OK,
+        pages::SignIn {
+            error: None,
+            email: String::new(),
+        },
+    )
+}
+
+/// The form that asks for a password-reset link.
+#[utoipa::path(get, path = "/account/password-reset", tag = "accounts", responses(
+    (status = 200, description = "The form", content_type = "text/html")))]
+pub async fn reset_request_page() -> Response {
+    render(StatusCode::OK, pages::ResetRequest { error: None })
+}
+
+/// The fields every signed-in form carries; each action adds its own.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct ActionForm {
+    /// The session's CSRF token.
+    #[serde(default)]
+    csrf: String,
+    /// The password (to confirm it, or the current one when changing it).
+    #[serde(default)]
+    #[schema(max_length = 128)]
+    password: String,
+    /// A new password (changing it): 12 to 128 characters, not easily guessed.
+    #[serde(default)]
+    #[schema(max_length = 128)]
+    new_password: String,
+    /// The purchase whose licence to send again.
+    #[serde(default)]
+    purchase: String,
+    /// Deleting: must be `delete`.
+    #[serde(default)]
+    confirm: String,
+}
+
+/// A signed-in form post: the session, and its form once origin and CSRF token are checked.
+/// Without a session: on to sign-in.
+async fn signed_in_form(
+    platform: &Platform,
+    request: Request,
+) -> Result<Result<(SignedIn, ActionForm), Response>, ApiError> {
+    let headers = request.headers().clone();
+    let Some(signed_in) = session::signed_in(platform, &headers).await? else {
+        return Ok(Err(see_other("/account/sign-in")));
+    };
+    let form = match axum::Form::<ActionForm>::from_request(request, &()).await {
+        Ok(axum::Form(form)) => form,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::client(
+                e.status(),
+                "payload_too_large",
+                e.body_text(),
+            ));
+        }
+        Err(e) if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            return Err(ApiError::client(
+                e.status(),
+                "unsupported_media_type",
+                "expected a form post (application/x-www-form-urlencoded)",
+            ));
+        }
+        Err(_) => ActionForm::default(),
+    };
+    session::check_csrf(platform, &headers, &signed_in, Some(&form.csrf))?;
+    Ok(Ok((signed_in, form)))
+}
+
+macro_rules! signed_in_form {
+    ($platform:expr, $request:expr) => {
+        match signed_in_form(&$platform, $request).await? {
+            Ok(pair) => pair,
+            Err(response) => return Ok(response),
+        }
+    };
+}
+
+/// Checks the session's account password; `Err` is the page to answer with.
+async fn confirm_password(
+    platform: &Platform,
+    state: &AccountsState,
+    signed_in: &SignedIn,
+    given: &str,
+) -> Result<Result<(), Response>, ApiError> {
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    let account = store::account(&mut conn, signed_in.session.account_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a session's account vanished"))?;
+    drop(conn);
+    let checked = match Password::given(given) {
+        None => Checked::Wrong,
+        Some(password) => match state
+            .hasher
+            .check(password, Some(account.password_hash))
+            .await
+        {
+            Ok(checked) => checked?,
+            Err(Busy) => {
+                return Ok(Err(ApiError::client(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "we are handling many sign-ins right now; please try again in a moment",
+                )
+                .into_response()));
+            }
+        },
+    };
+    if checked == Checked::Wrong {
+        return Ok(Err(page(
+            platform,
+            signed_in,
+            StatusCode::UNAUTHORIZED,
+            Some("That is not your password."),
+        )
+        .await?));
+    }
+    Ok(Ok(()))
+}
+
+/// Sign out (a form post).
+#[utoipa::path(post, path = "/account/sign-out", tag = "accounts",
+    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 303, description = "Signed out (or not signed in): on to `/account/sign-in`", headers(("Location" = String), ("Set-Cookie" = String))),
+        (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn sign_out_form(
+    State(platform): State<Platform>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (signed_in, _) = signed_in_form!(platform, request);
+    end_session(&platform, &signed_in).await?;
+    let mut response = see_other("/account/sign-in");
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session::clear_cookie());
+    Ok(response)
+}
+
+/// Sign out every other browser.
+#[utoipa::path(post, path = "/account/sessions/end-others", tag = "accounts",
+    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "Done: the account page, saying so", content_type = "text/html"),
+        (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
+        (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn end_other_sessions(
+    State(platform): State<Platform>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (signed_in, _) = signed_in_form!(platform, request);
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    let ended = store::end_sessions(
+        &mut conn,
+        signed_in.session.account_id,
+        Some(signed_in.session.id),
+    )
+    .await?;
+    drop(conn);
+    tracing::info!(sessions_ended = ended, "other sessions ended");
+    page(
+        &platform,
+        &signed_in,
+        StatusCode::OK,
+        Some("Every other browser is signed out."),
+    )
+    .await
+}
+
+/// Change the password (the current one is needed).
+#[utoipa::path(post, path = "/account/password", tag = "accounts",
+    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "Changed: every other session ended, an email sent; the account page, saying so", content_type = "text/html"),
+        (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
+        (status = 401, description = "The current password is wrong: the account page, saying so", content_type = "text/html"),
+        (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "The new password is too short, too long or too easy to guess: the account page, saying why", content_type = "text/html"),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
+        (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn change_password_form(
+    State(platform): State<Platform>,
+    Extension(state): Extension<AccountsState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (signed_in, form) = signed_in_form!(platform, request);
+    if let Err(response) = confirm_password(&platform, &state, &signed_in, &form.password).await? {
+        return Ok(response);
+    }
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    let address = person::email(&mut conn, &platform.keyring, signed_in.session.person_id)
+        .await?
+        .map(|e| e.as_str().to_owned())
+        .unwrap_or_default();
+    drop(conn);
+    let password = match Password::new(&form.new_password, &[&address]) {
+        Ok(password) => password,
+        Err(weak) => {
+            let reason: &'static str = match weak {
+                crate::password::Weak::TooShort => "The new password needs at least 12 characters.",
+                crate::password::Weak::TooLong => {
+                    "The new password can have at most 128 characters."
+                }
+                crate::password::Weak::Guessable(_) => {
+                    "The new password is too easy to guess: add another word or two."
+                }
+            };
+            return page(
+                &platform,
+                &signed_in,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(reason),
+            )
+            .await;
+        }
+    };
+    let hash = match state.hasher.hash(password).await {
+        Ok(hash) => hash?,
+        Err(Busy) => {
+            return Err(ApiError::client(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "we are handling many sign-ins right now; please try again in a moment",
+            ));
+        }
+    };
+    let mut tx = platform.pool.begin().await?;
+    change_password(
+        &mut tx,
+        signed_in.session.account_id,
+        signed_in.session.person_id,
+        &hash,
+        Some(signed_in.session.id),
+    )
+    .await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    page(
+        &platform,
+        &signed_in,
+        StatusCode::OK,
+        Some("Your password is changed, and every other browser is signed out."),
+    )
+    .await
+}
+
+/// Email a purchase's licence again (a new receipt; within the address's daily budget).
+#[utoipa::path(post, path = "/account/licences/resend", tag = "accounts",
+    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The account page, saying whether the receipt is on its way or the day's budget of such emails is spent", content_type = "text/html"),
+        (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
+        (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
+        (status = 404, description = "No purchase of this account with an active licence", content_type = "text/html"),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn resend_licence(
+    State(platform): State<Platform>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (signed_in, form) = signed_in_form!(platform, request);
+    let view = view(&platform, &signed_in).await?;
+    let Some(purchase) = view.purchases.iter().find(|p| {
+        p.id.to_string() == form.purchase && p.license_status.as_deref() == Some("active")
+    }) else {
+        return page(
+            &platform,
+            &signed_in,
+            StatusCode::NOT_FOUND,
+            Some("That purchase has no licence to send."),
+        )
+        .await;
+    };
+    let person = signed_in.session.person_id;
+    let mut tx = platform.pool.begin().await?;
+    let sent = person::take_request_mail(&mut tx, person).await?;
+    if sent {
+        jobs::enqueue(
+            &mut tx,
+            NewJob::new(&pexper_payments::SendReceipt {
+                purchase_id: pexper_payments::PurchaseId(purchase.id),
+            })
+            .for_person(person),
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    let notice = if sent {
+        "Your licence is on its way in a new receipt email."
+    } else {
+        "We have sent this address as many emails as we do in a day; please try again tomorrow."
+    };
+    page(&platform, &signed_in, StatusCode::OK, Some(notice)).await
+}
+
+/// Confirm the password, for export and deletion (valid for 10 minutes).
+#[utoipa::path(post, path = "/account/confirm-password", tag = "accounts",
+    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "Confirmed: the account page, with export and deletion open", content_type = "text/html"),
+        (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
+        (status = 401, description = "Wrong password: the account page, saying so", content_type = "text/html"),
+        (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
+        (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn confirm_password_form(
+    State(platform): State<Platform>,
+    Extension(state): Extension<AccountsState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut signed_in, form) = signed_in_form!(platform, request);
+    if let Err(response) = confirm_password(&platform, &state, &signed_in, &form.password).await? {
+        return Ok(response);
+    }
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    store::reauthenticated(&mut conn, signed_in.session.id).await?;
+    drop(conn);
+    signed_in.session.reauthenticated_at = OffsetDateTime::now_utc();
+    page(
+        &platform,
+        &signed_in,
+        StatusCode::OK,
+        Some("Thank you. For the next 10 minutes you can download or delete your data."),
+    )
+    .await
+}
+
+fn recently_confirmed(signed_in: &SignedIn) -> bool {
+    OffsetDateTime::now_utc() - signed_in.session.reauthenticated_at < store::REAUTH_WINDOW
+}
+
+/// Download everything we hold about you: the access export, at once.
+#[utoipa::path(post, path = "/account/export", tag = "accounts",
+    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The export: one JSON document, a section per service (a privacy request of source `account`, audited)", content_type = "application/json"),
+        (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
+        (status = 403, description = "From a page that is not ours, without the session's CSRF token, or the password not confirmed in the last 10 minutes (a page saying so)", content(
+            (pexper_wire::ErrorBody = "application/json"),
+            (String = "text/html"))),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn export(
+    State(platform): State<Platform>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (signed_in, _) = signed_in_form!(platform, request);
+    if !recently_confirmed(&signed_in) {
+        return page(
+            &platform,
+            &signed_in,
+            StatusCode::FORBIDDEN,
+            Some("Please confirm your password first."),
+        )
+        .await;
+    }
+    let document =
+        pexper_privacy::self_service::export(&platform, signed_in.session.person_id).await?;
+    tracing::info!("self-service export downloaded");
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"pexper-data-export.json\""),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        document,
+    )
+        .into_response())
+}
+
+/// Delete the account and everything we hold about you.
+#[utoipa::path(post, path = "/account/delete", tag = "accounts",
+    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "Deletion started (a privacy request of source `account`, audited): signed out, a page saying a confirmation email follows", content_type = "text/html",
+            headers(("Set-Cookie" = String))),
+        (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
+        (status = 403, description = "From a page that is not ours, without the session's CSRF token, or the password not confirmed in the last 10 minutes (a page saying so)", content(
+            (pexper_wire::ErrorBody = "application/json"),
+            (String = "text/html"))),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "The box saying `delete` was not filled in: the account page, saying so", content_type = "text/html"),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn delete(
+    State(platform): State<Platform>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (signed_in, form) = signed_in_form!(platform, request);
+    if !recently_confirmed(&signed_in) {
+        return page(
+            &platform,
+            &signed_in,
+            StatusCode::FORBIDDEN,
+            Some("Please confirm your password first."),
+        )
+        .await;
+    }
+    if form.confirm.trim() != "delete" {
+        return page(
+            &platform,
+            &signed_in,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("To delete everything, type delete in the box."),
+        )
+        .await;
+    }
+    let mut tx = platform.pool.begin().await?;
+    let request =
+        pexper_privacy::self_service::erase(&mut tx, &platform, signed_in.session.person_id)
+            .await?;
+    // The sessions go now; the account with the rest of the erasure, moments later.
+    store::end_sessions(&mut tx, signed_in.session.account_id, None).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    tracing::info!(%request, "self-service deletion started");
+    let mut response = pages::message(
+        StatusCode::OK,
+        "Your account and data are being deleted",
+        "Everything we hold about you is being erased now. A last email confirms it; after that we keep nothing that can reach you.",
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session::clear_cookie());
+    Ok(response)
+}

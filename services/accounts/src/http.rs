@@ -1,0 +1,731 @@
+//! The account API: JSON for the website's scripts, and the same endpoints take the pages'
+//! plain form posts (answered with pages and redirects). Sign-up, sign-in and reset answer
+//! the same whether or not an address has an account.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use pexper_platform::Platform;
+use pexper_platform::address::EmailAddress;
+use pexper_platform::http::{ApiError, ApiJson, ClientIp, client_key};
+use pexper_platform::jobs::{self, NewJob};
+use pexper_platform::person;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::mail::{SendAlreadyRegistered, SendPasswordChanged, SendReset, SendVerification};
+use crate::pages::{self, render};
+use crate::password::{Busy, Checked, Password};
+use crate::session::{self, SignedIn};
+use crate::{AccountsState, store};
+
+/// Domain of the keyed hash an address's failed sign-ins are counted under.
+pub const SIGNIN_INDEX: &str = "signin";
+
+/// A body that came as JSON or as a form post.
+struct Input<T> {
+    form: bool,
+    body: T,
+}
+
+/// Reads a JSON or form body; a form that does not parse gets `on_bad_form`'s page.
+async fn read<T: DeserializeOwned>(
+    request: Request,
+    on_bad_form: impl FnOnce() -> Response,
+) -> Result<Input<T>, Response> {
+    let form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if form {
+        return match axum::Form::<T>::from_request(request, &()).await {
+            Ok(axum::Form(body)) => Ok(Input { form, body }),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(
+                    ApiError::client(e.status(), "payload_too_large", e.body_text())
+                        .into_response(),
+                )
+            }
+            Err(_) => Err(on_bad_form()),
+        };
+    }
+    match ApiJson::<T>::from_request(request, &()).await {
+        Ok(ApiJson(body)) => Ok(Input { form, body }),
+        Err(e) => Err(e.into_response()),
+    }
+}
+
+fn busy() -> Response {
+    let mut response = ApiError::client(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "we are handling many sign-ins right now; please try again in a moment",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    response
+}
+
+fn too_many(wait: Duration) -> Response {
+    let seconds = wait.as_secs() + 1;
+    let mut response = ApiError::client(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        format!("too many failed sign-ins: try again in {seconds} seconds"),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&seconds.to_string()).expect("digits"),
+    );
+    response
+}
+
+/// The origin check every unauthenticated form post of ours makes (login CSRF, and posts
+/// from other sites).
+fn refused_origin(platform: &Platform, headers: &HeaderMap) -> Option<Response> {
+    (!session::from_our_pages(platform, headers))
+        .then(|| session::forbidden_origin().into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewAccount {
+    #[schema(format = Email, max_length = 254)]
+    email: String,
+    /// 12 to 128 characters, anything (NFKC-normalised); common or easily guessed passwords
+    /// are refused with advice.
+    #[schema(min_length = 12, max_length = 128)]
+    password: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckEmail {
+    /// Always `check_your_email`.
+    status: &'static str,
+}
+
+fn check_your_email(form: bool, heading: &'static str, message: &str) -> Response {
+    if form {
+        return pages::message(StatusCode::ACCEPTED, heading, message, None);
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(CheckEmail {
+            status: "check_your_email",
+        }),
+    )
+        .into_response()
+}
+
+/// Create an account.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts",
+    request_body(content(
+        (NewAccount = "application/json"),
+        (NewAccount = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 202, description = "The same answer whether or not the address has an account: a new one gets a verification link, a known one a note saying so (within the address's daily budget of such emails). A form post gets a page", content(
+            (CheckEmail = "application/json"),
+            (String = "text/html"))),
+        (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
+        (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "Not a valid address, or a password too short, too long or too easy to guess (with advice); a form post gets the form again with the reason", content(
+            (pexper_wire::ErrorBody = "application/json"),
+            (String = "text/html"))),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn create_account(
+    State(platform): State<Platform>,
+    Extension(state): Extension<AccountsState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if let Some(refused) = refused_origin(&platform, request.headers()) {
+        return Ok(refused);
+    }
+    let bad_form = || {
+        render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pages::SignUp {
+                error: Some("Please give an email address and a password.".into()),
+                email: String::new(),
+            },
+        )
+    };
+    let Input { form, body } = match read::<NewAccount>(request, bad_form).await {
+        Ok(input) => input,
+        Err(response) => return Ok(response),
+    };
+    let refuse = |code: &'static str, reason: String, email: &str| {
+        if form {
+            return render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::SignUp {
+                    error: Some(reason),
+                    email: email.to_owned(),
+                },
+            );
+        }
+        ApiError::unprocessable(code, reason).into_response()
+    };
+    let email = match EmailAddress::parse(&body.email) {
+        Ok(email) => email,
+        Err(e) => return Ok(refuse("invalid_email", e.to_string(), "")),
+    };
+    let local = email.as_str().split('@').next().unwrap_or_default();
+    let password = match Password::new(&body.password, &[email.as_str(), local]) {
+        Ok(password) => password,
+        Err(weak) => return Ok(refuse("weak_password", weak.to_string(), email.as_str())),
+    };
+    // Hashed whether or not the address has an account: both answers take the same time.
+    let hash = match state.hasher.hash(password).await {
+        Ok(hash) => hash?,
+        Err(Busy) => return Ok(busy()),
+    };
+    let mut tx = platform.pool.begin().await?;
+    let person = person::find_or_create(&mut tx, &platform.keyring, &email).await?;
+    let job = match store::account_of(&mut tx, person).await? {
+        Some(_) => NewJob::new(&SendAlreadyRegistered {}),
+        None => {
+            let signup = store::create_signup(&mut tx, person, &hash).await?;
+            NewJob::new(&SendVerification { signup })
+        }
+    };
+    if person::take_request_mail(&mut tx, person).await? {
+        jobs::enqueue(&mut tx, job.for_person(person)).await?;
+    }
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    tracing::info!("account sign-up received");
+    Ok(check_your_email(
+        form,
+        "Check your email",
+        "If this address can open an account, a link to confirm it is on its way. It works for 2 days.",
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct TokenQuery {
+    /// The token from the email. A missing, unknown, used or expired one gets a page saying
+    /// the link does not work.
+    #[param(required = true, pattern = "^[A-Za-z0-9_-]{43}$")]
+    token: Option<String>,
+}
+
+impl TokenQuery {
+    fn token(self) -> Option<String> {
+        self.token
+            .filter(|t| pexper_platform::crypto::is_token_shaped(t))
+    }
+}
+
+fn verify_page_of(status: StatusCode, state: &'static str, action: String) -> Response {
+    render(status, pages::Verify { state, action })
+}
+
+/// Shows the button that opens the account. Changes nothing (mail scanners follow links).
+#[utoipa::path(get, path = "/v1/accounts/verify", tag = "accounts", params(TokenQuery), responses(
+    (status = 200, description = "A page with a button", content_type = "text/html"),
+    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
+pub async fn verify_page(
+    State(platform): State<Platform>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    let Some(token) = q.token() else {
+        return Ok(verify_page_of(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            String::new(),
+        ));
+    };
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    if !store::signup_is_usable(&mut conn, &token).await? {
+        return Ok(verify_page_of(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            String::new(),
+        ));
+    }
+    Ok(verify_page_of(
+        StatusCode::OK,
+        "ask",
+        format!("/v1/accounts/verify?token={token}"),
+    ))
+}
+
+/// Opens the account (the link works once).
+#[utoipa::path(post, path = "/v1/accounts/verify", tag = "accounts", params(TokenQuery), responses(
+    (status = 200, description = "The account is open: a page that says to sign in", content_type = "text/html"),
+    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
+pub async fn verify(
+    State(platform): State<Platform>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    let Some(token) = q.token() else {
+        return Ok(verify_page_of(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            String::new(),
+        ));
+    };
+    let mut tx = platform.pool.begin().await?;
+    let Some((account, _)) = store::complete_signup(&mut tx, &token).await? else {
+        return Ok(verify_page_of(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            String::new(),
+        ));
+    };
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    tracing::info!(%account, "account opened");
+    Ok(verify_page_of(StatusCode::OK, "verified", String::new()))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Credentials {
+    #[schema(format = Email, max_length = 254)]
+    email: String,
+    #[schema(max_length = 128)]
+    password: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignedInBody {
+    /// Send it as `X-CSRF-Token` with every state-changing request of this session.
+    csrf_token: String,
+}
+
+/// The client address, for the in-memory throttle only (`throttle`): never stored or logged.
+fn client_of(platform: &Platform, request: &Request) -> Option<IpAddr> {
+    ClientIp::new(platform.config.trusted_proxies.clone())
+        .resolve(request)
+        .map(client_key)
+}
+
+/// Sign in.
+#[utoipa::path(post, path = "/v1/sessions", tag = "accounts",
+    request_body(content(
+        (Credentials = "application/json"),
+        (Credentials = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 201, description = "Signed in: the session cookie (`__Host-pexper-session`, `Secure`, `HttpOnly`, `SameSite=Lax`) and the session's CSRF token", body = SignedInBody,
+            headers(("Set-Cookie" = String, description = "The session cookie"))),
+        (status = 303, description = "A form post, signed in: on to `/account`",
+            headers(("Set-Cookie" = String, description = "The session cookie"), ("Location" = String, description = "`/account`"))),
+        (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
+        (status = 401, description = "Wrong address or password (one answer for both, in the same time); a form post gets the form again", content(
+            (pexper_wire::ErrorBody = "application/json"),
+            (String = "text/html"))),
+        (status = 403, description = "Posted from a page that is not ours, or a disabled account", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "Not a valid address, or a form without its fields", content(
+            (pexper_wire::ErrorBody = "application/json"),
+            (String = "text/html"))),
+        (status = 429, description = "Too many failed sign-ins for this address or from this client (delays grow with each failure), or too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn sign_in(
+    State(platform): State<Platform>,
+    Extension(state): Extension<AccountsState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if let Some(refused) = refused_origin(&platform, request.headers()) {
+        return Ok(refused);
+    }
+    let client = client_of(&platform, &request);
+    let headers = request.headers().clone();
+    let bad_form = || {
+        render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pages::SignIn {
+                error: Some("Please give your email address and password.".into()),
+                email: String::new(),
+            },
+        )
+    };
+    let Input { form, body } = match read::<Credentials>(request, bad_form).await {
+        Ok(input) => input,
+        Err(response) => return Ok(response),
+    };
+    let wrong = |email: &str| {
+        if form {
+            return render(
+                StatusCode::UNAUTHORIZED,
+                pages::SignIn {
+                    error: Some("That email address and password do not match an account.".into()),
+                    email: email.to_owned(),
+                },
+            );
+        }
+        ApiError::client(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "that email address and password do not match an account",
+        )
+        .into_response()
+    };
+    let email = match EmailAddress::parse(&body.email) {
+        Ok(email) => email,
+        Err(e) => {
+            if form {
+                return Ok(render(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    pages::SignIn {
+                        error: Some(e.to_string()),
+                        email: String::new(),
+                    },
+                ));
+            }
+            return Ok(ApiError::unprocessable("invalid_email", e.to_string()).into_response());
+        }
+    };
+    if let Some(wait) = client.and_then(|c| state.clients.blocked_for(c)) {
+        return Ok(too_many(wait));
+    }
+    let key = platform.keyring.blind_index(SIGNIN_INDEX, email.as_str());
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    if let Some(wait) = store::blocked_for(&mut conn, key.as_slice()).await? {
+        return Ok(too_many(wait.unsigned_abs()));
+    }
+    let account = match person::find(&mut conn, &platform.keyring, &email).await? {
+        Some(person) => store::account_of(&mut conn, person).await?,
+        None => None,
+    };
+    // Not hashed while the connection waits: it goes back to the pool for the hash's length.
+    drop(conn);
+    let checked = match Password::given(&body.password) {
+        // Over-long: no account's password, and not worth a hash.
+        None => Checked::Wrong,
+        Some(password) => {
+            let stored = account.as_ref().map(|a| a.password_hash.clone());
+            match state.hasher.check(password, stored).await {
+                Ok(checked) => checked?,
+                Err(Busy) => return Ok(busy()),
+            }
+        }
+    };
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    let account = match (checked, account) {
+        (Checked::Wrong, _) | (_, None) => {
+            store::record_failure(&mut conn, key.as_slice()).await?;
+            if let Some(client) = client {
+                state.clients.record_failure(client);
+            }
+            tracing::info!("sign-in refused");
+            return Ok(wrong(email.as_str()));
+        }
+        (Checked::RightRehashed(new), Some(account)) => {
+            store::upgrade_hash(&mut conn, account.id, &account.password_hash, &new).await?;
+            account
+        }
+        (Checked::Right, Some(account)) => account,
+    };
+    if account.disabled_at.is_some() {
+        return Ok(ApiError::client(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "this account is disabled; write to privacy@pexper.com",
+        )
+        .into_response());
+    }
+    store::clear_failures(&mut conn, key.as_slice()).await?;
+    let (session, token) =
+        store::create_session(&mut conn, account.id, &session::device_label(&headers)).await?;
+    tracing::info!(account = %account.id, %session, "signed in");
+    let cookie = session::set_cookie(&token);
+    if form {
+        let mut response = pages::see_other("/account");
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+        return Ok(response);
+    }
+    Ok((
+        StatusCode::CREATED,
+        [(header::SET_COOKIE, cookie)],
+        Json(SignedInBody {
+            csrf_token: session::csrf_of(&platform, &token),
+        }),
+    )
+        .into_response())
+}
+
+/// Sign out.
+#[utoipa::path(delete, path = "/v1/sessions/current", tag = "accounts",
+    params(("X-CSRF-Token" = String, Header, description = "The session's CSRF token")),
+    responses(
+        (status = 204, description = "Signed out; the cookie is cleared",
+            headers(("Set-Cookie" = String, description = "Clears the session cookie"))),
+        (status = 401, description = "Not signed in", body = pexper_wire::ErrorBody),
+        (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn sign_out(
+    State(platform): State<Platform>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let signed_in = session::require(&platform, &headers).await?;
+    session::check_csrf(&platform, &headers, &signed_in, None)?;
+    end_session(&platform, &signed_in).await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, session::clear_cookie())],
+    )
+        .into_response())
+}
+
+pub async fn end_session(platform: &Platform, signed_in: &SignedIn) -> Result<(), ApiError> {
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    store::end_session(&mut conn, signed_in.session.id).await?;
+    tracing::info!(session = %signed_in.session.id, "signed out");
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ResetRequest {
+    #[schema(format = Email, max_length = 254)]
+    email: String,
+}
+
+/// Ask for a password-reset link.
+#[utoipa::path(post, path = "/v1/accounts/password-reset", tag = "accounts",
+    request_body(content(
+        (ResetRequest = "application/json"),
+        (ResetRequest = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 202, description = "The same answer whether or not the address has an account; one that has gets a link valid for an hour (within its daily budget of such emails). A form post gets a page", content(
+            (CheckEmail = "application/json"),
+            (String = "text/html"))),
+        (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
+        (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "Not a valid address; a form post gets the form again", content(
+            (pexper_wire::ErrorBody = "application/json"),
+            (String = "text/html"))),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
+pub async fn request_reset(
+    State(platform): State<Platform>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if let Some(refused) = refused_origin(&platform, request.headers()) {
+        return Ok(refused);
+    }
+    let invalid = |reason: String| {
+        render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pages::ResetRequest {
+                error: Some(reason),
+            },
+        )
+    };
+    let Input { form, body } = match read::<ResetRequest>(request, || {
+        invalid("Please give the address of your account.".into())
+    })
+    .await
+    {
+        Ok(input) => input,
+        Err(response) => return Ok(response),
+    };
+    let email = match EmailAddress::parse(&body.email) {
+        Ok(email) => email,
+        Err(e) if form => return Ok(invalid(e.to_string())),
+        Err(e) => return Err(ApiError::unprocessable("invalid_email", e.to_string())),
+    };
+    let mut tx = platform.pool.begin().await?;
+    if let Some(person) = person::find(&mut tx, &platform.keyring, &email).await?
+        && let Some(account) = store::account_of(&mut tx, person).await?
+        && account.disabled_at.is_none()
+        && person::take_request_mail(&mut tx, person).await?
+    {
+        jobs::enqueue(
+            &mut tx,
+            NewJob::new(&SendReset {
+                account: account.id,
+            })
+            .for_person(person),
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    tracing::info!("password reset asked for");
+    Ok(check_your_email(
+        form,
+        "Check your email",
+        "If this address has an account, a link to choose a new password is on its way. It works for an hour.",
+    ))
+}
+
+fn new_password_page(
+    status: StatusCode,
+    state: &'static str,
+    token: &str,
+    error: Option<String>,
+) -> Response {
+    render(
+        status,
+        pages::NewPassword {
+            state,
+            action: format!("/v1/accounts/password-reset/confirm?token={token}"),
+            error,
+        },
+    )
+}
+
+/// Shows the form for a new password. Changes nothing.
+#[utoipa::path(get, path = "/v1/accounts/password-reset/confirm", tag = "accounts", params(TokenQuery), responses(
+    (status = 200, description = "A form for the new password", content_type = "text/html"),
+    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
+pub async fn reset_page(
+    State(platform): State<Platform>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    let Some(token) = q.token() else {
+        return Ok(new_password_page(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "",
+            None,
+        ));
+    };
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    if store::reset_account(&mut conn, &token).await?.is_none() {
+        return Ok(new_password_page(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "",
+            None,
+        ));
+    }
+    Ok(new_password_page(StatusCode::OK, "ask", &token, None))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewPasswordForm {
+    /// 12 to 128 characters; common or easily guessed passwords are refused with advice.
+    #[schema(min_length = 12, max_length = 128)]
+    password: String,
+}
+
+/// Sets the new password (the link works once), ends every session, and tells the person.
+#[utoipa::path(post, path = "/v1/accounts/password-reset/confirm", tag = "accounts", params(TokenQuery),
+    request_body(content((NewPasswordForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "Changed: a page that says to sign in", content_type = "text/html"),
+        (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html"),
+        (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "A password too short, too long or too easy to guess: the form again, with advice", content_type = "text/html")))]
+pub async fn reset(
+    State(platform): State<Platform>,
+    Extension(state): Extension<AccountsState>,
+    Query(q): Query<TokenQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if let Some(refused) = refused_origin(&platform, request.headers()) {
+        return Ok(refused);
+    }
+    let Some(token) = q.token() else {
+        return Ok(new_password_page(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "",
+            None,
+        ));
+    };
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(ApiError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a form post (application/x-www-form-urlencoded)",
+        ));
+    }
+    let again = |error: String| {
+        new_password_page(StatusCode::UNPROCESSABLE_ENTITY, "ask", &token, Some(error))
+    };
+    let body = match axum::Form::<NewPasswordForm>::from_request(request, &()).await {
+        Ok(axum::Form(body)) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::client(
+                e.status(),
+                "payload_too_large",
+                e.body_text(),
+            ));
+        }
+        Err(_) => return Ok(again("Please type a new password.".into())),
+    };
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    let Some(account) = store::reset_account(&mut conn, &token).await? else {
+        return Ok(new_password_page(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "",
+            None,
+        ));
+    };
+    let Some(account) = store::account(&mut conn, account).await? else {
+        return Ok(new_password_page(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "",
+            None,
+        ));
+    };
+    let address = person::email(&mut conn, &platform.keyring, account.person_id)
+        .await?
+        .map(|e| e.as_str().to_owned())
+        .unwrap_or_default();
+    drop(conn);
+    let password = match Password::new(&body.password, &[&address]) {
+        Ok(password) => password,
+        Err(weak) => return Ok(again(weak.to_string())),
+    };
+    let hash = match state.hasher.hash(password).await {
+        Ok(hash) => hash?,
+        Err(Busy) => return Ok(busy()),
+    };
+    let mut tx = platform.pool.begin().await?;
+    if store::use_reset(&mut tx, &token).await?.is_none() {
+        return Ok(new_password_page(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "",
+            None,
+        ));
+    }
+    change_password(&mut tx, account.id, account.person_id, &hash, None).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    tracing::info!(account = %account.id, "password reset");
+    Ok(new_password_page(StatusCode::OK, "done", "", None))
+}
+
+/// Stores a new password hash, ends every session but `keep`, and queues the email that says
+/// so, in the caller's transaction.
+pub async fn change_password(
+    conn: &mut sqlx::PgConnection,
+    account: store::AccountId,
+    person: person::PersonId,
+    hash: &str,
+    keep: Option<store::SessionId>,
+) -> anyhow::Result<()> {
+    store::set_password(conn, account, hash).await?;
+    let ended = store::end_sessions(conn, account, keep).await?;
+    jobs::enqueue(
+        conn,
+        NewJob::new(&SendPasswordChanged {
+            at: OffsetDateTime::now_utc(),
+        })
+        .for_person(person),
+    )
+    .await?;
+    tracing::info!(%account, sessions_ended = ended, "password changed");
+    Ok(())
+}

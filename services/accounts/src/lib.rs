@@ -1,0 +1,97 @@
+//! Accounts on pexper.com: sign up with a verified address, sign in with an argon2id
+//! password, and see one's purchases, licences, notices and privacy requests in one place,
+//! with export and deletion a click away. Server-rendered pages under `/account/…` that work
+//! without JavaScript; the same operations as JSON under `/v1/…`.
+//!
+//! An account adds a password to a `person`: the address stays sealed there, so the waitlist
+//! entry, purchases and privacy requests of that address are the account's without a copy.
+//!
+//! Tables: `account`, `account_signup`, `account_reset`, `account_session`,
+//! `signin_throttle` (migrations/…_accounts.sql).
+#![forbid(unsafe_code)]
+
+mod account;
+pub mod admin;
+mod http;
+mod mail;
+mod pages;
+mod password;
+mod personal;
+mod session;
+pub mod store;
+mod throttle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pexper_platform::jobs::JobRegistry;
+use pexper_platform::personal_data::DynPersonalData;
+use pexper_platform::{Config, Platform, Service};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use password::{Password, current_params};
+
+/// What the account handlers share in one server: the bounded password hasher and the
+/// in-memory count of failed sign-ins per client.
+#[derive(Debug, Clone)]
+pub struct AccountsState {
+    hasher: password::Hasher,
+    clients: Arc<throttle::Clients>,
+}
+
+impl AccountsState {
+    fn new() -> Self {
+        // One hash per core at a time; a sign-in waits at most 5 s for its turn.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            hasher: password::Hasher::new(cores, Duration::from_secs(5))
+                .expect("hashing a random string cannot fail"),
+            clients: Arc::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accounts;
+
+impl Service for Accounts {
+    fn name(&self) -> &'static str {
+        "accounts"
+    }
+
+    fn routes(&self) -> OpenApiRouter<Platform> {
+        OpenApiRouter::new()
+            .routes(routes!(http::create_account))
+            .routes(routes!(http::verify_page, http::verify))
+            .routes(routes!(http::sign_in))
+            .routes(routes!(http::sign_out))
+            .routes(routes!(http::request_reset))
+            .routes(routes!(http::reset_page, http::reset))
+            .routes(routes!(account::get_account))
+            .routes(routes!(account::account_page))
+            .routes(routes!(account::sign_up_page))
+            .routes(routes!(account::sign_in_page))
+            .routes(routes!(account::reset_request_page))
+            .routes(routes!(account::sign_out_form))
+            .routes(routes!(account::end_other_sessions))
+            .routes(routes!(account::change_password_form))
+            .routes(routes!(account::resend_licence))
+            .routes(routes!(account::confirm_password_form))
+            .routes(routes!(account::export))
+            .routes(routes!(account::delete))
+            .layer(axum::Extension(AccountsState::new()))
+    }
+
+    fn jobs(&self) -> JobRegistry<Platform> {
+        JobRegistry::new()
+            .register::<mail::SendVerification>()
+            .register::<mail::SendAlreadyRegistered>()
+            .register::<mail::SendReset>()
+            .register::<mail::SendPasswordChanged>()
+    }
+
+    fn personal_data(&self, _config: &Config) -> Option<Arc<dyn DynPersonalData>> {
+        Some(Arc::new(personal::AccountData))
+    }
+}

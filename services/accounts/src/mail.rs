@@ -1,0 +1,182 @@
+//! The account emails, each an answer to something done with the address (`Requested`): the
+//! verification link, "you already have an account", the reset link, and "your password was
+//! changed". Links are made when the email is sent, so no token waits in the queue in clear.
+
+use pexper_platform::Platform;
+use pexper_platform::jobs::{BackgroundJob, Job, JobError};
+use pexper_platform::{email_template, mail, person};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::store::{self, AccountId, SignupId};
+
+#[derive(Debug, Clone)]
+pub struct VerifyAddress {
+    pub url: String,
+    pub expires: String,
+}
+
+email_template!(
+    VerifyAddress,
+    "account-verify",
+    Requested,
+    "emails/account-verify/subject.txt",
+    "emails/account-verify/body.txt",
+    "emails/account-verify/body.html"
+);
+
+#[derive(Debug, Clone)]
+pub struct AlreadyRegistered {
+    pub sign_in_url: String,
+    pub reset_url: String,
+}
+
+email_template!(
+    AlreadyRegistered,
+    "account-exists",
+    Requested,
+    "emails/account-exists/subject.txt",
+    "emails/account-exists/body.txt",
+    "emails/account-exists/body.html"
+);
+
+#[derive(Debug, Clone)]
+pub struct ResetLink {
+    pub url: String,
+}
+
+email_template!(
+    ResetLink,
+    "account-reset",
+    Requested,
+    "emails/account-reset/subject.txt",
+    "emails/account-reset/body.txt",
+    "emails/account-reset/body.html"
+);
+
+#[derive(Debug, Clone)]
+pub struct PasswordChanged {
+    pub when: String,
+    pub reset_url: String,
+}
+
+email_template!(
+    PasswordChanged,
+    "account-password-changed",
+    Requested,
+    "emails/account-password-changed/subject.txt",
+    "emails/account-password-changed/body.txt",
+    "emails/account-password-changed/body.html"
+);
+
+/// Sends `email` to the job's person, if they still have an address.
+async fn send<T: mail::EmailTemplate>(
+    platform: &Platform,
+    conn: &mut sqlx::PgConnection,
+    job: &Job,
+    email: &T,
+) -> Result<(), JobError> {
+    let person = job.person()?;
+    let Some(to) = person::email(conn, &platform.keyring, person).await? else {
+        return Ok(()); // Erased meanwhile.
+    };
+    mail::send_template(platform, conn, job, Some(person), to, email, vec![]).await
+}
+
+fn page(platform: &Platform, path: &str) -> String {
+    format!("{}{path}", platform.config.public_url.trim_end_matches('/'))
+}
+
+/// The verification link of a sign-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendVerification {
+    pub signup: SignupId,
+}
+
+impl BackgroundJob for SendVerification {
+    const KIND: &'static str = "accounts.verify_mail";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        let mut conn = platform.pool.acquire().await?;
+        let Some((token, expires)) = store::signup_token(&mut conn, self.signup).await? else {
+            return Ok(()); // Used or expired meanwhile.
+        };
+        let email = VerifyAddress {
+            url: page(&platform, &format!("/v1/accounts/verify?token={token}")),
+            expires: format_when(expires),
+        };
+        send(&platform, &mut conn, job, &email).await
+    }
+}
+
+/// The answer to a sign-up with an address that has an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendAlreadyRegistered {}
+
+impl BackgroundJob for SendAlreadyRegistered {
+    const KIND: &'static str = "accounts.exists_mail";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        let mut conn = platform.pool.acquire().await?;
+        let email = AlreadyRegistered {
+            sign_in_url: page(&platform, "/account/sign-in"),
+            reset_url: page(&platform, "/account/password-reset"),
+        };
+        send(&platform, &mut conn, job, &email).await
+    }
+}
+
+/// A password-reset link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendReset {
+    pub account: AccountId,
+}
+
+impl BackgroundJob for SendReset {
+    const KIND: &'static str = "accounts.reset_mail";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        let mut conn = platform.pool.acquire().await?;
+        if store::account(&mut conn, self.account).await?.is_none() {
+            return Ok(()); // Deleted meanwhile.
+        }
+        let token = store::create_reset(&mut conn, self.account).await?;
+        let email = ResetLink {
+            url: page(
+                &platform,
+                &format!("/v1/accounts/password-reset/confirm?token={token}"),
+            ),
+        };
+        send(&platform, &mut conn, job, &email).await
+    }
+}
+
+/// The notice that the password changed (by a reset or in the account).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendPasswordChanged {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl BackgroundJob for SendPasswordChanged {
+    const KIND: &'static str = "accounts.password_changed_mail";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        let mut conn = platform.pool.acquire().await?;
+        let email = PasswordChanged {
+            when: format_when(self.at),
+            reset_url: page(&platform, "/account/password-reset"),
+        };
+        send(&platform, &mut conn, job, &email).await
+    }
+}
+
+/// "2026-11-30 16:40", in UTC.
+fn format_when(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!("{} {:02}:{:02}", at.date(), at.hour(), at.minute())
+}

@@ -1,0 +1,285 @@
+//! Passwords as NIST SP 800-63B and OWASP advise: 12 to 128 characters of anything, NFKC
+//! normalised, no composition rules, common and guessable ones refused by an offline estimate
+//! (zxcvbn), stored as an argon2id PHC string.
+//!
+//! Hashing is deliberately expensive, so it runs on the blocking pool, at most `permits` at a
+//! time (`Hasher`): a flood of sign-ins waits its turn instead of stalling the async workers,
+//! and what waits too long is told to come back (`Busy`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use tokio::sync::Semaphore;
+use unicode_normalization::UnicodeNormalization;
+use zeroize::Zeroizing;
+
+pub const MIN_CHARS: usize = 12;
+pub const MAX_CHARS: usize = 128;
+/// zxcvbn's score 3: "safely unguessable", about 10^8 guesses or more.
+const MIN_SCORE: u8 = 3;
+
+/// argon2id, m = 19 MiB, t = 2, p = 1: OWASP's first recommended setting. On this 2-core
+/// machine one hash takes about 25 ms in a release build (`benches/accounts.rs` measures it);
+/// raising any of the three rehashes each account at its next sign-in.
+pub fn current_params() -> Params {
+    Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters")
+}
+
+/// A password as typed, normalised (NFKC) so that the same characters typed on another
+/// keyboard or system are the same password. Wiped from memory when dropped; never printed.
+pub struct Password(Zeroizing<String>);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password([redacted])")
+    }
+}
+
+impl Password {
+    /// A password given to sign in: normalised, but not judged (a password set under older
+    /// rules must still work). Over-long ones are refused before any hashing.
+    pub fn given(raw: &str) -> Option<Self> {
+        let normalised: Zeroizing<String> = Zeroizing::new(raw.nfkc().collect());
+        (normalised.chars().count() <= MAX_CHARS).then_some(Self(normalised))
+    }
+
+    /// A new password, judged: long enough, not too long, and not guessable — from common
+    /// passwords, keyboard patterns, dates, or the person's own address (`context`).
+    pub fn new(raw: &str, context: &[&str]) -> Result<Self, Weak> {
+        let password = Self::given(raw).ok_or(Weak::TooLong)?;
+        let chars = password.0.chars().count();
+        if chars < MIN_CHARS {
+            return Err(Weak::TooShort);
+        }
+        let mut inputs = vec!["pexper", "pexper.com"];
+        inputs.extend_from_slice(context);
+        let estimate = zxcvbn::zxcvbn(&password.0, &inputs);
+        if u8::from(estimate.score()) < MIN_SCORE {
+            let advice = estimate
+                .feedback()
+                .map(|f| {
+                    f.warning()
+                        .map(|w| w.to_string())
+                        .into_iter()
+                        .chain(f.suggestions().iter().map(|s| s.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "Add another word or two.".to_owned());
+            return Err(Weak::Guessable(advice));
+        }
+        Ok(password)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// Why a new password is refused. The message never contains the password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Weak {
+    #[error("a password needs at least 12 characters; a few words make a good one")]
+    TooShort,
+    #[error("a password can have at most 128 characters")]
+    TooLong,
+    #[error("this password is too easy to guess. {0}")]
+    Guessable(String),
+}
+
+/// The hashing pool's answer when it has been busy for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing is busy")]
+pub struct Busy;
+
+/// Hashes and checks passwords off the async workers, a bounded number at a time.
+#[derive(Clone)]
+pub struct Hasher {
+    permits: Arc<Semaphore>,
+    /// How long a request waits for a permit before it is told to come back.
+    wait: Duration,
+    /// A hash of nothing anyone knows, checked when there is no account: an unknown address
+    /// costs the same time as a known one with a wrong password.
+    dummy: Arc<str>,
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hasher")
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+fn argon2() -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, current_params())
+}
+
+fn hash_now(password: &Password) -> anyhow::Result<String> {
+    let hash: PasswordHash = argon2()
+        .hash_password(password.bytes())
+        .map_err(|e| anyhow::anyhow!("failed to hash a password: {e}"))?;
+    Ok(hash.to_string())
+}
+
+/// What checking a password against a stored hash found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked {
+    Wrong,
+    /// Right, and hashed with today's parameters.
+    Right,
+    /// Right, but hashed with other parameters: here is a new hash to store.
+    RightRehashed(String),
+}
+
+fn check_now(password: &Password, phc: &str) -> anyhow::Result<Checked> {
+    let parsed =
+        PasswordHash::new(phc).map_err(|e| anyhow::anyhow!("a stored hash does not parse: {e}"))?;
+    if argon2().verify_password(password.bytes(), phc).is_err() {
+        return Ok(Checked::Wrong);
+    }
+    let want = current_params();
+    let current = parsed.algorithm.as_str() == argon2::ARGON2ID_IDENT.as_str()
+        && Params::try_from(&parsed).is_ok_and(|p| {
+            (p.m_cost(), p.t_cost(), p.p_cost()) == (want.m_cost(), want.t_cost(), want.p_cost())
+        });
+    Ok(if current {
+        Checked::Right
+    } else {
+        Checked::RightRehashed(hash_now(password)?)
+    })
+}
+
+impl Hasher {
+    /// At most `permits` hashes at once (the number of cores suits: each hash is one core's
+    /// work); a request waits at most `wait` for its turn.
+    pub fn new(permits: usize, wait: Duration) -> anyhow::Result<Self> {
+        let nobody = Password(Zeroizing::new(pexper_platform::crypto::random_token()));
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(permits.max(1))),
+            wait,
+            dummy: hash_now(&nobody)?.into(),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<anyhow::Result<T>, Busy> {
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| Busy)?
+            .map_err(|_| Busy)?;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await;
+        Ok(outcome.unwrap_or_else(|e| Err(anyhow::anyhow!("password hashing panicked: {e}"))))
+    }
+
+    pub async fn hash(&self, password: Password) -> Result<anyhow::Result<String>, Busy> {
+        self.run(move || hash_now(&password)).await
+    }
+
+    /// Checks `password` against `stored`, or against the dummy when there is no account, so
+    /// that both take one hash's time.
+    pub async fn check(
+        &self,
+        password: Password,
+        stored: Option<String>,
+    ) -> Result<anyhow::Result<Checked>, Busy> {
+        let dummy = self.dummy.clone();
+        self.run(move || match stored {
+            Some(phc) => check_now(&password, &phc),
+            None => check_now(&password, &dummy).map(|_| Checked::Wrong),
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_common_and_personal_passwords_are_refused_with_advice() {
+        assert_eq!(
+            Password::new("Tr0ub4dor&3", &[]).map(|_| ()),
+            Err(Weak::TooShort)
+        );
+        assert!(matches!(
+            Password::new("password1234", &[]),
+            Err(Weak::Guessable(_))
+        ));
+        assert!(matches!(
+            Password::new("qwertyuiopasdf", &[]),
+            Err(Weak::Guessable(_))
+        ));
+        assert!(matches!(
+            Password::new(
+                "ada.lovelace1815",
+                &["ada.lovelace1815@example.com", "ada.lovelace1815"]
+            ),
+            Err(Weak::Guessable(_))
+        ));
+        assert_eq!(
+            Password::new(&"correct horse battery ".repeat(6), &[]).map(|_| ()),
+            Err(Weak::TooLong)
+        );
+        let Err(Weak::Guessable(advice)) = Password::new("password1234", &[]) else {
+            unreachable!("refused above");
+        };
+        assert!(!advice.contains("password1234"), "{advice}");
+    }
+
+    #[test]
+    fn a_passphrase_of_any_characters_is_taken_without_composition_rules() {
+        assert!(Password::new("correct horse battery staple", &[]).is_ok());
+        assert!(Password::new("東京の夜は静かで長い雨の音がする", &[]).is_ok());
+        // 128 characters exactly, of one long sentence.
+        let long: String = "a quiet river bends past seven old mills ".repeat(4)[..128].to_owned();
+        assert!(Password::new(&long, &[]).is_ok());
+    }
+
+    #[test]
+    fn the_same_characters_typed_differently_are_the_same_password() {
+        // "ﬁ" (a ligature) and "Å" as one code point or as A + ring: NFKC makes them one.
+        let a = Password::given("ﬁne \u{212B}ngstr\u{f6}m days").expect("short enough");
+        let b = Password::given("fine \u{c5}ngstro\u{308}m days").expect("short enough");
+        assert_eq!(a.bytes(), b.bytes());
+    }
+
+    #[test]
+    fn the_debug_form_never_shows_the_password() {
+        let p = Password::given("correct horse battery staple").expect("short enough");
+        assert_eq!(format!("{p:?}"), "Password([redacted])");
+    }
+
+    #[test]
+    fn a_hash_checks_its_password_only_and_old_parameters_are_rehashed() {
+        let right = || Password::given("correct horse battery staple").expect("short enough");
+        let phc = hash_now(&right()).expect("hashes");
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        assert_eq!(check_now(&right(), &phc).expect("checks"), Checked::Right);
+        let wrong = Password::given("correct horse battery stapler").expect("short enough");
+        assert_eq!(check_now(&wrong, &phc).expect("checks"), Checked::Wrong);
+
+        let old = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8 * 1024, 1, 1, None).expect("valid"),
+        )
+        .hash_password(right().bytes())
+        .expect("hashes")
+        .to_string();
+        let Checked::RightRehashed(new) = check_now(&right(), &old).expect("checks") else {
+            panic!("an old hash must be replaced");
+        };
+        assert!(new.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{new}");
+        assert_eq!(check_now(&right(), &new).expect("checks"), Checked::Right);
+    }
+}

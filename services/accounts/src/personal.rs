@@ -1,0 +1,142 @@
+//! The accounts section of an export (when the account was opened, its sessions' devices —
+//! never the password or its hash), erasure (the account, its sessions and links, its
+//! pending sign-ups, and the address's failed sign-in count), and retention.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use pexper_platform::crypto::Keyring;
+use pexper_platform::person::{self, PersonId};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule};
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccountData;
+
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+struct ExportedAccount {
+    #[serde(with = "time::serde::rfc3339")]
+    opened_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    password_changed_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    disabled_at: Option<OffsetDateTime>,
+}
+
+impl PersonalData for AccountData {
+    fn section(&self) -> &'static str {
+        "account"
+    }
+
+    async fn export(
+        &self,
+        conn: &mut PgConnection,
+        _keyring: &Keyring,
+        person: PersonId,
+    ) -> anyhow::Result<serde_json::Value> {
+        let row: Option<AccountRow> = sqlx::query_as(
+            "SELECT id, created_at AS opened_at, password_changed_at, disabled_at
+             FROM account WHERE person_id = $1",
+        )
+        .bind(person)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("failed to export an account")?;
+        let Some(AccountRow { id, account }) = row else {
+            return Ok(serde_json::Value::Null);
+        };
+        let sessions = crate::store::sessions(conn, id).await?;
+        Ok(serde_json::json!({
+            "account": account,
+            "password": "stored only as an argon2id hash, which is not included",
+            "sessions": sessions,
+        }))
+    }
+
+    fn notice_audience(&self) -> Option<&'static str> {
+        Some("SELECT person_id FROM account")
+    }
+
+    fn holds(&self) -> Option<&'static str> {
+        Some("SELECT person_id FROM account UNION SELECT person_id FROM account_signup")
+    }
+
+    fn retention(&self) -> Vec<RetentionRule> {
+        vec![
+            RetentionRule {
+                name: "accounts.signups",
+                keeps: "a sign-up never verified: until its link expires (2 days)",
+                due: "SELECT count(*) FROM account_signup WHERE expires_at < now()",
+                apply: "DELETE FROM account_signup WHERE expires_at < now()",
+            },
+            RetentionRule {
+                name: "accounts.sessions",
+                keeps: "a session: until it ends (7 days unused, 30 days after sign-in, or signed out)",
+                due: "SELECT count(*) FROM account_session
+                      WHERE expires_at < now() OR last_seen_at < now() - interval '7 days'",
+                apply: "DELETE FROM account_session
+                        WHERE expires_at < now() OR last_seen_at < now() - interval '7 days'",
+            },
+            RetentionRule {
+                name: "accounts.reset_links",
+                keeps: "a password-reset link: a day after it expired (an hour after it was sent)",
+                due: "SELECT count(*) FROM account_reset WHERE expires_at < now() - interval '1 day'",
+                apply: "DELETE FROM account_reset WHERE expires_at < now() - interval '1 day'",
+            },
+            RetentionRule {
+                name: "accounts.failed_sign_ins",
+                keeps: "the count of an address's failed sign-ins (under a keyed hash): a day after the last",
+                due: "SELECT count(*) FROM signin_throttle WHERE updated_at < now() - interval '1 day'",
+                apply: "DELETE FROM signin_throttle WHERE updated_at < now() - interval '1 day'",
+            },
+        ]
+    }
+
+    async fn erase(
+        &self,
+        conn: &mut PgConnection,
+        keyring: &Keyring,
+        person: PersonId,
+    ) -> anyhow::Result<ErasureSummary> {
+        // Sessions and reset links go with the account (ON DELETE CASCADE).
+        let accounts = sqlx::query("DELETE FROM account WHERE person_id = $1")
+            .bind(person)
+            .execute(&mut *conn)
+            .await
+            .context("failed to delete an account")?
+            .rows_affected();
+        let signups = sqlx::query("DELETE FROM account_signup WHERE person_id = $1")
+            .bind(person)
+            .execute(&mut *conn)
+            .await
+            .context("failed to delete pending sign-ups")?
+            .rows_affected();
+        let mut throttle = 0;
+        if let Some(email) = person::email(conn, keyring, person).await? {
+            let key = keyring.blind_index(crate::http::SIGNIN_INDEX, email.as_str());
+            throttle = sqlx::query("DELETE FROM signin_throttle WHERE key = $1")
+                .bind(key.as_slice())
+                .execute(&mut *conn)
+                .await
+                .context("failed to delete a sign-in count")?
+                .rows_affected();
+        }
+        Ok(ErasureSummary {
+            section: "account",
+            removed: BTreeMap::from([
+                ("accounts", accounts),
+                ("pending_signups", signups),
+                ("failed_sign_in_counts", throttle),
+            ]),
+            kept: vec![],
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    id: crate::store::AccountId,
+    #[sqlx(flatten)]
+    account: ExportedAccount,
+}
