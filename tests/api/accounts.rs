@@ -528,6 +528,24 @@ async fn state_changes_without_the_csrf_token_or_from_another_site_are_refused()
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
+    // Our pages send no Referer, so a browser posts them with `Origin: null`: then only
+    // `Sec-Fetch-Site: same-origin` makes it ours (a sandboxed frame elsewhere says cross-site).
+    for site in [None, Some("cross-site"), Some("same-site")] {
+        let mut req = app
+            .client
+            .post(app.url("/account/sessions/end-others"))
+            .header(COOKIE, &session.cookie)
+            .header("origin", "null");
+        if let Some(site) = site {
+            req = req.header("sec-fetch-site", site);
+        }
+        let res = req
+            .form(&[("csrf", session.csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "Origin: null, Sec-Fetch-Site: {site:?}");
+    }
     assert_eq!(account(&app, &other).await.status(), 200, "still signed in");
 
     let res = delete(Some(&session.csrf), Some(&app.address))
@@ -1022,4 +1040,126 @@ async fn the_canary_audit_finds_no_password_session_token_or_address_in_a_dump_o
         assert!(!log.contains(secret), "{secret} in the logs");
     }
     assert_eq!(canary::found(&log), Vec::<&str>::new(), "in the logs");
+}
+
+#[tokio::test]
+async fn an_account_works_end_to_end_in_a_real_browser() {
+    let app = spawn_app().await;
+    let Some(browser) = browser::Browser::start().await else {
+        return;
+    };
+    let email = "browser.buyer@example.com";
+    let mail_to = |subject: &'static str| {
+        let app = &app;
+        async move {
+            eventually(WAIT, subject, || async {
+                app.smtp
+                    .received()
+                    .into_iter()
+                    .rev()
+                    .find(|m| to(m, email) && m.header("Subject").unwrap().contains(subject))
+            })
+            .await
+        }
+    };
+    let checkout = Checkout::new(email);
+    let res = stripe::deliver(
+        &app.client,
+        &app.address,
+        &checkout.session_event("checkout.session.completed", "paid"),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+
+    // Sign up, and open the account from the emailed link (a page, then its button).
+    browser.goto(&app.url("/account/sign-up")).await;
+    browser.fill("input[name=email]", email).await;
+    browser.fill("input[name=password]", PASSWORD).await;
+    browser.click("form[action='/v1/accounts'] button").await;
+    assert_eq!(browser.text("h1").await, "Check your email");
+    let link = mail_to("open your Pexper account")
+        .await
+        .link(&format!("{}/v1/accounts/verify?token=", app.address));
+    browser.goto(&link).await;
+    browser.click("#confirm").await;
+    assert_eq!(browser.text("#verified").await, "Your account is open");
+
+    // Sign in: the purchase made through the webhook is there, and its licence goes again.
+    browser.goto(&app.url("/account/sign-in")).await;
+    browser.fill("input[name=email]", email).await;
+    browser.fill("input[name=password]", PASSWORD).await;
+    browser.click("form[action='/v1/sessions'] button").await;
+    assert_eq!(browser.text("#address").await, email);
+    assert!(browser.current_url().await.ends_with("/account"));
+    assert!(browser.text("#purchases").await.contains("paid"));
+    let receipts = |app: &TestApp| {
+        app.smtp
+            .received()
+            .iter()
+            .filter(|m| to(m, email) && m.part("text/plain").unwrap().contains("licence key"))
+            .count()
+    };
+    let before = receipts(&app);
+    browser.click(".resend").await;
+    assert!(browser.text("#notice").await.contains("on its way"));
+    eventually(WAIT, "the licence again", || async {
+        (receipts(&app) > before).then_some(())
+    })
+    .await;
+
+    // Sign out everywhere else: another browser's session ends, this one stays.
+    let elsewhere = signed_in(&app, email, PASSWORD).await;
+    browser.click("#end-others").await;
+    assert!(
+        browser
+            .text("#notice")
+            .await
+            .contains("Every other browser")
+    );
+    assert_eq!(account(&app, &elsewhere).await.status(), 401);
+
+    // Reset the password by email: every session ends, this browser's too.
+    browser.goto(&app.url("/account/password-reset")).await;
+    browser.fill("input[name=email]", email).await;
+    browser
+        .click("form[action='/v1/accounts/password-reset'] button")
+        .await;
+    assert_eq!(browser.text("h1").await, "Check your email");
+    let link = mail_to("Choose a new password").await.link(&format!(
+        "{}/v1/accounts/password-reset/confirm?token=",
+        app.address
+    ));
+    browser.goto(&link).await;
+    browser.fill("input[name=password]", NEW_PASSWORD).await;
+    browser.click("form button").await;
+    assert_eq!(
+        browser.text("#password-changed").await,
+        "Your password is changed"
+    );
+    browser.goto(&app.url("/account")).await;
+    assert_eq!(browser.text("h1").await, "Sign in to Pexper", "signed out");
+
+    // Back in with the new password (just typed, so export and deletion are open without
+    // confirming it again): download the data, delete the account.
+    browser.fill("input[name=email]", email).await;
+    browser.fill("input[name=password]", NEW_PASSWORD).await;
+    browser.click("form[action='/v1/sessions'] button").await;
+    browser.click("#export").await;
+    eventually(WAIT, "the self-service export", || async {
+        let done: i64 = app
+            .scalar("SELECT count(*) FROM privacy_request WHERE source = 'account' AND kind = 'access' AND status = 'completed'")
+            .await;
+        (done == 1).then_some(())
+    })
+    .await;
+    browser.fill("input[name=confirm]", "delete").await;
+    browser.click("#delete").await;
+    assert_eq!(
+        browser.text("#message").await,
+        "Your account and data are being deleted"
+    );
+    mail_to("deleted").await;
+    app.queue_drained().await;
+    assert_eq!(app.count("account").await, 0);
+    assert_eq!(app.count("person").await, 0);
 }

@@ -229,7 +229,8 @@ async fn services_picks_which_routes_a_process_serves() {
             "payments",
             "privacy_requests",
             "analytics",
-            "support"
+            "support",
+            "account"
         ]
     );
     let waitlist = spawn_app().await;

@@ -811,6 +811,35 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
     let confirm = mail_to(&app, "friend@example.net", "Confirm").await;
     let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));
     assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+    // An account, signed in, and a sign-up still pending besides (the API never makes both for
+    // one address: opening the account clears its pending sign-ups; a row is written here).
+    let password = "correct horse battery staple";
+    let res = app
+        .client
+        .post(app.url("/v1/accounts"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let verify = mail_to(&app, email, "open your Pexper account").await;
+    let url = verify.link(&app.url("/v1/accounts/verify?token="));
+    assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+    let res = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    sqlx::query(
+        "INSERT INTO account_signup (id, person_id, password_hash, expires_at)
+         SELECT gen_random_uuid(), person_id, password_hash, now() + interval '1 day' FROM account",
+    )
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
 
     let key_id = {
         let sealed: Vec<u8> = sqlx::query_scalar("SELECT email_sealed FROM person WHERE id = $1")

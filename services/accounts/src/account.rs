@@ -243,6 +243,7 @@ pub async fn reset_request_page() -> Response {
 pub struct ActionForm {
     /// The session's CSRF token.
     #[serde(default)]
+    #[schema(max_length = 64)]
     csrf: String,
     /// The password (to confirm it, or the current one when changing it).
     #[serde(default)]
@@ -254,21 +255,46 @@ pub struct ActionForm {
     new_password: String,
     /// The purchase whose licence to send again.
     #[serde(default)]
-    purchase: String,
+    #[schema(value_type = uuid::Uuid)]
+    purchase: Option<uuid::Uuid>,
     /// Deleting: must be `delete`.
     #[serde(default)]
+    #[schema(max_length = 16)]
     confirm: String,
 }
 
-/// A signed-in form post: the session, and its form once origin and CSRF token are checked.
-/// Without a session: on to sign-in.
+impl ActionForm {
+    /// What is wrong with the form as the document states it, if anything.
+    fn problem(&self) -> Option<&'static str> {
+        let over = |s: &str, n: usize| s.chars().count() > n;
+        if over(&self.csrf, 64) {
+            return Some("The form's token is not one of ours.");
+        }
+        if over(&self.password, 128) || over(&self.new_password, 128) {
+            return Some("A password can have at most 128 characters.");
+        }
+        if over(&self.confirm, 16) {
+            return Some("To delete everything, type delete in the box.");
+        }
+        None
+    }
+}
+
+/// A signed-in form post: the session, and its form once its fields, its origin and its CSRF
+/// token are checked. A form that is not as documented is refused whoever sends it; a
+/// well-formed one without a session goes on to sign-in.
 async fn signed_in_form(
     platform: &Platform,
     request: Request,
 ) -> Result<Result<(SignedIn, ActionForm), Response>, ApiError> {
     let headers = request.headers().clone();
-    let Some(signed_in) = session::signed_in(platform, &headers).await? else {
-        return Ok(Err(see_other("/account/sign-in")));
+    let refuse = |reason: &str| {
+        pages::message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The form did not arrive as we need it",
+            reason,
+            Some(("/account", "Back to your account")),
+        )
     };
     let form = match axum::Form::<ActionForm>::from_request(request, &()).await {
         Ok(axum::Form(form)) => form,
@@ -286,7 +312,13 @@ async fn signed_in_form(
                 "expected a form post (application/x-www-form-urlencoded)",
             ));
         }
-        Err(_) => ActionForm::default(),
+        Err(_) => return Ok(Err(refuse("Please use the form on your account page."))),
+    };
+    if let Some(problem) = form.problem() {
+        return Ok(Err(refuse(problem)));
+    }
+    let Some(signed_in) = session::signed_in(platform, &headers).await? else {
+        return Ok(Err(see_other("/account/sign-in")));
     };
     session::check_csrf(platform, &headers, &signed_in, Some(&form.csrf))?;
     Ok(Ok((signed_in, form)))
@@ -351,6 +383,7 @@ async fn confirm_password(
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn sign_out_form(
     State(platform): State<Platform>,
@@ -374,6 +407,7 @@ pub async fn sign_out_form(
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn end_other_sessions(
     State(platform): State<Platform>,
@@ -408,7 +442,7 @@ pub async fn end_other_sessions(
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
-        (status = 422, description = "The new password is too short, too long or too easy to guess: the account page, saying why", content_type = "text/html"),
+        (status = 422, description = "The new password is too short, too long or too easy to guess (the account page, saying why), or a field longer than documented", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
         (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn change_password_form(
@@ -486,6 +520,7 @@ pub async fn change_password_form(
         (status = 404, description = "No purchase of this account with an active licence", content_type = "text/html"),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn resend_licence(
     State(platform): State<Platform>,
@@ -493,9 +528,11 @@ pub async fn resend_licence(
 ) -> Result<Response, ApiError> {
     let (signed_in, form) = signed_in_form!(platform, request);
     let view = view(&platform, &signed_in).await?;
-    let Some(purchase) = view.purchases.iter().find(|p| {
-        p.id.to_string() == form.purchase && p.license_status.as_deref() == Some("active")
-    }) else {
+    let Some(purchase) = view
+        .purchases
+        .iter()
+        .find(|p| Some(p.id) == form.purchase && p.license_status.as_deref() == Some("active"))
+    else {
         return page(
             &platform,
             &signed_in,
@@ -536,6 +573,7 @@ pub async fn resend_licence(
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
         (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn confirm_password_form(
@@ -575,6 +613,7 @@ fn recently_confirmed(signed_in: &SignedIn) -> bool {
             (String = "text/html"))),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn export(
     State(platform): State<Platform>,
@@ -622,7 +661,7 @@ pub async fn export(
             (String = "text/html"))),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
-        (status = 422, description = "The box saying `delete` was not filled in: the account page, saying so", content_type = "text/html"),
+        (status = 422, description = "The box saying `delete` was not filled in (the account page, saying so), or a field longer than documented", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn delete(
     State(platform): State<Platform>,

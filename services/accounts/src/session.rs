@@ -93,6 +93,14 @@ fn own_origins(platform: &Platform) -> Vec<String> {
 
 /// Whether a browser says this request comes from our own pages (see `origin_allowed`).
 pub fn from_our_pages(platform: &Platform, headers: &HeaderMap) -> bool {
+    // Our pages send no Referer (`Referrer-Policy: no-referrer`: tokens travel in some URLs),
+    // and so a browser posts their forms with `Origin: null` — as a sandboxed frame on any
+    // site would. Then only the browser's own `Sec-Fetch-Site` can say it is ours.
+    if headers.get(header::ORIGIN).is_some_and(|o| o == "null") {
+        return headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site == "same-origin");
+    }
     origin_allowed(headers, &own_origins(platform))
 }
 
