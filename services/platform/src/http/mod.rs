@@ -121,7 +121,7 @@ async fn readyz(State(platform): State<Platform>) -> impl IntoResponse {
 fn document_unavailable(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
     let unavailable = ResponseBuilder::new()
-        .description("The database cannot be reached right now: retry after `Retry-After` seconds")
+        .description("Unavailable right now (the database cannot be reached, or too many passwords are being checked): retry after `Retry-After` seconds")
         .content(
             "application/json",
             Content::new(Some(Ref::from_schema_name("ErrorBody"))),
