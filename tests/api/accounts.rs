@@ -1071,6 +1071,24 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
     .await;
     assert_eq!(res.status(), 200);
 
+    // Every form can be used by keyboard and screen reader: each field has its label, the
+    // order of focus is the order on the page, and errors are announced.
+    for page in [
+        "/account/sign-up",
+        "/account/sign-in",
+        "/account/password-reset",
+    ] {
+        browser.goto(&app.url(page)).await;
+        assert_eq!(accessibility(&browser).await, json!([]), "{page}");
+    }
+    browser.goto(&app.url("/account/sign-in")).await;
+    browser
+        .fill("input[name=email]", "nobody@example.com")
+        .await;
+    browser.fill("input[name=password]", PASSWORD).await;
+    browser.click("form[action='/v1/sessions'] button").await;
+    assert!(browser.text("[role=alert]").await.contains("do not match"));
+
     // Sign up, and open the account from the emailed link (a page, then its button).
     browser.goto(&app.url("/account/sign-up")).await;
     browser.fill("input[name=email]", email).await;
@@ -1091,6 +1109,7 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
     browser.click("form[action='/v1/sessions'] button").await;
     assert_eq!(browser.text("#address").await, email);
     assert!(browser.current_url().await.ends_with("/account"));
+    assert_eq!(accessibility(&browser).await, json!([]), "the account page");
     assert!(browser.text("#purchases").await.contains("paid"));
     let receipts = |app: &TestApp| {
         app.smtp
@@ -1162,4 +1181,29 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
     app.queue_drained().await;
     assert_eq!(app.count("account").await, 0);
     assert_eq!(app.count("person").await, 0);
+}
+
+/// What keeps the page shown from working by keyboard or with a screen reader: a field
+/// without a label, a button without a name, a focus order other than the page's (`tabindex`
+/// above 0), a page without a language or a heading.
+async fn accessibility(browser: &browser::Browser) -> Value {
+    browser
+        .script(
+            r#"
+            const problems = [];
+            for (const input of document.querySelectorAll("input:not([type=hidden])")) {
+                if (input.labels.length === 0) problems.push("no label: " + input.name);
+            }
+            for (const button of document.querySelectorAll("button")) {
+                if (!button.textContent.trim()) problems.push("a button without a name");
+            }
+            for (const el of document.querySelectorAll("[tabindex]")) {
+                if (el.tabIndex > 0) problems.push("tabindex > 0: " + el.outerHTML);
+            }
+            if (!document.documentElement.lang) problems.push("no lang");
+            if (document.querySelectorAll("h1").length !== 1) problems.push("not one h1");
+            return problems;
+            "#,
+        )
+        .await
 }

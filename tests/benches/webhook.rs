@@ -1,6 +1,6 @@
-//! Stripe webhook acknowledgements through HTTP against the real stack (signature check, TLS
-//! Postgres, licence signing, the receipt job and its email over a real SMTP server), on this
-//! machine. Every event is a new paid Checkout Session: the most expensive kind.
+//! Stripe webhook acknowledgements through HTTP against the real `pexper-server` binary in a
+//! process of its own (signature check, TLS Postgres, licence signing, the receipt job and its
+//! email over a real SMTP server), on this machine. Every event is a new paid Checkout Session: the most expensive kind.
 //!
 //!     cargo bench -p pexper-tests --bench webhook [-- RATE SECONDS CONCURRENCY]
 //!
@@ -58,8 +58,9 @@ fn report(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Durat
 }
 
 async fn run(rate: u64, seconds: u64, concurrency: usize) -> bool {
-    let app = spawn_app().await;
-    let url: Arc<str> = app.url("/v1/webhooks/stripe").into();
+    // The real binary in a process of its own: the load below never shares its runtime.
+    let server = ServerProcess::start("warn").await;
+    let url: Arc<str> = format!("{}/v1/webhooks/stripe", server.base).into();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
@@ -123,10 +124,15 @@ async fn run(rate: u64, seconds: u64, concurrency: usize) -> bool {
         latencies,
         started.elapsed(),
     );
+    let pool = sqlx::PgPool::connect(&server.vars["DATABASE_URL"])
+        .await
+        .unwrap();
     let purchases: i64 = sqlx::query_scalar("SELECT count(*) FROM license")
-        .fetch_one(&app.platform.pool)
+        .fetch_one(&pool)
         .await
         .unwrap();
     println!("licences issued: {purchases}");
+    pool.close().await;
+    server.stop().await;
     met
 }

@@ -181,6 +181,16 @@ impl Browser {
         .await;
     }
 
+    /// Runs `js` (a function body; `return` gives the value back) in the page.
+    pub async fn script(&self, js: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": js, "args": [] })),
+        )
+        .await
+    }
+
     /// The address of the page shown.
     pub async fn current_url(&self) -> String {
         self.call(reqwest::Method::GET, "/url", None)

@@ -348,7 +348,7 @@ async fn confirm_password(
     let checked = match Password::given(given) {
         None => Checked::Wrong,
         Some(password) => match state
-            .hasher
+            .hasher(platform)?
             .check(password, Some(account.password_hash))
             .await
         {
@@ -481,7 +481,7 @@ pub async fn change_password_form(
             .await;
         }
     };
-    let hash = match state.hasher.hash(password).await {
+    let hash = match state.hasher(&platform)?.hash(password).await {
         Ok(hash) => hash?,
         Err(Busy) => {
             return Err(ApiError::client(

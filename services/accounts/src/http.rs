@@ -185,7 +185,7 @@ pub async fn create_account(
         Err(weak) => return Ok(refuse("weak_password", weak.to_string(), email.as_str())),
     };
     // Hashed whether or not the address has an account: both answers take the same time.
-    let hash = match state.hasher.hash(password).await {
+    let hash = match state.hasher(&platform)?.hash(password).await {
         Ok(hash) => hash?,
         Err(Busy) => return Ok(busy()),
     };
@@ -403,7 +403,7 @@ pub async fn sign_in(
         None => Checked::Wrong,
         Some(password) => {
             let stored = account.as_ref().map(|a| a.password_hash.clone());
-            match state.hasher.check(password, stored).await {
+            match state.hasher(&platform)?.check(password, stored).await {
                 Ok(checked) => checked?,
                 Err(Busy) => return Ok(busy()),
             }
@@ -688,7 +688,7 @@ pub async fn reset(
         Ok(password) => password,
         Err(weak) => return Ok(again(weak.to_string())),
     };
-    let hash = match state.hasher.hash(password).await {
+    let hash = match state.hasher(&platform)?.hash(password).await {
         Ok(hash) => hash?,
         Err(Busy) => return Ok(busy()),
     };

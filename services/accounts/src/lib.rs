@@ -32,23 +32,26 @@ use utoipa_axum::routes;
 
 pub use password::{Password, current_params};
 
-/// What the account handlers share in one server: the bounded password hasher and the
-/// in-memory count of failed sign-ins per client.
-#[derive(Debug, Clone)]
+/// What the account handlers share in one server: the password hasher (started at its first
+/// use, from the configuration) and the in-memory count of failed sign-ins per client.
+#[derive(Debug, Clone, Default)]
 pub struct AccountsState {
-    hasher: password::Hasher,
+    hasher: Arc<std::sync::OnceLock<password::Hasher>>,
     clients: Arc<throttle::Clients>,
 }
 
 impl AccountsState {
-    fn new() -> Self {
-        // One hash per core at a time; a sign-in waits at most 5 s for its turn.
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self {
-            hasher: password::Hasher::new(cores, Duration::from_secs(5))
-                .expect("hashing a random string cannot fail"),
-            clients: Arc::default(),
+    /// `PEXPER_PASSWORD_HASHERS` threads at nice 19 (under contention everything else comes
+    /// first: sign-ins slow down before anything else does); a sign-in waits at most 5 s for
+    /// its turn.
+    fn hasher(&self, platform: &Platform) -> anyhow::Result<&password::Hasher> {
+        if let Some(hasher) = self.hasher.get() {
+            return Ok(hasher);
         }
+        let hasher =
+            password::Hasher::new(platform.config.password_hashers, 19, Duration::from_secs(5))?;
+        // Two first sign-ins at once: one hasher is kept, the other's threads end with it.
+        Ok(self.hasher.get_or_init(|| hasher))
     }
 }
 
@@ -80,7 +83,7 @@ impl Service for Accounts {
             .routes(routes!(account::confirm_password_form))
             .routes(routes!(account::export))
             .routes(routes!(account::delete))
-            .layer(axum::Extension(AccountsState::new()))
+            .layer(axum::Extension(AccountsState::default()))
     }
 
     fn jobs(&self) -> JobRegistry<Platform> {

@@ -2,12 +2,15 @@
 //! normalised, no composition rules, common and guessable ones refused by an offline estimate
 //! (zxcvbn), stored as an argon2id PHC string.
 //!
-//! Hashing is deliberately expensive, so it runs on the blocking pool, at most `permits` at a
-//! time (`Hasher`): a flood of sign-ins waits its turn instead of stalling the async workers,
-//! and what waits too long is told to come back (`Busy`).
+//! Hashing is deliberately expensive, so it runs on threads of its own, one per core, at a
+//! lower priority than the rest of the server (`Hasher`): a flood of sign-ins uses the CPU
+//! the other requests leave, waits its turn instead of stalling the async workers, and what
+//! waits too long is told to come back (`Busy`).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
@@ -95,10 +98,14 @@ pub enum Weak {
 #[error("password hashing is busy")]
 pub struct Busy;
 
-/// Hashes and checks passwords off the async workers, a bounded number at a time.
+type Work = Box<dyn FnOnce() + Send>;
+
+/// Hashes and checks passwords on its own low-priority threads, a bounded number at a time.
 #[derive(Clone)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    /// Work for the hashing threads; they end when the last `Hasher` clone is dropped.
+    work: Arc<std::sync::Mutex<std::sync::mpsc::Sender<Work>>>,
     /// How long a request waits for a permit before it is told to come back.
     wait: Duration,
     /// A hash of nothing anyone knows, checked when there is no account: an unknown address
@@ -123,6 +130,18 @@ fn hash_now(password: &Password) -> anyhow::Result<String> {
         .hash_password(password.bytes())
         .map_err(|e| anyhow::anyhow!("failed to hash a password: {e}"))?;
     Ok(hash.to_string())
+}
+
+/// Lowers the calling thread to about nice `nice` (1..=19).
+fn lower_priority(nice: u8) -> Result<(), String> {
+    // The crate maps level 0..=99 onto nice 19..=-20 as `39 * (1 - level / 99) - 20`, rounding
+    // down: the level just at or below the exact one lands on `nice` (10 is level 22).
+    let level = (99.0 * (1.0 - (f64::from(nice) + 20.0) / 39.0)).floor() as u8;
+    let level = thread_priority::ThreadPriorityValue::try_from(level).map_err(|e| e.to_string())?;
+    thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Crossplatform(
+        level,
+    ))
+    .map_err(|e| e.to_string())
 }
 
 /// What checking a password against a stored hash found.
@@ -154,12 +173,35 @@ fn check_now(password: &Password, phc: &str) -> anyhow::Result<Checked> {
 }
 
 impl Hasher {
-    /// At most `permits` hashes at once (the number of cores suits: each hash is one core's
-    /// work); a request waits at most `wait` for its turn.
-    pub fn new(permits: usize, wait: Duration) -> anyhow::Result<Self> {
+    /// `threads` hashing threads (the number of cores suits: each hash is one core's work) at
+    /// nice value `nice`; a request waits at most `wait` for its turn.
+    pub fn new(threads: usize, nice: u8, wait: Duration) -> anyhow::Result<Self> {
+        let threads = threads.max(1);
+        let (sender, receiver) = std::sync::mpsc::channel::<Work>();
+        let receiver = Arc::new(std::sync::Mutex::new(receiver));
+        for i in 0..threads {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || {
+                    if nice > 0
+                        && let Err(e) = lower_priority(nice)
+                    {
+                        tracing::warn!(error = %e, "password hashing runs at normal priority");
+                    }
+                    loop {
+                        let next = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(work) = next else { return };
+                        // A panic loses that one answer (its caller hears so), not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+                    }
+                })
+                .context("failed to start a password-hashing thread")?;
+        }
         let nobody = Password(Zeroizing::new(pexper_platform::crypto::random_token()));
         Ok(Self {
-            permits: Arc::new(Semaphore::new(permits.max(1))),
+            permits: Arc::new(Semaphore::new(threads)),
+            work: Arc::new(std::sync::Mutex::new(sender)),
             wait,
             dummy: hash_now(&nobody)?.into(),
         })
@@ -173,12 +215,20 @@ impl Hasher {
             .await
             .map_err(|_| Busy)?
             .map_err(|_| Busy)?;
-        let outcome = tokio::task::spawn_blocking(move || {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let job: Work = Box::new(move || {
             let _permit = permit;
-            work()
-        })
-        .await;
-        Ok(outcome.unwrap_or_else(|e| Err(anyhow::anyhow!("password hashing panicked: {e}"))))
+            let _ = done.send(work());
+        });
+        self.work
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| Busy)?;
+        // A panic in the work drops `done` unsent, and its permit with it.
+        Ok(outcome
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("password hashing failed abruptly"))))
     }
 
     pub async fn hash(&self, password: Password) -> Result<anyhow::Result<String>, Busy> {
@@ -257,6 +307,35 @@ mod tests {
     fn the_debug_form_never_shows_the_password() {
         let p = Password::given("correct horse battery staple").expect("short enough");
         assert_eq!(format!("{p:?}"), "Password([redacted])");
+    }
+
+    /// The nice value of the calling thread, from `/proc` (Linux).
+    fn own_nice() -> anyhow::Result<i64> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // Field 19 of stat(5); the fields after the command name start at field 3.
+        Ok(fields.get(16).context("a nice field")?.parse()?)
+    }
+
+    #[tokio::test]
+    async fn hashing_runs_on_threads_of_the_configured_lower_priority() {
+        for nice in [0u8, 1, 5, 10, 19] {
+            let hasher = Hasher::new(1, nice, Duration::from_secs(5)).expect("starts");
+            let seen = hasher
+                .run(own_nice)
+                .await
+                .expect("not busy")
+                .expect("reads /proc");
+            assert_eq!(seen, i64::from(nice), "the hashing thread's nice value");
+        }
+        assert_eq!(
+            own_nice().expect("reads /proc"),
+            0,
+            "the caller is untouched"
+        );
     }
 
     #[test]

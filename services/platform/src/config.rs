@@ -68,6 +68,10 @@ pub struct Config {
     pub pg_bin: Option<PathBuf>,
     /// Places a waitlist member moves up for each confirmed referral.
     pub referral_bump: i64,
+    /// How many passwords are hashed at once, each on a thread of its own: one core's work
+    /// each. The default, one less than the cores (at least one), keeps a core for the rest
+    /// of the server under a sign-in flood.
+    pub password_hashers: usize,
     /// Where a browser's form post to the waitlist is sent (303) instead of our own page.
     pub waitlist_thank_you_url: Option<String>,
     /// DKIM signing of outgoing mail: the DNS selector and the private key (RSA PKCS#1 PEM, or
@@ -194,6 +198,15 @@ impl Config {
                 .ok()
                 .filter(|n| (0..=10_000).contains(n))
                 .context("PEXPER_REFERRAL_BUMP must be a whole number of places from 0 to 10000")?,
+            password_hashers: match get("PEXPER_PASSWORD_HASHERS") {
+                Some(n) => {
+                    n.parse().ok().filter(|n| (1..=256).contains(n)).context(
+                        "PEXPER_PASSWORD_HASHERS must be a number of threads from 1 to 256",
+                    )?
+                }
+                None => std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            },
             waitlist_thank_you_url: get("PEXPER_WAITLIST_THANK_YOU_URL").map(str::to_owned),
             postal_address: get("PEXPER_POSTAL_ADDRESS").map(str::to_owned),
             dkim: match (get("PEXPER_DKIM_SELECTOR"), secret("PEXPER_DKIM_KEY")) {
