@@ -420,6 +420,18 @@ mod tests {
             }]
         );
         assert_eq!(c.analytics_retention_days, 90);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.password_hashers, cores.saturating_sub(1).max(1));
+    }
+
+    #[test]
+    fn password_hashers_is_a_thread_count_from_1_to_256() {
+        let with = |n: &str| Config::from_vars(vars(&[("PEXPER_PASSWORD_HASHERS", n)]));
+        assert_eq!(with("3").expect("valid").password_hashers, 3);
+        for bad in ["0", "257", "-1", "two"] {
+            let e = with(bad).expect_err("refused");
+            assert!(e.to_string().contains("PEXPER_PASSWORD_HASHERS"), "{e}");
+        }
     }
 
     #[test]
