@@ -1087,30 +1087,32 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
         .await;
     browser.fill("input[name=password]", PASSWORD).await;
     browser.click("form[action='/v1/sessions'] button").await;
-    assert!(browser.text("[role=alert]").await.contains("do not match"));
+    browser.wait_for_text("[role=alert]", "do not match").await;
 
     // Sign up, and open the account from the emailed link (a page, then its button).
     browser.goto(&app.url("/account/sign-up")).await;
     browser.fill("input[name=email]", email).await;
     browser.fill("input[name=password]", PASSWORD).await;
     browser.click("form[action='/v1/accounts'] button").await;
-    assert_eq!(browser.text("h1").await, "Check your email");
+    browser.wait_for_text("h1", "Check your email").await;
     let link = mail_to("open your Pexper account")
         .await
         .link(&format!("{}/v1/accounts/verify?token=", app.address));
     browser.goto(&link).await;
     browser.click("#confirm").await;
-    assert_eq!(browser.text("#verified").await, "Your account is open");
+    browser
+        .wait_for_text("#verified", "Your account is open")
+        .await;
 
     // Sign in: the purchase made through the webhook is there, and its licence goes again.
     browser.goto(&app.url("/account/sign-in")).await;
     browser.fill("input[name=email]", email).await;
     browser.fill("input[name=password]", PASSWORD).await;
     browser.click("form[action='/v1/sessions'] button").await;
-    assert_eq!(browser.text("#address").await, email);
+    browser.wait_for_text("#address", email).await;
     assert!(browser.current_url().await.ends_with("/account"));
     assert_eq!(accessibility(&browser).await, json!([]), "the account page");
-    assert!(browser.text("#purchases").await.contains("paid"));
+    browser.wait_for_text("#purchases", "paid").await;
     let receipts = |app: &TestApp| {
         app.smtp
             .received()
@@ -1120,7 +1122,7 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
     };
     let before = receipts(&app);
     browser.click(".resend").await;
-    assert!(browser.text("#notice").await.contains("on its way"));
+    browser.wait_for_text("#notice", "on its way").await;
     eventually(WAIT, "the licence again", || async {
         (receipts(&app) > before).then_some(())
     })
@@ -1129,12 +1131,9 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
     // Sign out everywhere else: another browser's session ends, this one stays.
     let elsewhere = signed_in(&app, email, PASSWORD).await;
     browser.click("#end-others").await;
-    assert!(
-        browser
-            .text("#notice")
-            .await
-            .contains("Every other browser")
-    );
+    browser
+        .wait_for_text("#notice", "Every other browser")
+        .await;
     assert_eq!(account(&app, &elsewhere).await.status(), 401);
 
     // Reset the password by email: every session ends, this browser's too.
@@ -1143,7 +1142,7 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
     browser
         .click("form[action='/v1/accounts/password-reset'] button")
         .await;
-    assert_eq!(browser.text("h1").await, "Check your email");
+    browser.wait_for_text("h1", "Check your email").await;
     let link = mail_to("Choose a new password").await.link(&format!(
         "{}/v1/accounts/password-reset/confirm?token=",
         app.address
@@ -1151,18 +1150,18 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
     browser.goto(&link).await;
     browser.fill("input[name=password]", NEW_PASSWORD).await;
     browser.click("form button").await;
-    assert_eq!(
-        browser.text("#password-changed").await,
-        "Your password is changed"
-    );
+    browser
+        .wait_for_text("#password-changed", "Your password is changed")
+        .await;
     browser.goto(&app.url("/account")).await;
-    assert_eq!(browser.text("h1").await, "Sign in to Pexper", "signed out");
+    browser.wait_for_text("h1", "Sign in to Pexper").await;
 
     // Back in with the new password (just typed, so export and deletion are open without
     // confirming it again): download the data, delete the account.
     browser.fill("input[name=email]", email).await;
     browser.fill("input[name=password]", NEW_PASSWORD).await;
     browser.click("form[action='/v1/sessions'] button").await;
+    browser.wait_for_text("#address", email).await;
     browser.click("#export").await;
     eventually(WAIT, "the self-service export", || async {
         let done: i64 = app
@@ -1173,10 +1172,9 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
     .await;
     browser.fill("input[name=confirm]", "delete").await;
     browser.click("#delete").await;
-    assert_eq!(
-        browser.text("#message").await,
-        "Your account and data are being deleted"
-    );
+    browser
+        .wait_for_text("#message", "Your account and data are being deleted")
+        .await;
     mail_to("deleted").await;
     app.queue_drained().await;
     assert_eq!(app.count("account").await, 0);

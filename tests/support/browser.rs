@@ -122,14 +122,57 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|v| panic!("WebDriver {path}: {v}"))
+    }
+
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Value> {
         let url = format!("{}/session/{}{}", self.base, self.session, path);
         let mut req = self.client.request(method, url);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let v: Value = req.send().await.unwrap().json().await.unwrap();
-        assert!(v["value"]["error"].is_null(), "WebDriver {path}: {v}");
-        v["value"].clone()
+        if v["value"]["error"].is_null() {
+            Ok(v["value"].clone())
+        } else {
+            Err(v)
+        }
+    }
+
+    /// Waits (up to 10 s) until the element `css` says `want`: after a click that submits a
+    /// form, the old page can still be there, or go away while it is read.
+    pub async fn wait_for_text(&self, css: &str, want: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = String::new();
+        while std::time::Instant::now() < deadline {
+            let found = self
+                .try_call(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
+            if let Ok(element) = found
+                && let Some(id) = element[ELEMENT].as_str()
+                && let Ok(text) = self
+                    .try_call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+                    .await
+            {
+                seen = text.as_str().unwrap_or_default().to_owned();
+                if seen.contains(want) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css} never said {want:?}; last: {seen:?}");
     }
 
     pub async fn goto(&self, url: &str) {

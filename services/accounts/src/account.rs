@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::AccountsState;
-use crate::http::{change_password, end_session};
+use crate::http::{busy, change_password, end_session};
 use crate::pages::{self, render, see_other};
 use crate::password::{Busy, Checked, Password};
 use crate::session::{self, SignedIn};
@@ -353,14 +353,7 @@ async fn confirm_password(
             .await
         {
             Ok(checked) => checked?,
-            Err(Busy) => {
-                return Ok(Err(ApiError::client(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "we are handling many sign-ins right now; please try again in a moment",
-                )
-                .into_response()));
-            }
+            Err(Busy) => return Ok(Err(busy())),
         },
     };
     if checked == Checked::Wrong {
@@ -483,13 +476,7 @@ pub async fn change_password_form(
     };
     let hash = match state.hasher(&platform)?.hash(password).await {
         Ok(hash) => hash?,
-        Err(Busy) => {
-            return Err(ApiError::client(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "we are handling many sign-ins right now; please try again in a moment",
-            ));
-        }
+        Err(Busy) => return Ok(busy()),
     };
     let mut tx = platform.pool.begin().await?;
     change_password(
@@ -602,6 +589,24 @@ fn recently_confirmed(signed_in: &SignedIn) -> bool {
     OffsetDateTime::now_utc() - signed_in.session.reauthenticated_at < store::REAUTH_WINDOW
 }
 
+/// The page that asks for the password again, unless it was typed in the last 10 minutes.
+async fn without_fresh_password(
+    platform: &Platform,
+    signed_in: &SignedIn,
+) -> Result<Option<Response>, ApiError> {
+    if recently_confirmed(signed_in) {
+        return Ok(None);
+    }
+    page(
+        platform,
+        signed_in,
+        StatusCode::FORBIDDEN,
+        Some("Please confirm your password first."),
+    )
+    .await
+    .map(Some)
+}
+
 /// Download everything we hold about you: the access export, at once.
 #[utoipa::path(post, path = "/account/export", tag = "accounts",
     request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
@@ -620,33 +625,13 @@ pub async fn export(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (signed_in, _) = signed_in_form!(platform, request);
-    if !recently_confirmed(&signed_in) {
-        return page(
-            &platform,
-            &signed_in,
-            StatusCode::FORBIDDEN,
-            Some("Please confirm your password first."),
-        )
-        .await;
+    if let Some(refused) = without_fresh_password(&platform, &signed_in).await? {
+        return Ok(refused);
     }
     let document =
         pexper_privacy::self_service::export(&platform, signed_in.session.person_id).await?;
     tracing::info!("self-service export downloaded");
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (
-                header::CONTENT_DISPOSITION,
-                HeaderValue::from_static("attachment; filename=\"pexper-data-export.json\""),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        document,
-    )
-        .into_response())
+    Ok(pexper_privacy::self_service::attachment(document))
 }
 
 /// Delete the account and everything we hold about you.
@@ -668,14 +653,8 @@ pub async fn delete(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (signed_in, form) = signed_in_form!(platform, request);
-    if !recently_confirmed(&signed_in) {
-        return page(
-            &platform,
-            &signed_in,
-            StatusCode::FORBIDDEN,
-            Some("Please confirm your password first."),
-        )
-        .await;
+    if let Some(refused) = without_fresh_password(&platform, &signed_in).await? {
+        return Ok(refused);
     }
     if form.confirm.trim() != "delete" {
         return page(

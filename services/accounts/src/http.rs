@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
-use pexper_platform::http::{ApiError, ApiJson, ClientIp, client_key};
+use pexper_platform::http::{ApiError, ApiJson, ClientIp, LinkToken, client_key};
 use pexper_platform::jobs::{self, NewJob};
 use pexper_platform::person;
 use serde::de::DeserializeOwned;
@@ -61,7 +61,7 @@ async fn read<T: DeserializeOwned>(
     }
 }
 
-fn busy() -> Response {
+pub fn busy() -> Response {
     let mut response = ApiError::client(
         StatusCode::SERVICE_UNAVAILABLE,
         "busy",
@@ -210,32 +210,17 @@ pub async fn create_account(
     ))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct TokenQuery {
-    /// The token from the email. A missing, unknown, used or expired one gets a page saying
-    /// the link does not work.
-    #[param(required = true, pattern = "^[A-Za-z0-9_-]{43}$")]
-    token: Option<String>,
-}
-
-impl TokenQuery {
-    fn token(self) -> Option<String> {
-        self.token
-            .filter(|t| pexper_platform::crypto::is_token_shaped(t))
-    }
-}
-
 fn verify_page_of(status: StatusCode, state: &'static str, action: String) -> Response {
     render(status, pages::Verify { state, action })
 }
 
 /// Shows the button that opens the account. Changes nothing (mail scanners follow links).
-#[utoipa::path(get, path = "/v1/accounts/verify", tag = "accounts", params(TokenQuery), responses(
+#[utoipa::path(get, path = "/v1/accounts/verify", tag = "accounts", params(LinkToken), responses(
     (status = 200, description = "A page with a button", content_type = "text/html"),
     (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
 pub async fn verify_page(
     State(platform): State<Platform>,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<LinkToken>,
 ) -> Result<Response, ApiError> {
     let Some(token) = q.token() else {
         return Ok(verify_page_of(
@@ -260,12 +245,12 @@ pub async fn verify_page(
 }
 
 /// Opens the account (the link works once).
-#[utoipa::path(post, path = "/v1/accounts/verify", tag = "accounts", params(TokenQuery), responses(
+#[utoipa::path(post, path = "/v1/accounts/verify", tag = "accounts", params(LinkToken), responses(
     (status = 200, description = "The account is open: a page that says to sign in", content_type = "text/html"),
     (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
 pub async fn verify(
     State(platform): State<Platform>,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<LinkToken>,
 ) -> Result<Response, ApiError> {
     let Some(token) = q.token() else {
         return Ok(verify_page_of(
@@ -575,12 +560,12 @@ fn new_password_page(
 }
 
 /// Shows the form for a new password. Changes nothing.
-#[utoipa::path(get, path = "/v1/accounts/password-reset/confirm", tag = "accounts", params(TokenQuery), responses(
+#[utoipa::path(get, path = "/v1/accounts/password-reset/confirm", tag = "accounts", params(LinkToken), responses(
     (status = 200, description = "A form for the new password", content_type = "text/html"),
     (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
 pub async fn reset_page(
     State(platform): State<Platform>,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<LinkToken>,
 ) -> Result<Response, ApiError> {
     let Some(token) = q.token() else {
         return Ok(new_password_page(
@@ -610,7 +595,7 @@ pub struct NewPasswordForm {
 }
 
 /// Sets the new password (the link works once), ends every session, and tells the person.
-#[utoipa::path(post, path = "/v1/accounts/password-reset/confirm", tag = "accounts", params(TokenQuery),
+#[utoipa::path(post, path = "/v1/accounts/password-reset/confirm", tag = "accounts", params(LinkToken),
     request_body(content((NewPasswordForm = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Changed: a page that says to sign in", content_type = "text/html"),
@@ -622,7 +607,7 @@ pub struct NewPasswordForm {
 pub async fn reset(
     State(platform): State<Platform>,
     Extension(state): Extension<AccountsState>,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<LinkToken>,
     request: Request,
 ) -> Result<Response, ApiError> {
     if let Some(refused) = refused_origin(&platform, request.headers()) {

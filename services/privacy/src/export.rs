@@ -121,7 +121,12 @@ pub async fn download(
         .open(document_field(request), &sealed)
         .context("failed to open an export")?;
     tracing::info!(%request, "export downloaded");
-    Ok((
+    Ok(attachment(document))
+}
+
+/// An export as a download: `pexper-data-export.json`, never cached.
+pub fn attachment(document: Vec<u8>) -> Response {
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -135,5 +140,5 @@ pub async fn download(
         ],
         document,
     )
-        .into_response())
+        .into_response()
 }

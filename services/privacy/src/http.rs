@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
-use pexper_platform::http::{ApiError, ApiJson, render_page};
+use pexper_platform::http::{ApiError, ApiJson, LinkToken, render_page};
 use pexper_platform::person;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -105,21 +105,6 @@ pub async fn create(
     ))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct TokenQuery {
-    /// The token from the verification email. Without one, the page says the link does not
-    /// work.
-    #[param(required = true, pattern = "^[A-Za-z0-9_-]{43}$")]
-    token: Option<String>,
-}
-
-impl TokenQuery {
-    fn token(self) -> Option<String> {
-        self.token
-            .filter(|t| pexper_platform::crypto::is_token_shaped(t))
-    }
-}
-
 fn invalid_link() -> Response {
     render_page(
         StatusCode::BAD_REQUEST,
@@ -141,10 +126,10 @@ struct VerifyPage {
 }
 
 /// Shows the confirmation button. Changes nothing.
-#[utoipa::path(get, path = "/v1/privacy/verify", tag = "privacy", params(TokenQuery), responses(
+#[utoipa::path(get, path = "/v1/privacy/verify", tag = "privacy", params(LinkToken), responses(
     (status = 200, description = "A page with a Confirm button", content_type = "text/html"),
     (status = 400, description = "No token: the link does not work", content_type = "text/html")))]
-pub async fn verify_page(Query(q): Query<TokenQuery>) -> Response {
+pub async fn verify_page(Query(q): Query<LinkToken>) -> Response {
     let Some(token) = q.token() else {
         return invalid_link();
     };
@@ -159,12 +144,12 @@ pub async fn verify_page(Query(q): Query<TokenQuery>) -> Response {
 }
 
 /// Verifies the request: access and deletion then run by themselves.
-#[utoipa::path(post, path = "/v1/privacy/verify", tag = "privacy", params(TokenQuery), responses(
+#[utoipa::path(post, path = "/v1/privacy/verify", tag = "privacy", params(LinkToken), responses(
     (status = 200, description = "Verified", content_type = "text/html"),
     (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
 pub async fn verify(
     State(platform): State<Platform>,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<LinkToken>,
 ) -> Result<Response, ApiError> {
     let Some(token) = q.token() else {
         return Ok(invalid_link());

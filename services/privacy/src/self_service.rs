@@ -11,6 +11,8 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 
 use crate::export;
+
+pub use crate::export::attachment;
 use crate::jobs::Process;
 use crate::request::{Jurisdiction, Kind, PrivacyRequestId, Status};
 use crate::store::{self, NewRequest};

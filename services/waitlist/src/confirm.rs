@@ -7,28 +7,12 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use pexper_platform::Platform;
-use pexper_platform::http::ApiError;
+use pexper_platform::http::{ApiError, LinkToken};
 use pexper_platform::jobs::{self, NewJob};
-use serde::Deserialize;
 
 use crate::emails::{self, Welcome};
 use crate::pages;
 use crate::store::{self, Confirmation};
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct ConfirmQuery {
-    /// The token from the confirmation email. A missing, unknown, used or expired one gets
-    /// the same friendly page.
-    #[param(required = true, pattern = "^[A-Za-z0-9_-]{43}$")]
-    token: Option<String>,
-}
-
-impl ConfirmQuery {
-    fn token(self) -> Option<String> {
-        self.token
-            .filter(|t| pexper_platform::crypto::is_token_shaped(t))
-    }
-}
 
 fn bad_token(platform: &Platform) -> Response {
     pages::render(
@@ -40,12 +24,12 @@ fn bad_token(platform: &Platform) -> Response {
 }
 
 /// Shows the Confirm button (for a token that can still be used). Changes nothing.
-#[utoipa::path(get, path = "/v1/waitlist/confirm", tag = "waitlist", params(ConfirmQuery), responses(
+#[utoipa::path(get, path = "/v1/waitlist/confirm", tag = "waitlist", params(LinkToken), responses(
     (status = 200, description = "A page with a Confirm button", content_type = "text/html"),
     (status = 400, description = "Missing, expired, used or unknown token: a friendly page", content_type = "text/html")))]
 pub async fn page(
     State(platform): State<Platform>,
-    Query(q): Query<ConfirmQuery>,
+    Query(q): Query<LinkToken>,
 ) -> Result<Response, ApiError> {
     let Some(token) = q.token() else {
         return Ok(bad_token(&platform));
@@ -62,12 +46,12 @@ pub async fn page(
 }
 
 /// Confirms a signup (the token works once) and shows the person's place in line.
-#[utoipa::path(post, path = "/v1/waitlist/confirm", tag = "waitlist", params(ConfirmQuery), responses(
+#[utoipa::path(post, path = "/v1/waitlist/confirm", tag = "waitlist", params(LinkToken), responses(
     (status = 200, description = "Confirmed: a page with the place in line and a referral link", content_type = "text/html"),
     (status = 400, description = "Missing, expired, used or unknown token: a friendly page", content_type = "text/html")))]
 pub async fn confirm(
     State(platform): State<Platform>,
-    Query(q): Query<ConfirmQuery>,
+    Query(q): Query<LinkToken>,
 ) -> Result<Response, ApiError> {
     let Some(token) = q.token() else {
         return Ok(bad_token(&platform));

@@ -2,7 +2,9 @@
 //! endpoints, and `/openapi.json` generated from the handlers' annotations.
 
 mod client_ip;
+mod link;
 mod origin;
+pub use link::LinkToken;
 pub use origin::origin_allowed;
 mod error;
 
