@@ -955,6 +955,21 @@ async fn the_admin_lists_shows_disables_and_signs_out_accounts_with_every_change
         res.json::<Value>().await.unwrap()["error"]["code"],
         "account_disabled"
     );
+    let page = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .header("origin", &app.address)
+        .form(&[("email", email), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 403, "a form post gets the form again");
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("This account is disabled")
+    );
 
     let audit: Vec<(String, String)> =
         sqlx::query_as("SELECT event, detail FROM privacy_audit ORDER BY seq")

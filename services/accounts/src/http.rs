@@ -307,7 +307,9 @@ fn client_of(platform: &Platform, request: &Request) -> Option<IpAddr> {
         (status = 401, description = "Wrong address or password (one answer for both, in the same time); a form post gets the form again", content(
             (pexper_wire::ErrorBody = "application/json"),
             (String = "text/html"))),
-        (status = 403, description = "Posted from a page that is not ours, or a disabled account", body = pexper_wire::ErrorBody),
+        (status = 403, description = "Posted from a page that is not ours, or a disabled account (a form post gets the form again, saying so)", content(
+            (pexper_wire::ErrorBody = "application/json"),
+            (String = "text/html"))),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "Not a valid address, or a form without its fields", content(
@@ -411,6 +413,15 @@ pub async fn sign_in(
         (Checked::Right, Some(account)) => account,
     };
     if account.disabled_at.is_some() {
+        if form {
+            return Ok(render(
+                StatusCode::FORBIDDEN,
+                pages::SignIn {
+                    error: Some("This account is disabled; write to privacy@pexper.com.".into()),
+                    email: email.as_str().to_owned(),
+                },
+            ));
+        }
         return Ok(ApiError::client(
             StatusCode::FORBIDDEN,
             "account_disabled",
