@@ -174,21 +174,29 @@ async fn page(
     notice: Option<&'static str>,
 ) -> Result<Response, ApiError> {
     let view = view(platform, signed_in).await?;
-    let recently_confirmed =
-        OffsetDateTime::now_utc() - signed_in.session.reauthenticated_at < store::REAUTH_WINDOW;
+    Ok(page_of(view, signed_in, status, notice))
+}
+
+/// The account page of a view already read.
+fn page_of(
+    view: AccountView,
+    signed_in: &SignedIn,
+    status: StatusCode,
+    notice: Option<&'static str>,
+) -> Response {
     let mut response = render(
         status,
         AccountPage {
             view,
             current_session: signed_in.session.id.0,
-            recently_confirmed,
+            recently_confirmed: recently_confirmed(signed_in),
             notice,
         },
     );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 /// The account page; without a session, on to sign-in.
@@ -519,14 +527,14 @@ pub async fn resend_licence(
         .purchases
         .iter()
         .find(|p| Some(p.id) == form.purchase && p.license_status.as_deref() == Some("active"))
+        .map(|p| p.id)
     else {
-        return page(
-            &platform,
+        return Ok(page_of(
+            view,
             &signed_in,
             StatusCode::NOT_FOUND,
             Some("That purchase has no licence to send."),
-        )
-        .await;
+        ));
     };
     let person = signed_in.session.person_id;
     let mut tx = platform.pool.begin().await?;
@@ -535,7 +543,7 @@ pub async fn resend_licence(
         jobs::enqueue(
             &mut tx,
             NewJob::new(&pexper_payments::SendReceipt {
-                purchase_id: pexper_payments::PurchaseId(purchase.id),
+                purchase_id: pexper_payments::PurchaseId(purchase),
             })
             .for_person(person),
         )
@@ -547,7 +555,8 @@ pub async fn resend_licence(
     } else {
         "We have sent this address as many emails as we do in a day; please try again tomorrow."
     };
-    page(&platform, &signed_in, StatusCode::OK, Some(notice)).await
+    // The view read above is still true: a resend changes no purchase.
+    Ok(page_of(view, &signed_in, StatusCode::OK, Some(notice)))
 }
 
 /// Confirm the password, for export and deletion (valid for 10 minutes).
