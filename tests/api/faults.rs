@@ -514,6 +514,25 @@ impl TableLock {
     async fn release(mut self) {
         self.0.take().unwrap().rollback().await.unwrap();
     }
+
+    /// Ends the sessions waiting for this lock, then releases it: what a killed client's
+    /// statement that is not in a transaction needs. Postgres notices a dead client only at
+    /// its next read, and a statement sent in one pipeline with its `Sync` (a prepared one)
+    /// would still run and commit once the lock is free.
+    async fn release_ending_the_waiters(self, pool: &sqlx::PgPool) {
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert!(
+            !ended.is_empty() && ended.iter().all(|&e| e),
+            "the waiters ended"
+        );
+        self.release().await;
+    }
 }
 
 /// What a lapsed lease looks like: the killed worker's jobs become anyone's (the 60 s lease,
@@ -681,7 +700,7 @@ async fn sigkill_in_the_middle_of_work_redoes_it_once_one_licence_one_erasure_on
     .await;
     lock.until_someone_waits(&pool).await;
     replicas.kill(i).await;
-    lock.release().await;
+    lock.release_ending_the_waiters(&pool).await;
     leases_lapse(&pool).await;
     replicas.add().await;
     let copies = eventually(Duration::from_secs(20), "the second copy", || async {
