@@ -59,6 +59,11 @@ impl ServerProcess {
 
     /// The same, with `extra` variables on top of the test defaults.
     pub async fn start_with(log_level: &str, extra: &[(&str, &str)]) -> Self {
+        Self::start_binary(&binary("pexper-server"), log_level, extra).await
+    }
+
+    /// The same, with another build of the server (a benchmark's baseline).
+    pub async fn start_binary(server: &Path, log_level: &str, extra: &[(&str, &str)]) -> Self {
         init();
         let db = TestDatabase::new().await;
         let smtp = SmtpServer::start().await;
@@ -66,7 +71,7 @@ impl ServerProcess {
         let mut vars = test_vars(&db, &smtp, dir.path());
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let log = dir.path().join("server.log");
-        let (base, child) = spawn_server(&mut vars, &log, log_level, true).await;
+        let (base, child) = spawn_server(server, &mut vars, &log, log_level, true).await;
         Self {
             base,
             vars,
@@ -107,6 +112,7 @@ impl ServerProcess {
 /// port, logging to `log`, and waits until `/readyz` answers 200; returns its base URL. With
 /// `own_public_url`, `PEXPER_PUBLIC_URL` is that base (links in its email lead back to it).
 async fn spawn_server(
+    server: &Path,
     vars: &mut HashMap<String, String>,
     log: &Path,
     log_level: &str,
@@ -129,7 +135,7 @@ async fn spawn_server(
         if own_public_url {
             vars.insert("PEXPER_PUBLIC_URL".into(), base.clone());
         }
-        let mut child = tokio::process::Command::new(binary("pexper-server"))
+        let mut child = tokio::process::Command::new(server)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(&*vars)
@@ -240,7 +246,7 @@ impl Replicas {
         let level = self.log_level.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            spawn_server(&mut vars, &log, &level, false).await
+            spawn_server(&binary("pexper-server"), &mut vars, &log, &level, false).await
         })
     }
 

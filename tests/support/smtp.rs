@@ -14,6 +14,8 @@ pub struct ReceivedMail {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
+    /// When the relay took it (the end of DATA).
+    pub received_at: std::time::SystemTime,
 }
 
 impl ReceivedMail {
@@ -151,6 +153,11 @@ impl SmtpServer {
         self.state.mail.lock().unwrap().clone()
     }
 
+    /// How many messages have arrived (without copying them).
+    pub fn count(&self) -> usize {
+        self.state.mail.lock().unwrap().len()
+    }
+
     /// Waits until at least `n` messages have arrived.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -227,6 +234,7 @@ async fn session(socket: tokio::net::TcpStream, state: Arc<State>) {
                 from: from.clone(),
                 to: std::mem::take(&mut to),
                 data,
+                received_at: std::time::SystemTime::now(),
             });
             state.arrived.notify_waiters();
             reply(&mut write, "250 OK queued").await

@@ -104,6 +104,16 @@ impl NewJob {
         self.kind
     }
 
+    /// The payload and the attempt budget, for a use case that inserts its job in the same
+    /// statement as the change that causes it (one round trip; `enqueue` otherwise).
+    pub fn payload(&self) -> &serde_json::Value {
+        &self.payload
+    }
+
+    pub fn attempts_allowed(&self) -> i32 {
+        self.max_attempts
+    }
+
     /// The person this job is about, so erasure can cancel it.
     pub fn for_person(mut self, person: PersonId) -> Self {
         self.person = Some(person);
@@ -441,6 +451,20 @@ pub async fn retry(pool: &PgPool, id: Option<JobId>) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// Wakes this process's idle workers: what a use case calls after committing a job it wrote
+/// without `enqueue`'s `NOTIFY` (a hot path, where the notify lock that every notifying
+/// commit takes in turn would serialise the commits). A busy worker claims again without
+/// waiting; an idle one on another replica finds the job at its next poll.
+#[derive(Debug, Clone, Default)]
+pub struct Wake(Arc<Notify>);
+
+impl Wake {
+    /// A job is committed: one idle worker claims now (or the next to look, if none is idle).
+    pub fn committed(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// Runs jobs until told to stop, then finishes the jobs in hand.
 pub struct Worker<S> {
     pool: PgPool,
@@ -450,6 +474,7 @@ pub struct Worker<S> {
     lease: Duration,
     poll_interval: Duration,
     shutdown_grace: Duration,
+    wake: Wake,
     /// The jobs being run now, with their attempt: what to hand back if shutdown cannot wait.
     in_hand: std::sync::Mutex<HashMap<JobId, i32>>,
 }
@@ -473,6 +498,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
+            wake: Wake::default(),
             in_hand: std::sync::Mutex::default(),
         }
     }
@@ -504,6 +530,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         self
     }
 
+    /// What wakes the workers besides a `NOTIFY`: the process's `Platform::job_wake`.
+    pub fn wake(mut self, wake: Wake) -> Self {
+        self.wake = wake;
+        self
+    }
+
     /// How long shutdown waits for the jobs in hand before it hands them back.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
@@ -518,7 +550,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         if self.jobs.handlers.is_empty() {
             return;
         }
-        let wake = Arc::new(Notify::new());
+        let wake = self.wake.0.clone();
         let listener = tokio::spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
         let this = Arc::new(self);
         let mut tasks = tokio::task::JoinSet::new();

@@ -68,6 +68,34 @@ pub async fn take_request_mail(conn: &mut PgConnection, person: PersonId) -> any
     Ok(taken.is_some())
 }
 
+/// The columns of a `person` row for an address not stored yet: a fresh id, the address's
+/// blind index, and the address sealed under a fresh data key, itself wrapped under the
+/// master key. For a use case that writes the person in the same statement as the rest of
+/// its change (`INSERT … ON CONFLICT ON CONSTRAINT person_email_index_key`); otherwise use
+/// `find_or_create`.
+#[derive(Debug)]
+pub struct NewPerson {
+    pub id: PersonId,
+    pub email_index: Vec<u8>,
+    pub email_sealed: Vec<u8>,
+    pub data_key: Vec<u8>,
+    pub key_version: i32,
+}
+
+impl NewPerson {
+    pub fn new(keyring: &Keyring, email: &EmailAddress) -> Self {
+        let id = PersonId(Uuid::now_v7());
+        let (key, wrapped) = keyring.new_data_key(id.0);
+        Self {
+            id,
+            email_index: keyring.blind_index(EMAIL_INDEX, email.as_str()).to_vec(),
+            email_sealed: key.seal(email_field(id), email.as_str().as_bytes()),
+            data_key: wrapped.bytes,
+            key_version: wrapped.master_version,
+        }
+    }
+}
+
 /// Finds the person with this address, or creates them with a fresh data key. Safe under
 /// concurrency: the unique blind index decides, never a read-then-write race.
 pub async fn find_or_create(
@@ -78,21 +106,18 @@ pub async fn find_or_create(
     if let Some(id) = find(conn, keyring, email).await? {
         return Ok(id);
     }
-    let id = PersonId(Uuid::now_v7());
-    let (key, wrapped) = keyring.new_data_key(id.0);
-    let sealed = key.seal(email_field(id), email.as_str().as_bytes());
-    let index = keyring.blind_index(EMAIL_INDEX, email.as_str());
+    let new = NewPerson::new(keyring, email);
     let inserted: Option<PersonId> = sqlx::query_scalar(
         "INSERT INTO person (id, email_index, email_sealed, data_key, key_version)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT ON CONSTRAINT person_email_index_key DO NOTHING
          RETURNING id",
     )
-    .bind(id)
-    .bind(index.as_slice())
-    .bind(sealed)
-    .bind(wrapped.bytes)
-    .bind(wrapped.master_version)
+    .bind(new.id)
+    .bind(new.email_index)
+    .bind(new.email_sealed)
+    .bind(new.data_key)
+    .bind(new.key_version)
     .fetch_optional(&mut *conn)
     .await
     .context("failed to insert a person")?;

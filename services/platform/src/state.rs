@@ -31,6 +31,8 @@ pub struct Inner {
     pub license_key: SigningKey,
     /// Every service's personal data, whichever services this process serves.
     pub personal_data: Registry,
+    /// Wakes this process's job workers after a commit that queued work without a `NOTIFY`.
+    pub job_wake: crate::jobs::Wake,
 }
 
 impl std::fmt::Debug for Platform {
@@ -65,6 +67,7 @@ impl Platform {
             mail_from,
             license_key,
             personal_data,
+            job_wake: crate::jobs::Wake::default(),
         })))
     }
 }

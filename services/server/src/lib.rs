@@ -224,7 +224,8 @@ pub async fn launch(
         .concurrency(worker.concurrency)
         .lease(worker.lease)
         .poll_interval(worker.poll_interval)
-        .shutdown_grace(worker.shutdown_grace);
+        .shutdown_grace(worker.shutdown_grace)
+        .wake(platform.job_wake.clone());
     for service in &services {
         jobs = jobs.jobs(service.jobs());
     }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
 use pexper_platform::http::{ApiError, ApiJson};
-use pexper_platform::jobs::{self, NewJob};
+use pexper_platform::jobs::NewJob;
 use serde::{Deserialize, Serialize};
 
 use crate::emails::SignupMail;
@@ -136,18 +136,26 @@ pub async fn signup(
     Ok(accepted(&platform, is_form))
 }
 
-/// Records a signup and queues its email, in one transaction: the email goes out if and only
-/// if the signup was stored.
+/// Records a signup and queues its email (one statement, see `store::sign_up`), then wakes
+/// this process's idle workers: the job is written without a `NOTIFY`, which would take
+/// Postgres's global notify lock at every signup's commit.
 async fn sign_up(
     platform: &Platform,
     email: &EmailAddress,
     source: Option<&str>,
     referral: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut tx = platform.pool.begin().await?;
-    let person = store::sign_up(&mut tx, &platform.keyring, email, source, referral).await?;
-    jobs::enqueue(&mut tx, NewJob::new(&SignupMail {}).for_person(person)).await?;
-    tx.commit().await?;
+    let job = NewJob::new(&SignupMail {});
+    store::sign_up(
+        &platform.pool,
+        &platform.keyring,
+        email,
+        source,
+        referral,
+        &job,
+    )
+    .await?;
+    platform.job_wake.committed();
     Ok(())
 }
 

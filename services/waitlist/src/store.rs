@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use pexper_platform::address::EmailAddress;
 use pexper_platform::crypto::{Keyring, random_token, sha256};
+use pexper_platform::jobs::{JobId, NewJob};
 use pexper_platform::person::{self, PersonId};
 use pexper_platform::personal_data::RetentionRule;
 use pexper_platform::personal_data::{ErasureSummary, PersonalData};
 use pexper_platform::suppression;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 pexper_platform::text_enum!(
     /// Where a signup is: waiting for its confirmation, in line, or invited to download.
@@ -25,29 +27,56 @@ pexper_platform::text_enum!(
 /// Confirmation links work for seven days.
 pub const TOKEN_LIFETIME: time::Duration = time::Duration::days(7);
 
-/// Records a signup (a person and a pending entry, unless they exist). The same statements run
-/// for every address, known or not.
+/// Records a signup (a person and a pending entry, unless they exist) and queues `job` for
+/// its person, in one statement: one round trip, and one transaction of its own, so the job
+/// exists if and only if the signup was stored. The same statement runs for every address,
+/// known or not.
+///
+/// A known address's `person` row takes a no-op update (`DO UPDATE`, not `DO NOTHING`) so
+/// that the statement sees it even when another transaction inserted it after this one's
+/// snapshot: the update waits for that row and returns it.
 pub async fn sign_up(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     keyring: &Keyring,
     email: &EmailAddress,
     source: Option<&str>,
     referral: Option<&str>,
+    job: &NewJob,
 ) -> anyhow::Result<PersonId> {
-    let person = person::find_or_create(&mut *conn, keyring, email).await?;
-    sqlx::query(
-        "INSERT INTO waitlist_entry (person_id, source, referred_by)
-         VALUES ($1, $2, (SELECT person_id FROM waitlist_entry
-                          WHERE referral_code = $3 AND person_id <> $1))
-         ON CONFLICT (person_id) DO NOTHING",
+    let new = person::NewPerson::new(keyring, email);
+    sqlx::query_scalar(
+        "WITH signed_up AS (
+             INSERT INTO person (id, email_index, email_sealed, data_key, key_version)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT ON CONSTRAINT person_email_index_key
+             DO UPDATE SET email_index = EXCLUDED.email_index
+             RETURNING id
+         ), entry AS (
+             INSERT INTO waitlist_entry (person_id, source, referred_by)
+             SELECT id, $6, (SELECT person_id FROM waitlist_entry
+                             WHERE referral_code = $7 AND person_id <> signed_up.id)
+             FROM signed_up
+             ON CONFLICT (person_id) DO NOTHING
+         ), queued AS (
+             INSERT INTO job (id, kind, payload, person_id, max_attempts)
+             SELECT $8, $9, $10, id, $11 FROM signed_up
+         )
+         SELECT id FROM signed_up",
     )
-    .bind(person)
+    .bind(new.id)
+    .bind(new.email_index)
+    .bind(new.email_sealed)
+    .bind(new.data_key)
+    .bind(new.key_version)
     .bind(source)
     .bind(referral)
-    .execute(conn)
+    .bind(JobId(Uuid::now_v7()))
+    .bind(job.kind())
+    .bind(job.payload())
+    .bind(job.attempts_allowed())
+    .fetch_one(pool)
     .await
-    .context("failed to record a signup")?;
-    Ok(person)
+    .context("failed to record a signup")
 }
 
 /// A new single-use confirmation token; only its hash is stored.

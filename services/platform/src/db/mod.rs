@@ -84,9 +84,29 @@ const INGEST_POOL_SIZE: u32 = 3;
 /// A collection request waits this long for one of them, then is asked to come back (429).
 const INGEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A connection back from use within this long is handed out as it is; an older one is
+/// pinged first. sqlx pings at every acquire by default: a round trip more for every request,
+/// where the connection was working a moment ago. After a Postgres restart, a request on a
+/// connection in use that very moment gets a 503 (an I/O error), and the pool drops it.
+const TRUST_RECENT_USE: Duration = Duration::from_secs(1);
+
+/// Pool options every pool shares: ping only connections idle for a while.
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > TRUST_RECENT_USE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// The ingestion pool beside `main`, to the same database; it connects on first use.
 pub fn ingest_pool(main: &PgPool) -> PgPool {
-    PgPoolOptions::new()
+    pool_options()
         .max_connections(INGEST_POOL_SIZE)
         .min_connections(0)
         .acquire_timeout(INGEST_ACQUIRE_TIMEOUT)
@@ -94,7 +114,7 @@ pub fn ingest_pool(main: &PgPool) -> PgPool {
 }
 
 pub async fn pool(options: PgConnectOptions) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    pool_options()
         .max_connections(POOL_SIZE)
         .min_connections(0)
         .acquire_timeout(ACQUIRE_TIMEOUT)
