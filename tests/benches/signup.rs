@@ -5,6 +5,7 @@
 //!
 //!     cargo bench -p pexper-tests --bench signup [-- SECONDS]
 //!     PEXPER_BENCH_BASELINE=/path/to/old/pexper-server cargo bench … (before and after)
+//!     PEXPER_JOB_CONCURRENCY=32 cargo bench …     (any server setting, for both builds)
 //!
 //! The load comes from a child process of this benchmark (as from another machine, as far as
 //! two cores allow): closed loop, every request with its own address and its own client
@@ -215,17 +216,19 @@ async fn run(seconds: u64) -> bool {
             .await
             .unwrap();
         let url = secrecy::ExposeSecret::expose_secret(&managed.url(&database)).to_owned();
-        let server = ServerProcess::start_binary(
-            &server,
-            "warn",
-            &[
-                ("PEXPER_TRUSTED_PROXY", "127.0.0.1"),
-                ("DATABASE_URL", &url),
-                ("PEXPER_DKIM_SELECTOR", "bench"),
-                ("PEXPER_DKIM_KEY", &dkim_key),
-            ],
-        )
-        .await;
+        // Any `PEXPER_…` setting in the bench's environment reaches the servers too (e.g.
+        // `PEXPER_JOB_CONCURRENCY=32`), to compare settings.
+        let settings: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("PEXPER_") && !k.starts_with("PEXPER_BENCH_"))
+            .collect();
+        let mut vars = vec![
+            ("PEXPER_TRUSTED_PROXY", "127.0.0.1"),
+            ("DATABASE_URL", &url),
+            ("PEXPER_DKIM_SELECTOR", "bench"),
+            ("PEXPER_DKIM_KEY", &dkim_key),
+        ];
+        vars.extend(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let server = ServerProcess::start_binary(&server, "warn", &vars).await;
         let mut accepted = 0usize;
         for connections in [8usize, 32] {
             let ceiling = ceilings[&connections];

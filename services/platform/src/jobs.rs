@@ -313,19 +313,31 @@ pub async fn claim(
              UPDATE job SET status = 'dead', locked_until = NULL, updated_at = now(),
                     last_error = 'the worker stopped during every attempt (killed or crashed)'
              WHERE kind = ANY($1) AND status = 'running' AND locked_until < now()
-               AND attempts >= max_attempts)
-         UPDATE job SET status = 'running', attempts = attempts + 1,
-                locked_until = now() + $2, updated_at = now()
-         WHERE id = (
+               AND attempts >= max_attempts
+         ), lapsed AS (
              SELECT id FROM job
-             WHERE kind = ANY($1)
-               AND ((status = 'queued' AND run_at <= now())
-                 OR (status = 'running' AND locked_until < now() AND attempts < max_attempts))
+             WHERE status = 'running' AND locked_until < now() AND attempts < max_attempts
+               AND kind = ANY($1)
+             ORDER BY locked_until
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED
+         ), ready AS (
+             SELECT id FROM job
+             WHERE status = 'queued' AND run_at <= now() AND kind = ANY($1)
              ORDER BY run_at
              LIMIT 1
-             FOR UPDATE SKIP LOCKED)
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE job SET status = 'running', attempts = attempts + 1,
+                locked_until = now() + $2, updated_at = now()
+         WHERE id = (SELECT id FROM lapsed UNION ALL SELECT id FROM ready LIMIT 1)
          RETURNING id, kind, payload, attempts, max_attempts, person_id",
     )
+    // Planned at each claim, for the queue as it is now. A prepared statement's generic plan
+    // is kept from when the queue was small (a server's first claims), and a plan that sorts
+    // every ready job is the cheapest one for a small queue: under a launch's backlog it
+    // took most of Postgres's time (issue 17).
+    .persistent(false)
     .bind(kinds)
     .bind(lease)
     .fetch_optional(pool)

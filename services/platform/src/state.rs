@@ -16,12 +16,17 @@ use crate::mail::Mailer;
 use crate::personal_data::{DynPersonalData, Registry};
 
 #[derive(Clone)]
-pub struct Platform(Arc<Inner>);
+pub struct Platform {
+    inner: Arc<Inner>,
+    /// The connections this side of the process uses: the requests' pool, or in the job
+    /// worker's copy (`for_jobs`) a pool of its own, so that background work, however much
+    /// of it there is, never takes the connections requests need.
+    pub pool: PgPool,
+}
 
 #[derive(Debug)]
 pub struct Inner {
     pub config: Config,
-    pub pool: PgPool,
     /// Connections for analytics and crash ingestion only (`db::ingest_pool`).
     pub ingest_pool: PgPool,
     pub keyring: Keyring,
@@ -37,14 +42,14 @@ pub struct Inner {
 
 impl std::fmt::Debug for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.inner.fmt(f)
     }
 }
 
 impl Deref for Platform {
     type Target = Inner;
     fn deref(&self) -> &Inner {
-        &self.0
+        &self.inner
     }
 }
 
@@ -58,17 +63,27 @@ impl Platform {
     ) -> anyhow::Result<Self> {
         let mail_from = crate::mail::sender(&config)?;
         let license_key = crate::keys::load_license_key(&config)?;
-        Ok(Self(Arc::new(Inner {
-            config,
-            ingest_pool: crate::db::ingest_pool(&pool),
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                ingest_pool: crate::db::ingest_pool(&pool),
+                keyring,
+                mailer,
+                mail_from,
+                license_key,
+                personal_data,
+                job_wake: crate::jobs::Wake::default(),
+            }),
             pool,
-            keyring,
-            mailer,
-            mail_from,
-            license_key,
-            personal_data,
-            job_wake: crate::jobs::Wake::default(),
-        })))
+        })
+    }
+
+    /// The same platform over `pool`: what the job worker runs with (`db::job_pool`).
+    pub fn for_jobs(&self, pool: PgPool) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            pool,
+        }
     }
 }
 

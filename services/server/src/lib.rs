@@ -187,7 +187,6 @@ async fn reload_when_changed(config: RustlsConfig, files: TlsFiles, every: Durat
 /// How the process's job worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    pub concurrency: usize,
     pub lease: Duration,
     pub poll_interval: Duration,
     /// How often each service's recurring jobs are enqueued.
@@ -199,7 +198,6 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
-            concurrency: 2,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
             recurring_every: Duration::from_secs(300),
@@ -220,8 +218,10 @@ pub async fn launch(
 ) -> anyhow::Result<()> {
     let app = pexper_platform::http::app(platform.clone(), &services, &http);
 
-    let mut jobs = Worker::new(platform.pool.clone(), platform.clone())
-        .concurrency(worker.concurrency)
+    let concurrency = platform.config.job_concurrency;
+    let job_pool = pexper_platform::db::job_pool(&platform.pool, concurrency);
+    let mut jobs = Worker::new(job_pool.clone(), platform.for_jobs(job_pool))
+        .concurrency(concurrency)
         .lease(worker.lease)
         .poll_interval(worker.poll_interval)
         .shutdown_grace(worker.shutdown_grace)

@@ -113,6 +113,17 @@ pub fn ingest_pool(main: &PgPool) -> PgPool {
         .connect_lazy_with((*main.connect_options()).clone())
 }
 
+/// The job worker's pool beside `main`, to the same database: a connection for each job in
+/// hand and two for the worker's own claims, heartbeats and finishes. A job waits for one
+/// as long as it takes; a request never waits for a job.
+pub fn job_pool(main: &PgPool, concurrency: usize) -> PgPool {
+    pool_options()
+        .max_connections(concurrency as u32 + 2)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_lazy_with((*main.connect_options()).clone())
+}
+
 pub async fn pool(options: PgConnectOptions) -> anyhow::Result<PgPool> {
     pool_options()
         .max_connections(POOL_SIZE)

@@ -8,6 +8,7 @@
 pub mod bounces;
 mod templates;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -16,6 +17,7 @@ use lettre::message::{
     DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
     DkimSigningKey, Mailbox, MultiPart, dkim_sign,
 };
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use sqlx::PgConnection;
@@ -47,11 +49,32 @@ pub struct CapturedEmail {
     pub raw: String,
 }
 
-/// Where mail goes, and how it is signed.
+/// Where mail goes, how it is signed, and how fast it may go.
 #[derive(Clone, Debug)]
 pub struct Mailer {
     transport: Transport,
     dkim: Option<Arc<Dkim>>,
+    pace: Option<Arc<Pace>>,
+}
+
+/// `PEXPER_MAIL_PER_SECOND`: sends start at least `interval` apart, across every job of the
+/// process (a relay that limits its clients answers 4xx to more, and the jobs would back off).
+#[derive(Debug)]
+struct Pace {
+    interval: std::time::Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    async fn wait_turn(&self) {
+        let turn = {
+            let mut next = self.next.lock().await;
+            let turn = (*next).max(tokio::time::Instant::now());
+            *next = turn + self.interval;
+            turn
+        };
+        tokio::time::sleep_until(turn).await;
+    }
 }
 
 /// SMTP (production), `.eml` files (the development default), or memory (tests).
@@ -80,6 +103,9 @@ struct Dkim {
     domain: String,
     key: secrecy::SecretString,
     algorithm: DkimSigningAlgorithm,
+    /// The signing configuration (with its parsed key) for each list of extra signed headers
+    /// met so far: parsing an RSA key costs more than signing with it.
+    configs: Mutex<HashMap<Vec<&'static str>, Arc<DkimConfig>>>,
 }
 
 impl std::fmt::Debug for Dkim {
@@ -106,6 +132,7 @@ impl Dkim {
             domain: from.email.domain().to_owned(),
             key: key.into(),
             algorithm,
+            configs: Mutex::default(),
         };
         dkim.signing_key()?; // refuse a bad key at start, not at the first send
         Ok(dkim)
@@ -117,22 +144,38 @@ impl Dkim {
     }
 
     fn sign(&self, message: &mut Message, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
-        let headers = SIGNED_HEADERS
-            .iter()
-            .copied()
-            .chain(extra.iter().map(|(name, _)| *name))
-            .map(HeaderName::new_from_ascii_str)
-            .collect();
-        let config = DkimConfig::new(
-            self.selector.clone(),
-            self.domain.clone(),
-            self.signing_key()?,
-            headers,
-            DkimCanonicalization {
-                header: DkimCanonicalizationType::Relaxed,
-                body: DkimCanonicalizationType::Relaxed,
-            },
-        );
+        let extra: Vec<&'static str> = extra.iter().map(|(name, _)| *name).collect();
+        let cached = self
+            .configs
+            .lock()
+            .expect("the DKIM cache is never poisoned")
+            .get(&extra)
+            .cloned();
+        let config = match cached {
+            Some(config) => config,
+            None => {
+                let headers = SIGNED_HEADERS
+                    .iter()
+                    .chain(&extra)
+                    .map(|name| HeaderName::new_from_ascii_str(name))
+                    .collect();
+                let config = Arc::new(DkimConfig::new(
+                    self.selector.clone(),
+                    self.domain.clone(),
+                    self.signing_key()?,
+                    headers,
+                    DkimCanonicalization {
+                        header: DkimCanonicalizationType::Relaxed,
+                        body: DkimCanonicalizationType::Relaxed,
+                    },
+                ));
+                self.configs
+                    .lock()
+                    .expect("the DKIM cache is never poisoned")
+                    .insert(extra, config.clone());
+                config
+            }
+        };
         dkim_sign(message, &config);
         Ok(())
     }
@@ -167,6 +210,8 @@ impl Mailer {
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                     .context("PEXPER_SMTP_URL is not a valid SMTP URL")?
                     .timeout(Some(std::time::Duration::from_secs(30)))
+                    // A connection for each job that may be sending at once.
+                    .pool_config(PoolConfig::new().max_size(config.job_concurrency as u32))
                     .build(),
             ),
             None => {
@@ -180,7 +225,17 @@ impl Mailer {
             Some((selector, key)) => Some(Arc::new(Dkim::new(selector, key, &sender(config)?)?)),
             None => None,
         };
-        Ok(Self { transport, dkim })
+        let pace = config.mail_per_second.map(|n| {
+            Arc::new(Pace {
+                interval: std::time::Duration::from_secs(1) / n,
+                next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            })
+        });
+        Ok(Self {
+            transport,
+            dkim,
+            pace,
+        })
     }
 
     /// Keeps messages in memory, for tests of code that sends mail.
@@ -189,6 +244,7 @@ impl Mailer {
         let mailer = Self {
             transport: Transport::Memory(sink.clone()),
             dkim: None,
+            pace: None,
         };
         (mailer, sink)
     }
@@ -204,6 +260,9 @@ impl Mailer {
                     permanent: false,
                     message: format!("DKIM signing failed: {e:#}"),
                 })?;
+        }
+        if let Some(pace) = &self.pace {
+            pace.wait_turn().await;
         }
         match &self.transport {
             Transport::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| SendError {
