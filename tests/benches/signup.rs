@@ -36,8 +36,20 @@ fn main() {
         println!("{}", serde_json::to_string(&load).unwrap());
         return;
     }
-    let [seconds] = bench_args([10], [1]);
-    bench_exit(block_on(run(seconds)));
+    if let [_, flag, base, rate, seconds] = args.as_slice()
+        && flag == "--paced-child"
+    {
+        init();
+        let load = block_on(paced(
+            base.as_str().into(),
+            rate.parse().unwrap(),
+            seconds.parse().unwrap(),
+        ));
+        println!("{}", serde_json::to_string(&load).unwrap());
+        return;
+    }
+    let [seconds, rate, paced_seconds] = bench_args([10, 500, 60], [1, 50, 2]);
+    bench_exit(block_on(run(seconds, rate, paced_seconds)));
 }
 
 /// What one load run saw.
@@ -46,6 +58,9 @@ struct Load {
     seconds: f64,
     latencies_ms: Vec<f64>,
     statuses: BTreeMap<u16, usize>,
+    /// Paced runs: each accepted address, with when its signup was due (Unix seconds).
+    #[serde(default)]
+    due: Vec<(String, f64)>,
 }
 
 impl Load {
@@ -111,6 +126,49 @@ async fn load(base: Arc<str>, connections: usize, seconds: u64) -> Load {
     all
 }
 
+/// Open loop: `rate` signups a second for `seconds`, each sent when it is due whatever the
+/// ones before it are doing, its latency counted from when it was due.
+async fn paced(base: Arc<str>, rate: u64, seconds: u64) -> Load {
+    let client = reqwest::Client::new();
+    let run = std::process::id();
+    let (started, epoch) = (tokio::time::Instant::now(), std::time::SystemTime::now());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..rate * seconds {
+        let offset = Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(started + offset).await;
+        let (client, base) = (client.clone(), base.clone());
+        let due = (epoch + offset)
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        tasks.spawn(async move {
+            let email = format!("paced.{run}.{i}@example.com");
+            let status = client
+                .post(format!("{base}/v1/waitlist"))
+                .header(
+                    "x-forwarded-for",
+                    format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255),
+                )
+                .json(&json!({"email": email, "source": "bench"}))
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16());
+            (email, due, started.elapsed() - offset, status)
+        });
+    }
+    let mut all = Load::default();
+    while let Some(sent) = tasks.join_next().await {
+        let (email, due, latency, status) = sent.unwrap();
+        all.latencies_ms.push(latency.as_secs_f64() * 1e3);
+        *all.statuses.entry(status).or_default() += 1;
+        if status == 202 {
+            all.due.push((email, due));
+        }
+    }
+    all.seconds = seconds as f64;
+    all
+}
+
 /// pgbench's one-insert transactions on `url` with `connections` clients: transactions/s.
 fn pgbench(url: &str, connections: usize, seconds: u64, script: &std::path::Path) -> f64 {
     let out = std::process::Command::new("pgbench")
@@ -162,7 +220,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
         / 1024.0
 }
 
-async fn run(seconds: u64) -> bool {
+async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
     // A durable cluster of the bench's own (fsync and synchronous commit on, as in
     // production): the test harness's shared one trades durability for speed, and pgbench
     // would measure that.
@@ -209,6 +267,12 @@ async fn run(seconds: u64) -> bool {
         "| build | confirmations queued | sent | in | rate | peak RSS |".to_owned(),
         "|---|---|---|---|---|---|".to_owned(),
     ];
+    let mut launch = vec![
+        format!(
+            "| build | {rate} signups/s for {paced_seconds} s: p50 | p99 | other statuses | confirmations arrived | confirmation p50 | p99 |"
+        ),
+        "|---|---|---|---|---|---|---|".to_owned(),
+    ];
     let mut met = true;
     for (n, (build, server)) in builds().into_iter().enumerate() {
         let database = format!("bench_{n}");
@@ -229,7 +293,33 @@ async fn run(seconds: u64) -> bool {
         ];
         vars.extend(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let server = ServerProcess::start_binary(&server, "warn", &vars).await;
-        let mut accepted = 0usize;
+        // A launch: signups at a steady rate, each confirmation timed from its signup.
+        let load = paced_child(&server.base, rate, paced_seconds).await;
+        let arrived = confirmations(&server.smtp, &load.due, Duration::from_secs(60)).await;
+        let others: BTreeMap<_, _> = load.statuses.iter().filter(|(s, _)| **s != 202).collect();
+        let pct = |p: f64| {
+            arrived
+                .get(((arrived.len() as f64 * p) as usize).min(arrived.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::INFINITY)
+        };
+        launch.push(format!(
+            "| {build} | {:.1} ms | {:.1} ms | {others:?} | {} of {} | {:.2} s | {:.2} s |",
+            load.pct(0.50),
+            load.pct(0.99),
+            arrived.iter().filter(|s| s.is_finite()).count(),
+            load.due.len(),
+            pct(0.50),
+            pct(0.99),
+        ));
+        if build == "this build" {
+            met &= goal(
+                &format!("confirmation p99 after its signup, {rate} signups/s"),
+                format!("{:.2} s", pct(0.99)),
+                pct(0.99) < 5.0,
+            );
+        }
+        let mut accepted = load.due.len();
         for connections in [8usize, 32] {
             let ceiling = ceilings[&connections];
             // Warm the server's pools for a second, then measure.
@@ -293,9 +383,18 @@ async fn run(seconds: u64) -> bool {
                 met &= goal("peak RSS", format!("{rss:.0} MB"), rss < 64.0);
             }
         }
-        server.stop().await;
+        // What the server warned of (a 503 says why there), so a bad run explains itself.
+        let log = server.stop().await;
+        for line in log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(5)
+        {
+            println!("{build} logged: {line}");
+        }
     }
-    println!("\n{}\n", signups.join("\n"));
+    println!("\n{}\n", launch.join("\n"));
+    println!("{}\n", signups.join("\n"));
     if benchmarking() {
         println!("{}\n", mail.join("\n"));
     }
@@ -305,6 +404,49 @@ async fn run(seconds: u64) -> bool {
         .unwrap()
         .unwrap();
     met
+}
+
+/// A paced run of the load generator, in a child process of its own.
+async fn paced_child(base: &str, rate: u64, seconds: u64) -> Load {
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--paced-child",
+            base,
+            &rate.to_string(),
+            &seconds.to_string(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits (at most `patience` after the last was due) for the confirmation of each address in
+/// `due`; returns the seconds from each signup to its confirmation, sorted, infinite for one
+/// that did not arrive.
+async fn confirmations(smtp: &SmtpServer, due: &[(String, f64)], patience: Duration) -> Vec<f64> {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        let arrived = smtp.arrivals();
+        if due.iter().all(|(email, _)| arrived.contains_key(email)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let arrived = smtp.arrivals();
+    let mut seconds: Vec<f64> = due
+        .iter()
+        .map(|(email, due)| {
+            arrived.get(email).map_or(f64::INFINITY, |at| {
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+                    - due
+            })
+        })
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    seconds
 }
 
 /// One run of the load generator, in a child process of its own.

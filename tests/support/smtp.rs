@@ -158,6 +158,19 @@ impl SmtpServer {
         self.state.mail.lock().unwrap().len()
     }
 
+    /// When the first message to each recipient arrived, by bare address (no `<>`).
+    pub fn arrivals(&self) -> std::collections::HashMap<String, std::time::SystemTime> {
+        let mut first = std::collections::HashMap::new();
+        for mail in self.state.mail.lock().unwrap().iter() {
+            for to in &mail.to {
+                first
+                    .entry(to.trim_matches(['<', '>']).to_owned())
+                    .or_insert(mail.received_at);
+            }
+        }
+        first
+    }
+
     /// Waits until at least `n` messages have arrived.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -477,6 +477,39 @@ impl Wake {
     }
 }
 
+/// Requests in flight at which the process counts as busy serving people.
+const BUSY_WITH_REQUESTS: usize = 4;
+/// Job slots that keep working while the process is busy with requests; the rest wait.
+const SLOTS_WHILE_BUSY: usize = 4;
+
+/// The process's requests in flight, which the job worker gives way to: while people are
+/// waiting for answers, only `SLOTS_WHILE_BUSY` jobs run at once, so a backlog of email
+/// cannot take the database and the cores from signups. The backlog goes at full speed the
+/// moment the requests thin out (issue 17).
+#[derive(Debug, Clone, Default)]
+pub struct Foreground(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One request in flight, until dropped.
+#[derive(Debug)]
+pub struct InFlight(Foreground);
+
+impl Foreground {
+    pub fn enter(&self) -> InFlight {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) >= BUSY_WITH_REQUESTS
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Runs jobs until told to stop, then finishes the jobs in hand.
 pub struct Worker<S> {
     pool: PgPool,
@@ -487,6 +520,7 @@ pub struct Worker<S> {
     poll_interval: Duration,
     shutdown_grace: Duration,
     wake: Wake,
+    foreground: Foreground,
     /// The jobs being run now, with their attempt: what to hand back if shutdown cannot wait.
     in_hand: std::sync::Mutex<HashMap<JobId, i32>>,
 }
@@ -511,6 +545,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             poll_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
             wake: Wake::default(),
+            foreground: Foreground::default(),
             in_hand: std::sync::Mutex::default(),
         }
     }
@@ -548,6 +583,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         self
     }
 
+    /// The requests this worker gives way to: the process's `Platform::foreground`.
+    pub fn foreground(mut self, foreground: Foreground) -> Self {
+        self.foreground = foreground;
+        self
+    }
+
     /// How long shutdown waits for the jobs in hand before it hands them back.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
@@ -566,8 +607,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let listener = tokio::spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
         let this = Arc::new(self);
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..this.concurrency {
-            tasks.spawn(this.clone().work(wake.clone(), shutdown.clone()));
+        for slot in 0..this.concurrency {
+            tasks.spawn(this.clone().work(slot, wake.clone(), shutdown.clone()));
         }
         let deadline = {
             let (shutdown, grace) = (shutdown.clone(), this.shutdown_grace);
@@ -619,9 +660,21 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
-    async fn work(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    async fn work(
+        self: Arc<Self>,
+        slot: usize,
+        wake: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let kinds: Vec<String> = self.jobs.kinds().into_iter().map(String::from).collect();
         while !*shutdown.borrow() {
+            if slot >= SLOTS_WHILE_BUSY && self.foreground.busy() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             // Register for wake-ups before claiming, so a NOTIFY that lands between an empty
             // claim and the wait is not lost.
             let notified = wake.notified();

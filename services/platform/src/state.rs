@@ -38,6 +38,8 @@ pub struct Inner {
     pub personal_data: Registry,
     /// Wakes this process's job workers after a commit that queued work without a `NOTIFY`.
     pub job_wake: crate::jobs::Wake,
+    /// The requests in flight, which the job worker gives way to.
+    pub foreground: crate::jobs::Foreground,
 }
 
 impl std::fmt::Debug for Platform {
@@ -73,6 +75,7 @@ impl Platform {
                 license_key,
                 personal_data,
                 job_wake: crate::jobs::Wake::default(),
+                foreground: crate::jobs::Foreground::default(),
             }),
             pool,
         })

@@ -225,7 +225,8 @@ pub async fn launch(
         .lease(worker.lease)
         .poll_interval(worker.poll_interval)
         .shutdown_grace(worker.shutdown_grace)
-        .wake(platform.job_wake.clone());
+        .wake(platform.job_wake.clone())
+        .foreground(platform.foreground.clone());
     for service in &services {
         jobs = jobs.jobs(service.jobs());
     }

@@ -230,6 +230,7 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
             HeaderValue::from_static("max-age=63072000; includeSubDomains"),
         )
     });
+    let foreground = platform.foreground.clone();
     let router = router
         .route(
             "/openapi.json",
@@ -285,7 +286,18 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
                         );
                     },
                 ),
-        );
+        )
+        // Counts every request, whatever answers it, for the job worker to give way to.
+        .layer(axum::middleware::from_fn(
+            move |request: Request<axum::body::Body>, next: axum::middleware::Next| {
+                let in_flight = foreground.enter();
+                async move {
+                    let response = next.run(request).await;
+                    drop(in_flight);
+                    response
+                }
+            },
+        ));
 
     App {
         router,
