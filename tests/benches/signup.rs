@@ -209,17 +209,6 @@ fn builds() -> Vec<(String, std::path::PathBuf)> {
     builds
 }
 
-/// The server's peak resident memory so far (`VmHWM`), in MB.
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap()
-        / 1024.0
-}
-
 async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
     // A durable cluster of the bench's own (fsync and synchronous commit on, as in
     // production): the test harness's shared one trades durability for speed, and pgbench

@@ -163,6 +163,18 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> anyhow::Result<Opt
     Ok(id)
 }
 
+/// Wakes idle workers in every process (one `NOTIFY`): for jobs written in bulk without
+/// `enqueue`, by a process whose own workers do not run them (the admin CLI).
+pub async fn wake_workers(pool: &PgPool, kind: &str) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(kind)
+        .execute(pool)
+        .await
+        .context("failed to wake the workers")?;
+    Ok(())
+}
+
 /// A claimed job, as a handler sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Job {

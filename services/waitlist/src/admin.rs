@@ -17,7 +17,7 @@ use crate::emails::{Broadcast, Invitation};
 use crate::store::EntryStatus;
 
 /// Rows handled per transaction by the long-running commands.
-const BATCH: i64 = 200;
+const BATCH: i64 = 1000;
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct Stats {
@@ -183,32 +183,39 @@ pub async fn broadcast(
         .fetch_one(pool)
         .await?;
     let mut result = Queued::default();
+    let mut after = PersonId(Uuid::nil());
     loop {
-        // Each batch: claim recipients (the primary key refuses repeats) and queue their jobs
-        // in the same transaction.
-        let mut tx = pool.begin().await?;
+        // Each batch, in one statement: claim recipients (the primary key refuses repeats)
+        // and queue their jobs, with one wake-up for the workers.
+        let job = NewJob::new(&Broadcast { broadcast_id: id });
         let people: Vec<PersonId> = sqlx::query_scalar(
-            "INSERT INTO broadcast_delivery (broadcast_id, person_id)
-             SELECT $1, e.person_id FROM waitlist_entry e
-             WHERE e.subscribed AND e.status IN ('confirmed', 'invited')
-               AND NOT EXISTS (SELECT 1 FROM broadcast_delivery d
-                               WHERE d.broadcast_id = $1 AND d.person_id = e.person_id)
-             ORDER BY e.person_id LIMIT $2
-             ON CONFLICT DO NOTHING
-             RETURNING person_id",
+            "WITH delivery AS (
+                 INSERT INTO broadcast_delivery (broadcast_id, person_id)
+                 SELECT $1, e.person_id FROM waitlist_entry e
+                 WHERE e.subscribed AND e.status IN ('confirmed', 'invited')
+                   AND e.person_id > $6
+                   AND NOT EXISTS (SELECT 1 FROM broadcast_delivery d
+                                   WHERE d.broadcast_id = $1 AND d.person_id = e.person_id)
+                 ORDER BY e.person_id LIMIT $2
+                 ON CONFLICT DO NOTHING
+                 RETURNING person_id
+             ), queued AS (
+                 INSERT INTO job (id, kind, payload, person_id, max_attempts)
+                 SELECT gen_random_uuid(), $3, $4, person_id, $5 FROM delivery
+             )
+             SELECT person_id FROM delivery",
         )
         .bind(id)
         .bind(BATCH)
-        .fetch_all(&mut *tx)
+        .bind(job.kind())
+        .bind(job.payload())
+        .bind(job.attempts_allowed())
+        .bind(after)
+        .fetch_all(pool)
         .await?;
-        for person in &people {
-            jobs::enqueue(
-                &mut tx,
-                NewJob::new(&Broadcast { broadcast_id: id }).for_person(*person),
-            )
-            .await?;
-        }
-        tx.commit().await?;
+        jobs::wake_workers(pool, job.kind()).await?;
+        // On from the last of this batch: each batch reads only people after it.
+        after = people.iter().copied().max().unwrap_or(after);
         if people.is_empty() {
             break;
         }
