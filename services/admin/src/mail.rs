@@ -27,6 +27,10 @@ pub enum Command {
         /// Say how many would get it, send nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Then show the delivery until every copy is sent (interrupting stops the watching,
+        /// not the sending).
+        #[arg(long, conflicts_with = "dry_run")]
+        follow: bool,
     },
     /// Read bounces (RFC 3464) and complaints (RFC 5965) from a maildir or an mbox: a hard
     /// bounce suppresses the address, a soft one is counted on its message, a complaint
@@ -74,6 +78,7 @@ pub async fn run(
             subject,
             body_file,
             dry_run,
+            follow,
         } => {
             let subject = subject.context("--subject is required for product-update")?;
             let path = body_file.context("--body-file is required for product-update")?;
@@ -95,7 +100,22 @@ pub async fn run(
             if done.queued > 0 && !dry_run {
                 eprintln!();
             }
-            output::object(json, &serde_json::to_value(done)?);
+            let mut report = serde_json::to_value(&done)?;
+            if let (true, Some(id)) = (follow, done.broadcast_id) {
+                let mut shown = progress("sent");
+                let delivery = loop {
+                    let d = pexper_waitlist::admin::delivery(pool, id).await?;
+                    let sent = d.recipients - d.outstanding - d.failed;
+                    shown(sent as u64, d.recipients as u64);
+                    if d.outstanding == 0 {
+                        break d;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                };
+                eprintln!();
+                report["delivery"] = serde_json::to_value(delivery)?;
+            }
+            output::object(json, &report);
         }
     }
     Ok(())

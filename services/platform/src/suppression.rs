@@ -24,7 +24,7 @@ crate::text_enum!(
     }
 );
 
-fn hash(keyring: &Keyring, email: &EmailAddress) -> BlindIndex {
+pub(crate) fn hash(keyring: &Keyring, email: &EmailAddress) -> BlindIndex {
     keyring.blind_index(INDEX, email.as_str())
 }
 

@@ -126,6 +126,40 @@ pub struct Queued {
     /// People who already had it (an earlier run), or who were skipped.
     pub already: u64,
     pub dry_run: bool,
+    /// The broadcast this run queued (not for a dry run or an invitation run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<Uuid>,
+}
+
+/// Where a broadcast's delivery stands.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Delivery {
+    /// Recipients it was queued for, by every run of the command.
+    pub recipients: i64,
+    /// Their emails still queued or being sent.
+    pub outstanding: i64,
+    /// Emails that gave up (`dead`, see `pexper-admin jobs list`).
+    pub failed: i64,
+}
+
+/// How far a broadcast's delivery has come: its recipients, and its jobs still in the queue.
+pub async fn delivery(pool: &PgPool, broadcast: Uuid) -> anyhow::Result<Delivery> {
+    let (recipients, outstanding, failed): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM broadcast_delivery WHERE broadcast_id = $1),
+                count(*) FILTER (WHERE status <> 'dead'),
+                count(*) FILTER (WHERE status = 'dead')
+         FROM job WHERE kind = $2 AND payload->>'broadcast_id' = $1::text",
+    )
+    .bind(broadcast)
+    .bind(<Broadcast as pexper_platform::jobs::BackgroundJob>::KIND)
+    .fetch_one(pool)
+    .await
+    .context("failed to read a broadcast's delivery")?;
+    Ok(Delivery {
+        recipients,
+        outstanding,
+        failed,
+    })
 }
 
 /// Queues `subject`/`body` to every confirmed, subscribed person who has not had this very
@@ -165,6 +199,7 @@ pub async fn broadcast(
             queued: (audience - already).max(0) as u64,
             already: already as u64,
             dry_run: true,
+            broadcast_id: None,
         });
     }
     sqlx::query(
@@ -223,6 +258,7 @@ pub async fn broadcast(
         progress(result.queued, audience as u64);
     }
     result.already = (audience as u64).saturating_sub(result.queued);
+    result.broadcast_id = Some(id);
     Ok(result)
 }
 

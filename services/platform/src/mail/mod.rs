@@ -374,20 +374,21 @@ async fn deliver(
     class: MailClass,
     email: OutgoingEmail,
 ) -> Result<(), JobError> {
-    let already: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM email_event WHERE message_id = $1)")
-            .bind(&email.message_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    // Both questions in one round trip: at a thousand emails a second, each one counts.
+    let (already, reason): (bool, Option<crate::suppression::Reason>) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM email_event WHERE message_id = $1),
+                (SELECT reason FROM email_suppression WHERE address_hash = $2)",
+    )
+    .bind(&email.message_id)
+    .bind(crate::suppression::hash(&platform.keyring, &email.to).as_slice())
+    .fetch_one(&mut *conn)
+    .await?;
     if already {
         return Ok(());
     }
-    if class != MailClass::Operator {
-        let reason = crate::suppression::reason(conn, &platform.keyring, &email.to).await?;
-        if !class.allows(reason) {
-            tracing::info!(template, reason = ?reason, "not sent: the address is suppressed");
-            return Ok(());
-        }
+    if class != MailClass::Operator && !class.allows(reason) {
+        tracing::info!(template, reason = ?reason, "not sent: the address is suppressed");
+        return Ok(());
     }
     // A restriction of processing stops what is not needed: product email.
     if class == MailClass::Product
