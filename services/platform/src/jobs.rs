@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -370,14 +370,44 @@ async fn renew(pool: &PgPool, job: &Job, lease: Duration) -> anyhow::Result<bool
     Ok(r.rows_affected() == 1)
 }
 
-async fn finish(pool: &PgPool, job: &Job) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM job WHERE id = $1 AND attempts = $2")
-        .bind(job.id)
-        .bind(job.attempts)
-        .execute(pool)
-        .await
-        .context("failed to delete a finished job")?;
+/// Deletes finished jobs, each only if still at the attempt that finished it.
+async fn finish(pool: &PgPool, jobs: &[(JobId, i32)]) -> anyhow::Result<()> {
+    sqlx::query(
+        "DELETE FROM job USING unnest($1::uuid[], $2::int[]) AS done (id, attempts)
+         WHERE job.id = done.id AND job.attempts = done.attempts",
+    )
+    .bind(jobs.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
+    .bind(jobs.iter().map(|(_, attempts)| *attempts).collect::<Vec<i32>>())
+    .execute(pool)
+    .await
+    .context("failed to delete finished jobs")?;
     Ok(())
+}
+
+/// Deletes the jobs the worker's slots finish, together: whatever finished while one delete
+/// ran goes into the next, so a busy queue pays one statement and one commit for many jobs.
+/// Returns once every sender is gone and all is deleted. A finished job whose delete is lost
+/// (the process dies first) runs again after its lease: handlers are idempotent (an email
+/// already sent is recorded and not sent twice).
+async fn finish_in_batches(pool: PgPool, mut finished: mpsc::UnboundedReceiver<(JobId, i32)>) {
+    let mut batch = Vec::new();
+    while finished.recv_many(&mut batch, 512).await > 0 {
+        for pause in [1, 2, 4, 0] {
+            match finish(&pool, &batch).await {
+                Ok(()) => break,
+                Err(e) if pause > 0 => {
+                    tracing::warn!(error = %redact(&format!("{e:#}")), "failed to delete finished jobs; trying again");
+                    tokio::time::sleep(Duration::from_secs(pause)).await;
+                }
+                Err(e) => tracing::error!(
+                    error = %redact(&format!("{e:#}")),
+                    jobs = batch.len(),
+                    "failed to delete finished jobs; they run again after their lease"
+                ),
+            }
+        }
+        batch.clear();
+    }
 }
 
 /// Records a failure: back to `queued` after a backoff, or `dead`.
@@ -618,10 +648,18 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let wake = self.wake.0.clone();
         let listener = tokio::spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
         let this = Arc::new(self);
+        let (finished, to_delete) = mpsc::unbounded_channel();
+        let finisher = tokio::spawn(finish_in_batches(this.pool.clone(), to_delete));
         let mut tasks = tokio::task::JoinSet::new();
         for slot in 0..this.concurrency {
-            tasks.spawn(this.clone().work(slot, wake.clone(), shutdown.clone()));
+            tasks.spawn(this.clone().work(
+                slot,
+                wake.clone(),
+                shutdown.clone(),
+                finished.clone(),
+            ));
         }
+        drop(finished);
         let deadline = {
             let (shutdown, grace) = (shutdown.clone(), this.shutdown_grace);
             async move {
@@ -641,6 +679,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             }
         }
+        // Every slot has stopped and dropped its sender: the last finished jobs are deleted.
+        finisher.await.ok();
         listener.abort();
     }
 
@@ -677,6 +717,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         slot: usize,
         wake: Arc<Notify>,
         mut shutdown: watch::Receiver<bool>,
+        finished: mpsc::UnboundedSender<(JobId, i32)>,
     ) {
         let kinds: Vec<String> = self.jobs.kinds().into_iter().map(String::from).collect();
         while !*shutdown.borrow() {
@@ -694,7 +735,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             notified.as_mut().enable();
             match claim(&self.pool, &kinds, self.lease).await {
                 Ok(Some(job)) => {
-                    self.execute(job).await;
+                    self.execute(job, &finished).await;
                     continue;
                 }
                 Ok(None) => {}
@@ -708,7 +749,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
-    async fn execute(&self, job: Job) {
+    async fn execute(&self, job: Job, finished: &mpsc::UnboundedSender<(JobId, i32)>) {
         let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, attempt = job.attempts);
         async {
             let Some(handler) = self.jobs.handlers.get(job.kind.as_str()) else {
@@ -740,9 +781,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 .remove(&job.id);
             match result {
                 Ok(()) => {
-                    if let Err(e) = finish(&self.pool, &job).await {
-                        tracing::error!(error = %redact(&format!("{e:#}")), "failed to mark job done");
-                    }
+                    // The finisher outlives every slot, so the send cannot fail.
+                    finished.send((job.id, job.attempts)).ok();
                     tracing::info!(elapsed_ms, "job done");
                 }
                 Err(error) => match fail(&self.pool, &job, &error).await {

@@ -135,12 +135,12 @@ async fn signup_mail(platform: Platform, job: &Job) -> Result<(), JobError> {
     } else {
         None
     };
+    let Some(to) = person::email(&mut tx, &platform.keyring, person).await? else {
+        return Ok(());
+    };
     tx.commit().await?;
 
     let mut conn = platform.pool.acquire().await?;
-    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
-        return Ok(());
-    };
     match token {
         Some(token) => {
             let email = ConfirmEmail {
