@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pexper_platform::address::EmailAddress;
-use pexper_platform::db::managed::{Durability, ManagedPostgres};
 use pexper_platform::person::NewPerson;
 use pexper_tests::*;
 
@@ -84,34 +83,15 @@ fn broadcast_command(
 }
 
 async fn run(people: usize) -> bool {
-    let dir = tempdir::TempDir::new();
-    let root = dir.path().join("postgres");
-    let managed = {
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || {
-            ManagedPostgres::start_or_reuse(&root, None, Durability::Durable)
-        })
-        .await
-        .unwrap()
-        .unwrap()
-    };
-    pexper_platform::db::ensure_database(&managed, "broadcast")
-        .await
-        .unwrap();
-    let url = secrecy::ExposeSecret::expose_secret(&managed.url("broadcast")).to_owned();
-    let dkim_key = {
-        use base64::Engine;
-        format!(
-            "ed25519:{}",
-            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
-        )
-    };
+    let cluster = DurableCluster::start().await;
+    let url = cluster.database("broadcast").await;
+    let dkim = dkim_vars();
     let server = ServerProcess::start_with(
         "warn",
         &[
             ("DATABASE_URL", &url),
-            ("PEXPER_DKIM_SELECTOR", "bench"),
-            ("PEXPER_DKIM_KEY", &dkim_key),
+            (dkim[0].0, &dkim[0].1),
+            (dkim[1].0, &dkim[1].1),
         ],
     )
     .await;
@@ -128,6 +108,7 @@ async fn run(people: usize) -> bool {
         seeded.elapsed().as_secs_f64()
     );
 
+    let dir = tempdir::TempDir::new();
     let body = dir.path().join("update.md");
     std::fs::write(
         &body,
@@ -218,9 +199,6 @@ async fn run(people: usize) -> bool {
     met &= goal("server peak RSS", format!("{rss:.0} MB"), rss < 64.0);
     server.stop().await;
     pool.close().await;
-    tokio::task::spawn_blocking(move || ManagedPostgres::stop(&root, None))
-        .await
-        .unwrap()
-        .unwrap();
+    cluster.stop().await;
     met
 }

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pexper_platform::db::managed::{Durability, ManagedPostgres};
 use pexper_tests::*;
 use serde_json::json;
 
@@ -210,29 +209,14 @@ fn builds() -> Vec<(String, std::path::PathBuf)> {
 }
 
 async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
-    // A durable cluster of the bench's own (fsync and synchronous commit on, as in
-    // production): the test harness's shared one trades durability for speed, and pgbench
-    // would measure that.
-    let dir = tempdir::TempDir::new();
-    let root = dir.path().join("postgres");
-    let managed = {
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || {
-            ManagedPostgres::start_or_reuse(&root, None, Durability::Durable)
-        })
-        .await
-        .unwrap()
-        .unwrap()
-    };
-    pexper_platform::db::ensure_database(&managed, "bench")
-        .await
-        .unwrap();
-    let url = secrecy::ExposeSecret::expose_secret(&managed.url("bench")).to_owned();
+    let cluster = DurableCluster::start().await;
+    let url = cluster.database("bench").await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query("CREATE TABLE bench_one_insert (id bigserial PRIMARY KEY, v integer NOT NULL)")
         .execute(&pool)
         .await
         .unwrap();
+    let dir = tempdir::TempDir::new();
     let script = dir.path().join("one-insert.sql");
     std::fs::write(&script, "INSERT INTO bench_one_insert (v) VALUES (1);\n").unwrap();
     let mut ceilings = BTreeMap::new();
@@ -240,14 +224,7 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
         ceilings.insert(connections, pgbench(&url, connections, seconds, &script));
     }
 
-    // DKIM on, as in production: Ed25519 (RFC 8463), whose signature costs microseconds.
-    let dkim_key = {
-        use base64::Engine;
-        format!(
-            "ed25519:{}",
-            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
-        )
-    };
+    let dkim = dkim_vars();
     let mut signups = vec![
         "| build | connections | pgbench one-insert tx/s | signups/s | share of pgbench | p50 | p99 | other statuses |".to_owned(),
         "|---|---|---|---|---|---|---|---|".to_owned(),
@@ -264,11 +241,7 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
     ];
     let mut met = true;
     for (n, (build, server)) in builds().into_iter().enumerate() {
-        let database = format!("bench_{n}");
-        pexper_platform::db::ensure_database(&managed, &database)
-            .await
-            .unwrap();
-        let url = secrecy::ExposeSecret::expose_secret(&managed.url(&database)).to_owned();
+        let url = cluster.database(&format!("bench_{n}")).await;
         // Any `PEXPER_…` setting in the bench's environment reaches the servers too (e.g.
         // `PEXPER_JOB_CONCURRENCY=32`), to compare settings.
         let settings: Vec<(String, String)> = std::env::vars()
@@ -277,13 +250,13 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
         let mut vars = vec![
             ("PEXPER_TRUSTED_PROXY", "127.0.0.1"),
             ("DATABASE_URL", &url),
-            ("PEXPER_DKIM_SELECTOR", "bench"),
-            ("PEXPER_DKIM_KEY", &dkim_key),
+            (dkim[0].0, &dkim[0].1),
+            (dkim[1].0, &dkim[1].1),
         ];
         vars.extend(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let server = ServerProcess::start_binary(&server, "warn", &vars).await;
         // A launch: signups at a steady rate, each confirmation timed from its signup.
-        let load = paced_child(&server.base, rate, paced_seconds).await;
+        let load = child("--paced-child", &server.base, rate, paced_seconds).await;
         let arrived = confirmations(&server.smtp, &load.due, Duration::from_secs(60)).await;
         let others: BTreeMap<_, _> = load.statuses.iter().filter(|(s, _)| **s != 202).collect();
         let pct = |p: f64| {
@@ -313,7 +286,7 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
             let ceiling = ceilings[&connections];
             // Warm the server's pools for a second, then measure.
             for (secs, measure) in [(1, false), (seconds, true)] {
-                let load = load_child(&server.base, connections, secs).await;
+                let load = child("--load-child", &server.base, connections as u64, secs).await;
                 accepted += load.statuses.get(&202).copied().unwrap_or(0);
                 if !measure {
                     continue;
@@ -388,26 +361,8 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
         println!("{}\n", mail.join("\n"));
     }
     pool.close().await;
-    tokio::task::spawn_blocking(move || ManagedPostgres::stop(&root, None))
-        .await
-        .unwrap()
-        .unwrap();
+    cluster.stop().await;
     met
-}
-
-/// A paced run of the load generator, in a child process of its own.
-async fn paced_child(base: &str, rate: u64, seconds: u64) -> Load {
-    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--paced-child",
-            base,
-            &rate.to_string(),
-            &seconds.to_string(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Waits (at most `patience` after the last was due) for the confirmation of each address in
@@ -438,15 +393,11 @@ async fn confirmations(smtp: &SmtpServer, due: &[(String, f64)], patience: Durat
     seconds
 }
 
-/// One run of the load generator, in a child process of its own.
-async fn load_child(base: &str, connections: usize, seconds: u64) -> Load {
+/// The load generator in a child process of its own: `--load-child BASE CONNECTIONS SECONDS`
+/// (closed loop) or `--paced-child BASE RATE SECONDS` (open loop).
+async fn child(mode: &str, base: &str, n: u64, seconds: u64) -> Load {
     let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--load-child",
-            base,
-            &connections.to_string(),
-            &seconds.to_string(),
-        ])
+        .args([mode, base, &n.to_string(), &seconds.to_string()])
         .output()
         .await
         .unwrap();

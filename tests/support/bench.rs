@@ -58,3 +58,63 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
         .unwrap()
         / 1024.0
 }
+
+/// A durable Postgres cluster of a benchmark's own (fsync and synchronous commit on, TLS, as
+/// in production): the test harness's shared one trades durability for speed, and a bench
+/// would measure that.
+pub struct DurableCluster {
+    root: std::path::PathBuf,
+    managed: pexper_platform::db::managed::ManagedPostgres,
+    _dir: crate::tempdir::TempDir,
+}
+
+impl DurableCluster {
+    pub async fn start() -> Self {
+        use pexper_platform::db::managed::{Durability, ManagedPostgres};
+        let dir = crate::tempdir::TempDir::new();
+        let root = dir.path().join("postgres");
+        let managed = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || {
+                ManagedPostgres::start_or_reuse(&root, None, Durability::Durable)
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        };
+        Self {
+            root,
+            managed,
+            _dir: dir,
+        }
+    }
+
+    /// The URL of `database`, created if need be.
+    pub async fn database(&self, database: &str) -> String {
+        pexper_platform::db::ensure_database(&self.managed, database)
+            .await
+            .unwrap();
+        secrecy::ExposeSecret::expose_secret(&self.managed.url(database)).to_owned()
+    }
+
+    pub async fn stop(self) {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            pexper_platform::db::managed::ManagedPostgres::stop(&root, None)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+}
+
+/// The server settings that sign outgoing mail as production does (DKIM), with a fixed
+/// Ed25519 test key (RFC 8463), whose signature costs microseconds.
+pub fn dkim_vars() -> [(&'static str, String); 2] {
+    use base64::Engine;
+    let seed = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    [
+        ("PEXPER_DKIM_SELECTOR", "bench".to_owned()),
+        ("PEXPER_DKIM_KEY", format!("ed25519:{seed}")),
+    ]
+}

@@ -23,7 +23,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with, test_vars};
-pub use bench::{bench_args, bench_exit, benchmarking, block_on, goal, peak_rss_mb};
+pub use bench::{
+    DurableCluster, bench_args, bench_exit, benchmarking, block_on, dkim_vars, goal, peak_rss_mb,
+};
 pub use database::{Dump, TestDatabase, cluster};
 pub use process::{Replicas, ServerProcess, admin, binary, stderr, stdout};
 pub use smtp::SmtpServer;

@@ -174,67 +174,70 @@ impl Config {
             .map(SecretString::from)
             .collect();
 
-        let config =
-            Config {
-                env,
-                database_url: secret("DATABASE_URL"),
-                data_dir: PathBuf::from(get("PEXPER_DATA_DIR").unwrap_or("./.pexper")),
-                bind,
-                public_url,
-                master_key: secret("PEXPER_MASTER_KEY"),
-                smtp_url: secret("PEXPER_SMTP_URL"),
-                mail_from: get("PEXPER_MAIL_FROM")
-                    .unwrap_or("Pexper <hello@pexper.com>")
-                    .to_owned(),
-                stripe_webhook_secrets,
-                allowed_origins: list("PEXPER_ALLOWED_ORIGINS", "https://pexper.com"),
-                license_key: secret("PEXPER_LICENSE_KEY"),
-                privacy_email: get("PEXPER_PRIVACY_EMAIL")
-                    .unwrap_or("privacy@pexper.com")
-                    .to_owned(),
-                trusted_proxies,
-                tls,
-                crash_keys,
-                analytics_retention_days,
-                recurring_seconds,
-                shutdown_grace_seconds,
-                pg_bin: get("PG_BIN").map(PathBuf::from),
-                referral_bump: get("PEXPER_REFERRAL_BUMP")
-                    .unwrap_or("5")
-                    .parse()
-                    .ok()
-                    .filter(|n| (0..=10_000).contains(n))
-                    .context(
-                        "PEXPER_REFERRAL_BUMP must be a whole number of places from 0 to 10000",
-                    )?,
-                password_hashers: match get("PEXPER_PASSWORD_HASHERS") {
-                    Some(n) => n.parse().ok().filter(|n| (1..=256).contains(n)).context(
-                        "PEXPER_PASSWORD_HASHERS must be a number of threads from 1 to 256",
-                    )?,
-                    None => std::thread::available_parallelism()
-                        .map_or(1, |n| n.get().saturating_sub(1).max(1)),
-                },
-                job_concurrency: match get("PEXPER_JOB_CONCURRENCY") {
-                    Some(n) => n.parse().ok().filter(|n| (1..=256).contains(n)).context(
-                        "PEXPER_JOB_CONCURRENCY must be a number of jobs at once from 1 to 256",
-                    )?,
-                    None => 16,
-                },
-                mail_per_second: get("PEXPER_MAIL_PER_SECOND")
-                    .map(|n| {
-                        n.parse().ok().filter(|n| (1..=100_000).contains(n)).context(
-                        "PEXPER_MAIL_PER_SECOND must be a number of emails from 1 to 100000",
-                    )
-                    })
-                    .transpose()?,
-                waitlist_thank_you_url: get("PEXPER_WAITLIST_THANK_YOU_URL").map(str::to_owned),
-                postal_address: get("PEXPER_POSTAL_ADDRESS").map(str::to_owned),
-                dkim: match (get("PEXPER_DKIM_SELECTOR"), secret("PEXPER_DKIM_KEY")) {
-                    (Some(selector), Some(key)) => Some((selector.to_owned(), key)),
-                    (None, None) => None,
-                    _ => bail!("set both PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY, or neither"),
-                },
+        let job_concurrency =
+            match get("PEXPER_JOB_CONCURRENCY") {
+                Some(n) => n.parse().ok().filter(|n| (1..=256).contains(n)).context(
+                    "PEXPER_JOB_CONCURRENCY must be a number of jobs at once from 1 to 256",
+                )?,
+                None => 16,
             };
+        let mail_per_second = get("PEXPER_MAIL_PER_SECOND")
+            .map(|n| {
+                n.parse()
+                    .ok()
+                    .filter(|n| (1..=100_000).contains(n))
+                    .context("PEXPER_MAIL_PER_SECOND must be a number of emails from 1 to 100000")
+            })
+            .transpose()?;
+        let config = Config {
+            env,
+            database_url: secret("DATABASE_URL"),
+            data_dir: PathBuf::from(get("PEXPER_DATA_DIR").unwrap_or("./.pexper")),
+            bind,
+            public_url,
+            master_key: secret("PEXPER_MASTER_KEY"),
+            smtp_url: secret("PEXPER_SMTP_URL"),
+            mail_from: get("PEXPER_MAIL_FROM")
+                .unwrap_or("Pexper <hello@pexper.com>")
+                .to_owned(),
+            stripe_webhook_secrets,
+            allowed_origins: list("PEXPER_ALLOWED_ORIGINS", "https://pexper.com"),
+            license_key: secret("PEXPER_LICENSE_KEY"),
+            privacy_email: get("PEXPER_PRIVACY_EMAIL")
+                .unwrap_or("privacy@pexper.com")
+                .to_owned(),
+            trusted_proxies,
+            tls,
+            crash_keys,
+            analytics_retention_days,
+            recurring_seconds,
+            shutdown_grace_seconds,
+            pg_bin: get("PG_BIN").map(PathBuf::from),
+            referral_bump: get("PEXPER_REFERRAL_BUMP")
+                .unwrap_or("5")
+                .parse()
+                .ok()
+                .filter(|n| (0..=10_000).contains(n))
+                .context("PEXPER_REFERRAL_BUMP must be a whole number of places from 0 to 10000")?,
+            password_hashers: match get("PEXPER_PASSWORD_HASHERS") {
+                Some(n) => {
+                    n.parse().ok().filter(|n| (1..=256).contains(n)).context(
+                        "PEXPER_PASSWORD_HASHERS must be a number of threads from 1 to 256",
+                    )?
+                }
+                None => std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            },
+            job_concurrency,
+            mail_per_second,
+            waitlist_thank_you_url: get("PEXPER_WAITLIST_THANK_YOU_URL").map(str::to_owned),
+            postal_address: get("PEXPER_POSTAL_ADDRESS").map(str::to_owned),
+            dkim: match (get("PEXPER_DKIM_SELECTOR"), secret("PEXPER_DKIM_KEY")) {
+                (Some(selector), Some(key)) => Some((selector.to_owned(), key)),
+                (None, None) => None,
+                _ => bail!("set both PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY, or neither"),
+            },
+        };
         config.check_production()?;
         Ok(config)
     }

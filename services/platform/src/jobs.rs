@@ -377,7 +377,11 @@ async fn finish(pool: &PgPool, jobs: &[(JobId, i32)]) -> anyhow::Result<()> {
          WHERE job.id = done.id AND job.attempts = done.attempts",
     )
     .bind(jobs.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
-    .bind(jobs.iter().map(|(_, attempts)| *attempts).collect::<Vec<i32>>())
+    .bind(
+        jobs.iter()
+            .map(|(_, attempts)| *attempts)
+            .collect::<Vec<i32>>(),
+    )
     .execute(pool)
     .await
     .context("failed to delete finished jobs")?;
@@ -652,12 +656,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let finisher = tokio::spawn(finish_in_batches(this.pool.clone(), to_delete));
         let mut tasks = tokio::task::JoinSet::new();
         for slot in 0..this.concurrency {
-            tasks.spawn(this.clone().work(
-                slot,
-                wake.clone(),
-                shutdown.clone(),
-                finished.clone(),
-            ));
+            tasks.spawn(
+                this.clone()
+                    .work(slot, wake.clone(), shutdown.clone(), finished.clone()),
+            );
         }
         drop(finished);
         let deadline = {

@@ -423,3 +423,34 @@ pub fn sender(config: &Config) -> anyhow::Result<Mailbox> {
         .parse()
         .context("PEXPER_MAIL_FROM is not a mailbox like `Pexper <hello@pexper.com>`")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_mail_ceiling_spaces_sends_across_concurrent_jobs() {
+        // 100 a second: eleven sends from four jobs at once take at least 100 ms (the first
+        // goes at once), however they interleave.
+        let pace = Arc::new(Pace {
+            interval: std::time::Duration::from_millis(10),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        });
+        let started = std::time::Instant::now();
+        let mut jobs = tokio::task::JoinSet::new();
+        for job in 0..4 {
+            let pace = pace.clone();
+            jobs.spawn(async move {
+                for _ in 0..(if job == 0 { 2 } else { 3 }) {
+                    pace.wait_turn().await;
+                }
+            });
+        }
+        while jobs.join_next().await.is_some() {}
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
