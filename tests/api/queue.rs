@@ -496,3 +496,59 @@ async fn an_enqueue_wakes_the_workers_on_commit_and_a_deduplicated_one_does_not(
         "nothing new, no wake-up"
     );
 }
+
+#[tokio::test]
+async fn while_requests_are_in_flight_four_jobs_run_and_the_rest_follow_when_they_end() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let foreground = jobs::Foreground::default();
+    let requests: Vec<_> = (0..4).map(|_| foreground.enter()).collect();
+    let (stop, shutdown) = watch::channel(false);
+    let worker = Worker::new(
+        pool.clone(),
+        Behaviour::Gated {
+            started: started.clone(),
+            release: release.clone(),
+            outcome: || Ok(()),
+        },
+    )
+    .concurrency(8)
+    .poll_interval(Duration::from_millis(20))
+    .foreground(foreground.clone())
+    .register::<TestJob>();
+    let task = tokio::spawn(worker.run(shutdown));
+    enqueue_n(&pool, 8).await;
+
+    // Four slots take jobs; the other four have looked at least three times each and waited.
+    eventually(
+        Duration::from_secs(10),
+        "four jobs started, the rest giving way",
+        || async {
+            (started.load(Ordering::SeqCst) == 4 && foreground.gave_way() >= 12).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        4,
+        "no fifth job while people wait"
+    );
+
+    // The requests end: the other four slots take the rest at once.
+    drop(requests);
+    eventually(
+        Duration::from_secs(10),
+        "all eight jobs started",
+        || async { (started.load(Ordering::SeqCst) == 8).then_some(()) },
+    )
+    .await;
+    stop.send(true).unwrap();
+    for _ in 0..8 {
+        release.notify_one();
+    }
+    task.await.unwrap();
+    assert_eq!(job_count(&pool).await, 0, "every job finished and deleted");
+}

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -533,7 +534,14 @@ const SLOTS_WHILE_BUSY: usize = 4;
 /// cannot take the database and the cores from signups. The backlog goes at full speed the
 /// moment the requests thin out (issue 17).
 #[derive(Debug, Clone, Default)]
-pub struct Foreground(Arc<std::sync::atomic::AtomicUsize>);
+pub struct Foreground(Arc<ForegroundCounts>);
+
+#[derive(Debug, Default)]
+struct ForegroundCounts {
+    in_flight: AtomicUsize,
+    /// How many times a job slot looked, saw the requests, and waited.
+    gave_way: AtomicUsize,
+}
 
 /// One request in flight, until dropped.
 #[derive(Debug)]
@@ -541,18 +549,29 @@ pub struct InFlight(Foreground);
 
 impl Foreground {
     pub fn enter(&self) -> InFlight {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
-    fn busy(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed) >= BUSY_WITH_REQUESTS
+    /// How many times a job slot has given way so far (for tests and diagnostics).
+    pub fn gave_way(&self) -> usize {
+        self.0.gave_way.load(Ordering::Relaxed)
+    }
+
+    /// Whether a job in `slot` should wait: it counts that it did.
+    fn gives_way(&self, slot: usize) -> bool {
+        let busy = self.0.in_flight.load(Ordering::Relaxed) >= BUSY_WITH_REQUESTS;
+        if slot >= SLOTS_WHILE_BUSY && busy {
+            self.0.gave_way.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -723,7 +742,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     ) {
         let kinds: Vec<String> = self.jobs.kinds().into_iter().map(String::from).collect();
         while !*shutdown.borrow() {
-            if slot >= SLOTS_WHILE_BUSY && self.foreground.busy() {
+            if self.foreground.gives_way(slot) {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                     _ = shutdown.changed() => {}
