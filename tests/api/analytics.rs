@@ -886,7 +886,9 @@ async fn a_limited_client_is_told_to_wait_at_least_a_second() {
     let app = spawn_app_with(AppOptions {
         http: pexper_platform::http::HttpOptions {
             ingest_burst: 1,
-            ingest_replenish: Duration::from_millis(250),
+            // Under a second, and long enough that the second request surely comes before
+            // the token does, even on a loaded machine (250 ms was not, once).
+            ingest_replenish: Duration::from_millis(900),
             ..AppOptions::default().http
         },
         ..AppOptions::default()

@@ -84,6 +84,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let smtp = SmtpServer::start().await;
     let data_dir = tempdir::TempDir::new();
     let mut vars = test_vars(&db, &smtp, data_dir.path());
+    // Test apps poll for jobs every 200 ms, each job slot on its own: sixteen idle slots in
+    // every app would be most of a parallel test run's background load. A test that needs
+    // more says so in `vars`.
+    vars.insert("PEXPER_JOB_CONCURRENCY".to_owned(), "4".to_owned());
     for (k, v) in options.vars {
         vars.insert(k.to_owned(), v);
     }
