@@ -86,15 +86,14 @@ async fn run(people: usize) -> bool {
     let cluster = DurableCluster::start().await;
     let url = cluster.database("broadcast").await;
     let dkim = dkim_vars();
-    let server = ServerProcess::start_with(
-        "warn",
-        &[
-            ("DATABASE_URL", &url),
-            (dkim[0].0, &dkim[0].1),
-            (dkim[1].0, &dkim[1].1),
-        ],
-    )
-    .await;
+    let production = production_vars();
+    let mut vars = vec![
+        ("DATABASE_URL", url.as_str()),
+        (dkim[0].0, dkim[0].1.as_str()),
+        (dkim[1].0, dkim[1].1.as_str()),
+    ];
+    vars.extend(production.iter().map(|(k, v)| (*k, v.as_str())));
+    let server = ServerProcess::start_with("warn", &vars).await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let config = pexper_platform::Config::from_vars(server.vars.clone()).unwrap();
     let master = pexper_platform::keys::load_master_keys(&config).unwrap();

@@ -253,6 +253,8 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
             (dkim[0].0, &dkim[0].1),
             (dkim[1].0, &dkim[1].1),
         ];
+        let production = production_vars();
+        vars.extend(production.iter().map(|(k, v)| (*k, v.as_str())));
         vars.extend(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let server = ServerProcess::start_binary(&server, "warn", &vars).await;
         // A launch: signups at a steady rate, each confirmation timed from its signup.

@@ -118,3 +118,13 @@ pub fn dkim_vars() -> [(&'static str, String); 2] {
         ("PEXPER_DKIM_KEY", format!("ed25519:{seed}")),
     ]
 }
+
+/// What a real benchmark run sets back to production's defaults over the test harness's
+/// (`test_vars`); nothing in a smoke run.
+pub fn production_vars() -> Vec<(&'static str, String)> {
+    if benchmarking() {
+        vec![("PEXPER_JOB_CONCURRENCY", "16".to_owned())]
+    } else {
+        Vec::new()
+    }
+}

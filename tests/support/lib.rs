@@ -25,6 +25,7 @@ use std::time::Duration;
 pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with, test_vars};
 pub use bench::{
     DurableCluster, bench_args, bench_exit, benchmarking, block_on, dkim_vars, goal, peak_rss_mb,
+    production_vars,
 };
 pub use database::{Dump, TestDatabase, cluster};
 pub use process::{Replicas, ServerProcess, admin, binary, stderr, stdout};
