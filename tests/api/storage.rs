@@ -52,6 +52,26 @@ async fn every_database_connection_uses_tls_and_plain_connections_are_refused() 
     assert!(e.message().contains("no encryption"), "{e}");
 }
 
+/// A request never waits for a connection's TLS and SCRAM handshake: under load that took
+/// longer than the acquire timeout, and a webhook got 503 from a pool that was not exhausted.
+#[tokio::test]
+async fn the_request_and_ingest_pools_are_open_before_the_first_request() {
+    let app = spawn_app().await;
+    let (pool, ingest) = (&app.platform.pool, &app.platform.ingest_pool);
+    assert_eq!(pool.size(), pool.options().get_max_connections());
+    assert_eq!(ingest.size(), ingest.options().get_max_connections());
+    let open = app
+        .scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'pexper'",
+        )
+        .await;
+    assert!(
+        open >= i64::from(pool.size() + ingest.size()),
+        "{open} open"
+    );
+}
+
 #[tokio::test]
 async fn a_database_dump_holds_no_address_in_clear() {
     let app = spawn_app().await;

@@ -79,7 +79,10 @@ pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<
     };
     let keyring = keys::keyring(&pool, &master).await?;
     let registry = personal_data(&config);
-    Platform::new(config, pool, keyring, mailer, registry)
+    let platform = Platform::new(config, pool, keyring, mailer, registry)?;
+    // Requests never wait for a connection's handshake (db::fill).
+    tokio::join!(db::fill(&platform.pool), db::fill(&platform.ingest_pool));
+    Ok(platform)
 }
 
 /// Enqueues each recurring job once per period of `every` across every replica

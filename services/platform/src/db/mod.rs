@@ -104,11 +104,11 @@ fn pool_options() -> PgPoolOptions {
         })
 }
 
-/// The ingestion pool beside `main`, to the same database; it connects on first use.
+/// The ingestion pool beside `main`, to the same database; `fill` opens its connections.
 pub fn ingest_pool(main: &PgPool) -> PgPool {
     pool_options()
         .max_connections(INGEST_POOL_SIZE)
-        .min_connections(0)
+        .min_connections(INGEST_POOL_SIZE)
         .acquire_timeout(INGEST_ACQUIRE_TIMEOUT)
         .connect_lazy_with((*main.connect_options()).clone())
 }
@@ -124,14 +124,48 @@ pub fn job_pool(main: &PgPool, concurrency: usize) -> PgPool {
         .connect_lazy_with((*main.connect_options()).clone())
 }
 
+/// The request pool: one connection opened now (a wrong configuration fails here, within
+/// the acquire timeout); `fill` opens the rest where a server needs them, and sqlx keeps them
+/// open (`min_connections`): it reopens one in the background when it retires it.
 pub async fn pool(options: PgConnectOptions) -> anyhow::Result<PgPool> {
-    pool_options()
+    let pool = pool_options()
         .max_connections(POOL_SIZE)
-        .min_connections(0)
+        .min_connections(POOL_SIZE)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await
-        .context("failed to connect to Postgres")
+        .connect_lazy_with(options);
+    drop(
+        pool.acquire()
+            .await
+            .context("failed to connect to Postgres")?,
+    );
+    Ok(pool)
+}
+
+/// Opens every connection `pool` may have, all at once, before the server takes requests.
+///
+/// sqlx opens a connection when an acquire finds none idle, and the acquire then waits for
+/// that connection, within its timeout, even if another is returned meanwhile. Under load the
+/// TLS and SCRAM handshake takes longer than our 0.8 s (sqlx yields to the runtime every five
+/// of SCRAM's 4096 rounds, and every yield waits behind the requests), so a request that had
+/// to open one failed with 503 although the pool was not exhausted. Opened here, a request
+/// only opens one to replace one that broke. Best effort: what cannot be opened now is
+/// opened on first use, as before.
+pub async fn fill(pool: &PgPool) {
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..pool.options().get_max_connections() {
+        let pool = pool.clone();
+        opening.spawn(async move { pool.acquire().await });
+    }
+    // Every connection stays checked out until all are open: a returned one would be handed
+    // to the next acquire instead of a new one being opened.
+    let opened = opening.join_all().await;
+    let failed = opened.iter().filter(|c| c.is_err()).count();
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "some pooled connections could not be opened at start; they open on first use"
+        );
+    }
 }
 
 /// Applies the migrations in `migrations/`. sqlx holds a Postgres advisory lock while it
@@ -143,7 +177,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("failed to apply database migrations")
 }
 
-/// Connects as configured and migrates: what the server and the admin CLI do at start.
+/// Connects as configured and migrates: what the server does at start.
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     let pool = pool(connect_options(config).await?).await?;
     migrate(&pool).await?;
