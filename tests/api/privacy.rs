@@ -1076,7 +1076,7 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
 
     // The servers stop; the backup is restored; the erasure is replayed from the live journal.
     app.shutdown().await;
-    app.platform.pool.close().await;
+    app.platform.close().await;
     let restored = cli(&app, &["db", "restore", file.to_str().unwrap(), "--json"]);
     assert_eq!(restored, json!({"journal_entries": 1, "erased_again": 1}));
     let pool = app.db.pool().await;

@@ -81,6 +81,11 @@ impl Platform {
         })
     }
 
+    /// Closes the request and ingestion pools: every connection they keep open is ended.
+    pub async fn close(&self) {
+        tokio::join!(self.pool.close(), self.ingest_pool.close());
+    }
+
     /// The same platform over `pool`: what the job worker runs with (`db::job_pool`).
     pub fn for_jobs(&self, pool: PgPool) -> Self {
         Self {
