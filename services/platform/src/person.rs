@@ -47,25 +47,17 @@ pub async fn find(
 pub const REQUEST_MAIL_PER_DAY: i32 = 3;
 
 /// Takes one email from the person's daily budget of request-caused mail; `false` once it is
-/// spent. One atomic UPDATE on the person row: concurrent requests, on any replica, queue on
-/// its lock and see each other's counts.
+/// spent. The rule is the database function `take_request_mail` (a statement that decides to
+/// send can call it itself): one atomic UPDATE on the person row, so concurrent requests, on
+/// any replica, queue on its lock and see each other's counts.
 pub async fn take_request_mail(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<bool> {
-    let taken: Option<i32> = sqlx::query_scalar(
-        "UPDATE person
-         SET request_mail_count = CASE WHEN request_mail_day = (now() AT TIME ZONE 'UTC')::date
-                                       THEN request_mail_count + 1 ELSE 1 END,
-             request_mail_day = (now() AT TIME ZONE 'UTC')::date
-         WHERE id = $1
-           AND (request_mail_day IS DISTINCT FROM (now() AT TIME ZONE 'UTC')::date
-                OR request_mail_count < $2)
-         RETURNING request_mail_count",
-    )
-    .bind(person)
-    .bind(REQUEST_MAIL_PER_DAY)
-    .fetch_optional(conn)
-    .await
-    .context("failed to take from a person's mail budget")?;
-    Ok(taken.is_some())
+    let taken: Option<bool> = sqlx::query_scalar("SELECT take_request_mail($1, $2)")
+        .bind(person)
+        .bind(REQUEST_MAIL_PER_DAY)
+        .fetch_one(conn)
+        .await
+        .context("failed to take from a person's mail budget")?;
+    Ok(taken == Some(true))
 }
 
 /// The columns of a `person` row for an address not stored yet: a fresh id, the address's
@@ -161,30 +153,40 @@ pub async fn email(
     keyring: &Keyring,
     id: PersonId,
 ) -> anyhow::Result<Option<EmailAddress>> {
-    let row: Option<(Vec<u8>, Vec<u8>, i32)> =
+    let row: Option<SealedEmail> =
         sqlx::query_as("SELECT email_sealed, data_key, key_version FROM person WHERE id = $1")
             .bind(id)
             .fetch_optional(conn)
             .await
             .context("failed to load a person")?;
-    let Some((sealed, bytes, master_version)) = row else {
-        return Ok(None);
-    };
-    let key = keyring
-        .open_data_key(
-            id.0,
-            &WrappedKey {
-                master_version,
-                bytes,
-            },
-        )
-        .context("failed to unwrap a data key")?;
-    let address = key
-        .open_string(email_field(id), &sealed)
-        .context("failed to open a sealed address")?;
-    Ok(Some(
-        EmailAddress::parse(&address).context("a stored address no longer parses")?,
-    ))
+    row.map(|sealed| sealed.open(keyring, id)).transpose()
+}
+
+/// A person's address as stored (`email_sealed, data_key, key_version`), for a statement that
+/// reads it together with other things; `email` reads it alone.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SealedEmail {
+    pub email_sealed: Vec<u8>,
+    pub data_key: Vec<u8>,
+    pub key_version: i32,
+}
+
+impl SealedEmail {
+    pub fn open(self, keyring: &Keyring, id: PersonId) -> anyhow::Result<EmailAddress> {
+        let key = keyring
+            .open_data_key(
+                id.0,
+                &WrappedKey {
+                    master_version: self.key_version,
+                    bytes: self.data_key,
+                },
+            )
+            .context("failed to unwrap a data key")?;
+        let address = key
+            .open_string(email_field(id), &self.email_sealed)
+            .context("failed to open a sealed address")?;
+        EmailAddress::parse(&address).context("a stored address no longer parses")
+    }
 }
 
 /// What `change_email` did.

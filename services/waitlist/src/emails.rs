@@ -4,13 +4,14 @@
 
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
+use pexper_platform::crypto::random_token;
 use pexper_platform::jobs::{BackgroundJob, Job, JobError};
 use pexper_platform::mail::{self, EmailTemplate};
 use pexper_platform::person::{self, PersonId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::{self, EntryStatus};
+use crate::store::{self, EntryStatus, SignupMailDecision};
 use crate::unsubscribe;
 
 #[derive(Debug, Clone)]
@@ -60,12 +61,10 @@ fn list_unsubscribe(url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// After a signup: a confirmation link for someone not (or no longer) opted in, or a reminder
-/// of their place for someone on the list. At most one email per person per 10 minutes, and
-/// at most `person::REQUEST_MAIL_PER_DAY` a day together with privacy acknowledgements,
-/// whatever the number of signups.
-/// The email a signup asks for: a confirmation link, or (for someone already confirmed) a
-/// reminder of their place. At most one per person per 10 minutes, within the daily budget.
+/// The email a signup asks for: a confirmation link for someone not (or no longer) opted in,
+/// or a reminder of their place for someone on the list. At most one per person per 10
+/// minutes, and at most `person::REQUEST_MAIL_PER_DAY` a day together with privacy
+/// acknowledgements, whatever the number of signups.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignupMail {}
 
@@ -98,64 +97,35 @@ impl BackgroundJob for Welcome {
 
 async fn signup_mail(platform: Platform, job: &Job) -> Result<(), JobError> {
     let person = job.person()?;
-    // Decide and record in one short transaction, committed before sending, so the link works
-    // the moment the email arrives. The row lock serialises concurrent signup jobs for one
-    // person; the job's own retries pass the throttle and do not spend the budget twice.
-    let mut tx = platform.pool.begin().await?;
-    let row: Option<(EntryStatus, bool, bool)> = sqlx::query_as(
-        "SELECT status, subscribed, last_signup_mail_job IS NOT DISTINCT FROM $2
-         FROM waitlist_entry
-         WHERE person_id = $1
-           AND (last_signup_mail_at IS NULL OR last_signup_mail_at < now() - interval '10 minutes'
-                OR last_signup_mail_job = $2)
-         FOR UPDATE",
-    )
-    .bind(person)
-    .bind(job.id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((status, subscribed, retry)) = row else {
-        return Ok(()); // Erased, or mailed within the last 10 minutes.
-    };
-    if !retry && !person::take_request_mail(&mut tx, person).await? {
-        tracing::info!("daily mail budget spent; signup email not sent");
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE waitlist_entry SET last_signup_mail_at = now(), last_signup_mail_job = $2
-         WHERE person_id = $1",
-    )
-    .bind(person)
-    .bind(job.id)
-    .execute(&mut *tx)
-    .await?;
-    let confirm = status == EntryStatus::Pending || !subscribed;
-    let token = if confirm {
-        Some(store::new_token(&mut tx, person).await?)
-    } else {
-        None
-    };
-    let Some(to) = person::email(&mut tx, &platform.keyring, person).await? else {
-        return Ok(());
-    };
-    tx.commit().await?;
-
+    let token = random_token();
     let mut conn = platform.pool.acquire().await?;
-    match token {
-        Some(token) => {
-            let email = ConfirmEmail {
-                confirm_url: format!(
-                    "{}/v1/waitlist/confirm?token={token}",
-                    platform.config.public_url
-                ),
-                unsubscribe_url: unsubscribe::url(&platform, person),
-            };
-            mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
+    let decided = store::decide_signup_mail(&mut conn, person, job.id, &token).await?;
+    let (status, confirm, sealed) = match decided {
+        SignupMailDecision::Send {
+            status,
+            confirm,
+            sealed,
+        } => (status, confirm, sealed),
+        SignupMailDecision::BudgetSpent => {
+            tracing::info!("daily mail budget spent; signup email not sent");
+            return Ok(());
         }
-        None if status == EntryStatus::Confirmed => {
-            welcome_email(&platform, &mut conn, job, person, to).await
-        }
-        None => Ok(()), // Invited already: the invitation said everything.
+        SignupMailDecision::NotDue => return Ok(()), // Erased, or mailed within 10 minutes.
+    };
+    let to = sealed.open(&platform.keyring, person)?;
+    if confirm {
+        let email = ConfirmEmail {
+            confirm_url: format!(
+                "{}/v1/waitlist/confirm?token={token}",
+                platform.config.public_url
+            ),
+            unsubscribe_url: unsubscribe::url(&platform, person),
+        };
+        mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
+    } else if status == EntryStatus::Confirmed {
+        welcome_email(&platform, &mut conn, job, person, to).await
+    } else {
+        Ok(()) // Invited already: the invitation said everything.
     }
 }
 

@@ -79,19 +79,101 @@ pub async fn sign_up(
     .context("failed to record a signup")
 }
 
-/// A new single-use confirmation token; only its hash is stored.
-pub async fn new_token(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<String> {
-    let token = random_token();
-    sqlx::query(
-        "INSERT INTO waitlist_token (token_hash, person_id, expires_at) VALUES ($1, $2, $3)",
+/// What the signup email job is to do.
+#[derive(Debug)]
+pub enum SignupMailDecision {
+    /// Send: a confirmation link (`confirm`, whose token is now stored) or a reminder of the
+    /// place in line; the address as stored.
+    Send {
+        status: EntryStatus,
+        confirm: bool,
+        sealed: person::SealedEmail,
+    },
+    /// Nothing to send: the person is erased, or was mailed within the last 10 minutes.
+    NotDue,
+    /// Due, but the person's daily budget of request-caused mail is spent.
+    BudgetSpent,
+}
+
+/// Decides and records the email a signup asks for, and reads the address, in one statement
+/// (its own transaction, committed before the email is sent, so the link works the moment it
+/// arrives): at most one per person per 10 minutes (the entry's row lock serialises signup
+/// jobs for one person), within the daily budget, which the job's own retries do not spend
+/// twice; `token` is stored when the email is to confirm.
+pub async fn decide_signup_mail(
+    conn: &mut PgConnection,
+    person: PersonId,
+    job: JobId,
+    token: &str,
+) -> anyhow::Result<SignupMailDecision> {
+    #[derive(sqlx::FromRow)]
+    struct Decided {
+        due: bool,
+        status: Option<EntryStatus>,
+        confirm: Option<bool>,
+        email_sealed: Option<Vec<u8>>,
+        data_key: Option<Vec<u8>>,
+        key_version: Option<i32>,
+    }
+    // `sending` is evaluated once (MATERIALIZED), so the budget is taken at most once, and
+    // only for a first attempt (CASE fixes the order: `retry` is read first).
+    let decided: Decided = sqlx::query_as(
+        "WITH entry AS (
+             SELECT status, subscribed, last_signup_mail_job IS NOT DISTINCT FROM $2 AS retry
+             FROM waitlist_entry
+             WHERE person_id = $1
+               AND (last_signup_mail_at IS NULL
+                    OR last_signup_mail_at < now() - interval '10 minutes'
+                    OR last_signup_mail_job = $2)
+             FOR UPDATE
+         ),
+         sending AS MATERIALIZED (
+             SELECT status, status = 'pending' OR NOT subscribed AS confirm
+             FROM entry
+             WHERE CASE WHEN retry THEN true ELSE take_request_mail($1, $3) IS TRUE END
+         ),
+         marked AS (
+             UPDATE waitlist_entry SET last_signup_mail_at = now(), last_signup_mail_job = $2
+             WHERE person_id = $1 AND EXISTS (SELECT 1 FROM sending)
+         ),
+         token AS (
+             INSERT INTO waitlist_token (token_hash, person_id, expires_at)
+             SELECT $4, $1, $5 FROM sending WHERE confirm
+         )
+         SELECT EXISTS (SELECT 1 FROM entry) AS due, s.status, s.confirm,
+                p.email_sealed, p.data_key, p.key_version
+         FROM (VALUES (1)) AS one (row)
+         LEFT JOIN sending s ON true
+         LEFT JOIN person p ON p.id = $1 AND s.status IS NOT NULL",
     )
-    .bind(sha256(token.as_bytes()).as_slice())
     .bind(person)
+    .bind(job)
+    .bind(person::REQUEST_MAIL_PER_DAY)
+    .bind(sha256(token.as_bytes()).as_slice())
     .bind(OffsetDateTime::now_utc() + TOKEN_LIFETIME)
-    .execute(conn)
+    .fetch_one(conn)
     .await
-    .context("failed to store a confirmation token")?;
-    Ok(token)
+    .context("failed to decide a signup email")?;
+    Ok(match decided {
+        Decided {
+            status: Some(status),
+            confirm: Some(confirm),
+            email_sealed: Some(email_sealed),
+            data_key: Some(data_key),
+            key_version: Some(key_version),
+            ..
+        } => SignupMailDecision::Send {
+            status,
+            confirm,
+            sealed: person::SealedEmail {
+                email_sealed,
+                data_key,
+                key_version,
+            },
+        },
+        Decided { due: true, .. } => SignupMailDecision::BudgetSpent,
+        Decided { .. } => SignupMailDecision::NotDue,
+    })
 }
 
 /// Whether a confirmation token is known, unused and not expired. Reads only: the page that
