@@ -145,7 +145,7 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> anyhow::Result<Opt
         "WITH queued AS (
              INSERT INTO job (id, kind, payload, person_id, run_at, max_attempts, dedupe_key)
              VALUES ($1, $2, $3, $4, coalesce($5, now()), $6, $7)
-             ON CONFLICT ON CONSTRAINT job_dedupe_key_key DO NOTHING
+             ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
              RETURNING id, kind
          )
          SELECT id FROM queued, pg_notify($8, queued.kind)",
