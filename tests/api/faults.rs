@@ -476,65 +476,6 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
     pg.stop().await;
 }
 
-/// Holds `LOCK TABLE … IN SHARE MODE` on `table` until dropped (rolled back): writers to it
-/// wait, so a request or a job that writes there stops at that statement, mid-transaction.
-struct TableLock(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
-
-impl TableLock {
-    async fn take(pool: &sqlx::PgPool, table: &str) -> Self {
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "LOCK TABLE {table} IN SHARE MODE"
-        )))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        Self(Some(tx))
-    }
-
-    /// Waits until some other session is waiting for this lock.
-    async fn until_someone_waits(&self, pool: &sqlx::PgPool) {
-        eventually(
-            Duration::from_secs(20),
-            "a writer waiting for the lock",
-            || async {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                )
-                .fetch_one(pool)
-                .await
-                .unwrap();
-                (waiting > 0).then_some(())
-            },
-        )
-        .await;
-    }
-
-    async fn release(mut self) {
-        self.0.take().unwrap().rollback().await.unwrap();
-    }
-
-    /// Ends the sessions waiting for this lock, then releases it: what a killed client's
-    /// statement that is not in a transaction needs. Postgres notices a dead client only at
-    /// its next read, and a statement sent in one pipeline with its `Sync` (a prepared one)
-    /// would still run and commit once the lock is free.
-    async fn release_ending_the_waiters(self, pool: &sqlx::PgPool) {
-        let ended: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND datname = current_database()",
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap();
-        assert!(
-            !ended.is_empty() && ended.iter().all(|&e| e),
-            "the waiters ended"
-        );
-        self.release().await;
-    }
-}
-
 /// What a lapsed lease looks like: the killed worker's jobs become anyone's (the 60 s lease,
 /// run forward).
 async fn leases_lapse(pool: &sqlx::PgPool) {

@@ -684,3 +684,73 @@ async fn one_confirmation_link_pressed_many_times_at_once_confirms_once() {
         .count();
     assert_eq!(welcomes, 1, "one welcome email");
 }
+
+/// The waitlist's routes without its jobs: what a signup wrote stays as it was written.
+struct SignupsOnly;
+
+impl pexper_platform::Service for SignupsOnly {
+    fn name(&self) -> &'static str {
+        "waitlist"
+    }
+
+    fn routes(&self) -> utoipa_axum::router::OpenApiRouter<pexper_platform::Platform> {
+        pexper_platform::Service::routes(&pexper_waitlist::Waitlist)
+    }
+}
+
+/// Signups that arrive while others are being stored go together (`pexper_platform::batch`):
+/// one statement and one commit for many, each signup's person, entry and job in the same
+/// one, and each answered only once it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signups_arriving_together_are_committed_together_each_with_its_job() {
+    let app = spawn_app_with(AppOptions {
+        services: vec![std::sync::Arc::new(SignupsOnly)],
+        ..AppOptions::default()
+    })
+    .await;
+    // The first signups' statements wait for this lock, so the rest arrive while they do.
+    let other = app.db.pool().await;
+    let lock = TableLock::take(&other, "person").await;
+    let sends: Vec<_> = (0..32)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/v1/waitlist"));
+            tokio::spawn(async move {
+                let body = json!({ "email": format!("together{i}@example.com") });
+                client.post(url).json(&body).send().await.unwrap().status()
+            })
+        })
+        .collect();
+    lock.until_someone_waits(&other).await;
+    let foreground = app.platform.foreground.clone();
+    eventually(WAIT, "all 32 signups in flight", || {
+        let in_flight = foreground.in_flight();
+        async move { (in_flight == 32).then_some(()) }
+    })
+    .await;
+    // They are in flight from their first byte; give the last ones time to reach the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count("waitlist_entry").await, 0, "nothing answered yet");
+    lock.release().await;
+    for status in join_all(sends).await {
+        assert_eq!(status, 202);
+    }
+
+    // Answered means stored: every signup is there the moment the last answer is in.
+    assert_eq!(app.count("waitlist_entry").await, 32);
+    let transactions = app
+        .scalar("SELECT count(DISTINCT xmin::text) FROM waitlist_entry")
+        .await;
+    assert!(
+        transactions <= 8,
+        "32 signups in {transactions} transactions"
+    );
+    let with_their_job = app
+        .scalar(
+            "SELECT count(*) FROM waitlist_entry e
+             JOIN person p ON p.id = e.person_id AND p.xmin::text = e.xmin::text
+             JOIN job j ON j.person_id = e.person_id AND j.xmin::text = e.xmin::text
+             WHERE j.kind = 'waitlist.signup_mail'",
+        )
+        .await;
+    assert_eq!(with_their_job, 32);
+}

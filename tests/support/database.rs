@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use pexper_platform::db::managed::{Durability, ManagedPostgres};
 use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::init;
+use crate::{eventually, init};
 
 /// This process's data directory: its cluster lives in `postgres/` under it, so that
 /// `PEXPER_DATA_DIR=<it> pexper-admin db stop` stops the cluster. Under the system temp dir,
@@ -262,5 +263,64 @@ impl std::ops::Deref for Dump {
 
     fn deref(&self) -> &str {
         &self.text
+    }
+}
+
+/// Holds `LOCK TABLE … IN SHARE MODE` on `table` until dropped (rolled back): writers to it
+/// wait, so a request or a job that writes there stops at that statement, mid-transaction.
+pub struct TableLock(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+
+impl TableLock {
+    pub async fn take(pool: &sqlx::PgPool, table: &str) -> Self {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {table} IN SHARE MODE"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        Self(Some(tx))
+    }
+
+    /// Waits until some other session is waiting for this lock.
+    pub async fn until_someone_waits(&self, pool: &sqlx::PgPool) {
+        eventually(
+            Duration::from_secs(20),
+            "a writer waiting for the lock",
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                )
+                .fetch_one(pool)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub async fn release(mut self) {
+        self.0.take().unwrap().rollback().await.unwrap();
+    }
+
+    /// Ends the sessions waiting for this lock, then releases it: what a killed client's
+    /// statement that is not in a transaction needs. Postgres notices a dead client only at
+    /// its next read, and a statement sent in one pipeline with its `Sync` (a prepared one)
+    /// would still run and commit once the lock is free.
+    pub async fn release_ending_the_waiters(self, pool: &sqlx::PgPool) {
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert!(
+            !ended.is_empty() && ended.iter().all(|&e| e),
+            "the waiters ended"
+        );
+        self.release().await;
     }
 }

@@ -27,7 +27,7 @@ pub use bench::{
     DurableCluster, bench_args, bench_exit, benchmarking, block_on, dkim_vars, goal, peak_rss_mb,
     production_vars,
 };
-pub use database::{Dump, TestDatabase, cluster};
+pub use database::{Dump, TableLock, TestDatabase, cluster};
 pub use process::{Replicas, ServerProcess, admin, binary, stderr, stdout};
 pub use smtp::SmtpServer;
 

@@ -553,6 +553,11 @@ impl Foreground {
         InFlight(self.clone())
     }
 
+    /// Requests in flight now (for tests and diagnostics).
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight.load(Ordering::Relaxed)
+    }
+
     /// How many times a job slot has given way so far (for tests and diagnostics).
     pub fn gave_way(&self) -> usize {
         self.0.gave_way.load(Ordering::Relaxed)

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod batch;
 pub mod config;
 pub mod core;
 pub mod crypto;

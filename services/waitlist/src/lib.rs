@@ -37,6 +37,7 @@ impl Service for Waitlist {
     fn routes(&self) -> OpenApiRouter<Platform> {
         OpenApiRouter::new()
             .routes(routes!(signup::signup))
+            .layer(axum::Extension(signup::Signups::default()))
             .routes(routes!(confirm::page, confirm::confirm))
             .routes(routes!(unsubscribe::page, unsubscribe::unsubscribe))
     }

@@ -3,13 +3,18 @@
 //! Every valid address gets the same answer and the same queued work, whether it is new,
 //! pending, confirmed or unsubscribed: the reply never tells anyone whether an address is known.
 
+use std::sync::{Arc, OnceLock};
+
+use axum::Extension;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
+use pexper_platform::batch::Batcher;
 use pexper_platform::http::{ApiError, ApiJson};
 use pexper_platform::jobs::NewJob;
+use pexper_platform::person::{NewPerson, PersonId};
 use serde::{Deserialize, Serialize};
 
 use crate::emails::SignupMail;
@@ -61,6 +66,7 @@ pub struct SignupAccepted {
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn signup(
     State(platform): State<Platform>,
+    Extension(signups): Extension<Signups>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
@@ -123,6 +129,7 @@ pub async fn signup(
     }
     sign_up(
         &platform,
+        &signups,
         &email,
         source.as_ref().map(Slug::as_str),
         referral.as_ref().map(Slug::as_str),
@@ -136,25 +143,46 @@ pub async fn signup(
     Ok(accepted(&platform, is_form))
 }
 
-/// Records a signup and queues its email (one statement, see `store::sign_up`), then wakes
-/// this process's idle workers: the job is written without a `NOTIFY`, which would take
-/// Postgres's global notify lock at every signup's commit.
+/// How many batches of signups are written at once (each holds a pooled connection).
+const SIGNUP_WRITERS: usize = 4;
+/// The most signups one statement writes.
+const SIGNUPS_PER_BATCH: usize = 64;
+
+/// This router's signups, written in batches (`pexper_platform::batch`): signups that arrive
+/// while others are being stored go together in the next statement and commit. The batcher
+/// starts with the first signup, over the pool of the platform it comes with.
+#[derive(Debug, Clone, Default)]
+pub struct Signups(Arc<OnceLock<Batcher<store::Signup, PersonId>>>);
+
+impl Signups {
+    fn batcher(&self, platform: &Platform) -> &Batcher<store::Signup, PersonId> {
+        self.0.get_or_init(|| {
+            let pool = platform.pool.clone();
+            let job = NewJob::new(&SignupMail {});
+            Batcher::new(SIGNUP_WRITERS, SIGNUPS_PER_BATCH, move |batch| {
+                let (pool, job) = (pool.clone(), job.clone());
+                async move { store::sign_up(&pool, batch, &job).await }
+            })
+        })
+    }
+}
+
+/// Records a signup and queues its email (one statement with the signups around it, see
+/// `store::sign_up`), then wakes this process's idle workers: the job is written without a
+/// `NOTIFY`, which would take Postgres's global notify lock at every signup's commit.
 async fn sign_up(
     platform: &Platform,
+    signups: &Signups,
     email: &EmailAddress,
     source: Option<&str>,
     referral: Option<&str>,
 ) -> anyhow::Result<()> {
-    let job = NewJob::new(&SignupMail {});
-    store::sign_up(
-        &platform.pool,
-        &platform.keyring,
-        email,
-        source,
-        referral,
-        &job,
-    )
-    .await?;
+    let signup = store::Signup {
+        person: NewPerson::new(&platform.keyring, email),
+        source: source.map(str::to_owned),
+        referral: referral.map(str::to_owned),
+    };
+    signups.batcher(platform).write(signup).await?;
     platform.job_wake.committed();
     Ok(())
 }

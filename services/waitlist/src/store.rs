@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use pexper_platform::address::EmailAddress;
 use pexper_platform::crypto::{Keyring, random_token, sha256};
 use pexper_platform::jobs::{JobId, NewJob};
 use pexper_platform::person::{self, PersonId};
@@ -27,56 +26,122 @@ pexper_platform::text_enum!(
 /// Confirmation links work for seven days.
 pub const TOKEN_LIFETIME: time::Duration = time::Duration::days(7);
 
-/// Records a signup (a person and a pending entry, unless they exist) and queues `job` for
-/// its person, in one statement: one round trip, and one transaction of its own, so the job
-/// exists if and only if the signup was stored. The same statement runs for every address,
-/// known or not.
+/// One signup to record: the person it names (stored unless the address is known), where the
+/// form sits, and the referral code it came with.
+#[derive(Debug)]
+pub struct Signup {
+    pub person: person::NewPerson,
+    pub source: Option<String>,
+    pub referral: Option<String>,
+}
+
+/// Records signups (for each a person and a pending entry, unless they exist) and queues
+/// `job` for each, in one statement: one round trip, and one transaction, for a whole batch
+/// (`signup::Signups` gathers them), so every job exists if and only if its signup was
+/// stored. The same statement runs for every address, known or not. Returns each signup's
+/// person, in order.
 ///
 /// A known address's `person` row takes a no-op update (`DO UPDATE`, not `DO NOTHING`) so
 /// that the statement sees it even when another transaction inserted it after this one's
-/// snapshot: the update waits for that row and returns it.
+/// snapshot: the update waits for that row and returns it. Rows are written in the order of
+/// their keys, so two batches that share addresses wait for each other instead of deadlocking,
+/// and an address twice in one batch is written once (a row cannot be updated twice in one
+/// statement).
 pub async fn sign_up(
     pool: &PgPool,
-    keyring: &Keyring,
-    email: &EmailAddress,
-    source: Option<&str>,
-    referral: Option<&str>,
+    signups: Vec<Signup>,
     job: &NewJob,
-) -> anyhow::Result<PersonId> {
-    let new = person::NewPerson::new(keyring, email);
-    sqlx::query_scalar(
-        "WITH signed_up AS (
+) -> anyhow::Result<Vec<PersonId>> {
+    // One person per address, in key order; one job per signup.
+    let mut people: BTreeMap<Vec<u8>, Signup> = BTreeMap::new();
+    let mut jobs = Vec::with_capacity(signups.len());
+    for signup in signups {
+        jobs.push((Uuid::now_v7(), signup.person.email_index.clone()));
+        people
+            .entry(signup.person.email_index.clone())
+            .or_insert(signup);
+    }
+    let mut columns = PeopleColumns::default();
+    for signup in people.into_values() {
+        columns.push(signup);
+    }
+    let (job_ids, job_keys): (Vec<Uuid>, Vec<Vec<u8>>) = jobs.iter().cloned().unzip();
+    let stored: Vec<(Vec<u8>, PersonId)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::int4[],
+                                  $6::text[], $7::text[])
+                 AS i (id, email_index, email_sealed, data_key, key_version, source, referral)
+         ), signed_up AS (
              INSERT INTO person (id, email_index, email_sealed, data_key, key_version)
-             VALUES ($1, $2, $3, $4, $5)
+             SELECT id, email_index, email_sealed, data_key, key_version FROM input
+             ORDER BY email_index
              ON CONFLICT ON CONSTRAINT person_email_index_key
              DO UPDATE SET email_index = EXCLUDED.email_index
-             RETURNING id
+             RETURNING id, email_index
          ), entry AS (
              INSERT INTO waitlist_entry (person_id, source, referred_by)
-             SELECT id, $6, (SELECT person_id FROM waitlist_entry
-                             WHERE referral_code = $7 AND person_id <> signed_up.id)
-             FROM signed_up
+             SELECT s.id, i.source, (SELECT e.person_id FROM waitlist_entry e
+                                     WHERE e.referral_code = i.referral AND e.person_id <> s.id)
+             FROM signed_up s JOIN input i USING (email_index)
+             ORDER BY s.id
              ON CONFLICT (person_id) DO NOTHING
          ), queued AS (
              INSERT INTO job (id, kind, payload, person_id, max_attempts)
-             SELECT $8, $9, $10, id, $11 FROM signed_up
+             SELECT q.id, $10, $11, s.id, $12
+             FROM unnest($8::uuid[], $9::bytea[]) AS q (id, email_index)
+             JOIN signed_up s USING (email_index)
          )
-         SELECT id FROM signed_up",
+         SELECT email_index, id FROM signed_up",
     )
-    .bind(new.id)
-    .bind(new.email_index)
-    .bind(new.email_sealed)
-    .bind(new.data_key)
-    .bind(new.key_version)
-    .bind(source)
-    .bind(referral)
-    .bind(JobId(Uuid::now_v7()))
+    .bind(columns.id)
+    .bind(columns.email_index)
+    .bind(columns.email_sealed)
+    .bind(columns.data_key)
+    .bind(columns.key_version)
+    .bind(columns.source)
+    .bind(columns.referral)
+    .bind(job_ids)
+    .bind(job_keys)
     .bind(job.kind())
     .bind(job.payload())
     .bind(job.attempts_allowed())
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await
-    .context("failed to record a signup")
+    .context("failed to record signups")?;
+    let stored: BTreeMap<Vec<u8>, PersonId> = stored.into_iter().collect();
+    jobs.iter()
+        .map(|(_, key)| {
+            stored
+                .get(key)
+                .copied()
+                .context("a signup's person was not returned")
+        })
+        .collect()
+}
+
+/// The people of a batch of signups as one array per column (`unnest` in `sign_up`).
+#[derive(Default)]
+struct PeopleColumns {
+    id: Vec<Uuid>,
+    email_index: Vec<Vec<u8>>,
+    email_sealed: Vec<Vec<u8>>,
+    data_key: Vec<Vec<u8>>,
+    key_version: Vec<i32>,
+    source: Vec<Option<String>>,
+    referral: Vec<Option<String>>,
+}
+
+impl PeopleColumns {
+    fn push(&mut self, signup: Signup) {
+        let person = signup.person;
+        self.id.push(person.id.0);
+        self.email_index.push(person.email_index);
+        self.email_sealed.push(person.email_sealed);
+        self.data_key.push(person.data_key);
+        self.key_version.push(person.key_version);
+        self.source.push(signup.source);
+        self.referral.push(signup.referral);
+    }
 }
 
 /// What the signup email job is to do.
