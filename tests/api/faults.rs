@@ -629,6 +629,16 @@ async fn sigkill_in_the_middle_of_work_redoes_it_once_one_licence_one_erasure_on
         (mails_to(&replicas, "patient@").len() == 1).then_some(())
     })
     .await;
+    // Arrived is not yet recorded: step 4's lock must not catch this send in that window.
+    eventually(
+        Duration::from_secs(20),
+        "the confirmation's job done",
+        || async {
+            let left = count("SELECT count(*) FROM job WHERE kind = 'waitlist.signup_mail'").await;
+            (left == 0).then_some(())
+        },
+    )
+    .await;
 
     // 4. SMTP's own limit: killed after the relay said 250 and before the send was recorded,
     //    the job cannot know the message left, and the next attempt sends it again — the same
