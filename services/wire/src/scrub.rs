@@ -62,7 +62,7 @@ fn if_parses<T: std::str::FromStr>(candidate: &str, matched: &str, placeholder: 
 }
 
 /// Secrets and personal data, in order: tokens first (they can contain anything), then
-/// credentials and addresses, then numbers.
+/// credentials and addresses, provider keys, then numbers.
 static PERSONAL: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     vec![
         rule(
@@ -72,10 +72,6 @@ static PERSONAL: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         rule(
             r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}",
             By(|c, _| format!("{} [key]", &c[1])),
-        ),
-        rule(
-            r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{8,}|\bAKIA[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_-]{30,}|\bgh[pousr]_[A-Za-z0-9]{20,}|\bxox[abprs]-[A-Za-z0-9-]{10,}",
-            With("[key]"),
         ),
         rule(
             r"(?i)\b(api[_-]?key|secret|password|passwd|token)\s*[=:]\s*\S+",
@@ -92,6 +88,12 @@ static PERSONAL: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         rule(
             r#"[^\s<>()\[\],;:@"']+@(?:[\w-]+\.)+[^\W\d_]{2,}"#,
             With("[email]"),
+        ),
+        // Provider keys by their prefix: after addresses, or a domain label such as
+        // `rk-00000-a` would be taken for one and the address around it left with its `@`.
+        rule(
+            r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{8,}|\bAKIA[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_-]{30,}|\bgh[pousr]_[A-Za-z0-9]{20,}|\bxox[abprs]-[A-Za-z0-9-]{10,}",
+            With("[key]"),
         ),
         // Anything with two colons among hex digits, not glued to a word, is a candidate;
         // `Ipv6Addr` decides, so `std::io` and `a::b::c` stay. Before IPv4, which would
@@ -213,6 +215,8 @@ mod tests {
         let cases = [
             ("mail alice@example.com now", "mail [email] now"),
             ("mail <josé.ñ@exämple.com>", "mail <[email]>"),
+            // A domain label that looks like a provider key (proptest found it).
+            ("mail a@rk-00000-a-.aa now", "mail [email] now"),
             ("from 203.0.113.77:443", "from [ip]:443"),
             ("peer 2001:db8::8a2e:370:7334 left", "peer [ip] left"),
             ("peer fe80::1%eth0 left", "peer [ip] left"),
