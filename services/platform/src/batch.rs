@@ -89,19 +89,18 @@ async fn dispatch<I, O, W, F>(
             let (items, answers): (Vec<I>, Vec<_>) =
                 batch.into_iter().map(|p| (p.item, p.answer)).unzip();
             let count = items.len();
-            match write(items).await {
-                Ok(outputs) if outputs.len() == count => {
+            let stored = write(items).await.and_then(|outputs| {
+                anyhow::ensure!(
+                    outputs.len() == count,
+                    "a batch of {count} writes returned {} results",
+                    outputs.len()
+                );
+                Ok(outputs)
+            });
+            match stored {
+                Ok(outputs) => {
                     for (answer, output) in answers.into_iter().zip(outputs) {
                         let _ = answer.send(Ok(output));
-                    }
-                }
-                Ok(outputs) => {
-                    let error = Arc::new(anyhow::anyhow!(
-                        "a batch of {count} writes returned {} results",
-                        outputs.len()
-                    ));
-                    for answer in answers {
-                        let _ = answer.send(Err(error.clone()));
                     }
                 }
                 Err(error) => {
