@@ -174,8 +174,82 @@ async fn a_job_survives_a_killed_worker() {
     assert_eq!(runs.0.lock().unwrap().len(), 1);
 }
 
-/// A one-task worker whose jobs count their starts in `started`, then wait for `release` and
-/// answer `outcome`.
+#[tokio::test]
+async fn idle_slots_claim_together_in_one_statement() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, 8).await;
+    // The first claim waits for this lock, so the other seven idle slots ask while it does.
+    let lock = TableLock::take(&pool, "job").await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let worker = GatedWorker::with_slots(
+        db.pool().await,
+        Duration::from_secs(60),
+        8,
+        started.clone(),
+        || Ok(()),
+    );
+    lock.until_someone_waits(&pool).await;
+    lock.release().await;
+    worker.started(8, "all eight jobs to start").await;
+    // A row's `xmin` is the transaction that last wrote it: here, the claim.
+    let claims: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM job WHERE status = 'running'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        claims <= 2,
+        "eight idle slots claimed in {claims} statements: the one that waited, then the rest together"
+    );
+    worker.kill().await;
+}
+
+#[tokio::test]
+async fn a_claim_reads_a_few_pages_however_long_the_queue_and_however_stale_its_statistics() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    // A burst of 100,000 jobs into a queue that was never analyzed: the planner's statistics
+    // say nothing of them. (Unpinned, it sorted them all to claim eight, 50 ms a claim.)
+    sqlx::query(
+        "INSERT INTO job (id, kind, run_at)
+         SELECT gen_random_uuid(), 'test.job', now() - interval '1 minute' + g * interval '1 ms'
+         FROM generate_series(1, 100000) AS g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut pages = Vec::new();
+    // Twice on one connection: the first call also reads the catalog to plan.
+    for _ in 0..2 {
+        let plan: Value = sqlx::query_scalar(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+             SELECT * FROM claim_jobs(ARRAY['test.job'], interval '1 minute', 8)",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let top = &plan[0]["Plan"];
+        assert_eq!(top["Actual Rows"], 8, "eight jobs claimed: {plan}");
+        assert_eq!(
+            top["Temp Written Blocks"], 0,
+            "nothing spilled to disk: {plan}"
+        );
+        pages.push(
+            top["Shared Hit Blocks"].as_i64().unwrap()
+                + top["Shared Read Blocks"].as_i64().unwrap(),
+        );
+    }
+    // The queue fills about 1,600 pages, which the unpinned plan read (and sorted, on disk);
+    // the claim walks the index from its start and stops after eight.
+    assert!(pages[1] < 400, "a claim read {pages:?} pages");
+}
+
+/// A worker (one slot unless said) whose jobs count their starts in `started`, then wait for
+/// `release` and answer `outcome`.
 struct GatedWorker {
     started: Arc<AtomicUsize>,
     release: Arc<tokio::sync::Notify>,
@@ -190,6 +264,16 @@ impl GatedWorker {
         started: Arc<AtomicUsize>,
         outcome: fn() -> Result<(), JobError>,
     ) -> Self {
+        Self::with_slots(pool, lease, 1, started, outcome)
+    }
+
+    fn with_slots(
+        pool: sqlx::PgPool,
+        lease: Duration,
+        slots: usize,
+        started: Arc<AtomicUsize>,
+        outcome: fn() -> Result<(), JobError>,
+    ) -> Self {
         let release = Arc::new(tokio::sync::Notify::new());
         let behaviour = Behaviour::Gated {
             started: started.clone(),
@@ -198,7 +282,7 @@ impl GatedWorker {
         };
         let (stop, shutdown) = watch::channel(false);
         let worker = Worker::new(pool, behaviour)
-            .concurrency(1)
+            .concurrency(slots)
             .lease(lease)
             .poll_interval(Duration::from_millis(20))
             .register::<TestJob>();
@@ -498,7 +582,7 @@ async fn an_enqueue_wakes_the_workers_on_commit_and_a_deduplicated_one_does_not(
 }
 
 #[tokio::test]
-async fn while_requests_are_in_flight_four_jobs_run_and_the_rest_follow_when_they_end() {
+async fn while_requests_are_in_flight_one_job_runs_and_the_rest_follow_when_they_end() {
     init();
     let db = TestDatabase::new().await;
     let pool = db.pool().await;
@@ -522,22 +606,22 @@ async fn while_requests_are_in_flight_four_jobs_run_and_the_rest_follow_when_the
     let task = tokio::spawn(worker.run(shutdown));
     enqueue_n(&pool, 8).await;
 
-    // Four slots take jobs; the other four have looked at least three times each and waited.
+    // One slot takes a job; the other seven have looked at least three times each and waited.
     eventually(
         Duration::from_secs(10),
-        "four jobs started, the rest giving way",
+        "one job started, the rest giving way",
         || async {
-            (started.load(Ordering::SeqCst) == 4 && foreground.gave_way() >= 12).then_some(())
+            (started.load(Ordering::SeqCst) == 1 && foreground.gave_way() >= 21).then_some(())
         },
     )
     .await;
     assert_eq!(
         started.load(Ordering::SeqCst),
-        4,
-        "no fifth job while people wait"
+        1,
+        "no second job while people wait"
     );
 
-    // The requests end: the other four slots take the rest at once.
+    // The requests end: the other seven slots take the rest at once.
     drop(requests);
     eventually(
         Duration::from_secs(10),

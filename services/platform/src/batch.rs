@@ -1,4 +1,5 @@
-//! Group commit: concurrent requests' writes of one kind, stored by one statement.
+//! Group commit: concurrent requests' writes of one kind, stored by one statement (signups;
+//! also the job worker's claims, one per idle slot).
 //!
 //! Postgres spends most of a small write on the statement and the commit around it (parse,
 //! plan, locks, snapshot, the WAL flush), not on the rows: on a 2-core machine a signup
