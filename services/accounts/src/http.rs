@@ -100,8 +100,9 @@ fn refused_origin(platform: &Platform, headers: &HeaderMap) -> Option<Response> 
 pub struct NewAccount {
     #[schema(format = Email, max_length = 254)]
     email: String,
-    /// 12 to 128 characters, anything (NFKC-normalised); common or easily guessed passwords
-    /// are refused with advice.
+    /// 12 to 128 characters of anything, counted as typed and again once NFKC-normalised
+    /// (which turns a few characters into two, or two into one); common or easily guessed
+    /// passwords are refused with advice.
     #[schema(min_length = 12, max_length = 128)]
     password: String,
 }
@@ -600,7 +601,8 @@ pub async fn reset_page(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewPasswordForm {
-    /// 12 to 128 characters; common or easily guessed passwords are refused with advice.
+    /// 12 to 128 characters of anything, counted as typed and again once NFKC-normalised;
+    /// common or easily guessed passwords are refused with advice.
     #[schema(min_length = 12, max_length = 128)]
     password: String,
 }

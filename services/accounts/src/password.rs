@@ -42,18 +42,21 @@ impl std::fmt::Debug for Password {
 
 impl Password {
     /// A password given to sign in: normalised, but not judged (a password set under older
-    /// rules must still work). Over-long ones are refused before any hashing.
+    /// rules must still work). Over-long ones, as typed or once normalised, are refused
+    /// before any hashing.
     pub fn given(raw: &str) -> Option<Self> {
         let normalised: Zeroizing<String> = Zeroizing::new(raw.nfkc().collect());
-        (normalised.chars().count() <= MAX_CHARS).then_some(Self(normalised))
+        (raw.chars().count() <= MAX_CHARS && normalised.chars().count() <= MAX_CHARS)
+            .then_some(Self(normalised))
     }
 
     /// A new password, judged: long enough, not too long, and not guessable — from common
     /// passwords, keyboard patterns, dates, or the person's own address (`context`).
     pub fn new(raw: &str, context: &[&str]) -> Result<Self, Weak> {
         let password = Self::given(raw).ok_or(Weak::TooLong)?;
-        let chars = password.0.chars().count();
-        if chars < MIN_CHARS {
+        // Counted as typed (what `/openapi.json` states) and once normalised: NFKC turns
+        // some characters into two ("´" is a space and a combining accent).
+        if raw.chars().count() < MIN_CHARS || password.0.chars().count() < MIN_CHARS {
             return Err(Weak::TooShort);
         }
         let mut inputs = vec!["pexper", "pexper.com"];
@@ -293,6 +296,21 @@ mod tests {
         // 128 characters exactly, of one long sentence.
         let long: String = "a quiet river bends past seven old mills ".repeat(4)[..128].to_owned();
         assert!(Password::new(&long, &[]).is_ok());
+    }
+
+    #[test]
+    fn the_length_counts_the_characters_as_typed_and_as_normalised() {
+        // Eleven characters as typed, twelve once NFKC splits "´" (the fuzzer's find).
+        let typed = "ce\u{f5}\u{a9}\u{b4}\u{1c}\u{8168a}U\u{d5}\u{f8}\u{99}";
+        assert_eq!(typed.chars().count(), 11);
+        assert_eq!(Password::new(typed, &[]).map(|_| ()), Err(Weak::TooShort));
+        // And the other way: twelve as typed, eleven once "o" and its accent are one.
+        let composed = "bright lo\u{308}ve";
+        assert_eq!(composed.chars().count(), 12);
+        assert_eq!(
+            Password::new(composed, &[]).map(|_| ()),
+            Err(Weak::TooShort)
+        );
     }
 
     #[test]
