@@ -221,8 +221,8 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
     let dir = tempdir::TempDir::new();
     let script = dir.path().join("one-insert.sql");
     std::fs::write(&script, "INSERT INTO bench_one_insert (v) VALUES (1);\n").unwrap();
-    // A fresh cluster's first seconds are slower (it is still creating its WAL files): warm
-    // it before measuring anything. Measured cold, pgbench's rate varied from 11,000 to 17,000.
+    // Warm the fresh cluster before measuring anything: measured cold, at the start of the
+    // run, pgbench's rate at 32 connections varied from 11,000 to 17,000 between runs.
     pgbench(&ceiling_url, 32, seconds.min(5), &script);
 
     let dkim = dkim_vars();
