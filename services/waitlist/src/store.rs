@@ -54,9 +54,10 @@ pub async fn sign_up(
 ) -> anyhow::Result<Vec<PersonId>> {
     // One person per address, in key order; one job per signup.
     let mut people: BTreeMap<Vec<u8>, Signup> = BTreeMap::new();
-    let mut jobs = Vec::with_capacity(signups.len());
+    let job_ids: Vec<Uuid> = signups.iter().map(|_| Uuid::now_v7()).collect();
+    let mut job_keys = Vec::with_capacity(signups.len());
     for signup in signups {
-        jobs.push((Uuid::now_v7(), signup.person.email_index.clone()));
+        job_keys.push(signup.person.email_index.clone());
         people
             .entry(signup.person.email_index.clone())
             .or_insert(signup);
@@ -65,7 +66,6 @@ pub async fn sign_up(
     for signup in people.into_values() {
         columns.push(signup);
     }
-    let (job_ids, job_keys): (Vec<Uuid>, Vec<Vec<u8>>) = jobs.iter().cloned().unzip();
     let stored: Vec<(Vec<u8>, PersonId)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::int4[],
@@ -101,7 +101,7 @@ pub async fn sign_up(
     .bind(columns.source)
     .bind(columns.referral)
     .bind(job_ids)
-    .bind(job_keys)
+    .bind(&job_keys)
     .bind(job.kind())
     .bind(job.payload())
     .bind(job.attempts_allowed())
@@ -109,8 +109,9 @@ pub async fn sign_up(
     .await
     .context("failed to record signups")?;
     let stored: BTreeMap<Vec<u8>, PersonId> = stored.into_iter().collect();
-    jobs.iter()
-        .map(|(_, key)| {
+    job_keys
+        .iter()
+        .map(|key| {
             stored
                 .get(key)
                 .copied()
