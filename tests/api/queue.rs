@@ -11,6 +11,7 @@ use pexper_platform::state::{Platform, Service};
 use pexper_tests::*;
 use serde_json::Value;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 /// The queue tests' job: what it does is its worker's `Behaviour`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -238,14 +239,38 @@ async fn a_claim_reads_a_few_pages_however_long_the_queue_and_however_stale_its_
             top["Temp Written Blocks"], 0,
             "nothing spilled to disk: {plan}"
         );
-        pages.push(
-            top["Shared Hit Blocks"].as_i64().unwrap()
-                + top["Shared Read Blocks"].as_i64().unwrap(),
-        );
+        // The claimed eight, finished as the worker's finisher deletes them.
+        let claimed: Vec<(Uuid, i32)> =
+            sqlx::query_as("SELECT id, attempts FROM job WHERE status = 'running'")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        let (ids, attempts): (Vec<Uuid>, Vec<i32>) = claimed.into_iter().unzip();
+        let finish: Value = sqlx::query_scalar(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT finish_jobs($1, $2)",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let read = |plan: &Value| {
+            let top = &plan[0]["Plan"];
+            top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+        };
+        pages.push((read(&plan), read(&finish)));
     }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM job")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 100_000 - 16, "each claimed job deleted once finished");
     // The queue fills about 1,600 pages, which the unpinned plan read (and sorted, on disk);
-    // the claim walks the index from its start and stops after eight.
-    assert!(pages[1] < 400, "a claim read {pages:?} pages");
+    // the claim walks the index from its start and stops after eight, and the delete looks
+    // up each of the eight by its key.
+    let (claim, finish) = pages[1];
+    assert!(claim < 400, "a claim read {pages:?} pages");
+    assert!(finish < 100, "a delete of eight read {pages:?} pages");
 }
 
 /// A worker (one slot unless said) whose jobs count their starts in `started`, then wait for

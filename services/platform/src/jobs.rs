@@ -358,19 +358,17 @@ async fn renew(pool: &PgPool, job: &Job, lease: Duration) -> anyhow::Result<bool
 
 /// Deletes finished jobs, each only if still at the attempt that finished it.
 async fn finish(pool: &PgPool, jobs: &[(JobId, i32)]) -> anyhow::Result<()> {
-    sqlx::query(
-        "DELETE FROM job USING unnest($1::uuid[], $2::int[]) AS done (id, attempts)
-         WHERE job.id = done.id AND job.attempts = done.attempts",
-    )
-    .bind(jobs.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
-    .bind(
-        jobs.iter()
-            .map(|(_, attempts)| *attempts)
-            .collect::<Vec<i32>>(),
-    )
-    .execute(pool)
-    .await
-    .context("failed to delete finished jobs")?;
+    // A function, as the claim is, to plan once with its plan pinned (migration 17).
+    sqlx::query("SELECT finish_jobs($1, $2)")
+        .bind(jobs.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
+        .bind(
+            jobs.iter()
+                .map(|(_, attempts)| *attempts)
+                .collect::<Vec<i32>>(),
+        )
+        .execute(pool)
+        .await
+        .context("failed to delete finished jobs")?;
     Ok(())
 }
 
