@@ -208,7 +208,8 @@ async fn idle_slots_claim_together_in_one_statement() {
 }
 
 #[tokio::test]
-async fn a_claim_reads_a_few_pages_however_long_the_queue_and_however_stale_its_statistics() {
+async fn a_claim_and_a_delete_read_a_few_pages_however_long_the_queue_and_however_stale_its_statistics()
+ {
     init();
     let db = TestDatabase::new().await;
     let pool = db.pool().await;
