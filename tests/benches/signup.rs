@@ -256,6 +256,11 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
     // Warm the fresh cluster before measuring anything: measured cold, at the start of the
     // run, pgbench's rate at 32 connections varied from 11,000 to 17,000 between runs.
     pgbench(&ceiling_url, 32, seconds.min(5), &script);
+    // Each build starts from the same state: checkpointed, and without the last build's
+    // database (dropped once its server stops), so no checkpoint or vacuum of its rows can
+    // run during this build's measurements. (Beside the first build's leftovers, the second
+    // build's launch once had a signup p99 of 636 ms; run alone, 13 ms.)
+    sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
 
     let dkim = dkim_vars();
     let mut signups = vec![
@@ -289,11 +294,6 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
         let production = production_vars();
         vars.extend(production.iter().map(|(k, v)| (*k, v.as_str())));
         vars.extend(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        // Each build starts from the same state: the last build's database is gone (dropped
-        // below) and its dirty pages are written out, so no checkpoint or vacuum of its rows
-        // can run during this build's measurements. (Beside the first build's leftovers, the
-        // second build's launch once had a signup p99 of 636 ms; run alone, 13 ms.)
-        sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
         // The ceiling, measured for each build on the idle cluster just before its server
         // starts and again once it has stopped (beside a server draining its backlog of
         // email pgbench measured half as much; on the idle cluster, minutes apart, it moved

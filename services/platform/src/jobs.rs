@@ -330,7 +330,8 @@ pub async fn claim(
 ) -> anyhow::Result<Vec<Job>> {
     // The statement is a function (migration `…_claim_function.sql`) so that its plan can be
     // pinned: the right one is the same at every size of queue, and the planner picked a
-    // worse one whenever its statistics were stale.
+    // worse one whenever its statistics were stale. It is made once per connection
+    // (migration `…_generic_queue_plans.sql`).
     sqlx::query_as(
         "SELECT id, kind, payload, attempts, max_attempts, person_id
          FROM claim_jobs($1, $2, $3)",
