@@ -247,6 +247,41 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
         assert_eq!(res.status(), 200, "{probe} {path}");
     }
     assert_eq!(server["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+    // The edge keeps no access log (request lines carry emailed tokens, log lines the
+    // client's address), and routes every public path of the server's own document but not
+    // the probes.
+    let ingress = find(&docs, "Ingress", "pexper-server");
+    assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/enable-access-log"],
+        "false"
+    );
+    let prefixes: Vec<&str> = ingress["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["pathType"], "Prefix");
+            p["path"].as_str().unwrap()
+        })
+        .collect();
+    // A `Prefix` path matches whole path elements: `/v1` matches `/v1/waitlist`, not `/v10`.
+    let routed = |path: &str| {
+        prefixes.iter().any(|prefix| {
+            path == *prefix || path.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
+        })
+    };
+    let document: Value = reqwest::get(format!("{}/openapi.json", running.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in document["paths"].as_object().unwrap().keys() {
+        let probe = path == "/healthz" || path == "/readyz";
+        assert_eq!(routed(path), !probe, "{path} routed by the Ingress");
+    }
+    assert!(routed("/openapi.json"));
     running.stop().await;
     let port = server["ports"][0]["containerPort"].as_u64().unwrap();
     assert!(

@@ -817,14 +817,19 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
     let res = app
         .client
         .post(app.url("/v1/accounts"))
-        .json(&json!({"email": email, "password": password}))
+        .json(&json!({"email": email}))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
     let verify = mail_to(&app, email, "open your Pexper account").await;
     let url = verify.link(&app.url("/v1/accounts/verify?token="));
-    assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        choose_password(&app.client, &url, &app.address, password)
+            .await
+            .status(),
+        200
+    );
     let res = app
         .client
         .post(app.url("/v1/sessions"))
@@ -834,8 +839,8 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
         .unwrap();
     assert_eq!(res.status(), 201);
     sqlx::query(
-        "INSERT INTO account_signup (id, person_id, password_hash, expires_at)
-         SELECT gen_random_uuid(), person_id, password_hash, now() + interval '1 day' FROM account",
+        "INSERT INTO account_signup (id, person_id, expires_at)
+         SELECT gen_random_uuid(), person_id, now() + interval '1 day' FROM account",
     )
     .execute(&app.platform.pool)
     .await

@@ -567,6 +567,103 @@ async fn bounces_and_complaints_suppress_what_they_should_and_a_second_read_chan
     assert_eq!(asked, vec!["<complains@example.net>"]);
 }
 
+#[tokio::test]
+async fn a_forged_bounce_report_silences_nobody_and_an_operator_can_lift_a_real_one() {
+    let app = spawn_app().await;
+    for who in ["stranger", "victim"] {
+        join(&app, &format!("{who}@example.net"), json!({})).await;
+    }
+    app.smtp.wait_for(4, WAIT).await;
+    app.queue_drained().await;
+    let last_to = |who: &str| {
+        app.smtp
+            .received()
+            .into_iter()
+            .rev()
+            .find(|m| m.to.contains(&format!("<{who}@example.net>")))
+            .unwrap()
+    };
+    let dir = tempdir::TempDir::new();
+    let mbox = dir.path().join("bounces.mbox");
+    let read = |reports: &[String]| {
+        let separator = "From MAILER-DAEMON Mon Nov 30 12:00:00 2026\n";
+        let text: String = reports
+            .iter()
+            .map(|r| format!("{separator}{}\n", r.replace("\r\n", "\n")))
+            .collect();
+        std::fs::write(&mbox, text).unwrap();
+        let out = admin(
+            &app.cli_vars(),
+            &["mail", "bounces", mbox.to_str().unwrap(), "--json"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    // Anyone can write to the bounce address: a report about a message we never sent, naming
+    // the victim, and one about the stranger's own message that names the victim instead.
+    let never_sent = format!(
+        "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces+{job}@pexper.com\r\n\
+         Message-ID: <forged-1@mx.example.net>\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"r\"\r\n\r\n\
+         --r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+         Final-Recipient: rfc822; victim@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--r--\r\n",
+        job = uuid::Uuid::now_v7()
+    );
+    let forged = [
+        never_sent,
+        dsn(&last_to("stranger"), Some("victim@example.net"), "5.1.1"),
+    ];
+    assert_eq!(
+        read(&forged),
+        json!({"messages": 2, "not_reports": 0, "already_seen": 0, "unmatched": 2,
+               "hard_bounces": 0, "soft_bounces": 0, "complaints": 0})
+    );
+    assert_eq!(app.count("email_suppression").await, 0);
+
+    // A real bounce of the victim's message stops their mail; the operator can lift it,
+    // saying why, and the audit trail records it (without the address).
+    let real = [dsn(&last_to("victim"), Some("victim@example.net"), "5.1.1")];
+    assert_eq!(read(&real)["hard_bounces"], 1);
+    assert_eq!(app.count("email_suppression").await, 1);
+    let unsuppress = |email: &str| {
+        let out = admin(
+            &app.cli_vars(),
+            &[
+                "mail",
+                "unsuppress",
+                "--email",
+                email,
+                "--reason",
+                "the mailbox works again",
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    assert_eq!(
+        unsuppress("victim@example.net"),
+        json!({"unsuppressed": true, "was": "bounced"})
+    );
+    assert_eq!(app.count("email_suppression").await, 0);
+    assert_eq!(
+        unsuppress("victim@example.net"),
+        json!({"unsuppressed": false, "was": null})
+    );
+    let audit: Vec<(String, String)> =
+        sqlx::query_as("SELECT event, detail FROM privacy_audit ORDER BY seq")
+            .fetch_all(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].0, "address_unsuppressed");
+    assert!(
+        audit[0].1.contains("bounced") && audit[0].1.contains("the mailbox works again"),
+        "{audit:?}"
+    );
+    assert!(!audit[0].1.contains("victim"));
+}
+
 /// `mail broadcast` of a product update with this subject (and the body "News."), as the
 /// operator runs it; its JSON. Another subject is another broadcast.
 pub(crate) fn broadcast(

@@ -154,3 +154,67 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
             .all(|r| r["last_run_at"].is_string())
     );
 }
+
+#[tokio::test]
+async fn the_sweep_of_unlinked_people_never_erases_what_arrives_for_them_while_it_runs() {
+    let app = spawn_app().await;
+    let email = "returning@example.net";
+    // Someone we hold nothing for any more, for long enough to be erased.
+    let person = {
+        let mut conn = app.platform.pool.acquire().await.unwrap();
+        person::find_or_create(
+            &mut conn,
+            &app.platform.keyring,
+            &EmailAddress::parse(email).unwrap(),
+        )
+        .await
+        .unwrap()
+    };
+    exec(
+        &app,
+        &format!("UPDATE person SET created_at = now() - interval '2 days' WHERE id = '{person}'"),
+    )
+    .await;
+    // The sweep is held after it has listed them: the test holds a share of the row's lock.
+    let mut hold = app.platform.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM person WHERE id = $1 FOR KEY SHARE")
+        .bind(person)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let vars = app.cli_vars();
+    let sweep = tokio::task::spawn_blocking(move || admin(&vars, &["retention", "run", "--json"]));
+    eventually(WAIT, "the sweep to wait for the row", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    // Meanwhile the person writes to support.
+    let res = app
+        .client
+        .post(app.url("/v1/support"))
+        .json(&json!({"email": email, "message": "I am back, with a question."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    hold.rollback().await.unwrap();
+    let out = sweep.await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(run["removed"]["people.unlinked"], 0, "{run}");
+    // The request is there, with the person it came from and their address.
+    let holder: Option<person::PersonId> =
+        sqlx::query_scalar("SELECT person_id FROM support_request")
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(holder, Some(person));
+    assert_eq!(person_of(&app, email).await, Some(person));
+}

@@ -74,3 +74,20 @@ pub async fn join_all<T>(tasks: impl IntoIterator<Item = tokio::task::JoinHandle
     }
     out
 }
+
+/// Follows an account's verification link as its page does: the form posts the password
+/// chosen there, from the server's own origin `base`.
+pub async fn choose_password(
+    client: &reqwest::Client,
+    link: &str,
+    base: &str,
+    password: &str,
+) -> reqwest::Response {
+    client
+        .post(link)
+        .header("origin", base)
+        .form(&[("password", password)])
+        .send()
+        .await
+        .unwrap()
+}

@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::AccountsState;
-use crate::http::{busy, change_password, end_session};
+use crate::http::{busy, change_password, client_of, end_session, password_context, too_many};
 use crate::pages::{self, render, see_other};
 use crate::password::{Busy, Checked, Password};
 use crate::session::{self, SignedIn};
 use crate::store::{self, SessionInfo};
+use crate::throttle::Attempt;
+use zeroize::Zeroizing;
 
 /// A purchase as the account shows it (from the payments export).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -294,8 +296,9 @@ impl ActionForm {
 async fn signed_in_form(
     platform: &Platform,
     request: Request,
-) -> Result<Result<(SignedIn, ActionForm), Response>, ApiError> {
+) -> Result<Result<(SignedIn, ActionForm, Sender), Response>, ApiError> {
     let headers = request.headers().clone();
+    let client = client_of(platform, &request);
     let refuse = |reason: &str| {
         pages::message(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -329,29 +332,54 @@ async fn signed_in_form(
         return Ok(Err(see_other("/account/sign-in")));
     };
     session::check_csrf(platform, &headers, &signed_in, Some(&form.csrf))?;
-    Ok(Ok((signed_in, form)))
+    Ok(Ok((signed_in, form, Sender { headers, client })))
+}
+
+/// Who sent a signed-in form: its browser's headers (cookies) and its client, for the count of
+/// password attempts.
+struct Sender {
+    headers: HeaderMap,
+    client: Option<std::net::IpAddr>,
 }
 
 macro_rules! signed_in_form {
     ($platform:expr, $request:expr) => {
         match signed_in_form(&$platform, $request).await? {
-            Ok(pair) => pair,
+            Ok(triple) => triple,
             Err(response) => return Ok(response),
         }
     };
 }
 
-/// Checks the session's account password; `Err` is the page to answer with.
+/// Checks the session's account password, counted like a sign-in (`throttle`): a stolen
+/// session cannot be used to guess the password behind it. `Err` is the page to answer with.
 async fn confirm_password(
     platform: &Platform,
     state: &AccountsState,
     signed_in: &SignedIn,
+    sender: &Sender,
     given: &str,
 ) -> Result<Result<(), Response>, ApiError> {
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
     let account = store::account(&mut conn, signed_in.session.account_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("a session's account vanished"))?;
+    let address = person::email(&mut conn, &platform.keyring, signed_in.session.person_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a session's person has no address"))?;
+    let attempt = match Attempt::reserve(
+        platform,
+        &state.clients,
+        &mut conn,
+        &sender.headers,
+        sender.client,
+        &address,
+    )
+    .await?
+    {
+        Ok(attempt) => attempt,
+        Err(wait) => return Ok(Err(too_many(wait))),
+    };
     drop(conn);
     let checked = match Password::given(given) {
         None => Checked::Wrong,
@@ -373,6 +401,8 @@ async fn confirm_password(
         )
         .await?));
     }
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    attempt.succeeded(&state.clients, &mut conn).await?;
     Ok(Ok(()))
 }
 
@@ -390,7 +420,7 @@ pub async fn sign_out_form(
     State(platform): State<Platform>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (signed_in, _) = signed_in_form!(platform, request);
+    let (signed_in, _, _) = signed_in_form!(platform, request);
     end_session(&platform, &signed_in).await?;
     let mut response = see_other("/account/sign-in");
     response
@@ -414,7 +444,7 @@ pub async fn end_other_sessions(
     State(platform): State<Platform>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (signed_in, _) = signed_in_form!(platform, request);
+    let (signed_in, _, _) = signed_in_form!(platform, request);
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
     let ended = store::end_sessions(
         &mut conn,
@@ -451,18 +481,25 @@ pub async fn change_password_form(
     Extension(state): Extension<AccountsState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (signed_in, form) = signed_in_form!(platform, request);
-    if let Err(response) = confirm_password(&platform, &state, &signed_in, &form.password).await? {
+    let (signed_in, form, sender) = signed_in_form!(platform, request);
+    if let Err(response) =
+        confirm_password(&platform, &state, &signed_in, &sender, &form.password).await?
+    {
         return Ok(response);
     }
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
-    let address = person::email(&mut conn, &platform.keyring, signed_in.session.person_id)
-        .await?
-        .map(|e| e.as_str().to_owned())
-        .unwrap_or_default();
+    let context = password_context(&mut conn, &platform, signed_in.session.person_id).await?;
     drop(conn);
-    let password = match Password::new(&form.new_password, &[&address]) {
-        Ok(password) => password,
+    let judged = match state
+        .hasher(&platform)?
+        .hash_new(Zeroizing::new(form.new_password), context)
+        .await
+    {
+        Ok(judged) => judged?,
+        Err(Busy) => return Ok(busy()),
+    };
+    let hash = match judged {
+        Ok(hash) => hash,
         Err(weak) => {
             let reason: &'static str = match weak {
                 crate::password::Weak::TooShort => "The new password needs at least 12 characters.",
@@ -481,10 +518,6 @@ pub async fn change_password_form(
             )
             .await;
         }
-    };
-    let hash = match state.hasher(&platform)?.hash(password).await {
-        Ok(hash) => hash?,
-        Err(Busy) => return Ok(busy()),
     };
     let mut tx = platform.pool.begin().await?;
     change_password(
@@ -521,7 +554,7 @@ pub async fn resend_licence(
     State(platform): State<Platform>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (signed_in, form) = signed_in_form!(platform, request);
+    let (signed_in, form, _) = signed_in_form!(platform, request);
     let view = view(&platform, &signed_in).await?;
     let Some(purchase) = view
         .purchases
@@ -577,8 +610,10 @@ pub async fn confirm_password_form(
     Extension(state): Extension<AccountsState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (mut signed_in, form) = signed_in_form!(platform, request);
-    if let Err(response) = confirm_password(&platform, &state, &signed_in, &form.password).await? {
+    let (mut signed_in, form, sender) = signed_in_form!(platform, request);
+    if let Err(response) =
+        confirm_password(&platform, &state, &signed_in, &sender, &form.password).await?
+    {
         return Ok(response);
     }
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
@@ -633,7 +668,7 @@ pub async fn export(
     State(platform): State<Platform>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (signed_in, _) = signed_in_form!(platform, request);
+    let (signed_in, _, _) = signed_in_form!(platform, request);
     if let Some(refused) = without_fresh_password(&platform, &signed_in).await? {
         return Ok(refused);
     }
@@ -661,7 +696,7 @@ pub async fn delete(
     State(platform): State<Platform>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (signed_in, form) = signed_in_form!(platform, request);
+    let (signed_in, form, _) = signed_in_form!(platform, request);
     if let Some(refused) = without_fresh_password(&platform, &signed_in).await? {
         return Ok(refused);
     }

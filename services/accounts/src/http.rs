@@ -3,7 +3,6 @@
 //! the same whether or not an address has an account.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,15 +16,14 @@ use pexper_platform::person;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use crate::mail::{SendAlreadyRegistered, SendPasswordChanged, SendReset, SendVerification};
 use crate::pages::{self, render};
 use crate::password::{Busy, Checked, Password};
 use crate::session::{self, SignedIn};
+use crate::throttle::Attempt;
 use crate::{AccountsState, store};
-
-/// Domain of the keyed hash an address's failed sign-ins are counted under.
-pub const SIGNIN_INDEX: &str = "signin";
 
 /// A body that came as JSON or as a form post.
 struct Input<T> {
@@ -74,8 +72,8 @@ pub fn busy() -> Response {
     response
 }
 
-fn too_many(wait: Duration) -> Response {
-    let seconds = wait.as_secs() + 1;
+/// Too many password attempts: come back in `seconds` (at least 1).
+pub fn too_many(seconds: u64) -> Response {
     let mut response = ApiError::client(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_attempts",
@@ -100,11 +98,6 @@ fn refused_origin(platform: &Platform, headers: &HeaderMap) -> Option<Response> 
 pub struct NewAccount {
     #[schema(format = Email, max_length = 254)]
     email: String,
-    /// 12 to 128 characters of anything, counted as typed and again once NFKC-normalised
-    /// (which turns a few characters into two, or two into one); common or easily guessed
-    /// passwords are refused with advice.
-    #[schema(min_length = 12, max_length = 128)]
-    password: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -126,26 +119,27 @@ fn check_your_email(form: bool, heading: &'static str, message: &str) -> Respons
         .into_response()
 }
 
-/// Create an account.
+/// Create an account: the address only. The password is chosen on the page the emailed link
+/// opens, so it belongs to whoever reads the mail at the address — never to someone who only
+/// typed it (an account pre-hijack: a stranger's password waiting for the owner's click).
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts",
     request_body(content(
         (NewAccount = "application/json"),
         (NewAccount = "application/x-www-form-urlencoded"))),
     responses(
-        (status = 202, description = "The same answer whether or not the address has an account: a new one gets a verification link, a known one a note saying so (within the address's daily budget of such emails). A form post gets a page", content(
+        (status = 202, description = "The same answer whether or not the address has an account: a new one gets a link to a page where the password is chosen, a known one a note saying so (within the address's daily budget of such emails). A form post gets a page", content(
             (CheckEmail = "application/json"),
             (String = "text/html"))),
         (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
         (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
-        (status = 422, description = "Not a valid address, or a password too short, too long or too easy to guess (with advice); a form post gets the form again with the reason", content(
+        (status = 422, description = "Not a valid address; a form post gets the form again with the reason", content(
             (pexper_wire::ErrorBody = "application/json"),
             (String = "text/html"))),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn create_account(
     State(platform): State<Platform>,
-    Extension(state): Extension<AccountsState>,
     request: Request,
 ) -> Result<Response, ApiError> {
     if let Some(refused) = refused_origin(&platform, request.headers()) {
@@ -155,7 +149,7 @@ pub async fn create_account(
         render(
             StatusCode::UNPROCESSABLE_ENTITY,
             pages::SignUp {
-                error: Some("Please give an email address and a password.".into()),
+                error: Some("Please give an email address.".into()),
                 email: String::new(),
             },
         )
@@ -164,38 +158,25 @@ pub async fn create_account(
         Ok(input) => input,
         Err(response) => return Ok(response),
     };
-    let refuse = |code: &'static str, reason: String, email: &str| {
-        if form {
-            return render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                pages::SignUp {
-                    error: Some(reason),
-                    email: email.to_owned(),
-                },
-            );
-        }
-        ApiError::unprocessable(code, reason).into_response()
-    };
     let email = match EmailAddress::parse(&body.email) {
         Ok(email) => email,
-        Err(e) => return Ok(refuse("invalid_email", e.to_string(), "")),
-    };
-    let local = email.as_str().split('@').next().unwrap_or_default();
-    let password = match Password::new(&body.password, &[email.as_str(), local]) {
-        Ok(password) => password,
-        Err(weak) => return Ok(refuse("weak_password", weak.to_string(), email.as_str())),
-    };
-    // Hashed whether or not the address has an account: both answers take the same time.
-    let hash = match state.hasher(&platform)?.hash(password).await {
-        Ok(hash) => hash?,
-        Err(Busy) => return Ok(busy()),
+        Err(e) if form => {
+            return Ok(render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::SignUp {
+                    error: Some(e.to_string()),
+                    email: String::new(),
+                },
+            ));
+        }
+        Err(e) => return Err(ApiError::unprocessable("invalid_email", e.to_string())),
     };
     let mut tx = platform.pool.begin().await?;
     let person = person::find_or_create(&mut tx, &platform.keyring, &email).await?;
     let job = match store::account_of(&mut tx, person).await? {
         Some(_) => NewJob::new(&SendAlreadyRegistered {}),
         None => {
-            let signup = store::create_signup(&mut tx, person, &hash).await?;
+            let signup = store::create_signup(&mut tx, person).await?;
             NewJob::new(&SendVerification { signup })
         }
     };
@@ -207,70 +188,158 @@ pub async fn create_account(
     Ok(check_your_email(
         form,
         "Check your email",
-        "If this address can open an account, a link to confirm it is on its way. It works for 2 days.",
+        "If this address can open an account, a link to choose your password is on its way. It works for 2 days.",
     ))
 }
 
-fn verify_page_of(status: StatusCode, state: &'static str, action: String) -> Response {
-    render(status, pages::Verify { state, action })
+fn verify_page_of(
+    status: StatusCode,
+    state: &'static str,
+    action: String,
+    error: Option<String>,
+) -> Response {
+    render(
+        status,
+        pages::Verify {
+            state,
+            action,
+            error,
+        },
+    )
 }
 
-/// Shows the button that opens the account. Changes nothing (mail scanners follow links).
+fn invalid_signup_link() -> Response {
+    verify_page_of(StatusCode::BAD_REQUEST, "invalid", String::new(), None)
+}
+
+/// Shows the form where the password is chosen. Changes nothing (mail scanners follow links).
 #[utoipa::path(get, path = "/v1/accounts/verify", tag = "accounts", params(LinkToken), responses(
-    (status = 200, description = "A page with a button", content_type = "text/html"),
+    (status = 200, description = "A form for the account's password", content_type = "text/html"),
     (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
 pub async fn verify_page(
     State(platform): State<Platform>,
     Query(q): Query<LinkToken>,
 ) -> Result<Response, ApiError> {
     let Some(token) = q.token() else {
-        return Ok(verify_page_of(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            String::new(),
-        ));
+        return Ok(invalid_signup_link());
     };
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
-    if !store::signup_is_usable(&mut conn, &token).await? {
-        return Ok(verify_page_of(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            String::new(),
-        ));
+    if store::signup_person(&mut conn, &token).await?.is_none() {
+        return Ok(invalid_signup_link());
     }
     Ok(verify_page_of(
         StatusCode::OK,
         "ask",
         format!("/v1/accounts/verify?token={token}"),
+        None,
     ))
 }
 
-/// Opens the account (the link works once).
-#[utoipa::path(post, path = "/v1/accounts/verify", tag = "accounts", params(LinkToken), responses(
-    (status = 200, description = "The account is open: a page that says to sign in", content_type = "text/html"),
-    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
+/// Opens the account with the password chosen here (the link works once).
+#[utoipa::path(post, path = "/v1/accounts/verify", tag = "accounts", params(LinkToken),
+    request_body(content((NewPasswordForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The account is open: a page that says to sign in", content_type = "text/html"),
+        (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html"),
+        (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
+        (status = 422, description = "A password too short, too long or too easy to guess: the form again, with advice", content_type = "text/html"),
+        (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn verify(
     State(platform): State<Platform>,
+    Extension(state): Extension<AccountsState>,
     Query(q): Query<LinkToken>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(refused) = refused_origin(&platform, request.headers()) {
+        return Ok(refused);
+    }
     let Some(token) = q.token() else {
-        return Ok(verify_page_of(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            String::new(),
-        ));
+        return Ok(invalid_signup_link());
+    };
+    let again = |error: String| {
+        verify_page_of(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ask",
+            format!("/v1/accounts/verify?token={token}"),
+            Some(error),
+        )
+    };
+    let body = match new_password_form(request).await? {
+        Ok(body) => body,
+        Err(()) => return Ok(again("Please choose a password.".into())),
+    };
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    let Some(person) = store::signup_person(&mut conn, &token).await? else {
+        return Ok(invalid_signup_link());
+    };
+    let context = password_context(&mut conn, &platform, person).await?;
+    drop(conn);
+    let hash = match state
+        .hasher(&platform)?
+        .hash_new(Zeroizing::new(body.password), context)
+        .await
+    {
+        Ok(judged) => match judged? {
+            Ok(hash) => hash,
+            Err(weak) => return Ok(again(weak.to_string())),
+        },
+        Err(Busy) => return Ok(busy()),
     };
     let mut tx = platform.pool.begin().await?;
-    let Some((account, _)) = store::complete_signup(&mut tx, &token).await? else {
-        return Ok(verify_page_of(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            String::new(),
-        ));
+    let Some((account, _)) = store::complete_signup(&mut tx, &token, &hash).await? else {
+        return Ok(invalid_signup_link());
     };
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(%account, "account opened");
-    Ok(verify_page_of(StatusCode::OK, "verified", String::new()))
+    Ok(verify_page_of(
+        StatusCode::OK,
+        "verified",
+        String::new(),
+        None,
+    ))
+}
+
+/// The address of `person` and its local part: a new password must not be guessable from
+/// them.
+pub async fn password_context(
+    conn: &mut sqlx::PgConnection,
+    platform: &Platform,
+    person: person::PersonId,
+) -> anyhow::Result<Vec<String>> {
+    let address = person::email(conn, &platform.keyring, person)
+        .await?
+        .map(|e| e.as_str().to_owned())
+        .unwrap_or_default();
+    let local = address.split('@').next().unwrap_or_default().to_owned();
+    Ok(vec![address, local])
+}
+
+/// A page's form with one new password (the verification link's and the reset link's):
+/// `Err(())` when it did not come as that form, for the page to ask again.
+async fn new_password_form(request: Request) -> Result<Result<NewPasswordForm, ()>, ApiError> {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(ApiError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a form post (application/x-www-form-urlencoded)",
+        ));
+    }
+    match axum::Form::<NewPasswordForm>::from_request(request, &()).await {
+        Ok(axum::Form(body)) => Ok(Ok(body)),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::client(
+            e.status(),
+            "payload_too_large",
+            e.body_text(),
+        )),
+        Err(_) => Ok(Err(())),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -288,7 +357,7 @@ pub struct SignedInBody {
 }
 
 /// The client address, for the in-memory throttle only (`throttle`): never stored or logged.
-fn client_of(platform: &Platform, request: &Request) -> Option<IpAddr> {
+pub fn client_of(platform: &Platform, request: &Request) -> Option<IpAddr> {
     ClientIp::new(platform.config.trusted_proxies.clone())
         .resolve(request)
         .map(client_key)
@@ -313,7 +382,7 @@ fn client_of(platform: &Platform, request: &Request) -> Option<IpAddr> {
             (String = "text/html"))),
         (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
-        (status = 422, description = "Not a valid address, or a form without its fields", content(
+        (status = 422, description = "Not a valid address, a password over 128 characters, or a form without its fields", content(
             (pexper_wire::ErrorBody = "application/json"),
             (String = "text/html"))),
         (status = 429, description = "Too many failed sign-ins for this address or from this client (delays grow with each failure), or too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
@@ -372,14 +441,37 @@ pub async fn sign_in(
             return Ok(ApiError::unprocessable("invalid_email", e.to_string()).into_response());
         }
     };
-    if let Some(wait) = client.and_then(|c| state.clients.blocked_for(c)) {
-        return Ok(too_many(wait));
+    // Over-long as typed: no account's password, refused before it is normalised or counted.
+    if crate::password::too_long_as_typed(&body.password) {
+        if form {
+            return Ok(render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::SignIn {
+                    error: Some("A password can have at most 128 characters.".into()),
+                    email: email.as_str().to_owned(),
+                },
+            ));
+        }
+        return Ok(ApiError::unprocessable(
+            "password_too_long",
+            "a password can have at most 128 characters",
+        )
+        .into_response());
     }
-    let key = platform.keyring.blind_index(SIGNIN_INDEX, email.as_str());
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
-    if let Some(wait) = store::blocked_for(&mut conn, key.as_slice()).await? {
-        return Ok(too_many(wait.unsigned_abs()));
-    }
+    let attempt = match Attempt::reserve(
+        &platform,
+        &state.clients,
+        &mut conn,
+        &headers,
+        client,
+        &email,
+    )
+    .await?
+    {
+        Ok(attempt) => attempt,
+        Err(wait) => return Ok(too_many(wait)),
+    };
     let account = match person::find(&mut conn, &platform.keyring, &email).await? {
         Some(person) => store::account_of(&mut conn, person).await?,
         None => None,
@@ -387,7 +479,7 @@ pub async fn sign_in(
     // Not hashed while the connection waits: it goes back to the pool for the hash's length.
     drop(conn);
     let checked = match Password::given(&body.password) {
-        // Over-long: no account's password, and not worth a hash.
+        // Over-long once normalised: no account's password, and not worth a hash.
         None => Checked::Wrong,
         Some(password) => {
             let stored = account.as_ref().map(|a| a.password_hash.clone());
@@ -400,10 +492,6 @@ pub async fn sign_in(
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
     let account = match (checked, account) {
         (Checked::Wrong, _) | (_, None) => {
-            store::record_failure(&mut conn, key.as_slice()).await?;
-            if let Some(client) = client {
-                state.clients.record_failure(client);
-            }
             tracing::info!("sign-in refused");
             return Ok(wrong(email.as_str()));
         }
@@ -430,24 +518,27 @@ pub async fn sign_in(
         )
         .into_response());
     }
-    store::clear_failures(&mut conn, key.as_slice()).await?;
+    attempt.succeeded(&state.clients, &mut conn).await?;
     let (session, token) =
         store::create_session(&mut conn, account.id, &session::device_label(&headers)).await?;
     tracing::info!(account = %account.id, %session, "signed in");
     let cookie = session::set_cookie(&token);
-    if form {
-        let mut response = pages::see_other("/account");
-        response.headers_mut().insert(header::SET_COOKIE, cookie);
-        return Ok(response);
-    }
-    Ok((
-        StatusCode::CREATED,
-        [(header::SET_COOKIE, cookie)],
-        Json(SignedInBody {
-            csrf_token: session::csrf_of(&platform, &token),
-        }),
-    )
-        .into_response())
+    // This browser has now signed in to this address: its later attempts are its own.
+    let device = session::device_cookie(&platform, &email, attempt.device.as_deref());
+    let mut response = if form {
+        pages::see_other("/account")
+    } else {
+        (
+            StatusCode::CREATED,
+            Json(SignedInBody {
+                csrf_token: session::csrf_of(&platform, &token),
+            }),
+        )
+            .into_response()
+    };
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    response.headers_mut().append(header::SET_COOKIE, device);
+    Ok(response)
 }
 
 /// Sign out.
@@ -634,31 +725,12 @@ pub async fn reset(
             None,
         ));
     };
-    let is_form = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
-        return Err(ApiError::client(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected a form post (application/x-www-form-urlencoded)",
-        ));
-    }
     let again = |error: String| {
         new_password_page(StatusCode::UNPROCESSABLE_ENTITY, "ask", &token, Some(error))
     };
-    let body = match axum::Form::<NewPasswordForm>::from_request(request, &()).await {
-        Ok(axum::Form(body)) => body,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ApiError::client(
-                e.status(),
-                "payload_too_large",
-                e.body_text(),
-            ));
-        }
-        Err(_) => return Ok(again("Please type a new password.".into())),
+    let body = match new_password_form(request).await? {
+        Ok(body) => body,
+        Err(()) => return Ok(again("Please type a new password.".into())),
     };
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
     let Some(account) = store::reset_account(&mut conn, &token).await? else {
@@ -677,17 +749,17 @@ pub async fn reset(
             None,
         ));
     };
-    let address = person::email(&mut conn, &platform.keyring, account.person_id)
-        .await?
-        .map(|e| e.as_str().to_owned())
-        .unwrap_or_default();
+    let context = password_context(&mut conn, &platform, account.person_id).await?;
     drop(conn);
-    let password = match Password::new(&body.password, &[&address]) {
-        Ok(password) => password,
-        Err(weak) => return Ok(again(weak.to_string())),
-    };
-    let hash = match state.hasher(&platform)?.hash(password).await {
-        Ok(hash) => hash?,
+    let hash = match state
+        .hasher(&platform)?
+        .hash_new(Zeroizing::new(body.password), context)
+        .await
+    {
+        Ok(judged) => match judged? {
+            Ok(hash) => hash,
+            Err(weak) => return Ok(again(weak.to_string())),
+        },
         Err(Busy) => return Ok(busy()),
     };
     let mut tx = platform.pool.begin().await?;

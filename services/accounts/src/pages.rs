@@ -36,12 +36,14 @@ pub struct NewPassword {
     pub error: Option<String>,
 }
 
-/// The verification link's page: `ask` (the button), `verified` or `invalid`.
+/// The verification link's page: `ask` (the form for the account's password), `verified`
+/// or `invalid`.
 #[derive(Template)]
 #[template(path = "pages/account-verify.html")]
 pub struct Verify {
     pub state: &'static str,
     pub action: String,
+    pub error: Option<String>,
 }
 
 /// A short answer: what happened, and where to go next.

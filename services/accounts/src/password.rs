@@ -44,14 +44,24 @@ impl Password {
     /// A password given to sign in: normalised, but not judged (a password set under older
     /// rules must still work). Over-long ones, as typed or once normalised, are refused
     /// before any hashing.
+    ///
+    /// The length as typed is checked first, before anything is normalised: NFKC can make a
+    /// character into as many as 18 (U+FDFA into 18 letters and spaces), so normalising a
+    /// 1 MiB field before counting would build a string many megabytes long per request.
+    /// 128 characters of at most 4 bytes each can grow to at most a few kilobytes.
     pub fn given(raw: &str) -> Option<Self> {
+        if too_long_as_typed(raw) {
+            return None;
+        }
         let normalised: Zeroizing<String> = Zeroizing::new(raw.nfkc().collect());
-        (raw.chars().count() <= MAX_CHARS && normalised.chars().count() <= MAX_CHARS)
-            .then_some(Self(normalised))
+        (normalised.chars().count() <= MAX_CHARS).then_some(Self(normalised))
     }
 
     /// A new password, judged: long enough, not too long, and not guessable — from common
     /// passwords, keyboard patterns, dates, or the person's own address (`context`).
+    ///
+    /// zxcvbn's estimate takes milliseconds for a long password: a server calls this through
+    /// `Hasher::hash_new`, on the hashing threads, never on an async worker.
     pub fn new(raw: &str, context: &[&str]) -> Result<Self, Weak> {
         let password = Self::given(raw).ok_or(Weak::TooLong)?;
         // Counted as typed (what `/openapi.json` states) and once normalised: NFKC turns
@@ -83,6 +93,12 @@ impl Password {
     fn bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+}
+
+/// Over 128 characters as typed: the byte length first (no character has more than 4
+/// bytes), so a huge field is refused without even counting it.
+pub fn too_long_as_typed(raw: &str) -> bool {
+    raw.len() > MAX_CHARS * 4 || raw.chars().count() > MAX_CHARS
 }
 
 /// Why a new password is refused. The message never contains the password.
@@ -234,8 +250,25 @@ impl Hasher {
             .unwrap_or_else(|_| Err(anyhow::anyhow!("password hashing failed abruptly"))))
     }
 
-    pub async fn hash(&self, password: Password) -> Result<anyhow::Result<String>, Busy> {
-        self.run(move || hash_now(&password)).await
+    /// Judges a new password (`Password::new`) and hashes it if it is good enough, both on the
+    /// hashing threads: the strength estimate is CPU work like the hash.
+    pub async fn hash_new(
+        &self,
+        raw: Zeroizing<String>,
+        context: Vec<String>,
+    ) -> Result<anyhow::Result<Result<String, Weak>>, Busy> {
+        // Over-long is known without the pool: a megabyte-long field must not wait in line.
+        if too_long_as_typed(&raw) {
+            return Ok(Ok(Err(Weak::TooLong)));
+        }
+        self.run(move || {
+            let context: Vec<&str> = context.iter().map(String::as_str).collect();
+            match Password::new(&raw, &context) {
+                Ok(password) => hash_now(&password).map(Ok),
+                Err(weak) => Ok(Err(weak)),
+            }
+        })
+        .await
     }
 
     /// Checks `password` against `stored`, or against the dummy when there is no account, so
@@ -311,6 +344,22 @@ mod tests {
             Password::new(composed, &[]).map(|_| ()),
             Err(Weak::TooShort)
         );
+    }
+
+    #[test]
+    fn a_field_that_grows_under_normalisation_is_refused_before_it_is_normalised() {
+        // U+FDFA is one character that NFKC makes 18: 128 of them are 128 as typed and
+        // 2,304 once normalised; 129 are refused as typed, however long the field.
+        assert!(Password::given(&"\u{fdfa}".repeat(128)).is_none());
+        assert!(Password::given(&"\u{fdfa}".repeat(129)).is_none());
+        let megabyte = "\u{fdfa}".repeat(1 << 18);
+        assert!(Password::given(&megabyte).is_none());
+        assert_eq!(
+            Password::new(&megabyte, &[]).map(|_| ()),
+            Err(Weak::TooLong)
+        );
+        assert!(too_long_as_typed(&megabyte));
+        assert!(!too_long_as_typed(&"\u{fdfa}".repeat(128)));
     }
 
     #[test]

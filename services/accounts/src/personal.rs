@@ -114,7 +114,7 @@ impl PersonalData for AccountData {
             .rows_affected();
         let mut throttle = 0;
         if let Some(email) = person::email(conn, keyring, person).await? {
-            let key = keyring.blind_index(crate::http::SIGNIN_INDEX, email.as_str());
+            let key = keyring.blind_index(crate::throttle::SIGNIN_INDEX, email.as_str());
             throttle = sqlx::query("DELETE FROM signin_throttle WHERE key = $1")
                 .bind(key.as_slice())
                 .execute(&mut *conn)

@@ -10,6 +10,7 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use base64::Engine as _;
 use pexper_platform::Platform;
+use pexper_platform::address::EmailAddress;
 use pexper_platform::http::{ApiError, origin_allowed};
 
 use crate::store::{self, Session};
@@ -50,14 +51,9 @@ pub fn csrf_of(platform: &Platform, token: &str) -> String {
 
 /// The session token in the request's cookies, if any looks like one.
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+    cookie_values(headers, COOKIE)
+        .next()
+        .map(str::to_owned)
         .filter(|t| pexper_platform::crypto::is_token_shaped(t))
 }
 
@@ -186,6 +182,73 @@ pub fn device_label(headers: &HeaderMap) -> String {
         Some(system) => format!("{browser} on {system}"),
         None => browser.to_owned(),
     }
+}
+
+/// The cookie that marks a browser which has signed in to an address before (`throttle`).
+pub const DEVICE_COOKIE: &str = "__Host-pexper-device";
+const DEVICE_DOMAIN: &str = "account-device";
+/// A device cookie lasts half a year from its browser's last sign-in.
+const DEVICE_MAX_AGE: time::Duration = time::Duration::days(182);
+
+/// The message a device cookie's MAC covers: the address it was earned for, and its nonce.
+fn device_message(address: &EmailAddress, nonce: &str) -> String {
+    format!("{}\n{nonce}", address.as_str())
+}
+
+/// The nonce of the request's device cookie, if it has one that this server made for
+/// `address` (a MAC under the token key: a cookie cannot be made up, nor moved to another
+/// address).
+pub fn device_of(
+    platform: &Platform,
+    headers: &HeaderMap,
+    address: &EmailAddress,
+) -> Option<String> {
+    cookie_values(headers, DEVICE_COOKIE)
+        .filter_map(|value| {
+            let (nonce, tag) = value.split_once('.')?;
+            let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(tag)
+                .ok()?;
+            (pexper_platform::crypto::is_token_shaped(nonce)
+                && platform.keyring.verify_token(
+                    DEVICE_DOMAIN,
+                    device_message(address, nonce).as_bytes(),
+                    &tag,
+                ))
+            .then(|| nonce.to_owned())
+        })
+        .next()
+}
+
+/// The `Set-Cookie` of a device cookie for `address` (a new one unless `nonce` is given).
+pub fn device_cookie(
+    platform: &Platform,
+    address: &EmailAddress,
+    nonce: Option<&str>,
+) -> HeaderValue {
+    let nonce = nonce.map_or_else(pexper_platform::crypto::random_token, str::to_owned);
+    let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        platform
+            .keyring
+            .sign_token(DEVICE_DOMAIN, device_message(address, &nonce).as_bytes()),
+    );
+    let max_age = DEVICE_MAX_AGE.whole_seconds();
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={nonce}.{tag}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"
+    ))
+    .expect("a token and base64 are header-safe")
+}
+
+/// Every value of the cookie `name` the request carries.
+fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, value)| value)
 }
 
 #[cfg(test)]

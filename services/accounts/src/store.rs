@@ -63,20 +63,15 @@ pexper_platform::id!(
     SignupId
 );
 
-/// Stores a sign-up waiting for its link (made when the email is sent: `signup_token`).
-pub async fn create_signup(
-    conn: &mut PgConnection,
-    person: PersonId,
-    password_hash: &str,
-) -> anyhow::Result<SignupId> {
+/// Stores a sign-up waiting for its link (made when the email is sent: `signup_token`). It
+/// holds no password: that is chosen on the page the link opens.
+pub async fn create_signup(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<SignupId> {
     let id = SignupId(Uuid::now_v7());
     sqlx::query(
-        "INSERT INTO account_signup (id, person_id, password_hash, expires_at)
-         VALUES ($1, $2, $3, now() + $4)",
+        "INSERT INTO account_signup (id, person_id, expires_at) VALUES ($1, $2, now() + $3)",
     )
     .bind(id)
     .bind(person)
-    .bind(password_hash)
     .bind(SIGNUP_LIFETIME)
     .execute(conn)
     .await
@@ -103,32 +98,37 @@ pub async fn signup_token(
     Ok(expires.map(|e| (token, e)))
 }
 
-pub async fn signup_is_usable(conn: &mut PgConnection, token: &str) -> anyhow::Result<bool> {
+/// The person a usable (unused, unexpired) verification link is for.
+pub async fn signup_person(
+    conn: &mut PgConnection,
+    token: &str,
+) -> anyhow::Result<Option<PersonId>> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM account_signup WHERE token_hash = $1 AND expires_at > now())",
+        "SELECT person_id FROM account_signup WHERE token_hash = $1 AND expires_at > now()",
     )
     .bind(sha256(token.as_bytes()).as_slice())
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await
     .context("failed to look up a sign-up")
 }
 
-/// Uses a verification link: the account is created with that attempt's password, and every
-/// other pending sign-up of the address goes. `None` for an unknown, used or expired link, or
-/// an address that has an account already.
+/// Uses a verification link: the account is created with the password chosen on its page,
+/// and every other pending sign-up of the address goes. `None` for an unknown, used or
+/// expired link, or an address that has an account already.
 pub async fn complete_signup(
     conn: &mut PgConnection,
     token: &str,
+    password_hash: &str,
 ) -> anyhow::Result<Option<(AccountId, PersonId)>> {
-    let pending: Option<(PersonId, String)> = sqlx::query_as(
+    let person: Option<PersonId> = sqlx::query_scalar(
         "DELETE FROM account_signup WHERE token_hash = $1 AND expires_at > now()
-         RETURNING person_id, password_hash",
+         RETURNING person_id",
     )
     .bind(sha256(token.as_bytes()).as_slice())
     .fetch_optional(&mut *conn)
     .await
     .context("failed to use a sign-up link")?;
-    let Some((person, password_hash)) = pending else {
+    let Some(person) = person else {
         return Ok(None);
     };
     sqlx::query("DELETE FROM account_signup WHERE person_id = $1")
@@ -362,40 +362,49 @@ pub async fn sessions(
     .context("failed to list sessions")
 }
 
-/// Failures allowed before delays begin.
-const FREE_FAILURES: i32 = 5;
+/// Attempts allowed before delays begin.
+const FREE_ATTEMPTS: i32 = 5;
 /// The longest a key is blocked after one more failure.
 const MAX_BLOCK: Duration = Duration::minutes(15);
 
-/// How long `key` must still wait before its next sign-in attempt, if at all.
-pub async fn blocked_for(conn: &mut PgConnection, key: &[u8]) -> anyhow::Result<Option<Duration>> {
-    let until: Option<Option<OffsetDateTime>> =
-        sqlx::query_scalar("SELECT blocked_until FROM signin_throttle WHERE key = $1")
-            .bind(key)
-            .fetch_optional(conn)
-            .await
-            .context("failed to read the sign-in throttle")?;
-    let now = OffsetDateTime::now_utc();
-    Ok(until.flatten().filter(|u| *u > now).map(|u| u - now))
-}
-
-/// Counts a failed sign-in for `key`: after the free ones, each failure blocks the key for
-/// twice as long as the one before (1 s, 2 s, 4 s, … up to 15 minutes).
-pub async fn record_failure(conn: &mut PgConnection, key: &[u8]) -> anyhow::Result<()> {
-    sqlx::query(
+/// Reserves one password check for `key` before the password is hashed: `Ok(())` when the
+/// key may try now, `Err(seconds to wait)` while it is blocked. The check and the count are
+/// one statement (the row's lock orders concurrent attempts, on any replica), so a burst of
+/// parallel guesses gets the same 5 as guesses one after another. The attempt counts as a
+/// failure until a success clears the key (`clear_failures`). The fifth attempt blocks the key
+/// for 1 s, each one after a wait twice as long as the last (2 s, 4 s, … up to 15 minutes).
+pub async fn reserve_attempt(
+    conn: &mut PgConnection,
+    key: &[u8],
+) -> anyhow::Result<Result<(), i64>> {
+    let reserved: Option<bool> = sqlx::query_scalar(
         "INSERT INTO signin_throttle AS t (key, failures, updated_at) VALUES ($1, 1, now())
          ON CONFLICT (key) DO UPDATE SET failures = t.failures + 1, updated_at = now(),
-             blocked_until = CASE WHEN t.failures + 1 > $2
-                 THEN now() + least(interval '1 second' * power(2, least(t.failures - $2, 20)), $3)
-                 END",
+             blocked_until = CASE WHEN t.failures + 1 >= $2
+                 THEN now() + least(interval '1 second' * power(2, least(t.failures + 1 - $2, 20)), $3)
+                 END
+         WHERE t.blocked_until IS NULL OR t.blocked_until <= now()
+         RETURNING true",
     )
     .bind(key)
-    .bind(FREE_FAILURES)
+    .bind(FREE_ATTEMPTS)
     .bind(MAX_BLOCK)
-    .execute(conn)
+    .fetch_optional(&mut *conn)
     .await
-    .context("failed to count a failed sign-in")?;
-    Ok(())
+    .context("failed to reserve a sign-in attempt")?;
+    if reserved.is_some() {
+        return Ok(Ok(()));
+    }
+    // Blocked: for how many whole seconds more (at least 1).
+    let wait: Option<i64> = sqlx::query_scalar(
+        "SELECT greatest(1, ceil(extract(epoch FROM blocked_until - now())))::bigint
+         FROM signin_throttle WHERE key = $1",
+    )
+    .bind(key)
+    .fetch_optional(conn)
+    .await
+    .context("failed to read the sign-in throttle")?;
+    Ok(Err(wait.unwrap_or(1)))
 }
 
 pub async fn clear_failures(conn: &mut PgConnection, key: &[u8]) -> anyhow::Result<()> {

@@ -39,6 +39,15 @@ pub enum Command {
         /// A maildir (a directory with cur/ and new/) or an mbox file.
         path: std::path::PathBuf,
     },
+    /// Let mail reach an address again that a bounce or a complaint stopped (e.g. after the
+    /// person says their mailbox works again); recorded in the audit trail with the reason.
+    Unsuppress {
+        #[arg(long)]
+        email: String,
+        /// Why (recorded; anything that looks like an address is redacted).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// The templates a broadcast can send.
@@ -57,6 +66,28 @@ pub async fn run(
     command: Command,
 ) -> anyhow::Result<()> {
     match command {
+        Command::Unsuppress { email, reason } => {
+            let email = pexper_platform::address::EmailAddress::parse(&email)
+                .context("--email is not a valid address")?;
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+            let keyring = crate::keyring(config, pool).await?;
+            let mut tx = pool.begin().await?;
+            let lifted = pexper_platform::suppression::lift(&mut tx, &keyring, &email).await?;
+            if let Some(was) = lifted {
+                pexper_privacy::admin::record_action(
+                    &mut tx,
+                    "address_unsuppressed",
+                    &format!("an address suppressed as {}", was.as_str()),
+                    &reason,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            output::object(
+                json,
+                &json!({"unsuppressed": lifted.is_some(), "was": lifted.map(|r| r.as_str())}),
+            );
+        }
         Command::Bounces { path } => {
             let done = bounces(config, pool, &path).await?;
             output::object(json, &serde_json::to_value(done)?);

@@ -35,13 +35,18 @@ pub enum EmailError {
 
 impl EmailAddress {
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
+        // As sent, before anything is normalised: `/openapi.json` states 254 characters of
+        // what is sent, and lowercasing can make a string longer ("İ" becomes two
+        // characters), so a megabyte-long field must be refused before it is copied. The
+        // byte length first: no character has more than 4 bytes.
+        if raw.len() > 4 * MAX_TOTAL || raw.chars().count() > MAX_TOTAL {
+            return Err(EmailError::TooLong);
+        }
         let normalised: String = raw.trim().nfc().collect::<String>().to_lowercase();
         if normalised.is_empty() {
             return Err(EmailError::Empty);
         }
-        // Also as given: `/openapi.json` states 254 characters of what is sent, and trimming
-        // or composing could bring a longer one under the limit.
-        if normalised.len() > MAX_TOTAL || raw.chars().count() > MAX_TOTAL {
+        if normalised.len() > MAX_TOTAL {
             return Err(EmailError::TooLong);
         }
         let (local, domain) = normalised.split_once('@').ok_or(EmailError::MissingAt)?;
@@ -192,6 +197,12 @@ mod tests {
         assert!(EmailAddress::parse(&address).is_ok());
         let padded = format!("     {address}     ");
         assert_eq!(EmailAddress::parse(&padded), Err(EmailError::TooLong));
+        // A field that grows when lowercased ("İ" is two characters in lower case) is
+        // refused as sent, whatever its length, before it is copied.
+        let growing = "\u{130}".repeat(255);
+        assert_eq!(EmailAddress::parse(&growing), Err(EmailError::TooLong));
+        let megabyte = "\u{130}".repeat(1 << 19);
+        assert_eq!(EmailAddress::parse(&megabyte), Err(EmailError::TooLong));
     }
 
     #[test]

@@ -95,7 +95,16 @@ pub async fn find_or_create(
     keyring: &Keyring,
     email: &EmailAddress,
 ) -> anyhow::Result<PersonId> {
-    if let Some(id) = find(conn, keyring, email).await? {
+    // A key-share lock (held to the caller's commit): the retention sweep, which erases a
+    // person nobody holds anything for, locks the row to check that again, so it either waits
+    // for what the caller stores for this person or goes first and the caller finds no one.
+    let found: Option<PersonId> =
+        sqlx::query_scalar("SELECT id FROM person WHERE email_index = $1 FOR KEY SHARE")
+            .bind(keyring.blind_index(EMAIL_INDEX, email.as_str()).as_slice())
+            .fetch_optional(&mut *conn)
+            .await
+            .context("failed to look up a person")?;
+    if let Some(id) = found {
         return Ok(id);
     }
     let new = NewPerson::new(keyring, email);

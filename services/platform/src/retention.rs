@@ -83,14 +83,27 @@ pub async fn run(
         record(pool, rule.name, removed).await?;
         done.push((rule.name, removed));
     }
-    let orphans = orphans(pool, registry).await?;
-    for person in &orphans {
+    let mut erased = 0;
+    for person in orphans(pool, registry).await? {
+        // The list is a moment old: a sign-up, purchase, support or privacy request may have
+        // come for this person since. So the person is locked (a use case that finds them
+        // takes a key-share lock on the row, `person::find_or_create`, and so waits for this
+        // or is waited for) and the rule checked again, in the transaction that erases.
         let mut tx = pool.begin().await?;
-        registry.erase(&mut tx, keyring, *person).await?;
+        let locked: Option<PersonId> =
+            sqlx::query_scalar("SELECT id FROM person WHERE id = $1 FOR UPDATE")
+                .bind(person)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("failed to lock an unlinked person")?;
+        if locked.is_some() && is_orphan(&mut tx, registry, person).await? {
+            registry.erase(&mut tx, keyring, person).await?;
+            erased += 1;
+        }
         tx.commit().await?;
     }
-    record(pool, ORPHANS, orphans.len() as i64).await?;
-    done.push((ORPHANS, orphans.len() as i64));
+    record(pool, ORPHANS, erased).await?;
+    done.push((ORPHANS, erased));
     Ok(done)
 }
 
@@ -107,9 +120,9 @@ async fn record(pool: &PgPool, rule: &str, removed: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// People older than a day whom no service holds anything for, who are not being erased and
-/// have no job waiting.
-async fn orphans(pool: &PgPool, registry: &Registry) -> anyhow::Result<Vec<PersonId>> {
+/// The rule for people older than a day whom no service holds anything for, who are not
+/// being erased and have no job waiting, as a condition on `p`.
+fn orphan_condition(registry: &Registry) -> String {
     let holds = registry.holds();
     let held = if holds.is_empty() {
         "SELECT NULL::uuid WHERE false".to_owned()
@@ -117,17 +130,40 @@ async fn orphans(pool: &PgPool, registry: &Registry) -> anyhow::Result<Vec<Perso
         holds.join(" UNION ")
     };
     // The queries are each service's own constants, not input.
+    format!(
+        "p.erasing_since IS NULL AND p.created_at < now() - interval '1 day'
+         AND p.id NOT IN (SELECT person_id FROM ({held}) h WHERE person_id IS NOT NULL)
+         AND NOT EXISTS (SELECT 1 FROM job j WHERE j.person_id = p.id)"
+    )
+}
+
+async fn orphans(pool: &PgPool, registry: &Registry) -> anyhow::Result<Vec<PersonId>> {
     let sql = format!(
-        "SELECT p.id FROM person p
-         WHERE p.erasing_since IS NULL AND p.created_at < now() - interval '1 day'
-           AND p.id NOT IN (SELECT person_id FROM ({held}) h WHERE person_id IS NOT NULL)
-           AND NOT EXISTS (SELECT 1 FROM job j WHERE j.person_id = p.id)
-         ORDER BY p.id"
+        "SELECT p.id FROM person p WHERE {} ORDER BY p.id",
+        orphan_condition(registry)
     );
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_all(pool)
         .await
         .context("failed to find unlinked people")
+}
+
+/// Whether `person` is still unlinked, read now (a statement of its own sees what committed
+/// before it started, so after the row lock: everything that was waiting on it).
+async fn is_orphan(
+    conn: &mut sqlx::PgConnection,
+    registry: &Registry,
+    person: PersonId,
+) -> anyhow::Result<bool> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM person p WHERE p.id = $1 AND {})",
+        orphan_condition(registry)
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(person)
+        .fetch_one(conn)
+        .await
+        .context("failed to check an unlinked person again")
 }
 
 /// The recurring job that applies every rule.

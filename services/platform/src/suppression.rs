@@ -66,6 +66,20 @@ pub async fn lift_unsubscribed(
     Ok(())
 }
 
+/// Lifts any suppression of `email` (an operator's decision: `mail unsuppress`); returns the
+/// reason it had, if it was suppressed.
+pub async fn lift(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    email: &EmailAddress,
+) -> anyhow::Result<Option<Reason>> {
+    sqlx::query_scalar("DELETE FROM email_suppression WHERE address_hash = $1 RETURNING reason")
+        .bind(hash(keyring, email).as_slice())
+        .fetch_optional(conn)
+        .await
+        .context("failed to lift a suppression")
+}
+
 /// Why `email` is suppressed, if it is.
 pub async fn reason(
     conn: &mut PgConnection,

@@ -9,7 +9,9 @@
 //!
 //! The message a report is about is found by the envelope sender it came back to
 //! (`bounces+<job id>@…`, see `mail::bounce_address`), or by the Message-ID in the headers it
-//! returns; the address, by the report's recipient field, or else through that message.
+//! returns, and must be in our email history; the address is that message's recipient. A
+//! report about no message we sent, or naming a recipient other than the one we sent it to,
+//! is counted as unmatched and changes nothing: a forged report cannot silence anyone.
 
 use std::path::Path;
 
@@ -186,7 +188,7 @@ fn job_of_message_id(id: &str) -> Option<Uuid> {
 pub enum Applied {
     /// Read before: nothing done again.
     AlreadySeen,
-    /// Neither its address nor its message could be found: recorded, nothing else.
+    /// Not about a message we sent (or not about its recipient): recorded, nothing else.
     Unmatched,
     /// Applied; a complaint names the person to unsubscribe, when we know them.
     Done(ReportKind, Option<PersonId>),
@@ -210,17 +212,19 @@ pub async fn apply(
         }
         None => None,
     };
-    let address = match report
+    // Only a report about a message we sent, and only about that message's recipient: anyone
+    // can mail a made-up report to the bounce address naming someone else, and a report
+    // trusted for its own `Final-Recipient` would cut that person off from all our email.
+    let address = match sent_to {
+        Some(person) => person::email(conn, keyring, person).await?,
+        None => None,
+    };
+    let names_another = report
         .recipient
         .as_deref()
         .and_then(|r| EmailAddress::parse(r).ok())
-    {
-        Some(address) => Some(address),
-        None => match sent_to {
-            Some(person) => person::email(conn, keyring, person).await?,
-            None => None,
-        },
-    };
+        .is_some_and(|named| Some(&named) != address.as_ref());
+    let address = address.filter(|_| !names_another);
     let kind = if address.is_some() {
         report.kind.as_str()
     } else {
@@ -256,11 +260,7 @@ pub async fn apply(
             .await?;
         }
     }
-    let person = match sent_to {
-        Some(person) => Some(person),
-        None => person::find(conn, keyring, &address).await?,
-    };
-    Ok(Applied::Done(report.kind, person))
+    Ok(Applied::Done(report.kind, sent_to))
 }
 
 #[cfg(test)]
