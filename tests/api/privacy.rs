@@ -599,7 +599,7 @@ async fn an_edited_audit_event_breaks_the_chain() {
 }
 
 #[tokio::test]
-async fn one_address_gets_at_most_three_request_caused_emails_a_day_however_many_ask() {
+async fn one_address_gets_at_most_three_emails_of_each_budget_a_day_however_many_ask() {
     let app = spawn_app().await;
     let victim = "inbox.victim@example.net";
     let mut answers = Vec::new();
@@ -646,7 +646,11 @@ async fn one_address_gets_at_most_three_request_caused_emails_a_day_however_many
         .iter()
         .filter(|m| m.to.contains(&format!("<{victim}>")))
         .count();
-    assert_eq!(sent, 3, "three emails, then nothing until tomorrow");
+    assert_eq!(
+        sent, 4,
+        "three acknowledgements, then nothing until tomorrow; the waitlist's confirmation comes \
+         from a budget of its own"
+    );
     assert_eq!(
         app.count("privacy_request").await,
         8,
@@ -655,7 +659,7 @@ async fn one_address_gets_at_most_three_request_caused_emails_a_day_however_many
 
     // The budget is per UTC day: yesterday's count does not hold today.
     for sql in [
-        "UPDATE person SET request_mail_day = request_mail_day - 1",
+        "UPDATE person SET access_mail_day = access_mail_day - 1",
         "UPDATE privacy_request SET created_at = created_at - interval '1 day'",
     ] {
         sqlx::query(sql).execute(&app.platform.pool).await.unwrap();
@@ -668,7 +672,7 @@ async fn one_address_gets_at_most_three_request_caused_emails_a_day_however_many
         .iter()
         .filter(|m| m.to.contains(&format!("<{victim}>")))
         .count();
-    assert_eq!(sent_now, 4, "a new day, a new budget");
+    assert_eq!(sent_now, 5, "a new day, a new budget");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -802,11 +806,14 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
         .unwrap();
     assert_eq!(res.status(), 202);
     mail_to(&app, email, "We have your message").await;
-    // A day later (four emails anyone could cause are over one day's budget of three).
-    sqlx::query("UPDATE person SET request_mail_day = request_mail_day - 1")
-        .execute(&app.platform.pool)
-        .await
-        .unwrap();
+    // A day later (emails anyone could cause are over one day's budgets of three).
+    sqlx::query(
+        "UPDATE person SET request_mail_day = request_mail_day - 1,
+                           access_mail_day = access_mail_day - 1",
+    )
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
     // The friend's entry names the customer only once the friend confirms.
     let confirm = mail_to(&app, "friend@example.net", "Confirm").await;
     let url = confirm.link(&app.url("/v1/waitlist/confirm?token="));

@@ -412,7 +412,7 @@ async fn confirm_password(
     responses(
         (status = 303, description = "Signed out (or not signed in): on to `/account/sign-in`", headers(("Location" = String), ("Set-Cookie" = String))),
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
@@ -436,7 +436,7 @@ pub async fn sign_out_form(
         (status = 200, description = "Done: the account page, saying so", content_type = "text/html"),
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
@@ -471,7 +471,7 @@ pub async fn end_other_sessions(
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
         (status = 401, description = "The current password is wrong: the account page, saying so", content_type = "text/html"),
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "The new password is too short, too long or too easy to guess (the account page, saying why), or a field longer than documented", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
@@ -546,7 +546,7 @@ pub async fn change_password_form(
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
         (status = 404, description = "No purchase of this account with an active licence", content_type = "text/html"),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
@@ -571,7 +571,7 @@ pub async fn resend_licence(
     };
     let person = signed_in.session.person_id;
     let mut tx = platform.pool.begin().await?;
-    let sent = person::take_request_mail(&mut tx, person).await?;
+    let sent = person::take_mail(&mut tx, person, person::MailBudget::Owner).await?;
     if sent {
         jobs::enqueue(
             &mut tx,
@@ -600,7 +600,7 @@ pub async fn resend_licence(
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
         (status = 401, description = "Wrong password: the account page, saying so", content_type = "text/html"),
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
@@ -660,7 +660,7 @@ async fn without_fresh_password(
         (status = 403, description = "From a page that is not ours, without the session's CSRF token, or the password not confirmed in the last 10 minutes (a page saying so)", content(
             (pexper_wire::ErrorBody = "application/json"),
             (String = "text/html"))),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
@@ -688,7 +688,7 @@ pub async fn export(
         (status = 403, description = "From a page that is not ours, without the session's CSRF token, or the password not confirmed in the last 10 minutes (a page saying so)", content(
             (pexper_wire::ErrorBody = "application/json"),
             (String = "text/html"))),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "The box saying `delete` was not filled in (the account page, saying so), or a field longer than documented", content_type = "text/html"),
         (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]

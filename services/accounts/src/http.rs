@@ -132,7 +132,7 @@ fn check_your_email(form: bool, heading: &'static str, message: &str) -> Respons
             (String = "text/html"))),
         (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
         (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "Not a valid address; a form post gets the form again with the reason", content(
             (pexper_wire::ErrorBody = "application/json"),
@@ -180,7 +180,7 @@ pub async fn create_account(
             NewJob::new(&SendVerification { signup })
         }
     };
-    if person::take_request_mail(&mut tx, person).await? {
+    if person::take_mail(&mut tx, person, person::MailBudget::Access).await? {
         jobs::enqueue(&mut tx, job.for_person(person)).await?;
     }
     tx.commit().await.map_err(anyhow::Error::from)?;
@@ -242,7 +242,7 @@ pub async fn verify_page(
         (status = 200, description = "The account is open: a page that says to sign in", content_type = "text/html"),
         (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html"),
         (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A password too short, too long or too easy to guess: the form again, with advice", content_type = "text/html"),
         (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
@@ -380,7 +380,7 @@ pub fn client_of(platform: &Platform, request: &Request) -> Option<IpAddr> {
         (status = 403, description = "Posted from a page that is not ours, or a disabled account (a form post gets the form again, saying so)", content(
             (pexper_wire::ErrorBody = "application/json"),
             (String = "text/html"))),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "Not a valid address, a password over 128 characters, or a form without its fields", content(
             (pexper_wire::ErrorBody = "application/json"),
@@ -588,7 +588,7 @@ pub struct ResetRequest {
             (String = "text/html"))),
         (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
         (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Neither JSON nor a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "Not a valid address; a form post gets the form again", content(
             (pexper_wire::ErrorBody = "application/json"),
@@ -626,7 +626,7 @@ pub async fn request_reset(
     if let Some(person) = person::find(&mut tx, &platform.keyring, &email).await?
         && let Some(account) = store::account_of(&mut tx, person).await?
         && account.disabled_at.is_none()
-        && person::take_request_mail(&mut tx, person).await?
+        && person::take_mail(&mut tx, person, person::MailBudget::Access).await?
     {
         jobs::enqueue(
             &mut tx,
@@ -705,7 +705,7 @@ pub struct NewPasswordForm {
         (status = 200, description = "Changed: a page that says to sign in", content_type = "text/html"),
         (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html"),
         (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = pexper_wire::ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A password too short, too long or too easy to guess: the form again, with advice", content_type = "text/html")))]
 pub async fn reset(

@@ -55,6 +55,10 @@ impl AccountsState {
     }
 }
 
+/// The largest body an account endpoint reads: 128 characters of 4 bytes, percent-encoded
+/// (12 bytes each), is 1.5 KiB per password field.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Accounts;
 
@@ -84,6 +88,10 @@ impl Service for Accounts {
             .routes(routes!(account::export))
             .routes(routes!(account::delete))
             .layer(axum::Extension(AccountsState::default()))
+            // An account form is an address and a password or two: a few kilobytes at most.
+            // A bigger body is refused as it arrives, before it is buffered whole, so no
+            // request here can make the server hold a megabyte.
+            .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
     }
 
     fn jobs(&self) -> JobRegistry<Platform> {

@@ -42,18 +42,55 @@ pub async fn find(
 }
 
 /// How many emails that anyone could cause (by typing this person's address into a public
-/// form) we send to one address per UTC day: enough for a person who retries, useless for
-/// flooding an inbox.
+/// form) we send to one address per UTC day, per budget: enough for a person who retries,
+/// useless for flooding an inbox.
 pub const REQUEST_MAIL_PER_DAY: i32 = 3;
 
-/// Takes one email from the person's daily budget of request-caused mail; `false` once it is
-/// spent. The rule is the database function `take_request_mail` (a statement that decides to
-/// send can call it itself): one atomic UPDATE on the person row, so concurrent requests, on
-/// any replica, queue on its lock and see each other's counts.
-pub async fn take_request_mail(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<bool> {
-    let taken: Option<bool> = sqlx::query_scalar("SELECT take_request_mail($1, $2)")
+/// A person's daily mail budgets (migrations/…_mail_budgets.sql). Kept apart so that spending
+/// one cannot silence another: three support requests with someone's address must not stop
+/// their password reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailBudget {
+    /// Waitlist confirmations and support acknowledgements: 3 a day.
+    Contact,
+    /// Account links, password resets and privacy-request acknowledgements (each with the link
+    /// that proves the address is theirs): 3 a day.
+    Access,
+    /// What a signed-in person asks for (a licence sent again): 5 a day, and no stranger can
+    /// spend it.
+    Owner,
+}
+
+impl MailBudget {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Contact => "contact",
+            Self::Access => "access",
+            Self::Owner => "owner",
+        }
+    }
+
+    pub fn per_day(self) -> i32 {
+        match self {
+            Self::Contact | Self::Access => REQUEST_MAIL_PER_DAY,
+            Self::Owner => 5,
+        }
+    }
+}
+
+/// Takes one email from one of the person's daily budgets; `false` once it is spent. The rule
+/// is the database function `take_mail` (`take_request_mail` for the contact budget, which a
+/// statement that decides to send can call itself): one atomic UPDATE on the person row, so
+/// concurrent requests, on any replica, queue on its lock and see each other's counts.
+pub async fn take_mail(
+    conn: &mut PgConnection,
+    person: PersonId,
+    budget: MailBudget,
+) -> anyhow::Result<bool> {
+    let taken: Option<bool> = sqlx::query_scalar("SELECT take_mail($1, $2, $3)")
         .bind(person)
-        .bind(REQUEST_MAIL_PER_DAY)
+        .bind(budget.name())
+        .bind(budget.per_day())
         .fetch_one(conn)
         .await
         .context("failed to take from a person's mail budget")?;

@@ -28,7 +28,7 @@ pub async fn take_in(
     // A request from the web form is kept whatever happens, but its acknowledgement comes out
     // of the address's daily budget: the form must not be a way to flood someone's inbox.
     // One made by an operator (from a letter to privacy@) is always acknowledged.
-    if new.source != "web" || person::take_request_mail(conn, person).await? {
+    if new.source != "web" || person::take_mail(conn, person, person::MailBudget::Access).await? {
         jobs::enqueue(
             conn,
             NewJob::new(&ReceivedMail { request_id: id }).for_person(person),

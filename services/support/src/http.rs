@@ -154,7 +154,7 @@ pub async fn create(
     }
     let mut tx = platform.pool.begin().await?;
     let (id, person) = store::create(&mut tx, &platform.keyring, &email, subject, message).await?;
-    if person::take_request_mail(&mut tx, person).await? {
+    if person::take_mail(&mut tx, person, person::MailBudget::Contact).await? {
         jobs::enqueue(
             &mut tx,
             NewJob::new(&Acknowledge { request_id: id }).for_person(person),

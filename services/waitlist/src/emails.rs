@@ -63,8 +63,8 @@ fn list_unsubscribe(url: &str) -> Vec<(&'static str, String)> {
 
 /// The email a signup asks for: a confirmation link for someone not (or no longer) opted in,
 /// or a reminder of their place for someone on the list. At most one per person per 10
-/// minutes, and at most `person::REQUEST_MAIL_PER_DAY` a day together with privacy
-/// acknowledgements, whatever the number of signups.
+/// minutes, and at most `person::REQUEST_MAIL_PER_DAY` a day together with support
+/// acknowledgements (the contact budget, `person::MailBudget`), whatever the number of signups.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignupMail {}
 
