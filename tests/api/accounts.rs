@@ -704,7 +704,55 @@ async fn a_stranger_s_guesses_cannot_lock_the_owner_out_of_a_browser_that_signed
         let res = sign_in_from(&app, "198.51.100.8", Some(cookie), other, PASSWORD).await;
         assert_eq!(res.status(), 429, "{cookie}");
     }
-    // And the device's own guesses are limited like anyone's.
+    // From a new browser, the owner's way past the stranger is a reset: its link clears the
+    // address's count, gives that browser a device cookie, and voids every older one (the
+    // password changed).
+    let res = app
+        .client
+        .post(app.url("/v1/accounts/password-reset"))
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let link = eventually(WAIT, "the reset email", || async {
+        app.smtp.received().into_iter().find_map(|m| {
+            let text = m.part("text/plain")?;
+            text.contains("/password-reset/confirm?token=")
+                .then(|| m.link(&app.url("/v1/accounts/password-reset/confirm?token=")))
+        })
+    })
+    .await;
+    let res = choose_password(&app.client, &link, &app.address, NEW_PASSWORD).await;
+    assert_eq!(res.status(), 200);
+    let new_device = res
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with("__Host-pexper-device="))
+        .expect("a device cookie for the browser that reset")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    for i in 0..5 {
+        let res = sign_in_from(&app, "203.0.113.9", None, email, &format!("again {i} ....")).await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = sign_in_from(&app, "192.0.2.50", Some(&new_device), email, NEW_PASSWORD).await;
+    assert_eq!(res.status(), 201, "the resetting browser is a known one");
+    let res = sign_in_from(&app, "192.0.2.44", Some(&device), email, NEW_PASSWORD).await;
+    assert_eq!(
+        res.status(),
+        429,
+        "the old device cookie died with the old password"
+    );
+
+    // And a device's own guesses are limited like anyone's.
+    let device = new_device;
+    let res = sign_in_from(&app, "192.0.2.44", Some(&device), email, NEW_PASSWORD).await;
+    assert_eq!(res.status(), 201);
     for i in 0..5 {
         let res = sign_in_from(
             &app,
@@ -716,7 +764,7 @@ async fn a_stranger_s_guesses_cannot_lock_the_owner_out_of_a_browser_that_signed
         .await;
         assert_eq!(res.status(), 401);
     }
-    let res = sign_in_from(&app, "192.0.2.44", Some(&device), email, PASSWORD).await;
+    let res = sign_in_from(&app, "192.0.2.44", Some(&device), email, NEW_PASSWORD).await;
     assert_eq!(res.status(), 429);
 }
 

@@ -374,6 +374,7 @@ async fn confirm_password(
         &sender.headers,
         sender.client,
         &address,
+        Some(account.password_changed_at),
     )
     .await?
     {
@@ -389,7 +390,10 @@ async fn confirm_password(
             .await
         {
             Ok(checked) => checked?,
-            Err(Busy) => return Ok(Err(busy())),
+            Err(Busy) => {
+                attempt.undo(&state.clients, platform).await?;
+                return Ok(Err(busy()));
+            }
         },
     };
     if checked == Checked::Wrong {
@@ -467,14 +471,15 @@ pub async fn end_other_sessions(
 #[utoipa::path(post, path = "/account/password", tag = "accounts",
     request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
     responses(
-        (status = 200, description = "Changed: every other session ended, an email sent; the account page, saying so", content_type = "text/html"),
+        (status = 200, description = "Changed: every other session ended, an email sent; the account page, saying so, with a new device cookie for this browser (the new password voids the old ones)", content_type = "text/html",
+            headers(("Set-Cookie" = String, description = "The device cookie"))),
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
         (status = 401, description = "The current password is wrong: the account page, saying so", content_type = "text/html"),
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "The new password is too short, too long or too easy to guess (the account page, saying why), or a field longer than documented", content_type = "text/html"),
-        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests, or too many wrong passwords for this address (counted with sign-ins): `Retry-After`", body = pexper_wire::ErrorBody),
         (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn change_password_form(
     State(platform): State<Platform>,
@@ -520,7 +525,7 @@ pub async fn change_password_form(
         }
     };
     let mut tx = platform.pool.begin().await?;
-    change_password(
+    let password_set = change_password(
         &mut tx,
         signed_in.session.account_id,
         signed_in.session.person_id,
@@ -528,14 +533,23 @@ pub async fn change_password_form(
         Some(signed_in.session.id),
     )
     .await?;
+    let address = person::email(&mut tx, &platform.keyring, signed_in.session.person_id).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
-    page(
+    let mut response = page(
         &platform,
         &signed_in,
         StatusCode::OK,
         Some("Your password is changed, and every other browser is signed out."),
     )
-    .await
+    .await?;
+    // The new password voids every device cookie; this browser keeps being a known one.
+    if let Some(address) = address {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            session::device_cookie(&platform, &address, password_set, None),
+        );
+    }
+    Ok(response)
 }
 
 /// Email a purchase's licence again (a new receipt; within the address's daily budget).
@@ -603,7 +617,7 @@ pub async fn resend_licence(
         (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A field longer than documented, or a purchase that is not an id: a page saying so", content_type = "text/html"),
-        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
+        (status = 429, description = "Too many requests, or too many wrong passwords for this address (counted with sign-ins): `Retry-After`", body = pexper_wire::ErrorBody),
         (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn confirm_password_form(
     State(platform): State<Platform>,

@@ -215,7 +215,8 @@ fn invalid_signup_link() -> Response {
 /// Shows the form where the password is chosen. Changes nothing (mail scanners follow links).
 #[utoipa::path(get, path = "/v1/accounts/verify", tag = "accounts", params(LinkToken), responses(
     (status = 200, description = "A form for the account's password", content_type = "text/html"),
-    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
+    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html"),
+    (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn verify_page(
     State(platform): State<Platform>,
     Query(q): Query<LinkToken>,
@@ -239,12 +240,14 @@ pub async fn verify_page(
 #[utoipa::path(post, path = "/v1/accounts/verify", tag = "accounts", params(LinkToken),
     request_body(content((NewPasswordForm = "application/x-www-form-urlencoded"))),
     responses(
-        (status = 200, description = "The account is open: a page that says to sign in", content_type = "text/html"),
+        (status = 200, description = "The account is open: a page that says to sign in, and this browser's device cookie (`__Host-pexper-device`); the address's count of failed sign-ins is cleared", content_type = "text/html",
+            headers(("Set-Cookie" = String, description = "The device cookie"))),
         (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html"),
         (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
         (status = 415, description = "Not a form", body = pexper_wire::ErrorBody),
         (status = 422, description = "A password too short, too long or too easy to guess: the form again, with advice", content_type = "text/html"),
+        (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody),
         (status = 503, description = "Too many passwords being checked: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn verify(
     State(platform): State<Platform>,
@@ -288,17 +291,40 @@ pub async fn verify(
         Err(Busy) => return Ok(busy()),
     };
     let mut tx = platform.pool.begin().await?;
-    let Some((account, _)) = store::complete_signup(&mut tx, &token, &hash).await? else {
+    let Some((account, person, password_set)) =
+        store::complete_signup(&mut tx, &token, &hash).await?
+    else {
         return Ok(invalid_signup_link());
     };
+    let device = mailbox_proven(&platform, &mut tx, person, password_set).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(%account, "account opened");
-    Ok(verify_page_of(
-        StatusCode::OK,
-        "verified",
-        String::new(),
+    let mut response = verify_page_of(StatusCode::OK, "verified", String::new(), None);
+    response
+        .headers_mut()
+        .extend(device.map(|d| (header::SET_COOKIE, d)));
+    Ok(response)
+}
+
+/// Someone followed a link mailed to `person` and set the password: the address's count of
+/// strangers' guesses is cleared, and this browser gets its device cookie (`throttle`). The
+/// cookie to set, if the person still has an address.
+async fn mailbox_proven(
+    platform: &Platform,
+    conn: &mut sqlx::PgConnection,
+    person: person::PersonId,
+    password_set: OffsetDateTime,
+) -> anyhow::Result<Option<HeaderValue>> {
+    let Some(address) = person::email(conn, &platform.keyring, person).await? else {
+        return Ok(None);
+    };
+    crate::throttle::clear_address(platform, conn, &address).await?;
+    Ok(Some(session::device_cookie(
+        platform,
+        &address,
+        password_set,
         None,
-    ))
+    )))
 }
 
 /// The address of `person` and its local part: a new password must not be guessable from
@@ -370,9 +396,9 @@ pub fn client_of(platform: &Platform, request: &Request) -> Option<IpAddr> {
         (Credentials = "application/x-www-form-urlencoded"))),
     responses(
         (status = 201, description = "Signed in: the session cookie (`__Host-pexper-session`, `Secure`, `HttpOnly`, `SameSite=Lax`) and the session's CSRF token", body = SignedInBody,
-            headers(("Set-Cookie" = String, description = "The session cookie"))),
+            headers(("Set-Cookie" = String, description = "The session cookie, and the device cookie `__Host-pexper-device` (`Secure`, `HttpOnly`, `SameSite=Strict`, 182 days; until the password changes): this browser's later attempts are counted apart from strangers'"))),
         (status = 303, description = "A form post, signed in: on to `/account`",
-            headers(("Set-Cookie" = String, description = "The session cookie"), ("Location" = String, description = "`/account`"))),
+            headers(("Set-Cookie" = String, description = "The session cookie and the device cookie"), ("Location" = String, description = "`/account`"))),
         (status = 400, description = "Not JSON", body = pexper_wire::ErrorBody),
         (status = 401, description = "Wrong address or password (one answer for both, in the same time); a form post gets the form again", content(
             (pexper_wire::ErrorBody = "application/json"),
@@ -459,6 +485,10 @@ pub async fn sign_in(
         .into_response());
     }
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    let account = match person::find(&mut conn, &platform.keyring, &email).await? {
+        Some(person) => store::account_of(&mut conn, person).await?,
+        None => None,
+    };
     let attempt = match Attempt::reserve(
         &platform,
         &state.clients,
@@ -466,15 +496,12 @@ pub async fn sign_in(
         &headers,
         client,
         &email,
+        account.as_ref().map(|a| a.password_changed_at),
     )
     .await?
     {
         Ok(attempt) => attempt,
         Err(wait) => return Ok(too_many(wait)),
-    };
-    let account = match person::find(&mut conn, &platform.keyring, &email).await? {
-        Some(person) => store::account_of(&mut conn, person).await?,
-        None => None,
     };
     // Not hashed while the connection waits: it goes back to the pool for the hash's length.
     drop(conn);
@@ -485,7 +512,10 @@ pub async fn sign_in(
             let stored = account.as_ref().map(|a| a.password_hash.clone());
             match state.hasher(&platform)?.check(password, stored).await {
                 Ok(checked) => checked?,
-                Err(Busy) => return Ok(busy()),
+                Err(Busy) => {
+                    attempt.undo(&state.clients, &platform).await?;
+                    return Ok(busy());
+                }
             }
         }
     };
@@ -524,7 +554,12 @@ pub async fn sign_in(
     tracing::info!(account = %account.id, %session, "signed in");
     let cookie = session::set_cookie(&token);
     // This browser has now signed in to this address: its later attempts are its own.
-    let device = session::device_cookie(&platform, &email, attempt.device.as_deref());
+    let device = session::device_cookie(
+        &platform,
+        &email,
+        account.password_changed_at,
+        attempt.device.as_deref(),
+    );
     let mut response = if form {
         pages::see_other("/account")
     } else {
@@ -665,7 +700,8 @@ fn new_password_page(
 /// Shows the form for a new password. Changes nothing.
 #[utoipa::path(get, path = "/v1/accounts/password-reset/confirm", tag = "accounts", params(LinkToken), responses(
     (status = 200, description = "A form for the new password", content_type = "text/html"),
-    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
+    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html"),
+    (status = 429, description = "Too many requests: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn reset_page(
     State(platform): State<Platform>,
     Query(q): Query<LinkToken>,
@@ -702,7 +738,8 @@ pub struct NewPasswordForm {
 #[utoipa::path(post, path = "/v1/accounts/password-reset/confirm", tag = "accounts", params(LinkToken),
     request_body(content((NewPasswordForm = "application/x-www-form-urlencoded"))),
     responses(
-        (status = 200, description = "Changed: a page that says to sign in", content_type = "text/html"),
+        (status = 200, description = "Changed: a page that says to sign in, and this browser's device cookie (`__Host-pexper-device`); the address's count of failed sign-ins is cleared", content_type = "text/html",
+            headers(("Set-Cookie" = String, description = "The device cookie"))),
         (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html"),
         (status = 403, description = "Posted from a page that is not ours", body = pexper_wire::ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = pexper_wire::ErrorBody),
@@ -771,22 +808,27 @@ pub async fn reset(
             None,
         ));
     }
-    change_password(&mut tx, account.id, account.person_id, &hash, None).await?;
+    let password_set = change_password(&mut tx, account.id, account.person_id, &hash, None).await?;
+    let device = mailbox_proven(&platform, &mut tx, account.person_id, password_set).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account = %account.id, "password reset");
-    Ok(new_password_page(StatusCode::OK, "done", "", None))
+    let mut response = new_password_page(StatusCode::OK, "done", "", None);
+    response
+        .headers_mut()
+        .extend(device.map(|d| (header::SET_COOKIE, d)));
+    Ok(response)
 }
 
 /// Stores a new password hash, ends every session but `keep`, and queues the email that says
-/// so, in the caller's transaction.
+/// so, in the caller's transaction; returns when the password was set (its version).
 pub async fn change_password(
     conn: &mut sqlx::PgConnection,
     account: store::AccountId,
     person: person::PersonId,
     hash: &str,
     keep: Option<store::SessionId>,
-) -> anyhow::Result<()> {
-    store::set_password(conn, account, hash).await?;
+) -> anyhow::Result<OffsetDateTime> {
+    let set = store::set_password(conn, account, hash).await?;
     let ended = store::end_sessions(conn, account, keep).await?;
     jobs::enqueue(
         conn,
@@ -797,5 +839,5 @@ pub async fn change_password(
     )
     .await?;
     tracing::info!(%account, sessions_ended = ended, "password changed");
-    Ok(())
+    Ok(set)
 }

@@ -14,6 +14,7 @@ use pexper_platform::address::EmailAddress;
 use pexper_platform::http::{ApiError, origin_allowed};
 
 use crate::store::{self, Session};
+use time::OffsetDateTime;
 
 pub const COOKIE: &str = "__Host-pexper-session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -190,48 +191,54 @@ const DEVICE_DOMAIN: &str = "account-device";
 /// A device cookie lasts half a year from its browser's last sign-in.
 const DEVICE_MAX_AGE: time::Duration = time::Duration::days(182);
 
-/// The message a device cookie's MAC covers: the address it was earned for, and its nonce.
-fn device_message(address: &EmailAddress, nonce: &str) -> String {
-    format!("{}\n{nonce}", address.as_str())
+/// The message a device cookie's MAC covers: the address it was earned for, the version of
+/// the password it was earned with (when it was set: a new password voids every device
+/// cookie, so one earned by someone who knew the old password is no use), and its nonce.
+fn device_message(address: &EmailAddress, password_set: OffsetDateTime, nonce: &str) -> String {
+    format!(
+        "{}\n{}\n{nonce}",
+        address.as_str(),
+        password_set.unix_timestamp_nanos() / 1000
+    )
 }
 
 /// The nonce of the request's device cookie, if it has one that this server made for
-/// `address` (a MAC under the token key: a cookie cannot be made up, nor moved to another
-/// address).
+/// `address` and its password as it is now (a MAC under the token key: a cookie cannot be
+/// made up, nor moved to another address, nor outlive a password change).
 pub fn device_of(
     platform: &Platform,
     headers: &HeaderMap,
     address: &EmailAddress,
+    password_set: OffsetDateTime,
 ) -> Option<String> {
-    cookie_values(headers, DEVICE_COOKIE)
-        .filter_map(|value| {
-            let (nonce, tag) = value.split_once('.')?;
-            let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(tag)
-                .ok()?;
-            (pexper_platform::crypto::is_token_shaped(nonce)
-                && platform.keyring.verify_token(
-                    DEVICE_DOMAIN,
-                    device_message(address, nonce).as_bytes(),
-                    &tag,
-                ))
-            .then(|| nonce.to_owned())
-        })
-        .next()
+    cookie_values(headers, DEVICE_COOKIE).find_map(|value| {
+        let (nonce, tag) = value.split_once('.')?;
+        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tag)
+            .ok()?;
+        (pexper_platform::crypto::is_token_shaped(nonce)
+            && platform.keyring.verify_token(
+                DEVICE_DOMAIN,
+                device_message(address, password_set, nonce).as_bytes(),
+                &tag,
+            ))
+        .then(|| nonce.to_owned())
+    })
 }
 
-/// The `Set-Cookie` of a device cookie for `address` (a new one unless `nonce` is given).
+/// The `Set-Cookie` of a device cookie for `address` and its password as set at
+/// `password_set` (a new one unless `nonce` is given).
 pub fn device_cookie(
     platform: &Platform,
     address: &EmailAddress,
+    password_set: OffsetDateTime,
     nonce: Option<&str>,
 ) -> HeaderValue {
     let nonce = nonce.map_or_else(pexper_platform::crypto::random_token, str::to_owned);
-    let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        platform
-            .keyring
-            .sign_token(DEVICE_DOMAIN, device_message(address, &nonce).as_bytes()),
-    );
+    let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(platform.keyring.sign_token(
+        DEVICE_DOMAIN,
+        device_message(address, password_set, &nonce).as_bytes(),
+    ));
     let max_age = DEVICE_MAX_AGE.whole_seconds();
     HeaderValue::from_str(&format!(
         "{DEVICE_COOKIE}={nonce}.{tag}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"

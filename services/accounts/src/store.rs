@@ -34,6 +34,8 @@ pub struct Account {
     pub id: AccountId,
     pub person_id: PersonId,
     pub password_hash: String,
+    /// When the password was last set: device cookies name it, so a change voids them.
+    pub password_changed_at: OffsetDateTime,
     pub disabled_at: Option<OffsetDateTime>,
 }
 
@@ -42,7 +44,8 @@ pub async fn account_of(
     person: PersonId,
 ) -> anyhow::Result<Option<Account>> {
     sqlx::query_as(
-        "SELECT id, person_id, password_hash, disabled_at FROM account WHERE person_id = $1",
+        "SELECT id, person_id, password_hash, password_changed_at, disabled_at FROM account
+         WHERE person_id = $1",
     )
     .bind(person)
     .fetch_optional(conn)
@@ -51,7 +54,9 @@ pub async fn account_of(
 }
 
 pub async fn account(conn: &mut PgConnection, id: AccountId) -> anyhow::Result<Option<Account>> {
-    sqlx::query_as("SELECT id, person_id, password_hash, disabled_at FROM account WHERE id = $1")
+    sqlx::query_as(
+        "SELECT id, person_id, password_hash, password_changed_at, disabled_at FROM account WHERE id = $1",
+    )
         .bind(id)
         .fetch_optional(conn)
         .await
@@ -119,7 +124,18 @@ pub async fn complete_signup(
     conn: &mut PgConnection,
     token: &str,
     password_hash: &str,
-) -> anyhow::Result<Option<(AccountId, PersonId)>> {
+) -> anyhow::Result<Option<(AccountId, PersonId, OffsetDateTime)>> {
+    // The person's pending sign-ups are locked first, in one order: two of their links used at
+    // once must not each delete the other's row (a deadlock).
+    sqlx::query(
+        "SELECT 1 FROM account_signup WHERE person_id =
+             (SELECT person_id FROM account_signup WHERE token_hash = $1)
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(sha256(token.as_bytes()).as_slice())
+    .execute(&mut *conn)
+    .await
+    .context("failed to lock pending sign-ups")?;
     let person: Option<PersonId> = sqlx::query_scalar(
         "DELETE FROM account_signup WHERE token_hash = $1 AND expires_at > now()
          RETURNING person_id",
@@ -136,9 +152,9 @@ pub async fn complete_signup(
         .execute(&mut *conn)
         .await
         .context("failed to clear pending sign-ups")?;
-    let id: Option<AccountId> = sqlx::query_scalar(
+    let opened: Option<(AccountId, OffsetDateTime)> = sqlx::query_as(
         "INSERT INTO account (id, person_id, password_hash) VALUES ($1, $2, $3)
-         ON CONFLICT (person_id) DO NOTHING RETURNING id",
+         ON CONFLICT (person_id) DO NOTHING RETURNING id, password_changed_at",
     )
     .bind(AccountId(Uuid::now_v7()))
     .bind(person)
@@ -146,7 +162,7 @@ pub async fn complete_signup(
     .fetch_optional(&mut *conn)
     .await
     .context("failed to create an account")?;
-    Ok(id.map(|id| (id, person)))
+    Ok(opened.map(|(id, changed)| (id, person, changed)))
 }
 
 /// A new password-reset link for an account; returns its token.
@@ -202,20 +218,40 @@ pub async fn use_reset(conn: &mut PgConnection, token: &str) -> anyhow::Result<O
     Ok(account)
 }
 
+/// Stores a new password hash; returns when it was set (the password's version).
 pub async fn set_password(
     conn: &mut PgConnection,
     account: AccountId,
     password_hash: &str,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "UPDATE account SET password_hash = $2, password_changed_at = now(), updated_at = now()
-         WHERE id = $1",
+) -> anyhow::Result<OffsetDateTime> {
+    sqlx::query_scalar(
+        "UPDATE account SET password_hash = $2, password_changed_at = clock_timestamp(),
+             updated_at = now()
+         WHERE id = $1 RETURNING password_changed_at",
     )
     .bind(account)
     .bind(password_hash)
+    .fetch_one(conn)
+    .await
+    .context("failed to store a password hash")
+}
+
+/// Undoes a reserved attempt that never reached a password check (the hashing pool was
+/// busy): the count goes back, and so does the block the attempt set, if any.
+pub async fn undo_attempt(conn: &mut PgConnection, key: &[u8]) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE signin_throttle SET failures = failures - 1,
+             blocked_until = CASE WHEN failures - 1 >= $2
+                 THEN now() + least(interval '1 second' * power(2, least(failures - 1 - $2, 20)), $3)
+                 END
+         WHERE key = $1 AND failures > 0",
+    )
+    .bind(key)
+    .bind(FREE_ATTEMPTS)
+    .bind(MAX_BLOCK)
     .execute(conn)
     .await
-    .context("failed to store a password hash")?;
+    .context("failed to undo a sign-in attempt")?;
     Ok(())
 }
 

@@ -13,7 +13,9 @@
 //! (`session::device_of`, OWASP's "device cookies"): its attempts are counted under that
 //! device's own key instead of the address's, so a stranger's wrong guesses, however many,
 //! cannot lock the owner out of their own browser; the device's own guesses are limited the
-//! same way.
+//! same way. A new password voids every device cookie. From a new browser, the owner's way
+//! past a stranger's guesses is a password reset: following its link clears the address's
+//! count and gives that browser its device cookie.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +26,7 @@ use axum::http::HeaderMap;
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
 use sqlx::PgConnection;
+use time::OffsetDateTime;
 
 use crate::session;
 use crate::store;
@@ -103,7 +106,9 @@ pub struct Attempt {
 
 impl Attempt {
     /// Reserves an attempt for `address` from this request's browser and client; `Err` is the
-    /// wait in whole seconds (at least 1) while blocked.
+    /// wait in whole seconds (at least 1) while blocked. `password_set` is the account's
+    /// password version, when the address has an account (only then can a browser hold a
+    /// device cookie for it).
     pub async fn reserve(
         platform: &Platform,
         clients: &Clients,
@@ -111,19 +116,15 @@ impl Attempt {
         headers: &HeaderMap,
         client: Option<IpAddr>,
         address: &EmailAddress,
+        password_set: Option<OffsetDateTime>,
     ) -> anyhow::Result<Result<Self, u64>> {
-        let device = session::device_of(platform, headers, address);
+        let device =
+            password_set.and_then(|set| session::device_of(platform, headers, address, set));
         let (key, client) = match &device {
             // A known browser: its own count, and not the client's (an attacker sharing its
             // network cannot lock it out either).
             Some(nonce) => (device_key(platform, address, nonce), None),
-            None => (
-                platform
-                    .keyring
-                    .blind_index(SIGNIN_INDEX, address.as_str())
-                    .to_vec(),
-                client,
-            ),
+            None => (address_key(platform, address), client),
         };
         if let Some(client) = client
             && let Err(wait) = clients.reserve(client)
@@ -154,6 +155,34 @@ impl Attempt {
         }
         store::clear_failures(conn, &self.key).await
     }
+
+    /// No password was checked (the hashing pool was busy): the attempt is given back, so
+    /// that a flood of other sign-ins cannot spend the owner's.
+    pub async fn undo(self, clients: &Clients, platform: &Platform) -> anyhow::Result<()> {
+        if let Some(client) = self.client {
+            clients.refund(client);
+        }
+        let mut conn = platform.pool.acquire().await?;
+        store::undo_attempt(&mut conn, &self.key).await
+    }
+}
+
+/// The count of an address's attempts from browsers that never signed in to it.
+fn address_key(platform: &Platform, address: &EmailAddress) -> Vec<u8> {
+    platform
+        .keyring
+        .blind_index(SIGNIN_INDEX, address.as_str())
+        .to_vec()
+}
+
+/// Someone proved they hold the address's mailbox (a reset link, the account's own link): the
+/// address's count of strangers' guesses no longer stands between them and their account.
+pub async fn clear_address(
+    platform: &Platform,
+    conn: &mut PgConnection,
+    address: &EmailAddress,
+) -> anyhow::Result<()> {
+    store::clear_failures(conn, &address_key(platform, address)).await
 }
 
 /// The count of one browser's attempts at one address.

@@ -66,18 +66,22 @@ pub async fn lift_unsubscribed(
     Ok(())
 }
 
-/// Lifts any suppression of `email` (an operator's decision: `mail unsuppress`); returns the
-/// reason it had, if it was suppressed.
+/// Lifts a bounce's or a complaint's suppression of `email` (an operator's decision: `mail
+/// unsuppress`); returns the reason it had, if it had one of those. An `unsubscribed` one
+/// stays: only the person's own double opt-in lifts it.
 pub async fn lift(
     conn: &mut PgConnection,
     keyring: &Keyring,
     email: &EmailAddress,
 ) -> anyhow::Result<Option<Reason>> {
-    sqlx::query_scalar("DELETE FROM email_suppression WHERE address_hash = $1 RETURNING reason")
-        .bind(hash(keyring, email).as_slice())
-        .fetch_optional(conn)
-        .await
-        .context("failed to lift a suppression")
+    sqlx::query_scalar(
+        "DELETE FROM email_suppression
+         WHERE address_hash = $1 AND reason IN ('bounced', 'complained') RETURNING reason",
+    )
+    .bind(hash(keyring, email).as_slice())
+    .fetch_optional(conn)
+    .await
+    .context("failed to lift a suppression")
 }
 
 /// Why `email` is suppressed, if it is.
