@@ -1122,6 +1122,89 @@ async fn a_password_reset_works_once_ends_every_session_and_says_so_by_email() {
     );
 }
 
+/// Asks for a reset of `email` and returns the link its email brings (the `n`th reset email).
+async fn reset_link(app: &TestApp, email: &str, n: usize) -> String {
+    let res = app
+        .client
+        .post(app.url("/v1/accounts/password-reset"))
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let prefix = app.url("/v1/accounts/password-reset/confirm?token=");
+    eventually(WAIT, "the reset email", || async {
+        let links: Vec<String> = app
+            .smtp
+            .received()
+            .iter()
+            .filter(|m| to(m, email) && m.part("text/plain").unwrap().contains(&prefix))
+            .map(|m| m.link(&prefix))
+            .collect();
+        links.get(n).cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_reset_link_dies_with_a_password_change_and_never_opens_a_disabled_account() {
+    let app = spawn_app().await;
+    let email = "careful@example.com";
+    open_account(&app, email).await;
+    let link = reset_link(&app, email, 0).await;
+    assert_eq!(app.client.get(&link).send().await.unwrap().status(), 200);
+    // The password changes in the account meanwhile (the person remembered it): the link that
+    // was mailed before is dead.
+    let session = signed_in(&app, email, PASSWORD).await;
+    let res = form(
+        &app,
+        &session,
+        "/account/password",
+        &[("password", PASSWORD), ("new_password", NEW_PASSWORD)],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.client.get(&link).send().await.unwrap().status(), 400);
+    let res = choose_password(
+        &app.client,
+        &link,
+        &app.address,
+        "a third good passphrase here",
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(sign_in(&app, email, NEW_PASSWORD).await.status(), 201);
+
+    // A link mailed before the account is disabled does not open it.
+    let link = reset_link(&app, email, 1).await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM account")
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap();
+    let out = admin(
+        &app.cli_vars(),
+        &[
+            "accounts",
+            "disable",
+            &id.to_string(),
+            "--reason",
+            "abuse report",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(app.client.get(&link).send().await.unwrap().status(), 400);
+    let res = choose_password(
+        &app.client,
+        &link,
+        &app.address,
+        "a third good passphrase here",
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(sign_in(&app, email, NEW_PASSWORD).await.status(), 403);
+}
+
 #[tokio::test]
 async fn changing_the_password_in_the_account_keeps_this_session_and_ends_the_others() {
     let app = spawn_app().await;

@@ -1040,8 +1040,45 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     let vars = app.cli_vars();
     let audience = crate::product_email::broadcast(&vars, dir.path(), "News", true);
 
+    // The one who stays has an account, signed in, with a reset link not yet used.
+    let stays: pexper_platform::person::PersonId = {
+        let mut conn = app.platform.pool.acquire().await.unwrap();
+        let address = pexper_platform::address::EmailAddress::parse("stays@example.net").unwrap();
+        pexper_platform::person::find(&mut conn, &app.platform.keyring, &address)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    sqlx::query(
+        "WITH a AS (INSERT INTO account (id, person_id, password_hash)
+                    VALUES (gen_random_uuid(), $1, '$argon2id$v=19$stand-in') RETURNING id),
+              s AS (INSERT INTO account_session (id, account_id, token_hash, device, expires_at)
+                    SELECT gen_random_uuid(), id, '\\x01', 'Firefox on Linux',
+                           now() + interval '1 day' FROM a)
+         INSERT INTO account_reset (token_hash, account_id, expires_at)
+         SELECT '\\x02', id, now() + interval '1 hour' FROM a",
+    )
+    .bind(stays)
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
+
     // Back up; then one of the two is erased.
     let file = dir.path().join("pexper.backup");
+    // A symbolic link where the backup writes first is refused, not followed.
+    let elsewhere_file = dir.path().join("not-the-backup");
+    std::fs::write(&elsewhere_file, "untouched").unwrap();
+    std::os::unix::fs::symlink(&elsewhere_file, dir.path().join("pexper.backup.partial")).unwrap();
+    let out = admin(&vars, &["db", "backup", file.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "a symbolic link is not written through"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&elsewhere_file).unwrap(),
+        "untouched"
+    );
+    std::fs::remove_file(dir.path().join("pexper.backup.partial")).unwrap();
     let taken = cli(&app, &["db", "backup", file.to_str().unwrap(), "--json"]);
     assert!(taken["bytes"].as_u64().unwrap() > 1000, "{taken}");
     use std::os::unix::fs::PermissionsExt;
@@ -1090,8 +1127,27 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     app.shutdown().await;
     app.platform.close().await;
     let restored = cli(&app, &["db", "restore", file.to_str().unwrap(), "--json"]);
-    assert_eq!(restored, json!({"journal_entries": 1, "erased_again": 1}));
+    let note = restored["note"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        note.contains("Password changes made since the backup are lost"),
+        "{restored}"
+    );
+    assert_eq!(
+        restored,
+        json!({"journal_entries": 1, "erased_again": 1, "sessions_and_links_ended": 2,
+               "note": note})
+    );
     let pool = app.db.pool().await;
+    // The backup may predate a sign-out or a password change: no session and no reset link
+    // from it works.
+    let live: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM account_session)
+              + (SELECT count(*) FROM account_reset WHERE used_at IS NULL)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 0);
     let is_back = |pool: sqlx::PgPool| async move {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM person WHERE id = $1")
             .bind(erased_id)

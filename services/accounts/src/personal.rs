@@ -58,6 +58,13 @@ impl PersonalData for AccountData {
         Some("SELECT person_id FROM account")
     }
 
+    fn after_restore(&self) -> &'static [&'static str] {
+        &[
+            "DELETE FROM account_session",
+            "UPDATE account_reset SET used_at = now() WHERE used_at IS NULL",
+        ]
+    }
+
     fn holds(&self) -> Option<&'static str> {
         Some("SELECT person_id FROM account UNION SELECT person_id FROM account_signup")
     }

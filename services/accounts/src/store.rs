@@ -180,15 +180,21 @@ pub async fn create_reset(conn: &mut PgConnection, account: AccountId) -> anyhow
     Ok(token)
 }
 
-/// The account a reset link is for, if it is unused and unexpired (it is not used here).
+/// Which reset links still work: unused, unexpired, made since the password last changed (a
+/// link mailed before a change dies with the old password), of an account not disabled (a
+/// reset never opens one).
+const LIVE_RESET: &str = "r.used_at IS NULL AND r.expires_at > now()
+     AND r.account_id = a.id AND r.created_at >= a.password_changed_at AND a.disabled_at IS NULL";
+
+/// The account a reset link is for, if it still works (it is not used here).
 pub async fn reset_account(
     conn: &mut PgConnection,
     token: &str,
 ) -> anyhow::Result<Option<AccountId>> {
-    sqlx::query_scalar(
-        "SELECT account_id FROM account_reset
-         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()",
-    )
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT r.account_id FROM account_reset r, account a
+         WHERE r.token_hash = $1 AND {LIVE_RESET}"
+    )))
     .bind(sha256(token.as_bytes()).as_slice())
     .fetch_optional(conn)
     .await
@@ -197,11 +203,11 @@ pub async fn reset_account(
 
 /// Uses a reset link, once: every other link of the account is used up with it.
 pub async fn use_reset(conn: &mut PgConnection, token: &str) -> anyhow::Result<Option<AccountId>> {
-    let account: Option<AccountId> = sqlx::query_scalar(
-        "UPDATE account_reset SET used_at = now()
-         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-         RETURNING account_id",
-    )
+    let account: Option<AccountId> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "UPDATE account_reset r SET used_at = now() FROM account a
+         WHERE r.token_hash = $1 AND {LIVE_RESET}
+         RETURNING r.account_id"
+    )))
     .bind(sha256(token.as_bytes()).as_slice())
     .fetch_optional(&mut *conn)
     .await

@@ -77,6 +77,13 @@ pub trait PersonalData: Send + Sync {
     fn retention(&self) -> Vec<RetentionRule> {
         Vec::new()
     }
+
+    /// Statements a restore runs once the backup is back (`db::backup::restore`): what must
+    /// not come back from a backup taken before a sign-out or a password change (sessions,
+    /// unused reset links).
+    fn after_restore(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// `PersonalData` as the registry holds it, behind `dyn`: implementations write plain
@@ -103,6 +110,8 @@ pub trait DynPersonalData: Send + Sync {
     fn holds(&self) -> Option<&'static str>;
 
     fn retention(&self) -> Vec<RetentionRule>;
+
+    fn after_restore(&self) -> &'static [&'static str];
 }
 
 impl<T: PersonalData> DynPersonalData for T {
@@ -116,6 +125,10 @@ impl<T: PersonalData> DynPersonalData for T {
 
     fn retention(&self) -> Vec<RetentionRule> {
         PersonalData::retention(self)
+    }
+
+    fn after_restore(&self) -> &'static [&'static str] {
+        PersonalData::after_restore(self)
     }
 
     fn section(&self) -> &'static str {
@@ -167,6 +180,14 @@ impl Registry {
     /// Every service's retention rules.
     pub fn retention(&self) -> Vec<RetentionRule> {
         self.parts.iter().flat_map(|p| p.retention()).collect()
+    }
+
+    /// Every service's statements to run after a restore (`PersonalData::after_restore`).
+    pub fn after_restore(&self) -> Vec<&'static str> {
+        self.parts
+            .iter()
+            .flat_map(|p| p.after_restore().iter().copied())
+            .collect()
     }
 
     /// Every service's query of whom it holds something for.

@@ -54,13 +54,20 @@ pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<u64> {
     );
     let target = Tool::connect(config).await?;
     let partial = PathBuf::from(format!("{}.partial", file.display()));
+    // Made new, never followed: a symbolic link (or any file) already at either name is
+    // refused, not written through.
     OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&partial)
-        .with_context(|| format!("failed to create {}", partial.display()))?;
+        .with_context(|| {
+            format!(
+                "failed to create {} (is it left from an earlier backup?)",
+                partial.display()
+            )
+        })?;
     let written = target
         .run(
             "pg_dump",
@@ -73,12 +80,11 @@ pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<u64> {
         )
         .await
         .and_then(|()| {
-            std::fs::rename(&partial, file)
+            // A hard link, not a rename: it fails if the name was taken meanwhile.
+            std::fs::hard_link(&partial, file)
                 .with_context(|| format!("failed to write {}", file.display()))
         });
-    if written.is_err() {
-        std::fs::remove_file(&partial).ok();
-    }
+    std::fs::remove_file(&partial).ok();
     written?;
     Ok(std::fs::metadata(file)?.len())
 }
@@ -90,7 +96,19 @@ pub struct Restored {
     pub journal_entries: usize,
     /// People in the backup who had been erased since it was taken, erased again.
     pub erased_again: usize,
+    /// Rows the services' `after_restore` statements changed (sessions ended, reset links
+    /// voided); none for a replay alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_and_links_ended: Option<u64>,
+    /// What the operator must know about the restored state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
 }
+
+/// Said by every restore.
+const RESTORE_NOTE: &str = "every session was ended and every unused password-reset link \
+    voided: the backup may predate a sign-out or a password change. Password changes made \
+    since the backup are lost: those people sign in with the password they had then, or reset it.";
 
 /// Replaces the database with the backup in `file`, migrates it, and erases again everyone in
 /// the erasure journal (the live one, read first, and `exported` copies). Refused while any
@@ -167,7 +185,18 @@ pub async fn restore(
     // A backup from before the newest migrations is brought up to date first.
     let pool = db::pool(db::connect_options(config).await?).await?;
     db::migrate(&pool).await?;
-    replay(&pool, known, master, registry).await
+    let mut ended = 0;
+    for statement in registry.after_restore() {
+        ended += sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&pool)
+            .await
+            .with_context(|| format!("failed to run {statement:?} after the restore"))?
+            .rows_affected();
+    }
+    let mut restored = replay(&pool, known, master, registry).await?;
+    restored.sessions_and_links_ended = Some(ended);
+    restored.note = Some(RESTORE_NOTE);
+    Ok(restored)
 }
 
 /// Erases again everyone in the erasure journal — the database's own and `exported` copies,
@@ -204,6 +233,8 @@ pub async fn replay(
     Ok(Restored {
         journal_entries: journal.len(),
         erased_again: back.len(),
+        sessions_and_links_ended: None,
+        note: None,
     })
 }
 
