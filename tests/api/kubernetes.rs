@@ -313,7 +313,8 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
     );
 
     // Three replicas, of which a disruption leaves two; the database takes the most the
-    // autoscaler makes (13 connections each) and a few admin jobs.
+    // autoscaler makes (each with every connection its pools may hold, by the server's own
+    // figures), the two admin jobs, and a reserve for superusers, replication and the operator.
     assert_eq!(deployment["spec"]["replicas"], 3);
     let pdb = find(&docs, "PodDisruptionBudget", "pexper-server");
     assert_eq!(pdb["spec"]["minAvailable"], 2);
@@ -326,9 +327,14 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
         .unwrap()
         .parse()
         .unwrap();
+    let per_replica = u64::from(pexper_platform::db::connections_per_process(
+        parsed.as_ref().unwrap().job_concurrency,
+    ));
+    let admin_jobs = 2 * u64::from(pexper_platform::db::ADMIN_CONNECTIONS);
+    let reserve = 20;
     assert!(
-        max_replicas * 13 + 20 <= max_connections,
-        "{max_replicas} replicas"
+        max_replicas * per_replica + admin_jobs + reserve <= max_connections,
+        "{max_replicas} replicas × {per_replica} + {admin_jobs} + {reserve} > {max_connections}"
     );
     assert_eq!(
         cluster["spec"]["postgresql"]["parameters"]["synchronous_commit"], "on",

@@ -40,6 +40,8 @@ pub struct Inner {
     pub job_wake: crate::jobs::Wake,
     /// The requests in flight, which the job worker gives way to.
     pub foreground: crate::jobs::Foreground,
+    /// What `/readyz` last saw.
+    pub readiness: crate::http::Readiness,
 }
 
 impl std::fmt::Debug for Platform {
@@ -76,6 +78,7 @@ impl Platform {
                 personal_data,
                 job_wake: crate::jobs::Wake::default(),
                 foreground: crate::jobs::Foreground::default(),
+                readiness: crate::http::Readiness::default(),
             }),
             pool,
         })

@@ -113,12 +113,27 @@ pub fn ingest_pool(main: &PgPool) -> PgPool {
         .connect_lazy_with((*main.connect_options()).clone())
 }
 
+/// Every connection one server process may hold at once: its request pool, its collection
+/// pool, its job pool (`job_concurrency` jobs at once) and the job worker's `LISTEN`
+/// connection. What a deployment sizes the database's `max_connections` by; an admin command
+/// holds at most `ADMIN_CONNECTIONS`.
+pub fn connections_per_process(job_concurrency: usize) -> u32 {
+    POOL_SIZE + INGEST_POOL_SIZE + job_pool_size(job_concurrency) + 1
+}
+
+/// Connections an admin command may hold at once (its one request-sized pool).
+pub const ADMIN_CONNECTIONS: u32 = POOL_SIZE;
+
+fn job_pool_size(concurrency: usize) -> u32 {
+    concurrency as u32 + 2
+}
+
 /// The job worker's pool beside `main`, to the same database: a connection for each job in
 /// hand and two for the worker's own claims, heartbeats and finishes. A job waits for one
 /// as long as it takes; a request never waits for a job.
 pub fn job_pool(main: &PgPool, concurrency: usize) -> PgPool {
     pool_options()
-        .max_connections(concurrency as u32 + 2)
+        .max_connections(job_pool_size(concurrency))
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(60))
         .connect_lazy_with((*main.connect_options()).clone())

@@ -96,25 +96,56 @@ async fn healthz() -> axum::Json<Health> {
     })
 }
 
-/// Database is reachable.
+/// Database is reachable (as seen at most a second ago: `Readiness`).
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "The database answers", body = Health),
     (status = 503, description = "The database does not answer", body = Health)))]
 async fn readyz(State(platform): State<Platform>) -> impl IntoResponse {
-    let ping = sqlx::query("SELECT 1").execute(&platform.pool);
-    match tokio::time::timeout(Duration::from_secs(2), ping).await {
-        Ok(Ok(_)) => (
+    let ping = || async {
+        let ping = sqlx::query("SELECT 1").execute(&platform.pool);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ping).await,
+            Ok(Ok(_))
+        )
+    };
+    if platform.readiness.ready(ping).await {
+        (
             StatusCode::OK,
             axum::Json(Health {
                 status: "ok".into(),
             }),
-        ),
-        _ => (
+        )
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(Health {
                 status: "unavailable".into(),
             }),
-        ),
+        )
+    }
+}
+
+/// `/readyz`'s last answer, refreshed at most once a second by one caller at a time: probes
+/// (every kubelet's, a load balancer's, or a flood of them) cost at most one database round
+/// trip a second, and never take the connections requests need.
+#[derive(Debug, Default)]
+pub struct Readiness(tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>);
+
+impl Readiness {
+    const FRESH: Duration = Duration::from_secs(1);
+
+    /// The last answer if it is fresh, else `ping`'s (awaited by one caller; the others wait
+    /// for it and share it).
+    pub async fn ready<F: Future<Output = bool>>(&self, ping: impl FnOnce() -> F) -> bool {
+        let mut last = self.0.lock().await;
+        if let Some((at, ready)) = *last
+            && at.elapsed() < Self::FRESH
+        {
+            return ready;
+        }
+        let ready = ping().await;
+        *last = Some((tokio::time::Instant::now(), ready));
+        ready
     }
 }
 
@@ -303,5 +334,48 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         router,
         openapi,
         limiter_gc: Arc::new(move || limiters.iter().for_each(|l| l.retain_recent())),
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn many_probes_at_once_cost_one_ping_a_second() {
+        let readiness = Arc::new(Readiness::default());
+        let pings = Arc::new(AtomicUsize::new(0));
+        let probe = |up: bool| {
+            let (readiness, pings) = (readiness.clone(), pings.clone());
+            tokio::spawn(async move {
+                readiness
+                    .ready(|| async move {
+                        pings.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        up
+                    })
+                    .await
+            })
+        };
+        let answers: Vec<_> = (0..100).map(|_| probe(true)).collect();
+        for answer in answers {
+            assert!(answer.await.expect("answers"));
+        }
+        assert_eq!(
+            pings.load(Ordering::SeqCst),
+            1,
+            "one ping for a hundred probes"
+        );
+        // Within the second, what was seen stands, whatever the database does meanwhile.
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(probe(false).await.expect("answers"));
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+        // After it, the next probe looks again.
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(!probe(false).await.expect("answers"));
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
     }
 }
