@@ -675,6 +675,102 @@ async fn one_address_gets_at_most_three_emails_of_each_budget_a_day_however_many
     assert_eq!(sent_now, 5, "a new day, a new budget");
 }
 
+#[tokio::test]
+async fn an_acknowledgement_held_back_by_a_spent_budget_goes_out_the_next_day_once() {
+    let app = app().await;
+    let victim = "held.back@example.net";
+    // A stranger spends the day's budget of such mail with three requests.
+    for kind in ["access", "correction", "objection"] {
+        let res = request(&app, json!({"email": victim, "kind": kind})).await;
+        assert_eq!(res.status(), 202);
+    }
+    app.smtp.wait_for(3, WAIT).await;
+    // The person's own requests that day are kept and on the clock, not yet acknowledged.
+    for kind in ["deletion", "restriction"] {
+        let res = request(&app, json!({"email": victim, "kind": kind})).await;
+        assert_eq!(res.status(), 202);
+    }
+    sweep_once_more(&app).await;
+    assert_eq!(mails_to(&app, victim, "please confirm"), 3);
+    let listed = requests(&app);
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    let restriction = listed
+        .iter()
+        .find(|r| r["kind"] == "restriction")
+        .unwrap()
+        .clone();
+    assert_eq!(restriction["status"], "received");
+    let due = || async {
+        sqlx::query_as::<_, (time::OffsetDateTime, time::OffsetDateTime)>(
+            "SELECT received_at, due_at FROM privacy_request WHERE kind = 'restriction'",
+        )
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap()
+    };
+    let (received, due_at) = due().await;
+    let days = (due_at - received).whole_days();
+    assert!(
+        (28..=30).contains(&days),
+        "due {days} days after it arrived"
+    );
+    // However long the budget stays spent, a held request does not expire unverified.
+    sqlx::query(
+        "UPDATE privacy_request SET verify_by = now() - interval '1 minute'
+         WHERE acknowledgement_held_at IS NOT NULL",
+    )
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
+    sweep_once_more(&app).await;
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM privacy_request WHERE status = 'received'")
+            .await,
+        5
+    );
+
+    // The next day: one acknowledgement, for the newest request, with a week to verify it.
+    sqlx::query("UPDATE person SET access_mail_day = access_mail_day - 1")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    sweep_once_more(&app).await;
+    sweep_once_more(&app).await;
+    assert_eq!(
+        mails_to(&app, victim, "please confirm"),
+        4,
+        "one, however many piled up"
+    );
+    let held = app
+        .smtp
+        .received()
+        .into_iter()
+        .rev()
+        .find(|m| is(m, victim, "please confirm"))
+        .unwrap();
+    assert!(
+        held.part("text/plain")
+            .unwrap()
+            .contains("restriction of processing"),
+        "{}",
+        held.part("text/plain").unwrap()
+    );
+    let url = held.link(&app.url("/v1/privacy/verify?token="));
+    assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) FROM privacy_request WHERE acknowledgement_held_at IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        due().await,
+        (received, due_at),
+        "the clock ran from its arrival"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_verification_link_posted_many_times_at_once_verifies_once() {
     let app = spawn_app().await;

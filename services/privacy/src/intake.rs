@@ -27,6 +27,7 @@ pub async fn take_in(
     let id = created.id;
     // A request from the web form is kept whatever happens, but its acknowledgement comes out
     // of the address's daily budget: the form must not be a way to flood someone's inbox.
+    // Held back, it is sent by the sweep once the budget allows (`jobs::send_held`).
     // One made by an operator (from a letter to privacy@) is always acknowledged.
     if new.source != "web" || person::take_mail(conn, person, person::MailBudget::Access).await? {
         jobs::enqueue(
@@ -35,7 +36,8 @@ pub async fn take_in(
         )
         .await?;
     } else {
-        tracing::info!(request = %id, "daily mail budget spent; acknowledgement not sent");
+        store::hold_acknowledgement(conn, id).await?;
+        tracing::info!(request = %id, "daily mail budget spent; acknowledgement held");
     }
     Ok(id)
 }

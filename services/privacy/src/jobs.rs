@@ -337,10 +337,54 @@ const STAGES: [(&str, time::Duration); 4] = [
 ];
 
 /// Periodic and idempotent: each due-date reminder is sent once.
+/// Acknowledgements the address's mail budget held back (`intake::take_in`): once the budget
+/// allows, one email per person, for their newest waiting request, and every held request of
+/// theirs gets its week to be verified from now.
+async fn send_held(conn: &mut PgConnection) -> Result<(), JobError> {
+    let held: Vec<(PrivacyRequestId, PersonId)> = sqlx::query_as(
+        "SELECT id, person_id FROM privacy_request
+         WHERE acknowledgement_held_at IS NOT NULL AND status = 'received'
+           AND person_id IS NOT NULL
+         ORDER BY person_id, received_at DESC, id DESC FOR UPDATE",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut last = None;
+    for (newest, person) in held {
+        if last == Some(person) {
+            continue;
+        }
+        last = Some(person);
+        if !person::take_mail(conn, person, person::MailBudget::Access).await? {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE privacy_request
+             SET acknowledgement_held_at = NULL,
+                 verify_by = greatest(verify_by, now() + interval '7 days')
+             WHERE person_id = $1 AND acknowledgement_held_at IS NOT NULL",
+        )
+        .bind(person)
+        .execute(&mut *conn)
+        .await?;
+        jobs::enqueue(
+            conn,
+            NewJob::new(&ReceivedMail { request_id: newest }).for_person(person),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 async fn sweep(platform: Platform) -> Result<(), JobError> {
     let mut tx = platform.pool.begin().await?;
+    send_held(&mut tx).await?;
+    // A request whose acknowledgement is still held cannot expire unverified: nobody could
+    // have verified it.
     let expired: Vec<PrivacyRequestId> = sqlx::query_scalar(
-        "SELECT id FROM privacy_request WHERE status = 'received' AND verify_by < now() FOR UPDATE",
+        "SELECT id FROM privacy_request
+         WHERE status = 'received' AND verify_by < now() AND acknowledgement_held_at IS NULL
+         FOR UPDATE",
     )
     .fetch_all(&mut *tx)
     .await?;

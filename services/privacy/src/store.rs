@@ -51,6 +51,19 @@ pub struct Created {
 }
 
 /// Stores a request. A second identical web request within 10 minutes is the same request:
+/// Marks a request's acknowledgement as held back by the address's mail budget.
+pub async fn hold_acknowledgement(
+    conn: &mut PgConnection,
+    request: PrivacyRequestId,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE privacy_request SET acknowledgement_held_at = now() WHERE id = $1")
+        .bind(request)
+        .execute(conn)
+        .await
+        .context("failed to hold an acknowledgement")?;
+    Ok(())
+}
+
 /// no new row.
 pub async fn create(
     conn: &mut PgConnection,
