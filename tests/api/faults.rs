@@ -290,21 +290,35 @@ async fn post_json(app: std::sync::Arc<TestApp>, path: &str, key: String, body: 
     }
 }
 
-/// Sends `request(i)` for i = 0, 1, … until `stop`, 20 ms apart; returns every answer.
-async fn load<F, Fut>(stop: std::sync::Arc<std::sync::atomic::AtomicBool>, request: F) -> Vec<Sent>
+/// `clients` clients at once, each sending `request(i)` (a distinct `i` each time) until
+/// `stop`, 20 ms apart; returns every answer.
+async fn load<F, Fut>(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: usize,
+    request: F,
+) -> Vec<Sent>
 where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Sent>,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Sent> + Send,
 {
-    let mut sent = Vec::new();
-    for i in 0.. {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            break;
-        }
-        sent.push(request(i).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    sent
+    let request = std::sync::Arc::new(request);
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (stop, request) = (stop.clone(), request.clone());
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                for n in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    sent.push(request(client + clients * n).await);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                sent
+            })
+        })
+        .collect();
+    join_all(tasks).await.into_iter().flatten().collect()
 }
 
 #[tokio::test]
@@ -327,9 +341,9 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
         .await,
     );
 
-    // Signups, Stripe purchases and privacy requests, each from its own generator.
+    // Signups, Stripe purchases and privacy requests: 32 clients at once.
     let stop = Arc::new(AtomicBool::new(false));
-    let signups = tokio::spawn(load(stop.clone(), {
+    let signups = tokio::spawn(load(stop.clone(), 16, {
         let app = app.clone();
         move |i| {
             let email = format!("signup{i}@example.com");
@@ -337,7 +351,7 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
             post_json(app.clone(), "/v1/waitlist", email, body)
         }
     }));
-    let webhooks = tokio::spawn(load(stop.clone(), {
+    let webhooks = tokio::spawn(load(stop.clone(), 8, {
         let app = app.clone();
         move |i| {
             let app = app.clone();
@@ -355,7 +369,7 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
             }
         }
     }));
-    let requests = tokio::spawn(load(stop.clone(), {
+    let requests = tokio::spawn(load(stop.clone(), 8, {
         let app = app.clone();
         move |i| {
             let email = format!("asker{i}@example.com");
@@ -410,9 +424,12 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
             .collect::<Vec<_>>()
     );
     let slowest_refusal = refused.iter().map(|s| s.took).max().unwrap();
+    // The pool gives up after 0.8 s; a signup queued behind a batch that found the database
+    // down shares its answer rather than waiting out the timeout again (1.6 s); the rest is
+    // this machine's load.
     assert!(
         slowest_refusal < Duration::from_millis(1500),
-        "{slowest_refusal:?}: the pool gives up after 0.8 s, the rest is this machine's load"
+        "{slowest_refusal:?}"
     );
     eprintln!(
         "{} answered, {} refused (slowest refusal {slowest_refusal:?}); Postgres back {restarted:?} and the server ready {recovered:?} after the kill",

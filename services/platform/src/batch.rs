@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Writes of `I` in batches, each answered with its `O`.
 pub struct Batcher<I, O> {
@@ -29,7 +30,11 @@ impl<I, O> std::fmt::Debug for Batcher<I, O> {
 struct Pending<I, O> {
     item: I,
     answer: oneshot::Sender<Result<O, Arc<anyhow::Error>>>,
+    queued: Instant,
 }
+
+/// The last batch that failed because the database could not be reached, and when.
+type Outage = Arc<std::sync::Mutex<Option<(Instant, Arc<anyhow::Error>)>>>;
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// At most `writers` batches in flight at once (each holds a database connection), each
@@ -52,7 +57,11 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     pub async fn write(&self, item: I) -> anyhow::Result<O> {
         let (answer, answered) = oneshot::channel();
         self.queue
-            .send(Pending { item, answer })
+            .send(Pending {
+                item,
+                answer,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| anyhow::anyhow!("the batch writer has stopped"))?;
         match answered.await {
@@ -77,6 +86,7 @@ async fn dispatch<I, O, W, F>(
     F: Future<Output = anyhow::Result<Vec<O>>> + Send + 'static,
 {
     let free = Arc::new(Semaphore::new(writers));
+    let outage = Outage::default();
     loop {
         let Ok(writer) = free.clone().acquire_owned().await else {
             return;
@@ -85,10 +95,27 @@ async fn dispatch<I, O, W, F>(
         if pending.recv_many(&mut batch, max).await == 0 {
             return;
         }
+        // A write that queued while a batch was finding the database unreachable shares that
+        // batch's answer at once: its own batch would wait out the pool's timeout again, and
+        // its caller would hear "unavailable" after twice the time (a refusal must be quick:
+        // nothing is stored, the client is told to come back).
+        if let Some((since, error)) = outage.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            let (stale, fresh): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|p| p.queued < since);
+            for p in stale {
+                let _ = p.answer.send(Err(error.clone()));
+            }
+            batch = fresh;
+            if batch.is_empty() {
+                continue;
+            }
+        }
         let write = write.clone();
+        let outage = outage.clone();
         tokio::spawn(async move {
             let (items, answers): (Vec<I>, Vec<_>) =
                 batch.into_iter().map(|p| (p.item, p.answer)).unzip();
+            let started = Instant::now();
             let count = items.len();
             let stored = write(items).await.and_then(|outputs| {
                 anyhow::ensure!(
@@ -100,12 +127,23 @@ async fn dispatch<I, O, W, F>(
             });
             match stored {
                 Ok(outputs) => {
+                    *outage.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     for (answer, output) in answers.into_iter().zip(outputs) {
                         let _ = answer.send(Ok(output));
                     }
                 }
                 Err(error) => {
                     let error = Arc::new(error);
+                    if crate::http::database_unavailable(&error) {
+                        *outage.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((Instant::now(), error.clone()));
+                    } else {
+                        // A batch that reached the database: what queued since is tried.
+                        let mut last = outage.lock().unwrap_or_else(|e| e.into_inner());
+                        if last.as_ref().is_some_and(|(since, _)| *since < started) {
+                            *last = None;
+                        }
+                    }
                     for answer in answers {
                         let _ = answer.send(Err(error.clone()));
                     }
@@ -167,6 +205,40 @@ mod tests {
             assert_eq!(task.await.expect("joined"), i * 10);
         }
         assert_eq!(*sizes.lock().expect("lock"), vec![1, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_queued_behind_a_batch_that_found_the_database_down_are_refused_with_it() {
+        // The pool's acquire timeout, 0.8 s, is what a batch takes to find the database down.
+        let batcher = Arc::new(Batcher::new(1, 64, |_: Vec<u32>| async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            Err::<Vec<u32>, _>(anyhow::Error::from(sqlx::Error::PoolTimedOut))
+        }));
+        let started = Instant::now();
+        let write = |i: u32| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move {
+                let failed = batcher.write(i).await.is_err();
+                (failed, started.elapsed())
+            })
+        };
+        let first = write(1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let queued = write(2);
+        assert_eq!(
+            first.await.expect("joined"),
+            (true, Duration::from_millis(800))
+        );
+        // Not 1.6 s: it shares the first batch's answer.
+        let (failed, took) = queued.await.expect("joined");
+        assert!(failed);
+        assert_eq!(took, Duration::from_millis(800));
+        // One that comes after the answer gets a try of its own.
+        let later = write(3);
+        assert_eq!(
+            later.await.expect("joined"),
+            (true, Duration::from_millis(1600))
+        );
     }
 
     #[tokio::test]

@@ -90,7 +90,7 @@ impl IntoResponse for ApiError {
 
 /// Whether an error means the database cannot be reached (down, restarting, out of
 /// connections) rather than a bug: the client should come back, nothing was stored.
-fn database_unavailable(error: &anyhow::Error) -> bool {
+pub fn database_unavailable(error: &anyhow::Error) -> bool {
     error
         .chain()
         .any(|e| match e.downcast_ref::<sqlx::Error>() {

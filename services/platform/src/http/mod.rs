@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use client_ip::{ClientIp, client_key};
-pub use error::{ApiError, ApiJson, json_error};
+pub use error::{ApiError, ApiJson, database_unavailable, json_error};
 
 /// Renders an HTML page (an askama template over `layouts/page.html`) with a status. A
 /// template that fails to render is a bug in our code: it is logged and answered with a plain
