@@ -1301,6 +1301,56 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
 }
 
 #[tokio::test]
+async fn a_server_does_not_start_on_a_database_being_restored_nor_a_restore_under_a_starting_server()
+ {
+    init();
+    let db = TestDatabase::new().await;
+    let smtp = SmtpServer::start().await;
+    let dir = tempdir::TempDir::new();
+    let vars = test_vars(&db, &smtp, dir.path());
+    let config = pexper_platform::Config::from_vars(vars.clone()).unwrap();
+    let lock = pexper_platform::db::RESTORE_LOCK;
+    let pool = db.pool().await;
+
+    // A restore holds the lock for its whole length: a server starting meanwhile waits.
+    let mut restoring = pool.acquire().await.unwrap().detach();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock)
+        .execute(&mut restoring)
+        .await
+        .unwrap();
+    let starting = tokio::spawn(async move {
+        pexper_platform::db::connect_and_migrate(&config)
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!starting.is_finished(), "the server waits for the restore");
+    use sqlx::Connection;
+    restoring.close().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), starting)
+        .await
+        .expect("it starts once the restore is over")
+        .unwrap()
+        .unwrap();
+
+    // And a restore does not begin while a server is starting (holding the lock, shared).
+    let backup = dir.path().join("pexper.backup");
+    let cli_vars: Vec<(String, String)> = vars.into_iter().collect();
+    let out = admin(&cli_vars, &["db", "backup", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut starting = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock_shared($1)")
+        .bind(lock)
+        .execute(&mut *starting)
+        .await
+        .unwrap();
+    let out = admin(&cli_vars, &["db", "restore", backup.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is starting"), "{}", stderr(&out));
+}
+
+#[tokio::test]
 async fn an_operator_erases_without_a_link_and_the_audit_trail_names_who_and_why() {
     let app = app().await;
     let email = "too.young@example.net";

@@ -124,6 +124,15 @@ pub async fn restore(
     anyhow::ensure!(file.is_file(), "{} is not a backup file", file.display());
     let target = Tool::connect(config).await?;
     let mut conn = PgConnection::connect_with(&db::connect_options(config).await?).await?;
+    // Held until this connection closes, at the end: no server starts meanwhile.
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(db::RESTORE_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    anyhow::ensure!(
+        locked,
+        "a pexper-server is starting on this database, or another restore is running: stop every pexper-server before restoring"
+    );
     let others: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
          WHERE datname = current_database() AND application_name = 'pexper'
@@ -180,7 +189,6 @@ pub async fn restore(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    conn.close().await.ok();
 
     // A backup from before the newest migrations is brought up to date first.
     let pool = db::pool(db::connect_options(config).await?).await?;
@@ -196,6 +204,9 @@ pub async fn restore(
     let mut restored = replay(&pool, known, master, registry).await?;
     restored.sessions_and_links_ended = Some(ended);
     restored.note = Some(RESTORE_NOTE);
+    pool.close().await;
+    // Ends the session, and with it the restore's lock: servers may start.
+    conn.close().await.ok();
     Ok(restored)
 }
 

@@ -192,9 +192,27 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("failed to apply database migrations")
 }
 
-/// Connects as configured and migrates: what the server does at start.
+/// The advisory lock a restore holds for its whole length (`backup::restore`) and a starting
+/// server takes, shared, while it migrates: a server never starts on a database half
+/// restored, and a restore never begins under a server that is starting.
+pub const RESTORE_LOCK: i64 = 0x7065_7870_6572_0001; // "pexper" and 1
+
+/// Connects as configured and migrates: what the server does at start. Waits while a restore
+/// holds `RESTORE_LOCK`.
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     let pool = pool(connect_options(config).await?).await?;
-    migrate(&pool).await?;
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock_shared($1)")
+        .bind(RESTORE_LOCK)
+        .execute(&mut *conn)
+        .await
+        .context("failed to wait for a restore to finish")?;
+    let migrated = migrate(&pool).await;
+    sqlx::query("SELECT pg_advisory_unlock_shared($1)")
+        .bind(RESTORE_LOCK)
+        .execute(&mut *conn)
+        .await
+        .context("failed to let a restore begin")?;
+    migrated?;
     Ok(pool)
 }
