@@ -1351,6 +1351,96 @@ async fn a_server_does_not_start_on_a_database_being_restored_nor_a_restore_unde
 }
 
 #[tokio::test]
+async fn account_links_mailed_to_an_address_die_when_a_correction_changes_it() {
+    let app = app().await;
+    let password = "correct horse battery staple";
+    // Someone holds a sign-up link for one address, and a reset link for an account at another.
+    let (pending, holder) = ("pending@example.net", "holder@example.net");
+    for email in [pending, holder] {
+        let res = app
+            .client
+            .post(app.url("/v1/accounts"))
+            .json(&json!({"email": email}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    let signup_link = mail_to(&app, pending, "open your Pexper account")
+        .await
+        .link(&app.url("/v1/accounts/verify?token="));
+    let opened = mail_to(&app, holder, "open your Pexper account")
+        .await
+        .link(&app.url("/v1/accounts/verify?token="));
+    let res = choose_password(&app.client, &opened, &app.address, password).await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .client
+        .post(app.url("/v1/accounts/password-reset"))
+        .json(&json!({"email": holder}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let reset_link = mail_to(&app, holder, "password")
+        .await
+        .link(&app.url("/v1/accounts/password-reset/confirm?token="));
+
+    // Each address is corrected to another (someone else's, say) by the operator.
+    for (old, new) in [
+        (pending, "someone@example.net"),
+        (holder, "someone.else@example.net"),
+    ] {
+        request_and_verify(&app, old, "correction").await;
+        let id = requests(&app)
+            .iter()
+            .find(|r| r["kind"] == "correction" && r["status"] == "verified")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        cli(
+            &app,
+            &[
+                "privacy",
+                "complete",
+                &id,
+                "--note",
+                "Corrected.",
+                "--new-email",
+                new,
+                "--json",
+            ],
+        );
+    }
+    // The links kept from before open nothing.
+    for link in [&signup_link, &reset_link] {
+        assert_eq!(
+            app.client.get(link).send().await.unwrap().status(),
+            400,
+            "{link}"
+        );
+        let res = choose_password(
+            &app.client,
+            link,
+            &app.address,
+            "the holder's own choice now",
+        )
+        .await;
+        assert_eq!(res.status(), 400, "{link}");
+    }
+    assert_eq!(app.count("account").await, 1);
+    let res = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .json(&json!({"email": "someone.else@example.net", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "the password is the one chosen before");
+}
+
+#[tokio::test]
 async fn an_operator_erases_without_a_link_and_the_audit_trail_names_who_and_why() {
     let app = app().await;
     let email = "too.young@example.net";

@@ -73,7 +73,8 @@ pexper_platform::id!(
 pub async fn create_signup(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<SignupId> {
     let id = SignupId(Uuid::now_v7());
     sqlx::query(
-        "INSERT INTO account_signup (id, person_id, expires_at) VALUES ($1, $2, now() + $3)",
+        "INSERT INTO account_signup (id, person_id, email_index, expires_at)
+         SELECT $1, id, email_index, now() + $3 FROM person WHERE id = $2",
     )
     .bind(id)
     .bind(person)
@@ -103,14 +104,20 @@ pub async fn signup_token(
     Ok(expires.map(|e| (token, e)))
 }
 
+/// Which verification links still work: unexpired, for the address they were mailed to (the
+/// person's address has not changed since).
+const LIVE_SIGNUP: &str =
+    "s.expires_at > now() AND p.id = s.person_id AND p.email_index = s.email_index";
+
 /// The person a usable (unused, unexpired) verification link is for.
 pub async fn signup_person(
     conn: &mut PgConnection,
     token: &str,
 ) -> anyhow::Result<Option<PersonId>> {
-    sqlx::query_scalar(
-        "SELECT person_id FROM account_signup WHERE token_hash = $1 AND expires_at > now()",
-    )
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT s.person_id FROM account_signup s, person p
+         WHERE s.token_hash = $1 AND {LIVE_SIGNUP}"
+    )))
     .bind(sha256(token.as_bytes()).as_slice())
     .fetch_optional(conn)
     .await
@@ -136,10 +143,11 @@ pub async fn complete_signup(
     .execute(&mut *conn)
     .await
     .context("failed to lock pending sign-ups")?;
-    let person: Option<PersonId> = sqlx::query_scalar(
-        "DELETE FROM account_signup WHERE token_hash = $1 AND expires_at > now()
-         RETURNING person_id",
-    )
+    let person: Option<PersonId> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM account_signup s USING person p
+         WHERE s.token_hash = $1 AND {LIVE_SIGNUP}
+         RETURNING s.person_id"
+    )))
     .bind(sha256(token.as_bytes()).as_slice())
     .fetch_optional(&mut *conn)
     .await
@@ -169,7 +177,9 @@ pub async fn complete_signup(
 pub async fn create_reset(conn: &mut PgConnection, account: AccountId) -> anyhow::Result<String> {
     let token = random_token();
     sqlx::query(
-        "INSERT INTO account_reset (token_hash, account_id, expires_at) VALUES ($1, $2, now() + $3)",
+        "INSERT INTO account_reset (token_hash, account_id, email_index, expires_at)
+         SELECT $1, a.id, p.email_index, now() + $3
+         FROM account a JOIN person p ON p.id = a.person_id WHERE a.id = $2",
     )
     .bind(sha256(token.as_bytes()).as_slice())
     .bind(account)
@@ -182,9 +192,10 @@ pub async fn create_reset(conn: &mut PgConnection, account: AccountId) -> anyhow
 
 /// Which reset links still work: unused, unexpired, made since the password last changed (a
 /// link mailed before a change dies with the old password), of an account not disabled (a
-/// reset never opens one).
+/// reset never opens one), for the address they were mailed to.
 const LIVE_RESET: &str = "r.used_at IS NULL AND r.expires_at > now()
-     AND r.account_id = a.id AND r.created_at >= a.password_changed_at AND a.disabled_at IS NULL";
+     AND r.account_id = a.id AND r.created_at >= a.password_changed_at AND a.disabled_at IS NULL
+     AND p.id = a.person_id AND p.email_index = r.email_index";
 
 /// The account a reset link is for, if it still works (it is not used here).
 pub async fn reset_account(
@@ -192,7 +203,7 @@ pub async fn reset_account(
     token: &str,
 ) -> anyhow::Result<Option<AccountId>> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT r.account_id FROM account_reset r, account a
+        "SELECT r.account_id FROM account_reset r, account a, person p
          WHERE r.token_hash = $1 AND {LIVE_RESET}"
     )))
     .bind(sha256(token.as_bytes()).as_slice())
@@ -204,7 +215,7 @@ pub async fn reset_account(
 /// Uses a reset link, once: every other link of the account is used up with it.
 pub async fn use_reset(conn: &mut PgConnection, token: &str) -> anyhow::Result<Option<AccountId>> {
     let account: Option<AccountId> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "UPDATE account_reset r SET used_at = now() FROM account a
+        "UPDATE account_reset r SET used_at = now() FROM account a, person p
          WHERE r.token_hash = $1 AND {LIVE_RESET}
          RETURNING r.account_id"
     )))
