@@ -609,13 +609,32 @@ async fn a_forged_bounce_report_silences_nobody_and_an_operator_can_lift_a_real_
          Final-Recipient: rfc822; victim@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--r--\r\n",
         job = uuid::Uuid::now_v7()
     );
+    // And one about the victim's own message, by its job id (which every Message-ID shows)
+    // but without the MAC that only our bounce addresses carry.
+    let victims = last_to("victim");
+    let job = victims
+        .header("Message-ID")
+        .unwrap()
+        .trim_matches(['<', '>'])
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let without_mac = dsn(&victims, Some("victim@example.net"), "5.1.1")
+        .replace(
+            victims.from.trim_matches(['<', '>']),
+            &format!("bounces+{job}@pexper.com"),
+        )
+        .replace("Message-ID: <dsn-", "Message-ID: <forged-dsn-");
+    assert!(without_mac.contains(&format!("To: bounces+{job}@")));
     let forged = [
         never_sent,
         dsn(&last_to("stranger"), Some("victim@example.net"), "5.1.1"),
+        without_mac,
     ];
     assert_eq!(
         read(&forged),
-        json!({"messages": 2, "not_reports": 0, "already_seen": 0, "unmatched": 2,
+        json!({"messages": 3, "not_reports": 0, "already_seen": 0, "unmatched": 3,
                "hard_bounces": 0, "soft_bounces": 0, "complaints": 0})
     );
     assert_eq!(app.count("email_suppression").await, 0);

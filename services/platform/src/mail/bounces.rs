@@ -8,8 +8,8 @@
 //! unsubscribes the person). Each report is applied once, however often the mailbox is read.
 //!
 //! The message a report is about is found by the envelope sender it came back to
-//! (`bounces+<job id>@…`, see `mail::bounce_address`), or by the Message-ID in the headers it
-//! returns, and must be in our email history; the address is that message's recipient. A
+//! (`bounces+<job id>.<MAC>@…`, see `mail::bounce_tag`), or, for a complaint or a soft bounce,
+//! by the Message-ID in the headers it returns, and must be in our email history; the address is that message's recipient. A
 //! report about no message we sent, or naming a recipient other than the one we sent it to,
 //! is counted as unmatched and changes nothing: a forged report cannot silence anyone.
 
@@ -50,8 +50,11 @@ pub struct Report {
     pub kind: ReportKind,
     /// The address it is about, as the report names it.
     pub recipient: Option<String>,
-    /// The job whose message it is about.
-    pub message: Option<Uuid>,
+    /// The addresses it came back to (candidates for our bounce address, `bounces+<tag>@…`,
+    /// whose MAC `apply` checks).
+    pub sent_back_to: Vec<String>,
+    /// The job named by the Message-ID of the message it returns, if any.
+    pub returned_job: Option<Uuid>,
 }
 
 /// Every message in a maildir (a directory with `cur/` and `new/`) or an mbox file.
@@ -81,14 +84,11 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
         None => sha256(raw),
     };
     // The envelope sender the report came back to, as the receiving side recorded it.
-    let message_job = ["Delivered-To", "X-Original-To", "To"]
+    let sent_back_to: Vec<String> = ["Delivered-To", "X-Original-To", "To"]
         .iter()
         .flat_map(|name| raw_headers(&message, name))
-        .find_map(|value| {
-            value
-                .split(',')
-                .find_map(crate::mail::job_of_bounce_address)
-        });
+        .flat_map(|value| value.split(',').map(|a| a.trim().to_owned()))
+        .collect();
     let mut kind = None;
     let mut recipient = None;
     let mut returned_job = None;
@@ -122,7 +122,8 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
         key,
         kind: kind?,
         recipient,
-        message: message_job.or(returned_job),
+        sent_back_to,
+        returned_job,
     })
 }
 
@@ -202,7 +203,20 @@ pub async fn apply(
     domain: &str,
     report: &Report,
 ) -> anyhow::Result<Applied> {
-    let message_id = report.message.map(|job| format!("<{job}@{domain}>"));
+    // The message: by the bounce address it came back to, whose MAC only our mail carries.
+    // A complaint (sent by a mailbox provider to our feedback address, not the bounce
+    // address) may name it by the Message-ID of the message it returns; that id is no secret,
+    // so a complaint stops only product email and legal notices, never what a person asks
+    // for, and a hard bounce, which stops all mail, needs the bounce address.
+    let by_bounce_address = report
+        .sent_back_to
+        .iter()
+        .find_map(|a| crate::mail::job_of_bounce_address(keyring, a));
+    let job = match report.kind {
+        ReportKind::HardBounce => by_bounce_address,
+        ReportKind::SoftBounce | ReportKind::Complaint => by_bounce_address.or(report.returned_job),
+    };
+    let message_id = job.map(|job| format!("<{job}@{domain}>"));
     let sent_to: Option<PersonId> = match &message_id {
         Some(id) => {
             sqlx::query_scalar("SELECT person_id FROM email_event WHERE message_id = $1")
@@ -268,10 +282,11 @@ mod tests {
     use super::*;
 
     const JOB: &str = "0192f3a4-5b6c-7d8e-9f01-23456789abcd";
+    const TAG: &str = "0192f3a4-5b6c-7d8e-9f01-23456789abcd.0011223344556677";
 
     fn dsn(status: &str, action: &str) -> String {
         format!(
-            "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces+{JOB}@pexper.com\r\n\
+            "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces+{TAG}@pexper.com\r\n\
              Message-ID: <dsn-{status}@mx.example.net>\r\nSubject: Undelivered Mail\r\n\
              MIME-Version: 1.0\r\n\
              Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
@@ -289,7 +304,8 @@ mod tests {
         let hard = parse(dsn("5.1.1", "failed").as_bytes()).expect("a report");
         assert_eq!(hard.kind, ReportKind::HardBounce);
         assert_eq!(hard.recipient.as_deref(), Some("gone@example.net"));
-        assert_eq!(hard.message, Some(Uuid::parse_str(JOB).expect("uuid")));
+        assert_eq!(hard.sent_back_to, [format!("bounces+{TAG}@pexper.com")]);
+        assert_eq!(hard.returned_job, Some(Uuid::parse_str(JOB).expect("uuid")));
         let soft = parse(dsn("4.2.2", "delayed").as_bytes()).expect("a report");
         assert_eq!(soft.kind, ReportKind::SoftBounce);
         assert_ne!(hard.key, soft.key);
@@ -314,7 +330,10 @@ mod tests {
             report.recipient, None,
             "no Original-Rcpt-To: found through the message"
         );
-        assert_eq!(report.message, Some(Uuid::parse_str(JOB).expect("uuid")));
+        assert_eq!(
+            report.returned_job,
+            Some(Uuid::parse_str(JOB).expect("uuid"))
+        );
     }
 
     #[test]

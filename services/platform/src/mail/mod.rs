@@ -23,6 +23,8 @@ use secrecy::ExposeSecret;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::crypto::Keyring;
+
 use crate::address::EmailAddress;
 use crate::config::Config;
 use crate::jobs::{Job, JobError};
@@ -37,6 +39,8 @@ pub struct OutgoingEmail {
     pub rendered: Rendered,
     /// `<job id@sender's domain>`: the same on every attempt of the job that sends it.
     pub message_id: String,
+    /// The envelope sender's tag (`bounce_tag`): the job id and a MAC of it.
+    pub bounce_tag: String,
     /// Extra headers, e.g. `List-Unsubscribe` (RFC 8058) on product email.
     pub headers: Vec<(&'static str, String)>,
 }
@@ -294,7 +298,7 @@ fn build(from: &Mailbox, email: &OutgoingEmail) -> anyhow::Result<Message> {
         .parse()
         .context("recipient is not a mailbox")?;
     let envelope = lettre::address::Envelope::new(
-        Some(bounce_address(from, &email.message_id)?),
+        Some(bounce_address(from, &email.bounce_tag)?),
         vec![to.email.clone()],
     )?;
     let mut builder = Message::builder()
@@ -316,25 +320,44 @@ fn build(from: &Mailbox, email: &OutgoingEmail) -> anyhow::Result<Message> {
 }
 
 /// The envelope sender (Return-Path) of a message: `bounces+<tag>@<sender's domain>`, where
-/// the tag is its Message-ID's local part (the sending job's id), so a bounce or a complaint
-/// delivered there names the very message it is about (VERP), even when the report itself
-/// does not (`bounces::read`).
-fn bounce_address(from: &Mailbox, message_id: &str) -> anyhow::Result<lettre::Address> {
-    let tag = message_id
-        .trim_start_matches('<')
-        .split('@')
-        .next()
-        .unwrap_or_default();
+/// the tag names the sending job (`bounce_tag`), so a bounce delivered there names the very
+/// message it is about (VERP), even when the report itself does not (`bounces::read`).
+fn bounce_address(from: &Mailbox, tag: &str) -> anyhow::Result<lettre::Address> {
     let domain = from.email.domain();
     format!("bounces+{tag}@{domain}")
         .parse()
         .context("the bounce address is not an address")
 }
 
-/// The job id a bounce address (`bounces+<job id>@…`) names, if it is one of ours.
-pub fn job_of_bounce_address(address: &str) -> Option<Uuid> {
+const BOUNCE_DOMAIN: &str = "bounce-address";
+/// Bytes of the bounce tag's MAC: 64 bits, in 16 hex digits (an address's local part has room
+/// for 64 characters: `bounces+`, a job id, a dot and these are 61).
+const BOUNCE_MAC_BYTES: usize = 8;
+
+/// `<job id>.<MAC of it>`: a job id alone is no secret (it is the Message-ID every recipient
+/// sees), so a report sent to a bounce address is believed only with the MAC that only our
+/// mail carries.
+pub fn bounce_tag(keyring: &Keyring, job: Uuid) -> String {
+    let mac = keyring.sign_token(BOUNCE_DOMAIN, job.as_bytes());
+    format!("{job}.{}", crate::crypto::hex(&mac[..BOUNCE_MAC_BYTES]))
+}
+
+/// The job a bounce address (`bounces+<job id>.<MAC>@…`) names, if it is one of ours: its MAC
+/// checks out.
+pub fn job_of_bounce_address(keyring: &Keyring, address: &str) -> Option<Uuid> {
     let local = address.trim().trim_matches(['<', '>']).split('@').next()?;
-    Uuid::try_parse(local.strip_prefix("bounces+")?).ok()
+    let (job, mac) = local.strip_prefix("bounces+")?.split_once('.')?;
+    let job = Uuid::try_parse(job).ok()?;
+    let mac = (0..mac.len())
+        .step_by(2)
+        .map(|i| {
+            mac.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    (mac.len() == BOUNCE_MAC_BYTES
+        && keyring.verify_token_prefix(BOUNCE_DOMAIN, job.as_bytes(), &mac))
+    .then_some(job)
 }
 
 /// The Message-ID of the email a job sends: the same on every attempt of that job.
@@ -358,6 +381,7 @@ pub async fn send_template<T: EmailTemplate>(
         to,
         rendered: email.render().map_err(|e| JobError::Permanent(e.into()))?,
         message_id: message_id(job, &platform.mail_from),
+        bounce_tag: bounce_tag(&platform.keyring, job.id.0),
         headers,
     };
     deliver(platform, conn, person, T::NAME, T::CLASS, outgoing).await
@@ -427,6 +451,45 @@ pub fn sender(config: &Config) -> anyhow::Result<Mailbox> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounce_address_names_its_job_only_with_our_mac() {
+        let master = crate::crypto::MasterKeys::parse(&secrecy::SecretString::from(
+            crate::crypto::MasterKeys::generate_encoded(),
+        ))
+        .expect("a key");
+        let keyring = Keyring::new(&master);
+        let job = Uuid::now_v7();
+        let tag = bounce_tag(&keyring, job);
+        let address = format!("bounces+{tag}@pexper.com");
+        assert!(address.split('@').next().expect("local").len() <= 64);
+        assert_eq!(job_of_bounce_address(&keyring, &address), Some(job));
+        assert_eq!(
+            job_of_bounce_address(&keyring, &format!("<{address}>")),
+            Some(job)
+        );
+        // The job id alone (what every Message-ID shows), another job's MAC, a changed digit,
+        // or another deployment's key: not ours.
+        for forged in [
+            format!("bounces+{job}@pexper.com"),
+            format!("bounces+{}.{}@pexper.com", Uuid::now_v7(), &tag[37..]),
+            format!(
+                "bounces+{}{}@pexper.com",
+                &tag[..tag.len() - 1],
+                if tag.ends_with('0') { '1' } else { '0' }
+            ),
+            format!("bounces+{job}.00@pexper.com"),
+        ] {
+            assert_eq!(job_of_bounce_address(&keyring, &forged), None, "{forged}");
+        }
+        let other = Keyring::new(
+            &crate::crypto::MasterKeys::parse(&secrecy::SecretString::from(
+                crate::crypto::MasterKeys::generate_encoded(),
+            ))
+            .expect("a key"),
+        );
+        assert_eq!(job_of_bounce_address(&other, &address), None);
+    }
 
     #[tokio::test]
     async fn the_mail_ceiling_spaces_sends_across_concurrent_jobs() {
