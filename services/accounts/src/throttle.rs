@@ -39,8 +39,11 @@ const FREE_ATTEMPTS: u32 = 20;
 const MAX_BLOCK: Duration = Duration::from_secs(15 * 60);
 /// A client quiet this long starts over.
 const FORGET_AFTER: Duration = Duration::from_secs(60 * 60);
-/// Beyond this many clients, the quiet ones are forgotten at the next attempt.
+/// Beyond this many clients, the quiet ones are forgotten at the next attempt — at most once
+/// every `PRUNE_EVERY`, so that a crowd of addresses (one /48 holds 65,536 /64s) does not make
+/// every attempt walk the whole map under its lock.
 const PRUNE_ABOVE: usize = 10_000;
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 struct Attempts {
@@ -51,7 +54,13 @@ struct Attempts {
 
 #[derive(Debug, Default)]
 pub struct Clients {
-    attempts: Mutex<HashMap<IpAddr, Attempts>>,
+    attempts: Mutex<Map>,
+}
+
+#[derive(Debug, Default)]
+struct Map {
+    clients: HashMap<IpAddr, Attempts>,
+    pruned: Option<Instant>,
 }
 
 impl Clients {
@@ -60,10 +69,11 @@ impl Clients {
     pub fn reserve(&self, client: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         let mut map = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > PRUNE_ABOVE {
-            map.retain(|_, a| now - a.last < FORGET_AFTER);
+        if map.clients.len() > PRUNE_ABOVE && map.pruned.is_none_or(|at| now - at >= PRUNE_EVERY) {
+            map.clients.retain(|_, a| now - a.last < FORGET_AFTER);
+            map.pruned = Some(now);
         }
-        let entry = map.entry(client).or_insert(Attempts {
+        let entry = map.clients.entry(client).or_insert(Attempts {
             count: 0,
             last: now,
             blocked_until: None,
@@ -84,7 +94,7 @@ impl Clients {
     /// Gives back an attempt that was not a failure (a right password, or one never checked).
     pub fn refund(&self, client: IpAddr) {
         let mut map = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get_mut(&client) {
+        if let Some(entry) = map.clients.get_mut(&client) {
             entry.count = entry.count.saturating_sub(1);
         }
     }
@@ -224,6 +234,35 @@ mod tests {
             clients.reserve("192.0.2.8".parse().expect("an address")),
             Ok(())
         );
+    }
+
+    #[test]
+    fn quiet_clients_are_forgotten_in_a_crowd_but_not_at_every_attempt() {
+        let clients = Clients::default();
+        let long_ago = Instant::now()
+            .checked_sub(FORGET_AFTER * 2)
+            .expect("the clock is old enough");
+        let crowd = |clients: &Clients, from: u32| {
+            let mut map = clients.attempts.lock().expect("lock");
+            for i in from..from + PRUNE_ABOVE as u32 + 1 {
+                map.clients.insert(
+                    IpAddr::from(i.to_be_bytes()),
+                    Attempts {
+                        count: 1,
+                        last: long_ago,
+                        blocked_until: None,
+                    },
+                );
+            }
+        };
+        let size = |clients: &Clients| clients.attempts.lock().expect("lock").clients.len();
+        crowd(&clients, 0);
+        assert_eq!(clients.reserve("192.0.2.1".parse().expect("ip")), Ok(()));
+        assert_eq!(size(&clients), 1, "the quiet crowd is forgotten");
+        // Another crowd at once: not walked again until `PRUNE_EVERY` has passed.
+        crowd(&clients, 1 << 24);
+        assert_eq!(clients.reserve("192.0.2.2".parse().expect("ip")), Ok(()));
+        assert_eq!(size(&clients), PRUNE_ABOVE + 3);
     }
 
     #[test]
