@@ -172,13 +172,25 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
     let server = &pod(deployment)["containers"][0];
     let config = &find(&docs, "ConfigMap", "pexper-config")["data"];
 
-    // The admin jobs run with exactly the server's settings (production checks them all).
+    // The admin jobs run with the server's settings and image, and of its secrets only the
+    // database's: a migration and a journal export need nothing else.
+    let database_env: Vec<&Value> = server["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| ["PGUSER", "PGPASSWORD", "DATABASE_URL"].contains(&v["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(database_env.len(), 3);
     for (kind, name) in [
         ("Job", "pexper-migrate"),
         ("CronJob", "pexper-erasure-journal"),
     ] {
         let job = &pod(find(&docs, kind, name))["containers"][0];
-        assert_eq!(job["env"], server["env"], "{kind}/{name}");
+        let env: Vec<&Value> = job["env"].as_array().unwrap().iter().collect();
+        assert_eq!(
+            env, database_env,
+            "{kind}/{name}: the database's secrets only"
+        );
         assert_eq!(job["envFrom"], server["envFrom"], "{kind}/{name}");
         assert_eq!(job["image"], server["image"], "{kind}/{name}");
     }
@@ -236,6 +248,32 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
         parsed.unwrap_err()
     );
     assert!(vars["DATABASE_URL"].contains("sslmode=verify-full"));
+
+    // Those jobs' commands run in production with the settings and the database alone (a real
+    // database here, verified as the job's is); a command that needs the master key asks for
+    // it then.
+    let db = TestDatabase::new().await;
+    let mut job_vars: Vec<(String, String)> = config
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .filter(|(k, _)| k != "PGUSER" && k != "PGPASSWORD")
+        .collect();
+    job_vars.push(("DATABASE_URL".into(), db.url()));
+    let data = tempdir::TempDir::new();
+    job_vars.push(("PEXPER_DATA_DIR".into(), data.path().display().to_string()));
+    for args in [vec!["migrate"], vec!["--json", "db", "journal"]] {
+        let out = admin(&job_vars, &args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let out = admin(&job_vars, &["keys", "status"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("PEXPER_MASTER_KEY"),
+        "{}",
+        stderr(&out)
+    );
 
     // The probes' paths answer on a real server; the port is the one it binds.
     let running = ServerProcess::start("warn").await;

@@ -113,7 +113,7 @@ enum Command {
 #[tokio::main]
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::for_binary("pexper-admin") {
+    let config = match Config::for_binary("pexper-admin", pexper_platform::config::Role::Admin) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -32,6 +32,14 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Which binary reads the configuration: production's checks are the server's, or only what
+/// every admin command needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Admin,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub env: Environment,
@@ -104,8 +112,17 @@ impl Config {
         Self::from_vars(std::env::vars().collect())
     }
 
-    /// Reads configuration from a map of variables (the environment, or a test's own).
+    /// Reads configuration from a map of variables (the environment, or a test's own), as the
+    /// server needs it.
     pub fn from_vars(vars: HashMap<String, String>) -> anyhow::Result<Self> {
+        Self::from_vars_as(vars, Role::Server)
+    }
+
+    /// Reads configuration as `role` needs it: production refuses a server without every
+    /// secret it uses, but an admin command only without a database it can trust — each other
+    /// secret is required by the command that uses it (`keys::load_master_keys`), so a
+    /// migration or a journal export runs with the database's credentials alone.
+    pub fn from_vars_as(vars: HashMap<String, String>, role: Role) -> anyhow::Result<Self> {
         // An empty variable means unset: `FOO= pexper-server` must not mean "the empty key".
         let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let secret = |name: &str| get(name).map(|v| SecretString::from(v.to_owned()));
@@ -238,14 +255,26 @@ impl Config {
                 _ => bail!("set both PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY, or neither"),
             },
         };
-        config.check_production()?;
+        config.check_production(role)?;
         Ok(config)
     }
 
     /// Production refuses to start on a development default; each refusal is one line that
     /// says what to set.
-    fn check_production(&self) -> anyhow::Result<()> {
+    fn check_production(&self, role: Role) -> anyhow::Result<()> {
         if self.env != Environment::Production {
+            return Ok(());
+        }
+        let unverified_database = || {
+            self.database_url
+                .as_ref()
+                .is_none_or(|url| !database_verifies_full(url.expose_secret()))
+        };
+        const DATABASE: &str = "PEXPER_ENV=production needs DATABASE_URL with sslmode=verify-full (e.g. postgres://user:pass@db.example.com/pexper?sslmode=verify-full)";
+        if role == Role::Admin {
+            if unverified_database() {
+                bail!(DATABASE);
+            }
             return Ok(());
         }
         if self.master_key.is_none() {
@@ -267,14 +296,8 @@ impl Config {
                 "PEXPER_ENV=production needs an https:// PEXPER_PUBLIC_URL: the links in our emails carry tokens"
             );
         }
-        if self
-            .database_url
-            .as_ref()
-            .is_none_or(|url| !database_verifies_full(url.expose_secret()))
-        {
-            bail!(
-                "PEXPER_ENV=production needs DATABASE_URL with sslmode=verify-full (e.g. postgres://user:pass@db.example.com/pexper?sslmode=verify-full)"
-            );
+        if unverified_database() {
+            bail!(DATABASE);
         }
         if self
             .crash_keys
@@ -310,9 +333,9 @@ impl Config {
 
     /// What every binary does first: installs ring as the one rustls provider, then reads the
     /// environment. On a bad configuration it prints one line and returns exit code 2.
-    pub fn for_binary(name: &str) -> Result<Self, std::process::ExitCode> {
+    pub fn for_binary(name: &str, role: Role) -> Result<Self, std::process::ExitCode> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Self::from_env().map_err(|e| {
+        Self::from_vars_as(std::env::vars().collect(), role).map_err(|e| {
             eprintln!("{name}: {e:#}");
             std::process::ExitCode::from(2)
         })
@@ -489,6 +512,28 @@ mod tests {
     #[test]
     fn production_with_everything_set_starts() {
         Config::from_vars(vars(PRODUCTION_OK)).expect("complete production config");
+    }
+
+    #[test]
+    fn an_admin_command_in_production_needs_a_verified_database_and_nothing_more() {
+        let url = "postgres://u:p@db.example.com/pexper?sslmode=verify-full";
+        let admin = |pairs: &[(&str, &str)]| Config::from_vars_as(vars(pairs), Role::Admin);
+        admin(&[("PEXPER_ENV", "production"), ("DATABASE_URL", url)])
+            .expect("the database's credentials are enough");
+        let err = admin(&[("PEXPER_ENV", "production")]).expect_err("no database");
+        assert!(err.to_string().contains("sslmode=verify-full"), "{err}");
+        let err = admin(&[
+            ("PEXPER_ENV", "production"),
+            (
+                "DATABASE_URL",
+                "postgres://u:p@db.example.com/pexper?sslmode=require",
+            ),
+        ])
+        .expect_err("an unverified database");
+        assert!(err.to_string().contains("verify-full"), "{err}");
+        // The server, with the same, is refused.
+        Config::from_vars(vars(&[("PEXPER_ENV", "production"), ("DATABASE_URL", url)]))
+            .expect_err("a server needs its secrets");
     }
 
     #[test]

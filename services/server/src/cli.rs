@@ -31,7 +31,7 @@ enum Command {
 #[tokio::main]
 pub async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::for_binary("pexper-server") {
+    let config = match Config::for_binary("pexper-server", pexper_platform::config::Role::Server) {
         Ok(c) => c,
         Err(code) => return code,
     };
