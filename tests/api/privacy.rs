@@ -1664,6 +1664,15 @@ async fn a_policy_change_is_announced_30_days_ahead_once_to_everyone_concerned_b
         (done["audience"].clone(), done["queued"].clone()),
         (json!(3), json!(3))
     );
+    // The website's banner reads it as the document states: an ISO date.
+    let upcoming = policy(&app).await;
+    assert_eq!(upcoming["upcoming"]["version"], "2027-01", "{upcoming}");
+    let effective = (time::OffsetDateTime::now_utc().date() + time::Duration::days(45)).to_string();
+    assert_eq!(effective.len(), 10, "YYYY-MM-DD");
+    assert_eq!(
+        upcoming["upcoming"]["effective_at"], effective,
+        "{upcoming}"
+    );
     app.queue_drained().await;
     let notices: Vec<smtp::ReceivedMail> = app.smtp.received()[before..].to_vec();
     let mut to: Vec<String> = notices.iter().map(|m| m.to.join(",")).collect();

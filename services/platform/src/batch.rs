@@ -134,7 +134,7 @@ async fn dispatch<I, O, W, F>(
                 }
                 Err(error) => {
                     let error = Arc::new(error);
-                    if crate::http::database_unavailable(&error) {
+                    if crate::outage::database_unreachable(&error) {
                         *outage.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some((Instant::now(), error.clone()));
                     } else {

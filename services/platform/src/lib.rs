@@ -14,6 +14,7 @@ pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod mail;
+pub mod outage;
 pub mod person;
 pub mod personal_data;
 pub mod replica;

@@ -41,7 +41,7 @@ pub struct Inner {
     /// The requests in flight, which the job worker gives way to.
     pub foreground: crate::jobs::Foreground,
     /// What `/readyz` last saw.
-    pub readiness: crate::http::Readiness,
+    pub readiness: crate::outage::Readiness,
 }
 
 impl std::fmt::Debug for Platform {
@@ -78,7 +78,7 @@ impl Platform {
                 personal_data,
                 job_wake: crate::jobs::Wake::default(),
                 foreground: crate::jobs::Foreground::default(),
-                readiness: crate::http::Readiness::default(),
+                readiness: crate::outage::Readiness::default(),
             }),
             pool,
         })

@@ -33,10 +33,15 @@ pub struct PolicyVersion {
     pub version: String,
     /// The day it takes effect (UTC).
     #[schema(value_type = String, format = Date)]
+    #[serde(with = "iso_date")]
     pub effective_at: Date,
     /// What changes, in a few sentences.
     pub summary: String,
 }
+
+// `YYYY-MM-DD`, as `/openapi.json` states: the `time` crate's own serde form of a `Date` is
+// `[year, day of the year]`.
+time::serde::format_description!(iso_date, Date, "[year]-[month]-[day]");
 
 /// Why an announcement is refused: the operator must change it (the CLI exits 2).
 #[derive(Debug, thiserror::Error)]

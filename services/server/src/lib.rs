@@ -223,7 +223,7 @@ pub async fn launch(
 
     let concurrency = platform.config.job_concurrency;
     let job_pool = pexper_platform::db::job_pool(&platform.pool, concurrency);
-    let mut jobs = Worker::new(job_pool.clone(), platform.for_jobs(job_pool))
+    let mut jobs = Worker::new(job_pool.clone(), platform.for_jobs(job_pool.clone()))
         .concurrency(concurrency)
         .lease(worker.lease)
         .poll_interval(worker.poll_interval)
@@ -287,5 +287,8 @@ pub async fn launch(
     heartbeat.await.context("the heartbeat panicked")?;
     prune.abort();
     scheduler.abort();
+    // Its connections end now, not whenever the last handle is dropped: a restore after a
+    // stop (which refuses while any is open) must not race them.
+    job_pool.close().await;
     served
 }

@@ -119,6 +119,11 @@ impl PublicKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ValidateRequest {
+    /// `PEXPER1.<claims>.<signature>`, both parts unpadded base64url.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^PEXPER1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+    )]
     pub license: String,
 }
 

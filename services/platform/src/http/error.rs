@@ -65,7 +65,7 @@ impl IntoResponse for ApiError {
                 code,
                 message,
             } => json_error(status, code, &message),
-            ApiError::Internal(error) if database_unavailable(&error) => {
+            ApiError::Internal(error) if crate::outage::database_unreachable(&error) => {
                 tracing::warn!(error = %redact(&format!("{error:#}")), "database unavailable");
                 let mut res = json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -86,27 +86,6 @@ impl IntoResponse for ApiError {
             }
         }
     }
-}
-
-/// Whether an error means the database cannot be reached (down, restarting, out of
-/// connections) rather than a bug: the client should come back, nothing was stored.
-pub fn database_unavailable(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .any(|e| match e.downcast_ref::<sqlx::Error>() {
-            Some(
-                sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::WorkerCrashed,
-            ) => true,
-            // admin_shutdown, crash_shutdown, cannot_connect_now, and the connection exceptions.
-            Some(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
-                matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08")
-            }),
-            _ => false,
-        })
 }
 
 /// `axum::Json`, with rejections answered as JSON errors (400 malformed, 415 wrong type,

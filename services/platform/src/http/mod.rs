@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use client_ip::{ClientIp, client_key};
-pub use error::{ApiError, ApiJson, database_unavailable, json_error};
+pub use error::{ApiError, ApiJson, json_error};
 
 /// Renders an HTML page (an askama template over `layouts/page.html`) with a status. A
 /// template that fails to render is a bug in our code: it is logged and answered with a plain
@@ -122,30 +122,6 @@ async fn readyz(State(platform): State<Platform>) -> impl IntoResponse {
                 status: "unavailable".into(),
             }),
         )
-    }
-}
-
-/// `/readyz`'s last answer, refreshed at most once a second by one caller at a time: probes
-/// (every kubelet's, a load balancer's, or a flood of them) cost at most one database round
-/// trip a second, and never take the connections requests need.
-#[derive(Debug, Default)]
-pub struct Readiness(tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>);
-
-impl Readiness {
-    const FRESH: Duration = Duration::from_secs(1);
-
-    /// The last answer if it is fresh, else `ping`'s (awaited by one caller; the others wait
-    /// for it and share it).
-    pub async fn ready<F: Future<Output = bool>>(&self, ping: impl FnOnce() -> F) -> bool {
-        let mut last = self.0.lock().await;
-        if let Some((at, ready)) = *last
-            && at.elapsed() < Self::FRESH
-        {
-            return ready;
-        }
-        let ready = ping().await;
-        *last = Some((tokio::time::Instant::now(), ready));
-        ready
     }
 }
 
@@ -334,48 +310,5 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         router,
         openapi,
         limiter_gc: Arc::new(move || limiters.iter().for_each(|l| l.retain_recent())),
-    }
-}
-
-#[cfg(test)]
-mod readiness_tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn many_probes_at_once_cost_one_ping_a_second() {
-        let readiness = Arc::new(Readiness::default());
-        let pings = Arc::new(AtomicUsize::new(0));
-        let probe = |up: bool| {
-            let (readiness, pings) = (readiness.clone(), pings.clone());
-            tokio::spawn(async move {
-                readiness
-                    .ready(|| async move {
-                        pings.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        up
-                    })
-                    .await
-            })
-        };
-        let answers: Vec<_> = (0..100).map(|_| probe(true)).collect();
-        for answer in answers {
-            assert!(answer.await.expect("answers"));
-        }
-        assert_eq!(
-            pings.load(Ordering::SeqCst),
-            1,
-            "one ping for a hundred probes"
-        );
-        // Within the second, what was seen stands, whatever the database does meanwhile.
-        tokio::time::advance(Duration::from_millis(900)).await;
-        assert!(probe(false).await.expect("answers"));
-        assert_eq!(pings.load(Ordering::SeqCst), 1);
-        // After it, the next probe looks again.
-        tokio::time::advance(Duration::from_millis(200)).await;
-        assert!(!probe(false).await.expect("answers"));
-        assert_eq!(pings.load(Ordering::SeqCst), 2);
     }
 }
