@@ -33,8 +33,15 @@ struct Pending<I, O> {
     queued: Instant,
 }
 
-/// The last batch that failed because the database could not be reached, and when.
-type Outage = Arc<std::sync::Mutex<Option<(Instant, Arc<anyhow::Error>)>>>;
+/// What the writers last learnt of the database: the last batch that failed because it could
+/// not be reached (when, and why), and when the latest batch to reach it had started.
+#[derive(Default)]
+struct Health {
+    outage: Option<(Instant, Arc<anyhow::Error>)>,
+    reached: Option<Instant>,
+}
+
+type Outage = Arc<std::sync::Mutex<Health>>;
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// At most `writers` batches in flight at once (each holds a database connection), each
@@ -99,7 +106,15 @@ async fn dispatch<I, O, W, F>(
         // batch's answer at once: its own batch would wait out the pool's timeout again, and
         // its caller would hear "unavailable" after twice the time (a refusal must be quick:
         // nothing is stored, the client is told to come back).
-        if let Some((since, error)) = outage.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        //
+        // The pool's own timeout counts as such an answer: a pool that had no connection for
+        // 0.8 s is overloaded or cut off, and the writes behind would wait as long for theirs.
+        let last_outage = outage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .outage
+            .clone();
+        if let Some((since, error)) = last_outage {
             let (stale, fresh): (Vec<_>, Vec<_>) =
                 batch.into_iter().partition(|p| p.queued < since);
             for p in stale {
@@ -127,7 +142,7 @@ async fn dispatch<I, O, W, F>(
             });
             match stored {
                 Ok(outputs) => {
-                    *outage.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    reached(&outage, started);
                     for (answer, output) in answers.into_iter().zip(outputs) {
                         let _ = answer.send(Ok(output));
                     }
@@ -135,14 +150,14 @@ async fn dispatch<I, O, W, F>(
                 Err(error) => {
                     let error = Arc::new(error);
                     if crate::outage::database_unreachable(&error) {
-                        *outage.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some((Instant::now(), error.clone()));
-                    } else {
-                        // A batch that reached the database: what queued since is tried.
-                        let mut last = outage.lock().unwrap_or_else(|e| e.into_inner());
-                        if last.as_ref().is_some_and(|(since, _)| *since < started) {
-                            *last = None;
+                        let mut health = outage.lock().unwrap_or_else(|e| e.into_inner());
+                        // Unless a batch that started later has reached the database meanwhile
+                        // (with several writers, a slow failure can end after a newer success).
+                        if health.reached.is_none_or(|reached| reached < started) {
+                            health.outage = Some((Instant::now(), error.clone()));
                         }
+                    } else {
+                        reached(&outage, started);
                     }
                     for answer in answers {
                         let _ = answer.send(Err(error.clone()));
@@ -151,6 +166,19 @@ async fn dispatch<I, O, W, F>(
             }
             drop(writer);
         });
+    }
+}
+
+/// A batch that started at `started` reached the database: an outage seen before it is over.
+fn reached(outage: &Outage, started: Instant) {
+    let mut health = outage.lock().unwrap_or_else(|e| e.into_inner());
+    health.reached = Some(health.reached.map_or(started, |r| r.max(started)));
+    if health
+        .outage
+        .as_ref()
+        .is_some_and(|(since, _)| *since < started)
+    {
+        health.outage = None;
     }
 }
 
@@ -238,6 +266,41 @@ mod tests {
         assert_eq!(
             later.await.expect("joined"),
             (true, Duration::from_millis(1600))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_that_ends_after_a_newer_success_refuses_nothing_queued() {
+        // Two writers: batch 1 takes 800 ms to find no connection; batch 2, started later,
+        // reaches the database meanwhile; batch 3 (4 here) holds the other writer, so write 3
+        // waits for a writer until batch 1 fails. The database was reachable: 3 is tried.
+        let batcher = Arc::new(Batcher::new(2, 64, |items: Vec<u32>| async move {
+            let delay = match items[..] {
+                [1] => 800,
+                [2] => 200,
+                [4] => 650,
+                _ => 0,
+            };
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if items == [1] {
+                return Err(anyhow::Error::from(sqlx::Error::PoolTimedOut));
+            }
+            Ok(items)
+        }));
+        let write = |i: u32, after: u64| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                batcher.write(i).await.is_ok()
+            })
+        };
+        let (one, two, four, three) = (write(1, 0), write(2, 100), write(4, 350), write(3, 400));
+        assert!(!one.await.expect("joined"));
+        assert!(two.await.expect("joined"));
+        assert!(four.await.expect("joined"));
+        assert!(
+            three.await.expect("joined"),
+            "tried, not refused with batch 1"
         );
     }
 
