@@ -676,30 +676,36 @@ async fn one_address_gets_at_most_three_emails_of_each_budget_a_day_however_many
 }
 
 #[tokio::test]
-async fn an_acknowledgement_held_back_by_a_spent_budget_goes_out_the_next_day_once() {
+async fn acknowledgements_held_back_by_a_spent_budget_go_out_together_and_no_stranger_can_stop_them()
+ {
     let app = app().await;
     let victim = "held.back@example.net";
+    let links = |mail: &smtp::ReceivedMail| -> Vec<String> {
+        let prefix = app.url("/v1/privacy/verify?token=");
+        let text = mail.part("text/plain").unwrap();
+        text.split(&prefix)
+            .skip(1)
+            .map(|rest| {
+                let token: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                    .collect();
+                format!("{prefix}{token}")
+            })
+            .collect()
+    };
     // A stranger spends the day's budget of such mail with three requests.
     for kind in ["access", "correction", "objection"] {
         let res = request(&app, json!({"email": victim, "kind": kind})).await;
         assert_eq!(res.status(), 202);
     }
     app.smtp.wait_for(3, WAIT).await;
-    // The person's own requests that day are kept and on the clock, not yet acknowledged.
+    // The person's own requests are kept, on the clock, and acknowledged together, each with
+    // its own link, in one email out of a budget that no other mail spends.
     for kind in ["deletion", "restriction"] {
         let res = request(&app, json!({"email": victim, "kind": kind})).await;
         assert_eq!(res.status(), 202);
     }
-    sweep_once_more(&app).await;
-    assert_eq!(mails_to(&app, victim, "please confirm"), 3);
-    let listed = requests(&app);
-    assert_eq!(listed.len(), 5, "{listed:?}");
-    let restriction = listed
-        .iter()
-        .find(|r| r["kind"] == "restriction")
-        .unwrap()
-        .clone();
-    assert_eq!(restriction["status"], "received");
     let due = || async {
         sqlx::query_as::<_, (time::OffsetDateTime, time::OffsetDateTime)>(
             "SELECT received_at, due_at FROM privacy_request WHERE kind = 'restriction'",
@@ -714,7 +720,29 @@ async fn an_acknowledgement_held_back_by_a_spent_budget_goes_out_the_next_day_on
         (28..=30).contains(&days),
         "due {days} days after it arrived"
     );
-    // However long the budget stays spent, a held request does not expire unverified.
+    sweep_once_more(&app).await;
+    assert_eq!(
+        mails_to(&app, victim, "please confirm"),
+        4,
+        "one more, for both"
+    );
+    let together = app
+        .smtp
+        .received()
+        .into_iter()
+        .rev()
+        .find(|m| is(m, victim, "please confirm"))
+        .unwrap();
+    let text = together.part("text/plain").unwrap();
+    assert!(
+        text.contains("deletion of your data") && text.contains("restriction of processing"),
+        "{text}"
+    );
+    assert_eq!(links(&together).len(), 2, "{text}");
+
+    // Later that day, one more: held until tomorrow, and it does not lapse meanwhile.
+    let res = request(&app, json!({"email": victim, "kind": "portability"})).await;
+    assert_eq!(res.status(), 202);
     sqlx::query(
         "UPDATE privacy_request SET verify_by = now() - interval '1 minute'
          WHERE acknowledgement_held_at IS NOT NULL",
@@ -723,25 +751,21 @@ async fn an_acknowledgement_held_back_by_a_spent_budget_goes_out_the_next_day_on
     .await
     .unwrap();
     sweep_once_more(&app).await;
+    assert_eq!(mails_to(&app, victim, "please confirm"), 4);
     assert_eq!(
         app.scalar("SELECT count(*) FROM privacy_request WHERE status = 'received'")
             .await,
-        5
+        6
     );
-
-    // The next day: one acknowledgement, for the newest request, with a week to verify it.
-    sqlx::query("UPDATE person SET access_mail_day = access_mail_day - 1")
+    // The next day, even if the stranger has spent the access budget again at midnight.
+    sqlx::query("UPDATE person SET held_mail_day = held_mail_day - 1")
         .execute(&app.platform.pool)
         .await
         .unwrap();
     sweep_once_more(&app).await;
     sweep_once_more(&app).await;
-    assert_eq!(
-        mails_to(&app, victim, "please confirm"),
-        4,
-        "one, however many piled up"
-    );
-    let held = app
+    assert_eq!(mails_to(&app, victim, "please confirm"), 5);
+    let next_day = app
         .smtp
         .received()
         .into_iter()
@@ -749,14 +773,19 @@ async fn an_acknowledgement_held_back_by_a_spent_budget_goes_out_the_next_day_on
         .find(|m| is(m, victim, "please confirm"))
         .unwrap();
     assert!(
-        held.part("text/plain")
+        next_day
+            .part("text/plain")
             .unwrap()
-            .contains("restriction of processing"),
-        "{}",
-        held.part("text/plain").unwrap()
+            .contains("portable copy of your data")
     );
-    let url = held.link(&app.url("/v1/privacy/verify?token="));
-    assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+    // (The deletion's link is left alone: once verified it would erase the rest.)
+    for url in links(&together).into_iter().skip(1).chain(links(&next_day)) {
+        assert_eq!(
+            app.client.post(&url).send().await.unwrap().status(),
+            200,
+            "{url}"
+        );
+    }
     assert_eq!(
         app.scalar(
             "SELECT count(*) FROM privacy_request WHERE acknowledgement_held_at IS NOT NULL"
@@ -765,10 +794,68 @@ async fn an_acknowledgement_held_back_by_a_spent_budget_goes_out_the_next_day_on
         0
     );
     assert_eq!(
+        app.scalar("SELECT count(*) FROM privacy_request WHERE status = 'received'")
+            .await,
+        4,
+        "the stranger's three and the deletion wait; the other two are verified"
+    );
+    assert_eq!(
         due().await,
         (received, due_at),
         "the clock ran from its arrival"
     );
+}
+
+#[tokio::test]
+async fn a_verification_beside_a_running_erasure_of_the_same_person_never_answers_500() {
+    let app = app().await;
+    let email = "both.at.once@example.net";
+    crate::waitlist::join(&app, email, json!({})).await;
+    let link_of = |kind: &str| {
+        let kind = kind.to_owned();
+        let app = &app;
+        async move {
+            let res = request(app, json!({"email": email, "kind": kind})).await;
+            assert_eq!(res.status(), 202);
+            eventually(WAIT, "the acknowledgement", || async {
+                app.smtp.received().into_iter().rev().find_map(|m| {
+                    let text = m.part("text/plain")?;
+                    (is(&m, email, "please confirm") && text.contains(kind.as_str()))
+                        .then(|| m.link(&app.url("/v1/privacy/verify?token=")))
+                })
+            })
+            .await
+        }
+    };
+    let restriction = link_of("restriction").await;
+    let deletion = link_of("deletion").await;
+    // The erasure is held mid-transaction (it has taken the audit trail and waits to delete the
+    // waitlist entry); meanwhile the other request's link is followed.
+    let held = TableLock::take(&app.platform.pool, "waitlist_entry").await;
+    assert_eq!(
+        app.client.post(&deletion).send().await.unwrap().status(),
+        200
+    );
+    held.until_someone_waits(&app.platform.pool).await;
+    let verify = tokio::spawn({
+        let (client, url) = (app.client.clone(), restriction.clone());
+        async move { client.post(url).send().await.unwrap().status().as_u16() }
+    });
+    eventually(WAIT, "the verification to wait too", || async {
+        let waiting = app
+            .scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            )
+            .await;
+        (waiting >= 2).then_some(())
+    })
+    .await;
+    held.release().await;
+    // The erasure took the request with everything else: the link no longer works, and says
+    // so (no deadlock, no 500).
+    assert_eq!(verify.await.unwrap(), 400);
+    mail_to(&app, email, "has been deleted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

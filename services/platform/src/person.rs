@@ -59,6 +59,9 @@ pub enum MailBudget {
     /// What a signed-in person asks for (a licence sent again): 5 a day, and no stranger can
     /// spend it.
     Owner,
+    /// The one email a day acknowledging the privacy requests the access budget held back: no
+    /// other mail spends it, so those requests are always acknowledged the next day.
+    Held,
 }
 
 impl MailBudget {
@@ -67,6 +70,7 @@ impl MailBudget {
             Self::Contact => "contact",
             Self::Access => "access",
             Self::Owner => "owner",
+            Self::Held => "held",
         }
     }
 
@@ -74,6 +78,7 @@ impl MailBudget {
         match self {
             Self::Contact | Self::Access => REQUEST_MAIL_PER_DAY,
             Self::Owner => 5,
+            Self::Held => 1,
         }
     }
 }

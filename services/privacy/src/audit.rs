@@ -90,6 +90,18 @@ pub async fn record_action(
     append(conn, None, event, "", &format!("{what}; reason: {reason}")).await
 }
 
+/// Takes the audit trail's lock, held to the end of the transaction: one writer at a time.
+/// A transaction that will write an event and lock requests takes it first, before any
+/// request row: otherwise one that holds a row and waits for the trail deadlocks with one
+/// that holds the trail and waits for the row (a verification beside a running erasure).
+pub async fn lock(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('privacy_audit', 0))")
+        .execute(conn)
+        .await
+        .context("failed to lock the audit trail")?;
+    Ok(())
+}
+
 async fn append(
     conn: &mut PgConnection,
     request: Option<PrivacyRequestId>,
@@ -98,10 +110,7 @@ async fn append(
     detail: &str,
 ) -> anyhow::Result<()> {
     // One writer at a time, so each row chains to the true last one.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('privacy_audit', 0))")
-        .execute(&mut *conn)
-        .await
-        .context("failed to lock the audit trail")?;
+    lock(conn).await?;
     let prev: Vec<u8> =
         sqlx::query_scalar("SELECT hash FROM privacy_audit ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)

@@ -21,6 +21,22 @@ email_template!(
     "emails/privacy-received/body.html"
 );
 
+/// Acknowledges, in one email, the requests whose acknowledgement the address's mail budget
+/// held back (`jobs::send_held`), each with its own confirmation link.
+#[derive(Debug, Clone)]
+pub struct ReceivedHeld {
+    pub requests: Vec<Received>,
+}
+
+email_template!(
+    ReceivedHeld,
+    "privacy-received-held",
+    Requested,
+    "emails/privacy-received-held/subject.txt",
+    "emails/privacy-received-held/body.txt",
+    "emails/privacy-received-held/body.html"
+);
+
 #[derive(Debug, Clone)]
 pub struct ExportReady {
     pub url: String,

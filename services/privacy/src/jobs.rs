@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
-use crate::emails::{DeletionDone, ExportReady, Outcome, Received};
+use crate::emails::{DeletionDone, ExportReady, Outcome, Received, ReceivedHeld};
 use crate::request::{Kind, PrivacyRequestId, Status};
 use crate::{audit, export, store};
 
@@ -68,6 +68,21 @@ request_job!(
     outcome_mail
 );
 
+/// The one acknowledgement of the requests the address's mail budget held back (`send_held`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceivedHeldMail {
+    pub requests: Vec<PrivacyRequestId>,
+}
+
+impl BackgroundJob for ReceivedHeldMail {
+    const KIND: &'static str = "privacy.received_held_mail";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        received_held_mail(platform, job, self.requests).await
+    }
+}
+
 impl Process {
     /// The processing of a verified request, once however often it is asked for.
     pub fn job(request_id: PrivacyRequestId, person: PersonId) -> NewJob {
@@ -116,24 +131,21 @@ async fn load(
     .await?)
 }
 
-async fn received_mail(
-    platform: Platform,
-    job: &Job,
+/// What the acknowledgement says of a request still waiting to be verified, with a new link
+/// for it; `None` if it no longer waits.
+async fn acknowledgement(
+    platform: &Platform,
+    conn: &mut PgConnection,
     request_id: PrivacyRequestId,
-) -> Result<(), JobError> {
-    let person = job.person()?;
-    let mut conn = platform.pool.acquire().await?;
-    let Some(request) = load(&mut conn, request_id).await? else {
-        return Ok(());
+) -> Result<Option<Received>, JobError> {
+    let Some(request) = load(conn, request_id).await? else {
+        return Ok(None);
     };
     if request.status != Status::Received {
-        return Ok(());
+        return Ok(None);
     }
-    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
-        return Ok(());
-    };
-    let token = store::new_token(&mut conn, request_id, "verify", request.verify_by).await?;
-    let email = Received {
+    let token = store::new_token(conn, request_id, "verify", request.verify_by).await?;
+    Ok(Some(Received {
         kind: request.kind.describe().to_owned(),
         received: request.received_at.date().to_string(),
         due: request.due_at.date().to_string(),
@@ -142,7 +154,43 @@ async fn received_mail(
             platform.config.public_url
         ),
         verify_by: request.verify_by.date().to_string(),
+    }))
+}
+
+async fn received_mail(
+    platform: Platform,
+    job: &Job,
+    request_id: PrivacyRequestId,
+) -> Result<(), JobError> {
+    let person = job.person()?;
+    let mut conn = platform.pool.acquire().await?;
+    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
+        return Ok(());
     };
+    let Some(email) = acknowledgement(&platform, &mut conn, request_id).await? else {
+        return Ok(());
+    };
+    mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
+}
+
+async fn received_held_mail(
+    platform: Platform,
+    job: &Job,
+    request_ids: Vec<PrivacyRequestId>,
+) -> Result<(), JobError> {
+    let person = job.person()?;
+    let mut conn = platform.pool.acquire().await?;
+    let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
+        return Ok(());
+    };
+    let mut requests = Vec::new();
+    for id in request_ids {
+        requests.extend(acknowledgement(&platform, &mut conn, id).await?);
+    }
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let email = ReceivedHeld { requests };
     mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
 }
 
@@ -337,39 +385,42 @@ const STAGES: [(&str, time::Duration); 4] = [
 ];
 
 /// Periodic and idempotent: each due-date reminder is sent once.
-/// Acknowledgements the address's mail budget held back (`intake::take_in`): once the budget
-/// allows, one email per person, for their newest waiting request, and every held request of
-/// theirs gets its week to be verified from now.
+/// Acknowledgements the address's mail budget held back (`intake::take_in`): at the next
+/// sweep, one email per person for all their waiting requests, each with its link, out of a
+/// budget of one a day that no other mail spends (a stranger who spends the access budget every day
+/// cannot keep it from going); each request gets its week to be verified from then.
 async fn send_held(conn: &mut PgConnection) -> Result<(), JobError> {
     let held: Vec<(PrivacyRequestId, PersonId)> = sqlx::query_as(
         "SELECT id, person_id FROM privacy_request
          WHERE acknowledgement_held_at IS NOT NULL AND status = 'received'
            AND person_id IS NOT NULL
-         ORDER BY person_id, received_at DESC, id DESC FOR UPDATE",
+         ORDER BY person_id, received_at, id FOR UPDATE",
     )
     .fetch_all(&mut *conn)
     .await?;
-    let mut last = None;
-    for (newest, person) in held {
-        if last == Some(person) {
-            continue;
+    let mut by_person: Vec<(PersonId, Vec<PrivacyRequestId>)> = Vec::new();
+    for (id, person) in held {
+        match by_person.last_mut() {
+            Some((last, ids)) if *last == person => ids.push(id),
+            _ => by_person.push((person, vec![id])),
         }
-        last = Some(person);
-        if !person::take_mail(conn, person, person::MailBudget::Access).await? {
+    }
+    for (person, ids) in by_person {
+        if !person::take_mail(conn, person, person::MailBudget::Held).await? {
             continue;
         }
         sqlx::query(
             "UPDATE privacy_request
              SET acknowledgement_held_at = NULL,
                  verify_by = greatest(verify_by, now() + interval '7 days')
-             WHERE person_id = $1 AND acknowledgement_held_at IS NOT NULL",
+             WHERE id = ANY($1)",
         )
-        .bind(person)
+        .bind(&ids)
         .execute(&mut *conn)
         .await?;
         jobs::enqueue(
             conn,
-            NewJob::new(&ReceivedMail { request_id: newest }).for_person(person),
+            NewJob::new(&ReceivedHeldMail { requests: ids }).for_person(person),
         )
         .await?;
     }
@@ -378,6 +429,8 @@ async fn send_held(conn: &mut PgConnection) -> Result<(), JobError> {
 
 async fn sweep(platform: Platform) -> Result<(), JobError> {
     let mut tx = platform.pool.begin().await?;
+    // Before any request row (`audit::lock`): expiring writes audit events.
+    audit::lock(&mut tx).await?;
     send_held(&mut tx).await?;
     // A request whose acknowledgement is still held cannot expire unverified: nobody could
     // have verified it.

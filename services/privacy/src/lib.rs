@@ -51,6 +51,7 @@ impl Service for Privacy {
     fn jobs(&self) -> JobRegistry<Platform> {
         JobRegistry::new()
             .register::<jobs::ReceivedMail>()
+            .register::<jobs::ReceivedHeldMail>()
             .register::<jobs::Process>()
             .register::<jobs::ExportMail>()
             .register::<jobs::DeletionMail>()

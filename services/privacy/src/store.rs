@@ -157,6 +157,7 @@ pub struct Verified {
 /// Uses a verification token (once, before it expires) and marks its request verified;
 /// `None` if the token is unknown, used or expired, or its request no longer waits.
 pub async fn verify(conn: &mut PgConnection, token: &str) -> anyhow::Result<Option<Verified>> {
+    audit::lock(conn).await?;
     let request: Option<PrivacyRequestId> = sqlx::query_scalar(
         "UPDATE privacy_token SET used_at = now()
          WHERE token_hash = $1 AND purpose = 'verify' AND used_at IS NULL AND expires_at > now()
@@ -200,6 +201,8 @@ pub async fn transition(
     event: &str,
     detail: &str,
 ) -> anyhow::Result<Option<(Kind, Option<PersonId>)>> {
+    // The trail's lock before the request's row (`audit::lock`).
+    audit::lock(conn).await?;
     let closes = [Status::Completed, Status::Rejected, Status::Expired].contains(&to);
     let row: Option<(Kind, Option<PersonId>)> = sqlx::query_as(
         "UPDATE privacy_request
