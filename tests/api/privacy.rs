@@ -1407,9 +1407,9 @@ async fn a_server_does_not_start_on_a_database_being_restored_nor_a_restore_unde
         .await
         .unwrap();
     let starting = tokio::spawn(async move {
-        pexper_platform::db::connect_and_migrate(&config)
-            .await
-            .map(|_| ())
+        let pool = pexper_platform::db::connect_and_migrate(&config).await?;
+        pool.close().await;
+        anyhow::Ok(())
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!starting.is_finished(), "the server waits for the restore");
@@ -1435,6 +1435,48 @@ async fn a_server_does_not_start_on_a_database_being_restored_nor_a_restore_unde
     let out = admin(&cli_vars, &["db", "restore", backup.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("is starting"), "{}", stderr(&out));
+    sqlx::query("SELECT pg_advisory_unlock_shared($1)")
+        .bind(lock)
+        .execute(&mut *starting)
+        .await
+        .unwrap();
+    drop(starting);
+
+    // A restore killed midway: the live database set aside (with an erasure made since the
+    // backup), a half-restored one in its place. No server starts on it, nor a migration.
+    sqlx::raw_sql(
+        "INSERT INTO erasure_journal (person_hash, erased_at) VALUES (sha256('someone'::bytea), now());
+         ALTER SCHEMA public RENAME TO pexper_replaced_by_restore;
+         CREATE SCHEMA public",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let config = pexper_platform::Config::from_vars(cli_vars.iter().cloned().collect()).unwrap();
+    let refused = pexper_platform::db::connect_and_migrate(&config)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("did not finish"),
+        "{refused:#}"
+    );
+    let out = admin(&cli_vars, &["migrate"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
+    // Restoring again puts the live database back first (its journal is read), then restores.
+    let out = admin(
+        &cli_vars,
+        &["db", "restore", backup.to_str().unwrap(), "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restored: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(restored["journal_entries"], 1, "{restored}");
+    pexper_platform::db::connect_and_migrate(&config)
+        .await
+        .expect("a finished restore lets servers start")
+        .close()
+        .await;
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ pub enum Command {
 
 pub async fn migrate(json: bool, config: &Config) -> anyhow::Result<()> {
     let pool = connect(config).await?;
-    db::migrate(&pool).await?;
+    db::migrate_unless_restoring(&pool).await?;
     output::object(json, &json!({"migrated": true}));
     Ok(())
 }

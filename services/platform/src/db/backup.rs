@@ -55,8 +55,9 @@ pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<u64> {
     let target = Tool::connect(config).await?;
     let partial = PathBuf::from(format!("{}.partial", file.display()));
     // Made new, never followed: a symbolic link (or any file) already at either name is
-    // refused, not written through.
-    OpenOptions::new()
+    // refused, not written through. pg_dump writes to this very file (its standard output),
+    // never reopening it by name: nothing swapped in at that name meanwhile gets the dump.
+    let out = OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -69,14 +70,10 @@ pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<u64> {
             )
         })?;
     let written = target
-        .run(
+        .run_to(
             "pg_dump",
-            &[
-                "--format=custom".as_ref(),
-                "--no-owner".as_ref(),
-                "--file".as_ref(),
-                partial.as_os_str(),
-            ],
+            &["--format=custom".as_ref(), "--no-owner".as_ref()],
+            Some(out),
         )
         .await
         .and_then(|()| {
@@ -144,15 +141,28 @@ pub async fn restore(
         others == 0,
         "{others} connection(s) of pexper processes are open on this database: stop every pexper-server (and other pexper-admin commands) before restoring"
     );
+    // A restore that did not finish (killed, or its machine lost) left the database as it was
+    // before in the set-aside schema: that is put back first, as if it had never begun.
+    if set_aside_exists(&mut conn).await? {
+        let mut tx = conn.begin().await?;
+        sqlx::query("DROP SCHEMA public CASCADE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("ALTER SCHEMA pexper_replaced_by_restore RENAME TO public")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit()
+            .await
+            .context("failed to put back the database an unfinished restore set aside")?;
+    }
     let mut known = live_journal(&mut conn).await?;
     known.extend(exported);
 
     // The live schema steps aside (as pexper_replaced_by_restore) rather than being dropped,
-    // so a failed restore loses nothing.
+    // so a failed restore loses nothing; it stays until the restore has finished (migrated,
+    // sessions ended, erasures replayed), and while it is there no server starts
+    // (`db::migrate_unless_restoring`).
     let mut tx = conn.begin().await?;
-    sqlx::query("DROP SCHEMA IF EXISTS pexper_replaced_by_restore CASCADE")
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("ALTER SCHEMA public RENAME TO pexper_replaced_by_restore")
         .execute(&mut *tx)
         .await?;
@@ -174,8 +184,8 @@ pub async fn restore(
             ],
         )
         .await;
-    let mut tx = conn.begin().await?;
     if let Err(e) = restored {
+        let mut tx = conn.begin().await?;
         sqlx::query("DROP SCHEMA public CASCADE")
             .execute(&mut *tx)
             .await?;
@@ -185,10 +195,6 @@ pub async fn restore(
         tx.commit().await?;
         return Err(e.context("the restore failed; the database is as it was"));
     }
-    sqlx::query("DROP SCHEMA pexper_replaced_by_restore CASCADE")
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
 
     // A backup from before the newest migrations is brought up to date first.
     let pool = db::pool(db::connect_options(config).await?).await?;
@@ -205,6 +211,10 @@ pub async fn restore(
     restored.sessions_and_links_ended = Some(ended);
     restored.note = Some(RESTORE_NOTE);
     pool.close().await;
+    sqlx::query("DROP SCHEMA pexper_replaced_by_restore CASCADE")
+        .execute(&mut conn)
+        .await
+        .context("failed to drop the database the restore replaced")?;
     // Ends the session, and with it the restore's lock: servers may start.
     conn.close().await.ok();
     Ok(restored)
@@ -247,6 +257,18 @@ pub async fn replay(
         sessions_and_links_ended: None,
         note: None,
     })
+}
+
+/// Where a restore keeps the database it replaces until it has finished.
+pub const SET_ASIDE_SCHEMA: &str = "pexper_replaced_by_restore";
+
+/// Whether a restore has set the live schema aside and not finished.
+pub async fn set_aside_exists(conn: &mut PgConnection) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+        .bind(SET_ASIDE_SCHEMA)
+        .fetch_one(conn)
+        .await
+        .context("failed to look for an unfinished restore")
 }
 
 /// The live database's journal; empty if it has none yet (a new database).
@@ -297,12 +319,25 @@ impl Tool {
 
     /// Runs `program` against the database; its stderr becomes the error if it fails.
     async fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+        self.run_to(program, args, None).await
+    }
+
+    /// `run`, with the program's standard output going to `stdout` when given.
+    async fn run_to(
+        &self,
+        program: &str,
+        args: &[&std::ffi::OsStr],
+        stdout: Option<std::fs::File>,
+    ) -> anyhow::Result<()> {
         let path = managed::find_program(self.pg_bin.as_deref(), program)
             .ok_or_else(|| managed::missing_programs(self.pg_bin.as_deref(), &[program]))?;
         let mut command = Command::new(path);
         command.args(args).arg(format!("--dbname={}", self.url));
         if let Some(password) = &self.password {
             command.env("PGPASSWORD", password.expose_secret());
+        }
+        if let Some(file) = stdout {
+            command.stdout(file);
         }
         let out = tokio::task::spawn_blocking(move || command.output())
             .await?

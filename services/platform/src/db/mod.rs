@@ -197,22 +197,39 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// restored, and a restore never begins under a server that is starting.
 pub const RESTORE_LOCK: i64 = 0x7065_7870_6572_0001; // "pexper" and 1
 
-/// Connects as configured and migrates: what the server does at start. Waits while a restore
-/// holds `RESTORE_LOCK`.
+/// Connects as configured and migrates: what the server does at start
+/// (`migrate_unless_restoring`).
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     let pool = pool(connect_options(config).await?).await?;
+    if let Err(e) = migrate_unless_restoring(&pool).await {
+        pool.close().await;
+        return Err(e);
+    }
+    Ok(pool)
+}
+
+/// Migrates, after any restore running has finished (`RESTORE_LOCK`), and refuses if one did
+/// not finish (`backup::SET_ASIDE_SCHEMA` is still there): what a starting server and
+/// `pexper-admin migrate` do.
+pub async fn migrate_unless_restoring(pool: &PgPool) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     sqlx::query("SELECT pg_advisory_lock_shared($1)")
         .bind(RESTORE_LOCK)
         .execute(&mut *conn)
         .await
         .context("failed to wait for a restore to finish")?;
-    let migrated = migrate(&pool).await;
+    let migrated = match backup::set_aside_exists(&mut conn).await {
+        Ok(true) => Err(anyhow::anyhow!(
+            "a restore of this database did not finish (the database before it is kept in the schema {}): run `pexper-admin db restore FILE` again, which puts it back first",
+            backup::SET_ASIDE_SCHEMA
+        )),
+        Ok(false) => migrate(pool).await,
+        Err(e) => Err(e),
+    };
     sqlx::query("SELECT pg_advisory_unlock_shared($1)")
         .bind(RESTORE_LOCK)
         .execute(&mut *conn)
         .await
         .context("failed to let a restore begin")?;
-    migrated?;
-    Ok(pool)
+    migrated
 }
