@@ -1208,6 +1208,37 @@ async fn a_reset_link_dies_with_a_password_change_and_never_opens_a_disabled_acc
 }
 
 #[tokio::test]
+async fn a_reset_email_still_queued_when_the_password_changes_brings_a_dead_link() {
+    let app = spawn_app().await;
+    let email = "queued@example.com";
+    open_account(&app, email).await;
+    // The reset's email waits in the queue (its job stops where it stores the link)…
+    let held = TableLock::take(&app.platform.pool, "account_reset").await;
+    let res = app
+        .client
+        .post(app.url("/v1/accounts/password-reset"))
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    held.until_someone_waits(&app.platform.pool).await;
+    // …while the password changes.
+    let session = signed_in(&app, email, PASSWORD).await;
+    let res = form(
+        &app,
+        &session,
+        "/account/password",
+        &[("password", PASSWORD), ("new_password", NEW_PASSWORD)],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    held.release().await;
+    let link = reset_link(&app, email, 0).await;
+    assert_eq!(app.client.get(&link).send().await.unwrap().status(), 400);
+}
+
+#[tokio::test]
 async fn changing_the_password_in_the_account_keeps_this_session_and_ends_the_others() {
     let app = spawn_app().await;
     let email = "changer@example.com";

@@ -667,6 +667,7 @@ pub async fn request_reset(
             &mut tx,
             NewJob::new(&SendReset {
                 account: account.id,
+                requested_at: Some(OffsetDateTime::now_utc()),
             })
             .for_person(person),
         )

@@ -132,6 +132,11 @@ impl BackgroundJob for SendAlreadyRegistered {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendReset {
     pub account: AccountId,
+    /// When it was asked for: the link counts from then, so a password changed while the
+    /// email waited in the queue (or a relay outage) kills it too. Jobs queued before this
+    /// field existed count from when they run.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub requested_at: Option<OffsetDateTime>,
 }
 
 impl BackgroundJob for SendReset {
@@ -143,7 +148,7 @@ impl BackgroundJob for SendReset {
         if store::account(&mut conn, self.account).await?.is_none() {
             return Ok(()); // Deleted meanwhile.
         }
-        let token = store::create_reset(&mut conn, self.account).await?;
+        let token = store::create_reset(&mut conn, self.account, self.requested_at).await?;
         let email = ResetLink {
             url: page(
                 &platform,

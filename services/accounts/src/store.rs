@@ -173,17 +173,24 @@ pub async fn complete_signup(
     Ok(opened.map(|(id, changed)| (id, person, changed)))
 }
 
-/// A new password-reset link for an account; returns its token.
-pub async fn create_reset(conn: &mut PgConnection, account: AccountId) -> anyhow::Result<String> {
+/// A new password-reset link for an account, made as of `requested_at` (when it was asked
+/// for; now if unknown): it expires an hour after, and dies if the password changed since.
+/// Returns its token.
+pub async fn create_reset(
+    conn: &mut PgConnection,
+    account: AccountId,
+    requested_at: Option<OffsetDateTime>,
+) -> anyhow::Result<String> {
     let token = random_token();
     sqlx::query(
-        "INSERT INTO account_reset (token_hash, account_id, email_index, expires_at)
-         SELECT $1, a.id, p.email_index, now() + $3
+        "INSERT INTO account_reset (token_hash, account_id, email_index, created_at, expires_at)
+         SELECT $1, a.id, p.email_index, coalesce($4, now()), coalesce($4, now()) + $3
          FROM account a JOIN person p ON p.id = a.person_id WHERE a.id = $2",
     )
     .bind(sha256(token.as_bytes()).as_slice())
     .bind(account)
     .bind(RESET_LIFETIME)
+    .bind(requested_at)
     .execute(conn)
     .await
     .context("failed to store a reset link")?;
