@@ -433,7 +433,8 @@ fn dsn(original: &smtp::ReceivedMail, final_recipient: Option<&str>, status: &st
     )
 }
 
-/// An ARF complaint about `original`, with the message attached and no Original-Rcpt-To.
+/// An ARF complaint about `original`, with the message attached as its receiver kept it
+/// (its Return-Path, our bounce address, included) and no Original-Rcpt-To.
 fn complaint(original: &smtp::ReceivedMail) -> String {
     let message_id = original.header("Message-ID").unwrap();
     format!(
@@ -442,8 +443,9 @@ fn complaint(original: &smtp::ReceivedMail) -> String {
          Content-Type: multipart/report; report-type=feedback-report; boundary=\"r\"\r\n\r\n\
          --r\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n\
          --r\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n\r\n\
-         --r\r\nContent-Type: message/rfc822\r\n\r\nFrom: hello@pexper.com\r\n\
-         Message-ID: {message_id}\r\nSubject: x\r\n\r\nx\r\n--r--\r\n"
+         --r\r\nContent-Type: message/rfc822\r\n\r\nReturn-Path: {return_path}\r\nFrom: hello@pexper.com\r\n\
+         Message-ID: {message_id}\r\nSubject: x\r\n\r\nx\r\n--r--\r\n",
+        return_path = original.from,
     )
 }
 
@@ -638,6 +640,19 @@ async fn a_forged_bounce_report_silences_nobody_and_an_operator_can_lift_a_real_
                "hard_bounces": 0, "soft_bounces": 0, "complaints": 0})
     );
     assert_eq!(app.count("email_suppression").await, 0);
+    // A complaint that names the victim's message by its Message-ID alone (a mailbox
+    // provider's report without the original's Return-Path, or a forgery) unsubscribes them
+    // from product email, and stops nothing else.
+    let by_message_id =
+        complaint(&victims).replace(&format!("Return-Path: {}\r\n", victims.from), "");
+    assert!(!by_message_id.contains("Return-Path"));
+    assert_eq!(read(&[by_message_id])["complaints"], 1);
+    assert_eq!(app.count("email_suppression").await, 0);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM waitlist_entry WHERE NOT subscribed")
+            .await,
+        1
+    );
 
     // A real bounce of the victim's message stops their mail; the operator can lift it,
     // saying why, and the audit trail records it (without the address).

@@ -84,7 +84,7 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
         None => sha256(raw),
     };
     // The envelope sender the report came back to, as the receiving side recorded it.
-    let sent_back_to: Vec<String> = ["Delivered-To", "X-Original-To", "To"]
+    let mut sent_back_to: Vec<String> = ["Delivered-To", "X-Original-To", "To"]
         .iter()
         .flat_map(|name| raw_headers(&message, name))
         .flat_map(|value| value.split(',').map(|a| a.trim().to_owned()))
@@ -114,8 +114,16 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
             let headers = fields(&String::from_utf8_lossy(part.contents()));
             returned_job =
                 returned_job.or(field(&headers, "Message-ID").and_then(job_of_message_id));
+            // The returned message's own envelope sender, as its receiver recorded it: a
+            // mailbox provider's complaint comes to a feedback address, with the original.
+            sent_back_to.extend(field(&headers, "Return-Path").map(str::to_owned));
         } else if let PartType::Message(nested) = &part.body {
             returned_job = returned_job.or(nested.message_id().and_then(job_of_message_id));
+            sent_back_to.extend(
+                nested
+                    .header_raw("Return-Path")
+                    .map(|r| r.trim().to_owned()),
+            );
         }
     }
     Some(Report {
@@ -206,8 +214,8 @@ pub async fn apply(
     // The message: by the bounce address it came back to, whose MAC only our mail carries.
     // A complaint (sent by a mailbox provider to our feedback address, not the bounce
     // address) may name it by the Message-ID of the message it returns; that id is no secret,
-    // so a complaint stops only product email and legal notices, never what a person asks
-    // for, and a hard bounce, which stops all mail, needs the bounce address.
+    // so such a complaint only unsubscribes from product email, and a hard bounce, which
+    // stops all mail, needs the bounce address.
     let by_bounce_address = report
         .sent_back_to
         .iter()
@@ -262,9 +270,13 @@ pub async fn apply(
         ReportKind::HardBounce => {
             suppression::suppress(conn, keyring, &address, Reason::Bounced).await?
         }
-        ReportKind::Complaint => {
+        // A complaint found only by the Message-ID it returns (no secret) unsubscribes from
+        // product email (the caller does that) but does not suppress legal notices: only one
+        // that came back to our MAC'd bounce address does.
+        ReportKind::Complaint if by_bounce_address.is_some() => {
             suppression::suppress(conn, keyring, &address, Reason::Complained).await?
         }
+        ReportKind::Complaint => {}
         ReportKind::SoftBounce => {
             sqlx::query(
                 "UPDATE email_event SET soft_bounces = soft_bounces + 1 WHERE message_id = $1",
