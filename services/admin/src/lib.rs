@@ -120,10 +120,11 @@ pub async fn main() -> ExitCode {
     match run(cli, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
+            // An error can quote what a stranger typed (a request's details): escaped too.
+            output::warn(&format!(
                 "pexper-admin: {}",
                 pexper_platform::telemetry::redact(&format!("{e:#}"))
-            );
+            ));
             // A request the operator must change (a policy change announced too late) is a
             // usage error, like a bad flag.
             if e.downcast_ref::<pexper_privacy::policy::Refused>()

@@ -11,25 +11,45 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 /// Prints one line (it may hold line breaks and tabs), with every other control character
-/// escaped: `\u{1b}` in text, `\u001b` in JSON (inside a JSON string, where they can only
-/// be, that is the same character to a parser).
+/// escaped as `\u001b` (inside a JSON string, where they can only be in `--json`, that is
+/// the same character to a parser).
 pub fn say(text: &str) {
     println!("{}", escape_controls(text));
 }
 
+/// The same, to standard error.
+pub fn warn(text: &str) {
+    eprintln!("{}", escape_controls(text));
+}
+
 fn escape_controls(text: &str) -> String {
+    escape(text, |c| c == '\n' || c == '\t')
+}
+
+/// Escapes what a terminal would act on, or show otherwise than it is, but for what `keep`
+/// allows: control characters (C0, DEL, C1), bidirectional overrides, isolates and marks
+/// (they make text read differently from what it is: "Trojan Source"), and Unicode's line
+/// and paragraph separators.
+fn escape(text: &str, keep: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        // Bidirectional overrides and isolates too: they can make text read differently from
-        // what it is ("Trojan Source").
-        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if (c.is_control() && c != '\n' && c != '\t') || bidi {
+        let invisible = matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        );
+        if (c.is_control() || invisible) && !keep(c) {
             let _ = write!(out, "\\u{:04x}", u32::from(c));
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// A table cell, on one line whatever it holds: a line break in a stranger's text must not
+/// start a row of its own.
+fn cell(text: &str) -> String {
+    escape(text, |_| false)
 }
 
 /// Prints rows as an aligned table, or as a JSON array with `--json`.
@@ -43,7 +63,10 @@ pub fn rows<T: Serialize>(
         say(&serde_json::to_string_pretty(rows).expect("rows serialise"));
         return;
     }
-    let cells: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| cells(row).iter().map(|c| cell(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &cells {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -81,7 +104,10 @@ pub fn object(json: bool, value: &serde_json::Value) {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            say(&format!("{k:<width$}  {shown}"));
+            // A value of several lines goes on indented, so that none of its lines can pass
+            // for a `key  value` line of its own.
+            let indent = format!("\n{:width$}  ", "");
+            say(&format!("{k:<width$}  {}", shown.replace('\n', &indent)));
         }
     } else {
         say(&value.to_string());
@@ -96,6 +122,7 @@ mod tests {
     fn control_characters_are_shown_as_escapes_and_line_breaks_kept() {
         // OSC 52 (set the clipboard), 8-bit CSI, DEL; a line break and a tab stay.
         let typed = "hi\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{9b}2J\u{7f}\u{202e}\nnext\tline";
+        assert_eq!(cell("one\ntwo\u{2028}three"), "one\\u000atwo\\u2028three");
         let shown = escape_controls(typed);
         assert_eq!(
             shown,
