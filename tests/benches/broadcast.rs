@@ -17,7 +17,9 @@ use pexper_platform::person::NewPerson;
 use pexper_tests::*;
 
 fn main() {
-    let [people] = bench_args([100_000], [300]);
+    // The smoke run is larger than one of the broadcast's batches (1,000), so the first run
+    // is killed with some of them queued and the second resumes it.
+    let [people] = bench_args([100_000], [2_100]);
     bench_exit(block_on(run(people as usize)));
 }
 
@@ -185,12 +187,12 @@ async fn run(people: usize) -> bool {
         copies as f64 / took.as_secs_f64(),
     );
     println!("second run's last progress line: {last_progress}");
-    let mut met = goal(
+    check(
         "every subscriber has exactly one copy",
         format!("{} people, {copies} copies", arrivals.len()),
         arrivals.len() == people && copies == people,
     );
-    met &= goal(
+    let mut met = goal(
         &format!("{people} delivered within 3 minutes of the first run's start"),
         format!("{:.1} s", took.as_secs_f64()),
         took < Duration::from_secs(180),

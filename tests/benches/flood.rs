@@ -368,7 +368,12 @@ async fn run(seconds: u64, flooders: usize, rate: u64) -> bool {
                 "reported"
             }
         );
-        ok &= errors == 0 && probes_ok && (manner != "polite" || within);
+        check(
+            &format!("{manner} flood: no 5xx or failed request, every probe 202/200"),
+            format!("{errors} 5xx or failed; probes {probes_ok}"),
+            errors == 0 && probes_ok,
+        );
+        ok &= manner != "polite" || within;
     }
     let errors = quiet_signups.server_errors() + quiet_webhooks.server_errors();
     // What deploy/k8s/deployment.yaml's memory request and limit are sized from.
@@ -377,7 +382,12 @@ async fn run(seconds: u64, flooders: usize, rate: u64) -> bool {
         memory(server.pid(), "VmHWM")
     );
     server.stop().await;
-    ok && errors == 0
+    check(
+        "quiet baseline: no 5xx",
+        format!("{errors} 5xx"),
+        errors == 0,
+    );
+    ok
 }
 
 /// A memory figure of a process from `/proc/<pid>/status` (`VmRSS`: resident now; `VmHWM`: the

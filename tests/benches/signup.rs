@@ -310,6 +310,13 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
         let load = child("--paced-child", &server.base, rate, paced_seconds).await;
         let arrived = confirmations(&server.smtp, &load.due, Duration::from_secs(60)).await;
         let others: BTreeMap<_, _> = load.statuses.iter().filter(|(s, _)| **s != 202).collect();
+        if build == "this build" {
+            check(
+                "every signup of the launch answered 202",
+                format!("others: {others:?}"),
+                others.is_empty(),
+            );
+        }
         let pct = |p: f64| {
             arrived
                 .get(((arrived.len() as f64 * p) as usize).min(arrived.len().saturating_sub(1)))
@@ -384,6 +391,13 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
             let (before, after) = (before[&connections], after[&connections]);
             let ceiling = (before + after) / 2.0;
             let others: BTreeMap<_, _> = load.statuses.iter().filter(|(s, _)| **s != 202).collect();
+            if build == "this build" {
+                check(
+                    &format!("every signup at {connections} connections answered 202"),
+                    format!("others: {others:?}"),
+                    others.is_empty(),
+                );
+            }
             let share = load.rate() / ceiling;
             signups.push(format!(
                 "| {build} | {connections} | {before:.0} / {after:.0} | {:.0} | {:.0}% | {:.1} ms | {:.1} ms | {others:?} |",

@@ -1,9 +1,9 @@
 //! What the benchmarks (`tests/benches/`) share: arguments, goals and a runtime.
 //!
 //! `cargo bench` runs a bench for real: full size, goals enforced. `cargo test` (and so CI)
-//! runs every bench too, as a smoke run: a size that takes seconds, goals printed but not
-//! enforced. A bench therefore never rots unbuilt or unrun; its figures come only from
-//! `cargo bench`.
+//! runs every bench too, as a smoke run: a size that takes seconds, speed goals printed but
+//! not enforced, correctness (`check`) enforced as in a real run. A bench therefore never
+//! rots unbuilt or unrun; its figures come only from `cargo bench`.
 
 /// Whether this is a real benchmark run: `cargo bench` passes `--bench` to the target.
 pub fn benchmarking() -> bool {
@@ -22,6 +22,17 @@ pub fn bench_args<const N: usize>(full: [u64; N], smoke: [u64; N]) -> [u64; N] {
         .filter_map(|a| a.parse().ok())
         .collect();
     std::array::from_fn(|i| given.get(i).copied().unwrap_or(full[i]))
+}
+
+/// A correctness property of a benchmark's run (every copy delivered once, no 5xx): checked
+/// in every run, the smoke runs of `cargo test` too, and the bench fails at once without it.
+/// Only the speed goals (`goal`) are left to `cargo bench`.
+pub fn check(what: &str, figure: String, holds: bool) {
+    println!(
+        "check: {what}: {figure} — {}",
+        if holds { "holds" } else { "FAILED" }
+    );
+    assert!(holds, "{what}: {figure}");
 }
 
 /// Prints a benchmark's goal beside its figure and says whether it was met; the bench exits
