@@ -51,6 +51,34 @@ async fn three_replicas_on_one_database_behave_as_one() {
         applied.iter().all(|(_, n, ok)| *n == 1 && *ok),
         "{applied:?}"
     );
+    // The version is the table's key, so the count above cannot be 2: what the migrations did
+    // is the schema they made, which must be exactly what one migrator alone makes.
+    let schema = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT string_agg(x, E'\n' ORDER BY x) FROM (
+                 SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+                 FROM information_schema.columns WHERE table_schema = 'public'
+                 UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+                 UNION ALL SELECT 'constraint ' || conrelid::regclass || ' ' || pg_get_constraintdef(c.oid)
+                 FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+                 WHERE n.nspname = 'public'
+                 UNION ALL SELECT 'function ' || p.oid::regprocedure::text
+                 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                 WHERE n.nspname = 'public'
+                 UNION ALL SELECT 'trigger ' || tgrelid::regclass || ' ' || tgname
+                 FROM pg_trigger WHERE NOT tgisinternal
+             ) made(x)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let alone = TestDatabase::new().await;
+    assert_eq!(
+        schema(pool.clone()).await,
+        schema(alone.pool().await).await,
+        "three migrators at once made what one makes"
+    );
 
     // Thirty people sign up, spread over the replicas; one more asks on all three at once,
     // three times each.
