@@ -1239,6 +1239,46 @@ async fn a_reset_email_still_queued_when_the_password_changes_brings_a_dead_link
 }
 
 #[tokio::test]
+async fn links_and_sessions_end_when_their_time_is_up_with_the_clock_moved() {
+    let app = spawn_app().await;
+    let exec = |sql: &'static str| {
+        let pool = app.platform.pool.clone();
+        async move {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+    };
+    // A sign-up link, a minute before and after its 2 days.
+    assert_eq!(sign_up(&app, "late@example.com").await.status(), 202);
+    let link = verification_link(&app, "late@example.com").await;
+    exec("UPDATE account_signup SET expires_at = now() + interval '1 minute'").await;
+    assert_eq!(app.client.get(&link).send().await.unwrap().status(), 200);
+    exec("UPDATE account_signup SET expires_at = now() - interval '1 second'").await;
+    assert_eq!(app.client.get(&link).send().await.unwrap().status(), 400);
+    let res = choose_password(&app.client, &link, &app.address, PASSWORD).await;
+    assert_eq!(res.status(), 400);
+
+    // A reset link, likewise around its hour.
+    let email = "timely@example.com";
+    open_account(&app, email).await;
+    let link = reset_link(&app, email, 0).await;
+    exec("UPDATE account_reset SET expires_at = now() - interval '1 second'").await;
+    assert_eq!(app.client.get(&link).send().await.unwrap().status(), 400);
+    let res = choose_password(&app.client, &link, &app.address, NEW_PASSWORD).await;
+    assert_eq!(res.status(), 400);
+
+    // A session: past its 30 days from sign-in, or 7 days unused.
+    let session = signed_in(&app, email, PASSWORD).await;
+    assert_eq!(account(&app, &session).await.status(), 200);
+    exec("UPDATE account_session SET expires_at = now() - interval '1 second'").await;
+    assert_eq!(account(&app, &session).await.status(), 401);
+    let session = signed_in(&app, email, PASSWORD).await;
+    exec("UPDATE account_session SET last_seen_at = now() - interval '6 days 23 hours'").await;
+    assert_eq!(account(&app, &session).await.status(), 200);
+    exec("UPDATE account_session SET last_seen_at = now() - interval '7 days 1 minute'").await;
+    assert_eq!(account(&app, &session).await.status(), 401);
+}
+
+#[tokio::test]
 async fn changing_the_password_in_the_account_keeps_this_session_and_ends_the_others() {
     let app = spawn_app().await;
     let email = "changer@example.com";
