@@ -507,13 +507,27 @@ async fn failing_jobs_back_off_then_go_dead_and_the_cli_retries_them() {
         serde_json::from_str::<Value>(&stdout(&out)).unwrap()["requeued"],
         1
     );
+    let (status, attempts, max_attempts): (String, i32, i32) =
+        sqlx::query_as("SELECT status, attempts, max_attempts FROM job WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    // The attempt number goes on from where it was (it fences each attempt's worker), with as
+    // many tries again as the job had.
+    assert_eq!((status.as_str(), attempts, max_attempts), ("queued", 2, 4));
+    fail_once(pool.clone()).await;
     let (status, attempts): (String, i32) =
         sqlx::query_as("SELECT status, attempts FROM job WHERE id = $1")
             .bind(id)
             .fetch_one(pool)
             .await
             .unwrap();
-    assert_eq!((status.as_str(), attempts), ("queued", 0));
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("queued", 3),
+        "the third attempt, not a first"
+    );
 
     let usage = admin(&vars, &["jobs", "frobnicate"]);
     assert_eq!(usage.status.code(), Some(2));

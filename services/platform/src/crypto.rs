@@ -602,6 +602,32 @@ mod tests {
     }
 
     #[test]
+    fn two_seals_of_the_same_value_differ_in_nonce_and_ciphertext() {
+        // A nonce used twice under one GCM key gives away the XOR of the two plaintexts and
+        // the authentication key: every seal draws its own.
+        let ring = keyring();
+        let (key, _) = ring.new_data_key(Uuid::new_v4());
+        let row = Uuid::new_v4();
+        let header = 1 + KEY_ID_LEN; // the format byte and the key id
+        let seals: Vec<Vec<u8>> = (0..1000)
+            .map(|_| key.seal(field(row), b"ada@example.com"))
+            .collect();
+        let nonces: std::collections::HashSet<&[u8]> = seals
+            .iter()
+            .map(|s| &s[header..header + NONCE_LEN])
+            .collect();
+        assert_eq!(nonces.len(), seals.len(), "a nonce came twice");
+        let whole: std::collections::HashSet<&Vec<u8>> = seals.iter().collect();
+        assert_eq!(whole.len(), seals.len());
+        for sealed in &seals[..3] {
+            assert_eq!(
+                key.open(field(row), sealed).expect("opens"),
+                b"ada@example.com"
+            );
+        }
+    }
+
+    #[test]
     fn a_wrapped_key_only_unwraps_for_its_own_id() {
         let ring = keyring();
         let (_, wrapped) = ring.new_data_key(Uuid::new_v4());

@@ -477,8 +477,11 @@ pub async fn list(
 pub async fn retry(pool: &PgPool, id: Option<JobId>) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let n = sqlx::query(
-        "UPDATE job SET status = 'queued', attempts = 0, run_at = now(), last_error = NULL,
-                locked_until = NULL, updated_at = now()
+        // The attempt number only grows: it fences a worker's finish, failure and heartbeat
+        // to its own attempt, and a number used again would let a worker stale from an old
+        // attempt act on the new one. The job gets as many tries again as it had.
+        "UPDATE job SET status = 'queued', max_attempts = attempts + max_attempts, run_at = now(),
+                last_error = NULL, locked_until = NULL, updated_at = now()
          WHERE status = 'dead' AND ($1::uuid IS NULL OR id = $1)",
     )
     .bind(id)
