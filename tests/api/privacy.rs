@@ -1262,7 +1262,20 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
         "untouched"
     );
     std::fs::remove_file(dir.path().join("pexper.backup.partial")).unwrap();
+    // A reset email still queued when the backup is taken (the live queue moves on).
+    let queued_reset = "INSERT INTO job (id, kind, payload, run_at)
+                        SELECT gen_random_uuid(), 'accounts.reset_mail',
+                               jsonb_build_object('account', id), now() + interval '1 day'
+                        FROM account";
+    sqlx::query(queued_reset)
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
     let taken = cli(&app, &["db", "backup", file.to_str().unwrap(), "--json"]);
+    sqlx::query("DELETE FROM job WHERE kind = 'accounts.reset_mail'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
     assert!(taken["bytes"].as_u64().unwrap() > 1000, "{taken}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -1317,15 +1330,16 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     );
     assert_eq!(
         restored,
-        json!({"journal_entries": 1, "erased_again": 1, "sessions_and_links_ended": 2,
+        json!({"journal_entries": 1, "erased_again": 1, "sessions_and_links_ended": 3,
                "note": note})
     );
     let pool = app.db.pool().await;
-    // The backup may predate a sign-out or a password change: no session and no reset link
-    // from it works.
+    // The backup may predate a sign-out or a password change: no session, no reset link and
+    // no reset email still queued in it survives.
     let live: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM account_session)
-              + (SELECT count(*) FROM account_reset WHERE used_at IS NULL)",
+              + (SELECT count(*) FROM account_reset WHERE used_at IS NULL)
+              + (SELECT count(*) FROM job WHERE kind = 'accounts.reset_mail')",
     )
     .fetch_one(&pool)
     .await
