@@ -1032,6 +1032,100 @@ async fn state_changes_without_the_csrf_token_or_from_another_site_are_refused()
 }
 
 #[tokio::test]
+async fn every_state_changing_account_route_in_the_document_refuses_other_sites_and_wrong_tokens() {
+    let app = spawn_app().await;
+    let email = "everywhere@example.com";
+    open_account(&app, email).await;
+    let session = signed_in(&app, email, PASSWORD).await;
+    let other = signed_in(&app, "everywhere@example.com", PASSWORD).await;
+    // Every POST and DELETE of the accounts' document; a signed-in one says it needs the
+    // session's CSRF token in its 403.
+    let document: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut routes = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let tagged = op["tags"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("accounts")));
+            if tagged && (method == "post" || method == "delete") {
+                let csrf = op["responses"]["403"]["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("CSRF"));
+                routes.push((method.to_uppercase(), path.clone(), csrf));
+            }
+        }
+    }
+    assert!(routes.len() >= 13, "{routes:?}");
+    assert!(
+        routes.iter().filter(|(_, _, csrf)| *csrf).count() >= 8,
+        "{routes:?}"
+    );
+    let send =
+        |method: &str, path: &str, cookie: Option<&str>, headers: &[(&str, &str)], csrf: &str| {
+            let url = app.url(&format!("{path}?token={}", "A".repeat(43)));
+            let mut req = app.client.request(method.parse().unwrap(), url);
+            if let Some(cookie) = cookie {
+                req = req.header(COOKIE, cookie);
+            }
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            if method == "DELETE" {
+                req = req.header("x-csrf-token", csrf);
+            } else {
+                req = req.form(&[
+                    ("csrf", csrf),
+                    ("email", email),
+                    ("password", PASSWORD),
+                    ("new_password", NEW_PASSWORD),
+                    ("confirm", "delete"),
+                ]);
+            }
+            req.send()
+        };
+    for (method, path, needs_csrf) in &routes {
+        // From another site, or from a frame that hides where it is: refused, signed in or not.
+        for headers in [
+            &[("origin", "https://evil.example")][..],
+            &[("origin", "null"), ("sec-fetch-site", "cross-site")][..],
+            &[("sec-fetch-site", "cross-site")][..],
+        ] {
+            let res = send(method, path, Some(&session.cookie), headers, &session.csrf)
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 403, "{method} {path} with {headers:?}");
+        }
+        if *needs_csrf {
+            // From our pages, but without this session's token.
+            for csrf in ["", other.csrf.as_str(), &"A".repeat(43)] {
+                let res = send(
+                    method,
+                    path,
+                    Some(&session.cookie),
+                    &[("origin", &app.address)],
+                    csrf,
+                )
+                .await
+                .unwrap();
+                assert_eq!(res.status(), 403, "{method} {path} with the token {csrf:?}");
+            }
+        }
+    }
+    // Nothing changed: both sessions live, the password is the same.
+    assert_eq!(account(&app, &session).await.status(), 200);
+    assert_eq!(account(&app, &other).await.status(), 200);
+    assert_eq!(sign_in(&app, email, PASSWORD).await.status(), 201);
+}
+
+#[tokio::test]
 async fn a_password_reset_works_once_ends_every_session_and_says_so_by_email() {
     let app = spawn_app().await;
     let email = "forgetful@example.com";
