@@ -1701,7 +1701,7 @@ async fn the_admin_lists_shows_disables_and_signs_out_accounts_with_every_change
 
 #[tokio::test]
 async fn the_canary_audit_finds_no_password_session_token_or_address_in_a_dump_or_the_logs() {
-    let server = ServerProcess::start("debug").await;
+    let server = ServerProcess::start("trace").await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -214,7 +214,7 @@ fn canary_envelope() -> Vec<u8> {
 
 #[tokio::test]
 async fn canary_personal_data_reaches_neither_the_database_nor_the_logs() {
-    let server = ServerProcess::start("debug").await;
+    let server = ServerProcess::start("trace").await;
     let client = reqwest::Client::new();
     let base = server.base.clone();
     use canary::*;

@@ -688,7 +688,7 @@ async fn export_holds_purchases_and_licences_and_erasure_keeps_only_the_unlinked
 
 #[tokio::test]
 async fn the_database_and_the_logs_keep_no_card_name_address_phone_or_email_from_a_payload() {
-    let server = ServerProcess::start("debug").await;
+    let server = ServerProcess::start("trace").await;
     let client = reqwest::Client::new();
     let checkout = Checkout::new("dump.check@example.net");
     let events = [

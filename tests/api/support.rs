@@ -225,7 +225,7 @@ fn planted(dump: &Dump) -> Vec<&'static str> {
 
 #[tokio::test]
 async fn the_canary_audit_finds_nothing_of_the_new_fields_in_a_dump_or_the_logs() {
-    let server = ServerProcess::start("debug").await;
+    let server = ServerProcess::start("trace").await;
     let vars: Vec<(String, String)> = server.vars.clone().into_iter().collect();
     let cli = |args: &[&str]| {
         let out = admin(&vars, args);

@@ -444,7 +444,7 @@ async fn a_burst_of_signups_from_one_client_meets_429() {
 
 #[tokio::test]
 async fn no_log_line_holds_an_address_or_a_token() {
-    let server = ServerProcess::start("debug").await;
+    let server = ServerProcess::start("trace").await;
     let (base, smtp) = (server.base.clone(), server.smtp.clone());
     let client = reqwest::Client::new();
     let address = "log.canary.person@example.com";

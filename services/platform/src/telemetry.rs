@@ -12,6 +12,16 @@ use crate::address::EmailAddress;
 use crate::config::Environment;
 use crate::crypto::{Keyring, hex};
 
+/// Dependencies' levels that no `RUST_LOG` lowers (see `init`).
+const CAPPED: [&str; 6] = [
+    "axum::serve=debug",
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+    "rustls=info",
+    "reqwest=info",
+];
+
 /// Installs the global subscriber: JSON lines in production, compact text in development.
 /// `RUST_LOG` overrides the level (default `info`).
 pub fn init(env: Environment) {
@@ -21,6 +31,12 @@ pub fn init(env: Environment) {
         // for every object its strict types cannot read; we read those objects leniently
         // ourselves (payments::stripe), so its opinions are noise.
         .add_directive("stripe_webhook=off".parse().expect("a valid directive"));
+    // Whatever `RUST_LOG` asks, the libraries that log a peer's address, a request's head or
+    // raw bytes at their finest levels stay above them: `RUST_LOG=trace` must not put an IP
+    // address or a token in a log line (axum logs every accepted connection's peer at trace).
+    let filter = CAPPED.iter().fold(filter, |f, d| {
+        f.add_directive(d.parse().expect("a valid directive"))
+    });
     // Colour codes only for a person at a terminal: in a file, a pipe or journald they are
     // noise that breaks grep and log parsers.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
