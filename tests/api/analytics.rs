@@ -214,10 +214,20 @@ fn canary_envelope() -> Vec<u8> {
 
 #[tokio::test]
 async fn canary_personal_data_reaches_neither_the_database_nor_the_logs() {
-    let server = ServerProcess::start("trace").await;
-    let client = reqwest::Client::new();
-    let base = server.base.clone();
     use canary::*;
+    // Behind a proxy the server believes, so the canary addresses are the clients' own: the
+    // rate limiters hold them (in memory), nothing else may.
+    let server = ServerProcess::start_with("trace", &[("PEXPER_TRUSTED_PROXY", "127.0.0.1")]).await;
+    let from = |ip: &str| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-forwarded-for", ip.parse().unwrap());
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    };
+    let (client, client_v6) = (from(IPV4), from(IPV6));
+    let base = server.base.clone();
     // Usage batches: a canary in each field in turn.
     let event =
         |name: &str, props: Value| json!({"name": name, "timestamp": now(), "props": props});
@@ -250,7 +260,14 @@ async fn canary_personal_data_reaches_neither_the_database_nor_the_logs() {
     assert_eq!(res.status(), 202);
 
     // Crash reports: a hand-written envelope with canaries everywhere…
-    let res = envelope(&base, &client, canary_envelope(), None, Some("pexper-dev")).await;
+    let res = envelope(
+        &base,
+        &client_v6,
+        canary_envelope(),
+        None,
+        Some("pexper-dev"),
+    )
+    .await;
     assert_eq!(res.status(), 200);
     // …and the official Rust SDK, with every PII option on.
     let dsn = format!("http://pexper-dev@{}/1", base.trim_start_matches("http://"));

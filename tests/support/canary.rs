@@ -24,7 +24,12 @@ pub fn sentence() -> String {
 pub const NEEDLES: &[&str] = &[
     "alice",
     "198.51.100.23",
+    // The IPv6 address in every textual form: compressed, in full, and the /64 a rate limiter
+    // keys a client by.
     "8a2e:370:7334",
+    "8a2e:0370:7334",
+    "2001:db8:85a3",
+    "2001:0db8:85a3",
     "sk-canary",
     "4111 1111 1111 1111",
     "4111111111111111",
