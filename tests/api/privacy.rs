@@ -13,6 +13,10 @@ const WAIT: Duration = Duration::from_secs(15);
 const OPERATOR: &str = "privacy-ops@example.net";
 
 /// An app whose privacy@ is `OPERATOR` and whose periodic sweep runs every 300 ms.
+///
+/// The tests here run on two threads: `cli` waits for the admin process on the test's own
+/// thread, and the in-process server (its sweep holding a lock the command waits for) must go
+/// on meanwhile, as a server in a process of its own would.
 async fn app() -> TestApp {
     spawn_app_with(AppOptions {
         vars: vec![("PEXPER_PRIVACY_EMAIL", OPERATOR.into())],
@@ -138,7 +142,7 @@ fn requests(app: &TestApp) -> Vec<Value> {
         .clone()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_request_is_verified_by_post_only_and_exports_the_waitlist_entry_and_the_purchase()
  {
     let app = app().await;
@@ -204,7 +208,7 @@ async fn an_access_request_is_verified_by_post_only_and_exports_the_waitlist_ent
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_request_completes_by_itself_and_leaves_only_unlinked_records() {
     let app = app().await;
     let email = "bob.delete@example.net";
@@ -300,7 +304,7 @@ fn out_ok(out: &std::process::Output) -> bool {
     out.status.success()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intake_received_on_january_2_is_due_february_1_listed_overdue_and_in_the_sla() {
     let app = app().await;
     let row = cli(
@@ -380,7 +384,7 @@ async fn an_intake_received_on_january_2_is_due_february_1_listed_overdue_and_in
     assert_eq!(shown["email"], "late.letter@example.net");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reminders_come_at_seven_three_and_one_day_before_due_once_each() {
     let app = app().await;
     let received = (time::OffsetDateTime::now_utc() - time::Duration::days(24))
@@ -415,7 +419,7 @@ async fn reminders_come_at_seven_three_and_one_day_before_due_once_each() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_requests_are_completed_or_rejected_and_the_person_is_told() {
     let app = app().await;
     let email = "carol.correct@example.net";
@@ -496,7 +500,7 @@ async fn operator_requests_are_completed_or_rejected_and_the_person_is_told() {
     assert_eq!(sla["closed_on_time_share"], 1.0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_address_gets_the_same_answer_and_bad_requests_get_422() {
     let app = app().await;
     customer(&app, "known@example.net").await;
@@ -545,7 +549,7 @@ async fn every_address_gets_the_same_answer_and_bad_requests_get_422() {
     assert_eq!(mails_to(&app, "unknown@example.net", "please confirm"), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unverified_requests_expire_and_their_link_stops_working() {
     let app = app().await;
     request(
@@ -568,7 +572,7 @@ async fn unverified_requests_expire_and_their_link_stops_working() {
     assert!(res.text().await.unwrap().contains("id=\"invalid\""));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_audit_event_breaks_the_chain() {
     let app = app().await;
     for kind in ["access", "objection"] {
@@ -598,7 +602,7 @@ async fn an_edited_audit_event_breaks_the_chain() {
     assert!(stdout(&out).contains("broken_at"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_gets_at_most_three_emails_of_each_budget_a_day_however_many_ask() {
     let app = spawn_app().await;
     let victim = "inbox.victim@example.net";
@@ -675,7 +679,7 @@ async fn one_address_gets_at_most_three_emails_of_each_budget_a_day_however_many
     assert_eq!(sent_now, 5, "a new day, a new budget");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_held_back_by_a_spent_budget_go_out_together_and_no_stranger_can_stop_them()
  {
     let app = app().await;
@@ -806,7 +810,7 @@ async fn acknowledgements_held_back_by_a_spent_budget_go_out_together_and_no_str
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verification_beside_a_running_erasure_of_the_same_person_never_answers_500() {
     let app = app().await;
     let email = "both.at.once@example.net";
@@ -937,7 +941,7 @@ async fn all_bytea(app: &TestApp) -> Vec<(String, Vec<u8>)> {
     values
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_under_their_key() {
     use pexper_platform::crypto::sealed_key_id;
     let app = app().await;
@@ -1120,7 +1124,7 @@ async fn erasure_leaves_no_column_pointing_at_the_person_and_nothing_sealed_unde
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_arrives_for_an_address_between_its_erasure_and_the_goodbye_email_is_kept_for_a_new_person()
  {
     let app = app().await;
@@ -1212,7 +1216,7 @@ async fn what_arrives_for_an_address_between_its_erasure_and_the_goodbye_email_i
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken() {
     let mut app = app().await;
     let erased = "erased.later@example.net";
@@ -1401,7 +1405,7 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     assert_eq!(replayed, json!({"journal_entries": 1, "erased_again": 0}));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_does_not_start_on_a_database_being_restored_nor_a_restore_under_a_starting_server()
  {
     init();
@@ -1493,7 +1497,7 @@ async fn a_server_does_not_start_on_a_database_being_restored_nor_a_restore_unde
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_links_mailed_to_an_address_die_when_a_correction_changes_it() {
     let app = app().await;
     let password = "correct horse battery staple";
@@ -1583,7 +1587,7 @@ async fn account_links_mailed_to_an_address_die_when_a_correction_changes_it() {
     assert_eq!(res.status(), 201, "the password is the one chosen before");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_erases_without_a_link_and_the_audit_trail_names_who_and_why() {
     let app = app().await;
     let email = "too.young@example.net";
@@ -1723,7 +1727,7 @@ fn announce(
     admin(&app.cli_vars(), &args)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_change_is_announced_30_days_ahead_once_to_everyone_concerned_but_the_suppressed()
 {
     let app = app().await;
@@ -1906,7 +1910,7 @@ fn got(app: &TestApp, subject: &str) -> Vec<String> {
     to
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correction_restriction_and_objection_are_carried_out_when_completed() {
     let app = app().await;
     for who in ["old.name", "taken", "restricted", "objects"] {

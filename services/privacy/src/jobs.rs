@@ -428,30 +428,41 @@ async fn send_held(conn: &mut PgConnection) -> Result<(), JobError> {
 }
 
 async fn sweep(platform: Platform) -> Result<(), JobError> {
+    // Each step in a transaction of its own, holding what it locks no longer than it needs.
     let mut tx = platform.pool.begin().await?;
-    // Before any request row (`audit::lock`): expiring writes audit events.
-    audit::lock(&mut tx).await?;
     send_held(&mut tx).await?;
+    tx.commit()
+        .await
+        .context("failed to commit held acknowledgements")?;
+
     // A request whose acknowledgement is still held cannot expire unverified: nobody could
-    // have verified it.
+    // have verified it. Expiring writes audit events, so the trail's lock comes first
+    // (`audit::lock`), and only when there is something to expire.
     let expired: Vec<PrivacyRequestId> = sqlx::query_scalar(
         "SELECT id FROM privacy_request
-         WHERE status = 'received' AND verify_by < now() AND acknowledgement_held_at IS NULL
-         FOR UPDATE",
+         WHERE status = 'received' AND verify_by < now() AND acknowledgement_held_at IS NULL",
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&platform.pool)
     .await?;
-    for id in expired {
-        store::transition(
-            &mut tx,
-            id,
-            &[Status::Received],
-            Status::Expired,
-            "expired",
-            "not verified within 7 days",
-        )
-        .await?;
+    if !expired.is_empty() {
+        let mut tx = platform.pool.begin().await?;
+        audit::lock(&mut tx).await?;
+        for id in expired {
+            // Only if it still waits: the transition checks its status again.
+            store::transition(
+                &mut tx,
+                id,
+                &[Status::Received],
+                Status::Expired,
+                "expired",
+                "not verified within 7 days",
+            )
+            .await?;
+        }
+        tx.commit().await.context("failed to commit expiries")?;
     }
+
+    let mut tx = platform.pool.begin().await?;
     sqlx::query("DELETE FROM privacy_export WHERE expires_at < now()")
         .execute(&mut *tx)
         .await?;
