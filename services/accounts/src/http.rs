@@ -279,16 +279,9 @@ pub async fn verify(
     };
     let context = password_context(&mut conn, &platform, person).await?;
     drop(conn);
-    let hash = match state
-        .hasher(&platform)?
-        .hash_new(Zeroizing::new(body.password), context)
-        .await
-    {
-        Ok(judged) => match judged? {
-            Ok(hash) => hash,
-            Err(weak) => return Ok(again(weak.to_string())),
-        },
-        Err(Busy) => return Ok(busy()),
+    let hash = match new_password_hash(&platform, &state, body.password, context, again).await? {
+        Ok(hash) => hash,
+        Err(page) => return Ok(page),
     };
     let mut tx = platform.pool.begin().await?;
     let Some((account, person, password_set)) =
@@ -325,6 +318,27 @@ async fn mailbox_proven(
         password_set,
         None,
     )))
+}
+
+/// Judges a new password and hashes it, on the hashing threads; `Err` is the page to answer
+/// with: `again` with the reason it is too weak, or "busy".
+async fn new_password_hash(
+    platform: &Platform,
+    state: &AccountsState,
+    raw: String,
+    context: Vec<String>,
+    again: impl FnOnce(String) -> Response,
+) -> Result<Result<String, Response>, ApiError> {
+    Ok(
+        match state
+            .hasher(platform)?
+            .hash_new(Zeroizing::new(raw), context)
+            .await
+        {
+            Ok(judged) => judged?.map_err(|weak| again(weak.to_string())),
+            Err(Busy) => Err(busy()),
+        },
+    )
 }
 
 /// The address of `person` and its local part: a new password must not be guessable from
@@ -789,16 +803,9 @@ pub async fn reset(
     };
     let context = password_context(&mut conn, &platform, account.person_id).await?;
     drop(conn);
-    let hash = match state
-        .hasher(&platform)?
-        .hash_new(Zeroizing::new(body.password), context)
-        .await
-    {
-        Ok(judged) => match judged? {
-            Ok(hash) => hash,
-            Err(weak) => return Ok(again(weak.to_string())),
-        },
-        Err(Busy) => return Ok(busy()),
+    let hash = match new_password_hash(&platform, &state, body.password, context, again).await? {
+        Ok(hash) => hash,
+        Err(page) => return Ok(page),
     };
     let mut tx = platform.pool.begin().await?;
     if store::use_reset(&mut tx, &token).await?.is_none() {

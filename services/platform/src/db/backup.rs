@@ -144,14 +144,7 @@ pub async fn restore(
     // A restore that did not finish (killed, or its machine lost) left the database as it was
     // before in the set-aside schema: that is put back first, as if it had never begun.
     if set_aside_exists(&mut conn).await? {
-        let mut tx = conn.begin().await?;
-        sqlx::query("DROP SCHEMA public CASCADE")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("ALTER SCHEMA pexper_replaced_by_restore RENAME TO public")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit()
+        put_back_set_aside(&mut conn)
             .await
             .context("failed to put back the database an unfinished restore set aside")?;
     }
@@ -185,14 +178,7 @@ pub async fn restore(
         )
         .await;
     if let Err(e) = restored {
-        let mut tx = conn.begin().await?;
-        sqlx::query("DROP SCHEMA public CASCADE")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("ALTER SCHEMA pexper_replaced_by_restore RENAME TO public")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        put_back_set_aside(&mut conn).await?;
         return Err(e.context("the restore failed; the database is as it was"));
     }
 
@@ -257,6 +243,20 @@ pub async fn replay(
         sessions_and_links_ended: None,
         note: None,
     })
+}
+
+/// Drops what is in `public` and puts the set-aside schema back in its place, in one
+/// transaction.
+async fn put_back_set_aside(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("DROP SCHEMA public CASCADE")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("ALTER SCHEMA pexper_replaced_by_restore RENAME TO public")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Where a restore keeps the database it replaces until it has finished.
