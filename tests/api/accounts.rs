@@ -1218,6 +1218,59 @@ async fn a_password_reset_works_once_ends_every_session_and_says_so_by_email() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_request_does_the_same_database_work_for_an_unknown_address_as_for_a_known_one() {
+    let app = spawn_app().await;
+    let email = "registered@example.com";
+    open_account(&app, email).await;
+    app.queue_drained().await;
+    let mail_before = app.smtp.received().len();
+    // Nobody may even read who is registered: a request that looked the address up (and then
+    // wrote, or not) would wait here, and its timing would tell a stranger the answer.
+    let mut held = app.platform.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE person, account IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for address in [email, "nobody-here@example.com"] {
+        let res = client
+            .post(app.url("/v1/accounts/password-reset"))
+            .json(&json!({ "email": address }))
+            .send()
+            .await
+            .expect("the request touches neither people nor accounts");
+        assert_eq!(res.status(), 202);
+    }
+    // Each left the same one row: a queued decision carrying a keyed hash, not the address.
+    let queued: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT kind, payload FROM job WHERE kind LIKE 'accounts.reset%' ORDER BY id",
+    )
+    .fetch_all(&app.db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    let shape = |payload: &Value| -> Vec<(String, usize)> {
+        let object = payload.as_object().unwrap();
+        object
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map_or(0, str::len)))
+            .collect()
+    };
+    assert_eq!(queued[0].0, queued[1].0);
+    assert_eq!(shape(&queued[0].1), shape(&queued[1].1));
+    assert!(!queued[0].1.to_string().contains("registered"));
+    held.rollback().await.unwrap();
+    // Decided off the request path: the holder gets their link, the stranger nothing.
+    let mail = app.smtp.wait_for(mail_before + 1, WAIT).await[mail_before].clone();
+    assert!(to(&mail, email));
+    app.queue_drained().await;
+    assert_eq!(app.smtp.received().len(), mail_before + 1);
+}
+
 /// Asks for a reset of `email` and returns the link its email brings (the `n`th reset email).
 async fn reset_link(app: &TestApp, email: &str, n: usize) -> String {
     let res = app

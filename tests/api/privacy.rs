@@ -1266,17 +1266,26 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
         "untouched"
     );
     std::fs::remove_file(dir.path().join("pexper.backup.partial")).unwrap();
-    // A reset email still queued when the backup is taken (the live queue moves on).
+    // A reset request and a reset email still queued when the backup is taken (the live
+    // queue moves on).
     let queued_reset = "INSERT INTO job (id, kind, payload, run_at)
-                        SELECT gen_random_uuid(), 'accounts.reset_mail',
-                               jsonb_build_object('account', id), now() + interval '1 day'
-                        FROM account";
+                        SELECT gen_random_uuid(), kind, payload, now() + interval '1 day'
+                        FROM (SELECT 'accounts.reset_mail' AS kind,
+                                     jsonb_build_object('account', a.id) AS payload
+                              FROM account a
+                              UNION ALL
+                              SELECT 'accounts.reset_request',
+                                     jsonb_build_object('email_index',
+                                         translate(rtrim(encode(p.email_index, 'base64'), '='),
+                                                   '+/', '-_'),
+                                         'requested_at', now())
+                              FROM account a JOIN person p ON p.id = a.person_id) planted";
     sqlx::query(queued_reset)
         .execute(&app.platform.pool)
         .await
         .unwrap();
     let taken = cli(&app, &["db", "backup", file.to_str().unwrap(), "--json"]);
-    sqlx::query("DELETE FROM job WHERE kind = 'accounts.reset_mail'")
+    sqlx::query("DELETE FROM job WHERE kind IN ('accounts.reset_request', 'accounts.reset_mail')")
         .execute(&app.platform.pool)
         .await
         .unwrap();
@@ -1334,7 +1343,7 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     );
     assert_eq!(
         restored,
-        json!({"journal_entries": 1, "erased_again": 1, "sessions_and_links_ended": 3,
+        json!({"journal_entries": 1, "erased_again": 1, "sessions_and_links_ended": 4,
                "note": note})
     );
     let pool = app.db.pool().await;
@@ -1343,7 +1352,8 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     let live: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM account_session)
               + (SELECT count(*) FROM account_reset WHERE used_at IS NULL)
-              + (SELECT count(*) FROM job WHERE kind = 'accounts.reset_mail')",
+              + (SELECT count(*) FROM job
+                 WHERE kind IN ('accounts.reset_request', 'accounts.reset_mail'))",
     )
     .fetch_one(&pool)
     .await

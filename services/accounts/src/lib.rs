@@ -98,6 +98,7 @@ impl Service for Accounts {
         JobRegistry::new()
             .register::<mail::SendVerification>()
             .register::<mail::SendAlreadyRegistered>()
+            .register::<mail::DecideReset>()
             .register::<mail::SendReset>()
             .register::<mail::SendPasswordChanged>()
     }

@@ -3,7 +3,7 @@
 //! changed". Links are made when the email is sent, so no token waits in the queue in clear.
 
 use pexper_platform::Platform;
-use pexper_platform::jobs::{BackgroundJob, Job, JobError};
+use pexper_platform::jobs::{self, BackgroundJob, Job, JobError, NewJob};
 use pexper_platform::{email_template, mail, person};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -156,6 +156,60 @@ impl BackgroundJob for SendReset {
             ),
         };
         send(&platform, &mut conn, job, &email).await
+    }
+}
+
+/// A password-reset request, decided off the request path. The request only queues this job,
+/// the same one INSERT and commit whether or not the address has an account, so neither the
+/// answer nor its timing tells a stranger which addresses are registered. It carries the
+/// address's blind index (what `person.email_index` holds), never the address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecideReset {
+    #[serde(with = "base64_index")]
+    pub email_index: Vec<u8>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+}
+
+impl BackgroundJob for DecideReset {
+    const KIND: &'static str = "accounts.reset_request";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, _job: &Job) -> Result<(), JobError> {
+        let mut tx = platform.pool.begin().await?;
+        if let Some(person) = person::find_indexed(&mut tx, &self.email_index).await?
+            && let Some(account) = store::account_of(&mut tx, person).await?
+            && account.disabled_at.is_none()
+            && person::take_mail(&mut tx, person, person::MailBudget::Access).await?
+        {
+            jobs::enqueue(
+                &mut tx,
+                NewJob::new(&SendReset {
+                    account: account.id,
+                    requested_at: Some(self.requested_at),
+                })
+                .for_person(person),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+mod base64_index {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(index: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&URL_SAFE_NO_PAD.encode(index))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        URL_SAFE_NO_PAD
+            .decode(String::deserialize(d)?)
+            .map_err(D::Error::custom)
     }
 }
 

@@ -62,8 +62,9 @@ impl PersonalData for AccountData {
         &[
             "DELETE FROM account_session",
             "UPDATE account_reset SET used_at = now() WHERE used_at IS NULL",
-            // Reset emails still queued in the backup would make new links as it was then.
-            "DELETE FROM job WHERE kind = 'accounts.reset_mail'",
+            // Reset requests and emails still queued in the backup would make new links as it
+            // was then.
+            "DELETE FROM job WHERE kind IN ('accounts.reset_request', 'accounts.reset_mail')",
         ]
     }
 

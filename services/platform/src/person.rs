@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::address::EmailAddress;
-use crate::crypto::{DataKey, Field, Keyring, WrappedKey};
+use crate::crypto::{BlindIndex, DataKey, Field, Keyring, WrappedKey};
 
 /// Domain of the email blind index (see `Keyring::blind_index`).
 pub const EMAIL_INDEX: &str = "email";
@@ -34,8 +34,22 @@ pub async fn find(
     keyring: &Keyring,
     email: &EmailAddress,
 ) -> anyhow::Result<Option<PersonId>> {
+    find_indexed(conn, &email_index(keyring, email)).await
+}
+
+/// The blind index `person.email_index` holds for `email`: what a job can carry to find the
+/// person later without holding the address.
+pub fn email_index(keyring: &Keyring, email: &EmailAddress) -> BlindIndex {
+    keyring.blind_index(EMAIL_INDEX, email.as_str())
+}
+
+/// Finds a person by the blind index of their address (see `email_index`).
+pub async fn find_indexed(
+    conn: &mut PgConnection,
+    index: &[u8],
+) -> anyhow::Result<Option<PersonId>> {
     sqlx::query_scalar("SELECT id FROM person WHERE email_index = $1")
-        .bind(keyring.blind_index(EMAIL_INDEX, email.as_str()).as_slice())
+        .bind(index)
         .fetch_optional(conn)
         .await
         .context("failed to look up a person")
@@ -122,7 +136,7 @@ impl NewPerson {
         let (key, wrapped) = keyring.new_data_key(id.0);
         Self {
             id,
-            email_index: keyring.blind_index(EMAIL_INDEX, email.as_str()).to_vec(),
+            email_index: email_index(keyring, email).to_vec(),
             email_sealed: key.seal(email_field(id), email.as_str().as_bytes()),
             data_key: wrapped.bytes,
             key_version: wrapped.master_version,
@@ -142,7 +156,7 @@ pub async fn find_or_create(
     // for what the caller stores for this person or goes first and the caller finds no one.
     let found: Option<PersonId> =
         sqlx::query_scalar("SELECT id FROM person WHERE email_index = $1 FOR KEY SHARE")
-            .bind(keyring.blind_index(EMAIL_INDEX, email.as_str()).as_slice())
+            .bind(email_index(keyring, email).as_slice())
             .fetch_optional(&mut *conn)
             .await
             .context("failed to look up a person")?;
@@ -269,7 +283,7 @@ pub async fn change_email(
     )
     .bind(id)
     .bind(key.seal(email_field(id), new.as_str().as_bytes()))
-    .bind(keyring.blind_index(EMAIL_INDEX, new.as_str()).as_slice())
+    .bind(email_index(keyring, new).as_slice())
     .execute(conn)
     .await
     .context("failed to change an address")?;
