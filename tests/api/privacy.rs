@@ -602,6 +602,217 @@ async fn an_edited_audit_event_breaks_the_chain() {
     assert!(stdout(&out).contains("broken_at"));
 }
 
+/// Takes in a request of each kind given, by the operator: an audit event each.
+fn audit_events(app: &TestApp, kinds: &[&str]) {
+    for kind in kinds {
+        cli(
+            app,
+            &[
+                "privacy",
+                "intake",
+                "--email",
+                "audit@example.net",
+                "--kind",
+                kind,
+                "--json",
+            ],
+        );
+    }
+}
+
+/// `privacy audit`: whether it passed, and its report.
+fn audit(app: &TestApp, extra: &[&str]) -> (bool, Value) {
+    let out = admin(
+        &app.cli_vars(),
+        &[&["privacy", "audit", "--json"], extra].concat(),
+    );
+    (
+        out.status.success(),
+        serde_json::from_str(&stdout(&out)).unwrap(),
+    )
+}
+
+/// Rewrites the whole trail as someone who can write to the database but holds no key
+/// would: every link recomputed as the plain SHA-256 chain the code once used, marked keyed
+/// or not, and the head moved to the new last link.
+async fn recompute_without_the_key(app: &TestApp, keyed: bool) {
+    let pool = &app.platform.pool;
+    let rows: Vec<(
+        i64,
+        Option<uuid::Uuid>,
+        String,
+        String,
+        String,
+        String,
+        time::OffsetDateTime,
+    )> = sqlx::query_as(
+        "SELECT seq, request_id, event, status, detail, actor, at FROM privacy_audit
+             ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut prev = vec![0u8; 32];
+    for (seq, request, event, status, detail, actor, at) in rows {
+        let mut bytes = prev.clone();
+        let request = request.map(|r| r.as_bytes().to_vec()).unwrap_or_default();
+        let at = at.unix_timestamp_nanos().to_be_bytes();
+        for field in [
+            &request[..],
+            event.as_bytes(),
+            status.as_bytes(),
+            detail.as_bytes(),
+            &at,
+            actor.as_bytes(),
+        ] {
+            bytes.extend((field.len() as u64).to_be_bytes());
+            bytes.extend(field);
+        }
+        let hash = pexper_platform::crypto::sha256(&bytes).to_vec();
+        sqlx::query(
+            "UPDATE privacy_audit SET prev_hash = $2, hash = $3, keyed = $4 WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(&prev)
+        .bind(&hash)
+        .bind(keyed)
+        .execute(pool)
+        .await
+        .unwrap();
+        prev = hash;
+    }
+    sqlx::query(
+        "UPDATE privacy_audit_head SET seq = (SELECT max(seq) FROM privacy_audit), hash = $1",
+    )
+    .bind(&prev)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_trail_rewritten_and_recomputed_without_the_key_is_caught() {
+    let app = app().await;
+    audit_events(&app, &["access", "objection"]);
+    assert_eq!(audit(&app, &[]).1["problem"], Value::Null);
+    let first: i64 = app.scalar("SELECT min(seq) FROM privacy_audit").await;
+    sqlx::query("UPDATE privacy_audit SET status = 'completed' WHERE seq = $1")
+        .bind(first)
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    // Recomputed as keyed links: they do not check without the key.
+    recompute_without_the_key(&app, true).await;
+    let (passed, report) = audit(&app, &[]);
+    assert!(!passed, "{report}");
+    assert_eq!(report["broken_at"], first, "{report}");
+    // Passed off as links from before keying: those are refused once re-keyed…
+    recompute_without_the_key(&app, false).await;
+    let (passed, report) = audit(&app, &[]);
+    assert!(!passed, "{report}");
+    assert_eq!(report["broken_at"], first, "{report}");
+    // …and re-keying such a trail does not launder it: its head no longer checks.
+    let out = admin(&app.cli_vars(), &["privacy", "audit", "--rekey", "--json"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not re-keyed"), "{}", stderr(&out));
+    // And with the head deleted too, a trail with events but no head is caught.
+    sqlx::query("DELETE FROM privacy_audit_head")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    let (passed, report) = audit(&app, &[]);
+    assert!(!passed, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_from_before_keying_is_re_keyed_once_if_intact() {
+    let app = app().await;
+    audit_events(&app, &["access"]);
+    // As an upgraded deployment has it: plain SHA-256 links and no head.
+    recompute_without_the_key(&app, false).await;
+    sqlx::query("DELETE FROM privacy_audit_head")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    // New events chain onto it meanwhile.
+    audit_events(&app, &["objection"]);
+    assert!(
+        !audit(&app, &[]).0,
+        "plain links are not accepted as they are"
+    );
+    let (passed, report) = audit(&app, &["--rekey"]);
+    assert!(passed, "{report}");
+    assert_eq!(report["events"], 2, "{report}");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM privacy_audit WHERE NOT keyed")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_newest_audit_events_is_caught_even_after_new_events() {
+    let app = app().await;
+    let pool = &app.platform.pool;
+    audit_events(&app, &["access"]);
+    // What someone with the database could keep: the head as it is now.
+    let (passed, early) = audit(&app, &[]);
+    assert!(passed, "{early}");
+    let kept: (i64, Vec<u8>, time::OffsetDateTime, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash, at, mac FROM privacy_audit_head")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    audit_events(&app, &["objection", "restriction"]);
+    let (passed, later) = audit(&app, &[]);
+    assert!(passed, "{later}");
+    let noted = format!(
+        "{}:{}",
+        later["head"]["seq"],
+        later["head"]["hash"].as_str().unwrap()
+    );
+    assert!(audit(&app, &["--expect-head", &noted]).0);
+
+    // The newest two events deleted: the trail ends before its head.
+    let last: i64 = app.scalar("SELECT max(seq) FROM privacy_audit").await;
+    sqlx::query("DELETE FROM privacy_audit WHERE seq >= $1")
+        .bind(last - 1)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (passed, report) = audit(&app, &[]);
+    assert!(!passed, "{report}");
+    assert_eq!(report["broken_at"], last - 1, "{report}");
+    // An event added after the cut (the sweeps run meanwhile) does not paper over it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    audit_events(&app, &["opt_out_of_sale"]);
+    let (passed, report) = audit(&app, &[]);
+    assert!(!passed, "{report}");
+
+    // Cut back to the kept head and put it back: nothing in the database can tell, but the
+    // head noted outside it can.
+    sqlx::query("DELETE FROM privacy_audit WHERE seq > $1")
+        .bind(kept.0)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE privacy_audit_head SET seq = $1, hash = $2, at = $3, mac = $4")
+        .bind(kept.0)
+        .bind(&kept.1)
+        .bind(kept.2)
+        .bind(&kept.3)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert!(
+        audit(&app, &[]).0,
+        "indistinguishable from the earlier trail"
+    );
+    let (passed, report) = audit(&app, &["--expect-head", &noted]);
+    assert!(!passed, "{report}");
+    assert_eq!(report["broken_at"], later["head"]["seq"], "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_gets_at_most_three_emails_of_each_budget_a_day_however_many_ask() {
     let app = spawn_app().await;

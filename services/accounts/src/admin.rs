@@ -3,6 +3,7 @@
 //! reason; nothing here shows an address (the CLI's `--email --reason` does, audited).
 
 use anyhow::Context;
+use pexper_platform::crypto::Keyring;
 use pexper_platform::person::PersonId;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -49,7 +50,12 @@ pub async fn find(pool: &PgPool, id: AccountId) -> anyhow::Result<Option<Row>> {
 }
 
 /// Disables an account (no sign-in, no session) and ends its sessions; audited.
-pub async fn disable(pool: &PgPool, id: AccountId, reason: &str) -> anyhow::Result<u64> {
+pub async fn disable(
+    pool: &PgPool,
+    keyring: &Keyring,
+    id: AccountId,
+    reason: &str,
+) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(
         "UPDATE account SET disabled_at = coalesce(disabled_at, now()), updated_at = now()
@@ -64,6 +70,7 @@ pub async fn disable(pool: &PgPool, id: AccountId, reason: &str) -> anyhow::Resu
     let ended = store::end_sessions(&mut tx, id, None).await?;
     pexper_privacy::admin::record_action(
         &mut tx,
+        keyring,
         "account_disabled",
         &format!("account {id}, {ended} sessions ended"),
         reason,
@@ -74,7 +81,12 @@ pub async fn disable(pool: &PgPool, id: AccountId, reason: &str) -> anyhow::Resu
 }
 
 /// Ends every session of an account; audited.
-pub async fn revoke_sessions(pool: &PgPool, id: AccountId, reason: &str) -> anyhow::Result<u64> {
+pub async fn revoke_sessions(
+    pool: &PgPool,
+    keyring: &Keyring,
+    id: AccountId,
+    reason: &str,
+) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     anyhow::ensure!(
         store::account(&mut tx, id).await?.is_some(),
@@ -83,6 +95,7 @@ pub async fn revoke_sessions(pool: &PgPool, id: AccountId, reason: &str) -> anyh
     let ended = store::end_sessions(&mut tx, id, None).await?;
     pexper_privacy::admin::record_action(
         &mut tx,
+        keyring,
         "sessions_revoked",
         &format!("account {id}, {ended} sessions ended"),
         reason,

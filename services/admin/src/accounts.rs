@@ -86,7 +86,9 @@ pub async fn run(
             let mut value = serde_json::to_value(&row)?;
             value["status"] = json!(status(&row));
             if reveal
-                .record(pool, None, || format!("the address of account {id}"))
+                .record(config, pool, None, || {
+                    format!("the address of account {id}")
+                })
                 .await?
             {
                 let keyring = keyring(config, pool).await?;
@@ -97,7 +99,7 @@ pub async fn run(
             output::object(json, &value);
         }
         Command::Disable { id, reason } => {
-            let ended = admin::disable(pool, id, &reason).await?;
+            let ended = admin::disable(pool, &keyring(config, pool).await?, id, &reason).await?;
             output::object(
                 json,
                 &json!({"id": id, "status": "disabled", "sessions_ended": ended}),
@@ -106,7 +108,8 @@ pub async fn run(
         Command::Sessions {
             command: SessionsCommand::Revoke { id, reason },
         } => {
-            let ended = admin::revoke_sessions(pool, id, &reason).await?;
+            let ended =
+                admin::revoke_sessions(pool, &keyring(config, pool).await?, id, &reason).await?;
             output::object(json, &json!({"id": id, "sessions_ended": ended}));
         }
     }

@@ -76,6 +76,7 @@ pub async fn run(
             if let Some(was) = lifted {
                 pexper_privacy::admin::record_action(
                     &mut tx,
+                    &keyring,
                     "address_unsuppressed",
                     &format!("an address suppressed as {}", was.as_str()),
                     &reason,

@@ -85,8 +85,34 @@ pub enum Command {
     },
     /// Open, due soon, overdue; median days to close and share closed on time (90 days).
     Sla,
-    /// Check the audit trail's hash chain.
-    Audit,
+    /// Check the audit trail: every event's link and the recorded head. Note the head it
+    /// prints (`SEQ:HASH`) somewhere the database cannot reach, and pass it back later.
+    Audit {
+        /// A head noted earlier, as `SEQ:HASH`: that event must still be in the trail, so
+        /// events after it were neither cut nor rewritten.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+        /// Once, after upgrading from a trail of plain SHA-256 links: re-key it, if it is
+        /// intact, then check it.
+        #[arg(long)]
+        rekey: bool,
+    },
+}
+
+/// `SEQ:HASH`, as `privacy audit` prints a head (the hash in hex).
+fn parse_head(s: &str) -> anyhow::Result<(i64, Vec<u8>)> {
+    let bad = || anyhow::anyhow!("--expect-head takes SEQ:HASH (the head `privacy audit` printed)");
+    let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
+    let hash = (0..hash.len())
+        .step_by(2)
+        .map(|i| {
+            hash.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .filter(|h| h.len() == 32)
+        .ok_or_else(bad)?;
+    Ok((seq.parse().map_err(|_| bad())?, hash))
 }
 
 /// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
@@ -170,7 +196,7 @@ pub async fn run(
                 .await?
                 .with_context(|| format!("no privacy request {id}"))?;
             let email = reveal
-                .record(pool, Some(id), || {
+                .record(config, pool, Some(id), || {
                     format!("the address of the person of request {id}")
                 })
                 .await?;
@@ -195,7 +221,7 @@ pub async fn run(
             );
         }
         Command::Process { id } => {
-            admin::process(pool, id).await?;
+            admin::process(pool, &keyring(config, pool).await?, id).await?;
             output::object(json, &json!({"id": id, "processing": true}));
         }
         Command::Complete {
@@ -216,7 +242,7 @@ pub async fn run(
             output::object(json, &json!({"id": id, "status": Status::Completed}));
         }
         Command::Lift { id } => {
-            admin::lift_restriction(pool, id).await?;
+            admin::lift_restriction(pool, &keyring(config, pool).await?, id).await?;
             output::object(json, &json!({"id": id, "restriction": "lifted"}));
         }
         Command::Reject { id, reason } => {
@@ -235,15 +261,18 @@ pub async fn run(
         Command::Sla => {
             output::object(json, &serde_json::to_value(admin::sla(pool).await?)?);
         }
-        Command::Audit => {
-            let check = admin::verify_audit(pool).await?;
-            let intact = check.broken_at.is_none();
+        Command::Audit { expect_head, rekey } => {
+            let keyring = keyring(config, pool).await?;
+            if rekey {
+                let rekeyed = admin::rekey_audit(pool, &keyring).await?;
+                crate::output::warn(&format!("{rekeyed} events re-keyed"));
+            }
+            let expect = expect_head.as_deref().map(parse_head).transpose()?;
+            let check = admin::verify_audit(pool, &keyring, expect).await?;
             output::object(json, &serde_json::to_value(&check)?);
-            anyhow::ensure!(
-                intact,
-                "the audit trail is broken at event {}",
-                check.broken_at.unwrap_or_default()
-            );
+            if let Some(problem) = &check.problem {
+                anyhow::bail!("the audit trail is not intact: {problem}");
+            }
         }
     }
     Ok(())

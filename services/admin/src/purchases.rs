@@ -103,7 +103,7 @@ pub async fn run(
                 .collect();
             value["events"] = json!(events);
             let what = || format!("the buyer's address of purchase {}", row.id);
-            if reveal.record(pool, None, what).await? {
+            if reveal.record(config, pool, None, what).await? {
                 let address = admin::buyer_email(pool, &keyring(config, pool).await?, &row).await?;
                 value["email"] = json!(address.as_ref().map(|a| a.as_str()));
             }

@@ -1,6 +1,7 @@
 //! `--email --reason WHY`: the one way a command shows an address in clear. The read is
 //! recorded in the privacy audit trail, with the operator's name and the reason (redacted).
 
+use pexper_platform::config::Config;
 use pexper_privacy::PrivacyRequestId;
 use sqlx::PgPool;
 
@@ -19,6 +20,7 @@ impl Reveal {
     /// recorded first.
     pub async fn record(
         &self,
+        config: &Config,
         pool: &PgPool,
         request: Option<PrivacyRequestId>,
         what: impl FnOnce() -> String,
@@ -26,8 +28,9 @@ impl Reveal {
         let (true, Some(reason)) = (self.email, &self.reason) else {
             return Ok(false);
         };
+        let keyring = crate::keyring(config, pool).await?;
         let mut conn = pool.acquire().await?;
-        pexper_privacy::admin::record_read(&mut conn, request, &what(), reason).await?;
+        pexper_privacy::admin::record_read(&mut conn, &keyring, request, &what(), reason).await?;
         Ok(true)
     }
 }

@@ -70,7 +70,10 @@ pub async fn run(
                 v.extend(o);
             }
             let what = || format!("the address of support request {}", row.reference);
-            if let (true, Some(person)) = (reveal.record(pool, None, what).await?, row.person_id) {
+            if let (true, Some(person)) = (
+                reveal.record(config, pool, None, what).await?,
+                row.person_id,
+            ) {
                 let address = person::email(&mut *pool.acquire().await?, &keyring, person).await?;
                 value["email"] = json!(address.as_ref().map(|a| a.as_str()));
             }

@@ -73,15 +73,17 @@ pub async fn run(
         }
         Command::Export { format, reason } => {
             anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
-            let rows = admin::rows(
-                pool,
-                config.referral_bump,
-                Some(&keyring(config, pool).await?),
+            let keyring = keyring(config, pool).await?;
+            let rows = admin::rows(pool, config.referral_bump, Some(&keyring)).await?;
+            let what = format!("waitlist export: {} addresses", rows.len());
+            pexper_privacy::admin::record_read(
+                &mut *pool.acquire().await?,
+                &keyring,
+                None,
+                &what,
+                &reason,
             )
             .await?;
-            let what = format!("waitlist export: {} addresses", rows.len());
-            pexper_privacy::admin::record_read(&mut *pool.acquire().await?, None, &what, &reason)
-                .await?;
             if json || format == Format::Json {
                 output::say(&serde_json::to_string_pretty(&rows)?);
                 return Ok(());

@@ -178,6 +178,7 @@ pub struct Keyring {
 struct LookupKeys {
     blind_index: SecretKey,
     token: SecretKey,
+    audit_trail: SecretKey,
 }
 
 /// Which lookup key: also its derivation label and its name in the `lookup_key` table.
@@ -185,15 +186,17 @@ struct LookupKeys {
 pub enum LookupPurpose {
     BlindIndex,
     Token,
+    AuditTrail,
 }
 
 impl LookupPurpose {
-    pub const ALL: [Self; 2] = [Self::BlindIndex, Self::Token];
+    pub const ALL: [Self; 3] = [Self::BlindIndex, Self::Token, Self::AuditTrail];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BlindIndex => "blind-index",
             Self::Token => "token-signing",
+            Self::AuditTrail => "audit-trail",
         }
     }
 
@@ -228,6 +231,7 @@ impl Keyring {
             lookup: LookupKeys {
                 blind_index: derive(current, LookupPurpose::BlindIndex.as_str()),
                 token: derive(current, LookupPurpose::Token.as_str()),
+                audit_trail: derive(current, LookupPurpose::AuditTrail.as_str()),
             },
         }
     }
@@ -252,6 +256,7 @@ impl Keyring {
             match purpose {
                 LookupPurpose::BlindIndex => self.lookup.blind_index = key,
                 LookupPurpose::Token => self.lookup.token = key,
+                LookupPurpose::AuditTrail => self.lookup.audit_trail = key,
             }
         }
         Ok(self)
@@ -265,6 +270,7 @@ impl Keyring {
                 let key = match purpose {
                     LookupPurpose::BlindIndex => &self.lookup.blind_index,
                     LookupPurpose::Token => &self.lookup.token,
+                    LookupPurpose::AuditTrail => &self.lookup.audit_trail,
                 };
                 let bytes = seal_raw(
                     self.current_wrapping(),
@@ -342,6 +348,12 @@ impl Keyring {
             &self.lookup.blind_index,
             &[domain.as_bytes(), value.as_bytes()],
         )
+    }
+
+    /// A MAC for the audit trail's chain and its recorded head (`pexper-privacy`'s `audit`):
+    /// keyed, so someone who can write to the database cannot recompute it.
+    pub fn audit_mac(&self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
+        hmac(&self.lookup.audit_trail, parts)
     }
 
     /// A MAC for a self-verifying token (unsubscribe links and the like).

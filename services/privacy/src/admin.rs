@@ -17,7 +17,8 @@ use crate::request::{Jurisdiction, Kind, PrivacyRequestId, Status};
 use crate::store::{self, NewRequest, details_field, outcome_field};
 
 pub use crate::audit::{
-    Verification as AuditVerification, record_action, record_read, verify as verify_audit,
+    Verification as AuditVerification, record_action, record_read, rekey as rekey_audit,
+    verify as verify_audit,
 };
 
 /// A request that arrived by email, taken in by an operator. It is acknowledged by email with
@@ -81,6 +82,7 @@ pub async fn erase(
     let reason = pexper_platform::telemetry::redact(reason.trim());
     store::transition(
         &mut tx,
+        keyring,
         created.id,
         &[Status::Received],
         Status::Verified,
@@ -189,7 +191,7 @@ pub async fn private_parts(
 
 /// `privacy process ID`: an operator takes a verified request in hand; for access and
 /// deletion (say, after their job went dead) it runs the automatic processing again.
-pub async fn process(pool: &PgPool, id: PrivacyRequestId) -> anyhow::Result<()> {
+pub async fn process(pool: &PgPool, keyring: &Keyring, id: PrivacyRequestId) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     let row: Option<(Kind, Status, Option<PersonId>)> = sqlx::query_as(
         "SELECT kind, status, person_id FROM privacy_request WHERE id = $1 FOR UPDATE",
@@ -208,6 +210,7 @@ pub async fn process(pool: &PgPool, id: PrivacyRequestId) -> anyhow::Result<()> 
     } else {
         store::transition(
             &mut tx,
+            keyring,
             id,
             &[Status::Verified],
             Status::Processing,
@@ -251,7 +254,8 @@ pub async fn close(
     } else {
         (Status::Rejected, &Status::OPEN, "rejected")
     };
-    let Some((kind, person)) = store::transition(&mut tx, id, from, to, event, "operator").await?
+    let Some((kind, person)) =
+        store::transition(&mut tx, keyring, id, from, to, event, "operator").await?
     else {
         let current: Option<Status> =
             sqlx::query_scalar("SELECT status FROM privacy_request WHERE id = $1")
@@ -305,7 +309,11 @@ pub async fn close(
 }
 
 /// `privacy lift ID`: ends the restriction a completed restriction request set.
-pub async fn lift_restriction(pool: &PgPool, id: PrivacyRequestId) -> anyhow::Result<()> {
+pub async fn lift_restriction(
+    pool: &PgPool,
+    keyring: &Keyring,
+    id: PrivacyRequestId,
+) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     let row: Option<(Kind, Status, Option<PersonId>)> =
         sqlx::query_as("SELECT kind, status, person_id FROM privacy_request WHERE id = $1")
@@ -319,7 +327,15 @@ pub async fn lift_restriction(pool: &PgPool, id: PrivacyRequestId) -> anyhow::Re
     );
     let person = person.context("the request's person is erased")?;
     person::restrict(&mut tx, person, false).await?;
-    crate::audit::record(&mut tx, id, "restriction lifted", status, "operator").await?;
+    crate::audit::record(
+        &mut tx,
+        keyring,
+        id,
+        "restriction lifted",
+        status,
+        "operator",
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

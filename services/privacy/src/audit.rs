@@ -1,13 +1,25 @@
 //! The audit trail: every status change of every request, and every operator read of personal
-//! data in clear, in one hash chain. Each row's hash covers the previous row's hash and its own
-//! fields, so an edited, inserted or deleted row shows at the first hash that no longer
-//! matches. No personal data is ever written here (an operator's reason is redacted).
+//! data in clear, in one chain. Each event's link is an HMAC, under the deployment's audit-trail
+//! key (a lookup key, wrapped under the master key: never in the database in clear), over the
+//! previous link and the event's fields, so an edited, inserted or deleted event shows at the
+//! first link that no longer matches, and someone who can write to the database cannot
+//! recompute the chain after an edit. Events from before the chain was keyed keep their plain
+//! SHA-256 links and may only precede the keyed ones.
+//!
+//! Deleting the newest events leaves a chain that is whole, so the head (the last event's
+//! number and link) is kept beside it under a MAC of its own, written with every event. A
+//! trail that ends before its recorded head was cut; an event added after a cut chains to the
+//! recorded head, not to what is left, so the cut still shows. What the database alone cannot
+//! show is an older head put back over a cut (a copy kept from before): for that, the privacy
+//! sweep logs the head every few minutes and `privacy audit` prints it, and `privacy audit
+//! --expect-head` checks that a head noted there is still in the trail.
+//! No personal data is ever written here (an operator's reason is redacted).
 //!
 //! Each row names its actor: the operator (`pexper-admin` sets `pexper.actor` on its
 //! connections, from `PEXPER_OPERATOR` or the OS user), or `system` for the server's work.
 
 use anyhow::Context;
-use pexper_platform::crypto::sha256;
+use pexper_platform::crypto::{Keyring, hex, sha256};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
@@ -16,53 +28,79 @@ use crate::request::{PrivacyRequestId, Status};
 
 const GENESIS: [u8; 32] = [0; 32];
 
-fn link(
-    prev: &[u8],
+/// One event as the chain covers it.
+struct Event<'a> {
     request: Option<PrivacyRequestId>,
-    event: &str,
-    status: &str,
-    detail: &str,
-    actor: &str,
+    event: &'a str,
+    status: &'a str,
+    detail: &'a str,
+    actor: &'a str,
     at: OffsetDateTime,
-) -> [u8; 32] {
-    // Length-prefixed fields: no two different rows serialise alike. The actor is covered
-    // when there is one; rows from before actors were recorded have none.
-    let mut bytes = prev.to_vec();
-    let request = request.map(|r| *r.0.as_bytes());
-    let mut fields = vec![
-        request.as_ref().map_or(&[][..], |r| r.as_slice()),
-        event.as_bytes(),
-        status.as_bytes(),
-        detail.as_bytes(),
-    ];
-    let at = at.unix_timestamp_nanos().to_be_bytes();
-    fields.push(&at);
-    if !actor.is_empty() {
-        fields.push(actor.as_bytes());
+}
+
+impl Event<'_> {
+    /// The link that follows `prev`: keyed, or the plain SHA-256 of events from before.
+    fn link(&self, keyring: &Keyring, keyed: bool, prev: &[u8]) -> [u8; 32] {
+        // Length-prefixed fields: no two different rows serialise alike. The actor is covered
+        // when there is one; rows from before actors were recorded have none.
+        let mut bytes = prev.to_vec();
+        let request = self.request.map(|r| *r.0.as_bytes());
+        let mut fields = vec![
+            request.as_ref().map_or(&[][..], |r| r.as_slice()),
+            self.event.as_bytes(),
+            self.status.as_bytes(),
+            self.detail.as_bytes(),
+        ];
+        let at = self.at.unix_timestamp_nanos().to_be_bytes();
+        fields.push(&at);
+        if !self.actor.is_empty() {
+            fields.push(self.actor.as_bytes());
+        }
+        for field in fields {
+            bytes.extend((field.len() as u64).to_be_bytes());
+            bytes.extend(field);
+        }
+        if keyed {
+            keyring.audit_mac(&[b"pexper/audit-event", &bytes])
+        } else {
+            sha256(&bytes)
+        }
     }
-    for field in fields {
-        bytes.extend((field.len() as u64).to_be_bytes());
-        bytes.extend(field);
-    }
-    sha256(&bytes)
+}
+
+fn head_mac(keyring: &Keyring, seq: i64, hash: &[u8], at: OffsetDateTime) -> [u8; 32] {
+    keyring.audit_mac(&[
+        b"pexper/audit-head",
+        &seq.to_be_bytes(),
+        hash,
+        &at.unix_timestamp_nanos().to_be_bytes(),
+    ])
+}
+
+/// Now, to the microsecond: what Postgres stores, so a MAC can be recomputed from the row.
+fn now_micros() -> anyhow::Result<OffsetDateTime> {
+    let at = OffsetDateTime::now_utc();
+    Ok(at.replace_nanosecond(at.nanosecond() / 1000 * 1000)?)
 }
 
 /// Appends an event, in the caller's transaction. `detail` must hold no personal data
 /// (counts, ids, reasons chosen from a list).
 pub async fn record(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     request: PrivacyRequestId,
     event: &str,
     status: Status,
     detail: &str,
 ) -> anyhow::Result<()> {
-    append(conn, Some(request), event, status.as_str(), detail).await
+    append(conn, keyring, Some(request), event, status.as_str(), detail).await
 }
 
 /// Records that the operator read personal data in clear (`what`, with no address in it),
 /// and why; the reason is redacted of anything that looks like an address or a token.
 pub async fn record_read(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     request: Option<PrivacyRequestId>,
     what: &str,
     reason: &str,
@@ -70,6 +108,7 @@ pub async fn record_read(
     let reason = pexper_platform::telemetry::redact(reason.trim());
     append(
         conn,
+        keyring,
         request,
         "read",
         "",
@@ -82,12 +121,21 @@ pub async fn record_read(
 /// disabled, its sessions ended), and why; `what` names ids only, the reason is redacted.
 pub async fn record_action(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     event: &str,
     what: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
     let reason = pexper_platform::telemetry::redact(reason.trim());
-    append(conn, None, event, "", &format!("{what}; reason: {reason}")).await
+    append(
+        conn,
+        keyring,
+        None,
+        event,
+        "",
+        &format!("{what}; reason: {reason}"),
+    )
+    .await
 }
 
 /// Takes the audit trail's lock, held to the end of the transaction: one writer at a time.
@@ -104,31 +152,42 @@ pub async fn lock(conn: &mut PgConnection) -> anyhow::Result<()> {
 
 async fn append(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     request: Option<PrivacyRequestId>,
     event: &str,
     status: &str,
     detail: &str,
 ) -> anyhow::Result<()> {
-    // One writer at a time, so each row chains to the true last one.
+    // One writer at a time, so each row chains to the true head.
     lock(conn).await?;
-    let prev: Vec<u8> =
-        sqlx::query_scalar("SELECT hash FROM privacy_audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await
-            .context("failed to read the audit trail")?
-            .unwrap_or_else(|| GENESIS.to_vec());
+    let prev = match tip(conn, keyring).await? {
+        Tip::Whole { hash, .. } | Tip::Unkeyed { hash } => hash,
+        Tip::Empty => GENESIS.to_vec(),
+        // Chained to the recorded head (or to nothing): the new event does not follow the
+        // last one left, so the cut or the forgery still shows after it.
+        Tip::Cut { head } => head,
+        Tip::Forged => GENESIS.to_vec(),
+    };
     let actor: String = sqlx::query_scalar(
         "SELECT coalesce(nullif(current_setting('pexper.actor', true), ''), 'system')",
     )
     .fetch_one(&mut *conn)
     .await?;
-    // Microseconds: what Postgres stores, so the hash can be recomputed from the row.
-    let at = OffsetDateTime::now_utc();
-    let at = at.replace_nanosecond(at.nanosecond() / 1000 * 1000)?;
-    let hash = link(&prev, request, event, status, detail, &actor, at);
-    sqlx::query(
-        "INSERT INTO privacy_audit (request_id, event, status, detail, actor, at, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    let at = now_micros()?;
+    let hash = Event {
+        request,
+        event,
+        status,
+        detail,
+        actor: &actor,
+        at,
+    }
+    .link(keyring, true, &prev);
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO privacy_audit
+             (request_id, event, status, detail, actor, at, prev_hash, hash, keyed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true)
+         RETURNING seq",
     )
     .bind(request)
     .bind(event)
@@ -138,9 +197,102 @@ async fn append(
     .bind(at)
     .bind(&prev)
     .bind(hash.as_slice())
-    .execute(conn)
+    .fetch_one(&mut *conn)
     .await
     .context("failed to append to the audit trail")?;
+    record_head(conn, keyring, seq, &hash).await
+}
+
+async fn record_head(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    seq: i64,
+    hash: &[u8],
+) -> anyhow::Result<()> {
+    let at = now_micros()?;
+    sqlx::query(
+        "INSERT INTO privacy_audit_head (seq, hash, at, mac) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (one) DO UPDATE
+         SET seq = excluded.seq, hash = excluded.hash, at = excluded.at, mac = excluded.mac",
+    )
+    .bind(seq)
+    .bind(hash)
+    .bind(at)
+    .bind(head_mac(keyring, seq, hash, at).as_slice())
+    .execute(conn)
+    .await
+    .context("failed to record the audit trail's head")?;
+    Ok(())
+}
+
+/// Where the trail ends, judged against its recorded head.
+enum Tip {
+    /// No events, no head.
+    Empty,
+    /// The recorded head names the last event (as far as anything in the database can tell).
+    Whole { seq: i64, hash: Vec<u8> },
+    /// Events but no head, and none of them keyed: a trail from before keying, not yet re-keyed
+    /// (`rekey`). New events chain onto it; its head is recorded with the first of them.
+    Unkeyed { hash: Vec<u8> },
+    /// The head checks but names something other than the last event (its link is kept).
+    Cut { head: Vec<u8> },
+    /// The head is missing although keyed events exist (one is written with each), or its
+    /// MAC does not check: written without the key.
+    Forged,
+}
+
+async fn tip(conn: &mut PgConnection, keyring: &Keyring) -> anyhow::Result<Tip> {
+    let last: Option<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT seq, hash, keyed FROM privacy_audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .context("failed to read the audit trail")?;
+    let head: Option<(i64, Vec<u8>, OffsetDateTime, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash, at, mac FROM privacy_audit_head")
+            .fetch_optional(&mut *conn)
+            .await
+            .context("failed to read the audit trail's head")?;
+    Ok(match (head, last) {
+        (None, None) => Tip::Empty,
+        (None, Some((_, hash, false))) => {
+            let keyed: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM privacy_audit WHERE keyed)")
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if keyed {
+                Tip::Forged
+            } else {
+                Tip::Unkeyed { hash }
+            }
+        }
+        (None, Some(_)) => Tip::Forged,
+        (Some((seq, hash, at, mac)), last) => {
+            if head_mac(keyring, seq, &hash, at).as_slice() != mac.as_slice() {
+                Tip::Forged
+            } else if last.is_some_and(|(s, h, _)| s == seq && h == hash) {
+                Tip::Whole { seq, hash }
+            } else {
+                Tip::Cut { head: hash }
+            }
+        }
+    })
+}
+
+/// Logs the head (the privacy sweep's, every few minutes): the log is an anchor outside the
+/// database, to pass to `privacy audit --expect-head`. A trail that no longer ends at its
+/// recorded head is logged as an error instead.
+pub async fn log_head(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    lock(&mut tx).await?;
+    match tip(&mut tx, keyring).await? {
+        Tip::Whole { seq, hash } => {
+            tracing::info!(seq, head = %hex(&hash), "audit trail head")
+        }
+        Tip::Empty | Tip::Unkeyed { .. } => {}
+        Tip::Cut { .. } | Tip::Forged => tracing::error!(
+            "the audit trail does not end at its recorded head: run `pexper-admin privacy audit`"
+        ),
+    }
     Ok(())
 }
 
@@ -168,46 +320,217 @@ pub async fn of_request(pool: &PgPool, request: PrivacyRequestId) -> anyhow::Res
     .context("failed to read the audit trail")
 }
 
-/// The result of checking the whole chain.
+/// The result of checking the whole chain and its recorded head.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Verification {
     pub events: u64,
-    /// The first row whose hash does not follow from its predecessor and its own fields.
+    /// The first event whose link does not follow from its predecessor and its own fields or,
+    /// when the trail was cut, the first event missing from it.
     pub broken_at: Option<i64>,
+    /// The head as recorded, when its MAC checks: note it, and `--expect-head` it later.
+    pub head: Option<Head>,
+    /// What is wrong, in words; `None` when the trail is intact.
+    pub problem: Option<String>,
 }
 
-pub async fn verify(pool: &PgPool) -> anyhow::Result<Verification> {
-    type Row = (
-        i64,
-        Option<PrivacyRequestId>,
-        String,
-        String,
-        String,
-        String,
-        OffsetDateTime,
-        Vec<u8>,
-        Vec<u8>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, request_id, event, status, detail, actor, at, prev_hash, hash
-         FROM privacy_audit ORDER BY seq",
-    )
-    .fetch_all(pool)
-    .await
-    .context("failed to read the audit trail")?;
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Head {
+    pub seq: i64,
+    pub hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+}
+
+type Row = (
+    i64,
+    Option<PrivacyRequestId>,
+    String,
+    String,
+    String,
+    String,
+    OffsetDateTime,
+    Vec<u8>,
+    Vec<u8>,
+    bool,
+);
+
+fn event_of(row: &Row) -> Event<'_> {
+    let (_, request, event, status, detail, actor, at, ..) = row;
+    Event {
+        request: *request,
+        event,
+        status,
+        detail,
+        actor,
+        at: *at,
+    }
+}
+
+/// The first event that does not follow, and why. Plain SHA-256 links are accepted only
+/// where `unkeyed_prefix` allows them: before every keyed one.
+fn first_break(rows: &[Row], keyring: &Keyring, unkeyed_prefix: bool) -> Option<(i64, String)> {
     let mut prev = GENESIS.to_vec();
-    for (seq, request, event, status, detail, actor, at, prev_hash, hash) in &rows {
-        let expected = link(&prev, *request, event, status, detail, actor, *at);
-        if *prev_hash != prev || hash.as_slice() != expected.as_slice() {
-            return Ok(Verification {
-                events: rows.len() as u64,
-                broken_at: Some(*seq),
-            });
+    let mut seen_keyed = false;
+    for row in rows {
+        let (seq, prev_hash, hash, keyed) = (row.0, &row.7, &row.8, row.9);
+        if !keyed && (seen_keyed || !unkeyed_prefix) {
+            return Some((
+                seq,
+                format!(
+                    "event {seq} has a plain SHA-256 link, from before the trail was keyed: if \
+                     this deployment was upgraded and `pexper-admin privacy audit --rekey` was \
+                     never run, run it once; otherwise the trail was rewritten there"
+                ),
+            ));
         }
+        let expected = event_of(row).link(keyring, keyed, &prev);
+        if *prev_hash != prev || hash.as_slice() != expected.as_slice() {
+            return Some((
+                seq,
+                format!(
+                    "event {seq} does not follow from the one before it: an event was edited, \
+                     inserted or deleted there, or the trail was cut before it"
+                ),
+            ));
+        }
+        seen_keyed |= keyed;
         prev = hash.clone();
     }
-    Ok(Verification {
+    None
+}
+
+async fn read_trail(conn: &mut PgConnection) -> anyhow::Result<Vec<Row>> {
+    sqlx::query_as(
+        "SELECT seq, request_id, event, status, detail, actor, at, prev_hash, hash, keyed
+         FROM privacy_audit ORDER BY seq",
+    )
+    .fetch_all(conn)
+    .await
+    .context("failed to read the audit trail")
+}
+
+/// Checks every link, then the recorded head against the last event; and, if given, that the
+/// event `expect` names (a head noted earlier) is still in the trail with that link.
+pub async fn verify(
+    pool: &PgPool,
+    keyring: &Keyring,
+    expect: Option<(i64, Vec<u8>)>,
+) -> anyhow::Result<Verification> {
+    let mut tx = pool.begin().await?;
+    // One snapshot for the trail and its head.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let rows = read_trail(&mut tx).await?;
+    let recorded: Option<(i64, Vec<u8>, OffsetDateTime, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash, at, mac FROM privacy_audit_head")
+            .fetch_optional(&mut *tx)
+            .await
+            .context("failed to read the audit trail's head")?;
+    let mut check = Verification {
         events: rows.len() as u64,
         broken_at: None,
-    })
+        head: None,
+        problem: None,
+    };
+    if let Some((seq, problem)) = first_break(&rows, keyring, false) {
+        fail(&mut check, seq, problem);
+    }
+    let end = rows.last().map_or(0, |r| r.0);
+    match recorded {
+        None if rows.is_empty() => {}
+        None => fail(
+            &mut check,
+            end + 1,
+            "no head is recorded for a trail that has events: the newest events and the head \
+             may have been deleted"
+                .into(),
+        ),
+        Some((seq, hash, at, mac)) => {
+            if head_mac(keyring, seq, &hash, at).as_slice() != mac.as_slice() {
+                fail(
+                    &mut check,
+                    end + 1,
+                    "the recorded head's MAC does not check: it was written without the key".into(),
+                );
+            } else {
+                let ends_there = rows.last().is_some_and(|r| r.0 == seq && r.8 == hash);
+                if !ends_there {
+                    fail(
+                        &mut check,
+                        (end + 1).min(seq),
+                        format!(
+                            "the trail ends at event {end} but its head was recorded at event \
+                             {seq}: events were deleted from its end, or it was rewritten"
+                        ),
+                    );
+                }
+                check.head = Some(Head {
+                    seq,
+                    hash: hex(&hash),
+                    recorded_at: at,
+                });
+            }
+        }
+    }
+    if let Some((seq, hash)) = expect
+        && !rows.iter().any(|r| r.0 == seq && r.8 == hash)
+    {
+        fail(
+            &mut check,
+            seq,
+            format!(
+                "event {seq} is not in the trail with the link you noted: the trail was cut or \
+                 rewritten since"
+            ),
+        );
+    }
+    Ok(check)
+}
+
+/// Records the first problem found: where, and what.
+fn fail(check: &mut Verification, at: i64, problem: String) {
+    if check.problem.is_none() {
+        check.broken_at = Some(at);
+        check.problem = Some(problem);
+    }
+}
+
+/// Re-keys a trail from before keying, once, after an upgrade: only if it is intact (plain
+/// SHA-256 links first, then keyed ones), so a rewritten trail is never made to look whole.
+/// Returns how many events were re-linked.
+pub async fn rekey(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    lock(&mut tx).await?;
+    let rows = read_trail(&mut tx).await?;
+    if rows.iter().all(|r| r.9) {
+        return Ok(0);
+    }
+    if let Some((_, problem)) = first_break(&rows, keyring, true) {
+        anyhow::bail!("not re-keyed: {problem}");
+    }
+    match tip(&mut tx, keyring).await? {
+        Tip::Unkeyed { .. } | Tip::Whole { .. } => {}
+        Tip::Empty | Tip::Cut { .. } | Tip::Forged => {
+            anyhow::bail!("not re-keyed: the trail does not end at its recorded head")
+        }
+    }
+    let mut prev = GENESIS.to_vec();
+    for row in &rows {
+        let hash = event_of(row).link(keyring, true, &prev);
+        sqlx::query(
+            "UPDATE privacy_audit SET prev_hash = $2, hash = $3, keyed = true WHERE seq = $1",
+        )
+        .bind(row.0)
+        .bind(&prev)
+        .bind(hash.as_slice())
+        .execute(&mut *tx)
+        .await
+        .context("failed to re-key an event")?;
+        prev = hash.to_vec();
+    }
+    let last = rows.last().map_or(0, |r| r.0);
+    record_head(&mut tx, keyring, last, &prev).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
 }

@@ -155,7 +155,7 @@ pub async fn verify(
         return Ok(invalid_link());
     };
     let mut tx = platform.pool.begin().await?;
-    let outcome = intake::verify(&mut tx, &token).await?;
+    let outcome = intake::verify(&mut tx, &platform.keyring, &token).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     Ok(match outcome {
         Verification::Verified { kind } => {

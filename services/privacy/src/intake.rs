@@ -54,8 +54,12 @@ pub enum Verification {
 
 /// Uses a verification token: the request is the person's. Access and deletion start by
 /// themselves; the operator is told of the others.
-pub async fn verify(conn: &mut PgConnection, token: &str) -> anyhow::Result<Verification> {
-    let Some(verified) = store::verify(conn, token).await? else {
+pub async fn verify(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    token: &str,
+) -> anyhow::Result<Verification> {
+    let Some(verified) = store::verify(conn, keyring, token).await? else {
         return Ok(Verification::Invalid);
     };
     let (request, kind) = (verified.request, verified.kind);

@@ -203,6 +203,7 @@ async fn process(
     let mut tx = platform.pool.begin().await?;
     let Some((kind, _)) = store::transition(
         &mut tx,
+        &platform.keyring,
         request_id,
         &[Status::Verified, Status::Processing],
         Status::Processing,
@@ -218,6 +219,7 @@ async fn process(
             let (sections, _) = export::build(&platform, &mut tx, request_id, person).await?;
             store::transition(
                 &mut tx,
+                &platform.keyring,
                 request_id,
                 &[Status::Processing],
                 Status::Completed,
@@ -246,6 +248,7 @@ async fn process(
                 .collect();
             store::transition(
                 &mut tx,
+                &platform.keyring,
                 request_id,
                 &[Status::Processing],
                 Status::Completed,
@@ -333,7 +336,15 @@ async fn deletion_mail(
     let mut tx = platform.pool.begin().await?;
     // The confirmation's own history row goes with the person (ON DELETE CASCADE).
     person::destroy(&mut tx, person).await?;
-    audit::record(&mut tx, request_id, "key_destroyed", Status::Completed, "").await?;
+    audit::record(
+        &mut tx,
+        &platform.keyring,
+        request_id,
+        "key_destroyed",
+        Status::Completed,
+        "",
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -451,6 +462,7 @@ async fn sweep(platform: Platform) -> Result<(), JobError> {
             // Only if it still waits: the transition checks its status again.
             store::transition(
                 &mut tx,
+                &platform.keyring,
                 id,
                 &[Status::Received],
                 Status::Expired,
@@ -461,6 +473,8 @@ async fn sweep(platform: Platform) -> Result<(), JobError> {
         }
         tx.commit().await.context("failed to commit expiries")?;
     }
+    // The trail's head, in the log: an anchor outside the database (`audit`).
+    audit::log_head(&platform.pool, &platform.keyring).await?;
 
     let mut tx = platform.pool.begin().await?;
     sqlx::query("DELETE FROM privacy_export WHERE expires_at < now()")

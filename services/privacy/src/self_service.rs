@@ -40,6 +40,7 @@ async fn verified(
         .id;
     store::transition(
         conn,
+        &platform.keyring,
         id,
         &[Status::Received],
         Status::Verified,
@@ -57,6 +58,7 @@ pub async fn export(platform: &Platform, person: PersonId) -> anyhow::Result<Vec
     let id = verified(&mut tx, platform, person, Kind::Access).await?;
     store::transition(
         &mut tx,
+        &platform.keyring,
         id,
         &[Status::Verified],
         Status::Processing,
@@ -67,6 +69,7 @@ pub async fn export(platform: &Platform, person: PersonId) -> anyhow::Result<Vec
     let (sections, document) = export::build(platform, &mut tx, id, person).await?;
     store::transition(
         &mut tx,
+        &platform.keyring,
         id,
         &[Status::Processing],
         Status::Completed,

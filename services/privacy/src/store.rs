@@ -119,7 +119,7 @@ pub async fn create(
     .execute(&mut *conn)
     .await
     .context("failed to store a privacy request")?;
-    audit::record(conn, id, "received", Status::Received, new.source).await?;
+    audit::record(conn, keyring, id, "received", Status::Received, new.source).await?;
     Ok(Created { id, new: true })
 }
 
@@ -156,7 +156,11 @@ pub struct Verified {
 
 /// Uses a verification token (once, before it expires) and marks its request verified;
 /// `None` if the token is unknown, used or expired, or its request no longer waits.
-pub async fn verify(conn: &mut PgConnection, token: &str) -> anyhow::Result<Option<Verified>> {
+pub async fn verify(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    token: &str,
+) -> anyhow::Result<Option<Verified>> {
     audit::lock(conn).await?;
     let request: Option<PrivacyRequestId> = sqlx::query_scalar(
         "UPDATE privacy_token SET used_at = now()
@@ -182,7 +186,7 @@ pub async fn verify(conn: &mut PgConnection, token: &str) -> anyhow::Result<Opti
     let Some((kind, Some(person), due)) = row else {
         return Ok(None);
     };
-    audit::record(conn, request, "verified", Status::Verified, "").await?;
+    audit::record(conn, keyring, request, "verified", Status::Verified, "").await?;
     Ok(Some(Verified {
         request,
         kind,
@@ -195,6 +199,7 @@ pub async fn verify(conn: &mut PgConnection, token: &str) -> anyhow::Result<Opti
 /// and person, or `None` if it was not in such a state.
 pub async fn transition(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     request: PrivacyRequestId,
     from: &[Status],
     to: Status,
@@ -221,6 +226,6 @@ pub async fn transition(
     let Some((kind, person)) = row else {
         return Ok(None);
     };
-    audit::record(conn, request, event, to, detail).await?;
+    audit::record(conn, keyring, request, event, to, detail).await?;
     Ok(Some((kind, person)))
 }
