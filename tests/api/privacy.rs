@@ -632,20 +632,22 @@ fn audit(app: &TestApp, extra: &[&str]) -> (bool, Value) {
     )
 }
 
+type AuditRow = (
+    i64,
+    Option<uuid::Uuid>,
+    String,
+    String,
+    String,
+    String,
+    time::OffsetDateTime,
+);
+
 /// Rewrites the whole trail as someone who can write to the database but holds no key
 /// would: every link recomputed as the plain SHA-256 chain the code once used, marked keyed
 /// or not, and the head moved to the new last link.
 async fn recompute_without_the_key(app: &TestApp, keyed: bool) {
     let pool = &app.platform.pool;
-    let rows: Vec<(
-        i64,
-        Option<uuid::Uuid>,
-        String,
-        String,
-        String,
-        String,
-        time::OffsetDateTime,
-    )> = sqlx::query_as(
+    let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT seq, request_id, event, status, detail, actor, at FROM privacy_audit
              ORDER BY seq",
     )
