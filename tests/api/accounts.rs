@@ -1253,16 +1253,15 @@ async fn a_reset_request_does_the_same_database_work_for_an_unknown_address_as_f
     .await
     .unwrap();
     assert_eq!(queued.len(), 2, "{queued:?}");
-    let shape = |payload: &Value| -> Vec<(String, usize)> {
+    // The same fields, and a keyed hash of the same length (the time's digits vary).
+    let shape = |payload: &Value| -> (Vec<String>, usize) {
         let object = payload.as_object().unwrap();
-        object
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map_or(0, str::len)))
-            .collect()
+        let index = object["email_index"].as_str().unwrap().len();
+        (object.keys().cloned().collect(), index)
     };
     assert_eq!(queued[0].0, queued[1].0);
     assert_eq!(shape(&queued[0].1), shape(&queued[1].1));
-    assert!(!queued[0].1.to_string().contains("registered"));
+    assert!(queued.iter().all(|(_, p)| !p.to_string().contains('@')));
     held.rollback().await.unwrap();
     // Decided off the request path: the holder gets their link, the stranger nothing.
     let mail = app.smtp.wait_for(mail_before + 1, WAIT).await[mail_before].clone();

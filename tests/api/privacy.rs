@@ -213,6 +213,20 @@ async fn a_deletion_request_completes_by_itself_and_leaves_only_unlinked_records
     let app = app().await;
     let email = "bob.delete@example.net";
     let checkout = customer(&app, email).await;
+    // A password-reset request for the address, not yet decided (it carries the address's
+    // keyed hash, not the person), and one for another address.
+    sqlx::query(
+        "INSERT INTO job (id, kind, payload, run_at)
+         SELECT gen_random_uuid(), 'accounts.reset_request',
+                jsonb_build_object('email_index', index, 'requested_at', now()),
+                now() + interval '1 day'
+         FROM (SELECT translate(rtrim(encode(email_index, 'base64'), '='), '+/', '-_') AS index
+               FROM person
+               UNION ALL SELECT 'someone-else') planted",
+    )
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
     request_and_verify(&app, email, "deletion").await;
 
     let done = mail_to(&app, email, "has been deleted").await;
@@ -230,6 +244,21 @@ async fn a_deletion_request_completes_by_itself_and_leaves_only_unlinked_records
     })
     .await;
 
+    let decisions: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload->'email_index' FROM job WHERE kind = 'accounts.reset_request'",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        decisions,
+        [json!("someone-else")],
+        "theirs is erased, not another's"
+    );
+    sqlx::query("DELETE FROM job WHERE kind = 'accounts.reset_request'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
     let export = admin(
         &app.cli_vars(),
         &[

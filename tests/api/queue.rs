@@ -300,6 +300,25 @@ impl GatedWorker {
         started: Arc<AtomicUsize>,
         outcome: fn() -> Result<(), JobError>,
     ) -> Self {
+        Self::with_grace(
+            pool,
+            lease,
+            slots,
+            started,
+            outcome,
+            Duration::from_secs(20),
+        )
+    }
+
+    /// After a stop, the worker waits `grace` for its jobs, then hands back those in hand.
+    fn with_grace(
+        pool: sqlx::PgPool,
+        lease: Duration,
+        slots: usize,
+        started: Arc<AtomicUsize>,
+        outcome: fn() -> Result<(), JobError>,
+        grace: Duration,
+    ) -> Self {
         let release = Arc::new(tokio::sync::Notify::new());
         let behaviour = Behaviour::Gated {
             started: started.clone(),
@@ -311,6 +330,7 @@ impl GatedWorker {
             .concurrency(slots)
             .lease(lease)
             .poll_interval(Duration::from_millis(20))
+            .shutdown_grace(grace)
             .register::<TestJob>();
         Self {
             started,
@@ -332,6 +352,12 @@ impl GatedWorker {
     async fn release_and_stop(self) {
         self.stop.send(true).unwrap();
         self.release.notify_one();
+        self.task.await.unwrap();
+    }
+
+    /// Stops the worker with the job still in hand: after its grace, it hands the job back.
+    async fn stop_holding(self) {
+        self.stop.send(true).unwrap();
         self.task.await.unwrap();
     }
 
@@ -395,6 +421,54 @@ async fn after_a_takeover_the_first_worker_can_neither_finish_nor_fail_the_job()
         b.release_and_stop().await;
         assert_eq!(job_state(&pool).await, None, "B finished it");
     }
+}
+
+#[tokio::test]
+async fn a_stale_worker_neither_renews_nor_hands_back_the_new_owner_s_lease() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, 1).await;
+    // A leases for 300 ms, so its heartbeat renews every 100 ms; it holds the job until stopped.
+    let a = GatedWorker::with_grace(
+        db.pool().await,
+        Duration::from_millis(300),
+        1,
+        Arc::default(),
+        || Ok(()),
+        Duration::from_millis(50),
+    );
+    a.started(1, "A to start").await;
+    // Another worker owns the job now (as after A's heartbeats failed to reach the database
+    // for a lease): the next attempt, leased for ten minutes.
+    sqlx::query(
+        "UPDATE job SET attempts = attempts + 1, locked_until = now() + interval '10 minutes'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let lease_left = || async {
+        sqlx::query_scalar::<_, f64>(
+            "SELECT extract(epoch FROM locked_until - now())::float8 FROM job",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    // A's heartbeats (several by now) are fenced by its attempt number…
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        lease_left().await > 500.0,
+        "A's heartbeat shortened the lease"
+    );
+    // …and so is its hand-back when it stops with the job still in hand.
+    a.stop_holding().await;
+    assert!(lease_left().await > 500.0, "A's hand-back ended the lease");
+    assert_eq!(
+        job_state(&pool).await,
+        Some(("running".to_owned(), 2, None)),
+        "the new owner's claim stands"
+    );
 }
 
 #[tokio::test]

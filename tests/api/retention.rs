@@ -84,6 +84,16 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     exec(&app, "INSERT INTO job (id, kind, payload, status, updated_at) VALUES
                 (gen_random_uuid(), 'mail.operator_notice', '{}', 'dead', now() - interval '40 days'),
                 (gen_random_uuid(), 'mail.operator_notice', '{}', 'dead', now() - interval '1 day')").await;
+    // Reset decisions (an address's keyed hash) given up on two hours ago and ten minutes ago.
+    exec(
+        &app,
+        "INSERT INTO job (id, kind, payload, status, created_at, updated_at) VALUES
+                (gen_random_uuid(), 'accounts.reset_request', '{}', 'dead',
+                 now() - interval '2 hours', now() - interval '2 hours'),
+                (gen_random_uuid(), 'accounts.reset_request', '{}', 'dead',
+                 now() - interval '10 minutes', now() - interval '10 minutes')",
+    )
+    .await;
 
     let vars = app.cli_vars();
     let cli = |args: &[&str]| {
@@ -94,6 +104,7 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     let expected = vec![
         ("mail.history".to_owned(), 1),
         ("jobs.dead".to_owned(), 1),
+        ("accounts.reset_requests".to_owned(), 1),
         ("waitlist.unconfirmed".to_owned(), 1),
         ("waitlist.links".to_owned(), 2),
         ("privacy.unverified".to_owned(), 1),
@@ -132,7 +143,8 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     assert_eq!(
         app.scalar("SELECT count(*) FROM job WHERE status = 'dead'")
             .await,
-        1
+        2,
+        "the notice dead since yesterday, the decision from ten minutes ago"
     );
     assert_eq!(app.scalar("SELECT count(*) FROM erasure_journal").await, 2);
     let dump = app.db.dump();

@@ -162,7 +162,8 @@ impl BackgroundJob for SendReset {
 /// A password-reset request, decided off the request path. The request only queues this job,
 /// the same one INSERT and commit whether or not the address has an account, so neither the
 /// answer nor its timing tells a stranger which addresses are registered. It carries the
-/// address's blind index (what `person.email_index` holds), never the address.
+/// address's blind index (what `person.email_index` holds), never the address; erasure
+/// deletes it, and so does the `accounts.reset_requests` rule once its hour is over.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecideReset {
     #[serde(with = "base64_index")]
@@ -175,7 +176,10 @@ impl BackgroundJob for DecideReset {
     const KIND: &'static str = "accounts.reset_request";
     type Context = Platform;
 
-    async fn run(self, platform: Platform, _job: &Job) -> Result<(), JobError> {
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        if self.requested_at + store::RESET_LIFETIME < OffsetDateTime::now_utc() {
+            return Ok(()); // A link from it would be dead on arrival.
+        }
         let mut tx = platform.pool.begin().await?;
         if let Some(person) = person::find_indexed(&mut tx, &self.email_index).await?
             && let Some(account) = store::account_of(&mut tx, person).await?
@@ -188,7 +192,9 @@ impl BackgroundJob for DecideReset {
                     account: account.id,
                     requested_at: Some(self.requested_at),
                 })
-                .for_person(person),
+                .for_person(person)
+                // Run again (its finished row's delete lost), it mails no second link.
+                .dedupe_key(format!("{}:{}", SendReset::KIND, job.id)),
             )
             .await?;
         }
@@ -197,13 +203,19 @@ impl BackgroundJob for DecideReset {
     }
 }
 
+/// How `DecideReset` writes an address's blind index in its payload (erasure finds it so).
+pub fn index_in_payload(index: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(index)
+}
+
 mod base64_index {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(index: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&URL_SAFE_NO_PAD.encode(index))
+        s.serialize_str(&super::index_in_payload(index))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use pexper_platform::crypto::Keyring;
+use pexper_platform::jobs::BackgroundJob;
 use pexper_platform::person::{self, PersonId};
 use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule};
 use sqlx::PgConnection;
@@ -95,6 +96,14 @@ impl PersonalData for AccountData {
                 apply: "DELETE FROM account_reset WHERE expires_at < now() - interval '1 day'",
             },
             RetentionRule {
+                name: "accounts.reset_requests",
+                keeps: "a password-reset request not yet decided (an address's keyed hash): its hour",
+                due: "SELECT count(*) FROM job WHERE kind = 'accounts.reset_request'
+                      AND status <> 'running' AND created_at < now() - interval '1 hour'",
+                apply: "DELETE FROM job WHERE kind = 'accounts.reset_request'
+                        AND status <> 'running' AND created_at < now() - interval '1 hour'",
+            },
+            RetentionRule {
                 name: "accounts.failed_sign_ins",
                 keeps: "the count of an address's failed sign-ins (under a keyed hash): a day after the last",
                 due: "SELECT count(*) FROM signin_throttle WHERE updated_at < now() - interval '1 day'",
@@ -124,6 +133,18 @@ impl PersonalData for AccountData {
             .rows_affected();
         let mut throttle = 0;
         if let Some(email) = person::email(conn, keyring, person).await? {
+            // Reset decisions still queued carry the address's blind index, not the person.
+            sqlx::query(
+                "DELETE FROM job WHERE kind = $1 AND status <> 'running'
+                 AND payload->>'email_index' = $2",
+            )
+            .bind(<crate::mail::DecideReset as BackgroundJob>::KIND)
+            .bind(crate::mail::index_in_payload(&person::email_index(
+                keyring, &email,
+            )))
+            .execute(&mut *conn)
+            .await
+            .context("failed to cancel reset decisions")?;
             let key = keyring.blind_index(crate::throttle::SIGNIN_INDEX, email.as_str());
             throttle = sqlx::query("DELETE FROM signin_throttle WHERE key = $1")
                 .bind(key.as_slice())

@@ -60,7 +60,8 @@ crate::text_enum!(
 /// A kind of background work (crates.io's `BackgroundJob`): the type's fields are the payload,
 /// stored as JSON in `job.payload`, and `run` is what a worker does with it.
 ///
-/// The payload holds ids, never personal data. `KIND` and the payload's shape are stored in
+/// The payload holds ids (at most an address's keyed blind index), never an address or
+/// anything else in clear. `KIND` and the payload's shape are stored in
 /// rows that outlive a release: renaming either strands the jobs already queued, unless a
 /// migration rewrites them. A job without fields is written `struct Sweep {}` (a braced struct
 /// is the JSON `{}`; a unit struct would be `null`).
