@@ -40,6 +40,59 @@ async fn an_operator_notice_arrives_over_smtp_with_a_stable_message_id() {
 }
 
 #[tokio::test]
+async fn mail_goes_out_over_tls_implicit_or_starttls_only_to_a_relay_whose_certificate_checks() {
+    for implicit in [true, false] {
+        let relay = SmtpServer::start_tls(implicit).await;
+        let notice = async |app: &TestApp| {
+            let mut tx = app.platform.pool.begin().await.unwrap();
+            jobs::enqueue(&mut tx, core::operator_notice("Over TLS", vec![]))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        };
+        // Without the relay's CA its certificate does not check: nothing goes out, and the
+        // job waits to try again.
+        let mut untrusting = spawn_app_with(AppOptions {
+            vars: vec![("PEXPER_SMTP_URL", relay.url())],
+            ..AppOptions::default()
+        })
+        .await;
+        notice(&untrusting).await;
+        let error: String = eventually(Duration::from_secs(10), "the failed attempt", || async {
+            sqlx::query_scalar("SELECT last_error FROM job WHERE kind = 'mail.operator_notice'")
+                .fetch_optional(&untrusting.platform.pool)
+                .await
+                .unwrap()
+                .flatten()
+        })
+        .await;
+        assert!(error.to_lowercase().contains("certificate"), "{error}");
+        assert_eq!(relay.count(), 0, "implicit: {implicit}");
+        untrusting.shutdown().await;
+
+        // Trusting the relay's CA: it arrives, over TLS.
+        let ca = relay.ca_file().unwrap().display().to_string();
+        let app = spawn_app_with(AppOptions {
+            vars: vec![
+                ("PEXPER_SMTP_URL", relay.url()),
+                ("PEXPER_SMTP_CA_FILE", ca),
+            ],
+            ..AppOptions::default()
+        })
+        .await;
+        notice(&app).await;
+        let mail = relay.wait_for(1, Duration::from_secs(10)).await;
+        assert!(mail[0].tls, "implicit: {implicit}");
+        assert_eq!(
+            mail[0].header("Subject").unwrap(),
+            "[Pexper] Over TLS",
+            "implicit: {implicit}"
+        );
+        app.queue_drained().await;
+    }
+}
+
+#[tokio::test]
 async fn smtp_rejections_are_classified_permanent_or_transient() {
     let app = spawn_app_with(AppOptions {
         vars: vec![("PEXPER_PRIVACY_EMAIL", "ops@example.net".into())],

@@ -227,9 +227,12 @@ fn planted(dump: &Dump) -> Vec<&'static str> {
 async fn the_canary_audit_finds_nothing_of_the_new_fields_in_a_dump_or_the_logs() {
     let server = ServerProcess::start("trace").await;
     let vars: Vec<(String, String)> = server.vars.clone().into_iter().collect();
+    // What the operator's terminal shows besides the JSON: searched too.
+    let printed = std::sync::Mutex::new(String::new());
     let cli = |args: &[&str]| {
         let out = admin(&vars, args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        printed.lock().unwrap().push_str(&stderr(&out));
         serde_json::from_str::<Value>(&stdout(&out)).unwrap()
     };
     let client = reqwest::Client::new();
@@ -307,6 +310,13 @@ async fn the_canary_audit_finds_nothing_of_the_new_fields_in_a_dump_or_the_logs(
         "in the database while they are ours"
     );
 
+    // What stands for them where the address itself is sealed: their id and the address's
+    // keyed hash. Neither may outlive the erasure.
+    let (person_id, index): (uuid::Uuid, Vec<u8>) =
+        sqlx::query_as("SELECT id, email_index FROM person")
+            .fetch_one(&server.db().pool().await)
+            .await
+            .unwrap();
     // The operator erases them, giving the same reason.
     cli(&[
         "privacy",
@@ -319,10 +329,27 @@ async fn the_canary_audit_finds_nothing_of_the_new_fields_in_a_dump_or_the_logs(
     ]);
     let goodbye = server.smtp.wait_for(3, WAIT).await;
     assert!(goodbye[2].header("Subject").unwrap().contains("deleted"));
+    // The person is destroyed once the goodbye is out.
+    let pool = server.db().pool().await;
+    eventually(WAIT, "the person to be destroyed", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM person")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let dump = server.dump();
+    assert_eq!(planted(&dump), Vec::<&str>::new(), "after the erasure");
+    assert!(!dump.contains(&person_id.to_string()), "their id");
+    assert!(
+        !dump.contains(&pexper_platform::crypto::hex(&index)),
+        "their address's keyed hash"
+    );
     assert_eq!(
-        planted(&server.dump()),
+        canary::found(&printed.lock().unwrap()),
         Vec::<&str>::new(),
-        "after the erasure"
+        "on the operator's terminal"
     );
     let log = server.stop().await;
     assert!(

@@ -139,8 +139,9 @@ async fn run(people: usize) -> bool {
         .await
         .unwrap();
     let second = tokio::task::spawn_blocking({
-        let mut cmd = broadcast_command(&vars, &body);
-        move || cmd.output().unwrap()
+        let cmd = broadcast_command(&vars, &body);
+        // Bounded, like every wait here: a broadcast that never ends fails the run.
+        move || output_within(cmd, Duration::from_secs(600), "the resumed broadcast")
     })
     .await
     .unwrap();

@@ -51,21 +51,28 @@ impl Browser {
             .spawn()
             .expect("chromedriver starts");
         let stdout = child.stdout.take().expect("piped");
-        let port = tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
-                line.split("started successfully on port ")
-                    .nth(1)
-                    .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
-            });
-            // Keep reading what it prints later, so a full pipe never blocks it.
-            std::thread::spawn(move || lines.for_each(drop));
-            port
-        })
-        .await
-        .unwrap()
-        .expect("chromedriver says which port it listens on");
+        let port = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::task::spawn_blocking(move || {
+                use std::io::BufRead;
+                let mut lines = std::io::BufReader::new(stdout).lines();
+                let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
+                    line.split("started successfully on port ")
+                        .nth(1)
+                        .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+                });
+                // Keep reading what it prints later, so a full pipe never blocks it.
+                std::thread::spawn(move || lines.for_each(drop));
+                port
+            }),
+        )
+        .await;
+        // A chromedriver that never says (or ends first) fails the test, and is killed: its
+        // pipe closes, and the reading thread ends with it.
+        let Ok(Ok(Some(port))) = port else {
+            child.kill().ok();
+            panic!("chromedriver did not say which port it listens on within 30 s");
+        };
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         crate::eventually(Duration::from_secs(20), "chromedriver", || {

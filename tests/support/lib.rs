@@ -28,7 +28,7 @@ pub use bench::{
     peak_rss_mb, production_vars,
 };
 pub use database::{Dump, TableLock, TestDatabase, cluster};
-pub use process::{Replicas, ServerProcess, admin, binary, stderr, stdout};
+pub use process::{Replicas, ServerProcess, admin, binary, output_within, stderr, stdout};
 pub use smtp::SmtpServer;
 
 /// Installs ring as the rustls provider once per test process.

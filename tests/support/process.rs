@@ -21,14 +21,59 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Runs `pexper-admin` with exactly these variables (plus PATH).
+/// How long any one `pexper-admin` command may run in a test (a restore, a broadcast
+/// followed to its end): a command that hangs fails its test instead of the whole run.
+const ADMIN_BOUND: Duration = Duration::from_secs(120);
+
+/// Runs `pexper-admin` with exactly these variables (plus PATH), for at most `ADMIN_BOUND`.
 pub fn admin(vars: &[(String, String)], args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(binary("pexper-admin"));
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(vars.iter().map(|(k, v)| (k, v)))
         .args(args);
-    cmd.output().expect("pexper-admin runs")
+    output_within(cmd, ADMIN_BOUND, &format!("pexper-admin {args:?}"))
+}
+
+/// `Command::output`, bounded: past `bound` the child is killed and the test fails with
+/// what it printed.
+pub fn output_within(mut cmd: std::process::Command, bound: Duration, what: &str) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    // Read both pipes as the child writes, so a full pipe never stops it.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).ok();
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = std::time::Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            let printed = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!("{what} still ran after {bound:?}, and was killed; it printed: {printed}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 pub fn stdout(out: &Output) -> String {
@@ -55,6 +100,11 @@ impl ServerProcess {
     /// Starts the server with `RUST_LOG=log_level` and waits until `/readyz` answers 200.
     pub async fn start(log_level: &str) -> Self {
         Self::start_with(log_level, &[]).await
+    }
+
+    /// Its database.
+    pub fn db(&self) -> &TestDatabase {
+        &self.db
     }
 
     /// The same, with `extra` variables on top of the test defaults.

@@ -1,13 +1,15 @@
 //! A real SMTP server on loopback (RFC 5321's plain subset: EHLO, MAIL, RCPT, DATA, RSET,
-//! NOOP, QUIT) that keeps what it receives. Recipients can be made to fail, permanently (550)
+//! NOOP, QUIT; and TLS, implicit or by STARTTLS, with a certificate from a CA of its own) that
+//! keeps what it receives. Recipients can be made to fail, permanently (550)
 //! or transiently (451), to test how the queue classifies delivery errors.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, Clone)]
 pub struct ReceivedMail {
@@ -16,6 +18,8 @@ pub struct ReceivedMail {
     pub data: String,
     /// When the relay took it (the end of DATA).
     pub received_at: std::time::SystemTime,
+    /// Whether it came over TLS.
+    pub tls: bool,
 }
 
 impl ReceivedMail {
@@ -114,24 +118,90 @@ struct State {
 pub struct SmtpServer {
     port: u16,
     state: Arc<State>,
+    tls: Option<Arc<TlsRelay>>,
+}
+
+/// How a relay secures its sessions.
+#[derive(Clone)]
+enum Security {
+    Plain,
+    /// Offers STARTTLS after the greeting.
+    StartTls(TlsAcceptor),
+    /// TLS from the first byte (port 465's way).
+    Implicit(TlsAcceptor),
+}
+
+struct TlsRelay {
+    implicit: bool,
+    /// Holds `ca.crt`, the CA that signed the relay's certificate (for `localhost`).
+    dir: crate::tempdir::TempDir,
 }
 
 impl SmtpServer {
     pub async fn start() -> Self {
+        Self::serve(Security::Plain, None).await
+    }
+
+    /// A relay that speaks TLS, from the first byte (`implicit`) or after STARTTLS, with a
+    /// certificate for `localhost` signed by a CA of its own (`ca_file`).
+    pub async fn start_tls(implicit: bool) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let dir = crate::tempdir::TempDir::new();
+        std::fs::write(dir.path().join("ca.crt"), ca_cert.pem()).unwrap();
+        let security = if implicit {
+            Security::Implicit(acceptor)
+        } else {
+            Security::StartTls(acceptor)
+        };
+        Self::serve(security, Some(Arc::new(TlsRelay { implicit, dir }))).await
+    }
+
+    async fn serve(security: Security, tls: Option<Arc<TlsRelay>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State::default());
         let accept_state = state.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(session(socket, accept_state.clone()));
+                tokio::spawn(session(socket, accept_state.clone(), security.clone()));
             }
         });
-        Self { port, state }
+        Self { port, state, tls }
     }
 
+    /// `PEXPER_SMTP_URL` for this relay: TLS ones by the name their certificate is for.
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        match self.tls.as_deref() {
+            None => format!("smtp://127.0.0.1:{}", self.port),
+            Some(TlsRelay { implicit: true, .. }) => format!("smtps://localhost:{}", self.port),
+            Some(_) => format!("smtp://localhost:{}?tls=required", self.port),
+        }
+    }
+
+    /// The CA certificate (PEM) of a TLS relay: `PEXPER_SMTP_CA_FILE`.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.as_ref().map(|t| t.dir.path().join("ca.crt"))
     }
 
     pub fn reject_permanently(&self, pattern: &str) {
@@ -187,55 +257,110 @@ impl SmtpServer {
     }
 }
 
-async fn session(socket: tokio::net::TcpStream, state: Arc<State>) {
-    let (read, mut write) = socket.into_split();
-    let mut lines = BufReader::new(read);
-    let reply = async |w: &mut tokio::net::tcp::OwnedWriteHalf, s: &str| {
-        w.write_all(format!("{s}\r\n").as_bytes()).await.is_ok()
-    };
+async fn session(socket: TcpStream, state: Arc<State>, security: Security) {
     while state.stalled.load(std::sync::atomic::Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if !reply(&mut write, "220 test-smtp ready").await {
-        return;
+    match security {
+        Security::Plain => {
+            converse(socket, &state, Stage::Plain).await;
+        }
+        Security::Implicit(acceptor) => {
+            if let Ok(tls) = acceptor.accept(socket).await {
+                converse(tls, &state, Stage::Encrypted { greet: true }).await;
+            }
+        }
+        Security::StartTls(acceptor) => {
+            if let Some(socket) = converse(socket, &state, Stage::OffersStartTls).await
+                && let Ok(tls) = acceptor.accept(socket).await
+            {
+                converse(tls, &state, Stage::Encrypted { greet: false }).await;
+            }
+        }
+    }
+}
+
+/// Where a conversation stands with TLS.
+#[derive(Clone, Copy, PartialEq)]
+enum Stage {
+    Plain,
+    /// Plain, offering STARTTLS.
+    OffersStartTls,
+    /// Over TLS: from the start (so it greets), or after STARTTLS (the greeting was sent).
+    Encrypted {
+        greet: bool,
+    },
+}
+
+/// One SMTP conversation over `stream`; returns the stream when the client asked to start
+/// TLS (and was told to go ahead), `None` when the conversation ended.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    state: &State,
+    stage: Stage,
+) -> Option<S> {
+    let mut stream = BufReader::new(stream);
+    let reply = async |w: &mut BufReader<S>, s: &str| {
+        w.get_mut()
+            .write_all(format!("{s}\r\n").as_bytes())
+            .await
+            .is_ok()
+            && w.get_mut().flush().await.is_ok()
+    };
+    let tls = matches!(stage, Stage::Encrypted { .. });
+    if stage != (Stage::Encrypted { greet: false })
+        && !reply(&mut stream, "220 test-smtp ready").await
+    {
+        return None;
     }
     let mut from = String::new();
     let mut to = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
-        if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-            return;
+        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return None;
         }
         let command = line.trim_end().to_owned();
         let upper = command.to_ascii_uppercase();
         let ok = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            reply(&mut write, "250-test-smtp\r\n250-8BITMIME\r\n250 SMTPUTF8").await
+            let extensions = if stage == Stage::OffersStartTls {
+                "250-test-smtp\r\n250-STARTTLS\r\n250-8BITMIME\r\n250 SMTPUTF8"
+            } else {
+                "250-test-smtp\r\n250-8BITMIME\r\n250 SMTPUTF8"
+            };
+            reply(&mut stream, extensions).await
+        } else if upper == "STARTTLS" && stage == Stage::OffersStartTls {
+            if !reply(&mut stream, "220 2.0.0 ready to start TLS").await {
+                return None;
+            }
+            // Nothing is buffered: the client waits for that answer before its handshake.
+            return Some(stream.into_inner());
         } else if upper.starts_with("MAIL FROM:") {
             from = command[10..].trim().to_owned();
             to.clear();
-            reply(&mut write, "250 OK").await
+            reply(&mut stream, "250 OK").await
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = command[8..].trim().to_owned();
             let permanent = state.reject_permanently.lock().unwrap().clone();
             let transient = state.reject_transiently.lock().unwrap().clone();
             if permanent.is_some_and(|p| rcpt.contains(&p)) {
-                reply(&mut write, "550 5.1.1 mailbox unavailable").await
+                reply(&mut stream, "550 5.1.1 mailbox unavailable").await
             } else if transient.is_some_and(|p| rcpt.contains(&p)) {
-                reply(&mut write, "451 4.3.0 try again later").await
+                reply(&mut stream, "451 4.3.0 try again later").await
             } else {
                 to.push(rcpt);
-                reply(&mut write, "250 OK").await
+                reply(&mut stream, "250 OK").await
             }
         } else if upper == "DATA" {
-            if !reply(&mut write, "354 end with <CRLF>.<CRLF>").await {
-                return;
+            if !reply(&mut stream, "354 end with <CRLF>.<CRLF>").await {
+                return None;
             }
             let mut data = String::new();
             loop {
                 line.clear();
-                if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-                    return;
+                if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return None;
                 }
                 if line == ".\r\n" {
                     break;
@@ -248,19 +373,20 @@ async fn session(socket: tokio::net::TcpStream, state: Arc<State>) {
                 to: std::mem::take(&mut to),
                 data,
                 received_at: std::time::SystemTime::now(),
+                tls,
             });
             state.arrived.notify_waiters();
-            reply(&mut write, "250 OK queued").await
+            reply(&mut stream, "250 OK queued").await
         } else if upper == "RSET" || upper == "NOOP" {
-            reply(&mut write, "250 OK").await
+            reply(&mut stream, "250 OK").await
         } else if upper == "QUIT" {
-            let _ = reply(&mut write, "221 bye").await;
-            return;
+            let _ = reply(&mut stream, "221 bye").await;
+            return None;
         } else {
-            reply(&mut write, "502 command not implemented").await
+            reply(&mut stream, "502 command not implemented").await
         };
         if !ok {
-            return;
+            return None;
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct Config {
     pub master_key: Option<SecretString>,
     /// `None` means: write `.eml` files into `<data dir>/outbox/`.
     pub smtp_url: Option<SecretString>,
+    /// A PEM CA certificate the SMTP relay's certificate may chain to, besides the public
+    /// roots: for a relay on a private network with its own CA.
+    pub smtp_ca_file: Option<PathBuf>,
     pub mail_from: String,
     /// Several secrets may be configured (comma-separated) so one can be rotated without downtime.
     pub stripe_webhook_secrets: Vec<SecretString>,
@@ -214,6 +217,7 @@ impl Config {
             public_url,
             master_key: secret("PEXPER_MASTER_KEY"),
             smtp_url: secret("PEXPER_SMTP_URL"),
+            smtp_ca_file: get("PEXPER_SMTP_CA_FILE").map(PathBuf::from),
             mail_from: get("PEXPER_MAIL_FROM")
                 .unwrap_or("Pexper <hello@pexper.com>")
                 .to_owned(),

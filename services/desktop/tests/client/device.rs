@@ -691,10 +691,20 @@ exec cat >/dev/null"#;
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut address = String::new();
-        std::io::BufReader::new(session.stdout.take().unwrap())
-            .read_line(&mut address)
-            .unwrap();
+        // Read on a thread of its own, so a session that never says fails the test (and is
+        // killed) instead of hanging it.
+        let stdout = session.stdout.take().unwrap();
+        let (said, heard) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut address = String::new();
+            std::io::BufReader::new(stdout).read_line(&mut address).ok();
+            said.send(address).ok();
+        });
+        let Ok(address) = heard.recv_timeout(std::time::Duration::from_secs(30)) else {
+            session.kill().ok();
+            session.wait().ok();
+            panic!("the session bus did not say its address within 30 s");
+        };
         let address = address.trim().to_owned();
         assert!(address.starts_with("unix:"), "no session bus: {address:?}");
         Some(Self { address, session })

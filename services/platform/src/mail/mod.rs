@@ -18,6 +18,7 @@ use lettre::message::{
     DkimSigningKey, Mailbox, MultiPart, dkim_sign,
 };
 use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use sqlx::PgConnection;
@@ -205,19 +206,48 @@ impl From<SendError> for JobError {
     }
 }
 
+/// The TLS that `url` asks for (implicit, or STARTTLS required or opportunistic), trusting
+/// the CA certificate in the PEM file `ca` as well as the public roots.
+fn tls_trusting(url: &str, ca: &std::path::Path) -> anyhow::Result<Tls> {
+    let pem = std::fs::read(ca)
+        .with_context(|| format!("PEXPER_SMTP_CA_FILE: failed to read {}", ca.display()))?;
+    let url = url::Url::parse(url).context("PEXPER_SMTP_URL is not a valid SMTP URL")?;
+    let host = url.host_str().context("PEXPER_SMTP_URL names no host")?;
+    let parameters = TlsParameters::builder(host.to_owned())
+        .add_root_certificate(
+            Certificate::from_pem(&pem).context("PEXPER_SMTP_CA_FILE is not a PEM certificate")?,
+        )
+        .build_rustls()
+        .context("failed to set up TLS for the SMTP relay")?;
+    let tls = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    Ok(match (url.scheme(), tls.as_deref()) {
+        ("smtps", _) => Tls::Wrapper(parameters),
+        (_, Some("required")) => Tls::Required(parameters),
+        (_, Some("opportunistic")) => Tls::Opportunistic(parameters),
+        _ => Tls::None,
+    })
+}
+
 impl Mailer {
     /// SMTP when `PEXPER_SMTP_URL` is set (`smtp://…?tls=required` for STARTTLS, `smtps://…`
     /// for implicit TLS, both over rustls), otherwise `.eml` files in the outbox directory.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let transport = match &config.smtp_url {
-            Some(url) => Transport::Smtp(
-                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
+            Some(url) => {
+                let url = url.expose_secret();
+                let mut relay = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     .context("PEXPER_SMTP_URL is not a valid SMTP URL")?
                     .timeout(Some(std::time::Duration::from_secs(30)))
                     // A connection for each job that may be sending at once.
-                    .pool_config(PoolConfig::new().max_size(config.job_concurrency as u32))
-                    .build(),
-            ),
+                    .pool_config(PoolConfig::new().max_size(config.job_concurrency as u32));
+                if let Some(ca) = &config.smtp_ca_file {
+                    relay = relay.tls(tls_trusting(url, ca)?);
+                }
+                Transport::Smtp(relay.build())
+            }
             None => {
                 let dir = config.outbox_dir();
                 std::fs::create_dir_all(&dir)
