@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use pexper_platform::db::managed::{Durability, ManagedPostgres};
+use pexper_server::WorkerOptions;
 use pexper_tests::*;
 use serde_json::{Value, json};
 
@@ -268,12 +269,20 @@ async fn sigterm_hands_back_a_job_it_cannot_finish_and_exits_within_its_grace() 
 /// What one load generator sent and how it was answered.
 #[derive(Debug, Clone)]
 struct Sent {
-    /// The address, or the Stripe event's id.
+    /// The address (a webhook's buyer's).
     key: String,
-    /// For a webhook, the event to deliver again.
+    /// For a webhook, the event (to deliver again).
     event: Option<Value>,
     status: u16,
+    started: std::time::Instant,
     took: Duration,
+}
+
+impl Sent {
+    /// Whether it was in flight at `instant`.
+    fn straddles(&self, instant: std::time::Instant) -> bool {
+        self.started < instant && instant < self.started + self.took
+    }
 }
 
 /// Posts `body` to `path` on the in-process server; `key` names what was sent.
@@ -290,6 +299,7 @@ async fn post_json(app: std::sync::Arc<TestApp>, path: &str, key: String, body: 
         key,
         event: None,
         status: res.status().as_u16(),
+        started,
         took: started.elapsed(),
     }
 }
@@ -340,6 +350,12 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
     let app = Arc::new(
         spawn_app_with(AppOptions {
             vars: vec![("DATABASE_URL", pg.url.clone())],
+            // A job whose end could not be recorded in the outage is anyone's again soon.
+            worker: WorkerOptions {
+                lease: Duration::from_secs(3),
+                poll_interval: Duration::from_millis(200),
+                ..WorkerOptions::default()
+            },
             ..AppOptions::default()
         })
         .await,
@@ -360,13 +376,15 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
         move |i| {
             let app = app.clone();
             async move {
-                let event = Checkout::new(&format!("buyer{i}@example.com"))
-                    .session_event("checkout.session.completed", "paid");
+                let buyer = format!("buyer{i}@example.com");
+                let event =
+                    Checkout::new(&buyer).session_event("checkout.session.completed", "paid");
                 let started = std::time::Instant::now();
                 let res = stripe::deliver(&app.client, &app.address, &event).await;
                 Sent {
-                    key: event["id"].as_str().unwrap().to_owned(),
+                    key: buyer,
                     status: res.status().as_u16(),
+                    started,
                     took: started.elapsed(),
                     event: Some(event),
                 }
@@ -389,8 +407,8 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
         .args(["-KILL", &pid])
         .status()
         .unwrap();
-    assert!(killed.success());
     let down = std::time::Instant::now();
+    assert!(killed.success());
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Restarted (crash recovery) once its orphaned backends have noticed and gone.
     eventually(
@@ -427,6 +445,9 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
             .filter(|s| s.status != 503 && s.status >= 300)
             .collect::<Vec<_>>()
     );
+    // The kill landed on requests in flight, commits among them.
+    let straddling = all().filter(|s| s.straddles(down)).count();
+    assert!(straddling > 0, "no request was in flight at the kill");
     let slowest_refusal = refused.iter().map(|s| s.took).max().unwrap();
     // The pool gives up after 0.8 s; a signup queued behind a batch that found the database
     // down shares its answer rather than waiting out the timeout again (1.6 s); the rest is
@@ -436,7 +457,7 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
         "{slowest_refusal:?}"
     );
     eprintln!(
-        "{} answered, {} refused (slowest refusal {slowest_refusal:?}); Postgres back {restarted:?} and the server ready {recovered:?} after the kill",
+        "{} answered, {} refused, {straddling} in flight at the kill (slowest refusal {slowest_refusal:?}); Postgres back {restarted:?} and the server ready {recovered:?} after the kill",
         all().count(),
         refused.len()
     );
@@ -465,12 +486,35 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
         assert_eq!(kept, 1, "{} in {table}", sent.key);
     }
     for sent in webhooks.iter().filter(|s| s.status < 300) {
-        let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_event WHERE id = $1")
-            .bind(&sent.key)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-        assert_eq!(kept, 1, "event {} was acknowledged and lost", sent.key);
+        let event = sent.event.as_ref().unwrap();
+        let (events, purchases, licences): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM stripe_event WHERE id = $1),
+                    (SELECT count(*) FROM purchase WHERE checkout_session_id = $2),
+                    (SELECT count(*) FROM license l JOIN purchase p ON p.id = l.purchase_id
+                     WHERE p.checkout_session_id = $2)",
+        )
+        .bind(event["id"].as_str().unwrap())
+        .bind(event["data"]["object"]["id"].as_str().unwrap())
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            (events, purchases, licences),
+            (1, 1, 1),
+            "the event, purchase and licence for {}",
+            sent.key
+        );
+    }
+    // And each commit's email went out: the confirmation, the receipt, the acknowledgement
+    // (at least once: a send whose record the kill lost is sent again, as README says).
+    app.queue_drained_within(Duration::from_secs(60)).await;
+    let arrived = app.smtp.arrivals();
+    for sent in all().filter(|s| s.status < 300) {
+        assert!(
+            arrived.contains_key(&sent.key),
+            "{} was acknowledged and got no email",
+            sent.key
+        );
     }
 
     // Stripe delivers a refused event again: it is applied, once, however often it comes.

@@ -149,11 +149,14 @@ impl TestApp {
 
     /// Waits until every queued job has run (a finished job's row is deleted).
     pub async fn queue_drained(&self) {
-        eventually(
-            Duration::from_secs(10),
-            "the job queue to drain",
-            || async { (self.count("job").await == 0).then_some(()) },
-        )
+        self.queue_drained_within(Duration::from_secs(10)).await
+    }
+
+    /// The same, for at most `bound`.
+    pub async fn queue_drained_within(&self, bound: Duration) {
+        eventually(bound, "the job queue to drain", || async {
+            (self.count("job").await == 0).then_some(())
+        })
         .await;
     }
 
