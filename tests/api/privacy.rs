@@ -725,7 +725,9 @@ async fn recompute_without_the_key(app: &TestApp, keyed: bool) {
 async fn an_audit_trail_rewritten_and_recomputed_without_the_key_is_caught() {
     let app = app().await;
     audit_events(&app, &["access", "objection"]);
-    assert_eq!(audit(&app, &[]).1["problem"], Value::Null);
+    let (passed, report) = audit(&app, &[]);
+    assert!(passed, "{report}");
+    let noted = noted_head(&report);
     let first: i64 = app.scalar("SELECT min(seq) FROM privacy_audit").await;
     sqlx::query("UPDATE privacy_audit SET status = 'completed' WHERE seq = $1")
         .bind(first)
@@ -737,26 +739,26 @@ async fn an_audit_trail_rewritten_and_recomputed_without_the_key_is_caught() {
     let (passed, report) = audit(&app, &[]);
     assert!(!passed, "{report}");
     assert_eq!(report["broken_at"], first, "{report}");
-    // Passed off as links from before keying: those are refused once re-keyed…
+    // Passed off as links from before keying: the head, under its MAC, names other links.
     recompute_without_the_key(&app, false).await;
     let (passed, report) = audit(&app, &[]);
     assert!(!passed, "{report}");
-    assert_eq!(report["broken_at"], first, "{report}");
-    // …and re-keying such a trail does not launder it: its head no longer checks.
-    let out = admin(&app.cli_vars(), &["privacy", "audit", "--rekey", "--json"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("not re-keyed"), "{}", stderr(&out));
-    // And with the head deleted too, a trail with events but no head is caught.
+    // With the head deleted too, it looks like a trail from before keying, and the server
+    // seals it (with a warning in its log)… but a head noted before no longer matches.
     sqlx::query("DELETE FROM privacy_audit_head")
         .execute(&app.platform.pool)
         .await
         .unwrap();
-    let (passed, report) = audit(&app, &[]);
+    eventually(WAIT, "the sweep to seal the trail", || async {
+        audit(&app, &[]).0.then_some(())
+    })
+    .await;
+    let (passed, report) = audit(&app, &["--expect-head", &noted]);
     assert!(!passed, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trail_from_before_keying_is_re_keyed_once_if_intact() {
+async fn a_trail_from_before_keying_is_sealed_as_it_stands_and_keyed_events_follow() {
     let app = app().await;
     audit_events(&app, &["access"]);
     // As an upgraded deployment has it: plain SHA-256 links and no head.
@@ -765,20 +767,32 @@ async fn a_trail_from_before_keying_is_re_keyed_once_if_intact() {
         .execute(&app.platform.pool)
         .await
         .unwrap();
-    // New events chain onto it meanwhile.
+    // New events chain onto it; the sweeps seal it meanwhile.
     audit_events(&app, &["objection"]);
-    assert!(
-        !audit(&app, &[]).0,
-        "plain links are not accepted as they are"
-    );
-    let (passed, report) = audit(&app, &["--rekey"]);
+    let (passed, report) = audit(&app, &[]);
     assert!(passed, "{report}");
     assert_eq!(report["events"], 2, "{report}");
-    assert_eq!(
-        app.scalar("SELECT count(*) FROM privacy_audit WHERE NOT keyed")
-            .await,
-        0
-    );
+    let kinds: Vec<bool> = sqlx::query_scalar("SELECT keyed FROM privacy_audit ORDER BY seq")
+        .fetch_all(&app.platform.pool)
+        .await
+        .unwrap();
+    assert_eq!(kinds, [false, true], "the old link kept, the new one keyed");
+    // Once sealed, the old links cannot be edited either: the keyed one after covers them.
+    sqlx::query("UPDATE privacy_audit SET detail = 'x' WHERE NOT keyed")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    recompute_without_the_key(&app, false).await;
+    assert!(!audit(&app, &[]).0);
+}
+
+/// A head as `privacy audit` reports it, as `--expect-head` takes it.
+fn noted_head(report: &Value) -> String {
+    format!(
+        "{}:{}",
+        report["head"]["seq"],
+        report["head"]["hash"].as_str().unwrap()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -797,20 +811,20 @@ async fn deleting_the_newest_audit_events_is_caught_even_after_new_events() {
     audit_events(&app, &["objection", "restriction"]);
     let (passed, later) = audit(&app, &[]);
     assert!(passed, "{later}");
-    let noted = format!(
-        "{}:{}",
-        later["head"]["seq"],
-        later["head"]["hash"].as_str().unwrap()
-    );
+    let noted = noted_head(&later);
     assert!(audit(&app, &["--expect-head", &noted]).0);
 
-    // The newest two events deleted: the trail ends before its head.
+    // The newest two events deleted, and the requests they named: the trail ends before
+    // its head.
     let last: i64 = app.scalar("SELECT max(seq) FROM privacy_audit").await;
+    let unnamed = "DELETE FROM privacy_request r
+                   WHERE NOT EXISTS (SELECT 1 FROM privacy_audit a WHERE a.request_id = r.id)";
     sqlx::query("DELETE FROM privacy_audit WHERE seq >= $1")
         .bind(last - 1)
         .execute(pool)
         .await
         .unwrap();
+    sqlx::query(unnamed).execute(pool).await.unwrap();
     let (passed, report) = audit(&app, &[]);
     assert!(!passed, "{report}");
     assert_eq!(report["broken_at"], last - 1, "{report}");
@@ -835,6 +849,11 @@ async fn deleting_the_newest_audit_events_is_caught_even_after_new_events() {
         .execute(pool)
         .await
         .unwrap();
+    // The requests those events named are still there, each without an event…
+    let (passed, report) = audit(&app, &[]);
+    assert!(!passed, "{report}");
+    // …so they go too: now nothing in the database can tell.
+    sqlx::query(unnamed).execute(pool).await.unwrap();
     assert!(
         audit(&app, &[]).0,
         "indistinguishable from the earlier trail"
@@ -842,6 +861,22 @@ async fn deleting_the_newest_audit_events_is_caught_even_after_new_events() {
     let (passed, report) = audit(&app, &["--expect-head", &noted]);
     assert!(!passed, "{report}");
     assert_eq!(report["broken_at"], later["head"]["seq"], "{report}");
+
+    // The whole trail deleted, head and all: the request it named is still there.
+    sqlx::query("DELETE FROM privacy_audit")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM privacy_audit_head")
+        .execute(pool)
+        .await
+        .unwrap();
+    let (passed, report) = audit(&app, &[]);
+    assert!(!passed, "{report}");
+    assert!(
+        report["problem"].as_str().unwrap().contains("no event"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,10 +92,6 @@ pub enum Command {
         /// events after it were neither cut nor rewritten.
         #[arg(long, value_name = "SEQ:HASH")]
         expect_head: Option<String>,
-        /// Once, after upgrading from a trail of plain SHA-256 links: re-key it, if it is
-        /// intact, then check it.
-        #[arg(long)]
-        rekey: bool,
     },
 }
 
@@ -261,12 +257,8 @@ pub async fn run(
         Command::Sla => {
             output::object(json, &serde_json::to_value(admin::sla(pool).await?)?);
         }
-        Command::Audit { expect_head, rekey } => {
+        Command::Audit { expect_head } => {
             let keyring = keyring(config, pool).await?;
-            if rekey {
-                let rekeyed = admin::rekey_audit(pool, &keyring).await?;
-                crate::output::warn(&format!("{rekeyed} events re-keyed"));
-            }
             let expect = expect_head.as_deref().map(parse_head).transpose()?;
             let check = admin::verify_audit(pool, &keyring, expect).await?;
             output::object(json, &serde_json::to_value(&check)?);

@@ -17,8 +17,7 @@ use crate::request::{Jurisdiction, Kind, PrivacyRequestId, Status};
 use crate::store::{self, NewRequest, details_field, outcome_field};
 
 pub use crate::audit::{
-    Verification as AuditVerification, record_action, record_read, rekey as rekey_audit,
-    verify as verify_audit,
+    Verification as AuditVerification, record_action, record_read, verify as verify_audit,
 };
 
 /// A request that arrived by email, taken in by an operator. It is acknowledged by email with

@@ -13,6 +13,12 @@
 //! show is an older head put back over a cut (a copy kept from before): for that, the privacy
 //! sweep logs the head every few minutes and `privacy audit` prints it, and `privacy audit
 //! --expect-head` checks that a head noted there is still in the trail.
+//!
+//! A trail from before the chain was keyed has plain SHA-256 links and no head. The server
+//! seals it as it stands, once, at its next event or sweep: it records the head (which keyed
+//! events then follow) and warns in the log. That warning should be seen once, after the
+//! upgrade: someone who can write to the database could bring a trail back to that state, so
+//! a seal at any other time means the trail was reset, and heads noted before no longer match.
 //! No personal data is ever written here (an operator's reason is redacted).
 //!
 //! Each row names its actor: the operator (`pexper-admin` sets `pexper.actor` on its
@@ -161,7 +167,11 @@ async fn append(
     // One writer at a time, so each row chains to the true head.
     lock(conn).await?;
     let prev = match tip(conn, keyring).await? {
-        Tip::Whole { hash, .. } | Tip::Unkeyed { hash } => hash,
+        Tip::Whole { hash, .. } => hash,
+        Tip::Unkeyed { seq, hash } => {
+            warn_sealed(seq, &hash);
+            hash
+        }
         Tip::Empty => GENESIS.to_vec(),
         // Chained to the recorded head (or to nothing): the new event does not follow the
         // last one left, so the cut or the forgery still shows after it.
@@ -231,9 +241,8 @@ enum Tip {
     Empty,
     /// The recorded head names the last event (as far as anything in the database can tell).
     Whole { seq: i64, hash: Vec<u8> },
-    /// Events but no head, and none of them keyed: a trail from before keying, not yet re-keyed
-    /// (`rekey`). New events chain onto it; its head is recorded with the first of them.
-    Unkeyed { hash: Vec<u8> },
+    /// Events but no head, and none of them keyed: a trail from before keying, not yet sealed.
+    Unkeyed { seq: i64, hash: Vec<u8> },
     /// The head checks but names something other than the last event (its link is kept).
     Cut { head: Vec<u8> },
     /// The head is missing although keyed events exist (one is written with each), or its
@@ -254,7 +263,7 @@ async fn tip(conn: &mut PgConnection, keyring: &Keyring) -> anyhow::Result<Tip> 
             .context("failed to read the audit trail's head")?;
     Ok(match (head, last) {
         (None, None) => Tip::Empty,
-        (None, Some((_, hash, false))) => {
+        (None, Some((seq, hash, false))) => {
             let keyed: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM privacy_audit WHERE keyed)")
                     .fetch_one(&mut *conn)
@@ -262,7 +271,7 @@ async fn tip(conn: &mut PgConnection, keyring: &Keyring) -> anyhow::Result<Tip> 
             if keyed {
                 Tip::Forged
             } else {
-                Tip::Unkeyed { hash }
+                Tip::Unkeyed { seq, hash }
             }
         }
         (None, Some(_)) => Tip::Forged,
@@ -279,8 +288,8 @@ async fn tip(conn: &mut PgConnection, keyring: &Keyring) -> anyhow::Result<Tip> 
 }
 
 /// Logs the head (the privacy sweep's, every few minutes): the log is an anchor outside the
-/// database, to pass to `privacy audit --expect-head`. A trail that no longer ends at its
-/// recorded head is logged as an error instead.
+/// database, to pass to `privacy audit --expect-head`. A trail from before keying is sealed
+/// here; one that no longer ends at its recorded head is logged as an error.
 pub async fn log_head(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     lock(&mut tx).await?;
@@ -288,12 +297,26 @@ pub async fn log_head(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<()> {
         Tip::Whole { seq, hash } => {
             tracing::info!(seq, head = %hex(&hash), "audit trail head")
         }
-        Tip::Empty | Tip::Unkeyed { .. } => {}
+        Tip::Unkeyed { seq, hash } => {
+            record_head(&mut tx, keyring, seq, &hash).await?;
+            tx.commit().await?;
+            warn_sealed(seq, &hash);
+        }
+        Tip::Empty => {}
         Tip::Cut { .. } | Tip::Forged => tracing::error!(
             "the audit trail does not end at its recorded head: run `pexper-admin privacy audit`"
         ),
     }
     Ok(())
+}
+
+fn warn_sealed(seq: i64, hash: &[u8]) {
+    tracing::warn!(
+        seq,
+        head = %hex(hash),
+        "audit trail from before keying sealed as it stands: expected once, after the upgrade \
+         that keyed it; at any other time the trail was reset in the database"
+    );
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -366,20 +389,19 @@ fn event_of(row: &Row) -> Event<'_> {
     }
 }
 
-/// The first event that does not follow, and why. Plain SHA-256 links are accepted only
-/// where `unkeyed_prefix` allows them: before every keyed one.
-fn first_break(rows: &[Row], keyring: &Keyring, unkeyed_prefix: bool) -> Option<(i64, String)> {
+/// The first event that does not follow, and why. Plain SHA-256 links (from before keying)
+/// are accepted before every keyed one only: the head, under its MAC, covers where they end.
+fn first_break(rows: &[Row], keyring: &Keyring) -> Option<(i64, String)> {
     let mut prev = GENESIS.to_vec();
     let mut seen_keyed = false;
     for row in rows {
         let (seq, prev_hash, hash, keyed) = (row.0, &row.7, &row.8, row.9);
-        if !keyed && (seen_keyed || !unkeyed_prefix) {
+        if !keyed && seen_keyed {
             return Some((
                 seq,
                 format!(
-                    "event {seq} has a plain SHA-256 link, from before the trail was keyed: if \
-                     this deployment was upgraded and `pexper-admin privacy audit --rekey` was \
-                     never run, run it once; otherwise the trail was rewritten there"
+                    "event {seq} has a plain SHA-256 link after keyed ones: the trail was \
+                     rewritten there"
                 ),
             ));
         }
@@ -433,7 +455,7 @@ pub async fn verify(
         head: None,
         problem: None,
     };
-    if let Some((seq, problem)) = first_break(&rows, keyring, false) {
+    if let Some((seq, problem)) = first_break(&rows, keyring) {
         fail(&mut check, seq, problem);
     }
     let end = rows.last().map_or(0, |r| r.0);
@@ -442,8 +464,9 @@ pub async fn verify(
         None => fail(
             &mut check,
             end + 1,
-            "no head is recorded for a trail that has events: the newest events and the head \
-             may have been deleted"
+            "no head is recorded for a trail that has events: a trail from before keying gets \
+             its first at the next sweep or event; otherwise the newest events and the head \
+             were deleted"
                 .into(),
         ),
         Some((seq, hash, at, mac)) => {
@@ -473,6 +496,24 @@ pub async fn verify(
             }
         }
     }
+    // Every request's receipt is an event: a request none names lost its events (the whole
+    // trail, say, with its head).
+    let unrecorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM privacy_request r
+         WHERE NOT EXISTS (SELECT 1 FROM privacy_audit a WHERE a.request_id = r.id)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .context("failed to match requests to the trail")?;
+    if unrecorded > 0 {
+        fail(
+            &mut check,
+            end + 1,
+            format!(
+                "{unrecorded} privacy requests have no event in the trail: events were deleted"
+            ),
+        );
+    }
     if let Some((seq, hash)) = expect
         && !rows.iter().any(|r| r.0 == seq && r.8 == hash)
     {
@@ -494,43 +535,4 @@ fn fail(check: &mut Verification, at: i64, problem: String) {
         check.broken_at = Some(at);
         check.problem = Some(problem);
     }
-}
-
-/// Re-keys a trail from before keying, once, after an upgrade: only if it is intact (plain
-/// SHA-256 links first, then keyed ones), so a rewritten trail is never made to look whole.
-/// Returns how many events were re-linked.
-pub async fn rekey(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<u64> {
-    let mut tx = pool.begin().await?;
-    lock(&mut tx).await?;
-    let rows = read_trail(&mut tx).await?;
-    if rows.iter().all(|r| r.9) {
-        return Ok(0);
-    }
-    if let Some((_, problem)) = first_break(&rows, keyring, true) {
-        anyhow::bail!("not re-keyed: {problem}");
-    }
-    match tip(&mut tx, keyring).await? {
-        Tip::Unkeyed { .. } | Tip::Whole { .. } => {}
-        Tip::Empty | Tip::Cut { .. } | Tip::Forged => {
-            anyhow::bail!("not re-keyed: the trail does not end at its recorded head")
-        }
-    }
-    let mut prev = GENESIS.to_vec();
-    for row in &rows {
-        let hash = event_of(row).link(keyring, true, &prev);
-        sqlx::query(
-            "UPDATE privacy_audit SET prev_hash = $2, hash = $3, keyed = true WHERE seq = $1",
-        )
-        .bind(row.0)
-        .bind(&prev)
-        .bind(hash.as_slice())
-        .execute(&mut *tx)
-        .await
-        .context("failed to re-key an event")?;
-        prev = hash.to_vec();
-    }
-    let last = rows.last().map_or(0, |r| r.0);
-    record_head(&mut tx, keyring, last, &prev).await?;
-    tx.commit().await?;
-    Ok(rows.len() as u64)
 }
