@@ -1,21 +1,32 @@
 //! The API contract: schemathesis generates requests from `/openapi.json` (its coverage phase,
-//! then fuzzing for the rest of a time budget) against the real `pexper-server` binary, with
-//! every check, and must find nothing: no 5xx, no status, content type, header or body the
-//! document does not state, no schema-valid request refused and no schema-violating one
-//! accepted. Where a check cannot apply to generated data (a Stripe signature, a token from an
-//! email, a licence signature) `tests/contract/schemathesis.toml` says so with the reason.
+//! fuzzing for the rest of a time budget, and the stateful phase) against the real
+//! `pexper-server` binary, with every check, and must find nothing: no 5xx, no status, content
+//! type, header or body the document does not state, no schema-valid request refused and no
+//! schema-violating one accepted. Where a check cannot apply to generated data (a token from an
+//! email, a licence signature, a password only the account's owner knows)
+//! `tests/contract/schemathesis.toml` says so with the reason.
 //!
-//! The rate limiter must not hide the logic: the server trusts the loopback proxy here and the
-//! hooks (`tests/contract/hooks.py`) give every request its own `X-Forwarded-For`.
+//! The server holds data first: an account with a purchase and its licence, an announced
+//! policy, waitlist and support entries; so answers with dates and lists are validated against
+//! the document with real values in them. The hooks (`tests/contract/hooks.py`) get the fuzzer
+//! past the door: every request from its own client address (the server trusts the loopback
+//! proxy here, so the rate limiter does not hide the logic), webhooks signed with the run's
+//! secret, and the signed-in operations sent with a real session and its CSRF token. They count
+//! the answers per operation: each operation that takes input must be reached at least
+//! `MIN_CASES` times, and each whose success answer holds a date must have given one.
 //!
 //! Needs `schemathesis` (PyPI, the version `.ci/run` pins); skipped with a note without it,
 //! unless `PEXPER_REQUIRE_SCHEMATHESIS` is set (CI). `PEXPER_CONTRACT_SECONDS` (default 120)
-//! bounds the run; `PEXPER_CONTRACT_SEED` picks another seed than the fixed default.
+//! bounds the run. The seed differs from run to run and is printed;
+//! `PEXPER_CONTRACT_SEED` replays one.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use pexper_tests::*;
+use serde_json::{Value, json};
 
 /// The schemathesis version the contract was written against (`.ci/run` installs it).
 const SCHEMATHESIS: &str = "4.32.5";
@@ -46,35 +57,44 @@ async fn schemathesis_finds_nothing_the_openapi_document_does_not_state() {
         "the contract is checked with schemathesis {SCHEMATHESIS}"
     );
     let server = ServerProcess::start_with("warn", &[("PEXPER_TRUSTED_PROXY", "127.0.0.1")]).await;
-    let seconds = std::env::var("PEXPER_CONTRACT_SECONDS").unwrap_or_else(|_| "120".into());
-    let seed = std::env::var("PEXPER_CONTRACT_SEED").unwrap_or_else(|_| "20261130".into());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contract");
     let base = server.base.clone();
-    // Every operation the document states, so that "all reached" means all of them.
-    let document: serde_json::Value = reqwest::get(format!("{base}/openapi.json"))
+    hold_data(&server).await;
+    let seconds = std::env::var("PEXPER_CONTRACT_SECONDS").unwrap_or_else(|_| "120".into());
+    let seed = std::env::var("PEXPER_CONTRACT_SEED").unwrap_or_else(|_| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        (now.unwrap().as_nanos() % 1_000_000_007).to_string()
+    });
+    eprintln!("schemathesis seed {seed}: PEXPER_CONTRACT_SEED={seed} replays this run");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contract");
+    let scratch = tempdir::TempDir::new();
+    let counts_file = scratch.path().join("counts.json");
+    let document: Value = reqwest::get(format!("{base}/openapi.json"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let operations: usize = document["paths"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|item| item.as_object().unwrap().len())
-        .sum();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("schemathesis")
-            .current_dir(&dir)
-            .env("SCHEMATHESIS_HOOKS", "hooks")
-            .env("PYTHONPATH", &dir)
-            .env("NO_COLOR", "1")
-            .args(["--config-file", "schemathesis.toml", "run"])
-            .arg(format!("{base}/openapi.json"))
-            .args(["--phases", "coverage,fuzzing"])
-            .args(["--max-time", &seconds, "--seed", &seed])
-            .output()
-            .unwrap()
+    let out = tokio::task::spawn_blocking({
+        let (base, seed, counts_file) = (base.clone(), seed.clone(), counts_file.clone());
+        move || {
+            let mut cmd = Command::new("schemathesis");
+            cmd.current_dir(&dir)
+                .env("SCHEMATHESIS_HOOKS", "hooks")
+                .env("PYTHONPATH", &dir)
+                .env("NO_COLOR", "1")
+                .env("PEXPER_CONTRACT_BASE", &base)
+                .env("PEXPER_CONTRACT_SECRET", stripe::SECRET)
+                .env("PEXPER_CONTRACT_EMAIL", ACCOUNT)
+                .env("PEXPER_CONTRACT_PASSWORD", PASSWORD)
+                .env("PEXPER_CONTRACT_COUNTS", &counts_file)
+                .args(["--config-file", "schemathesis.toml", "run"])
+                .arg(format!("{base}/openapi.json"))
+                .args(["--phases", "coverage,fuzzing,stateful"])
+                .args(["--max-time", &seconds, "--seed", &seed]);
+            // Its own time budget, and some: a run that hangs fails here.
+            let bound = Duration::from_secs(seconds.parse::<u64>().unwrap_or(120) * 2 + 120);
+            output_within(cmd, bound, "schemathesis")
+        }
     })
     .await
     .unwrap();
@@ -82,11 +102,178 @@ async fn schemathesis_finds_nothing_the_openapi_document_does_not_state() {
     let log = server.stop().await;
     assert!(
         out.status.success(),
-        "schemathesis found failures:\n{report}\n{}\nserver log:\n{log}",
+        "schemathesis found failures (seed {seed}):\n{report}\n{}\nserver log:\n{log}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Every operation the document states was reached, often enough…
+    let counts: HashMap<String, u64> =
+        serde_json::from_str(&std::fs::read_to_string(&counts_file).unwrap()).unwrap();
+    let answered = |operation: &str, success_only: bool| -> u64 {
+        counts
+            .iter()
+            .filter(|(k, _)| {
+                k.rsplit_once(' ').is_some_and(|(op, status)| {
+                    op == operation && (!success_only || status.starts_with('2'))
+                })
+            })
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let mut thin = Vec::new();
+    let mut undated = Vec::new();
+    let mut reached = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let label = format!("{} {path}", method.to_uppercase());
+            let n = answered(&label, false);
+            reached.push(format!("{label}: {n}"));
+            // An operation that takes nothing has one request to make: the coverage phase
+            // sends it a few times, and the fuzzer has nothing to vary.
+            let takes_input = operation.get("requestBody").is_some()
+                || operation["parameters"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty());
+            let least = if takes_input {
+                MIN_CASES
+            } else {
+                MIN_CASES_WITHOUT_INPUT
+            };
+            if n < least {
+                thin.push(format!("{label}: {n}"));
+            }
+            // …and each whose success answer holds a date or a time gave one, with data: the
+            // document's format for it was checked against a real value.
+            if success_has_a_date(&document, operation) && answered(&label, true) == 0 {
+                undated.push(label);
+            }
+        }
+    }
+    eprintln!("answers per operation: {reached:?}");
     assert!(
-        report.contains(&format!("Tested: {operations}")),
-        "every one of the {operations} operations was reached:\n{report}"
+        thin.is_empty(),
+        "operations reached fewer times than required (seed {seed}): {thin:?}\n{report}"
     );
+    assert!(
+        undated.is_empty(),
+        "operations whose answer has a date never answered with one (seed {seed}): {undated:?}"
+    );
+}
+
+/// How many answers each operation that takes input must get in a run, and one that does not.
+const MIN_CASES: u64 = 50;
+const MIN_CASES_WITHOUT_INPUT: u64 = 5;
+
+/// The account the hooks sign in as.
+const ACCOUNT: &str = "contract@example.com";
+const PASSWORD: &str = "seven quiet rivers bend past old mills";
+
+/// What a live server holds: an account with a purchase and its licence, an announced policy,
+/// a waitlist entry, a support request and a privacy request.
+async fn hold_data(server: &ServerProcess) {
+    let client = reqwest::Client::new();
+    let base = &server.base;
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .header("X-Forwarded-For", "192.0.2.1")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        post("/v1/accounts", json!({"email": ACCOUNT}))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let mail = server.smtp.wait_for(1, Duration::from_secs(20)).await[0].clone();
+    let link = mail.link(&format!("{base}/v1/accounts/verify?token="));
+    assert_eq!(
+        choose_password(&client, &link, base, PASSWORD)
+            .await
+            .status(),
+        200
+    );
+    let paid = stripe::Checkout::new(ACCOUNT).session_event("checkout.session.completed", "paid");
+    assert_eq!(stripe::deliver(&client, base, &paid).await.status(), 200);
+    for (path, body) in [
+        ("/v1/waitlist", json!({"email": "fan@example.com"})),
+        (
+            "/v1/support",
+            json!({"email": ACCOUNT, "subject": "Hello", "message": "A question."}),
+        ),
+        (
+            "/v1/privacy/requests",
+            json!({"email": ACCOUNT, "kind": "access"}),
+        ),
+    ] {
+        assert!(
+            post(path, body).await.unwrap().status().is_success(),
+            "{path}"
+        );
+    }
+    let vars: Vec<(String, String)> = server.vars.clone().into_iter().collect();
+    let scratch = tempdir::TempDir::new();
+    let summary = scratch.path().join("summary.txt");
+    std::fs::write(&summary, "We now say how long support requests are kept.").unwrap();
+    let effective = (time::OffsetDateTime::now_utc().date() + time::Duration::days(31)).to_string();
+    let out = admin(
+        &vars,
+        &[
+            "policy",
+            "announce",
+            "--version",
+            "2027-01",
+            "--effective",
+            &effective,
+            "--summary-file",
+            summary.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Whether a 2xx JSON answer of `operation` has, anywhere in its schema, a string of format
+/// `date` or `date-time`.
+fn success_has_a_date(document: &Value, operation: &Value) -> bool {
+    fn has_date(document: &Value, schema: &Value, depth: usize) -> bool {
+        if depth > 20 {
+            return false;
+        }
+        match schema {
+            Value::Object(o) => {
+                if let Some(Value::String(r)) = o.get("$ref") {
+                    let name = r.rsplit('/').next().unwrap_or_default();
+                    return has_date(
+                        document,
+                        &document["components"]["schemas"][name],
+                        depth + 1,
+                    );
+                }
+                if matches!(
+                    o.get("format").and_then(Value::as_str),
+                    Some("date" | "date-time")
+                ) {
+                    return true;
+                }
+                o.values().any(|v| has_date(document, v, depth + 1))
+            }
+            Value::Array(a) => a.iter().any(|v| has_date(document, v, depth + 1)),
+            _ => false,
+        }
+    }
+    operation["responses"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(status, _)| status.starts_with('2'))
+        .any(|(_, response)| {
+            has_date(
+                document,
+                &response["content"]["application/json"]["schema"],
+                0,
+            )
+        })
 }

@@ -248,28 +248,75 @@ pub async fn reset_request_page() -> Response {
     render(StatusCode::OK, pages::ResetRequest { error: None })
 }
 
+/// Each signed-in form as the document states it, with its own fields only: they are all read
+/// as one `ActionForm` (which takes every field any of them has, and ignores the rest), so
+/// these types are for the document alone.
+#[allow(dead_code)]
+mod forms {
+    /// A form with nothing but the session's CSRF token.
+    #[derive(utoipa::ToSchema)]
+    pub struct Csrf {
+        /// The session's CSRF token (from the account page).
+        #[schema(min_length = 1, max_length = 64)]
+        csrf: String,
+    }
+
+    #[derive(utoipa::ToSchema)]
+    pub struct ConfirmPassword {
+        #[schema(min_length = 1, max_length = 64)]
+        csrf: String,
+        /// The account's password.
+        #[schema(max_length = 128)]
+        password: String,
+    }
+
+    #[derive(utoipa::ToSchema)]
+    pub struct ChangePassword {
+        #[schema(min_length = 1, max_length = 64)]
+        csrf: String,
+        /// The current password.
+        #[schema(max_length = 128)]
+        password: String,
+        /// The new one: 12 to 128 characters, not easily guessed.
+        #[schema(min_length = 12, max_length = 128)]
+        new_password: String,
+    }
+
+    #[derive(utoipa::ToSchema)]
+    pub struct ResendLicence {
+        #[schema(min_length = 1, max_length = 64)]
+        csrf: String,
+        /// The purchase (of this account) whose licence to send again.
+        purchase: uuid::Uuid,
+    }
+
+    #[derive(utoipa::ToSchema)]
+    pub struct Delete {
+        #[schema(min_length = 1, max_length = 64)]
+        csrf: String,
+        /// The word `delete`, typed in the box.
+        #[schema(pattern = "^delete$", max_length = 16)]
+        confirm: String,
+    }
+}
+
 /// The fields every signed-in form carries; each action adds its own.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ActionForm {
     /// The session's CSRF token.
     #[serde(default)]
-    #[schema(max_length = 64)]
     csrf: String,
     /// The password (to confirm it, or the current one when changing it).
     #[serde(default)]
-    #[schema(max_length = 128)]
     password: String,
     /// A new password (changing it): 12 to 128 characters, not easily guessed.
     #[serde(default)]
-    #[schema(max_length = 128)]
     new_password: String,
     /// The purchase whose licence to send again.
     #[serde(default)]
-    #[schema(value_type = uuid::Uuid)]
     purchase: Option<uuid::Uuid>,
     /// Deleting: must be `delete`.
     #[serde(default)]
-    #[schema(max_length = 16)]
     confirm: String,
 }
 
@@ -327,6 +374,10 @@ async fn signed_in_form(
     };
     if let Some(problem) = form.problem() {
         return Ok(Err(refuse(problem)));
+    }
+    // Every one of our forms carries its token: one without is not ours, whoever sends it.
+    if form.csrf.is_empty() {
+        return Err(session::csrf_refused());
     }
     let Some(signed_in) = session::signed_in(platform, &headers).await? else {
         return Ok(Err(see_other("/account/sign-in")));
@@ -412,7 +463,7 @@ async fn confirm_password(
 
 /// Sign out (a form post).
 #[utoipa::path(post, path = "/account/sign-out", tag = "accounts",
-    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    request_body(content((forms::Csrf = "application/x-www-form-urlencoded"))),
     responses(
         (status = 303, description = "Signed out (or not signed in): on to `/account/sign-in`", headers(("Location" = String), ("Set-Cookie" = String))),
         (status = 403, description = "From a page that is not ours, or without the session's CSRF token", body = pexper_wire::ErrorBody),
@@ -435,7 +486,7 @@ pub async fn sign_out_form(
 
 /// Sign out every other browser.
 #[utoipa::path(post, path = "/account/sessions/end-others", tag = "accounts",
-    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    request_body(content((forms::Csrf = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Done: the account page, saying so", content_type = "text/html"),
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
@@ -469,7 +520,7 @@ pub async fn end_other_sessions(
 
 /// Change the password (the current one is needed).
 #[utoipa::path(post, path = "/account/password", tag = "accounts",
-    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    request_body(content((forms::ChangePassword = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Changed: every other session ended, an email sent; the account page, saying so, with a new device cookie for this browser (the new password voids the old ones)", content_type = "text/html",
             headers(("Set-Cookie" = String, description = "The device cookie"))),
@@ -554,7 +605,7 @@ pub async fn change_password_form(
 
 /// Email a purchase's licence again (a new receipt; within the address's daily budget).
 #[utoipa::path(post, path = "/account/licences/resend", tag = "accounts",
-    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    request_body(content((forms::ResendLicence = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The account page, saying whether the receipt is on its way or the day's budget of such emails is spent", content_type = "text/html"),
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
@@ -608,7 +659,7 @@ pub async fn resend_licence(
 
 /// Confirm the password, for export and deletion (valid for 10 minutes).
 #[utoipa::path(post, path = "/account/confirm-password", tag = "accounts",
-    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    request_body(content((forms::ConfirmPassword = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Confirmed: the account page, with export and deletion open", content_type = "text/html"),
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
@@ -667,7 +718,7 @@ async fn without_fresh_password(
 
 /// Download everything we hold about you: the access export, at once.
 #[utoipa::path(post, path = "/account/export", tag = "accounts",
-    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    request_body(content((forms::Csrf = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The export: one JSON document, a section per service (a privacy request of source `account`, audited)", content_type = "application/json"),
         (status = 303, description = "Not signed in: on to `/account/sign-in`", headers(("Location" = String))),
@@ -694,7 +745,7 @@ pub async fn export(
 
 /// Delete the account and everything we hold about you.
 #[utoipa::path(post, path = "/account/delete", tag = "accounts",
-    request_body(content((ActionForm = "application/x-www-form-urlencoded"))),
+    request_body(content((forms::Delete = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Deletion started (a privacy request of source `account`, audited): signed out, a page saying a confirmation email follows", content_type = "text/html",
             headers(("Set-Cookie" = String))),

@@ -124,11 +124,16 @@ pub fn check_csrf(
     if given.is_some_and(|t| signed_in.csrf_matches(platform, t)) {
         return Ok(());
     }
-    Err(ApiError::client(
+    Err(csrf_refused())
+}
+
+/// The answer to a missing or wrong CSRF token.
+pub fn csrf_refused() -> ApiError {
+    ApiError::client(
         StatusCode::FORBIDDEN,
         "csrf_token_invalid",
         "missing or wrong CSRF token: reload the page and try again",
-    ))
+    )
 }
 
 /// The `Set-Cookie` that starts a session.

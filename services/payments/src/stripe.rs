@@ -9,11 +9,18 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// The event envelope; `data.object` is read by type once we know the type.
-#[derive(Debug, Deserialize)]
+/// The event envelope; `data.object` is read by type once we know the type. What the webhook's
+/// document states of a delivery (Stripe sends more fields, which are ignored).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = StripeEvent)]
 pub struct Event<'a> {
+    /// `evt_…`
+    #[schema(min_length = 1)]
     pub id: String,
+    /// The event type, e.g. `checkout.session.completed`; types we do not act on are
+    /// acknowledged and ignored.
     #[serde(rename = "type")]
+    #[schema(min_length = 1)]
     pub kind: String,
     /// Unix seconds.
     pub created: i64,
@@ -23,9 +30,22 @@ pub struct Event<'a> {
     pub data: EventData<'a>,
 }
 
-#[derive(Debug, Deserialize)]
+impl Event<'_> {
+    /// Whether it is an event as the document states one: an id, a type, and an object.
+    pub fn is_well_formed(&self) -> bool {
+        !self.id.is_empty()
+            && !self.kind.is_empty()
+            && self.data.object.get().trim_start().starts_with('{')
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = StripeEventData)]
 pub struct EventData<'a> {
+    /// The object the event is about: its fields depend on the event's type (Stripe's API
+    /// reference).
     #[serde(borrow)]
+    #[schema(value_type = Object)]
     pub object: &'a RawValue,
 }
 

@@ -35,7 +35,7 @@ pub struct Acknowledged {
 
 /// Receive a Stripe event.
 #[utoipa::path(post, path = "/v1/webhooks/stripe", tag = "payments",
-    request_body(content = String, description = "The event, exactly as Stripe signed it", content_type = "application/json"),
+    request_body(content = crate::stripe::Event<'static>, description = "The event, exactly as Stripe signed it", content_type = "application/json"),
     params(("Stripe-Signature" = String, Header, description = "`t=<unix>,v1=<hex HMAC-SHA256>[,v1=…]`")),
     responses(
         (status = 200, description = "Verified and processed (or a duplicate, or a type we ignore)", body = Acknowledged),
@@ -60,10 +60,13 @@ pub async fn receive(
         .map_err(|_| reject("invalid_signature", "the body is not UTF-8"))?;
     verify(payload, signature, &platform.config.stripe_webhook_secrets)?;
 
-    let event: Event<'_> = serde_json::from_str(payload).map_err(|_| {
-        tracing::warn!("verified Stripe payload is not an event");
-        ApiError::unprocessable("unreadable_event", "not a Stripe event")
-    })?;
+    let event: Event<'_> = serde_json::from_str(payload)
+        .ok()
+        .filter(Event::is_well_formed)
+        .ok_or_else(|| {
+            tracing::warn!("verified Stripe payload is not an event");
+            ApiError::unprocessable("unreadable_event", "not a Stripe event")
+        })?;
     let status = process(&platform, &event).await?;
     tracing::info!(event_id = %event.id, event_type = %event.kind, status, "stripe event");
     Ok(axum::Json(Acknowledged { status }))
