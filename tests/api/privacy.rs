@@ -2168,6 +2168,70 @@ async fn a_policy_change_is_announced_30_days_ahead_once_to_everyone_concerned_b
     assert_eq!(notices[0]["status"], "sent");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restriction_stops_invitations_address_exports_and_referral_credit_until_lifted() {
+    use crate::waitlist::join;
+    let app = app().await;
+    let (first, second) = ("first.in.line@example.net", "second.in.line@example.net");
+    join(&app, first, json!({})).await;
+    join(&app, second, json!({})).await;
+    let restricted = person_of(&app, first).await.unwrap();
+    let entry = |column: &'static str| {
+        let pool = app.platform.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                "SELECT {column}::text FROM waitlist_entry WHERE person_id = $1"
+            )))
+            .bind(restricted)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let code = entry("referral_code").await;
+
+    // The first in line asks for a restriction, and the operator carries it out.
+    request_and_verify(&app, first, "restriction").await;
+    let id = request_of_kind(&app, "restriction");
+    cli(
+        &app,
+        &[
+            "privacy",
+            "complete",
+            &id,
+            "--note",
+            "Restricted.",
+            "--json",
+        ],
+    );
+    // A friend joins through their link: no credit while restricted.
+    join(&app, "their.friend@example.net", json!({ "ref": code })).await;
+    assert_eq!(entry("referrals").await, "0");
+    // The operator's export keeps their row, without the address.
+    let export = cli(
+        &app,
+        &["waitlist", "export", "--json", "--reason", "launch list"],
+    );
+    let rows = export.as_array().unwrap();
+    let theirs: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["person_id"] == restricted.0.to_string())
+        .collect();
+    assert_eq!(theirs.len(), 1, "{export}");
+    assert_eq!(theirs[0]["email"], Value::Null, "{export}");
+    assert!(rows.iter().any(|r| r["email"] == second), "{export}");
+    // The next invitation passes them over, and keeps their place.
+    let invite =
+        |count: &'static str| cli(&app, &["waitlist", "invite", "--count", count, "--json"]);
+    assert_eq!(invite("1")["queued"], 1);
+    assert_eq!(entry("status").await, "confirmed");
+
+    // Lifted: they are invited next.
+    cli(&app, &["privacy", "lift", &id, "--json"]);
+    assert_eq!(invite("1")["queued"], 1);
+    assert_eq!(entry("status").await, "invited");
+}
+
 async fn person_of(app: &TestApp, email: &str) -> Option<pexper_platform::person::PersonId> {
     let mut conn = app.platform.pool.acquire().await.unwrap();
     let address = pexper_platform::address::EmailAddress::parse(email).unwrap();

@@ -291,8 +291,8 @@ pub async fn change_email(
     Ok(EmailChange::Changed)
 }
 
-/// Sets or lifts a restriction of processing (`restricted_since`): while set, no product email
-/// goes to them (`mail::deliver`).
+/// Sets or lifts a restriction of processing (`restricted_since`): while set, `may_process`
+/// allows only storage, legal notices and their own requests.
 pub async fn restrict(conn: &mut PgConnection, id: PersonId, on: bool) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE person SET restricted_since = CASE WHEN $2 THEN coalesce(restricted_since, now()) END,
@@ -305,6 +305,47 @@ pub async fn restrict(conn: &mut PgConnection, id: PersonId, on: bool) -> anyhow
     .await
     .context("failed to change a restriction")?;
     Ok(())
+}
+
+/// What a person's data is used for, as far as a restriction of processing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Product email: launches, updates, the broadcasts.
+    ProductEmail,
+    /// An invitation off the waitlist.
+    Invitation,
+    /// The operator's export of addresses (`waitlist export`).
+    OperatorExport,
+    /// Credit for a referral (a better place in line).
+    ReferralCredit,
+}
+
+impl Purpose {
+    /// As the database function `may_process` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::ProductEmail => "product_email",
+            Purpose::Invitation => "invitation",
+            Purpose::OperatorExport => "operator_export",
+            Purpose::ReferralCredit => "referral_credit",
+        }
+    }
+}
+
+/// Whether `id`'s data may be used for `purpose`: not while processing is restricted. The one
+/// check, the database function `may_process` (migration `…23_may_process.sql`), which the
+/// statements that select people in bulk call too.
+pub async fn may_process(
+    conn: &mut PgConnection,
+    id: PersonId,
+    purpose: Purpose,
+) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT may_process($1, $2)")
+        .bind(id)
+        .bind(purpose.as_str())
+        .fetch_one(conn)
+        .await
+        .context("failed to check a restriction")
 }
 
 /// Since when processing is restricted for a person, if it is.

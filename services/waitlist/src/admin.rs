@@ -4,7 +4,7 @@
 use anyhow::Context;
 use pexper_platform::crypto::{Keyring, sha256};
 use pexper_platform::jobs::{self, NewJob};
-use pexper_platform::person::{self, PersonId};
+use pexper_platform::person::{self, PersonId, Purpose};
 use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -97,11 +97,15 @@ pub async fn rows(pool: &PgPool, bump: i64, keyring: Option<&Keyring>) -> anyhow
     for (position, person_id, status, subscribed, referrals, source, signed_up_at, confirmed_at) in
         raw
     {
+        let person = PersonId(person_id);
         let email = match keyring {
-            Some(k) => person::email(&mut conn, k, PersonId(person_id))
-                .await?
-                .map(|e| e.as_str().to_owned()),
-            None => None,
+            Some(k) if person::may_process(&mut conn, person, Purpose::OperatorExport).await? => {
+                person::email(&mut conn, k, person)
+                    .await?
+                    .map(|e| e.as_str().to_owned())
+            }
+            // Restricted: the row, without the address.
+            _ => None,
         };
         out.push(Row {
             position,
@@ -279,6 +283,7 @@ pub async fn invite(
              WHERE person_id IN (
                  SELECT person_id FROM waitlist_entry
                  WHERE status = 'confirmed' AND subscribed
+                   AND may_process(person_id, 'invitation')
                  ORDER BY confirm_seq - referrals * $1, -referrals, confirm_seq
                  LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING person_id",

@@ -296,7 +296,8 @@ pub async fn confirm(
     if let Some(Some(referrer)) = newly {
         sqlx::query(
             "UPDATE waitlist_entry SET referrals = referrals + 1, updated_at = now()
-             WHERE person_id = $1 AND status = 'confirmed'",
+             WHERE person_id = $1 AND status = 'confirmed'
+               AND may_process(person_id, 'referral_credit')",
         )
         .bind(referrer)
         .execute(&mut *tx)

@@ -447,9 +447,7 @@ async fn deliver(
     // A restriction of processing stops what is not needed: product email.
     if class == MailClass::Product
         && let Some(person) = person
-        && crate::person::restricted_since(conn, person)
-            .await?
-            .is_some()
+        && !crate::person::may_process(conn, person, crate::person::Purpose::ProductEmail).await?
     {
         tracing::info!(template, "not sent: processing is restricted");
         return Ok(());
