@@ -368,3 +368,46 @@ async fn a_person_is_created_once_however_many_ask_at_the_same_moment() {
     assert_eq!(ids.len(), 1, "one person");
     assert_eq!(app.count("person").await, 1);
 }
+
+/// The data map is the schema: after every migration, each column of each table is declared by
+/// exactly one service (`Service::tables`), and nothing is declared that is not there.
+#[tokio::test]
+async fn every_column_in_the_schema_is_declared_by_exactly_one_service() {
+    init();
+    let db = TestDatabase::new().await;
+    let in_schema: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool().await)
+    .await
+    .unwrap();
+    let mut declared: Vec<(String, String, &str)> = Vec::new();
+    for service in pexper_server::all_services() {
+        for table in service.tables() {
+            for column in table.columns {
+                declared.push((table.name.into(), column.name.into(), service.name()));
+            }
+        }
+    }
+    let mut by_column = std::collections::HashMap::<(String, String), Vec<&str>>::new();
+    for (table, column, service) in &declared {
+        by_column
+            .entry((table.clone(), column.clone()))
+            .or_default()
+            .push(service);
+    }
+    let twice: Vec<_> = by_column.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(twice.is_empty(), "declared more than once: {twice:?}");
+    let undeclared: Vec<_> = in_schema
+        .iter()
+        .filter(|c| !by_column.contains_key(*c))
+        .collect();
+    assert!(
+        undeclared.is_empty(),
+        "in the schema, declared by no service: {undeclared:?}"
+    );
+    let schema: HashSet<&(String, String)> = in_schema.iter().collect();
+    let stale: Vec<_> = by_column.keys().filter(|c| !schema.contains(c)).collect();
+    assert!(stale.is_empty(), "declared, not in the schema: {stale:?}");
+}

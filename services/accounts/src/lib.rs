@@ -19,6 +19,7 @@ mod password;
 mod personal;
 mod session;
 pub mod store;
+mod tables;
 mod throttle;
 
 use std::sync::Arc;
@@ -65,6 +66,10 @@ pub struct Accounts;
 impl Service for Accounts {
     fn name(&self) -> &'static str {
         "accounts"
+    }
+
+    fn tables(&self) -> &'static [pexper_platform::data_map::Table] {
+        tables::TABLES
     }
 
     fn routes(&self) -> OpenApiRouter<Platform> {

@@ -15,6 +15,7 @@ mod personal;
 pub mod report;
 pub mod rollup;
 pub mod schema;
+mod tables;
 
 use std::sync::Arc;
 
@@ -30,6 +31,10 @@ pub struct Analytics;
 impl Service for Analytics {
     fn name(&self) -> &'static str {
         "analytics"
+    }
+
+    fn tables(&self) -> &'static [pexper_platform::data_map::Table] {
+        tables::TABLES
     }
 
     fn routes(&self) -> OpenApiRouter<Platform> {

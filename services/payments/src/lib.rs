@@ -14,6 +14,7 @@ mod personal;
 mod receipt;
 pub mod store;
 mod stripe;
+mod tables;
 mod webhook;
 
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub struct Payments;
 impl Service for Payments {
     fn name(&self) -> &'static str {
         "payments"
+    }
+
+    fn tables(&self) -> &'static [pexper_platform::data_map::Table] {
+        tables::TABLES
     }
 
     fn routes(&self) -> OpenApiRouter<Platform> {

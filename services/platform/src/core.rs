@@ -32,6 +32,10 @@ impl Service for Core {
     fn personal_data(&self, _config: &crate::Config) -> Option<Arc<dyn DynPersonalData>> {
         Some(Arc::new(EmailRecords))
     }
+
+    fn tables(&self) -> &'static [crate::data_map::Table] {
+        crate::data_map::PLATFORM
+    }
 }
 
 /// Payload of an operator notice. It goes to `PEXPER_PRIVACY_EMAIL`, so it must still hold no

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod data_map;
 pub mod db;
 pub mod http;
 pub mod jobs;

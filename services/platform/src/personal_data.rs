@@ -332,7 +332,7 @@ impl PersonalData for EmailRecords {
             },
             RetentionRule {
                 name: "jobs.dead",
-                keeps: "jobs given up on (ids only, no personal data in payloads): 30 days",
+                keeps: "jobs given up on (ids, at most an address's keyed hash): 30 days",
                 due: "SELECT count(*) FROM job WHERE status = 'dead' AND updated_at < now() - interval '30 days'",
                 apply: "DELETE FROM job WHERE status = 'dead' AND updated_at < now() - interval '30 days'",
             },

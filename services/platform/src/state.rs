@@ -138,4 +138,9 @@ pub trait Service: Send + Sync {
     fn personal_data(&self, _config: &Config) -> Option<Arc<dyn DynPersonalData>> {
         None
     }
+
+    /// Every table this service's migrations made, every column declared (`data_map`).
+    fn tables(&self) -> &'static [crate::data_map::Table] {
+        &[]
+    }
 }

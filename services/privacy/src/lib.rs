@@ -20,6 +20,7 @@ pub mod policy;
 pub mod request;
 pub mod self_service;
 mod store;
+mod tables;
 
 use std::sync::Arc;
 
@@ -38,6 +39,10 @@ pub struct Privacy;
 impl Service for Privacy {
     fn name(&self) -> &'static str {
         "privacy"
+    }
+
+    fn tables(&self) -> &'static [pexper_platform::data_map::Table] {
+        tables::TABLES
     }
 
     fn routes(&self) -> OpenApiRouter<Platform> {

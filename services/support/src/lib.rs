@@ -10,6 +10,7 @@ mod http;
 mod mail;
 mod personal;
 pub mod store;
+mod tables;
 
 use std::sync::Arc;
 
@@ -25,6 +26,10 @@ pub struct Support;
 impl Service for Support {
     fn name(&self) -> &'static str {
         "support"
+    }
+
+    fn tables(&self) -> &'static [pexper_platform::data_map::Table] {
+        tables::TABLES
     }
 
     fn routes(&self) -> OpenApiRouter<Platform> {

@@ -12,6 +12,7 @@ mod emails;
 mod pages;
 mod signup;
 mod store;
+mod tables;
 mod unsubscribe;
 
 use std::sync::Arc;
@@ -32,6 +33,10 @@ pub struct Waitlist;
 impl Service for Waitlist {
     fn name(&self) -> &'static str {
         "waitlist"
+    }
+
+    fn tables(&self) -> &'static [pexper_platform::data_map::Table] {
+        tables::TABLES
     }
 
     fn routes(&self) -> OpenApiRouter<Platform> {

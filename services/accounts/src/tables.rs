@@ -1,0 +1,71 @@
+//! Accounts' tables, every column declared (`pexper_platform::data_map`).
+
+use pexper_platform::data_map::Category::*;
+use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MISSING, Table};
+
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "account",
+        purpose: "accounts on pexper.com: sign-in, purchases and data in one place",
+        columns: &[
+            Column::personal("id", Identifier),
+            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("password_hash", Credential).not_exported(HASH_OF_A_SECRET),
+            Column::personal("password_changed_at", Activity),
+            Column::personal("disabled_at", Activity),
+            Column::personal("created_at", Activity),
+            Column::plain("updated_at"),
+        ],
+    },
+    Table {
+        name: "account_signup",
+        purpose: "a sign-up waiting for its address to be verified",
+        columns: &[
+            Column::plain("id"),
+            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("token_hash", Credential).not_exported(LINK),
+            Column::personal("expires_at", Activity).not_exported(MISSING),
+            Column::personal("created_at", Activity).not_exported(MISSING),
+            Column::personal("email_index", Identifier).not_exported(LINK),
+        ],
+    },
+    Table {
+        name: "account_reset",
+        purpose: "password-reset links",
+        columns: &[
+            Column::personal("token_hash", Credential).not_exported(LINK),
+            Column::personal("account_id", Identifier).not_exported(LINK),
+            Column::plain("expires_at"),
+            Column::plain("used_at"),
+            Column::plain("created_at"),
+            Column::personal("email_index", Identifier).not_exported(LINK),
+        ],
+    },
+    Table {
+        name: "account_session",
+        purpose: "signed-in sessions",
+        columns: &[
+            Column::personal("id", Identifier),
+            Column::personal("account_id", Identifier).not_exported(MISSING),
+            Column::personal("token_hash", Credential).not_exported(HASH_OF_A_SECRET),
+            Column::personal("device", Device),
+            Column::personal("created_at", Activity),
+            Column::personal("last_seen_at", Activity),
+            Column::personal("expires_at", Activity).not_exported(MISSING),
+            Column::personal("reauthenticated_at", Activity).not_exported(MISSING),
+        ],
+    },
+    Table {
+        name: "signin_throttle",
+        purpose: "failed sign-ins per address (or known browser), under a keyed hash",
+        columns: &[
+            Column::personal("key", Identifier)
+                .not_exported("a keyed hash of the address, with the count of failed sign-ins"),
+            Column::personal("failures", Activity)
+                .not_exported("a keyed hash of the address, with the count of failed sign-ins"),
+            Column::personal("blocked_until", Activity)
+                .not_exported("a keyed hash of the address, with the count of failed sign-ins"),
+            Column::plain("updated_at"),
+        ],
+    },
+];

@@ -1,0 +1,290 @@
+//! The data map: every column of every table, declared once, by the service whose migrations
+//! made it (`Service::tables`). Whether it is personal data and of which kind, what erasure
+//! does to it, whether a person's export includes it, and who else receives it. A test reads
+//! Postgres's catalog after every migration and fails for a column no service declares, or two
+//! do (`tests/api/storage.rs`).
+
+use serde::Serialize;
+
+/// One table and what it is for (the purpose, in the processing record's words).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Table {
+    pub name: &'static str,
+    pub purpose: &'static str,
+    pub columns: &'static [Column],
+}
+
+/// One column.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Column {
+    pub name: &'static str,
+    /// `None`: nothing about a person (our ids, counts, our own work's times and states).
+    pub personal: Option<Category>,
+    pub on_erasure: OnErasure,
+    pub export: Export,
+    /// Who else receives it, besides us.
+    pub recipients: &'static [Recipient],
+}
+
+/// The kinds of personal data, as a processing record names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// An email address (sealed under the person's key).
+    Contact,
+    /// What links a row to a person, or finds them: their id, a keyed hash of their address.
+    Identifier,
+    /// What proves who someone is: password hashes, hashes of session and link tokens.
+    Credential,
+    /// What a person wrote to us, and what we wrote back (sealed under their key).
+    Message,
+    /// A purchase: product, amount, currency, country, Stripe's references to it.
+    Transaction,
+    /// What a person did with us and when: signed up, confirmed, was mailed, signed in.
+    Activity,
+    /// Their settings and standing with us: subscribed, restricted, their place in line.
+    Preference,
+    /// A device or browser label.
+    Device,
+}
+
+/// What erasing a person does to a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action", content = "why")]
+pub enum OnErasure {
+    /// Not personal: nothing to do.
+    NotApplicable,
+    /// Its row is deleted.
+    Deleted,
+    /// Set to nothing; the row stays, no longer anyone's.
+    Unlinked,
+    /// Kept, for this reason and period (the row no longer points at the person).
+    Kept(&'static str),
+}
+
+/// Whether a person's export includes a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "included", content = "why_not")]
+pub enum Export {
+    NotApplicable,
+    Included,
+    /// Not included, and why.
+    Excluded(&'static str),
+}
+
+/// Who receives a column besides us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipient {
+    /// The SMTP relay that carries our email (the address, and what the email says).
+    MailRelay,
+    /// Stripe, which takes the payment and told us of it.
+    Stripe,
+}
+
+impl Column {
+    /// A column that holds nothing about a person.
+    pub const fn plain(name: &'static str) -> Self {
+        Self {
+            name,
+            personal: None,
+            on_erasure: OnErasure::NotApplicable,
+            export: Export::NotApplicable,
+            recipients: &[],
+        }
+    }
+
+    /// Personal data of `category`, deleted with its row and included in the export (change
+    /// either with `erased`/`kept` and `not_exported`).
+    pub const fn personal(name: &'static str, category: Category) -> Self {
+        Self {
+            name,
+            personal: Some(category),
+            on_erasure: OnErasure::Deleted,
+            export: Export::Included,
+            recipients: &[],
+        }
+    }
+
+    pub const fn unlinked(mut self) -> Self {
+        self.on_erasure = OnErasure::Unlinked;
+        self
+    }
+
+    pub const fn kept(mut self, why: &'static str) -> Self {
+        self.on_erasure = OnErasure::Kept(why);
+        self
+    }
+
+    pub const fn not_exported(mut self, why: &'static str) -> Self {
+        self.export = Export::Excluded(why);
+        self
+    }
+
+    pub const fn sent_to(mut self, recipients: &'static [Recipient]) -> Self {
+        self.recipients = recipients;
+        self
+    }
+}
+
+use Category::*;
+
+/// Why a column is not in the export: a hash of a secret, useless to its holder.
+pub const HASH_OF_A_SECRET: &str = "a hash of a secret (password, token): useless to its holder";
+/// Why a column is not in the export: the day's count of emails, our bookkeeping.
+pub const MAIL_BUDGET: &str = "the day's count of emails sent, our bookkeeping";
+/// Why a link's columns are not in the export: an emailed link, whose token is kept only as
+/// a hash.
+pub const LINK: &str = "an emailed link, kept only as a hash of its token";
+/// Why a column is not in the export yet: the export leaves it out today.
+pub const MISSING: &str = "missing from the export today";
+
+/// The platform's own tables: people, the job queue, email history and suppression, keys.
+pub const PLATFORM: &[Table] = &[
+    Table {
+        name: "person",
+        purpose: "the one place an address is kept, sealed under the person's own key",
+        columns: &[
+            Column::personal("id", Identifier).not_exported(MISSING),
+            Column::personal("email_index", Identifier)
+                .not_exported("a keyed hash of the address, which the export gives in clear"),
+            Column::personal("email_sealed", Contact).sent_to(&[Recipient::MailRelay]),
+            Column::personal("data_key", Credential)
+                .not_exported("the key the person's data is sealed under, destroyed at erasure"),
+            Column::plain("key_version"),
+            Column::personal("created_at", Activity).not_exported(MISSING),
+            Column::plain("updated_at"),
+            Column::personal("request_mail_day", Activity).not_exported(MAIL_BUDGET),
+            Column::personal("request_mail_count", Activity).not_exported(MAIL_BUDGET),
+            Column::personal("erasing_since", Activity)
+                .not_exported("set only while the person is being erased"),
+            Column::personal("restricted_since", Preference),
+            Column::personal("access_mail_day", Activity).not_exported(MAIL_BUDGET),
+            Column::personal("access_mail_count", Activity).not_exported(MAIL_BUDGET),
+            Column::personal("owner_mail_day", Activity).not_exported(MAIL_BUDGET),
+            Column::personal("owner_mail_count", Activity).not_exported(MAIL_BUDGET),
+            Column::personal("held_mail_day", Activity).not_exported(MAIL_BUDGET),
+            Column::personal("held_mail_count", Activity).not_exported(MAIL_BUDGET),
+        ],
+    },
+    Table {
+        name: "job",
+        purpose: "background work (mostly email), deleted when done",
+        columns: &[
+            Column::plain("id"),
+            Column::plain("kind"),
+            Column::personal("payload", Identifier).not_exported(
+                "ids (at most an address's keyed hash), gone within minutes once the job ran",
+            ),
+            Column::plain("status"),
+            Column::plain("attempts"),
+            Column::plain("max_attempts"),
+            Column::plain("run_at"),
+            Column::plain("locked_until"),
+            Column::plain("last_error"),
+            Column::personal("person_id", Identifier)
+                .not_exported("work in progress, gone within minutes"),
+            Column::plain("dedupe_key"),
+            Column::plain("created_at"),
+            Column::plain("updated_at"),
+        ],
+    },
+    Table {
+        name: "email_event",
+        purpose: "the history of emails sent to a person (no content), for deliverability and proof",
+        columns: &[
+            Column::plain("id"),
+            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("template", Activity),
+            Column::personal("message_id", Activity).not_exported(MISSING),
+            Column::personal("sent_at", Activity),
+            Column::personal("soft_bounces", Activity),
+        ],
+    },
+    Table {
+        name: "email_suppression",
+        purpose: "addresses we must not mail (bounced, complained, unsubscribed at erasure)",
+        columns: &[
+            Column::personal("address_hash", Identifier).kept(
+                "a keyed hash of an erased address that had unsubscribed or bounced: what keeps \
+                 it from our mail, as long as we send email",
+            )
+            .not_exported(MISSING),
+            Column::personal("created_at", Activity)
+                .kept("with the hash")
+                .not_exported(MISSING),
+            Column::personal("reason", Preference)
+                .kept("with the hash")
+                .not_exported(MISSING),
+        ],
+    },
+    Table {
+        name: "erasure_journal",
+        purpose: "whom to erase again when a backup from before their erasure is restored",
+        columns: &[
+            Column::plain("person_hash"),
+            Column::plain("erased_at"),
+        ],
+    },
+    Table {
+        name: "mail_report",
+        purpose: "bounce and complaint reports already read, so none is applied twice",
+        columns: &[
+            Column::plain("report_hash"),
+            Column::plain("kind"),
+            Column::plain("received_at"),
+        ],
+    },
+    Table {
+        name: "lookup_key",
+        purpose: "the deployment's lookup keys, wrapped under the master key",
+        columns: &[
+            Column::plain("purpose"),
+            Column::plain("master_version"),
+            Column::plain("wrapped"),
+            Column::plain("created_at"),
+            Column::plain("updated_at"),
+        ],
+    },
+    Table {
+        name: "replica",
+        purpose: "the running server processes and the key versions they hold",
+        columns: &[
+            Column::plain("id"),
+            Column::plain("master_version"),
+            Column::plain("master_versions"),
+            Column::plain("started_at"),
+            Column::plain("seen_at"),
+        ],
+    },
+    Table {
+        name: "recurring_job",
+        purpose: "when each recurring job was last queued",
+        columns: &[
+            Column::plain("kind"),
+            Column::plain("period"),
+            Column::plain("updated_at"),
+        ],
+    },
+    Table {
+        name: "retention_run",
+        purpose: "when each retention rule last ran",
+        columns: &[
+            Column::plain("rule"),
+            Column::plain("last_run_at"),
+            Column::plain("last_removed"),
+        ],
+    },
+    Table {
+        name: "_sqlx_migrations",
+        purpose: "which migrations have run",
+        columns: &[
+            Column::plain("version"),
+            Column::plain("description"),
+            Column::plain("installed_on"),
+            Column::plain("success"),
+            Column::plain("checksum"),
+            Column::plain("execution_time"),
+        ],
+    },
+];

@@ -1,0 +1,32 @@
+//! Support's tables, every column declared (`pexper_platform::data_map`).
+
+use pexper_platform::data_map::Category::*;
+use pexper_platform::data_map::{Column, MISSING, Recipient, Table};
+
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "support_request",
+        purpose: "support requests from pexper.com, answered by email",
+        columns: &[
+            Column::personal("id", Identifier).not_exported(MISSING),
+            Column::personal("reference", Identifier),
+            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("subject_sealed", Message),
+            Column::personal("message_sealed", Message),
+            Column::personal("status", Activity),
+            Column::personal("created_at", Activity),
+            Column::plain("updated_at"),
+            Column::personal("closed_at", Activity),
+        ],
+    },
+    Table {
+        name: "support_reply",
+        purpose: "our replies to support requests",
+        columns: &[
+            Column::plain("id"),
+            Column::plain("request_id"),
+            Column::personal("body_sealed", Message).sent_to(&[Recipient::MailRelay]),
+            Column::personal("created_at", Activity),
+        ],
+    },
+];
