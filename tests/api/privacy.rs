@@ -2169,7 +2169,8 @@ async fn a_policy_change_is_announced_30_days_ahead_once_to_everyone_concerned_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restriction_stops_invitations_address_exports_and_referral_credit_until_lifted() {
+async fn a_restriction_stops_broadcasts_invitations_address_exports_and_referral_credit_until_lifted()
+ {
     use crate::waitlist::join;
     let app = app().await;
     let (first, second) = ("first.in.line@example.net", "second.in.line@example.net");
@@ -2220,6 +2221,29 @@ async fn a_restriction_stops_invitations_address_exports_and_referral_credit_unt
     assert_eq!(theirs.len(), 1, "{export}");
     assert_eq!(theirs[0]["email"], Value::Null, "{export}");
     assert!(rows.iter().any(|r| r["email"] == second), "{export}");
+    // A broadcast is not queued for them.
+    let body = app.data_dir.path().join("update.md");
+    std::fs::write(&body, "Pexper 0.9 is out.").unwrap();
+    cli(
+        &app,
+        &[
+            "mail",
+            "broadcast",
+            "--template",
+            "product-update",
+            "--subject",
+            "Pexper 0.9",
+            "--body-file",
+            body.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let queued_for: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT person_id FROM broadcast_delivery")
+            .fetch_all(&app.platform.pool)
+            .await
+            .unwrap();
+    assert!(!queued_for.is_empty() && !queued_for.contains(&restricted.0));
     // The next invitation passes them over, and keeps their place.
     let invite =
         |count: &'static str| cli(&app, &["waitlist", "invite", "--count", count, "--json"]);

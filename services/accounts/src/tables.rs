@@ -3,12 +3,18 @@
 use pexper_platform::data_map::Category::*;
 use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MISSING, Table};
 
+/// Why failed sign-ins are not exported.
+const THROTTLE: &str = "a keyed hash of the address, with the count of failed sign-ins";
+/// What erasure leaves of them: the address's count goes; a known browser's, keyed by browser
+/// and address, goes with the `accounts.failed_sign_ins` rule, a day after its last failure.
+const KNOWN_BROWSER: &str = "a known browser's count, at most a day (accounts.failed_sign_ins)";
+
 pub const TABLES: &[Table] = &[
     Table {
         name: "account",
         purpose: "accounts on pexper.com: sign-in, purchases and data in one place",
         columns: &[
-            Column::personal("id", Identifier),
+            Column::personal("id", Identifier).not_exported(MISSING),
             Column::personal("person_id", Identifier).not_exported(MISSING),
             Column::personal("password_hash", Credential).not_exported(HASH_OF_A_SECRET),
             Column::personal("password_changed_at", Activity),
@@ -60,11 +66,14 @@ pub const TABLES: &[Table] = &[
         purpose: "failed sign-ins per address (or known browser), under a keyed hash",
         columns: &[
             Column::personal("key", Identifier)
-                .not_exported("a keyed hash of the address, with the count of failed sign-ins"),
+                .kept(KNOWN_BROWSER)
+                .not_exported(THROTTLE),
             Column::personal("failures", Activity)
-                .not_exported("a keyed hash of the address, with the count of failed sign-ins"),
+                .kept(KNOWN_BROWSER)
+                .not_exported(THROTTLE),
             Column::personal("blocked_until", Activity)
-                .not_exported("a keyed hash of the address, with the count of failed sign-ins"),
+                .kept(KNOWN_BROWSER)
+                .not_exported(THROTTLE),
             Column::plain("updated_at"),
         ],
     },

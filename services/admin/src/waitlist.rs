@@ -75,7 +75,8 @@ pub async fn run(
             anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
             let keyring = keyring(config, pool).await?;
             let rows = admin::rows(pool, config.referral_bump, Some(&keyring)).await?;
-            let what = format!("waitlist export: {} addresses", rows.len());
+            let shown = rows.iter().filter(|r| r.email.is_some()).count();
+            let what = format!("waitlist export: {shown} addresses");
             pexper_privacy::admin::record_read(
                 &mut *pool.acquire().await?,
                 &keyring,

@@ -4,9 +4,12 @@ use pexper_platform::data_map::Category::*;
 use pexper_platform::data_map::{Column, MISSING, Recipient, Table};
 
 /// Why a purchase's columns outlive the buyer's erasure.
-const ACCOUNTING: &str =
-    "the purchase record, unlinked from the person: 10 years, as tax law requires";
+const ACCOUNTING: &str = "the purchase record, unlinked from the person, for tax law (10 years \
+                          in the EU); no rule deletes it yet";
 const STRIPE: &[Recipient] = &[Recipient::Stripe];
+/// In the receipt, too.
+const STRIPE_AND_MAIL: &[Recipient] = &[Recipient::Stripe, Recipient::MailRelay];
+const MAIL: &[Recipient] = &[Recipient::MailRelay];
 
 pub const TABLES: &[Table] = &[
     Table {
@@ -29,7 +32,7 @@ pub const TABLES: &[Table] = &[
         name: "purchase",
         purpose: "what was bought, for the licence, receipts and accounting",
         columns: &[
-            Column::personal("id", Transaction).kept(ACCOUNTING),
+            Column::personal("id", Transaction).kept(ACCOUNTING).sent_to(MAIL),
             Column::personal("checkout_session_id", Transaction)
                 .kept("replaced by a keyed hash")
                 .sent_to(STRIPE),
@@ -42,16 +45,22 @@ pub const TABLES: &[Table] = &[
                 .not_exported(MISSING)
                 .sent_to(STRIPE),
             Column::personal("person_id", Identifier).unlinked().not_exported(MISSING),
-            Column::personal("product", Transaction).kept(ACCOUNTING),
+            Column::personal("product", Transaction)
+                .kept(ACCOUNTING)
+                .sent_to(STRIPE_AND_MAIL),
             Column::personal("price_id", Transaction)
                 .kept(ACCOUNTING)
                 .not_exported(MISSING)
                 .sent_to(STRIPE),
-            Column::personal("amount_total", Transaction).kept(ACCOUNTING).sent_to(STRIPE),
-            Column::personal("currency", Transaction).kept(ACCOUNTING).sent_to(STRIPE),
+            Column::personal("amount_total", Transaction)
+                .kept(ACCOUNTING)
+                .sent_to(STRIPE_AND_MAIL),
+            Column::personal("currency", Transaction)
+                .kept(ACCOUNTING)
+                .sent_to(STRIPE_AND_MAIL),
             Column::personal("country", Transaction).kept(ACCOUNTING).sent_to(STRIPE),
             Column::plain("livemode"),
-            Column::personal("paid_at", Transaction).kept(ACCOUNTING),
+            Column::personal("paid_at", Transaction).kept(ACCOUNTING).sent_to(MAIL),
             Column::personal("payment_failed_at", Transaction)
                 .kept(ACCOUNTING)
                 .not_exported(MISSING),
@@ -94,7 +103,8 @@ pub const TABLES: &[Table] = &[
             Column::personal("id", Transaction).kept(ACCOUNTING),
             Column::plain("purchase_id"),
             Column::personal("token", Transaction)
-                .kept("with its purchase: it names no one, and a copy in use keeps working"),
+                .kept("with its purchase: it names no one, and a copy in use keeps working")
+                .sent_to(MAIL),
             Column::personal("product", Transaction).kept(ACCOUNTING).not_exported(MISSING),
             Column::personal("issued_at", Transaction).kept(ACCOUNTING).not_exported(MISSING),
             Column::personal("revoked_at", Transaction).kept(ACCOUNTING).not_exported(MISSING),

@@ -60,8 +60,11 @@ pub async fn receive(
         .map_err(|_| reject("invalid_signature", "the body is not UTF-8"))?;
     verify(payload, signature, &platform.config.stripe_webhook_secrets)?;
 
+    // A NUL escape is no event Stripe sends, and Postgres text cannot hold one: refused here,
+    // whichever field carries it, before anything is stored.
     let event: Event<'_> = serde_json::from_str(payload)
         .ok()
+        .filter(|_| !payload.contains("\\u0000"))
         .filter(Event::is_well_formed)
         .ok_or_else(|| {
             tracing::warn!("verified Stripe payload is not an event");

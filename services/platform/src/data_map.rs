@@ -136,6 +136,9 @@ pub const MAIL_BUDGET: &str = "the day's count of emails sent, our bookkeeping";
 /// Why a link's columns are not in the export: an emailed link, whose token is kept only as
 /// a hash.
 pub const LINK: &str = "an emailed link, kept only as a hash of its token";
+/// Why a job's columns are not in the export: work in progress.
+const WORK: &str = "ids (at most an address's keyed hash) of work in progress: gone once the \
+                    job has run (one given up on: 30 days, jobs.dead)";
 /// Why a column is not in the export yet: the export leaves it out today.
 pub const MISSING: &str = "missing from the export today";
 
@@ -148,7 +151,9 @@ pub const PLATFORM: &[Table] = &[
             Column::personal("id", Identifier).not_exported(MISSING),
             Column::personal("email_index", Identifier)
                 .not_exported("a keyed hash of the address, which the export gives in clear"),
-            Column::personal("email_sealed", Contact).sent_to(&[Recipient::MailRelay]),
+            // Stripe has it too, from the buyer's checkout (not from us).
+            Column::personal("email_sealed", Contact)
+                .sent_to(&[Recipient::MailRelay, Recipient::Stripe]),
             Column::personal("data_key", Credential)
                 .not_exported("the key the person's data is sealed under, destroyed at erasure"),
             Column::plain("key_version"),
@@ -173,18 +178,16 @@ pub const PLATFORM: &[Table] = &[
         columns: &[
             Column::plain("id"),
             Column::plain("kind"),
-            Column::personal("payload", Identifier).not_exported(
-                "ids (at most an address's keyed hash), gone within minutes once the job ran",
-            ),
+            Column::personal("payload", Identifier).not_exported(WORK),
             Column::plain("status"),
             Column::plain("attempts"),
             Column::plain("max_attempts"),
             Column::plain("run_at"),
             Column::plain("locked_until"),
             Column::plain("last_error"),
-            Column::personal("person_id", Identifier)
-                .not_exported("work in progress, gone within minutes"),
-            Column::plain("dedupe_key"),
+            Column::personal("person_id", Identifier).not_exported(WORK),
+            // One policy notice per person and version is keyed by their id.
+            Column::personal("dedupe_key", Identifier).not_exported(WORK),
             Column::plain("created_at"),
             Column::plain("updated_at"),
         ],
@@ -222,7 +225,12 @@ pub const PLATFORM: &[Table] = &[
         name: "erasure_journal",
         purpose: "whom to erase again when a backup from before their erasure is restored",
         columns: &[
-            Column::plain("person_hash"),
+            Column::personal("person_hash", Identifier)
+                .kept(
+                    "a SHA-256 of an erased person's id, to erase them again from a restored \
+                     backup: as long as backups taken before the erasure exist",
+                )
+                .not_exported("exists only once the person is erased"),
             Column::plain("erased_at"),
         ],
     },

@@ -1,11 +1,17 @@
 //! The privacy service's tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, LINK, MISSING, Table};
+use pexper_platform::data_map::{Column, LINK, MISSING, Recipient, Table};
+
+const MAIL: &[Recipient] = &[Recipient::MailRelay];
 
 /// Why a request's receipt outlives the person.
 const RECEIPT: &str =
     "the request's receipt, unlinked: 3 years after it closed, as proof we answered";
+
+/// Why the audit trail outlives the person.
+const TRAIL: &str = "the audit trail: ids (requests, accounts, purchases) and redacted reasons, \
+                     never an address; kept as proof of what was done";
 
 pub const TABLES: &[Table] = &[
     Table {
@@ -16,7 +22,9 @@ pub const TABLES: &[Table] = &[
             Column::personal("person_id", Identifier)
                 .unlinked()
                 .not_exported(MISSING),
-            Column::personal("kind", Activity).kept(RECEIPT),
+            Column::personal("kind", Activity)
+                .kept(RECEIPT)
+                .sent_to(MAIL),
             Column::personal("jurisdiction", Activity).kept(RECEIPT),
             Column::personal("source", Activity)
                 .kept(RECEIPT)
@@ -25,9 +33,14 @@ pub const TABLES: &[Table] = &[
             Column::personal("details_sealed", Message).unlinked(),
             Column::personal("outcome_sealed", Message)
                 .unlinked()
-                .not_exported(MISSING),
-            Column::personal("received_at", Activity).kept(RECEIPT),
-            Column::personal("due_at", Activity).kept(RECEIPT),
+                .not_exported(MISSING)
+                .sent_to(MAIL),
+            Column::personal("received_at", Activity)
+                .kept(RECEIPT)
+                .sent_to(MAIL),
+            Column::personal("due_at", Activity)
+                .kept(RECEIPT)
+                .sent_to(MAIL),
             Column::personal("verify_by", Activity)
                 .kept(RECEIPT)
                 .not_exported(MISSING),
@@ -72,15 +85,19 @@ pub const TABLES: &[Table] = &[
         columns: &[
             Column::plain("seq"),
             Column::personal("request_id", Identifier)
-                .kept("the audit trail names requests, never people: it outlives them")
+                .kept(TRAIL)
                 .not_exported(MISSING),
             Column::plain("event"),
             Column::plain("status"),
-            Column::plain("detail"),
+            Column::personal("detail", Activity)
+                .kept(TRAIL)
+                .not_exported(MISSING),
             Column::plain("at"),
             Column::plain("prev_hash"),
             Column::plain("hash"),
-            Column::plain("actor"),
+            Column::personal("actor", Identifier)
+                .kept(TRAIL)
+                .not_exported("the operator's name, not the person's data"),
             Column::plain("keyed"),
         ],
     },
@@ -112,7 +129,7 @@ pub const TABLES: &[Table] = &[
             Column::personal("person_id", Identifier).not_exported(MISSING),
             Column::personal("version", Activity),
             Column::personal("status", Activity),
-            Column::personal("queued_at", Activity),
+            Column::personal("queued_at", Activity).not_exported(MISSING),
             Column::personal("notified_at", Activity),
         ],
     },

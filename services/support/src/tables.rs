@@ -9,7 +9,7 @@ pub const TABLES: &[Table] = &[
         purpose: "support requests from pexper.com, answered by email",
         columns: &[
             Column::personal("id", Identifier).not_exported(MISSING),
-            Column::personal("reference", Identifier),
+            Column::personal("reference", Identifier).sent_to(&[Recipient::MailRelay]),
             Column::personal("person_id", Identifier).not_exported(MISSING),
             Column::personal("subject_sealed", Message),
             Column::personal("message_sealed", Message),

@@ -232,6 +232,7 @@ pub async fn broadcast(
                  INSERT INTO broadcast_delivery (broadcast_id, person_id)
                  SELECT $1, e.person_id FROM waitlist_entry e
                  WHERE e.subscribed AND e.status IN ('confirmed', 'invited')
+                   AND may_process(e.person_id, 'product_email')
                    AND e.person_id > $6
                    AND NOT EXISTS (SELECT 1 FROM broadcast_delivery d
                                    WHERE d.broadcast_id = $1 AND d.person_id = e.person_id)

@@ -1,7 +1,9 @@
 //! The waitlist's tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MISSING, Table};
+use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MISSING, Recipient, Table};
+
+const MAIL: &[Recipient] = &[Recipient::MailRelay];
 
 pub const TABLES: &[Table] = &[
     Table {
@@ -11,12 +13,16 @@ pub const TABLES: &[Table] = &[
             Column::personal("person_id", Identifier).not_exported(MISSING),
             Column::personal("status", Preference),
             Column::personal("source", Activity),
-            Column::plain("confirm_seq"),
-            Column::personal("referrals", Activity),
-            Column::personal("referral_code", Identifier),
-            Column::personal("referred_by", Identifier).not_exported(
-                "another person's id: the export says only whether someone referred them",
-            ),
+            // Their place in line (the export and the welcome email give it as `position`).
+            Column::personal("confirm_seq", Preference).sent_to(MAIL),
+            Column::personal("referrals", Activity).sent_to(MAIL),
+            Column::personal("referral_code", Identifier).sent_to(MAIL),
+            // Erasing the referrer leaves the entries they referred, unlinked from them.
+            Column::personal("referred_by", Identifier)
+                .unlinked()
+                .not_exported(
+                    "another person's id: the export says only whether someone referred them",
+                ),
             Column::personal("subscribed", Preference),
             Column::personal("unsubscribed_at", Preference),
             Column::personal("confirmed_at", Activity),
