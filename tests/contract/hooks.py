@@ -9,7 +9,8 @@ Past the door, not only at it:
 - A Stripe webhook is signed with the run's webhook secret over the exact bytes sent, as
   Stripe signs, so the fuzzer reaches the event parser instead of the signature check.
 - The signed-in operations get a real session of the run's account and its CSRF token, and
-  `Origin` set to the server's own, so the fuzzer reaches the forms' logic. A session a fuzzed
+  `Origin` set to the server's own, so the fuzzer reaches the forms' logic (every other
+  licence form names the account's real purchase). A session a fuzzed
   request ends (signing out) is replaced by a new sign-in. The account's password is never put
   into a generated body: nothing here can change it or delete the account.
 - Every answer is counted per operation and status (`PEXPER_CONTRACT_COUNTS`), so the test can
@@ -92,6 +93,13 @@ def _signed_in():
                 elif cookie.startswith(DEVICE_COOKIE + "="):
                     _device["device"] = cookie
             _session["csrf"] = answer.json()["csrf_token"]
+            # The account's purchase, for the licence form to name one that exists.
+            account = requests.get(
+                f"{BASE}/v1/account",
+                headers={"Cookie": _session["cookie"], "X-Forwarded-For": _client_address()},
+                timeout=30,
+            ).json()
+            _session["purchase"] = account["purchases"][0]["id"]
         return _session["cookie"], _session["csrf"]
 
 
@@ -126,6 +134,11 @@ def before_call(context, case, kwargs):
         headers["Origin"] = BASE
         if body_has_csrf:
             case.body["csrf"] = csrf
+        # Every other licence form names the account's own purchase: the resend itself is
+        # fuzzed, not only its "no such purchase".
+        if label == "POST /account/licences/resend" and isinstance(case.body, dict) \
+                and "purchase" in case.body and next(_addresses) % 2:
+            case.body["purchase"] = _session["purchase"]
         # The run's account must outlive the run: its deletion is fuzzed up to the word that
         # would carry it out, which the hooks change (the refusal of a wrong word is fuzzed).
         if label == "POST /account/delete" and isinstance(case.body, dict) \
