@@ -84,6 +84,32 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     exec(&app, "INSERT INTO job (id, kind, payload, status, updated_at) VALUES
                 (gen_random_uuid(), 'mail.operator_notice', '{}', 'dead', now() - interval '40 days'),
                 (gen_random_uuid(), 'mail.operator_notice', '{}', 'dead', now() - interval '1 day')").await;
+    // An unlinked purchase (with its licence) and a Stripe event (with the refund it reported)
+    // from eleven years ago, and the same from nine; a support request never answered,
+    // received thirteen months ago.
+    for (years, n) in [(11, 1), (9, 2)] {
+        exec(
+            &app,
+            &format!(
+                "INSERT INTO purchase (id, checkout_session_id, product, amount_total, currency,
+                                   livemode, status, created_at)
+             VALUES ('00000000-0000-0000-0000-00000000000{n}', 'h:old{n}', 'pexper', 4900,
+                     'eur', false, 'paid', now() - interval '{years} years');
+             INSERT INTO license (id, purchase_id, token, product, issued_at)
+             VALUES (gen_random_uuid(), '00000000-0000-0000-0000-00000000000{n}', 'old{n}',
+                     'pexper', now() - interval '{years} years');
+             INSERT INTO stripe_event (id, type, livemode, occurred_at, received_at, outcome)
+             VALUES ('evt_old{n}', 'charge.refunded', false, now() - interval '{years} years',
+                     now() - interval '{years} years', 'pending');
+             INSERT INTO payment_adjustment (event_id, kind, charge_id, occurred_at)
+             VALUES ('evt_old{n}', 'refund', 'ch_old{n}', now() - interval '{years} years');"
+            ),
+        )
+        .await;
+    }
+    exec(&app, "INSERT INTO support_request (id, reference, message_sealed, status, created_at, updated_at)
+                VALUES (gen_random_uuid(), 'S-OLD00001', '\\x00', 'open',
+                        now() - interval '13 months', now() - interval '13 months')").await;
     // Reset decisions (an address's keyed hash) given up on two hours ago and ten minutes ago.
     exec(
         &app,
@@ -105,6 +131,9 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
         ("mail.history".to_owned(), 1),
         ("jobs.dead".to_owned(), 1),
         ("accounts.reset_requests".to_owned(), 1),
+        ("payments.records".to_owned(), 1),
+        ("payments.events".to_owned(), 1),
+        ("support.closed".to_owned(), 1),
         ("waitlist.unconfirmed".to_owned(), 1),
         ("waitlist.links".to_owned(), 2),
         ("privacy.unverified".to_owned(), 1),
@@ -129,6 +158,28 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     );
 
     // What was due is gone; the rest is here.
+    let ten_years: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT 'purchase', count(*) FROM purchase UNION ALL
+         SELECT 'license', count(*) FROM license UNION ALL
+         SELECT 'stripe_event', count(*) FROM stripe_event UNION ALL
+         SELECT 'payment_adjustment', count(*) FROM payment_adjustment UNION ALL
+         SELECT 'old support request', count(*) FROM support_request
+             WHERE reference = 'S-OLD00001'",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        ten_years,
+        [
+            ("purchase".to_owned(), 1),
+            ("license".to_owned(), 1),
+            ("stripe_event".to_owned(), 1),
+            ("payment_adjustment".to_owned(), 1),
+            ("old support request".to_owned(), 0),
+        ],
+        "the nine-year-old records stay"
+    );
     assert_eq!(person_of(&app, "forgot@example.net").await, None);
     assert_eq!(person_of(&app, "stranger@example.net").await, None);
     assert!(person_of(&app, "recent@example.net").await.is_some());

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use pexper_platform::crypto::Keyring;
 use pexper_platform::person::PersonId;
-use pexper_platform::personal_data::{ErasureSummary, PersonalData};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule};
 use serde::Serialize;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -65,6 +65,37 @@ impl PersonalData for PaymentsData {
             "purchases": purchases,
             "card_details": "never received: Stripe processes payments, and we keep only the metadata above",
         }))
+    }
+
+    fn retention(&self) -> Vec<RetentionRule> {
+        vec![
+            RetentionRule {
+                name: "payments.records",
+                keeps: "a purchase record no longer anyone's (unlinked at erasure), with its \
+                        licence: 10 years after the purchase, as tax law requires",
+                due: "SELECT count(*) FROM purchase
+                      WHERE person_id IS NULL AND created_at < now() - interval '10 years'",
+                // The licence goes in the same statement (its key to the purchase is checked
+                // at the statement's end).
+                apply: "WITH old AS (SELECT id FROM purchase
+                                     WHERE person_id IS NULL
+                                       AND created_at < now() - interval '10 years'),
+                             licences AS (DELETE FROM license
+                                          WHERE purchase_id IN (SELECT id FROM old))
+                        DELETE FROM purchase WHERE id IN (SELECT id FROM old)",
+            },
+            RetentionRule {
+                name: "payments.events",
+                keeps: "Stripe's events, and the refunds and disputes they reported: 10 years",
+                due: "SELECT count(*) FROM stripe_event
+                      WHERE received_at < now() - interval '10 years'",
+                apply: "WITH adjustments AS (
+                            DELETE FROM payment_adjustment WHERE event_id IN (
+                                SELECT id FROM stripe_event
+                                WHERE received_at < now() - interval '10 years'))
+                        DELETE FROM stripe_event WHERE received_at < now() - interval '10 years'",
+            },
+        ]
     }
 
     fn holds(&self) -> Option<&'static str> {

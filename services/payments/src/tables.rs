@@ -4,8 +4,8 @@ use pexper_platform::data_map::Category::*;
 use pexper_platform::data_map::{Column, MISSING, Recipient, Table};
 
 /// Why a purchase's columns outlive the buyer's erasure.
-const ACCOUNTING: &str = "the purchase record, unlinked from the person, for tax law (10 years \
-                          in the EU); no rule deletes it yet";
+const ACCOUNTING: &str = "the purchase record, unlinked from the person: 10 years, as tax law \
+                          requires (payments.records)";
 const STRIPE: &[Recipient] = &[Recipient::Stripe];
 /// In the receipt, too.
 const STRIPE_AND_MAIL: &[Recipient] = &[Recipient::Stripe, Recipient::MailRelay];

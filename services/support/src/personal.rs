@@ -64,12 +64,15 @@ impl PersonalData for SupportData {
     fn retention(&self) -> Vec<RetentionRule> {
         vec![RetentionRule {
             name: "support.closed",
-            keeps: "a support request and our replies: 1 year after it was closed (or last answered)",
+            keeps: "a support request and our replies: 1 year after it was closed, last \
+                    answered, or (never answered) received",
             due: "SELECT count(*) FROM support_request
-                  WHERE coalesce(closed_at, CASE WHEN status = 'answered' THEN updated_at END)
+                  WHERE coalesce(closed_at, CASE WHEN status = 'answered' THEN updated_at END,
+                                 created_at)
                         < now() - interval '1 year'",
             apply: "DELETE FROM support_request
-                    WHERE coalesce(closed_at, CASE WHEN status = 'answered' THEN updated_at END)
+                    WHERE coalesce(closed_at, CASE WHEN status = 'answered' THEN updated_at END,
+                                   created_at)
                           < now() - interval '1 year'",
         }]
     }
