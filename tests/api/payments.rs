@@ -776,23 +776,32 @@ async fn deliver_all(app: &TestApp, events: &[Value]) -> Vec<String> {
     tasks.join_all().await
 }
 
-/// Found by the contract test once its webhooks were signed: Postgres text cannot hold a NUL,
-/// so an event carrying one (in its id, its type or its object) answered 500. Stripe never
-/// sends one; it is refused 422, with nothing stored.
+/// Found by the contract test once its webhooks were signed (two seeds, two findings): an event
+/// Postgres cannot store answered 500, one with a NUL (text holds none) in its id, its type or
+/// its object, and one whose time is outside what a timestamp holds. Stripe sends neither;
+/// each is refused 422, with nothing stored. A session whose own `created` is out of range is
+/// dated by its event instead.
 #[tokio::test]
-async fn a_signed_event_with_a_nul_anywhere_is_refused_422_and_nothing_is_stored() {
+async fn a_signed_event_postgres_cannot_store_is_refused_422_and_nothing_is_stored() {
+    use serde_json::json;
     let app = spawn_app().await;
-    let mut in_id = stripe::event("checkout.session.completed", serde_json::json!({}));
-    in_id["id"] = serde_json::json!("evt_\u{0}1");
-    let mut in_type = stripe::event("customer.created\u{0}", serde_json::json!({}));
-    in_type["id"] = serde_json::json!("evt_nul_type");
+    let mut in_id = stripe::event("checkout.session.completed", json!({}));
+    in_id["id"] = json!("evt_\u{0}1");
+    let mut in_type = stripe::event("customer.created\u{0}", json!({}));
+    in_type["id"] = json!("evt_nul_type");
     let in_object =
         Checkout::new("nul@example.com").session_event("checkout.session.completed", "paid");
     let in_object = serde_json::to_string(&in_object)
         .unwrap()
         .replace("\"paid\"", "\"pa\\u0000id\"");
-    for payload in [in_id.to_string(), in_type.to_string(), in_object] {
-        assert!(payload.contains("\\u0000"), "{payload}");
+    assert!(in_object.contains("\\u0000"));
+    let mut payloads = vec![in_id.to_string(), in_type.to_string(), in_object];
+    for created in [10_000_000_000_000_i64, 1_000_000_000_000_000, -100_000_000_000] {
+        let mut far = stripe::event("customer.created", json!({}));
+        far["created"] = json!(created);
+        payloads.push(far.to_string());
+    }
+    for payload in payloads {
         let signature = stripe::sign(&payload, stripe::SECRET, stripe::now());
         let res = post(&app, payload, Some(signature)).await;
         assert_eq!(res.status(), 422);
@@ -803,4 +812,17 @@ async fn a_signed_event_with_a_nul_anywhere_is_refused_422_and_nothing_is_stored
     }
     assert_eq!(app.count("stripe_event").await, 0);
     assert_eq!(app.count("purchase").await, 0);
+
+    let mut session =
+        Checkout::new("far@example.com").session_event("checkout.session.completed", "paid");
+    session["data"]["object"]["created"] = json!(1_000_000_000_000_000_i64);
+    assert_eq!(deliver(&app, &session).await.status(), 200);
+    let dated: bool = sqlx::query_scalar(
+        "SELECT created_at = occurred_at FROM purchase p JOIN stripe_event e ON e.id = $1",
+    )
+    .bind(session["id"].as_str().unwrap())
+    .fetch_one(&app.platform.pool)
+    .await
+    .unwrap();
+    assert!(dated, "dated by its event");
 }

@@ -22,7 +22,8 @@ pub struct Event<'a> {
     #[serde(rename = "type")]
     #[schema(min_length = 1)]
     pub kind: String,
-    /// Unix seconds.
+    /// Unix seconds (1970 to 9999).
+    #[schema(minimum = 0, maximum = 253_402_300_799_i64)]
     pub created: i64,
     #[serde(default)]
     pub livemode: bool,
@@ -31,12 +32,23 @@ pub struct Event<'a> {
 }
 
 impl Event<'_> {
-    /// Whether it is an event as the document states one: an id, a type, and an object.
+    /// Whether it is an event as the document states one: an id, a type, a time, and an
+    /// object.
     pub fn is_well_formed(&self) -> bool {
         !self.id.is_empty()
             && !self.kind.is_empty()
+            && instant(self.created).is_some()
             && self.data.object.get().trim_start().starts_with('{')
     }
+}
+
+/// A Stripe time (Unix seconds) as an instant, if it is one Stripe could send and Postgres
+/// can store: from 1970 to the end of 9999.
+pub fn instant(unix: i64) -> Option<time::OffsetDateTime> {
+    (0..=253_402_300_799)
+        .contains(&unix)
+        .then(|| time::OffsetDateTime::from_unix_timestamp(unix).ok())
+        .flatten()
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

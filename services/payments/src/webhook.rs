@@ -155,8 +155,8 @@ type Applied = (Outcome, Option<String>);
 
 /// Applies one verified event in one transaction; the job queue gets any email.
 async fn process(platform: &Platform, event: &Event<'_>) -> Result<&'static str, ApiError> {
-    let occurred_at = OffsetDateTime::from_unix_timestamp(event.created)
-        .map_err(|_| ApiError::unprocessable("unreadable_event", "bad `created`"))?;
+    let occurred_at = crate::stripe::instant(event.created)
+        .ok_or_else(|| ApiError::unprocessable("unreadable_event", "bad `created`"))?;
     let record = EventRecord {
         id: &event.id,
         kind: &event.kind,
@@ -218,7 +218,7 @@ fn session_facts(
         livemode: event.livemode,
         created_at: session
             .created
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+            .and_then(crate::stripe::instant)
             .unwrap_or(occurred_at),
         paid,
         failed: which == SessionEvent::PaymentFailed,
