@@ -796,7 +796,11 @@ async fn a_signed_event_postgres_cannot_store_is_refused_422_and_nothing_is_stor
         .replace("\"paid\"", "\"pa\\u0000id\"");
     assert!(in_object.contains("\\u0000"));
     let mut payloads = vec![in_id.to_string(), in_type.to_string(), in_object];
-    for created in [10_000_000_000_000_i64, 1_000_000_000_000_000, -100_000_000_000] {
+    for created in [
+        10_000_000_000_000_i64,
+        1_000_000_000_000_000,
+        -100_000_000_000,
+    ] {
         let mut far = stripe::event("customer.created", json!({}));
         far["created"] = json!(created);
         payloads.push(far.to_string());
