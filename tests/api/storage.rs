@@ -411,3 +411,24 @@ async fn every_column_in_the_schema_is_declared_by_exactly_one_service() {
     let stale: Vec<_> = by_column.keys().filter(|c| !schema.contains(c)).collect();
     assert!(stale.is_empty(), "declared, not in the schema: {stale:?}");
 }
+
+/// PRIVACY.md's record of processing is what the declarations make now, word for word.
+#[test]
+fn privacy_md_holds_the_record_of_processing_the_declarations_make() {
+    let out = admin(&[], &["privacy", "processing"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let made = stdout(&out);
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../PRIVACY.md")).unwrap();
+    let held = doc
+        .split_once("<!-- processing:start -->\n")
+        .and_then(|(_, rest)| rest.split_once("<!-- processing:end -->"))
+        .map(|(record, _)| record)
+        .expect("PRIVACY.md has the record between its markers");
+    assert_eq!(
+        held.trim_end(),
+        made.trim_end(),
+        "PRIVACY.md's record of processing differs from the declarations: \
+         run `pexper-admin privacy processing` and put its output between the markers"
+    );
+}

@@ -168,6 +168,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Policy { command } => {
             policy::run(json, &config, &connect(&config).await?, command).await
         }
+        Command::Privacy {
+            command: privacy::Command::Processing,
+        } => {
+            privacy::processing(json);
+            Ok(())
+        }
         Command::Privacy { command } => {
             privacy::run(json, &config, &connect(&config).await?, command).await
         }

@@ -93,6 +93,25 @@ pub enum Command {
         #[arg(long, value_name = "SEQ:HASH")]
         expect_head: Option<String>,
     },
+    /// The record of processing (GDPR Art. 30), from every service's declared tables:
+    /// Markdown (what PRIVACY.md holds), or the declarations themselves with `--json`.
+    Processing,
+}
+
+/// `privacy processing`: needs no database.
+pub fn processing(json: bool) {
+    let services = pexper_server::all_services();
+    let tables: Vec<(&str, &[pexper_platform::data_map::Table])> =
+        services.iter().map(|s| (s.name(), s.tables())).collect();
+    if json {
+        let value: serde_json::Map<String, serde_json::Value> = tables
+            .iter()
+            .map(|(name, tables)| (name.to_string(), json!(tables)))
+            .collect();
+        output::object(true, &serde_json::Value::Object(value));
+    } else {
+        output::say(&pexper_platform::data_map::processing_record(&tables));
+    }
 }
 
 /// `SEQ:HASH`, as `privacy audit` prints a head (the hash in hex).
@@ -254,6 +273,7 @@ pub async fn run(
             .await?;
             output::object(json, &json!({"id": id, "status": Status::Rejected}));
         }
+        Command::Processing => processing(json),
         Command::Sla => {
             output::object(json, &serde_json::to_value(admin::sla(pool).await?)?);
         }

@@ -296,3 +296,105 @@ pub const PLATFORM: &[Table] = &[
         ],
     },
 ];
+
+impl Category {
+    fn name(self) -> &'static str {
+        match self {
+            Contact => "contact",
+            Identifier => "identifier",
+            Credential => "credential",
+            Message => "message",
+            Transaction => "transaction",
+            Activity => "activity",
+            Preference => "preference",
+            Device => "device",
+        }
+    }
+}
+
+impl Recipient {
+    fn name(self) -> &'static str {
+        match self {
+            Recipient::MailRelay => "the mail relay",
+            Recipient::Stripe => "Stripe",
+        }
+    }
+}
+
+/// The record of processing (GDPR Art. 30) that the declarations make, as Markdown: one row
+/// per table that holds personal data, naming its service, its purpose, its columns by
+/// category, what erasure does, what the export leaves out, and who else receives it.
+/// PRIVACY.md holds this text (`pexper-admin privacy processing`), checked by a test.
+pub fn processing_record(services: &[(&str, &[Table])]) -> String {
+    let mut out = String::from(
+        "| table | purpose | personal data | on erasure | not in the export | also received by |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (service, tables) in services {
+        for table in *tables {
+            let personal: Vec<&Column> = table
+                .columns
+                .iter()
+                .filter(|c| c.personal.is_some())
+                .collect();
+            if personal.is_empty() {
+                continue;
+            }
+            let by_category = group(&personal, |c| c.personal.map(Category::name));
+            let on_erasure = group(&personal, |c| match c.on_erasure {
+                OnErasure::Deleted => Some("deleted"),
+                OnErasure::Unlinked => Some("unlinked"),
+                OnErasure::Kept(why) => Some(why),
+                OnErasure::NotApplicable => None,
+            });
+            let not_exported = group(&personal, |c| match c.export {
+                Export::Excluded(why) => Some(why),
+                _ => None,
+            });
+            let mut recipients: Vec<&str> = personal
+                .iter()
+                .flat_map(|c| c.recipients.iter().map(|r| r.name()))
+                .collect();
+            recipients.sort_unstable();
+            recipients.dedup();
+            out.push_str(&format!(
+                "| `{}` ({service}) | {} | {} | {} | {} | {} |\n",
+                table.name,
+                table.purpose,
+                by_category,
+                on_erasure,
+                if not_exported.is_empty() {
+                    "—".into()
+                } else {
+                    not_exported
+                },
+                if recipients.is_empty() {
+                    "—".into()
+                } else {
+                    recipients.join(", ")
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// `label: `a`, `b`; other: `c`` for the columns that have a label, in first-seen order.
+fn group<'a>(columns: &[&'a Column], label: impl Fn(&Column) -> Option<&'a str>) -> String {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for column in columns {
+        let Some(label) = label(column) else { continue };
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, names)) => names.push(column.name),
+            None => groups.push((label, vec![column.name])),
+        }
+    }
+    groups
+        .iter()
+        .map(|(label, names)| {
+            let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            format!("{label}: {}", names.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
