@@ -2358,6 +2358,20 @@ async fn correction_restriction_and_objection_are_carried_out_when_completed() {
         export["email"]["processing_restricted_since"].is_string(),
         "{export}"
     );
+    // The export holds the request as it went: how it came, when it was verified, the
+    // operator's note, and what the audit trail recorded of it.
+    let request = &export["privacy_requests"]["requests"][0];
+    assert_eq!(request["kind"], "restriction", "{export}");
+    assert_eq!(request["source"], "web");
+    assert_eq!(request["outcome"], "Restricted.");
+    assert!(request["verified_at"].is_string(), "{request}");
+    let events: Vec<&str> = request["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["received", "verified", "completed"], "{request}");
     drop(conn);
 
     // An objection: unsubscribed from product email.

@@ -13,21 +13,26 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::request::PrivacyRequestId;
-use crate::store::details_field;
+use crate::store::{details_field, outcome_field};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PrivacyData;
 
-type Row = (
-    PrivacyRequestId,
-    String,
-    String,
-    String,
-    OffsetDateTime,
-    OffsetDateTime,
-    Option<OffsetDateTime>,
-    Option<Vec<u8>>,
-);
+/// A request as the export gives it.
+#[derive(sqlx::FromRow)]
+struct RequestRow {
+    id: PrivacyRequestId,
+    kind: String,
+    jurisdiction: String,
+    source: String,
+    status: String,
+    received_at: OffsetDateTime,
+    due_at: OffsetDateTime,
+    verified_at: Option<OffsetDateTime>,
+    closed_at: Option<OffsetDateTime>,
+    details_sealed: Option<Vec<u8>>,
+    outcome_sealed: Option<Vec<u8>>,
+}
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
@@ -44,8 +49,9 @@ impl PersonalData for PrivacyData {
         keyring: &Keyring,
         person: PersonId,
     ) -> anyhow::Result<serde_json::Value> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, kind, jurisdiction, status, received_at, due_at, closed_at, details_sealed
+        let rows: Vec<RequestRow> = sqlx::query_as(
+            "SELECT id, kind::text, jurisdiction::text, source, status::text, received_at, due_at,
+                    verified_at, closed_at, details_sealed, outcome_sealed
              FROM privacy_request WHERE person_id = $1 ORDER BY received_at",
         )
         .bind(person)
@@ -53,21 +59,45 @@ impl PersonalData for PrivacyData {
         .await
         .context("failed to export privacy requests")?;
         let key = person::data_key(conn, keyring, person).await?;
-        let mut requests = Vec::with_capacity(rows.len());
-        for (id, kind, jurisdiction, status, received, due, closed, details) in rows {
-            let details = match (&key, details) {
-                (Some(key), Some(sealed)) => Some(key.open_string(details_field(id), &sealed)?),
+        let open = |field, sealed: Option<Vec<u8>>| -> anyhow::Result<Option<String>> {
+            Ok(match (&key, sealed) {
+                (Some(key), Some(sealed)) => Some(key.open_string(field, &sealed)?),
                 _ => None,
-            };
+            })
+        };
+        let mut requests = Vec::with_capacity(rows.len());
+        for row in rows {
+            // What was done with the request, as the audit trail has it (the operator's
+            // reasons redacted there already; who they are is not the person's data).
+            let events: Vec<(String, String, String, OffsetDateTime)> = sqlx::query_as(
+                "SELECT event, status, detail, at FROM privacy_audit
+                 WHERE request_id = $1 ORDER BY seq",
+            )
+            .bind(row.id)
+            .fetch_all(&mut *conn)
+            .await
+            .context("failed to export a request's events")?;
+            let events: Vec<serde_json::Value> = events
+                .into_iter()
+                .map(|(event, status, detail, at)| {
+                    serde_json::json!({
+                        "event": event, "status": status, "detail": detail, "at": rfc3339(at),
+                    })
+                })
+                .collect();
             requests.push(serde_json::json!({
-                "id": id,
-                "kind": kind,
-                "jurisdiction": jurisdiction,
-                "status": status,
-                "received_at": rfc3339(received),
-                "due_at": rfc3339(due),
-                "closed_at": closed.map(rfc3339),
-                "details": details,
+                "id": row.id,
+                "kind": row.kind,
+                "jurisdiction": row.jurisdiction,
+                "source": row.source,
+                "status": row.status,
+                "received_at": rfc3339(row.received_at),
+                "due_at": rfc3339(row.due_at),
+                "verified_at": row.verified_at.map(rfc3339),
+                "closed_at": row.closed_at.map(rfc3339),
+                "details": open(details_field(row.id), row.details_sealed)?,
+                "outcome": open(outcome_field(row.id), row.outcome_sealed)?,
+                "events": events,
             }));
         }
         let notices = crate::policy::notices_of(conn, person).await?;

@@ -26,14 +26,11 @@ pub const TABLES: &[Table] = &[
                 .kept(RECEIPT)
                 .sent_to(MAIL),
             Column::personal("jurisdiction", Activity).kept(RECEIPT),
-            Column::personal("source", Activity)
-                .kept(RECEIPT)
-                .not_exported(MISSING),
+            Column::personal("source", Activity).kept(RECEIPT),
             Column::personal("status", Activity).kept(RECEIPT),
             Column::personal("details_sealed", Message).unlinked(),
             Column::personal("outcome_sealed", Message)
                 .unlinked()
-                .not_exported(MISSING)
                 .sent_to(MAIL),
             Column::personal("received_at", Activity)
                 .kept(RECEIPT)
@@ -44,9 +41,7 @@ pub const TABLES: &[Table] = &[
             Column::personal("verify_by", Activity)
                 .kept(RECEIPT)
                 .not_exported(MISSING),
-            Column::personal("verified_at", Activity)
-                .kept(RECEIPT)
-                .not_exported(MISSING),
+            Column::personal("verified_at", Activity).kept(RECEIPT),
             Column::personal("closed_at", Activity).kept(RECEIPT),
             Column::plain("reminders"),
             Column::plain("created_at"),
@@ -84,14 +79,10 @@ pub const TABLES: &[Table] = &[
         purpose: "the tamper-evident trail of every request's status and every operator read",
         columns: &[
             Column::plain("seq"),
-            Column::personal("request_id", Identifier)
-                .kept(TRAIL)
-                .not_exported(MISSING),
+            Column::personal("request_id", Identifier).kept(TRAIL),
             Column::plain("event"),
             Column::plain("status"),
-            Column::personal("detail", Activity)
-                .kept(TRAIL)
-                .not_exported(MISSING),
+            Column::personal("detail", Activity).kept(TRAIL),
             Column::plain("at"),
             Column::plain("prev_hash"),
             Column::plain("hash"),
