@@ -1,15 +1,11 @@
 //! Payments' tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, MISSING, Recipient, Table};
+use pexper_platform::data_map::{Column, MAIL, MISSING, STRIPE, STRIPE_AND_MAIL, Table};
 
 /// Why a purchase's columns outlive the buyer's erasure.
 const ACCOUNTING: &str = "the purchase record, unlinked from the person: 10 years, as tax law \
                           requires (payments.records)";
-const STRIPE: &[Recipient] = &[Recipient::Stripe];
-/// In the receipt, too.
-const STRIPE_AND_MAIL: &[Recipient] = &[Recipient::Stripe, Recipient::MailRelay];
-const MAIL: &[Recipient] = &[Recipient::MailRelay];
 
 pub const TABLES: &[Table] = &[
     Table {

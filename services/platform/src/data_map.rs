@@ -82,6 +82,12 @@ pub enum Recipient {
     Stripe,
 }
 
+/// The recipients columns name, once: the mail relay (what our emails carry), Stripe (what it
+/// took the payment with), or both.
+pub const MAIL: &[Recipient] = &[Recipient::MailRelay];
+pub const STRIPE: &[Recipient] = &[Recipient::Stripe];
+pub const STRIPE_AND_MAIL: &[Recipient] = &[Recipient::Stripe, Recipient::MailRelay];
+
 impl Column {
     /// A column that holds nothing about a person.
     pub const fn plain(name: &'static str) -> Self {
@@ -153,7 +159,7 @@ pub const PLATFORM: &[Table] = &[
                 .not_exported("a keyed hash of the address, which the export gives in clear"),
             // Stripe has it too, from the buyer's checkout (not from us).
             Column::personal("email_sealed", Contact)
-                .sent_to(&[Recipient::MailRelay, Recipient::Stripe]),
+                .sent_to(STRIPE_AND_MAIL),
             Column::personal("data_key", Credential)
                 .not_exported("the key the person's data is sealed under, destroyed at erasure"),
             Column::plain("key_version"),

@@ -250,17 +250,23 @@ enum Tip {
     Forged,
 }
 
+/// The head as recorded: event number, link, when, and its MAC (not yet checked).
+async fn recorded_head(
+    conn: &mut PgConnection,
+) -> anyhow::Result<Option<(i64, Vec<u8>, OffsetDateTime, Vec<u8>)>> {
+    sqlx::query_as("SELECT seq, hash, at, mac FROM privacy_audit_head")
+        .fetch_optional(conn)
+        .await
+        .context("failed to read the audit trail's head")
+}
+
 async fn tip(conn: &mut PgConnection, keyring: &Keyring) -> anyhow::Result<Tip> {
     let last: Option<(i64, Vec<u8>, bool)> =
         sqlx::query_as("SELECT seq, hash, keyed FROM privacy_audit ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
             .await
             .context("failed to read the audit trail")?;
-    let head: Option<(i64, Vec<u8>, OffsetDateTime, Vec<u8>)> =
-        sqlx::query_as("SELECT seq, hash, at, mac FROM privacy_audit_head")
-            .fetch_optional(&mut *conn)
-            .await
-            .context("failed to read the audit trail's head")?;
+    let head = recorded_head(conn).await?;
     Ok(match (head, last) {
         (None, None) => Tip::Empty,
         (None, Some((seq, hash, false))) => {
@@ -444,11 +450,7 @@ pub async fn verify(
         .execute(&mut *tx)
         .await?;
     let rows = read_trail(&mut tx).await?;
-    let recorded: Option<(i64, Vec<u8>, OffsetDateTime, Vec<u8>)> =
-        sqlx::query_as("SELECT seq, hash, at, mac FROM privacy_audit_head")
-            .fetch_optional(&mut *tx)
-            .await
-            .context("failed to read the audit trail's head")?;
+    let recorded = recorded_head(&mut tx).await?;
     let mut check = Verification {
         events: rows.len() as u64,
         broken_at: None,

@@ -1,9 +1,7 @@
 //! The privacy service's tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, LINK, MISSING, Recipient, Table};
-
-const MAIL: &[Recipient] = &[Recipient::MailRelay];
+use pexper_platform::data_map::{Column, LINK, MAIL, MISSING, Table};
 
 /// Why a request's receipt outlives the person.
 const RECEIPT: &str =

@@ -1,7 +1,7 @@
 //! Support's tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, MISSING, Recipient, Table};
+use pexper_platform::data_map::{Column, MAIL, MISSING, Table};
 
 pub const TABLES: &[Table] = &[
     Table {
@@ -9,7 +9,7 @@ pub const TABLES: &[Table] = &[
         purpose: "support requests from pexper.com, answered by email",
         columns: &[
             Column::personal("id", Identifier).not_exported(MISSING),
-            Column::personal("reference", Identifier).sent_to(&[Recipient::MailRelay]),
+            Column::personal("reference", Identifier).sent_to(MAIL),
             Column::personal("person_id", Identifier).not_exported(MISSING),
             Column::personal("subject_sealed", Message),
             Column::personal("message_sealed", Message),
@@ -25,7 +25,7 @@ pub const TABLES: &[Table] = &[
         columns: &[
             Column::plain("id"),
             Column::plain("request_id"),
-            Column::personal("body_sealed", Message).sent_to(&[Recipient::MailRelay]),
+            Column::personal("body_sealed", Message).sent_to(MAIL),
             Column::personal("created_at", Activity),
         ],
     },

@@ -1,9 +1,7 @@
 //! The waitlist's tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MISSING, Recipient, Table};
-
-const MAIL: &[Recipient] = &[Recipient::MailRelay];
+use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MAIL, MISSING, Table};
 
 pub const TABLES: &[Table] = &[
     Table {
