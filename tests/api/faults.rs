@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use pexper_payments::seal::session_hash;
 use pexper_platform::db::managed::{Durability, ManagedPostgres};
 use pexper_server::WorkerOptions;
 use pexper_tests::*;
@@ -489,12 +490,15 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
         let event = sent.event.as_ref().unwrap();
         let (events, purchases, licences): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM stripe_event WHERE id = $1),
-                    (SELECT count(*) FROM purchase WHERE checkout_session_id = $2),
+                    (SELECT count(*) FROM purchase WHERE checkout_session_hash = $2),
                     (SELECT count(*) FROM license l JOIN purchase p ON p.id = l.purchase_id
-                     WHERE p.checkout_session_id = $2)",
+                     WHERE p.checkout_session_hash = $2)",
         )
         .bind(event["id"].as_str().unwrap())
-        .bind(event["data"]["object"]["id"].as_str().unwrap())
+        .bind(session_hash(
+            &app.platform.keyring,
+            event["data"]["object"]["id"].as_str().unwrap(),
+        ))
         .fetch_one(&mut *conn)
         .await
         .unwrap();
@@ -529,9 +533,9 @@ async fn postgres_killed_mid_load_loses_nothing_acknowledged_and_a_refused_webho
         let session = event["data"]["object"]["id"].as_str().unwrap();
         let (purchases, licences): (i64, i64) = sqlx::query_as(
             "SELECT count(DISTINCT p.id), count(l.id) FROM purchase p
-             LEFT JOIN license l ON l.purchase_id = p.id WHERE p.checkout_session_id = $1",
+             LEFT JOIN license l ON l.purchase_id = p.id WHERE p.checkout_session_hash = $1",
         )
-        .bind(session)
+        .bind(session_hash(&app.platform.keyring, session))
         .fetch_one(&mut *conn)
         .await
         .unwrap();

@@ -690,10 +690,12 @@ async fn export_holds_purchases_and_licences_and_erasure_keeps_only_the_unlinked
 async fn the_database_and_the_logs_keep_no_card_name_address_phone_or_email_from_a_payload() {
     let server = ServerProcess::start("trace").await;
     let client = reqwest::Client::new();
-    let checkout = Checkout::new("dump.check@example.net");
+    let mut checkout = Checkout::new("dump.check@example.net");
+    // Amounts unlikely to be in a dump by chance, so finding them would mean something.
+    checkout.amount = 7351;
     let events = [
         checkout.session_event("checkout.session.completed", "paid"),
-        checkout.refund_event(1000),
+        checkout.refund_event(2713),
         checkout.dispute_event("charge.dispute.created", "needs_response"),
         checkout.dispute_event("charge.dispute.closed", "won"),
     ];
@@ -701,13 +703,12 @@ async fn the_database_and_the_logs_keep_no_card_name_address_phone_or_email_from
         let res = stripe::deliver(&client, &server.base, event).await;
         assert_eq!(res.status(), 200);
     }
-    server.smtp.wait_for(1, WAIT).await;
+    let receipt = server.smtp.wait_for(1, WAIT).await;
+    let licence = licence_in(&receipt[0]);
     let dump = server.dump();
     let logs = server.stop().await;
-    assert!(
-        dump.contains(&checkout.session),
-        "the dump is of the right database"
-    );
+    let event_id = events[0]["id"].as_str().unwrap();
+    assert!(dump.contains(event_id), "the dump is of the right database");
     // The dump's text and the logs without what holds four digits by chance (job ids,
     // timestamps); a number is found only as a number of its own, not inside a longer one
     // (a latency of 14919 µs is not the card); the bytea values decoded, in full.
@@ -738,6 +739,22 @@ async fn the_database_and_the_logs_keep_no_card_name_address_phone_or_email_from
         logs.contains("stripe event"),
         "the server did log the events"
     );
+    // The purchase record is sealed (issue 28): neither what was paid nor which payment at
+    // Stripe it was, nor the licence key, is in the database in clear.
+    for sealed in [
+        checkout.session.as_str(),
+        &checkout.intent,
+        &checkout.charge,
+        "7351",
+        "2713",
+        &licence,
+    ] {
+        assert!(!found(&text, sealed), "{sealed} in the database in clear");
+        assert!(
+            !dump.bytea_contains(sealed),
+            "{sealed} in the database, in a bytea column"
+        );
+    }
 }
 
 /// The dump with what can hold four digits by chance (bytea hex, UUIDs, timestamps) removed, so

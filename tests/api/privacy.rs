@@ -1481,8 +1481,11 @@ async fn what_arrives_for_an_address_between_its_erasure_and_the_goodbye_email_i
             .unwrap();
     assert_eq!(entries, 1, "the signup is kept");
     let buyer: Option<pexper_platform::person::PersonId> =
-        sqlx::query_scalar("SELECT person_id FROM purchase WHERE checkout_session_id = $1")
-            .bind(&checkout.session)
+        sqlx::query_scalar("SELECT person_id FROM purchase WHERE checkout_session_hash = $1")
+            .bind(pexper_payments::seal::session_hash(
+                &app.platform.keyring,
+                &checkout.session,
+            ))
             .fetch_one(&mut *conn)
             .await
             .unwrap();

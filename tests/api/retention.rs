@@ -91,18 +91,19 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
         exec(
             &app,
             &format!(
-                "INSERT INTO purchase (id, checkout_session_id, product, amount_total, currency,
-                                   livemode, status, created_at)
-             VALUES ('00000000-0000-0000-0000-00000000000{n}', 'h:old{n}', 'pexper', 4900,
-                     'eur', false, 'paid', now() - interval '{years} years');
-             INSERT INTO license (id, purchase_id, token, product, issued_at)
-             VALUES (gen_random_uuid(), '00000000-0000-0000-0000-00000000000{n}', 'old{n}',
+                "INSERT INTO purchase (id, checkout_session_hash, product, livemode, status,
+                                   created_at, record_sealed)
+             VALUES ('00000000-0000-0000-0000-00000000000{n}', 'h:old{n}', 'pexper', false,
+                     'paid', now() - interval '{years} years', '\\x00');
+             INSERT INTO license (id, purchase_id, token_sealed, product, issued_at)
+             VALUES (gen_random_uuid(), '00000000-0000-0000-0000-00000000000{n}', '\\x00',
                      'pexper', now() - interval '{years} years');
              INSERT INTO stripe_event (id, type, livemode, occurred_at, received_at, outcome)
              VALUES ('evt_old{n}', 'charge.refunded', false, now() - interval '{years} years',
                      now() - interval '{years} years', 'pending');
-             INSERT INTO payment_adjustment (event_id, kind, charge_id, occurred_at)
-             VALUES ('evt_old{n}', 'refund', 'ch_old{n}', now() - interval '{years} years');"
+             INSERT INTO payment_adjustment (id, event_id, kind, charge_hash, sealed, occurred_at)
+             VALUES (gen_random_uuid(), 'evt_old{n}', 'refund', 'h:old{n}', '\\x00',
+                     now() - interval '{years} years');"
             ),
         )
         .await;

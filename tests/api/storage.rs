@@ -432,3 +432,167 @@ fn privacy_md_holds_the_record_of_processing_the_declarations_make() {
          run `pexper-admin privacy processing` and put its output between the markers"
     );
 }
+
+/// A database from before purchase records were sealed: migration 24 sets the clear values
+/// aside, and the first process with the keys seals them where they belong and empties the
+/// staging table; every value reads back the same, and none is left in clear.
+#[tokio::test]
+async fn purchase_records_from_before_sealing_are_sealed_by_the_first_start_and_read_the_same() {
+    use pexper_payments::seal::{self, PurchaseRecord};
+
+    let db = TestDatabase::empty().await;
+    let pool = db.pool().await;
+    let mut files: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.sort();
+    let (before, after): (Vec<_>, Vec<_>) = files
+        .iter()
+        .partition(|p| p.file_name().unwrap().to_str().unwrap() < "20261206000024");
+    let apply = |paths: Vec<&std::path::PathBuf>| {
+        let pool = pool.clone();
+        let sqls: Vec<String> = paths
+            .into_iter()
+            .map(|path| std::fs::read_to_string(path).unwrap())
+            .collect();
+        async move {
+            for sql in sqls {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    apply(before).await;
+    // A purchase with its licence, the event that told us and a refund of it; and an erased
+    // buyer's purchase, whose session id was hashed already.
+    let master = MasterKeys::parse(&MasterKeys::generate_encoded().into()).unwrap();
+    // The lookup keys a first start stores are the ones derived from the master key.
+    let erased_session = seal::session_hash(
+        &pexper_platform::crypto::Keyring::new(&master),
+        "cs_test_erasedLegacy",
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO purchase (id, checkout_session_id, payment_intent_id, charge_id, product,
+                               price_id, amount_total, currency, country, livemode, paid_at,
+                               amount_refunded, dispute_status, status, created_at)
+         VALUES ('00000000-0000-7000-8000-000000000001', 'cs_test_legacySession',
+                 'pi_legacyIntent', 'ch_legacyCharge', 'pexper', 'price_legacy', 8642097, 'eur',
+                 'DE', false, now(), 9753113, 'won', 'partially_refunded', now()),
+                ('00000000-0000-7000-8000-000000000002', '{erased_session}', NULL, NULL,
+                 'pexper', NULL, 999, 'usd', NULL, false, now(), 0, NULL, 'paid', now());
+         INSERT INTO license (id, purchase_id, token, product, issued_at)
+         VALUES ('00000000-0000-7000-8000-000000000003', '00000000-0000-7000-8000-000000000001',
+                 'PEXPER1.legacyClaims.legacySignature', 'pexper', now());
+         INSERT INTO stripe_event (id, type, livemode, occurred_at, outcome, payment_ref)
+         VALUES ('evt_legacy1', 'charge.refunded', false, now(), 'applied', 'ch_legacyCharge'),
+                ('evt_legacy2', 'checkout.session.completed', false, now(), 'applied',
+                 'cs_test_legacySession');
+         INSERT INTO payment_adjustment (event_id, kind, payment_intent_id, charge_id,
+                                         amount_refunded, occurred_at)
+         VALUES ('evt_legacy1', 'refund', 'pi_legacyIntent', 'ch_legacyCharge', 9753113, now());"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    apply(after).await;
+    let keyring = pexper_platform::keys::keyring(&pool, &master)
+        .await
+        .unwrap();
+
+    assert_eq!(seal::backlog(&pool, &keyring).await.unwrap(), 6);
+    assert_eq!(seal::backlog(&pool, &keyring).await.unwrap(), 0, "once");
+    let row = pexper_payments::admin::find(&pool, &keyring, "cs_test_legacySession")
+        .await
+        .unwrap()
+        .expect("found by its session id");
+    assert_eq!(
+        (
+            row.amount,
+            row.amount_refunded,
+            row.currency.as_str(),
+            row.country.as_deref()
+        ),
+        (8642097, 9753113, "eur", Some("DE"))
+    );
+    assert_eq!(row.payment_intent_id.as_deref(), Some("pi_legacyIntent"));
+    assert_eq!(row.charge_id.as_deref(), Some("ch_legacyCharge"));
+    assert_eq!(row.price_id.as_deref(), Some("price_legacy"));
+    assert_eq!(row.dispute_status.as_deref(), Some("won"));
+    let events = pexper_payments::admin::events(&pool, &row).await.unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "both events still name the purchase: {events:?}"
+    );
+    let licence = pexper_payments::admin::license(&pool, &keyring, &row.id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(licence.license, "PEXPER1.legacyClaims.legacySignature");
+    let erased = pexper_payments::admin::find(&pool, &keyring, "cs_test_erasedLegacy")
+        .await
+        .unwrap()
+        .expect("an erased buyer's purchase is found by its session id");
+    assert_eq!(
+        erased.checkout_session_id, erased_session,
+        "no clear id to give back"
+    );
+    let adjustment: (uuid::Uuid, Vec<u8>, String) = sqlx::query_as(
+        "SELECT id, sealed, charge_hash FROM payment_adjustment WHERE event_id = 'evt_legacy1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let opened: seal::AdjustmentRecord = seal::open(
+        &keyring,
+        "payment_adjustment",
+        "sealed",
+        adjustment.0,
+        Some(&adjustment.1),
+    )
+    .unwrap();
+    assert_eq!(opened.amount_refunded, Some(9753113));
+    assert_eq!(
+        adjustment.2,
+        seal::payment_hash(&keyring, "ch_legacyCharge")
+    );
+    let _: PurchaseRecord = pexper_payments::store::open_record(
+        &keyring,
+        row.id,
+        sqlx::query_scalar::<_, Option<Vec<u8>>>(
+            "SELECT record_sealed FROM purchase WHERE id = $1",
+        )
+        .bind(row.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .as_deref(),
+    )
+    .unwrap();
+
+    let dump = db.dump();
+    // Numbers are searched as numbers of their own, outside bytea hex.
+    let text = regex::Regex::new(r"\\x[0-9a-f]+")
+        .unwrap()
+        .replace_all(&dump, "");
+    for clear in [
+        "cs_test_legacySession",
+        "cs_test_erasedLegacy",
+        "pi_legacyIntent",
+        "ch_legacyCharge",
+        "price_legacy",
+        "8642097",
+        "9753113",
+        "legacySignature",
+    ] {
+        assert!(!text.contains(clear), "{clear} left in clear");
+        assert!(
+            !dump.bytea_contains(clear),
+            "{clear} left in a bytea column"
+        );
+    }
+}

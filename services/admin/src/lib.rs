@@ -154,7 +154,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             purchases::run(json, &config, &connect(&config).await?, command).await
         }
         Command::Licenses { command } => {
-            purchases::licenses(json, &connect(&config).await?, command).await
+            purchases::licenses(json, &config, &connect(&config).await?, command).await
         }
         Command::Accounts { command } => {
             accounts::run(json, &config, &connect(&config).await?, command).await
@@ -208,10 +208,14 @@ fn operator() -> String {
     }
 }
 
-/// The keyring, for the commands that open or look up an address.
+/// The keyring, for the commands that open or look up an address or a record. Purchase records
+/// from before they were sealed are sealed first, as the server does at start, so no command
+/// meets one unsealed.
 async fn keyring(config: &Config, pool: &PgPool) -> anyhow::Result<Keyring> {
     let master = pexper_platform::keys::load_master_keys(config)?;
-    pexper_platform::keys::keyring(pool, &master).await
+    let keyring = pexper_platform::keys::keyring(pool, &master).await?;
+    pexper_payments::seal::backlog(pool, &keyring).await?;
+    Ok(keyring)
 }
 
 /// A progress line on stderr (`label done/total`), rewritten in place.

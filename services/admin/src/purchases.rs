@@ -51,14 +51,15 @@ pub async fn run(
             buyer,
             limit,
         } => {
+            let keyring = keyring(config, pool).await?;
             let rows = match buyer {
-                None => admin::list(pool, status, None, limit).await?,
+                None => admin::list(pool, &keyring, status, None, limit).await?,
                 Some(address) => {
                     let email =
                         EmailAddress::parse(&address).context("--buyer is not a valid address")?;
                     let mut conn = pool.acquire().await?;
-                    match person::find(&mut conn, &keyring(config, pool).await?, &email).await? {
-                        Some(p) => admin::list(pool, status, Some(p), limit).await?,
+                    match person::find(&mut conn, &keyring, &email).await? {
+                        Some(p) => admin::list(pool, &keyring, status, Some(p), limit).await?,
                         // Nobody by that address: an empty list.
                         None => Vec::new(),
                     }
@@ -90,7 +91,8 @@ pub async fn run(
             );
         }
         Command::Show { id, reveal } => {
-            let row = admin::find(pool, &keyring(config, pool).await?, &id)
+            let keyring = keyring(config, pool).await?;
+            let row = admin::find(pool, &keyring, &id)
                 .await?
                 .with_context(|| format!("no purchase {id}"))?;
             let mut value = serde_json::to_value(&row)?;
@@ -104,7 +106,7 @@ pub async fn run(
             value["events"] = json!(events);
             let what = || format!("the buyer's address of purchase {}", row.id);
             if reveal.record(config, pool, None, what).await? {
-                let address = admin::buyer_email(pool, &keyring(config, pool).await?, &row).await?;
+                let address = admin::buyer_email(pool, &keyring, &row).await?;
                 value["email"] = json!(address.as_ref().map(|a| a.as_str()));
             }
             output::object(json, &value);
@@ -113,16 +115,22 @@ pub async fn run(
     Ok(())
 }
 
-pub async fn licenses(json: bool, pool: &PgPool, command: LicensesCommand) -> anyhow::Result<()> {
+pub async fn licenses(
+    json: bool,
+    config: &Config,
+    pool: &PgPool,
+    command: LicensesCommand,
+) -> anyhow::Result<()> {
+    let keyring = keyring(config, pool).await?;
     match command {
         LicensesCommand::Show { id } => {
-            let row = admin::license(pool, &id)
+            let row = admin::license(pool, &keyring, &id)
                 .await?
                 .with_context(|| format!("no licence {id}"))?;
             output::object(json, &serde_json::to_value(row)?);
         }
         LicensesCommand::Revoke { id } => {
-            let revoked = admin::revoke(pool, &id)
+            let revoked = admin::revoke(pool, &keyring, &id)
                 .await?
                 .with_context(|| format!("no licence {id}"))?;
             output::object(json, &json!({"revoked": revoked}));

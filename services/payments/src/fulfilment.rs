@@ -1,7 +1,7 @@
 //! What follows from a purchase's state: a paid purchase gets its licence and its receipt,
 //! once; a refunded or lost one has its licence revoked.
 
-use ed25519_dalek::SigningKey;
+use pexper_platform::Platform;
 use pexper_platform::jobs::{self, BackgroundJob, NewJob};
 use sqlx::PgConnection;
 
@@ -12,13 +12,13 @@ use crate::store::{self, PurchaseId, PurchaseStatus};
 /// Idempotent: any number of deliveries, in any order, end the same.
 pub async fn apply(
     conn: &mut PgConnection,
-    key: &SigningKey,
+    platform: &Platform,
     id: PurchaseId,
 ) -> anyhow::Result<()> {
-    let state = store::recompute(conn, id).await?;
+    let state = store::recompute(conn, &platform.keyring, id).await?;
     use PurchaseStatus::*;
     match state.status {
-        Paid | PartiallyRefunded | Disputed if state.paid => fulfil(conn, key, id).await,
+        Paid | PartiallyRefunded | Disputed if state.paid => fulfil(conn, platform, id).await,
         Refunded | DisputeLost => store::revoke_license(conn, id, state.status.as_str()).await,
         Paid | PartiallyRefunded | Disputed | Unpaid | PaymentFailed => Ok(()),
     }
@@ -26,9 +26,14 @@ pub async fn apply(
 
 /// Issues the purchase's licence and queues the receipt, once: the licence's unique purchase
 /// id decides, and the receipt job is written in the same transaction.
-async fn fulfil(conn: &mut PgConnection, key: &SigningKey, id: PurchaseId) -> anyhow::Result<()> {
+async fn fulfil(
+    conn: &mut PgConnection,
+    platform: &Platform,
+    id: PurchaseId,
+) -> anyhow::Result<()> {
     let purchase = store::product(conn, id).await?;
-    let issued = crate::license::issue(conn, key, id, &purchase.product, purchase.livemode).await?;
+    let issued =
+        crate::license::issue(conn, platform, id, &purchase.product, purchase.livemode).await?;
     if issued && let Some(person) = purchase.person_id {
         jobs::enqueue(
             conn,

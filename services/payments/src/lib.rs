@@ -12,6 +12,7 @@ mod fulfilment;
 mod license;
 mod personal;
 mod receipt;
+pub mod seal;
 pub mod store;
 mod stripe;
 mod tables;

@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use axum::extract::State;
-use ed25519_dalek::SigningKey;
 use pexper_platform::Platform;
+use pexper_platform::crypto::Keyring;
 use pexper_platform::http::{ApiError, ApiJson};
 use pexper_wire::license::{self, LicenseClaims, PublicKey, ValidateRequest, ValidateResponse};
 use sqlx::PgConnection;
@@ -17,11 +17,12 @@ use crate::store::PurchaseId;
 /// Issues the purchase's licence unless it has one. `true` if this call issued it.
 pub async fn issue(
     conn: &mut PgConnection,
-    key: &SigningKey,
+    platform: &Platform,
     purchase: PurchaseId,
     product: &str,
     livemode: bool,
 ) -> anyhow::Result<bool> {
+    let key = &platform.license_key;
     let id = Uuid::now_v7();
     // Whole seconds: the claims carry Unix seconds, and the row should say the same.
     let issued_at = OffsetDateTime::now_utc().replace_nanosecond(0)?;
@@ -35,19 +36,30 @@ pub async fn issue(
     };
     let token = license::sign(&claims, key);
     let inserted = sqlx::query(
-        "INSERT INTO license (id, purchase_id, token, product, issued_at)
+        "INSERT INTO license (id, purchase_id, token_sealed, product, issued_at)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT ON CONSTRAINT license_purchase_id_key DO NOTHING",
     )
     .bind(id)
     .bind(purchase)
-    .bind(&token)
+    .bind(seal_token(&platform.keyring, id, &token))
     .bind(product)
     .bind(issued_at)
     .execute(conn)
     .await
     .context("failed to store a licence")?;
     Ok(inserted.rows_affected() == 1)
+}
+
+/// A licence key as stored: sealed under the records key, as it is a credential for the product
+/// and outlives its buyer's erasure (`seal`).
+fn seal_token(keyring: &Keyring, id: Uuid, token: &str) -> Vec<u8> {
+    crate::seal::seal(keyring, "license", "token_sealed", id, &token)
+}
+
+/// Opens a stored licence key.
+pub fn open_token(keyring: &Keyring, id: Uuid, sealed: Option<&[u8]>) -> anyhow::Result<String> {
+    crate::seal::open(keyring, "license", "token_sealed", id, sealed)
 }
 
 /// The Ed25519 public key licences are signed with.

@@ -7,6 +7,7 @@ use pexper_platform::mail;
 use pexper_platform::person;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::store::PurchaseId;
 
@@ -50,8 +51,17 @@ async fn send_receipt(
 ) -> Result<(), JobError> {
     let person = job.person()?;
     let mut conn = platform.pool.acquire().await?;
-    let row: Option<(String, i64, String, OffsetDateTime, String)> = sqlx::query_as(
-        "SELECT p.product, p.amount_total, p.currency, COALESCE(p.paid_at, p.created_at), l.token
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        product: String,
+        record_sealed: Option<Vec<u8>>,
+        paid_at: OffsetDateTime,
+        license_id: Uuid,
+        token_sealed: Option<Vec<u8>>,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT p.product, p.record_sealed, COALESCE(p.paid_at, p.created_at) AS paid_at,
+                l.id AS license_id, l.token_sealed
          FROM purchase p JOIN license l ON l.purchase_id = p.id
          WHERE p.id = $1 AND p.person_id = $2 AND l.revoked_at IS NULL",
     )
@@ -60,16 +70,19 @@ async fn send_receipt(
     .fetch_optional(&mut *conn)
     .await?;
     // Refunded before we got to it, or the buyer was erased: nothing to send.
-    let Some((product, amount, currency, paid_at, license)) = row else {
+    let Some(row) = row else {
         return Ok(());
     };
+    let keyring = &platform.keyring;
+    let record = crate::store::open_record(keyring, purchase_id, row.record_sealed.as_deref())?;
+    let license = crate::license::open_token(keyring, row.license_id, row.token_sealed.as_deref())?;
     let Some(to) = person::email(&mut conn, &platform.keyring, person).await? else {
         return Ok(());
     };
     let receipt = Receipt {
-        product: product_name(&product),
-        amount: format_amount(amount, &currency),
-        date: paid_at.date().to_string(),
+        product: product_name(&row.product),
+        amount: format_amount(record.amount_total, &record.currency),
+        date: row.paid_at.date().to_string(),
         order: purchase_id.to_string(),
         license,
     };

@@ -10,12 +10,14 @@
 //!   committed a moment before its purchase is still seen.
 
 use anyhow::Context;
-use pexper_platform::crypto::{Keyring, hex};
+use pexper_platform::crypto::Keyring;
 use pexper_platform::person::PersonId;
 
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::seal::{self, AdjustmentRecord, PurchaseRecord, payment_hash, session_hash};
 
 pexper_platform::id!(PurchaseId);
 
@@ -79,7 +81,8 @@ pub async fn record_event(
     Ok(inserted.rows_affected() == 1)
 }
 
-/// Records what became of an event, and which payment (session, intent or charge) it was about.
+/// Records what became of an event, and which payment (session, intent or charge) it was
+/// about, as a keyed hash (`seal::ref_hash`).
 pub async fn set_outcome(
     conn: &mut PgConnection,
     event_id: &str,
@@ -123,92 +126,129 @@ pub struct SessionFacts {
     pub occurred_at: OffsetDateTime,
 }
 
-/// What an erased buyer's purchase keeps of its Checkout Session id: a keyed hash (`h:` and
-/// hex), so that a late event, or an operator holding the id, still finds the purchase while
-/// the row no longer names a session at Stripe.
-pub fn hashed_session(keyring: &Keyring, session_id: &str) -> String {
-    format!(
-        "h:{}",
-        hex(&keyring.blind_index("stripe-session", session_id))
-    )
-}
-
-/// The forms a session id can be stored in: as Stripe wrote it, or hashed at erasure.
-pub fn session_forms(keyring: &Keyring, session_id: &str) -> Vec<String> {
-    vec![session_id.to_owned(), hashed_session(keyring, session_id)]
-}
-
-/// The purchase of this session, if we have it, with the session id as stored.
+/// The purchase of this session, if we have it.
 pub async fn purchase_of_session(
     conn: &mut PgConnection,
     keyring: &Keyring,
     session_id: &str,
-) -> anyhow::Result<Option<(PurchaseId, String)>> {
-    sqlx::query_as(
-        "SELECT id, checkout_session_id FROM purchase WHERE checkout_session_id = ANY($1)",
-    )
-    .bind(session_forms(keyring, session_id))
-    .fetch_optional(conn)
-    .await
-    .context("failed to look up a purchase")
+) -> anyhow::Result<Option<PurchaseId>> {
+    sqlx::query_scalar("SELECT id FROM purchase WHERE checkout_session_hash = $1")
+        .bind(session_hash(keyring, session_id))
+        .fetch_optional(conn)
+        .await
+        .context("failed to look up a purchase")
 }
 
 /// Creates the purchase of a session we have not seen. Call under `lock(session_id)`.
 pub async fn insert_purchase(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     facts: &SessionFacts,
     person: Option<PersonId>,
 ) -> anyhow::Result<PurchaseId> {
     let id = PurchaseId(Uuid::now_v7());
+    let record = PurchaseRecord {
+        session: Some(facts.session_id.clone()),
+        payment_intent: facts.payment_intent_id.clone(),
+        charge: None,
+        price: facts.price_id.clone(),
+        amount_total: facts.amount_total,
+        currency: facts.currency.clone(),
+        country: facts.country.clone(),
+        amount_refunded: 0,
+        dispute_status: None,
+    };
     sqlx::query(
-        "INSERT INTO purchase (id, checkout_session_id, payment_intent_id, person_id, product,
-                               price_id, amount_total, currency, country, livemode, paid_at,
-                               payment_failed_at, status, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                 CASE WHEN $11 THEN $13::timestamptz END, CASE WHEN $12 THEN $13::timestamptz END,
-                 'unpaid', $14)",
+        "INSERT INTO purchase (id, checkout_session_hash, payment_intent_hash, person_id, product,
+                               livemode, paid_at, payment_failed_at, status, created_at,
+                               record_sealed)
+         VALUES ($1, $2, $3, $4, $5, $6,
+                 CASE WHEN $7 THEN $9::timestamptz END, CASE WHEN $8 THEN $9::timestamptz END,
+                 'unpaid', $10, $11)",
     )
     .bind(id)
-    .bind(&facts.session_id)
-    .bind(&facts.payment_intent_id)
+    .bind(session_hash(keyring, &facts.session_id))
+    .bind(
+        facts
+            .payment_intent_id
+            .as_deref()
+            .map(|pi| payment_hash(keyring, pi)),
+    )
     .bind(person)
     .bind(&facts.product)
-    .bind(&facts.price_id)
-    .bind(facts.amount_total)
-    .bind(&facts.currency)
-    .bind(&facts.country)
     .bind(facts.livemode)
     .bind(facts.paid)
     .bind(facts.failed)
     .bind(facts.occurred_at)
     .bind(facts.created_at)
+    .bind(seal_record(keyring, id, &record))
     .execute(conn)
     .await
     .context("failed to insert a purchase")?;
     Ok(id)
 }
 
+pub fn seal_record(keyring: &Keyring, id: PurchaseId, record: &PurchaseRecord) -> Vec<u8> {
+    seal::seal(keyring, "purchase", "record_sealed", id.0, record)
+}
+
+/// Opens a purchase's sealed record.
+pub fn open_record(
+    keyring: &Keyring,
+    id: PurchaseId,
+    sealed: Option<&[u8]>,
+) -> anyhow::Result<PurchaseRecord> {
+    seal::open(keyring, "purchase", "record_sealed", id.0, sealed)
+}
+
+/// A purchase's record, locked until commit, for a change to it.
+async fn record_for_update(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    id: PurchaseId,
+) -> anyhow::Result<PurchaseRecord> {
+    let sealed: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT record_sealed FROM purchase WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await
+            .context("failed to load a purchase")?;
+    open_record(keyring, id, sealed.as_deref())
+}
+
 /// Adds what a later event for the same session says. Flags only ever turn on; the buyer
 /// link is never rewritten (an erased buyer stays erased).
 pub async fn update_purchase(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     id: PurchaseId,
     facts: &SessionFacts,
 ) -> anyhow::Result<()> {
+    let mut record = record_for_update(conn, keyring, id).await?;
+    if record.payment_intent.is_none() {
+        record.payment_intent = facts.payment_intent_id.clone();
+    }
     sqlx::query(
         "UPDATE purchase SET
-             payment_intent_id = COALESCE(payment_intent_id, $2),
+             payment_intent_hash = $2,
              paid_at = CASE WHEN $3 THEN LEAST(COALESCE(paid_at, $5), $5) ELSE paid_at END,
              payment_failed_at = CASE WHEN $4 THEN COALESCE(payment_failed_at, $5)
                                       ELSE payment_failed_at END,
+             record_sealed = $6,
              updated_at = now()
          WHERE id = $1",
     )
     .bind(id)
-    .bind(&facts.payment_intent_id)
+    .bind(
+        record
+            .payment_intent
+            .as_deref()
+            .map(|pi| payment_hash(keyring, pi)),
+    )
     .bind(facts.paid)
     .bind(facts.failed)
     .bind(facts.occurred_at)
+    .bind(seal_record(keyring, id, &record))
     .execute(conn)
     .await
     .context("failed to update a purchase")?;
@@ -255,26 +295,45 @@ impl Adjustment {
 /// its payment intent (or charge).
 pub async fn record_adjustment(
     conn: &mut PgConnection,
+    keyring: &Keyring,
     event: &EventRecord<'_>,
     adjustment: &Adjustment,
 ) -> anyhow::Result<Option<PurchaseId>> {
-    let (kind, amount, status) = match adjustment {
+    let (kind, amount_refunded, dispute_status) = match adjustment {
         Adjustment::Refund {
             amount_refunded, ..
         } => ("refund", Some(*amount_refunded), None),
-        Adjustment::Dispute { status, .. } => ("dispute", None, Some(status.as_str())),
+        Adjustment::Dispute { status, .. } => ("dispute", None, Some(status.clone())),
     };
+    let record = AdjustmentRecord {
+        payment_intent: adjustment.payment_intent_id().map(str::to_owned),
+        charge: adjustment.charge_id().map(str::to_owned),
+        amount_refunded,
+        dispute_status,
+    };
+    let id = Uuid::now_v7();
+    let intent = record
+        .payment_intent
+        .as_deref()
+        .map(|v| payment_hash(keyring, v));
+    let charge = record.charge.as_deref().map(|v| payment_hash(keyring, v));
     sqlx::query(
-        "INSERT INTO payment_adjustment (event_id, kind, payment_intent_id, charge_id,
-                                         amount_refunded, dispute_status, occurred_at)
+        "INSERT INTO payment_adjustment (id, event_id, kind, payment_intent_hash, charge_hash,
+                                         sealed, occurred_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
+    .bind(id)
     .bind(event.id)
     .bind(kind)
-    .bind(adjustment.payment_intent_id())
-    .bind(adjustment.charge_id())
-    .bind(amount)
-    .bind(status)
+    .bind(&intent)
+    .bind(&charge)
+    .bind(seal::seal(
+        keyring,
+        "payment_adjustment",
+        "sealed",
+        id,
+        &record,
+    ))
     .bind(event.occurred_at)
     .execute(&mut *conn)
     .await
@@ -282,11 +341,11 @@ pub async fn record_adjustment(
 
     sqlx::query_scalar(
         "SELECT id FROM purchase
-         WHERE payment_intent_id = $1 OR (charge_id IS NOT NULL AND charge_id = $2)
+         WHERE payment_intent_hash = $1 OR (charge_hash IS NOT NULL AND charge_hash = $2)
          LIMIT 1",
     )
-    .bind(adjustment.payment_intent_id())
-    .bind(adjustment.charge_id())
+    .bind(intent)
+    .bind(charge)
     .fetch_optional(conn)
     .await
     .context("failed to find a refund's purchase")
@@ -326,58 +385,122 @@ pub struct Recomputed {
     pub paid: bool,
 }
 
+/// One refund or dispute as stored.
+#[derive(sqlx::FromRow)]
+struct StoredAdjustment {
+    id: Uuid,
+    payment_intent_hash: Option<String>,
+    sealed: Option<Vec<u8>>,
+    occurred_at: OffsetDateTime,
+    event_id: String,
+}
+
+/// One refund or dispute as `recompute` weighs it: opened.
+struct Seen {
+    record: AdjustmentRecord,
+    intent_hash: Option<String>,
+    occurred_at: OffsetDateTime,
+    event_id: String,
+}
+
+/// Every refund and dispute naming this payment intent or charge (by their hashes), opened.
+async fn adjustments(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    intent: Option<&str>,
+    charge: Option<&str>,
+) -> anyhow::Result<Vec<Seen>> {
+    let rows: Vec<StoredAdjustment> = sqlx::query_as(
+        "SELECT id, payment_intent_hash, sealed, occurred_at, event_id
+         FROM payment_adjustment
+         WHERE payment_intent_hash = $1 OR (charge_hash IS NOT NULL AND charge_hash = $2)",
+    )
+    .bind(intent)
+    .bind(charge)
+    .fetch_all(&mut *conn)
+    .await
+    .context("failed to read adjustments")?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(Seen {
+                record: seal::open(
+                    keyring,
+                    "payment_adjustment",
+                    "sealed",
+                    row.id,
+                    row.sealed.as_deref(),
+                )?,
+                intent_hash: row.payment_intent_hash,
+                occurred_at: row.occurred_at,
+                event_id: row.event_id,
+            })
+        })
+        .collect()
+}
+
 /// Recomputes a purchase's state from its facts and every refund and dispute seen for it.
 /// Idempotent.
-pub async fn recompute(conn: &mut PgConnection, id: PurchaseId) -> anyhow::Result<Recomputed> {
-    let (pi, charge, paid, failed, total): (Option<String>, Option<String>, bool, bool, i64) =
+pub async fn recompute(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    id: PurchaseId,
+) -> anyhow::Result<Recomputed> {
+    let (intent, paid, failed, sealed): (Option<String>, bool, bool, Option<Vec<u8>>) =
         sqlx::query_as(
-            "SELECT payment_intent_id, charge_id, paid_at IS NOT NULL, payment_failed_at IS NOT NULL,
-                    amount_total
+            "SELECT payment_intent_hash, paid_at IS NOT NULL, payment_failed_at IS NOT NULL,
+                    record_sealed
              FROM purchase WHERE id = $1 FOR UPDATE",
         )
         .bind(id)
         .fetch_one(&mut *conn)
         .await
         .context("failed to load a purchase")?;
+    let mut record = open_record(keyring, id, sealed.as_deref())?;
     // Learn the charge id from any adjustment naming our payment intent, so disputes that
     // name only the charge find us too.
-    let charge = match charge {
-        Some(c) => Some(c),
-        None => sqlx::query_scalar(
-            "SELECT charge_id FROM payment_adjustment
-             WHERE payment_intent_id = $1 AND charge_id IS NOT NULL LIMIT 1",
-        )
-        .bind(&pi)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("failed to read adjustments")?,
-    };
-    let (refunded, dispute): (Option<i64>, Option<String>) = sqlx::query_as(
-        "WITH mine AS (
-             SELECT * FROM payment_adjustment
-             WHERE payment_intent_id = $1 OR (charge_id IS NOT NULL AND charge_id = $2))
-         SELECT (SELECT max(amount_refunded) FROM mine WHERE kind = 'refund'),
-                (SELECT dispute_status FROM mine WHERE kind = 'dispute'
-                 ORDER BY occurred_at DESC, dispute_status IN ('won', 'lost') DESC, event_id DESC
-                 LIMIT 1)",
-    )
-    .bind(&pi)
-    .bind(&charge)
-    .fetch_one(&mut *conn)
-    .await
-    .context("failed to read adjustments")?;
-    let refunded = refunded.unwrap_or(0);
-    let status = status(paid, failed, total, refunded, dispute.as_deref());
+    if record.charge.is_none() && intent.is_some() {
+        record.charge = adjustments(conn, keyring, intent.as_deref(), None)
+            .await?
+            .into_iter()
+            .filter(|seen| seen.intent_hash == intent)
+            .find_map(|seen| seen.record.charge);
+    }
+    let charge = record.charge.as_deref().map(|c| payment_hash(keyring, c));
+    let mine = adjustments(conn, keyring, intent.as_deref(), charge.as_deref()).await?;
+    record.amount_refunded = mine
+        .iter()
+        .filter_map(|seen| seen.record.amount_refunded)
+        .max()
+        .unwrap_or(0);
+    // The latest dispute status by event time; at the same time a closing status (won, lost)
+    // over an open one, then the later event id.
+    record.dispute_status = mine
+        .iter()
+        .filter(|seen| seen.record.dispute_status.is_some())
+        .max_by_key(|seen| {
+            let status = seen.record.dispute_status.as_deref();
+            (
+                seen.occurred_at,
+                matches!(status, Some("won" | "lost")),
+                seen.event_id.as_str(),
+            )
+        })
+        .and_then(|seen| seen.record.dispute_status.clone());
+    let status = status(
+        paid,
+        failed,
+        record.amount_total,
+        record.amount_refunded,
+        record.dispute_status.as_deref(),
+    );
     sqlx::query(
-        "UPDATE purchase SET charge_id = $2, amount_refunded = $3, dispute_status = $4,
-                             status = $5, updated_at = now()
+        "UPDATE purchase SET charge_hash = $2, status = $3, record_sealed = $4, updated_at = now()
          WHERE id = $1",
     )
     .bind(id)
     .bind(&charge)
-    .bind(refunded)
-    .bind(&dispute)
     .bind(status)
+    .bind(seal_record(keyring, id, &record))
     .execute(&mut *conn)
     .await
     .context("failed to update a purchase")?;

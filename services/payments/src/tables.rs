@@ -1,7 +1,9 @@
 //! Payments' tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, MAIL, MISSING, STRIPE, STRIPE_AND_MAIL, Table};
+use pexper_platform::data_map::{
+    Column, KEYED_HASH, MAIL, MISSING, STRIPE, STRIPE_AND_MAIL, Table,
+};
 
 /// Why a purchase's columns outlive the buyer's erasure.
 const ACCOUNTING: &str = "the purchase record, unlinked from the person: 10 years, as tax law \
@@ -19,9 +21,8 @@ pub const TABLES: &[Table] = &[
             Column::plain("received_at"),
             Column::plain("outcome"),
             Column::personal("payment_ref", Transaction)
-                .kept("replaced by a keyed hash when it is a Checkout Session id; a payment's pi_/ch_ reference reconciles payouts")
-                .not_exported(MISSING)
-                .sent_to(STRIPE),
+                .kept("a keyed hash of the payment's reference at Stripe, which finds the purchase it was about")
+                .not_exported(KEYED_HASH),
         ],
     },
     Table {
@@ -29,66 +30,52 @@ pub const TABLES: &[Table] = &[
         purpose: "what was bought, for the licence, receipts and accounting",
         columns: &[
             Column::personal("id", Transaction).kept(ACCOUNTING).sent_to(MAIL),
-            Column::personal("checkout_session_id", Transaction)
-                .kept("replaced by a keyed hash")
-                .sent_to(STRIPE),
-            Column::personal("payment_intent_id", Transaction)
+            Column::personal("checkout_session_hash", Transaction)
+                .kept("a keyed hash of the Checkout Session id, which finds the purchase when a late event names it")
+                .not_exported(KEYED_HASH),
+            Column::personal("payment_intent_hash", Transaction)
                 .kept(ACCOUNTING)
-                .not_exported(MISSING)
-                .sent_to(STRIPE),
-            Column::personal("charge_id", Transaction)
+                .not_exported(KEYED_HASH),
+            Column::personal("charge_hash", Transaction)
                 .kept(ACCOUNTING)
-                .not_exported(MISSING)
-                .sent_to(STRIPE),
+                .not_exported(KEYED_HASH),
             Column::personal("person_id", Identifier).unlinked().not_exported(MISSING),
             Column::personal("product", Transaction)
                 .kept(ACCOUNTING)
                 .sent_to(STRIPE_AND_MAIL),
-            Column::personal("price_id", Transaction)
-                .kept(ACCOUNTING)
-                .not_exported(MISSING)
-                .sent_to(STRIPE),
-            Column::personal("amount_total", Transaction)
-                .kept(ACCOUNTING)
-                .sent_to(STRIPE_AND_MAIL),
-            Column::personal("currency", Transaction)
-                .kept(ACCOUNTING)
-                .sent_to(STRIPE_AND_MAIL),
-            Column::personal("country", Transaction).kept(ACCOUNTING).sent_to(STRIPE),
             Column::plain("livemode"),
             Column::personal("paid_at", Transaction).kept(ACCOUNTING).sent_to(MAIL),
-            Column::personal("payment_failed_at", Transaction)
-                .kept(ACCOUNTING)
-                .not_exported(MISSING),
-            Column::personal("amount_refunded", Transaction).kept(ACCOUNTING),
-            Column::personal("dispute_status", Transaction)
-                .kept(ACCOUNTING)
-                .not_exported(MISSING),
+            Column::personal("payment_failed_at", Transaction).kept(ACCOUNTING),
             Column::personal("status", Transaction).kept(ACCOUNTING),
             Column::personal("created_at", Transaction).kept(ACCOUNTING),
             Column::plain("updated_at"),
+            // The Checkout Session, payment intent and charge ids, the price, the amount and
+            // currency, the billing country, the amount refunded and the dispute's status,
+            // sealed under the records key; erasure takes the session id out.
+            Column::personal("record_sealed", Transaction)
+                .kept(ACCOUNTING)
+                .sent_to(STRIPE_AND_MAIL),
         ],
     },
     Table {
         name: "payment_adjustment",
         purpose: "refunds and disputes, kept until their purchase is known, then applied",
         columns: &[
+            Column::plain("id"),
             Column::plain("event_id"),
             Column::plain("kind"),
-            Column::personal("payment_intent_id", Transaction)
+            Column::personal("payment_intent_hash", Transaction)
                 .kept(ACCOUNTING)
-                .not_exported(MISSING)
+                .not_exported(KEYED_HASH),
+            Column::personal("charge_hash", Transaction)
+                .kept(ACCOUNTING)
+                .not_exported(KEYED_HASH),
+            // The payment's references, the amount refunded or the dispute's status, sealed
+            // under the records key; the export gives the purchase's totals of them.
+            Column::personal("sealed", Transaction)
+                .kept(ACCOUNTING)
+                .not_exported("in the purchase's amount refunded and dispute status")
                 .sent_to(STRIPE),
-            Column::personal("charge_id", Transaction)
-                .kept(ACCOUNTING)
-                .not_exported(MISSING)
-                .sent_to(STRIPE),
-            Column::personal("amount_refunded", Transaction)
-                .kept(ACCOUNTING)
-                .not_exported(MISSING),
-            Column::personal("dispute_status", Transaction)
-                .kept(ACCOUNTING)
-                .not_exported(MISSING),
             Column::plain("occurred_at"),
         ],
     },
@@ -98,15 +85,24 @@ pub const TABLES: &[Table] = &[
         columns: &[
             Column::personal("id", Transaction).kept(ACCOUNTING),
             Column::plain("purchase_id"),
-            Column::personal("token", Transaction)
-                .kept("with its purchase: it names no one, and a copy in use keeps working")
+            Column::personal("token_sealed", Transaction)
+                .kept("with its purchase, sealed under the records key: it names no one, and a copy in use keeps working")
                 .sent_to(MAIL),
-            Column::personal("product", Transaction).kept(ACCOUNTING).not_exported(MISSING),
-            Column::personal("issued_at", Transaction).kept(ACCOUNTING).not_exported(MISSING),
-            Column::personal("revoked_at", Transaction).kept(ACCOUNTING).not_exported(MISSING),
-            Column::personal("revoked_reason", Transaction)
-                .kept(ACCOUNTING)
-                .not_exported(MISSING),
+            Column::personal("product", Transaction).kept(ACCOUNTING),
+            Column::personal("issued_at", Transaction).kept(ACCOUNTING),
+            Column::personal("revoked_at", Transaction).kept(ACCOUNTING),
+            Column::personal("revoked_reason", Transaction).kept(ACCOUNTING),
+        ],
+    },
+    Table {
+        name: "payments_unsealed",
+        purpose: "rows from before purchase records were sealed (migration 24), until the first start with the keys seals them where they belong",
+        columns: &[
+            Column::plain("source"),
+            Column::plain("id"),
+            Column::personal("clear", Transaction)
+                .kept("moments: sealed into its row and deleted at the first start (payments::seal::backlog)")
+                .not_exported("empty once the server has started"),
         ],
     },
 ];

@@ -167,13 +167,13 @@ async fn process(platform: &Platform, event: &Event<'_>) -> Result<&'static str,
     if !store::record_event(&mut tx, &record).await? {
         return Ok("duplicate");
     }
-    let key = &platform.license_key;
     let (outcome, payment_ref) = match Action::of(&event.kind) {
         Action::Session(which) => session(platform, &mut tx, event, which, occurred_at).await?,
-        Action::Refund => refund(&mut tx, key, &record, event).await?,
-        Action::Dispute => dispute(&mut tx, key, &record, event).await?,
+        Action::Refund => refund(platform, &mut tx, &record, event).await?,
+        Action::Dispute => dispute(platform, &mut tx, &record, event).await?,
         Action::Ignore => (Outcome::Ignored, None),
     };
+    let payment_ref = payment_ref.map(|r| crate::seal::ref_hash(&platform.keyring, &r));
     store::set_outcome(&mut tx, &event.id, outcome, payment_ref.as_deref()).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     Ok(match outcome {
@@ -242,34 +242,29 @@ async fn session(
     if let Some(pi) = &facts.payment_intent_id {
         store::lock(tx, pi).await?;
     }
-    // The event is recorded under the session id as the purchase stores it: hashed once its
-    // buyer is erased.
-    let (id, session_ref) =
-        match store::purchase_of_session(tx, &platform.keyring, &facts.session_id).await? {
-            Some((id, stored)) => {
-                store::update_purchase(tx, id, &facts).await?;
-                (id, stored)
-            }
-            None => {
-                // A malformed address is not worth losing a purchase over: keep the purchase,
-                // without a buyer to write to.
-                let buyer = match session.email().map(EmailAddress::parse) {
-                    Some(Ok(email)) => {
-                        Some(person::find_or_create(tx, &platform.keyring, &email).await?)
-                    }
-                    _ => None,
-                };
-                let id = store::insert_purchase(tx, &facts, buyer).await?;
-                (id, facts.session_id.clone())
-            }
-        };
-    fulfilment::apply(tx, &platform.license_key, id).await?;
-    Ok((Outcome::Applied, Some(session_ref)))
+    let keyring = &platform.keyring;
+    let id = match store::purchase_of_session(tx, keyring, &facts.session_id).await? {
+        Some(id) => {
+            store::update_purchase(tx, keyring, id, &facts).await?;
+            id
+        }
+        None => {
+            // A malformed address is not worth losing a purchase over: keep the purchase,
+            // without a buyer to write to.
+            let buyer = match session.email().map(EmailAddress::parse) {
+                Some(Ok(email)) => Some(person::find_or_create(tx, keyring, &email).await?),
+                _ => None,
+            };
+            store::insert_purchase(tx, keyring, &facts, buyer).await?
+        }
+    };
+    fulfilment::apply(tx, platform, id).await?;
+    Ok((Outcome::Applied, Some(facts.session_id)))
 }
 
 async fn refund(
+    platform: &Platform,
     tx: &mut sqlx::PgConnection,
-    key: &ed25519_dalek::SigningKey,
     record: &EventRecord<'_>,
     event: &Event<'_>,
 ) -> Result<Applied, ApiError> {
@@ -279,12 +274,12 @@ async fn refund(
         charge_id: charge.id.clone(),
         amount_refunded: charge.amount_refunded,
     };
-    adjust(tx, key, record, &adjustment).await
+    adjust(platform, tx, record, &adjustment).await
 }
 
 async fn dispute(
+    platform: &Platform,
     tx: &mut sqlx::PgConnection,
-    key: &ed25519_dalek::SigningKey,
     record: &EventRecord<'_>,
     event: &Event<'_>,
 ) -> Result<Applied, ApiError> {
@@ -297,14 +292,14 @@ async fn dispute(
     if adjustment.payment_intent_id().is_none() && adjustment.charge_id().is_none() {
         return Err(unreadable(event));
     }
-    adjust(tx, key, record, &adjustment).await
+    adjust(platform, tx, record, &adjustment).await
 }
 
 /// Keeps a refund or dispute and applies it if its purchase is here; returns the outcome and
 /// the payment it was about.
 async fn adjust(
+    platform: &Platform,
     tx: &mut sqlx::PgConnection,
-    key: &ed25519_dalek::SigningKey,
     record: &EventRecord<'_>,
     adjustment: &Adjustment,
 ) -> Result<Applied, ApiError> {
@@ -314,9 +309,9 @@ async fn adjust(
         .unwrap_or_default()
         .to_owned();
     store::lock(tx, &payment).await?;
-    let outcome = match store::record_adjustment(tx, record, adjustment).await? {
+    let outcome = match store::record_adjustment(tx, &platform.keyring, record, adjustment).await? {
         Some(purchase) => {
-            fulfilment::apply(tx, key, purchase).await?;
+            fulfilment::apply(tx, platform, purchase).await?;
             Outcome::Applied
         }
         // Kept for when its purchase lands.

@@ -15,6 +15,10 @@
 //!   They are derived once, from the master version current at the deployment's first start,
 //!   and then stored wrapped like data keys (`keys::keyring`). Rotating the master key re-wraps
 //!   them and changes no index and no link.
+//! * The **records key** is stored the same way, and seals what must outlive a person's
+//!   erasure but is no one's to read in clear: purchase records, kept 10 years for tax law.
+//!   It is a data key whose id is `RECORDS_KEY_ID`, so a sealed record names it as a person's
+//!   sealed value names theirs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,6 +53,10 @@ const DERIVATION_PREFIX: &[u8] = b"pexper/v1/";
 /// Random bytes in a token (256 bits), and their length in unpadded base64url.
 const TOKEN_BYTES: usize = 32;
 const TOKEN_LEN: usize = 43;
+
+/// The id a sealed record names as its key (`Keyring::records_key`): no person's id, which are
+/// UUIDv7s, can be it.
+pub const RECORDS_KEY_ID: Uuid = Uuid::from_u128(0x7265_636f_7264_7300_0000_0000_0000_0001);
 
 /// Failures that must never reveal which byte was wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -179,6 +187,7 @@ struct LookupKeys {
     blind_index: SecretKey,
     token: SecretKey,
     audit_trail: SecretKey,
+    records: SecretKey,
 }
 
 /// Which lookup key: also its derivation label and its name in the `lookup_key` table.
@@ -187,16 +196,23 @@ pub enum LookupPurpose {
     BlindIndex,
     Token,
     AuditTrail,
+    Records,
 }
 
 impl LookupPurpose {
-    pub const ALL: [Self; 3] = [Self::BlindIndex, Self::Token, Self::AuditTrail];
+    pub const ALL: [Self; 4] = [
+        Self::BlindIndex,
+        Self::Token,
+        Self::AuditTrail,
+        Self::Records,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BlindIndex => "blind-index",
             Self::Token => "token-signing",
             Self::AuditTrail => "audit-trail",
+            Self::Records => "records",
         }
     }
 
@@ -232,6 +248,7 @@ impl Keyring {
                 blind_index: derive(current, LookupPurpose::BlindIndex.as_str()),
                 token: derive(current, LookupPurpose::Token.as_str()),
                 audit_trail: derive(current, LookupPurpose::AuditTrail.as_str()),
+                records: derive(current, LookupPurpose::Records.as_str()),
             },
         }
     }
@@ -257,6 +274,7 @@ impl Keyring {
                 LookupPurpose::BlindIndex => self.lookup.blind_index = key,
                 LookupPurpose::Token => self.lookup.token = key,
                 LookupPurpose::AuditTrail => self.lookup.audit_trail = key,
+                LookupPurpose::Records => self.lookup.records = key,
             }
         }
         Ok(self)
@@ -271,6 +289,7 @@ impl Keyring {
                     LookupPurpose::BlindIndex => &self.lookup.blind_index,
                     LookupPurpose::Token => &self.lookup.token,
                     LookupPurpose::AuditTrail => &self.lookup.audit_trail,
+                    LookupPurpose::Records => &self.lookup.records,
                 };
                 let bytes = seal_raw(
                     self.current_wrapping(),
@@ -354,6 +373,16 @@ impl Keyring {
     /// keyed, so someone who can write to the database cannot recompute it.
     pub fn audit_mac(&self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
         hmac(&self.lookup.audit_trail, parts)
+    }
+
+    /// The key purchase records are sealed under: the deployment's, not a person's, so
+    /// erasing the buyer leaves the record readable to us for as long as the law says to keep
+    /// it, and to no one who has only the database.
+    pub fn records_key(&self) -> DataKey {
+        DataKey {
+            id: RECORDS_KEY_ID,
+            key: secret_key(*self.lookup.records.expose_secret()),
+        }
     }
 
     /// A MAC for a self-verifying token (unsubscribe links and the like).

@@ -145,6 +145,9 @@ pub const LINK: &str = "an emailed link, kept only as a hash of its token";
 /// Why a job's columns are not in the export: work in progress.
 const WORK: &str = "ids (at most an address's keyed hash) of work in progress: gone once the \
                     job has run (one given up on: 30 days, jobs.dead)";
+/// Why a Stripe reference's column is not in the export: the export gives the reference in
+/// clear, from the sealed record.
+pub const KEYED_HASH: &str = "a keyed hash of a reference the export gives in clear";
 /// Why a column is not in the export yet: the export leaves it out today.
 pub const MISSING: &str = "missing from the export today";
 

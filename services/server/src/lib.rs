@@ -78,6 +78,14 @@ pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<
         None => Mailer::from_config(&config)?,
     };
     let keyring = keys::keyring(&pool, &master).await?;
+    // Rows from before purchase records were sealed (migration 24), sealed before any request.
+    let sealed = pexper_payments::seal::backlog(&pool, &keyring).await?;
+    if sealed > 0 {
+        tracing::info!(
+            rows = sealed,
+            "sealed the payment records kept in clear before"
+        );
+    }
     let registry = personal_data(&config);
     let platform = Platform::new(config, pool, keyring, mailer, registry)?;
     // Requests never wait for a connection's handshake (db::fill).

@@ -87,6 +87,17 @@ pub fn verify(license: &str, public: &VerifyingKey) -> Result<LicenseClaims, Lic
     Ok(claims)
 }
 
+/// The id a licence string claims, unverified: for finding its row, which then holds the
+/// licence to compare with.
+pub fn claimed_id(license: &str) -> Option<String> {
+    let (_, claims) = license.trim().split_once('.')?;
+    let (claims, _) = claims.split_once('.')?;
+    let json = URL_SAFE_NO_PAD.decode(claims).ok()?;
+    serde_json::from_slice::<LicenseClaims>(&json)
+        .ok()
+        .map(|c| c.id)
+}
+
 /// Parses the `public_key` of [`PublicKey`] (standard base64 of the 32 raw bytes).
 pub fn parse_public_key(encoded: &str) -> Option<VerifyingKey> {
     let bytes: [u8; 32] = STANDARD.decode(encoded.trim()).ok()?.try_into().ok()?;
