@@ -374,6 +374,15 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
         max_replicas * per_replica + admin_jobs + reserve <= max_connections,
         "{max_replicas} replicas × {per_replica} + {admin_jobs} + {reserve} > {max_connections}"
     );
+    // Encrypted at rest (PRIVACY.md): the volumes, and the backups and WAL in object storage.
+    let class = cluster["spec"]["storage"]["storageClass"].as_str().unwrap();
+    assert_eq!(
+        find(&docs, "StorageClass", class)["parameters"]["encrypted"],
+        "true"
+    );
+    let store = &cluster["spec"]["backup"]["barmanObjectStore"];
+    assert_eq!(store["data"]["encryption"], "AES256");
+    assert_eq!(store["wal"]["encryption"], "AES256");
     assert_eq!(
         cluster["spec"]["postgresql"]["parameters"]["synchronous_commit"], "on",
         "acknowledged means durable (faults::postgres_killed_mid_load_…)"

@@ -1570,6 +1570,40 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
         .await
         .unwrap();
     assert!(taken["bytes"].as_u64().unwrap() > 1000, "{taken}");
+    // The backup is sealed (issue 28): without the master key it is noise that pg_restore
+    // cannot read; with it, it opens to the dump. One changed byte, or another master key,
+    // and a restore refuses it before it touches anything.
+    let sealed = std::fs::read(&file).unwrap();
+    use pexper_platform::db::sealed_file;
+    assert!(sealed.starts_with(sealed_file::MAGIC));
+    let mut dump = Vec::new();
+    sealed_file::open(&app.platform.keyring, &sealed[..], &mut dump).unwrap();
+    assert!(dump.starts_with(b"PGDMP"), "a pg_dump inside");
+    let tampered = dir.path().join("tampered.backup");
+    let mut changed = sealed.clone();
+    // A byte inside the first part: past the header (with its wrapped key) and the part's length.
+    let header = sealed_file::MAGIC.len()
+        + 16
+        + 4
+        + 2
+        + usize::from(u16::from_be_bytes([sealed[36], sealed[37]]));
+    changed[header + 4 + 100] ^= 0x20;
+    std::fs::write(&tampered, &changed).unwrap();
+    let mut other_key = vars.clone();
+    other_key.retain(|(k, _)| k != "PEXPER_MASTER_KEY");
+    other_key.push((
+        "PEXPER_MASTER_KEY".into(),
+        pexper_platform::crypto::MasterKeys::generate_encoded(),
+    ));
+    for (vars, backup, why) in [
+        (&vars, &tampered, "was changed"),
+        (&other_key, &file, "PEXPER_MASTER_KEY must list"),
+    ] {
+        let refused = admin(vars, &["db", "restore", backup.to_str().unwrap()]);
+        assert!(!refused.status.success());
+        assert!(stderr(&refused).contains(why), "{}", stderr(&refused));
+    }
+    assert_eq!(app.count("person").await, 2, "nothing was touched");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
@@ -1693,6 +1727,30 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     assert!(out.status.success(), "{}", stderr(&out));
     let replayed: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(replayed, json!({"journal_entries": 1, "erased_again": 0}));
+
+    // A plain pg_dump, as backups were before they were sealed, still restores.
+    let plain = dir.path().join("plain.dump");
+    let dumped = std::process::Command::new("pg_dump")
+        .args(["--format=custom", "--no-owner", "--file"])
+        .arg(&plain)
+        .arg(format!("--dbname={}", fresh.url()))
+        .output()
+        .unwrap();
+    assert!(dumped.status.success(), "{}", stderr(&dumped));
+    let older = TestDatabase::empty().await;
+    let mut from_plain = vars.clone();
+    from_plain.retain(|(k, _)| k != "DATABASE_URL");
+    from_plain.push(("DATABASE_URL".into(), older.url()));
+    let out = admin(
+        &from_plain,
+        &["db", "restore", plain.to_str().unwrap(), "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let people: i64 = sqlx::query_scalar("SELECT count(*) FROM person")
+        .fetch_one(&older.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(people, 1, "the one who stayed, from the plain dump");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,10 +67,11 @@ pub async fn run(json: bool, config: &Config, command: Command) -> anyhow::Resul
             output::object(json, &json!({"stopped": was_running}));
         }
         Command::Backup { file } => {
-            let bytes = backup::backup(config, &file).await?;
+            let master = keys::load_master_keys(config)?;
+            let bytes = backup::backup(config, &file, &master).await?;
             output::object(
                 json,
-                &json!({"file": file.display().to_string(), "bytes": bytes}),
+                &json!({"file": file.display().to_string(), "bytes": bytes, "sealed": true}),
             );
         }
         Command::Restore { file, journal } => {

@@ -10,9 +10,11 @@
 //! (for when the live database is lost with its journal). Everyone in it is erased again.
 
 use std::fs::OpenOptions;
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
@@ -21,8 +23,8 @@ use sqlx::{Connection, PgConnection};
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::crypto::MasterKeys;
-use crate::db::{self, managed};
+use crate::crypto::{Keyring, MasterKeys};
+use crate::db::{self, managed, sealed_file};
 use crate::personal_data::Registry;
 
 /// One erasure, as the journal keeps it.
@@ -44,9 +46,9 @@ pub async fn journal_entries(conn: &mut PgConnection) -> anyhow::Result<Vec<Jour
     .context("failed to read the erasure journal")
 }
 
-/// Writes a backup of the database to `file` (mode 0600; refused if it exists). Returns its
-/// size in bytes.
-pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<u64> {
+/// Writes a backup of the database to `file` (mode 0600; refused if it exists), sealed as it is
+/// written under a key wrapped by the master key (`sealed_file`). Returns its size in bytes.
+pub async fn backup(config: &Config, file: &Path, master: &MasterKeys) -> anyhow::Result<u64> {
     anyhow::ensure!(
         !file.exists(),
         "{} exists: choose a new name",
@@ -69,12 +71,9 @@ pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<u64> {
                 partial.display()
             )
         })?;
+    let keyring = Arc::new(Keyring::new(master));
     let written = target
-        .run_to(
-            "pg_dump",
-            &["--format=custom".as_ref(), "--no-owner".as_ref()],
-            Some(out),
-        )
+        .dump_sealed(&["--format=custom", "--no-owner"], keyring, out)
         .await
         .and_then(|()| {
             // A hard link, not a rename: it fails if the name was taken meanwhile.
@@ -119,6 +118,20 @@ pub async fn restore(
     registry: &Registry,
 ) -> anyhow::Result<Restored> {
     anyhow::ensure!(file.is_file(), "{} is not a backup file", file.display());
+    // A sealed backup is checked whole before anything is touched: a changed or cut file is
+    // refused here, not halfway through the restore. One from before backups were sealed is
+    // read as it is.
+    let keyring = Arc::new(Keyring::new(master));
+    let sealed = {
+        let mut head = [0u8; sealed_file::MAGIC.len()];
+        let n = std::fs::File::open(file)?.read(&mut head)?;
+        sealed_file::is_sealed(&head[..n])
+    };
+    if sealed {
+        let input = std::io::BufReader::new(std::fs::File::open(file)?);
+        sealed_file::open(&keyring, input, std::io::sink())
+            .with_context(|| format!("{} cannot be restored", file.display()))?;
+    }
     let target = Tool::connect(config).await?;
     let mut conn = PgConnection::connect_with(&db::connect_options(config).await?).await?;
     // Held until this connection closes, at the end: no server starts meanwhile.
@@ -165,18 +178,21 @@ pub async fn restore(
     tx.commit()
         .await
         .context("failed to set the live schema aside")?;
-    let restored = target
-        .run(
-            "pg_restore",
-            &[
-                "--no-owner".as_ref(),
-                "--no-privileges".as_ref(),
-                "--single-transaction".as_ref(),
-                "--exit-on-error".as_ref(),
-                file.as_os_str(),
-            ],
-        )
-        .await;
+    let args = [
+        "--no-owner",
+        "--no-privileges",
+        "--single-transaction",
+        "--exit-on-error",
+    ];
+    let restored = if sealed {
+        target
+            .restore_sealed(&args, keyring, std::fs::File::open(file)?)
+            .await
+    } else {
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        args.push(file.as_os_str());
+        target.run("pg_restore", &args).await
+    };
     if let Err(e) = restored {
         put_back_set_aside(&mut conn).await?;
         return Err(e.context("the restore failed; the database is as it was"));
@@ -317,18 +333,8 @@ impl Tool {
         })
     }
 
-    /// Runs `program` against the database; its stderr becomes the error if it fails.
-    async fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
-        self.run_to(program, args, None).await
-    }
-
-    /// `run`, with the program's standard output going to `stdout` when given.
-    async fn run_to(
-        &self,
-        program: &str,
-        args: &[&std::ffi::OsStr],
-        stdout: Option<std::fs::File>,
-    ) -> anyhow::Result<()> {
+    /// `program` against the database, the password in its environment.
+    fn command(&self, program: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<Command> {
         let path = managed::find_program(self.pg_bin.as_deref(), program)
             .ok_or_else(|| managed::missing_programs(self.pg_bin.as_deref(), &[program]))?;
         let mut command = Command::new(path);
@@ -336,9 +342,12 @@ impl Tool {
         if let Some(password) = &self.password {
             command.env("PGPASSWORD", password.expose_secret());
         }
-        if let Some(file) = stdout {
-            command.stdout(file);
-        }
+        Ok(command)
+    }
+
+    /// Runs `program` against the database; its stderr becomes the error if it fails.
+    async fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+        let mut command = self.command(program, args)?;
         let out = tokio::task::spawn_blocking(move || command.output())
             .await?
             .with_context(|| format!("failed to run {program}"))?;
@@ -350,4 +359,76 @@ impl Tool {
         }
         Ok(())
     }
+
+    /// `pg_dump`, its standard output sealed into `out` as it comes.
+    async fn dump_sealed(
+        &self,
+        args: &[&str],
+        keyring: Arc<Keyring>,
+        out: std::fs::File,
+    ) -> anyhow::Result<()> {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let mut command = self.command("pg_dump", &args)?;
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        tokio::task::spawn_blocking(move || {
+            let mut child = command.spawn().context("failed to run pg_dump")?;
+            let errors = drain(child.stderr.take());
+            let stdout = child.stdout.take().context("pg_dump's output")?;
+            let mut out = std::io::BufWriter::new(out);
+            let sealed = sealed_file::seal(&keyring, stdout, &mut out);
+            let status = child.wait()?;
+            let errors = errors.join().unwrap_or_default();
+            if !status.success() {
+                bail!("pg_dump failed: {}", errors.trim());
+            }
+            sealed?;
+            out.into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_all()
+                .context("failed to write the backup")
+        })
+        .await?
+    }
+
+    /// `pg_restore` reading the opened backup from its standard input. A part that does not
+    /// open stops it before it can commit (`--single-transaction`).
+    async fn restore_sealed(
+        &self,
+        args: &[&str],
+        keyring: Arc<Keyring>,
+        file: std::fs::File,
+    ) -> anyhow::Result<()> {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let mut command = self.command("pg_restore", &args)?;
+        command.stdin(Stdio::piped()).stderr(Stdio::piped());
+        tokio::task::spawn_blocking(move || {
+            let mut child = command.spawn().context("failed to run pg_restore")?;
+            let errors = drain(child.stderr.take());
+            let stdin = child.stdin.take().context("pg_restore's input")?;
+            let fed = sealed_file::open(&keyring, std::io::BufReader::new(file), stdin);
+            if fed.is_err() {
+                child.kill().ok();
+            }
+            let status = child.wait()?;
+            let errors = errors.join().unwrap_or_default();
+            fed?;
+            if !status.success() {
+                bail!("pg_restore failed: {}", errors.trim());
+            }
+            Ok(())
+        })
+        .await?
+    }
+}
+
+/// Reads a child's stderr to its end on a thread of its own, so a chatty child never blocks
+/// on a full pipe while we read its stdout.
+fn drain(stderr: Option<std::process::ChildStderr>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stderr) = stderr {
+            stderr.read_to_string(&mut text).ok();
+        }
+        text
+    })
 }

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod managed;
+pub mod sealed_file;
 
 use std::str::FromStr;
 use std::time::Duration;
