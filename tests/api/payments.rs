@@ -659,10 +659,21 @@ async fn export_holds_purchases_and_licences_and_erasure_keeps_only_the_unlinked
     assert_eq!(payments.removed["purchase_links"], 1);
     assert!(payments.kept.iter().any(|k| k.contains("tax")));
 
+    assert_eq!(payments.removed["session_ids"], 1);
+
+    // The record keeps what accounting needs, and no longer the session id in clear, even
+    // to us with the keys: only its keyed hash, which still finds it.
     let row = purchase(&app, &checkout).await;
     assert_eq!(row["has_buyer"], false);
     assert_eq!(row["amount"], 4900);
     assert_eq!(row["country"], "GB");
+    assert_eq!(row["payment_intent_id"], checkout.intent.as_str());
+    let hashed = row["checkout_session_id"].as_str().unwrap().to_owned();
+    assert!(hashed.starts_with("h:"), "{row}");
+    let out = admin(&app.cli_vars(), &["purchases", "show", &hashed, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let by_hash: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(by_hash["id"], row["id"], "the hash as listed finds it too");
     assert_eq!(
         licence_status(&app, &licence).await,
         "active",
@@ -683,7 +694,13 @@ async fn export_holds_purchases_and_licences_and_erasure_keeps_only_the_unlinked
     .await;
     assert_eq!(app.count("purchase").await, 1);
     assert!(!app.db.dump().contains(&checkout.session));
-    assert_eq!(purchase(&app, &checkout).await["has_buyer"], false);
+    let row = purchase(&app, &checkout).await;
+    assert_eq!(row["has_buyer"], false);
+    assert_eq!(
+        row["checkout_session_id"],
+        hashed.as_str(),
+        "a late event does not bring the clear id back"
+    );
 }
 
 #[tokio::test]

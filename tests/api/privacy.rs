@@ -1728,7 +1728,8 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     let replayed: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(replayed, json!({"journal_entries": 1, "erased_again": 0}));
 
-    // A plain pg_dump, as backups were before they were sealed, still restores.
+    // A plain pg_dump, as backups were before they were sealed, still restores, when the
+    // operator says it is one.
     let plain = dir.path().join("plain.dump");
     let dumped = std::process::Command::new("pg_dump")
         .args(["--format=custom", "--no-owner", "--file"])
@@ -1741,9 +1742,20 @@ async fn a_restored_backup_does_not_bring_back_anyone_erased_since_it_was_taken(
     let mut from_plain = vars.clone();
     from_plain.retain(|(k, _)| k != "DATABASE_URL");
     from_plain.push(("DATABASE_URL".into(), older.url()));
+    // Only when the operator says so: a plain dump swapped in for a backup is not restored
+    // unchecked.
+    let out = admin(&from_plain, &["db", "restore", plain.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--unsealed"), "{}", stderr(&out));
     let out = admin(
         &from_plain,
-        &["db", "restore", plain.to_str().unwrap(), "--json"],
+        &[
+            "db",
+            "restore",
+            plain.to_str().unwrap(),
+            "--unsealed",
+            "--json",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let people: i64 = sqlx::query_scalar("SELECT count(*) FROM person")

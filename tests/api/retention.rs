@@ -111,6 +111,18 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     exec(&app, "INSERT INTO support_request (id, reference, message_sealed, status, created_at, updated_at)
                 VALUES (gen_random_uuid(), 'S-OLD00001', '\\x00', 'open',
                         now() - interval '13 months', now() - interval '13 months')").await;
+    // Erasures journalled 32 days ago (past the 30 days backups are kept, and a day) and 30
+    // days ago; daily analytics summaries from just over two years ago and just under.
+    exec(
+        &app,
+        "INSERT INTO erasure_journal (person_hash, erased_at) VALUES
+                (sha256('old'), now() - interval '32 days'),
+                (sha256('recent'), now() - interval '30 days');
+         INSERT INTO analytics_rollup (day, metric, key, value, sessions) VALUES
+                (current_date - interval '2 years' - interval '1 day', 'sessions', 'old', 1, 1),
+                (current_date - interval '2 years' + interval '1 day', 'sessions', 'kept', 1, 1)",
+    )
+    .await;
     // Reset decisions (an address's keyed hash) given up on two hours ago and ten minutes ago.
     exec(
         &app,
@@ -130,6 +142,8 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     };
     let expected = vec![
         ("mail.history".to_owned(), 1),
+        ("platform.erasure_journal".to_owned(), 1),
+        ("analytics.rollups".to_owned(), 1),
         ("jobs.dead".to_owned(), 1),
         ("accounts.reset_requests".to_owned(), 1),
         ("payments.records".to_owned(), 1),
@@ -198,7 +212,21 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
         2,
         "the notice dead since yesterday, the decision from ten minutes ago"
     );
-    assert_eq!(app.scalar("SELECT count(*) FROM erasure_journal").await, 2);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM erasure_journal").await,
+        3,
+        "today's two erasures, and the one of 30 days ago"
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM analytics_rollup WHERE key IN ('old', 'kept')")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM analytics_rollup WHERE key = 'kept'")
+            .await,
+        1
+    );
     let dump = app.db.dump();
     for gone in [
         "forgot@example.net",

@@ -78,36 +78,36 @@ impl PersonalData for AccountData {
             RetentionRule {
                 name: "accounts.signups",
                 keeps: "a sign-up never verified: until its link expires (2 days)",
-                due: "SELECT count(*) FROM account_signup WHERE expires_at < now()",
-                apply: "DELETE FROM account_signup WHERE expires_at < now()",
+                due: "SELECT count(*) FROM account_signup WHERE expires_at < now()".into(),
+                apply: "DELETE FROM account_signup WHERE expires_at < now()".into(),
             },
             RetentionRule {
                 name: "accounts.sessions",
                 keeps: "a session: until it ends (7 days unused, 30 days after sign-in, or signed out)",
                 due: "SELECT count(*) FROM account_session
-                      WHERE expires_at < now() OR last_seen_at < now() - interval '7 days'",
+                      WHERE expires_at < now() OR last_seen_at < now() - interval '7 days'".into(),
                 apply: "DELETE FROM account_session
-                        WHERE expires_at < now() OR last_seen_at < now() - interval '7 days'",
+                        WHERE expires_at < now() OR last_seen_at < now() - interval '7 days'".into(),
             },
             RetentionRule {
                 name: "accounts.reset_links",
                 keeps: "a password-reset link: a day after it expired (an hour after it was sent)",
-                due: "SELECT count(*) FROM account_reset WHERE expires_at < now() - interval '1 day'",
-                apply: "DELETE FROM account_reset WHERE expires_at < now() - interval '1 day'",
+                due: "SELECT count(*) FROM account_reset WHERE expires_at < now() - interval '1 day'".into(),
+                apply: "DELETE FROM account_reset WHERE expires_at < now() - interval '1 day'".into(),
             },
             RetentionRule {
                 name: "accounts.reset_requests",
                 keeps: "a password-reset request not yet decided (an address's keyed hash): its hour",
                 due: "SELECT count(*) FROM job WHERE kind = 'accounts.reset_request'
-                      AND status <> 'running' AND created_at < now() - interval '1 hour'",
+                      AND status <> 'running' AND created_at < now() - interval '1 hour'".into(),
                 apply: "DELETE FROM job WHERE kind = 'accounts.reset_request'
-                        AND status <> 'running' AND created_at < now() - interval '1 hour'",
+                        AND status <> 'running' AND created_at < now() - interval '1 hour'".into(),
             },
             RetentionRule {
                 name: "accounts.failed_sign_ins",
                 keeps: "the count of an address's failed sign-ins (under a keyed hash): a day after the last",
-                due: "SELECT count(*) FROM signin_throttle WHERE updated_at < now() - interval '1 day'",
-                apply: "DELETE FROM signin_throttle WHERE updated_at < now() - interval '1 day'",
+                due: "SELECT count(*) FROM signin_throttle WHERE updated_at < now() - interval '1 day'".into(),
+                apply: "DELETE FROM signin_throttle WHERE updated_at < now() - interval '1 day'".into(),
             },
         ]
     }

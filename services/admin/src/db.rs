@@ -18,7 +18,8 @@ pub enum Command {
     Start,
     /// Stop the managed Postgres.
     Stop,
-    /// Write a backup of the database (managed or DATABASE_URL) to FILE (pg_dump, mode 0600).
+    /// Write a backup of the database (managed or DATABASE_URL) to FILE (pg_dump, mode 0600),
+    /// sealed under a key wrapped by the master key.
     Backup { file: PathBuf },
     /// Replace the database with the backup in FILE, then erase again everyone erased since
     /// it was taken. Stop every pexper-server first.
@@ -28,6 +29,11 @@ pub enum Command {
         /// (and the journal in it) is lost. May be given several times.
         #[arg(long)]
         journal: Vec<PathBuf>,
+        /// FILE is a plain pg_dump, as backups were before they were sealed. Without this, a
+        /// file that is not a sealed backup is refused: anyone who can swap a backup for a
+        /// plain dump of their making could otherwise have it restored unchecked.
+        #[arg(long)]
+        unsealed: bool,
     },
     /// The erasure journal (hashes of erased people's ids, and times): export it with
     /// `--json` to keep a copy apart from the backups.
@@ -74,11 +80,21 @@ pub async fn run(json: bool, config: &Config, command: Command) -> anyhow::Resul
                 &json!({"file": file.display().to_string(), "bytes": bytes, "sealed": true}),
             );
         }
-        Command::Restore { file, journal } => {
+        Command::Restore {
+            file,
+            journal,
+            unsealed,
+        } => {
             let exported = read_journals(&journal)?;
             let master = keys::load_master_keys(config)?;
             let registry = pexper_server::personal_data(config);
-            let restored = backup::restore(config, &file, exported, &master, &registry).await?;
+            let form = if unsealed {
+                backup::Form::Plain
+            } else {
+                backup::Form::Sealed
+            };
+            let restored =
+                backup::restore(config, &file, form, exported, &master, &registry).await?;
             output::object(json, &serde_json::to_value(restored)?);
         }
         Command::Replay { journal } => {

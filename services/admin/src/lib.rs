@@ -208,13 +208,15 @@ fn operator() -> String {
     }
 }
 
-/// The keyring, for the commands that open or look up an address or a record. Purchase records
-/// from before they were sealed are sealed first, as the server does at start, so no command
-/// meets one unsealed.
+/// The keyring, for the commands that open or look up an address or a record. Rows from before
+/// a migration that needed the keys are brought up to date first (`PersonalData::prepare`), as
+/// the server does at start, so no command meets one.
 async fn keyring(config: &Config, pool: &PgPool) -> anyhow::Result<Keyring> {
     let master = pexper_platform::keys::load_master_keys(config)?;
     let keyring = pexper_platform::keys::keyring(pool, &master).await?;
-    pexper_payments::seal::backlog(pool, &keyring).await?;
+    pexper_server::personal_data(config)
+        .prepare(pool, &keyring)
+        .await?;
     Ok(keyring)
 }
 

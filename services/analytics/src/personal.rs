@@ -4,7 +4,7 @@
 
 use pexper_platform::crypto::Keyring;
 use pexper_platform::person::PersonId;
-use pexper_platform::personal_data::{ErasureSummary, PersonalData};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule};
 use sqlx::PgConnection;
 
 const STATEMENT: &str = "Anonymous usage analytics and crash reports hold nothing linkable to a person: no account, email address, IP address, user agent, device or install identifier. Nothing in them can be found for you, so there is nothing to export or erase. You can turn both off in Pexper's settings.";
@@ -24,6 +24,20 @@ impl PersonalData for AnalyticsData {
         _person: PersonId,
     ) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::json!({ "statement": STATEMENT }))
+    }
+
+    /// Raw events and crash reports go after `PEXPER_ANALYTICS_RETENTION_DAYS` in the rollup
+    /// job, once their day is summarised; the daily summaries, counts with no identifier,
+    /// after two years (a year compared with the one before).
+    fn retention(&self) -> Vec<RetentionRule> {
+        vec![RetentionRule {
+            name: "analytics.rollups",
+            keeps: "daily usage and crash-free summaries (counts per version and OS): 2 years",
+            due: "SELECT count(*) FROM analytics_rollup WHERE day < current_date - interval '2 years'"
+                .into(),
+            apply: "DELETE FROM analytics_rollup WHERE day < current_date - interval '2 years'"
+                .into(),
+        }]
     }
 
     async fn erase(

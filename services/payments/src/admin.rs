@@ -108,6 +108,16 @@ const SELECT: &str = "
            l.id AS license_id, p.created_at, p.paid_at, p.person_id, p.record_sealed
     FROM purchase p LEFT JOIN license l ON l.purchase_id = p.id";
 
+/// A Checkout Session id as an operator may type it: as Stripe shows it, or as `purchases list`
+/// shows an erased buyer's (its keyed hash).
+fn stored_session(keyring: &Keyring, typed: &str) -> String {
+    if typed.starts_with("h:") {
+        typed.to_owned()
+    } else {
+        session_hash(keyring, typed)
+    }
+}
+
 /// Newest first; `status` filters, `buyer` limits to one person's purchases.
 pub async fn list(
     pool: &PgPool,
@@ -141,7 +151,7 @@ pub async fn find(
         "{SELECT} WHERE p.id = $1 OR p.checkout_session_hash = $2"
     )))
     .bind(id)
-    .bind(session_hash(keyring, id_or_session))
+    .bind(stored_session(keyring, id_or_session))
     .fetch_optional(pool)
     .await
     .context("failed to find a purchase")?;
@@ -256,7 +266,7 @@ async fn resolve_license(
          LIMIT 1",
     )
     .bind(id)
-    .bind(session_hash(keyring, query))
+    .bind(stored_session(keyring, query))
     .fetch_optional(conn)
     .await
     .context("failed to find a licence")

@@ -149,7 +149,8 @@ impl PersonalData for PaymentsData {
                 keeps: "a purchase record no longer anyone's (unlinked at erasure), with its \
                         licence: 10 years after the purchase, as tax law requires",
                 due: "SELECT count(*) FROM purchase
-                      WHERE person_id IS NULL AND created_at < now() - interval '10 years'",
+                      WHERE person_id IS NULL AND created_at < now() - interval '10 years'"
+                    .into(),
                 // The licence goes in the same statement (its key to the purchase is checked
                 // at the statement's end).
                 apply: "WITH old AS (SELECT id FROM purchase
@@ -157,20 +158,34 @@ impl PersonalData for PaymentsData {
                                        AND created_at < now() - interval '10 years'),
                              licences AS (DELETE FROM license
                                           WHERE purchase_id IN (SELECT id FROM old))
-                        DELETE FROM purchase WHERE id IN (SELECT id FROM old)",
+                        DELETE FROM purchase WHERE id IN (SELECT id FROM old)"
+                    .into(),
             },
             RetentionRule {
                 name: "payments.events",
                 keeps: "Stripe's events, and the refunds and disputes they reported: 10 years",
                 due: "SELECT count(*) FROM stripe_event
-                      WHERE received_at < now() - interval '10 years'",
+                      WHERE received_at < now() - interval '10 years'"
+                    .into(),
                 apply: "WITH adjustments AS (
                             DELETE FROM payment_adjustment WHERE event_id IN (
                                 SELECT id FROM stripe_event
                                 WHERE received_at < now() - interval '10 years'))
-                        DELETE FROM stripe_event WHERE received_at < now() - interval '10 years'",
+                        DELETE FROM stripe_event WHERE received_at < now() - interval '10 years'"
+                    .into(),
             },
         ]
+    }
+
+    async fn prepare(&self, pool: &sqlx::PgPool, keyring: &Keyring) -> anyhow::Result<()> {
+        let sealed = crate::seal::backlog(pool, keyring).await?;
+        if sealed > 0 {
+            tracing::info!(
+                rows = sealed,
+                "sealed the payment records kept in clear before"
+            );
+        }
+        Ok(())
     }
 
     fn holds(&self) -> Option<&'static str> {

@@ -104,35 +104,28 @@ pub fn open<T: DeserializeOwned>(
 }
 
 /// Seals what migration 24 set aside in `payments_unsealed` (rows from before purchase records
-/// were sealed) and empties it, in batches, each in one transaction. Run before serving, so
-/// no request meets an unsealed row; a concurrent run skips the rows another is sealing.
+/// were sealed) and empties it, in one transaction under a lock: a second process starting at
+/// the same moment waits, then finds nothing left, so none serves while a row is half done.
 pub async fn backlog(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<u64> {
-    let mut sealed = 0;
-    loop {
-        let mut tx = pool.begin().await?;
-        let batch: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
-            "SELECT source, id, clear FROM payments_unsealed
-             ORDER BY source, id LIMIT 100 FOR UPDATE SKIP LOCKED",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .context("failed to read the unsealed payments")?;
-        if batch.is_empty() {
-            return Ok(sealed);
-        }
-        for (source, id, clear) in &batch {
-            seal_one(&mut tx, keyring, source, id, clear)
-                .await
-                .with_context(|| format!("failed to seal {source} {id}"))?;
-            sqlx::query("DELETE FROM payments_unsealed WHERE source = $1 AND id = $2")
-                .bind(source)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        sealed += batch.len() as u64;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('payments:unsealed', 0))")
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<(String, String, serde_json::Value)> =
+        sqlx::query_as("SELECT source, id, clear FROM payments_unsealed ORDER BY source, id")
+            .fetch_all(&mut *tx)
+            .await
+            .context("failed to read the unsealed payments")?;
+    for (source, id, clear) in &rows {
+        seal_one(&mut tx, keyring, source, id, clear)
+            .await
+            .with_context(|| format!("failed to seal {source} {id}"))?;
     }
+    sqlx::query("DELETE FROM payments_unsealed")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
 }
 
 async fn seal_one(

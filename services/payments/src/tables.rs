@@ -88,7 +88,9 @@ pub const TABLES: &[Table] = &[
             Column::personal("token_sealed", Transaction)
                 .kept("with its purchase, sealed under the records key: it names no one, and a copy in use keeps working")
                 .sent_to(MAIL),
-            Column::personal("product", Transaction).kept(ACCOUNTING),
+            Column::personal("product", Transaction)
+                .kept(ACCOUNTING)
+                .not_exported("the purchase's product, in the export"),
             Column::personal("issued_at", Transaction).kept(ACCOUNTING),
             Column::personal("revoked_at", Transaction).kept(ACCOUNTING),
             Column::personal("revoked_reason", Transaction).kept(ACCOUNTING),
@@ -96,13 +98,13 @@ pub const TABLES: &[Table] = &[
     },
     Table {
         name: "payments_unsealed",
-        purpose: "rows from before purchase records were sealed (migration 24), until the first start with the keys seals them where they belong",
+        purpose: "rows from before purchase records were sealed (migration 24), until the first process with the keys (a server starting, an admin command, a restore) seals them where they belong",
         columns: &[
             Column::plain("source"),
             Column::plain("id"),
             Column::personal("clear", Transaction)
-                .kept("moments: sealed into its row and deleted at the first start (payments::seal::backlog)")
-                .not_exported("empty once the server has started"),
+                .kept("from the migration to the first process with the keys, which seals it into its row and deletes it (payments::seal::backlog)")
+                .not_exported("sealed into its row, and exported from there, before anything reads it"),
         ],
     },
 ];

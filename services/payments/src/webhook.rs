@@ -20,9 +20,9 @@ use serde::Serialize;
 use stripe_webhook::{Webhook, WebhookError};
 use time::OffsetDateTime;
 
-use crate::fulfilment;
 use crate::store::{self, Adjustment, EventRecord, Outcome, SessionFacts};
 use crate::stripe::{Charge, CheckoutSession, Dispute, Event};
+use crate::{fulfilment, seal};
 
 /// Requests refused for their signature since start: the only trace they leave.
 static REJECTED: AtomicU64 = AtomicU64::new(0);
@@ -173,7 +173,7 @@ async fn process(platform: &Platform, event: &Event<'_>) -> Result<&'static str,
         Action::Dispute => dispute(platform, &mut tx, &record, event).await?,
         Action::Ignore => (Outcome::Ignored, None),
     };
-    let payment_ref = payment_ref.map(|r| crate::seal::ref_hash(&platform.keyring, &r));
+    let payment_ref = payment_ref.map(|r| seal::ref_hash(&platform.keyring, &r));
     store::set_outcome(&mut tx, &event.id, outcome, payment_ref.as_deref()).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     Ok(match outcome {
@@ -238,11 +238,13 @@ async fn session(
 ) -> Result<Applied, ApiError> {
     let session: CheckoutSession = event.object().map_err(|_| unreadable(event))?;
     let facts = session_facts(event, &session, which, occurred_at)?;
-    store::lock(tx, &facts.session_id).await?;
-    if let Some(pi) = &facts.payment_intent_id {
-        store::lock(tx, pi).await?;
-    }
+    // Locked by their keyed hashes: a clear Stripe id never reaches Postgres, not even as a
+    // lock's parameter in a log.
     let keyring = &platform.keyring;
+    store::lock(tx, &seal::session_hash(keyring, &facts.session_id)).await?;
+    if let Some(pi) = &facts.payment_intent_id {
+        store::lock(tx, &seal::payment_hash(keyring, pi)).await?;
+    }
     let id = match store::purchase_of_session(tx, keyring, &facts.session_id).await? {
         Some(id) => {
             store::update_purchase(tx, keyring, id, &facts).await?;
@@ -308,7 +310,7 @@ async fn adjust(
         .or(adjustment.charge_id())
         .unwrap_or_default()
         .to_owned();
-    store::lock(tx, &payment).await?;
+    store::lock(tx, &seal::payment_hash(&platform.keyring, &payment)).await?;
     let outcome = match store::record_adjustment(tx, &platform.keyring, record, adjustment).await? {
         Some(purchase) => {
             fulfilment::apply(tx, platform, purchase).await?;

@@ -70,6 +70,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub crash_keys: Vec<CrashKey>,
     pub analytics_retention_days: u32,
+    /// How long the operator keeps backups: the erasure journal must outlive every backup
+    /// taken before an erasure, and no longer (`PEXPER_BACKUP_RETENTION_DAYS`).
+    pub backup_retention_days: u32,
     /// The period of the recurring jobs (sweeps, rollups): each runs once per period, however
     /// many replicas serve.
     pub recurring_seconds: u64,
@@ -167,6 +170,10 @@ impl Config {
             .unwrap_or("90")
             .parse()
             .context("PEXPER_ANALYTICS_RETENTION_DAYS must be a whole number of days")?;
+        let backup_retention_days = get("PEXPER_BACKUP_RETENTION_DAYS")
+            .unwrap_or("30")
+            .parse()
+            .context("PEXPER_BACKUP_RETENTION_DAYS must be a whole number of days")?;
         let tls = match (get("PEXPER_TLS_CERT"), get("PEXPER_TLS_KEY")) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: PathBuf::from(cert),
@@ -231,6 +238,7 @@ impl Config {
             tls,
             crash_keys,
             analytics_retention_days,
+            backup_retention_days,
             recurring_seconds,
             shutdown_grace_seconds,
             pg_bin: get("PG_BIN").map(PathBuf::from),
@@ -470,6 +478,7 @@ mod tests {
             }]
         );
         assert_eq!(c.analytics_retention_days, 90);
+        assert_eq!(c.backup_retention_days, 30);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.password_hashers, cores.saturating_sub(1).max(1));
         assert_eq!(c.job_concurrency, 16);

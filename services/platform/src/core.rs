@@ -29,8 +29,8 @@ impl Service for Core {
         vec![NewJob::new(&crate::retention::Retention {})]
     }
 
-    fn personal_data(&self, _config: &crate::Config) -> Option<Arc<dyn DynPersonalData>> {
-        Some(Arc::new(EmailRecords))
+    fn personal_data(&self, config: &crate::Config) -> Option<Arc<dyn DynPersonalData>> {
+        Some(Arc::new(EmailRecords::new(config)))
     }
 
     fn tables(&self) -> &'static [crate::data_map::Table] {

@@ -504,7 +504,9 @@ pub fn sealed_key_id(sealed: &[u8]) -> Option<Uuid> {
 }
 
 /// AES-256-GCM with a random 96-bit nonce: `[nonce][ciphertext+tag]`. Random nonces are safe
-/// here: a data key seals a handful of values in its life, far below the 2^32 bound.
+/// here: a person's data key seals a handful of values in its life, a backup's key one per
+/// 64 KiB, and the records key one per payment event (a purchase's record is sealed again at
+/// each), all far below the 2^32 messages per key that random nonces allow.
 fn seal_raw(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let cipher = Aes256Gcm::new_from_slice(key.expose_secret()).expect("32-byte key");
     let mut nonce = [0u8; NONCE_LEN];

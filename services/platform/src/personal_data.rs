@@ -1,6 +1,7 @@
 //! The one trait every service implements for the data it keeps about a person, and the one
 //! registry the privacy service drives for access (export) and deletion (erase) requests.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::crypto::Keyring;
 use crate::person::{self, PersonId};
@@ -26,16 +27,16 @@ pub struct ErasureSummary {
 }
 
 /// One kind of personal data and how long it stays (enforced by `retention`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RetentionRule {
     /// `service.what`, e.g. `waitlist.unconfirmed`.
     pub name: &'static str,
     /// The period, in words: "unconfirmed signups, 30 days after their link expired".
     pub keeps: &'static str,
     /// `SELECT count(*) …` of the rows due now.
-    pub due: &'static str,
+    pub due: Cow<'static, str>,
     /// The statement that removes (or unlinks) them.
-    pub apply: &'static str,
+    pub apply: Cow<'static, str>,
 }
 
 /// A service's view of one person's data.
@@ -84,6 +85,19 @@ pub trait PersonalData: Send + Sync {
     fn after_restore(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// Brings rows from before a migration into the shape this service's code reads, where
+    /// that needs the keys, which a migration does not have (payments seals what migration 24
+    /// set aside). Runs before anything reads them: at server start, in the admin commands
+    /// that load the keys, and after a restore or replay, before erasures are replayed.
+    /// Must be safe to run again, and from several processes at once.
+    fn prepare(
+        &self,
+        _pool: &PgPool,
+        _keyring: &Keyring,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// `PersonalData` as the registry holds it, behind `dyn`: implementations write plain
@@ -112,6 +126,12 @@ pub trait DynPersonalData: Send + Sync {
     fn retention(&self) -> Vec<RetentionRule>;
 
     fn after_restore(&self) -> &'static [&'static str];
+
+    fn prepare<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        keyring: &'a Keyring,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 impl<T: PersonalData> DynPersonalData for T {
@@ -129,6 +149,14 @@ impl<T: PersonalData> DynPersonalData for T {
 
     fn after_restore(&self) -> &'static [&'static str] {
         PersonalData::after_restore(self)
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        keyring: &'a Keyring,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(PersonalData::prepare(self, pool, keyring))
     }
 
     fn section(&self) -> &'static str {
@@ -180,6 +208,16 @@ impl Registry {
     /// Every service's retention rules.
     pub fn retention(&self) -> Vec<RetentionRule> {
         self.parts.iter().flat_map(|p| p.retention()).collect()
+    }
+
+    /// Every service's `PersonalData::prepare`, in turn.
+    pub async fn prepare(&self, pool: &PgPool, keyring: &Keyring) -> anyhow::Result<()> {
+        for part in &self.parts {
+            part.prepare(pool, keyring)
+                .await
+                .with_context(|| format!("failed to prepare the {} section", part.section()))?;
+        }
+        Ok(())
     }
 
     /// Every service's statements to run after a restore (`PersonalData::after_restore`).
@@ -273,9 +311,20 @@ impl Registry {
     }
 }
 
-/// The platform's own section: the address, and the history of emails sent to it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EmailRecords;
+/// The platform's own section: the address, and the history of emails sent to it; and the
+/// platform's own retention rules.
+#[derive(Debug, Clone, Copy)]
+pub struct EmailRecords {
+    backup_retention_days: u32,
+}
+
+impl EmailRecords {
+    pub fn new(config: &crate::Config) -> Self {
+        Self {
+            backup_retention_days: config.backup_retention_days,
+        }
+    }
+}
 
 impl PersonalData for EmailRecords {
     fn section(&self) -> &'static str {
@@ -317,24 +366,38 @@ impl PersonalData for EmailRecords {
     }
 
     fn retention(&self) -> Vec<RetentionRule> {
+        // A day past the backups' horizon: a backup taken just before an erasure is the last
+        // that could bring the person back, and it is gone by then.
+        let journal_past = format!(
+            "erased_at < now() - make_interval(days => {})",
+            u64::from(self.backup_retention_days) + 1
+        );
         vec![
             RetentionRule {
                 name: "mail.history",
                 keeps: "the history of emails sent to a person (template, time): 2 years",
-                due: "SELECT count(*) FROM email_event WHERE sent_at < now() - interval '2 years'",
-                apply: "DELETE FROM email_event WHERE sent_at < now() - interval '2 years'",
+                due: "SELECT count(*) FROM email_event WHERE sent_at < now() - interval '2 years'".into(),
+                apply: "DELETE FROM email_event WHERE sent_at < now() - interval '2 years'".into(),
             },
             RetentionRule {
                 name: "mail.reports",
                 keeps: "hashes of bounce and complaint reports already read: 1 year",
-                due: "SELECT count(*) FROM mail_report WHERE received_at < now() - interval '1 year'",
-                apply: "DELETE FROM mail_report WHERE received_at < now() - interval '1 year'",
+                due: "SELECT count(*) FROM mail_report WHERE received_at < now() - interval '1 year'".into(),
+                apply: "DELETE FROM mail_report WHERE received_at < now() - interval '1 year'".into(),
+            },
+            RetentionRule {
+                name: "platform.erasure_journal",
+                keeps: "the erasure journal (a SHA-256 of an erased person's id, and when): as \
+                        long as a backup taken before the erasure may be restored, \
+                        PEXPER_BACKUP_RETENTION_DAYS (30) and a day",
+                due: format!("SELECT count(*) FROM erasure_journal WHERE {journal_past}").into(),
+                apply: format!("DELETE FROM erasure_journal WHERE {journal_past}").into(),
             },
             RetentionRule {
                 name: "jobs.dead",
                 keeps: "jobs given up on (ids, at most an address's keyed hash): 30 days",
-                due: "SELECT count(*) FROM job WHERE status = 'dead' AND updated_at < now() - interval '30 days'",
-                apply: "DELETE FROM job WHERE status = 'dead' AND updated_at < now() - interval '30 days'",
+                due: "SELECT count(*) FROM job WHERE status = 'dead' AND updated_at < now() - interval '30 days'".into(),
+                apply: "DELETE FROM job WHERE status = 'dead' AND updated_at < now() - interval '30 days'".into(),
             },
         ]
     }

@@ -37,7 +37,7 @@ pub struct RuleStatus {
 pub async fn status(pool: &PgPool, registry: &Registry) -> anyhow::Result<Vec<RuleStatus>> {
     let mut rules = Vec::new();
     for rule in registry.retention() {
-        let due: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(rule.due))
+        let due: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(rule.due.as_ref()))
             .fetch_one(pool)
             .await
             .with_context(|| format!("failed to count what {} has due", rule.name))?;
@@ -75,7 +75,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<(&'static str, i64)>> {
     let mut done = Vec::new();
     for rule in registry.retention() {
-        let removed = sqlx::query(sqlx::AssertSqlSafe(rule.apply))
+        let removed = sqlx::query(sqlx::AssertSqlSafe(rule.apply.as_ref()))
             .execute(pool)
             .await
             .with_context(|| format!("retention rule {} failed", rule.name))?

@@ -117,15 +117,15 @@ impl PersonalData for PrivacyData {
                 name: "privacy.unverified",
                 keeps: "a request never verified: its words and its link to the person end when it expires (7 days)",
                 due: "SELECT count(*) FROM privacy_request
-                      WHERE status = 'expired' AND (person_id IS NOT NULL OR details_sealed IS NOT NULL)",
+                      WHERE status = 'expired' AND (person_id IS NOT NULL OR details_sealed IS NOT NULL)".into(),
                 apply: "UPDATE privacy_request SET person_id = NULL, details_sealed = NULL, updated_at = now()
-                        WHERE status = 'expired' AND (person_id IS NOT NULL OR details_sealed IS NOT NULL)",
+                        WHERE status = 'expired' AND (person_id IS NOT NULL OR details_sealed IS NOT NULL)".into(),
             },
             RetentionRule {
                 name: "privacy.receipts",
                 keeps: "a closed request (kind, dates, status, the person's link): 3 years after it closed, the proof we answered; its audit events stay, without personal data",
-                due: "SELECT count(*) FROM privacy_request WHERE closed_at < now() - interval '3 years'",
-                apply: "DELETE FROM privacy_request WHERE closed_at < now() - interval '3 years'",
+                due: "SELECT count(*) FROM privacy_request WHERE closed_at < now() - interval '3 years'".into(),
+                apply: "DELETE FROM privacy_request WHERE closed_at < now() - interval '3 years'".into(),
             },
         ]
     }

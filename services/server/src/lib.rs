@@ -78,15 +78,10 @@ pub async fn platform(config: Config, mailer: Option<Mailer>) -> anyhow::Result<
         None => Mailer::from_config(&config)?,
     };
     let keyring = keys::keyring(&pool, &master).await?;
-    // Rows from before purchase records were sealed (migration 24), sealed before any request.
-    let sealed = pexper_payments::seal::backlog(&pool, &keyring).await?;
-    if sealed > 0 {
-        tracing::info!(
-            rows = sealed,
-            "sealed the payment records kept in clear before"
-        );
-    }
     let registry = personal_data(&config);
+    // Rows from before a migration that needed the keys (sealed purchase records), brought up
+    // to date before any request or job reads them.
+    registry.prepare(&pool, &keyring).await?;
     let platform = Platform::new(config, pool, keyring, mailer, registry)?;
     // Requests never wait for a connection's handshake (db::fill).
     tokio::join!(db::fill(&platform.pool), db::fill(&platform.ingest_pool));

@@ -69,11 +69,13 @@ impl PersonalData for SupportData {
             due: "SELECT count(*) FROM support_request
                   WHERE coalesce(closed_at, CASE WHEN status = 'answered' THEN updated_at END,
                                  created_at)
-                        < now() - interval '1 year'",
+                        < now() - interval '1 year'"
+                .into(),
             apply: "DELETE FROM support_request
                     WHERE coalesce(closed_at, CASE WHEN status = 'answered' THEN updated_at END,
                                    created_at)
-                          < now() - interval '1 year'",
+                          < now() - interval '1 year'"
+                .into(),
         }]
     }
 

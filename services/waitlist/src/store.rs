@@ -432,17 +432,21 @@ impl PersonalData for WaitlistData {
                 name: "waitlist.unconfirmed",
                 keeps: "a signup never confirmed: 30 days after its 7-day link expired",
                 due: "SELECT count(*) FROM waitlist_entry
-                      WHERE status = 'pending' AND updated_at < now() - interval '37 days'",
+                      WHERE status = 'pending' AND updated_at < now() - interval '37 days'"
+                    .into(),
                 apply: "DELETE FROM waitlist_entry
-                        WHERE status = 'pending' AND updated_at < now() - interval '37 days'",
+                        WHERE status = 'pending' AND updated_at < now() - interval '37 days'"
+                    .into(),
             },
             RetentionRule {
                 name: "waitlist.links",
                 keeps: "confirmation links (a hash): a day after they were used or expired",
                 due: "SELECT count(*) FROM waitlist_token
-                      WHERE coalesce(used_at, expires_at) < now() - interval '1 day'",
+                      WHERE coalesce(used_at, expires_at) < now() - interval '1 day'"
+                    .into(),
                 apply: "DELETE FROM waitlist_token
-                        WHERE coalesce(used_at, expires_at) < now() - interval '1 day'",
+                        WHERE coalesce(used_at, expires_at) < now() - interval '1 day'"
+                    .into(),
             },
         ]
     }

@@ -85,6 +85,15 @@ pub async fn backup(config: &Config, file: &Path, master: &MasterKeys) -> anyhow
     Ok(std::fs::metadata(file)?.len())
 }
 
+/// What a backup file to restore is said to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Written by `backup`: checked whole, then opened.
+    Sealed,
+    /// A plain `pg_dump` (custom format), as backups were before they were sealed.
+    Plain,
+}
+
 /// What a restore (or a replay of the journal) did.
 #[derive(Debug, Serialize)]
 pub struct Restored {
@@ -113,20 +122,33 @@ const RESTORE_NOTE: &str = "every session was ended and every unused password-re
 pub async fn restore(
     config: &Config,
     file: &Path,
+    form: Form,
     exported: Vec<JournalEntry>,
     master: &MasterKeys,
     registry: &Registry,
 ) -> anyhow::Result<Restored> {
     anyhow::ensure!(file.is_file(), "{} is not a backup file", file.display());
     // A sealed backup is checked whole before anything is touched: a changed or cut file is
-    // refused here, not halfway through the restore. One from before backups were sealed is
-    // read as it is.
+    // refused here, not halfway through the restore. A plain one only when the operator said
+    // so.
     let keyring = Arc::new(Keyring::new(master));
     let sealed = {
         let mut head = [0u8; sealed_file::MAGIC.len()];
         let n = std::fs::File::open(file)?.read(&mut head)?;
         sealed_file::is_sealed(&head[..n])
     };
+    match (form, sealed) {
+        (Form::Sealed, false) => bail!(
+            "{} is not a sealed backup: if it is a plain pg_dump from before backups were \
+             sealed, and you trust where it comes from, restore it with --unsealed",
+            file.display()
+        ),
+        (Form::Plain, true) => bail!(
+            "{} is a sealed backup: restore it without --unsealed",
+            file.display()
+        ),
+        _ => {}
+    }
     if sealed {
         let input = std::io::BufReader::new(std::fs::File::open(file)?);
         sealed_file::open(&keyring, input, std::io::sink())
@@ -248,6 +270,9 @@ pub async fn replay(
     let back = crate::person::journalled(&mut conn).await?;
     drop(conn);
     let keyring = crate::keys::keyring(pool, master).await?;
+    // What a migration set aside for the keys (a backup from before sealed purchase records)
+    // is brought up to date first, so the erasures below find it and reach it.
+    registry.prepare(pool, &keyring).await?;
     for person in &back {
         let mut tx = pool.begin().await?;
         registry.erase(&mut tx, &keyring, *person).await?;
@@ -378,10 +403,12 @@ impl Tool {
             let sealed = sealed_file::seal(&keyring, stdout, &mut out);
             let status = child.wait()?;
             let errors = errors.join().unwrap_or_default();
+            // Our side first: a full disk stops the sealing, and pg_dump then fails only
+            // because its output was closed.
+            sealed.context("failed to write the backup")?;
             if !status.success() {
                 bail!("pg_dump failed: {}", errors.trim());
             }
-            sealed?;
             out.into_inner()
                 .map_err(|e| e.into_error())?
                 .sync_all()
@@ -404,17 +431,21 @@ impl Tool {
         tokio::task::spawn_blocking(move || {
             let mut child = command.spawn().context("failed to run pg_restore")?;
             let errors = drain(child.stderr.take());
-            let stdin = child.stdin.take().context("pg_restore's input")?;
-            let fed = sealed_file::open(&keyring, std::io::BufReader::new(file), stdin);
+            let mut stdin = child.stdin.take().context("pg_restore's input")?;
+            let fed = sealed_file::open(&keyring, std::io::BufReader::new(file), &mut stdin);
+            // Killed before its input ends, so it never sees a clean end of what we fed it.
             if fed.is_err() {
                 child.kill().ok();
             }
+            drop(stdin);
             let status = child.wait()?;
             let errors = errors.join().unwrap_or_default();
-            fed?;
-            if !status.success() {
+            // pg_restore's own failure first: ours is then only the pipe it closed.
+            if !status.success() && !errors.trim().is_empty() {
                 bail!("pg_restore failed: {}", errors.trim());
             }
+            fed?;
+            anyhow::ensure!(status.success(), "pg_restore failed");
             Ok(())
         })
         .await?
