@@ -671,54 +671,202 @@ type AuditRow = (
     time::OffsetDateTime,
 );
 
-/// Rewrites the whole trail as someone who can write to the database but holds no key
-/// would: every link recomputed as the plain SHA-256 chain the code once used, marked keyed
-/// or not, and the head moved to the new last link.
-async fn recompute_without_the_key(app: &TestApp, keyed: bool) {
-    let pool = &app.platform.pool;
+/// The bytes an event's link covers: the link before it and its fields, length-prefixed.
+fn link_input(prev: &[u8], row: &AuditRow) -> Vec<u8> {
+    let (_, request, event, status, detail, actor, at) = row;
+    let mut bytes = prev.to_vec();
+    let request = request.map(|r| r.as_bytes().to_vec()).unwrap_or_default();
+    let at = at.unix_timestamp_nanos().to_be_bytes();
+    for field in [
+        &request[..],
+        event.as_bytes(),
+        status.as_bytes(),
+        detail.as_bytes(),
+        &at,
+        actor.as_bytes(),
+    ] {
+        bytes.extend((field.len() as u64).to_be_bytes());
+        bytes.extend(field);
+    }
+    bytes
+}
+
+/// How `rewrite_trail` makes each link.
+#[derive(Clone, Copy)]
+enum Links {
+    /// As someone who can write to the database but holds no key would: the plain SHA-256
+    /// chain the code once used, marked keyed or not.
+    WithoutTheKey { marked_keyed: bool },
+    /// As the server does, with the key: for moving events back in time, as if written then.
+    WithTheKey,
+}
+
+/// Rewrites the whole trail's links (and, with the key, its head's MAC), in one transaction
+/// under the trail's lock, and the head moved to the new last link.
+async fn rewrite_trail(app: &TestApp, links: Links) {
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('privacy_audit', 0))")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT seq, request_id, event, status, detail, actor, at FROM privacy_audit
              ORDER BY seq",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .unwrap();
+    let keyring = &app.platform.keyring;
     let mut prev = vec![0u8; 32];
-    for (seq, request, event, status, detail, actor, at) in rows {
-        let mut bytes = prev.clone();
-        let request = request.map(|r| r.as_bytes().to_vec()).unwrap_or_default();
-        let at = at.unix_timestamp_nanos().to_be_bytes();
-        for field in [
-            &request[..],
-            event.as_bytes(),
-            status.as_bytes(),
-            detail.as_bytes(),
-            &at,
-            actor.as_bytes(),
-        ] {
-            bytes.extend((field.len() as u64).to_be_bytes());
-            bytes.extend(field);
-        }
-        let hash = pexper_platform::crypto::sha256(&bytes).to_vec();
+    for row in rows {
+        let bytes = link_input(&prev, &row);
+        let (hash, keyed) = match links {
+            Links::WithoutTheKey { marked_keyed } => (
+                pexper_platform::crypto::sha256(&bytes).to_vec(),
+                marked_keyed,
+            ),
+            Links::WithTheKey => (
+                keyring.audit_mac(&[b"pexper/audit-event", &bytes]).to_vec(),
+                true,
+            ),
+        };
         sqlx::query(
             "UPDATE privacy_audit SET prev_hash = $2, hash = $3, keyed = $4 WHERE seq = $1",
         )
-        .bind(seq)
+        .bind(row.0)
         .bind(&prev)
         .bind(&hash)
         .bind(keyed)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
         prev = hash;
     }
-    sqlx::query(
-        "UPDATE privacy_audit_head SET seq = (SELECT max(seq) FROM privacy_audit), hash = $1",
+    let (seq, at): (i64, time::OffsetDateTime) = sqlx::query_as(
+        "UPDATE privacy_audit_head SET seq = (SELECT max(seq) FROM privacy_audit), hash = $1
+         RETURNING seq, at",
     )
     .bind(&prev)
-    .execute(pool)
+    .fetch_one(&mut *tx)
     .await
     .unwrap();
+    if let Links::WithTheKey = links {
+        let mac = keyring.audit_mac(&[
+            b"pexper/audit-head",
+            &seq.to_be_bytes(),
+            &prev,
+            &at.unix_timestamp_nanos().to_be_bytes(),
+        ]);
+        sqlx::query("UPDATE privacy_audit_head SET mac = $1")
+            .bind(mac.as_slice())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn recompute_without_the_key(app: &TestApp, keyed: bool) {
+    rewrite_trail(
+        app,
+        Links::WithoutTheKey {
+            marked_keyed: keyed,
+        },
+    )
+    .await;
+}
+
+/// The trail keeps its events 3 years, and a request's while its receipt is kept; pruning
+/// leaves a trail that verifies from where it now starts, and a cut beyond that start shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_is_pruned_past_its_retention_and_still_verifies() {
+    let app = app().await;
+    // Four requests; the first two's events moved four years back (as the server would have
+    // written them then); the first's receipt and the third's deleted.
+    audit_events(&app, &["access", "objection", "restriction", "correction"]);
+    let requests: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT request_id, min(seq), max(seq) FROM privacy_audit GROUP BY request_id
+         ORDER BY min(seq)",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    let [
+        (old_gone, _, _),
+        (old_kept, old_kept_from, old_kept_to),
+        (recent_gone, recent_from, _),
+        _,
+    ] = requests[..]
+    else {
+        unreachable!()
+    };
+    assert!(
+        old_kept_to < recent_from,
+        "the requests' events in order: {requests:?}"
+    );
+    sqlx::query("UPDATE privacy_audit SET at = at - interval '4 years' WHERE seq <= $1")
+        .bind(old_kept_to)
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    rewrite_trail(&app, Links::WithTheKey).await;
+    let (passed, report) = audit(&app, &[]);
+    assert!(passed, "the rewritten trail checks: {report}");
+    for gone in [old_gone, recent_gone] {
+        sqlx::query("DELETE FROM privacy_request WHERE id = $1")
+            .bind(gone)
+            .execute(&app.platform.pool)
+            .await
+            .unwrap();
+    }
+    let first_left = || async { app.scalar("SELECT min(seq) FROM privacy_audit").await };
+    eventually(
+        WAIT,
+        "the sweep to prune the old request's events",
+        || async { (first_left().await == old_kept_from).then_some(()) },
+    )
+    .await;
+    let (passed, report) = audit(&app, &[]);
+    assert!(
+        passed,
+        "the pruned trail checks from where it starts: {report}"
+    );
+
+    // Old events of a request whose receipt is kept stay; so do recent ones of a request gone.
+    sweep_once_more(&app).await;
+    assert_eq!(first_left().await, old_kept_from);
+    sqlx::query("DELETE FROM privacy_request WHERE id = $1")
+        .bind(old_kept)
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    eventually(
+        WAIT,
+        "the sweep to prune the second request's events",
+        || async { (first_left().await == recent_from).then_some(()) },
+    )
+    .await;
+    sweep_once_more(&app).await;
+    assert_eq!(first_left().await, recent_from, "recent events stay");
+    let (passed, report) = audit(&app, &[]);
+    assert!(passed, "{report}");
+
+    // Cut beyond the start: it shows.
+    sqlx::query("DELETE FROM privacy_audit WHERE seq = $1")
+        .bind(recent_from)
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    let (passed, report) = audit(&app, &[]);
+    assert!(!passed, "{report}");
+    assert!(
+        report["problem"]
+            .as_str()
+            .unwrap()
+            .contains("deleted from its beginning"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

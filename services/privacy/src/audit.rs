@@ -21,6 +21,13 @@
 //! a seal at any other time means the trail was reset, and heads noted before no longer match.
 //! No personal data is ever written here (an operator's reason is redacted).
 //!
+//! The trail is kept as long as what it records: 3 years, and a request's events while its
+//! receipt is kept too (`privacy.receipts`: 3 years after it closed), so a receipt deleted by
+//! someone else does not take its events with it until they are 3 years old anyway. `prune`, in the privacy sweep, deletes the oldest run of
+//! such events, never the newest, and only from a trail that checks, and records where the
+//! trail now starts (the first event kept and the link it chains from) under a MAC: the rest
+//! still verifies, and a cut beyond the start shows.
+//!
 //! Each row names its actor: the operator (`pexper-admin` sets `pexper.actor` on its
 //! connections, from `PEXPER_OPERATOR` or the OS user), or `system` for the server's work.
 
@@ -81,6 +88,112 @@ fn head_mac(keyring: &Keyring, seq: i64, hash: &[u8], at: OffsetDateTime) -> [u8
         hash,
         &at.unix_timestamp_nanos().to_be_bytes(),
     ])
+}
+
+fn start_mac(keyring: &Keyring, seq: i64, prev: &[u8], at: OffsetDateTime) -> [u8; 32] {
+    keyring.audit_mac(&[
+        b"pexper/audit-start",
+        &seq.to_be_bytes(),
+        prev,
+        &at.unix_timestamp_nanos().to_be_bytes(),
+    ])
+}
+
+/// Where the trail starts, as recorded when it was last pruned: the first event kept, the
+/// link it chains from, when, and the MAC (not yet checked).
+async fn recorded_start(
+    conn: &mut PgConnection,
+) -> anyhow::Result<Option<(i64, Vec<u8>, OffsetDateTime, Vec<u8>)>> {
+    sqlx::query_as("SELECT seq, prev_hash, at, mac FROM privacy_audit_start")
+        .fetch_optional(conn)
+        .await
+        .context("failed to read where the audit trail starts")
+}
+
+/// Deletes the oldest events past their retention (see the module's documentation) and
+/// records where the trail now starts. Returns how many went. A trail that does not check is
+/// left whole for `privacy audit` to show.
+pub async fn prune(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    lock(&mut tx).await?;
+    let rows = read_trail(&mut tx).await?;
+    let start = checked_start(&mut tx, keyring, &rows).await?;
+    let whole = matches!(tip(&mut tx, keyring).await?, Tip::Whole { .. });
+    let Ok(start) = start else {
+        return Ok(0);
+    };
+    if !whole || first_break(&rows, keyring, &start).is_some() {
+        return Ok(0);
+    }
+    let due: std::collections::HashSet<i64> = sqlx::query_scalar(
+        "SELECT seq FROM privacy_audit a
+         WHERE a.at < now() - interval '3 years'
+           AND (a.request_id IS NULL
+                OR NOT EXISTS (SELECT 1 FROM privacy_request r WHERE r.id = a.request_id))",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context("failed to find audit events past their retention")?
+    .into_iter()
+    .collect();
+    // The oldest run of due events, never the newest event (the recorded head names it).
+    let cut = rows[..rows.len().saturating_sub(1)]
+        .iter()
+        .take_while(|row| due.contains(&row.0))
+        .count();
+    if cut == 0 {
+        return Ok(0);
+    }
+    let first_kept = &rows[cut];
+    sqlx::query("DELETE FROM privacy_audit WHERE seq < $1")
+        .bind(first_kept.0)
+        .execute(&mut *tx)
+        .await
+        .context("failed to prune the audit trail")?;
+    let at = now_micros()?;
+    sqlx::query(
+        "INSERT INTO privacy_audit_start (seq, prev_hash, at, mac) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, prev_hash = excluded.prev_hash,
+                                         at = excluded.at, mac = excluded.mac",
+    )
+    .bind(first_kept.0)
+    .bind(&first_kept.7)
+    .bind(at)
+    .bind(start_mac(keyring, first_kept.0, &first_kept.7, at).as_slice())
+    .execute(&mut *tx)
+    .await
+    .context("failed to record where the audit trail starts")?;
+    tx.commit().await?;
+    Ok(cut as u64)
+}
+
+/// The link the trail's first event must chain from: nothing (`GENESIS`) for a trail never
+/// pruned, else the recorded start's, whose MAC must check and whose event must come first.
+async fn checked_start(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    rows: &[Row],
+) -> anyhow::Result<Result<Vec<u8>, String>> {
+    Ok(match recorded_start(conn).await? {
+        None => Ok(GENESIS.to_vec()),
+        Some((seq, prev, at, mac)) => {
+            if start_mac(keyring, seq, &prev, at).as_slice() != mac.as_slice() {
+                Err(
+                    "the recorded start of the trail does not check: it was written without \
+                     the key"
+                        .to_owned(),
+                )
+            } else if rows.first().is_some_and(|r| r.0 != seq) {
+                Err(format!(
+                    "the trail was pruned to start at event {seq} but starts at event {}: \
+                     events were deleted from its beginning",
+                    rows[0].0
+                ))
+            } else {
+                Ok(prev)
+            }
+        }
+    })
 }
 
 /// Now, to the microsecond: what Postgres stores, so a MAC can be recomputed from the row.
@@ -397,8 +510,8 @@ fn event_of(row: &Row) -> Event<'_> {
 
 /// The first event that does not follow, and why. Plain SHA-256 links (from before keying)
 /// are accepted before every keyed one only: the head, under its MAC, covers where they end.
-fn first_break(rows: &[Row], keyring: &Keyring) -> Option<(i64, String)> {
-    let mut prev = GENESIS.to_vec();
+fn first_break(rows: &[Row], keyring: &Keyring, start: &[u8]) -> Option<(i64, String)> {
+    let mut prev = start.to_vec();
     let mut seen_keyed = false;
     for row in rows {
         let (seq, prev_hash, hash, keyed) = (row.0, &row.7, &row.8, row.9);
@@ -457,8 +570,13 @@ pub async fn verify(
         head: None,
         problem: None,
     };
-    if let Some((seq, problem)) = first_break(&rows, keyring) {
-        fail(&mut check, seq, problem);
+    match checked_start(&mut tx, keyring, &rows).await? {
+        Ok(start) => {
+            if let Some((seq, problem)) = first_break(&rows, keyring, &start) {
+                fail(&mut check, seq, problem);
+            }
+        }
+        Err(problem) => fail(&mut check, rows.first().map_or(0, |r| r.0), problem),
     }
     let end = rows.last().map_or(0, |r| r.0);
     match recorded {

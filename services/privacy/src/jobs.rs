@@ -473,8 +473,13 @@ async fn sweep(platform: Platform) -> Result<(), JobError> {
         }
         tx.commit().await.context("failed to commit expiries")?;
     }
-    // The trail's head, in the log: an anchor outside the database (`audit`).
+    // The trail's head, in the log: an anchor outside the database (`audit`); and its oldest
+    // events past their retention, pruned.
     audit::log_head(&platform.pool, &platform.keyring).await?;
+    let pruned = audit::prune(&platform.pool, &platform.keyring).await?;
+    if pruned > 0 {
+        tracing::info!(events = pruned, "audit trail pruned");
+    }
 
     let mut tx = platform.pool.begin().await?;
     sqlx::query("DELETE FROM privacy_export WHERE expires_at < now()")

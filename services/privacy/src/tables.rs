@@ -9,7 +9,8 @@ const RECEIPT: &str =
 
 /// Why the audit trail outlives the person.
 const TRAIL: &str = "the audit trail: ids (requests, accounts, purchases) and redacted reasons, \
-                     never an address; kept as proof of what was done";
+                     never an address; kept as proof of what was done, 3 years and while the \
+                     request's receipt is (the privacy sweep prunes it: audit::prune)";
 
 pub const TABLES: &[Table] = &[
     Table {
@@ -97,6 +98,17 @@ pub const TABLES: &[Table] = &[
             Column::plain("one"),
             Column::plain("seq"),
             Column::plain("hash"),
+            Column::plain("at"),
+            Column::plain("mac"),
+        ],
+    },
+    Table {
+        name: "privacy_audit_start",
+        purpose: "where the audit trail starts once its oldest events were pruned, under a MAC",
+        columns: &[
+            Column::plain("one"),
+            Column::plain("seq"),
+            Column::plain("prev_hash"),
             Column::plain("at"),
             Column::plain("mac"),
         ],
