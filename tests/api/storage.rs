@@ -431,6 +431,19 @@ fn privacy_md_holds_the_record_of_processing_the_declarations_make() {
         "PRIVACY.md's record of processing differs from the declarations: \
          run `pexper-admin privacy processing` and put its output between the markers"
     );
+    // The declarations themselves, as `--format json` or `--json` gives them.
+    let json = |args: &[&str]| {
+        let out = admin(&[], args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    let declared = json(&["privacy", "processing", "--format", "json"]);
+    assert_eq!(declared, json(&["privacy", "processing", "--json"]));
+    assert!(
+        declared["payments"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+    );
 }
 
 /// A database from before purchase records were sealed: migration 24 sets the clear values

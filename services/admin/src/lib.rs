@@ -169,9 +169,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             policy::run(json, &config, &connect(&config).await?, command).await
         }
         Command::Privacy {
-            command: privacy::Command::Processing,
+            command: privacy::Command::Processing { format },
         } => {
-            privacy::processing(json);
+            privacy::processing(json || format == privacy::Format::Json);
             Ok(())
         }
         Command::Privacy { command } => {

@@ -94,8 +94,18 @@ pub enum Command {
         expect_head: Option<String>,
     },
     /// The record of processing (GDPR Art. 30), from every service's declared tables:
-    /// Markdown (what PRIVACY.md holds), or the declarations themselves with `--json`.
-    Processing,
+    /// Markdown (what PRIVACY.md holds), or the declarations themselves as JSON.
+    Processing {
+        /// `markdown`, or `json` (as `--json` gives).
+        #[arg(long, value_enum, default_value_t = Format::Markdown)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Markdown,
+    Json,
 }
 
 /// `privacy processing`: needs no database.
@@ -273,7 +283,7 @@ pub async fn run(
             .await?;
             output::object(json, &json!({"id": id, "status": Status::Rejected}));
         }
-        Command::Processing => processing(json),
+        Command::Processing { format } => processing(json || format == Format::Json),
         Command::Sla => {
             output::object(json, &serde_json::to_value(admin::sla(pool).await?)?);
         }
