@@ -2630,3 +2630,71 @@ async fn correction_restriction_and_objection_are_carried_out_when_completed() {
         ]
     );
 }
+
+/// The export gives what the data map says it gives, beyond each section's basics: the
+/// person's id and since when we know them, each email's Message-ID, their suppression
+/// status, the broadcasts queued for them, when a signup email last went, and a sign-up for
+/// an account not yet verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_gives_ids_suppression_broadcasts_and_a_pending_sign_up() {
+    let app = app().await;
+    let email = "whole.export@example.net";
+    crate::waitlist::join(&app, email, json!({})).await;
+    app.queue_drained().await;
+    let dir = tempdir::TempDir::new();
+    let queued = crate::product_email::broadcast(&app.cli_vars(), dir.path(), "Spring news", false);
+    assert_eq!(queued["queued"], 1, "{queued}");
+    app.queue_drained().await;
+    let res = app
+        .client
+        .post(app.url("/v1/accounts"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    app.queue_drained().await;
+
+    let keyring = &app.platform.keyring;
+    let address = pexper_platform::address::EmailAddress::parse(email).unwrap();
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let person = pexper_platform::person::find(&mut conn, keyring, &address)
+        .await
+        .unwrap()
+        .unwrap();
+    pexper_platform::suppression::suppress(
+        &mut conn,
+        keyring,
+        &address,
+        pexper_platform::suppression::Reason::Bounced,
+    )
+    .await
+    .unwrap();
+    let export = app
+        .platform
+        .personal_data
+        .export(&mut conn, keyring, person)
+        .await
+        .unwrap();
+    let mail = &export["email"];
+    assert_eq!(mail["person_id"], person.0.to_string(), "{mail}");
+    assert!(mail["known_since"].is_string(), "{mail}");
+    assert_eq!(mail["suppressed"]["reason"], "bounced", "{mail}");
+    let sent = mail["emails_sent"].as_array().unwrap();
+    assert!(sent.len() >= 3, "confirmation, welcome, news: {mail}");
+    assert!(sent.iter().all(|e| e["message_id"].is_string()), "{mail}");
+    let waitlist = &export["waitlist"];
+    assert_eq!(
+        waitlist["broadcasts"][0]["subject"], "Spring news",
+        "{waitlist}"
+    );
+    assert!(waitlist["broadcasts"][0]["queued_at"].is_string());
+    assert!(waitlist["last_signup_mail_at"].is_string(), "{waitlist}");
+    let account = &export["account"];
+    assert_eq!(account["account"], Value::Null, "{account}");
+    assert_eq!(
+        account["pending_signups"].as_array().map(Vec::len),
+        Some(1),
+        "{account}"
+    );
+}

@@ -111,13 +111,13 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     exec(&app, "INSERT INTO support_request (id, reference, message_sealed, status, created_at, updated_at)
                 VALUES (gen_random_uuid(), 'S-OLD00001', '\\x00', 'open',
                         now() - interval '13 months', now() - interval '13 months')").await;
-    // Erasures journalled 32 days ago (past the 30 days backups are kept, and a day) and 30
-    // days ago; daily analytics summaries from just over two years ago and just under.
+    // Erasures journalled just over 31 days ago (past the 30 days backups are kept, and a day)
+    // and just under; daily analytics summaries from just over two years ago and just under.
     exec(
         &app,
         "INSERT INTO erasure_journal (person_hash, erased_at) VALUES
-                (sha256('old'), now() - interval '32 days'),
-                (sha256('recent'), now() - interval '30 days');
+                (sha256('old'), now() - interval '31 days 1 hour'),
+                (sha256('recent'), now() - interval '30 days 23 hours');
          INSERT INTO analytics_rollup (day, metric, key, value, sessions) VALUES
                 (current_date - interval '2 years' - interval '1 day', 'sessions', 'old', 1, 1),
                 (current_date - interval '2 years' + interval '1 day', 'sessions', 'kept', 1, 1)",
@@ -215,7 +215,7 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
     assert_eq!(
         app.scalar("SELECT count(*) FROM erasure_journal").await,
         3,
-        "today's two erasures, and the one of 30 days ago"
+        "today's two erasures, and the one of just under 31 days ago"
     );
     assert_eq!(
         app.scalar("SELECT count(*) FROM analytics_rollup WHERE key IN ('old', 'kept')")

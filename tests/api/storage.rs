@@ -516,12 +516,54 @@ async fn purchase_records_from_before_sealing_are_sealed_by_the_first_start_and_
         .await
         .unwrap();
 
-    assert_eq!(seal::backlog(&pool, &keyring).await.unwrap(), 6);
-    assert_eq!(seal::backlog(&pool, &keyring).await.unwrap(), 0, "once");
+    // The first purchase's buyer was erased after the backup this database came from was
+    // taken: the replay that follows a restore erases them again, and must reach their
+    // purchase while it still waits to be sealed.
+    let buyer = {
+        let mut conn = pool.acquire().await.unwrap();
+        person::find_or_create(
+            &mut conn,
+            &keyring,
+            &EmailAddress::parse("legacy.buyer@example.net").unwrap(),
+        )
+        .await
+        .unwrap()
+    };
+    for statement in [
+        "UPDATE purchase SET person_id = $1 WHERE id = '00000000-0000-7000-8000-000000000001'",
+        "INSERT INTO erasure_journal (person_hash)
+         VALUES (sha256(('pexper/erased-person/' || $1::text)::bytea))",
+    ] {
+        sqlx::query(statement)
+            .bind(buyer)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let config = pexper_platform::Config::from_vars(Default::default()).unwrap();
+    let replayed = pexper_platform::db::backup::replay(
+        &pool,
+        vec![],
+        &master,
+        &pexper_server::personal_data(&config),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed.erased_again, 1);
+    assert_eq!(
+        seal::backlog(&pool, &keyring).await.unwrap(),
+        0,
+        "the replay sealed everything first"
+    );
     let row = pexper_payments::admin::find(&pool, &keyring, "cs_test_legacySession")
         .await
         .unwrap()
         .expect("found by its session id");
+    assert!(!row.has_buyer, "erased again");
+    assert!(
+        row.checkout_session_id.starts_with("h:"),
+        "the erasure took the clear session id out of the record"
+    );
     assert_eq!(
         (
             row.amount,

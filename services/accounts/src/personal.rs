@@ -25,6 +25,31 @@ struct ExportedAccount {
     disabled_at: Option<OffsetDateTime>,
 }
 
+/// A session as the export gives it: every one still stored, live or not.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+struct ExportedSession {
+    id: uuid::Uuid,
+    device: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    last_seen_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+    /// When the password was last typed in this session (export and deletion need it fresh).
+    #[serde(with = "time::serde::rfc3339")]
+    reauthenticated_at: OffsetDateTime,
+}
+
+/// A sign-up waiting for its address to be verified.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+struct PendingSignup {
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
 impl PersonalData for AccountData {
     fn section(&self) -> &'static str {
         "account"
@@ -44,14 +69,37 @@ impl PersonalData for AccountData {
         .fetch_optional(&mut *conn)
         .await
         .context("failed to export an account")?;
-        let Some(AccountRow { id, account }) = row else {
-            return Ok(serde_json::Value::Null);
+        // A sign-up whose address is not verified yet is theirs too.
+        let pending: Vec<PendingSignup> = sqlx::query_as(
+            "SELECT created_at, expires_at FROM account_signup WHERE person_id = $1
+             ORDER BY created_at",
+        )
+        .bind(person)
+        .fetch_all(&mut *conn)
+        .await
+        .context("failed to export pending sign-ups")?;
+        let (account, sessions) = match row {
+            None if pending.is_empty() => return Ok(serde_json::Value::Null),
+            None => (serde_json::Value::Null, Vec::new()),
+            Some(AccountRow { id, account }) => {
+                let mut account = serde_json::to_value(account)?;
+                account["id"] = serde_json::json!(id);
+                let sessions: Vec<ExportedSession> = sqlx::query_as(
+                    "SELECT id, device, created_at, last_seen_at, expires_at, reauthenticated_at
+                     FROM account_session WHERE account_id = $1 ORDER BY created_at",
+                )
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await
+                .context("failed to export sessions")?;
+                (account, sessions)
+            }
         };
-        let sessions = crate::store::sessions(conn, id).await?;
         Ok(serde_json::json!({
             "account": account,
             "password": "stored only as an argon2id hash, which is not included",
             "sessions": sessions,
+            "pending_signups": pending,
         }))
     }
 

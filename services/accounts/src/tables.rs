@@ -1,7 +1,7 @@
 //! Accounts' tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MISSING, Table};
+use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, Table, YOUR_ID};
 
 /// Why failed sign-ins are not exported.
 const THROTTLE: &str = "a keyed hash of the address, with the count of failed sign-ins";
@@ -14,8 +14,8 @@ pub const TABLES: &[Table] = &[
         name: "account",
         purpose: "accounts on pexper.com: sign-in, purchases and data in one place",
         columns: &[
-            Column::personal("id", Identifier).not_exported(MISSING),
-            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("id", Identifier),
+            Column::personal("person_id", Identifier).not_exported(YOUR_ID),
             Column::personal("password_hash", Credential).not_exported(HASH_OF_A_SECRET),
             Column::personal("password_changed_at", Activity),
             Column::personal("disabled_at", Activity),
@@ -28,10 +28,10 @@ pub const TABLES: &[Table] = &[
         purpose: "a sign-up waiting for its address to be verified",
         columns: &[
             Column::plain("id"),
-            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("person_id", Identifier).not_exported(YOUR_ID),
             Column::personal("token_hash", Credential).not_exported(LINK),
-            Column::personal("expires_at", Activity).not_exported(MISSING),
-            Column::personal("created_at", Activity).not_exported(MISSING),
+            Column::personal("expires_at", Activity),
+            Column::personal("created_at", Activity),
             Column::personal("email_index", Identifier).not_exported(LINK),
         ],
     },
@@ -52,13 +52,14 @@ pub const TABLES: &[Table] = &[
         purpose: "signed-in sessions",
         columns: &[
             Column::personal("id", Identifier),
-            Column::personal("account_id", Identifier).not_exported(MISSING),
+            Column::personal("account_id", Identifier)
+                .not_exported("the link to the account, whose id the export gives"),
             Column::personal("token_hash", Credential).not_exported(HASH_OF_A_SECRET),
             Column::personal("device", Device),
             Column::personal("created_at", Activity),
             Column::personal("last_seen_at", Activity),
-            Column::personal("expires_at", Activity).not_exported(MISSING),
-            Column::personal("reauthenticated_at", Activity).not_exported(MISSING),
+            Column::personal("expires_at", Activity),
+            Column::personal("reauthenticated_at", Activity),
         ],
     },
     Table {

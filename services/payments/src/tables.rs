@@ -2,7 +2,7 @@
 
 use pexper_platform::data_map::Category::*;
 use pexper_platform::data_map::{
-    Column, KEYED_HASH, MAIL, MISSING, STRIPE, STRIPE_AND_MAIL, Table,
+    Column, KEYED_HASH, MAIL, STRIPE, STRIPE_AND_MAIL, Table, YOUR_ID,
 };
 
 /// Why a purchase's columns outlive the buyer's erasure.
@@ -39,7 +39,7 @@ pub const TABLES: &[Table] = &[
             Column::personal("charge_hash", Transaction)
                 .kept(ACCOUNTING)
                 .not_exported(KEYED_HASH),
-            Column::personal("person_id", Identifier).unlinked().not_exported(MISSING),
+            Column::personal("person_id", Identifier).unlinked().not_exported(YOUR_ID),
             Column::personal("product", Transaction)
                 .kept(ACCOUNTING)
                 .sent_to(STRIPE_AND_MAIL),

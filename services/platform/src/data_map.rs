@@ -148,8 +148,10 @@ const WORK: &str = "ids (at most an address's keyed hash) of work in progress: g
 /// Why a Stripe reference's column is not in the export: the export gives the reference in
 /// clear, from the sealed record.
 pub const KEYED_HASH: &str = "a keyed hash of a reference the export gives in clear";
-/// Why a column is not in the export yet: the export leaves it out today.
-pub const MISSING: &str = "missing from the export today";
+/// Why a column linking a row to its person is not in the export: the export is that person's,
+/// and gives their id once.
+pub const YOUR_ID: &str =
+    "the link to the person, whose id the export gives once (email.person_id)";
 
 /// The platform's own tables: people, the job queue, email history and suppression, keys.
 pub const PLATFORM: &[Table] = &[
@@ -157,7 +159,7 @@ pub const PLATFORM: &[Table] = &[
         name: "person",
         purpose: "the one place an address is kept, sealed under the person's own key",
         columns: &[
-            Column::personal("id", Identifier).not_exported(MISSING),
+            Column::personal("id", Identifier),
             Column::personal("email_index", Identifier)
                 .not_exported("a keyed hash of the address, which the export gives in clear"),
             // Stripe has it too, from the buyer's checkout (not from us).
@@ -166,7 +168,7 @@ pub const PLATFORM: &[Table] = &[
             Column::personal("data_key", Credential)
                 .not_exported("the key the person's data is sealed under, destroyed at erasure"),
             Column::plain("key_version"),
-            Column::personal("created_at", Activity).not_exported(MISSING),
+            Column::personal("created_at", Activity),
             Column::plain("updated_at"),
             Column::personal("request_mail_day", Activity).not_exported(MAIL_BUDGET),
             Column::personal("request_mail_count", Activity).not_exported(MAIL_BUDGET),
@@ -206,9 +208,9 @@ pub const PLATFORM: &[Table] = &[
         purpose: "the history of emails sent to a person (no content), for deliverability and proof",
         columns: &[
             Column::plain("id"),
-            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("person_id", Identifier).not_exported(YOUR_ID),
             Column::personal("template", Activity),
-            Column::personal("message_id", Activity).not_exported(MISSING),
+            Column::personal("message_id", Activity),
             Column::personal("sent_at", Activity),
             Column::personal("soft_bounces", Activity),
         ],
@@ -221,13 +223,9 @@ pub const PLATFORM: &[Table] = &[
                 "a keyed hash of an erased address that had unsubscribed or bounced: what keeps \
                  it from our mail, as long as we send email",
             )
-            .not_exported(MISSING),
-            Column::personal("created_at", Activity)
-                .kept("with the hash")
-                .not_exported(MISSING),
-            Column::personal("reason", Preference)
-                .kept("with the hash")
-                .not_exported(MISSING),
+            .not_exported("a keyed hash of the address, which the export gives in clear"),
+            Column::personal("created_at", Activity).kept("with the hash"),
+            Column::personal("reason", Preference).kept("with the hash"),
         ],
     },
     Table {

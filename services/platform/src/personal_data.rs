@@ -338,9 +338,13 @@ impl PersonalData for EmailRecords {
         person: PersonId,
     ) -> anyhow::Result<serde_json::Value> {
         let address = person::email(conn, keyring, person).await?;
-        let history: Vec<(String, time::OffsetDateTime, i32)> = sqlx::query_as(
-            "SELECT template, sent_at, soft_bounces FROM email_event WHERE person_id = $1
-             ORDER BY sent_at",
+        let rfc3339 = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let history: Vec<(String, Option<String>, time::OffsetDateTime, i32)> = sqlx::query_as(
+            "SELECT template, message_id, sent_at, soft_bounces FROM email_event
+             WHERE person_id = $1 ORDER BY sent_at",
         )
         .bind(person)
         .fetch_all(&mut *conn)
@@ -348,20 +352,36 @@ impl PersonalData for EmailRecords {
         .context("failed to read email history")?;
         let history: Vec<_> = history
             .into_iter()
-            .map(|(template, sent_at, soft_bounces)| {
+            .map(|(template, message_id, sent_at, soft_bounces)| {
                 serde_json::json!({
                     "email": template,
-                    "sent_at": sent_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    "message_id": message_id,
+                    "sent_at": rfc3339(sent_at),
                     "soft_bounces": soft_bounces,
                 })
             })
             .collect();
+        let known_since: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT created_at FROM person WHERE id = $1")
+                .bind(person)
+                .fetch_optional(&mut *conn)
+                .await
+                .context("failed to read a person")?;
+        let suppressed = match &address {
+            Some(address) => crate::suppression::status(conn, keyring, address).await?,
+            None => None,
+        };
         let restricted = person::restricted_since(conn, person).await?;
         Ok(serde_json::json!({
+            "person_id": person,
+            "known_since": known_since.map(rfc3339),
             "address": address.as_ref().map(|a| a.as_str()),
             "emails_sent": history,
-            "processing_restricted_since": restricted
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            "suppressed": suppressed.map(|(reason, since)| serde_json::json!({
+                "reason": reason,
+                "since": rfc3339(since),
+            })),
+            "processing_restricted_since": restricted.map(rfc3339),
         }))
     }
 

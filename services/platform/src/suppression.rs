@@ -84,6 +84,19 @@ pub async fn lift(
     .context("failed to lift a suppression")
 }
 
+/// Why `email` is suppressed and since when, if it is: for the person's own export.
+pub async fn status(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    email: &EmailAddress,
+) -> anyhow::Result<Option<(Reason, time::OffsetDateTime)>> {
+    sqlx::query_as("SELECT reason, created_at FROM email_suppression WHERE address_hash = $1")
+        .bind(hash(keyring, email).as_slice())
+        .fetch_optional(conn)
+        .await
+        .context("failed to read the suppression list")
+}
+
 /// Why `email` is suppressed, if it is.
 pub async fn reason(
     conn: &mut PgConnection,

@@ -28,7 +28,9 @@ struct RequestRow {
     status: String,
     received_at: OffsetDateTime,
     due_at: OffsetDateTime,
+    verify_by: OffsetDateTime,
     verified_at: Option<OffsetDateTime>,
+    acknowledgement_held_at: Option<OffsetDateTime>,
     closed_at: Option<OffsetDateTime>,
     details_sealed: Option<Vec<u8>>,
     outcome_sealed: Option<Vec<u8>>,
@@ -51,7 +53,8 @@ impl PersonalData for PrivacyData {
     ) -> anyhow::Result<serde_json::Value> {
         let rows: Vec<RequestRow> = sqlx::query_as(
             "SELECT id, kind::text, jurisdiction::text, source, status::text, received_at, due_at,
-                    verified_at, closed_at, details_sealed, outcome_sealed
+                    verify_by, verified_at, acknowledgement_held_at, closed_at, details_sealed,
+                    outcome_sealed
              FROM privacy_request WHERE person_id = $1 ORDER BY received_at",
         )
         .bind(person)
@@ -93,7 +96,10 @@ impl PersonalData for PrivacyData {
                 "status": row.status,
                 "received_at": rfc3339(row.received_at),
                 "due_at": rfc3339(row.due_at),
+                "verify_by": rfc3339(row.verify_by),
                 "verified_at": row.verified_at.map(rfc3339),
+                // Set while its acknowledgement waits for the address's mail budget.
+                "acknowledgement_held_since": row.acknowledgement_held_at.map(rfc3339),
                 "closed_at": row.closed_at.map(rfc3339),
                 "details": open(details_field(row.id), row.details_sealed)?,
                 "outcome": open(outcome_field(row.id), row.outcome_sealed)?,

@@ -307,8 +307,8 @@ pub async fn notices_of(
     conn: &mut PgConnection,
     person: PersonId,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let rows: Vec<(String, String, Option<OffsetDateTime>)> = sqlx::query_as(
-        "SELECT version, status, notified_at FROM policy_notice WHERE person_id = $1
+    let rows: Vec<(String, String, OffsetDateTime, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT version, status, queued_at, notified_at FROM policy_notice WHERE person_id = $1
          ORDER BY queued_at",
     )
     .bind(person)
@@ -317,11 +317,16 @@ pub async fn notices_of(
     .context("failed to read policy notices")?;
     Ok(rows
         .into_iter()
-        .map(|(version, status, at)| {
+        .map(|(version, status, queued_at, at)| {
+            let rfc3339 = |t: OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            };
             serde_json::json!({
                 "version": version,
                 "status": status,
-                "notified_at": at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                "queued_at": rfc3339(queued_at),
+                "notified_at": at.and_then(rfc3339),
             })
         })
         .collect())

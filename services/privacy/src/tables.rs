@@ -1,7 +1,7 @@
 //! The privacy service's tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, LINK, MAIL, MISSING, Table};
+use pexper_platform::data_map::{Column, LINK, MAIL, Table, YOUR_ID};
 
 /// Why a request's receipt outlives the person.
 const RECEIPT: &str =
@@ -20,7 +20,7 @@ pub const TABLES: &[Table] = &[
             Column::personal("id", Identifier).kept(RECEIPT),
             Column::personal("person_id", Identifier)
                 .unlinked()
-                .not_exported(MISSING),
+                .not_exported(YOUR_ID),
             Column::personal("kind", Activity)
                 .kept(RECEIPT)
                 .sent_to(MAIL),
@@ -37,17 +37,13 @@ pub const TABLES: &[Table] = &[
             Column::personal("due_at", Activity)
                 .kept(RECEIPT)
                 .sent_to(MAIL),
-            Column::personal("verify_by", Activity)
-                .kept(RECEIPT)
-                .not_exported(MISSING),
+            Column::personal("verify_by", Activity).kept(RECEIPT),
             Column::personal("verified_at", Activity).kept(RECEIPT),
             Column::personal("closed_at", Activity).kept(RECEIPT),
             Column::plain("reminders"),
             Column::plain("created_at"),
             Column::plain("updated_at"),
-            Column::personal("acknowledgement_held_at", Activity)
-                .kept(RECEIPT)
-                .not_exported(MISSING),
+            Column::personal("acknowledgement_held_at", Activity).kept(RECEIPT),
         ],
     },
     Table {
@@ -127,10 +123,10 @@ pub const TABLES: &[Table] = &[
         name: "policy_notice",
         purpose: "who was told of a policy change, once each",
         columns: &[
-            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("person_id", Identifier).not_exported(YOUR_ID),
             Column::personal("version", Activity),
             Column::personal("status", Activity),
-            Column::personal("queued_at", Activity).not_exported(MISSING),
+            Column::personal("queued_at", Activity),
             Column::personal("notified_at", Activity),
         ],
     },

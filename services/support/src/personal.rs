@@ -45,6 +45,7 @@ impl PersonalData for SupportData {
         for (id, reference, status, created, closed) in rows {
             let opened = store::open(conn, keyring, id, person).await?;
             requests.push(serde_json::json!({
+                "id": id,
                 "reference": reference,
                 "status": status,
                 "created_at": created.format(&Rfc3339).unwrap_or_default(),

@@ -1,16 +1,16 @@
 //! Support's tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, MAIL, MISSING, Table};
+use pexper_platform::data_map::{Column, MAIL, Table, YOUR_ID};
 
 pub const TABLES: &[Table] = &[
     Table {
         name: "support_request",
         purpose: "support requests from pexper.com, answered by email",
         columns: &[
-            Column::personal("id", Identifier).not_exported(MISSING),
+            Column::personal("id", Identifier),
             Column::personal("reference", Identifier).sent_to(MAIL),
-            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("person_id", Identifier).not_exported(YOUR_ID),
             Column::personal("subject_sealed", Message),
             Column::personal("message_sealed", Message),
             Column::personal("status", Activity),

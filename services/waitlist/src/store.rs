@@ -391,6 +391,9 @@ struct ExportRow {
     invited_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     unsubscribed_at: Option<OffsetDateTime>,
+    /// When a signup email (confirmation or welcome) last went to them.
+    #[serde(with = "time::serde::rfc3339::option")]
+    last_signup_mail_at: Option<OffsetDateTime>,
 }
 
 impl PersonalData for WaitlistData {
@@ -406,7 +409,8 @@ impl PersonalData for WaitlistData {
     ) -> anyhow::Result<serde_json::Value> {
         let row: Option<ExportRow> = sqlx::query_as(
             "SELECT status, source, referral_code, referrals, referred_by IS NOT NULL AS referred_by_someone,
-                    subscribed, created_at AS signed_up_at, confirmed_at, invited_at, unsubscribed_at
+                    subscribed, created_at AS signed_up_at, confirmed_at, invited_at, unsubscribed_at,
+                    last_signup_mail_at
              FROM waitlist_entry WHERE person_id = $1",
         )
         .bind(person)
@@ -417,8 +421,27 @@ impl PersonalData for WaitlistData {
             return Ok(serde_json::Value::Null);
         };
         let place = position(conn, person, self.referral_bump).await?;
+        // Which product emails were queued for them, and when.
+        let broadcasts: Vec<(String, OffsetDateTime)> = sqlx::query_as(
+            "SELECT b.subject, d.queued_at FROM broadcast_delivery d
+             JOIN broadcast b ON b.id = d.broadcast_id
+             WHERE d.person_id = $1 ORDER BY d.queued_at",
+        )
+        .bind(person)
+        .fetch_all(&mut *conn)
+        .await
+        .context("failed to export broadcasts")?;
         let mut value = serde_json::to_value(row)?;
         value["position"] = serde_json::json!(place);
+        value["broadcasts"] = broadcasts
+            .into_iter()
+            .map(|(subject, queued_at)| {
+                serde_json::json!({
+                    "subject": subject,
+                    "queued_at": queued_at.format(&time::format_description::well_known::Rfc3339).ok(),
+                })
+            })
+            .collect();
         Ok(value)
     }
 

@@ -1,14 +1,14 @@
 //! The waitlist's tables, every column declared (`pexper_platform::data_map`).
 
 use pexper_platform::data_map::Category::*;
-use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MAIL, MISSING, Table};
+use pexper_platform::data_map::{Column, HASH_OF_A_SECRET, LINK, MAIL, Table, YOUR_ID};
 
 pub const TABLES: &[Table] = &[
     Table {
         name: "waitlist_entry",
         purpose: "a place on the waitlist: confirmation, place in line, referrals, product email",
         columns: &[
-            Column::personal("person_id", Identifier).not_exported(MISSING),
+            Column::personal("person_id", Identifier).not_exported(YOUR_ID),
             Column::personal("status", Preference),
             Column::personal("source", Activity),
             // Their place in line (the export and the welcome email give it as `position`).
@@ -25,7 +25,7 @@ pub const TABLES: &[Table] = &[
             Column::personal("unsubscribed_at", Preference),
             Column::personal("confirmed_at", Activity),
             Column::personal("invited_at", Activity),
-            Column::personal("last_signup_mail_at", Activity).not_exported(MISSING),
+            Column::personal("last_signup_mail_at", Activity),
             Column::plain("last_signup_mail_job"),
             Column::personal("created_at", Activity),
             Column::plain("updated_at"),
@@ -59,8 +59,8 @@ pub const TABLES: &[Table] = &[
         purpose: "which subscriber each broadcast was queued for, so none gets two copies",
         columns: &[
             Column::plain("broadcast_id"),
-            Column::personal("person_id", Identifier).not_exported(MISSING),
-            Column::personal("queued_at", Activity).not_exported(MISSING),
+            Column::personal("person_id", Identifier).not_exported(YOUR_ID),
+            Column::personal("queued_at", Activity),
         ],
     },
 ];
