@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::waitlist::{WAIT, join};
 
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "seven quiet rivers bend past old mills";
 
 async fn sign_up(app: &TestApp, email: &str) -> reqwest::Response {
@@ -23,7 +23,7 @@ async fn sign_up(app: &TestApp, email: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn sign_in(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+pub(crate) async fn sign_in(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
     app.client
         .post(app.url("/v1/sessions"))
         .json(&json!({"email": email, "password": password}))
@@ -34,7 +34,7 @@ async fn sign_in(app: &TestApp, email: &str, password: &str) -> reqwest::Respons
 
 /// A signed-in client's cookie and CSRF token.
 #[derive(Debug, Clone)]
-struct Session {
+pub(crate) struct Session {
     cookie: String,
     csrf: String,
 }
@@ -50,7 +50,7 @@ fn session_cookie(res: &reqwest::Response) -> String {
     set.split(';').next().unwrap().to_owned()
 }
 
-async fn signed_in(app: &TestApp, email: &str, password: &str) -> Session {
+pub(crate) async fn signed_in(app: &TestApp, email: &str, password: &str) -> Session {
     let res = sign_in(app, email, password).await;
     assert_eq!(res.status(), 201, "sign-in of {email}");
     let cookie = session_cookie(&res);
@@ -71,7 +71,7 @@ async fn account(app: &TestApp, session: &Session) -> reqwest::Response {
 }
 
 /// A form post from our own pages, in a session.
-async fn form(
+pub(crate) async fn form(
     app: &TestApp,
     session: &Session,
     path: &str,
@@ -109,7 +109,7 @@ async fn verification_link(app: &TestApp, email: &str) -> String {
 
 /// Signs up and opens the account through the link in its email, choosing `PASSWORD` on the
 /// link's page.
-async fn open_account(app: &TestApp, email: &str) {
+pub(crate) async fn open_account(app: &TestApp, email: &str) {
     assert_eq!(sign_up(app, email).await.status(), 202);
     let link = verification_link(app, email).await;
     let res = choose_password(&app.client, &link, &app.address, PASSWORD).await;

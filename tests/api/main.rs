@@ -7,6 +7,7 @@
 mod accounts;
 mod analytics;
 mod architecture;
+mod completeness;
 mod contract;
 mod deploy;
 mod desktop;

@@ -76,7 +76,7 @@ async fn public_key(app: &TestApp) -> ed25519_dalek::VerifyingKey {
 }
 
 /// The licence key in a receipt's text body.
-fn licence_in(mail: &smtp::ReceivedMail) -> String {
+pub(crate) fn licence_in(mail: &smtp::ReceivedMail) -> String {
     let text = mail.part("text/plain").expect("a text part");
     text.split_whitespace()
         .find(|w| w.starts_with("PEXPER1."))

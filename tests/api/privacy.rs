@@ -17,7 +17,7 @@ const OPERATOR: &str = "privacy-ops@example.net";
 /// The tests here run on two threads: `cli` waits for the admin process on the test's own
 /// thread, and the in-process server (its sweep holding a lock the command waits for) must go
 /// on meanwhile, as a server in a process of its own would.
-async fn app() -> TestApp {
+pub(crate) async fn app() -> TestApp {
     spawn_app_with(AppOptions {
         vars: vec![("PEXPER_PRIVACY_EMAIL", OPERATOR.into())],
         worker: WorkerOptions {
@@ -40,7 +40,7 @@ fn is(mail: &smtp::ReceivedMail, to: &str, subject: &str) -> bool {
             .contains(&subject.to_lowercase())
 }
 
-async fn mail_to(app: &TestApp, to: &str, subject: &str) -> smtp::ReceivedMail {
+pub(crate) async fn mail_to(app: &TestApp, to: &str, subject: &str) -> smtp::ReceivedMail {
     eventually(WAIT, subject, || async {
         app.smtp.received().into_iter().find(|m| is(m, to, subject))
     })
@@ -101,7 +101,7 @@ async fn customer(app: &TestApp, email: &str) -> Checkout {
     checkout
 }
 
-async fn request(app: &TestApp, body: Value) -> reqwest::Response {
+pub(crate) async fn request(app: &TestApp, body: Value) -> reqwest::Response {
     app.client
         .post(app.url("/v1/privacy/requests"))
         .json(&body)

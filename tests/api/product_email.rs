@@ -409,7 +409,11 @@ async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_head
 /// A delivery status notification for the message `original` (as our relay received it),
 /// sent back to its envelope sender; `final_recipient` is left out when `None`, as some
 /// reporters do.
-fn dsn(original: &smtp::ReceivedMail, final_recipient: Option<&str>, status: &str) -> String {
+pub(crate) fn dsn(
+    original: &smtp::ReceivedMail,
+    final_recipient: Option<&str>,
+    status: &str,
+) -> String {
     let message_id = original.header("Message-ID").unwrap();
     let action = if status.starts_with('5') {
         "failed"
@@ -435,7 +439,7 @@ fn dsn(original: &smtp::ReceivedMail, final_recipient: Option<&str>, status: &st
 
 /// An ARF complaint about `original`, with the message attached as its receiver kept it
 /// (its Return-Path, our bounce address, included) and no Original-Rcpt-To.
-fn complaint(original: &smtp::ReceivedMail) -> String {
+pub(crate) fn complaint(original: &smtp::ReceivedMail) -> String {
     let message_id = original.header("Message-ID").unwrap();
     format!(
         "From: feedback@isp.example\r\nTo: abuse@pexper.com\r\nMessage-ID: <arf-{message_id}>\r\n\
