@@ -123,6 +123,28 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
                 (current_date - interval '2 years' + interval '1 day', 'sessions', 'kept', 1, 1)",
     )
     .await;
+    // A member's broadcasts queued just over and just under two years ago; their policy
+    // notices just over and just under three years ago.
+    let member = person_of(&app, "member@example.net").await.unwrap();
+    exec(
+        &app,
+        &format!(
+            "INSERT INTO broadcast (id, content_hash, template, subject, body) VALUES
+                ('00000000-0000-0000-0000-0000000000b1', '\\xb1', 'product-update', 'Old', 'x'),
+                ('00000000-0000-0000-0000-0000000000b2', '\\xb2', 'product-update', 'New', 'x');
+             INSERT INTO broadcast_delivery (broadcast_id, person_id, queued_at) VALUES
+                ('00000000-0000-0000-0000-0000000000b1', '{member}',
+                 now() - interval '2 years' - interval '1 day'),
+                ('00000000-0000-0000-0000-0000000000b2', '{member}',
+                 now() - interval '2 years' + interval '1 day');
+             INSERT INTO policy_version (version, effective_at, summary) VALUES
+                ('2022-01', '2022-02-01', 'Old.'), ('2022-02', '2022-03-01', 'Older.');
+             INSERT INTO policy_notice (person_id, version, status, queued_at) VALUES
+                ('{member}', '2022-01', 'sent', now() - interval '3 years' - interval '1 day'),
+                ('{member}', '2022-02', 'sent', now() - interval '3 years' + interval '1 day')"
+        ),
+    )
+    .await;
     // Reset decisions (an address's keyed hash) given up on two hours ago and ten minutes ago.
     exec(
         &app,
@@ -144,6 +166,8 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
         ("mail.history".to_owned(), 1),
         ("platform.erasure_journal".to_owned(), 1),
         ("analytics.rollups".to_owned(), 1),
+        ("waitlist.broadcast_deliveries".to_owned(), 1),
+        ("privacy.policy_notices".to_owned(), 1),
         ("jobs.dead".to_owned(), 1),
         ("accounts.reset_requests".to_owned(), 1),
         ("payments.records".to_owned(), 1),
@@ -222,6 +246,22 @@ async fn each_rule_removes_what_its_period_makes_due_and_a_person_left_with_noth
             .await,
         1
     );
+    for (table, kept) in [
+        ("broadcast_delivery", "00000000-0000-0000-0000-0000000000b2"),
+        ("policy_notice", "2022-02"),
+    ] {
+        let column = if table == "policy_notice" {
+            "version::text"
+        } else {
+            "broadcast_id::text"
+        };
+        let left: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {column} FROM {table}")))
+                .fetch_all(&app.platform.pool)
+                .await
+                .unwrap();
+        assert_eq!(left, vec![kept.to_owned()], "{table}");
+    }
     assert_eq!(
         app.scalar("SELECT count(*) FROM analytics_rollup WHERE key = 'kept'")
             .await,

@@ -120,6 +120,14 @@ impl PersonalData for PrivacyData {
     fn retention(&self) -> Vec<RetentionRule> {
         vec![
             RetentionRule {
+                name: "privacy.policy_notices",
+                keeps: "who was told of a policy change, and when: 3 years, as proof we told them",
+                due: "SELECT count(*) FROM policy_notice WHERE queued_at < now() - interval '3 years'"
+                    .into(),
+                apply: "DELETE FROM policy_notice WHERE queued_at < now() - interval '3 years'"
+                    .into(),
+            },
+            RetentionRule {
                 name: "privacy.unverified",
                 keeps: "a request never verified: its words and its link to the person end when it expires (7 days)",
                 due: "SELECT count(*) FROM privacy_request

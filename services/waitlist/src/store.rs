@@ -462,6 +462,17 @@ impl PersonalData for WaitlistData {
                     .into(),
             },
             RetentionRule {
+                name: "waitlist.broadcast_deliveries",
+                keeps: "which broadcast was queued for whom: 2 years, as the history of emails \
+                        (mail.history)",
+                due: "SELECT count(*) FROM broadcast_delivery
+                      WHERE queued_at < now() - interval '2 years'"
+                    .into(),
+                apply:
+                    "DELETE FROM broadcast_delivery WHERE queued_at < now() - interval '2 years'"
+                        .into(),
+            },
+            RetentionRule {
                 name: "waitlist.links",
                 keeps: "confirmation links (a hash): a day after they were used or expired",
                 due: "SELECT count(*) FROM waitlist_token
