@@ -171,7 +171,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Privacy {
             command: privacy::Command::Processing { format },
         } => {
-            privacy::processing(json || format == privacy::Format::Json);
+            privacy::processing(json || format == privacy::Format::Json, &config);
             Ok(())
         }
         Command::Privacy { command } => {

@@ -109,18 +109,26 @@ pub enum Format {
 }
 
 /// `privacy processing`: needs no database.
-pub fn processing(json: bool) {
+pub fn processing(json: bool, config: &Config) {
     let services = pexper_server::all_services();
     let tables: Vec<(&str, &[pexper_platform::data_map::Table])> =
         services.iter().map(|s| (s.name(), s.tables())).collect();
+    let rules = pexper_server::personal_data(config).retention();
     if json {
-        let value: serde_json::Map<String, serde_json::Value> = tables
+        let mut value: serde_json::Map<String, serde_json::Value> = tables
             .iter()
             .map(|(name, tables)| (name.to_string(), json!(tables)))
             .collect();
+        let rules: Vec<_> = rules
+            .iter()
+            .map(|r| json!({"rule": r.name, "keeps": r.keeps}))
+            .collect();
+        value.insert("retention".into(), json!(rules));
         output::object(true, &serde_json::Value::Object(value));
     } else {
-        output::say(&pexper_platform::data_map::processing_record(&tables));
+        output::say(&pexper_platform::data_map::processing_record(
+            &tables, &rules,
+        ));
     }
 }
 
@@ -283,7 +291,7 @@ pub async fn run(
             .await?;
             output::object(json, &json!({"id": id, "status": Status::Rejected}));
         }
-        Command::Processing { format } => processing(json || format == Format::Json),
+        Command::Processing { format } => processing(json || format == Format::Json, config),
         Command::Sla => {
             output::object(json, &serde_json::to_value(admin::sla(pool).await?)?);
         }

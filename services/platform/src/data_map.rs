@@ -330,9 +330,14 @@ impl Recipient {
 
 /// The record of processing (GDPR Art. 30) that the declarations make, as Markdown: one row
 /// per table that holds personal data, naming its service, its purpose, its columns by
-/// category, what erasure does, what the export leaves out, and who else receives it.
-/// PRIVACY.md holds this text (`pexper-admin privacy processing`), checked by a test.
-pub fn processing_record(services: &[(&str, &[Table])]) -> String {
+/// category, what erasure does, what the export leaves out, and who else receives it; then
+/// the time limits for erasure (Art. 30(1)(f)), one row per retention rule, in the rule's own
+/// words (`PersonalData::retention`). PRIVACY.md holds this text (`pexper-admin privacy
+/// processing`), checked by a test.
+pub fn processing_record(
+    services: &[(&str, &[Table])],
+    rules: &[crate::personal_data::RetentionRule],
+) -> String {
     let mut out = String::from(
         "| table | purpose | personal data | on erasure | not in the export | also received by |\n\
          |---|---|---|---|---|---|\n",
@@ -382,6 +387,13 @@ pub fn processing_record(services: &[(&str, &[Table])]) -> String {
                 },
             ));
         }
+    }
+    out.push_str(
+        "\n| retention rule | what it removes, and when |\n\
+         |---|---|\n",
+    );
+    for rule in rules {
+        out.push_str(&format!("| `{}` | {} |\n", rule.name, rule.keeps));
     }
     out
 }
