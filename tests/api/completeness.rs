@@ -291,22 +291,110 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
         .unwrap()
         .to_owned();
 
-    // What stands for them in the database, besides the planted values.
-    let request_ids: Vec<uuid::Uuid> =
-        sqlx::query_scalar("SELECT id FROM privacy_request WHERE person_id = $1")
-            .bind(person)
-            .fetch_all(&app.platform.pool)
-            .await
-            .unwrap();
-    let support_ids: Vec<uuid::Uuid> =
-        sqlx::query_scalar("SELECT id FROM support_request WHERE person_id = $1")
-            .bind(person)
-            .fetch_all(&app.platform.pool)
-            .await
-            .unwrap();
-    let email_index = keyring.blind_index("email", EMAIL).to_vec();
-    let suppression = keyring.blind_index("suppression", EMAIL).to_vec();
-    let session_hash = pexper_payments::seal::session_hash(keyring, &checkout.session);
+    // What stands for them in the database: ids, the keys their rows are found by, and the
+    // values planted on the way that are stored in clear. Values stored only sealed are found
+    // by the key id every sealed value carries (their person id, as bytes).
+    let ids = |sql: &str| {
+        let sql = sql.to_owned();
+        let pool = app.platform.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>(sqlx::AssertSqlSafe(sql))
+                .bind(person)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let request_ids = ids("SELECT id FROM privacy_request WHERE person_id = $1").await;
+    let support_ids = ids("SELECT id FROM support_request WHERE person_id = $1").await;
+    let purchase_ids = ids("SELECT id FROM purchase WHERE person_id = $1").await;
+    // Five requests of theirs, and the access request their download made.
+    assert_eq!(
+        (request_ids.len(), support_ids.len(), purchase_ids.len()),
+        (6, 1, 1)
+    );
+    let hash = |domain: &str| keyring.blind_index(domain, EMAIL).to_vec();
+    let email_index = hash("email");
+    let mut needles: Vec<(String, Vec<u8>)> = vec![
+        ("person id".into(), person.0.to_string().into()),
+        (
+            "person id as a sealed value's key id".into(),
+            person.0.as_bytes().to_vec(),
+        ),
+        ("account id".into(), account_id.clone().into()),
+        ("address's blind index".into(), email_index.clone()),
+        ("address's suppression hash".into(), hash("suppression")),
+        ("address's sign-in throttle hash".into(), hash("signin")),
+        (
+            "Checkout Session's keyed hash".into(),
+            pexper_payments::seal::session_hash(keyring, &checkout.session).into(),
+        ),
+        (
+            "payment intent's keyed hash".into(),
+            pexper_payments::seal::payment_hash(keyring, &checkout.intent).into(),
+        ),
+        (
+            "charge's keyed hash".into(),
+            pexper_payments::seal::payment_hash(keyring, &checkout.charge).into(),
+        ),
+        ("own referral code".into(), own_code.clone().into()),
+        ("waitlist source".into(), SOURCE.into()),
+        ("support reference".into(), reference.clone().into()),
+    ];
+    needles.extend(
+        request_ids
+            .iter()
+            .map(|id| ("privacy request id".into(), id.to_string().into())),
+    );
+    needles.extend(
+        support_ids
+            .iter()
+            .map(|id| ("support request id".into(), id.to_string().into())),
+    );
+    needles.extend(
+        purchase_ids
+            .iter()
+            .map(|id| ("purchase id".into(), id.to_string().into())),
+    );
+    // Stored only sealed or hashed (never found in clear, before or after), or only while
+    // work is queued (a reset request's job names the address's blind index, base64url):
+    // searched all the same, in case one is ever left.
+    let sealed_only: Vec<(String, Vec<u8>)> = [
+        ("address", EMAIL.to_owned()),
+        ("support subject", SUPPORT_SUBJECT.to_owned()),
+        ("support message", SUPPORT_MESSAGE.to_owned()),
+        ("support reply", REPLY.to_owned()),
+        ("licence", licence.clone()),
+        ("Checkout Session", checkout.session.clone()),
+        ("payment intent", checkout.intent.clone()),
+        ("charge", checkout.charge.clone()),
+    ]
+    .into_iter()
+    .chain(details.iter().map(|d| ("request details", d.clone())))
+    .chain([("address's blind index, base64url", base64url(&email_index))])
+    .map(|(what, value)| (what.to_owned(), value.into_bytes()))
+    .collect();
+
+    // Before the erasure, every needle is somewhere, and every table declared to hold
+    // personal data (but those empty by design) holds one of them.
+    let before = scan(&app, &declared, &needles).await;
+    let seen: BTreeSet<&String> = before.values().flatten().collect();
+    for (what, _) in &needles {
+        assert!(
+            seen.contains(what),
+            "{what} is nowhere before the erasure: the search is blind to it"
+        );
+    }
+    let reached: BTreeSet<&str> = before.keys().map(|(table, _)| table.as_str()).collect();
+    for (_, table) in &declared {
+        if table.columns.iter().any(|c| c.personal.is_some()) && !by_design.contains(table.name) {
+            assert!(
+                reached.contains(table.name),
+                "nothing of theirs in {}: {before:#?}",
+                table.name
+            );
+        }
+    }
 
     // Erased, from the account itself.
     let deleted =
@@ -322,58 +410,97 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
         0
     );
 
-    // Every column of every declared table, searched (text, and bytea decoded) for everything
-    // that stood for them: a hit is allowed only in a column declared kept.
-    let mut needles: Vec<(String, Vec<u8>)> = vec![
-        ("address".into(), EMAIL.into()),
-        ("person id".into(), person.0.to_string().into()),
-        ("account id".into(), account_id.clone().into()),
-        ("address's blind index".into(), email_index.clone()),
+    // After it, what is left of them is exactly what the map keeps, where it keeps it: the
+    // purchase record and its events by their keyed hashes, the address's suppression hash (a
+    // complaint), the requests' receipts and their audit trail.
+    let all: Vec<(String, Vec<u8>)> = needles.iter().chain(&sealed_only).cloned().collect();
+    let after = scan(&app, &declared, &all).await;
+    let expected: BTreeMap<(String, String), BTreeSet<String>> = [
+        ("purchase", "id", &["purchase id"][..]),
         (
-            "address's blind index, base64url".into(),
-            base64url(&email_index).into(),
+            "purchase",
+            "checkout_session_hash",
+            &["Checkout Session's keyed hash"],
         ),
-        ("address's suppression hash".into(), suppression.clone()),
         (
-            "Checkout Session's keyed hash".into(),
-            session_hash.clone().into(),
+            "purchase",
+            "payment_intent_hash",
+            &["payment intent's keyed hash"],
         ),
-        ("own referral code".into(), own_code.clone().into()),
-        ("licence".into(), licence.clone().into()),
-    ];
-    needles.extend(
-        inputs
+        ("purchase", "charge_hash", &["charge's keyed hash"]),
+        ("license", "purchase_id", &["purchase id"]),
+        (
+            "stripe_event",
+            "payment_ref",
+            &[
+                "Checkout Session's keyed hash",
+                "payment intent's keyed hash",
+            ],
+        ),
+        (
+            "payment_adjustment",
+            "payment_intent_hash",
+            &["payment intent's keyed hash"],
+        ),
+        (
+            "payment_adjustment",
+            "charge_hash",
+            &["charge's keyed hash"],
+        ),
+        (
+            "email_suppression",
+            "address_hash",
+            &["address's suppression hash"],
+        ),
+        ("privacy_request", "id", &["privacy request id"]),
+        ("privacy_audit", "request_id", &["privacy request id"]),
+    ]
+    .into_iter()
+    .map(|(table, column, what)| {
+        (
+            (table.to_owned(), column.to_owned()),
+            what.iter().map(|w| w.to_string()).collect(),
+        )
+    })
+    .collect();
+    assert_eq!(after, expected, "what is left of them after the erasure");
+    for (table, column) in expected.keys() {
+        let kept = declared
             .iter()
-            .filter(|(what, _)| {
-                ![
-                    "broadcast",
-                    "policy version",
-                    "price",
-                    "amount",
-                    "refund",
-                    "dispute",
-                    "country",
-                    "suppression",
-                    "support reference",
-                ]
-                .contains(what)
-            })
-            .map(|(what, value)| (what.to_string(), value.clone().into_bytes())),
-    );
-    needles.extend(
-        request_ids
-            .iter()
-            .map(|id| ("privacy request id".into(), id.to_string().into())),
-    );
-    needles.extend(
-        support_ids
-            .iter()
-            .map(|id| ("support request id".into(), id.to_string().into())),
-    );
-    needles.push(("support reference".into(), reference.clone().into()));
+            .flat_map(|(_, t)| t.columns.iter().map(move |c| (t.name, c)))
+            .find(|(t, c)| t == table && c.name == column)
+            .map(|(_, c)| c);
+        assert!(
+            kept.is_some_and(|c| matches!(c.on_erasure, OnErasure::Kept(_)) || c.personal.is_none()),
+            "{table}.{column} holds something of theirs the map does not declare kept"
+        );
+    }
 
+    // And a dump, text and bytea (a binary needle as the hex pg_dump writes): nothing of theirs
+    // but what the map keeps.
+    let left: BTreeSet<&String> = after.values().flatten().collect();
+    let dump = app.db.dump();
+    for (what, needle) in &all {
+        if left.contains(what) {
+            continue;
+        }
+        let in_dump = match std::str::from_utf8(needle) {
+            Ok(text) => dump.contains(text),
+            Err(_) => dump.contains(&hex(needle)),
+        } || dump.contains(&hex(needle));
+        assert!(!in_dump, "{what} in a dump after erasure");
+    }
+}
+
+/// Every column of every declared table searched (text, and bytea as bytes) for each needle:
+/// where each was found, by (table, column).
+async fn scan(
+    app: &TestApp,
+    declared: &[(&str, Table)],
+    needles: &[(String, Vec<u8>)],
+) -> BTreeMap<(String, String), BTreeSet<String>> {
     let mut found: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for (service, table) in &declared {
+    for (_, table) in declared {
         for column in table.columns {
             let bytea: bool = sqlx::query_scalar(
                 "SELECT data_type = 'bytea' FROM information_schema.columns
@@ -397,55 +524,21 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
             .fetch_all(&app.platform.pool)
             .await
             .unwrap_or_else(|e| panic!("{}.{}: {e}", table.name, column.name));
-            for (what, needle) in &needles {
+            for (what, needle) in needles {
                 if values.iter().any(|v| contains(v, needle)) {
-                    let kept = matches!(column.on_erasure, OnErasure::Kept(_));
                     found
-                        .entry((
-                            format!("{service}: {}.{}", table.name, column.name),
-                            if kept {
-                                "kept".into()
-                            } else {
-                                "NOT kept".into()
-                            },
-                        ))
+                        .entry((table.name.to_owned(), column.name.to_owned()))
                         .or_default()
                         .insert(what.clone());
                 }
             }
         }
     }
-    eprintln!("after erasure, found: {found:#?}");
-    let not_kept: Vec<_> = found
-        .iter()
-        .filter(|((_, kept), _)| kept == "NOT kept")
-        .collect();
-    assert!(
-        not_kept.is_empty(),
-        "left after erasure, where the map does not keep it: {not_kept:#?}"
-    );
-    // What the map keeps is there: the purchase record, by its session's hash; the address's
-    // suppression hash (a complaint), so no product email reaches it again.
-    let where_found: BTreeSet<&str> = found.keys().map(|(at, _)| at.as_str()).collect();
-    for kept in [
-        "payments: purchase.checkout_session_hash",
-        "platform: email_suppression.address_hash",
-    ] {
-        assert!(where_found.contains(kept), "{kept} not found: {found:#?}");
-    }
+    found
+}
 
-    // And a dump, text and decoded bytea: nothing of theirs but what the map keeps.
-    let kept: BTreeSet<&String> = found.values().flatten().collect();
-    let dump = app.db.dump();
-    for (what, needle) in &needles {
-        let Ok(text) = std::str::from_utf8(needle) else {
-            continue;
-        };
-        assert!(
-            kept.contains(what) || !dump.contains(text),
-            "{what} ({text}) in a dump after erasure"
-        );
-    }
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -781,9 +781,29 @@ async fn recompute_without_the_key(app: &TestApp, keyed: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_is_pruned_past_its_retention_and_still_verifies() {
     let app = app().await;
-    // Four requests; the first two's events moved four years back (as the server would have
-    // written them then); the first's receipt and the third's deleted.
-    audit_events(&app, &["access", "objection", "restriction", "correction"]);
+    // Four requests, the first two closed (rejected) at once; the first two's events moved
+    // four years back (as the server would have written them then); the first's receipt and
+    // the third's deleted.
+    for kind in ["access", "objection"] {
+        audit_events(&app, &[kind]);
+        let id: uuid::Uuid =
+            sqlx::query_scalar("SELECT id FROM privacy_request ORDER BY received_at DESC LIMIT 1")
+                .fetch_one(&app.platform.pool)
+                .await
+                .unwrap();
+        cli(
+            &app,
+            &[
+                "privacy",
+                "reject",
+                &id.to_string(),
+                "--reason",
+                "Closed.",
+                "--json",
+            ],
+        );
+    }
+    audit_events(&app, &["restriction", "correction"]);
     let requests: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
         "SELECT request_id, min(seq), max(seq) FROM privacy_audit GROUP BY request_id
          ORDER BY min(seq)",

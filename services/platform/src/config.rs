@@ -170,10 +170,12 @@ impl Config {
             .unwrap_or("90")
             .parse()
             .context("PEXPER_ANALYTICS_RETENTION_DAYS must be a whole number of days")?;
-        let backup_retention_days = get("PEXPER_BACKUP_RETENTION_DAYS")
+        let backup_retention_days: u32 = get("PEXPER_BACKUP_RETENTION_DAYS")
             .unwrap_or("30")
             .parse()
-            .context("PEXPER_BACKUP_RETENTION_DAYS must be a whole number of days")?;
+            .ok()
+            .filter(|days| (1..=36_500).contains(days))
+            .context("PEXPER_BACKUP_RETENTION_DAYS must be a whole number of days, 1 to 36500")?;
         let tls = match (get("PEXPER_TLS_CERT"), get("PEXPER_TLS_KEY")) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: PathBuf::from(cert),
@@ -500,12 +502,20 @@ mod tests {
                 .mail_per_second,
             Some(100_000)
         );
+        assert_eq!(
+            with("PEXPER_BACKUP_RETENTION_DAYS", "36500")
+                .expect("valid")
+                .backup_retention_days,
+            36_500
+        );
         for (key, bad) in [
             ("PEXPER_JOB_CONCURRENCY", "0"),
             ("PEXPER_JOB_CONCURRENCY", "257"),
             ("PEXPER_MAIL_PER_SECOND", "0"),
             ("PEXPER_MAIL_PER_SECOND", "100001"),
             ("PEXPER_MAIL_PER_SECOND", "fast"),
+            ("PEXPER_BACKUP_RETENTION_DAYS", "0"),
+            ("PEXPER_BACKUP_RETENTION_DAYS", "4294967295"),
         ] {
             let e = with(key, bad).expect_err("refused");
             assert!(e.to_string().contains(key), "{e}");

@@ -409,7 +409,7 @@ impl PersonalData for EmailRecords {
                 name: "platform.erasure_journal",
                 keeps: "the erasure journal (a SHA-256 of an erased person's id, and when): as \
                         long as a backup taken before the erasure may be restored, \
-                        PEXPER_BACKUP_RETENTION_DAYS (30) and a day",
+                        PEXPER_BACKUP_RETENTION_DAYS (30 by default) and a day",
                 due: format!("SELECT count(*) FROM erasure_journal WHERE {journal_past}").into(),
                 apply: format!("DELETE FROM erasure_journal WHERE {journal_past}").into(),
             },

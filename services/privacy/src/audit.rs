@@ -21,9 +21,10 @@
 //! a seal at any other time means the trail was reset, and heads noted before no longer match.
 //! No personal data is ever written here (an operator's reason is redacted).
 //!
-//! The trail is kept as long as what it records: 3 years, and a request's events while its
-//! receipt is kept too (`privacy.receipts`: 3 years after it closed), so a receipt deleted by
-//! someone else does not take its events with it until they are 3 years old anyway. `prune`, in the privacy sweep, deletes the oldest run of
+//! The trail is kept as long as what it records: an event about no request (an operator's
+//! read, an account disabled) 3 years; a request's events until 3 years after its closing
+//! event and its receipt is gone (`privacy.receipts` deletes it then), read from the checked
+//! events themselves, so a receipt deleted by someone else takes nothing with it early. `prune`, in the privacy sweep, deletes the oldest run of
 //! such events, never the newest, and only from a trail that checks, and records where the
 //! trail now starts (the first event kept and the link it chains from) under a MAC: the rest
 //! still verifies, and a cut beyond the start shows.
@@ -110,12 +111,33 @@ async fn recorded_start(
         .context("failed to read where the audit trail starts")
 }
 
+/// How long an event is kept at least: and a request's events, 3 years from its closing event.
+const KEEP: time::Duration = time::Duration::days(3 * 365 + 1);
+
 /// Deletes the oldest events past their retention (see the module's documentation) and
 /// records where the trail now starts. Returns how many went. A trail that does not check is
 /// left whole for `privacy audit` to show.
+///
+/// What is due is read from the checked events themselves (their times are under the MAC):
+/// an event naming no request, once 3 years old; a request's events, once its closing event
+/// (completed, rejected, expired) is 3 years old and its receipt is gone. A receipt deleted by
+/// someone else, before its time, takes nothing with it. The table is locked against every
+/// writer while this runs, so nothing checked can change before it is deleted.
 pub async fn prune(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<u64> {
+    // Cheap: nothing can be due while the oldest event is younger than the period.
+    let oldest: Option<OffsetDateTime> = sqlx::query_scalar("SELECT min(at) FROM privacy_audit")
+        .fetch_one(pool)
+        .await
+        .context("failed to read the audit trail")?;
+    let horizon = OffsetDateTime::now_utc() - KEEP;
+    if oldest.is_none_or(|at| at >= horizon) {
+        return Ok(0);
+    }
     let mut tx = pool.begin().await?;
     lock(&mut tx).await?;
+    sqlx::query("LOCK TABLE privacy_audit IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
     let rows = read_trail(&mut tx).await?;
     let start = checked_start(&mut tx, keyring, &rows).await?;
     let whole = matches!(tip(&mut tx, keyring).await?, Tip::Whole { .. });
@@ -125,31 +147,49 @@ pub async fn prune(pool: &PgPool, keyring: &Keyring) -> anyhow::Result<u64> {
     if !whole || first_break(&rows, keyring, &start).is_some() {
         return Ok(0);
     }
-    let due: std::collections::HashSet<i64> = sqlx::query_scalar(
-        "SELECT seq FROM privacy_audit a
-         WHERE a.at < now() - interval '3 years'
-           AND (a.request_id IS NULL
-                OR NOT EXISTS (SELECT 1 FROM privacy_request r WHERE r.id = a.request_id))",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .context("failed to find audit events past their retention")?
-    .into_iter()
-    .collect();
+    let receipts: std::collections::HashSet<PrivacyRequestId> =
+        sqlx::query_scalar("SELECT id FROM privacy_request")
+            .fetch_all(&mut *tx)
+            .await
+            .context("failed to read the requests")?
+            .into_iter()
+            .collect();
+    // When each request closed, as its own events say.
+    let mut closed: std::collections::HashMap<PrivacyRequestId, OffsetDateTime> =
+        std::collections::HashMap::new();
+    for row in &rows {
+        let terminal = [Status::Completed, Status::Rejected, Status::Expired]
+            .iter()
+            .any(|s| s.as_str() == row.3);
+        if let (Some(request), true) = (row.1, terminal) {
+            closed.insert(request, row.6);
+        }
+    }
+    let due = |row: &Row| match row.1 {
+        None => row.6 < horizon,
+        Some(request) => {
+            !receipts.contains(&request) && closed.get(&request).is_some_and(|at| *at < horizon)
+        }
+    };
     // The oldest run of due events, never the newest event (the recorded head names it).
     let cut = rows[..rows.len().saturating_sub(1)]
         .iter()
-        .take_while(|row| due.contains(&row.0))
+        .take_while(|row| due(row))
         .count();
     if cut == 0 {
         return Ok(0);
     }
     let first_kept = &rows[cut];
-    sqlx::query("DELETE FROM privacy_audit WHERE seq < $1")
+    let deleted = sqlx::query("DELETE FROM privacy_audit WHERE seq < $1")
         .bind(first_kept.0)
         .execute(&mut *tx)
         .await
-        .context("failed to prune the audit trail")?;
+        .context("failed to prune the audit trail")?
+        .rows_affected();
+    anyhow::ensure!(
+        deleted == cut as u64,
+        "the audit trail changed while it was pruned: nothing was pruned"
+    );
     let at = now_micros()?;
     sqlx::query(
         "INSERT INTO privacy_audit_start (seq, prev_hash, at, mac) VALUES ($1, $2, $3, $4)
@@ -183,11 +223,14 @@ async fn checked_start(
                      the key"
                         .to_owned(),
                 )
-            } else if rows.first().is_some_and(|r| r.0 != seq) {
+            } else if rows.first().map(|r| r.0) != Some(seq) {
+                // Pruning never takes the newest event: a start with no events after it means
+                // the events were deleted.
                 Err(format!(
-                    "the trail was pruned to start at event {seq} but starts at event {}: \
-                     events were deleted from its beginning",
-                    rows[0].0
+                    "the trail was pruned to start at event {seq} but starts at {}: events \
+                     were deleted from its beginning",
+                    rows.first()
+                        .map_or("no event".to_owned(), |r| format!("event {}", r.0))
                 ))
             } else {
                 Ok(prev)

@@ -137,7 +137,7 @@ impl PersonalData for PrivacyData {
             },
             RetentionRule {
                 name: "privacy.receipts",
-                keeps: "a closed request (kind, dates, status, the person's link): 3 years after it closed, the proof we answered (its audit events go with it: audit::prune)",
+                keeps: "a closed request (kind, dates, status, the person's link): 3 years after it closed, the proof we answered (its audit events, 3 years after it closed, once it is gone: audit::prune)",
                 due: "SELECT count(*) FROM privacy_request WHERE closed_at < now() - interval '3 years'".into(),
                 apply: "DELETE FROM privacy_request WHERE closed_at < now() - interval '3 years'".into(),
             },
