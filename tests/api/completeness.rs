@@ -410,6 +410,57 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
         0
     );
 
+    // Rows that name the person also go when the person row does (foreign keys cascade), so
+    // the end state alone cannot show that a service's own erasure did its part: the audit
+    // trail's record of the erasure counts what each removed. And what is sealed under the
+    // records key is opened: the purchase record no longer holds the session id in clear.
+    let erased: String =
+        sqlx::query_scalar("SELECT detail FROM privacy_audit WHERE event = 'erased'")
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap();
+    let counts: BTreeMap<&str, u64> = erased
+        .split(' ')
+        .filter_map(|c| c.split_once('='))
+        .map(|(what, n)| (what, n.parse().unwrap_or(0)))
+        .collect();
+    for what in [
+        "email.email_history",
+        "waitlist.broadcast_deliveries",
+        "waitlist.confirmation_tokens",
+        "waitlist.waitlist_entries",
+        "payments.purchase_links",
+        "payments.session_ids",
+        "privacy_requests.exports",
+        "privacy_requests.link_tokens",
+        "privacy_requests.policy_notices",
+        "privacy_requests.request_links",
+        "support.support_requests",
+        "account.accounts",
+        "account.failed_sign_in_counts",
+    ] {
+        assert!(
+            counts.get(what).is_some_and(|n| *n >= 1),
+            "{what} in {erased}"
+        );
+    }
+    let session_hash = pexper_payments::seal::session_hash(keyring, &checkout.session);
+    let (id, sealed): (pexper_payments::PurchaseId, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT id, record_sealed FROM purchase WHERE checkout_session_hash = $1")
+            .bind(&session_hash)
+            .fetch_one(&app.platform.pool)
+            .await
+            .unwrap();
+    let record = pexper_payments::store::open_record(keyring, id, sealed.as_deref()).unwrap();
+    assert_eq!(
+        record.session, None,
+        "the clear session id, in the sealed record"
+    );
+    assert_eq!(
+        record.amount_total, AMOUNT,
+        "the accounting record is whole"
+    );
+
     // After it, what is left of them is exactly what the map keeps, where it keeps it: the
     // purchase record and its events by their keyed hashes, the address's suppression hash (a
     // complaint), the requests' receipts and their audit trail.
