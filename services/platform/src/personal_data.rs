@@ -39,6 +39,12 @@ pub struct RetentionRule {
     pub apply: Cow<'static, str>,
 }
 
+/// A time as every export section writes it: RFC 3339.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// A service's view of one person's data.
 pub trait PersonalData: Send + Sync {
     /// The section name in an export (`"waitlist"`, `"payments"`, …).
@@ -338,10 +344,6 @@ impl PersonalData for EmailRecords {
         person: PersonId,
     ) -> anyhow::Result<serde_json::Value> {
         let address = person::email(conn, keyring, person).await?;
-        let rfc3339 = |t: time::OffsetDateTime| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
-        };
         let history: Vec<(String, Option<String>, time::OffsetDateTime, i32)> = sqlx::query_as(
             "SELECT template, message_id, sent_at, soft_bounces FROM email_event
              WHERE person_id = $1 ORDER BY sent_at",

@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use pexper_platform::crypto::Keyring;
 use pexper_platform::person::{self, PersonId};
-use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule, rfc3339};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::request::PrivacyRequestId;
 use crate::store::{details_field, outcome_field};
@@ -34,10 +33,6 @@ struct RequestRow {
     closed_at: Option<OffsetDateTime>,
     details_sealed: Option<Vec<u8>>,
     outcome_sealed: Option<Vec<u8>>,
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 impl PersonalData for PrivacyData {

@@ -15,7 +15,7 @@ use pexper_platform::http::ApiError;
 use pexper_platform::jobs::{self, BackgroundJob, Job, JobError, NewJob};
 use pexper_platform::mail::{self, EmailTemplate, MailClass};
 use pexper_platform::person::{self, PersonId};
-use pexper_platform::personal_data::Registry;
+use pexper_platform::personal_data::{Registry, rfc3339};
 use pexper_platform::suppression;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -318,15 +318,11 @@ pub async fn notices_of(
     Ok(rows
         .into_iter()
         .map(|(version, status, queued_at, at)| {
-            let rfc3339 = |t: OffsetDateTime| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            };
             serde_json::json!({
                 "version": version,
                 "status": status,
                 "queued_at": rfc3339(queued_at),
-                "notified_at": at.and_then(rfc3339),
+                "notified_at": at.map(rfc3339),
             })
         })
         .collect())

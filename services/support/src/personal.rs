@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use pexper_platform::crypto::Keyring;
 use pexper_platform::person::PersonId;
-use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule};
+use pexper_platform::personal_data::{ErasureSummary, PersonalData, RetentionRule, rfc3339};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::store::{self, Status, SupportRequestId};
 
@@ -48,8 +47,8 @@ impl PersonalData for SupportData {
                 "id": id,
                 "reference": reference,
                 "status": status,
-                "created_at": created.format(&Rfc3339).unwrap_or_default(),
-                "closed_at": closed.and_then(|t| t.format(&Rfc3339).ok()),
+                "created_at": rfc3339(created),
+                "closed_at": closed.map(rfc3339),
                 "subject": opened.subject,
                 "message": opened.message,
                 "replies": opened.replies,

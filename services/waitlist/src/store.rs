@@ -438,7 +438,7 @@ impl PersonalData for WaitlistData {
             .map(|(subject, queued_at)| {
                 serde_json::json!({
                     "subject": subject,
-                    "queued_at": queued_at.format(&time::format_description::well_known::Rfc3339).ok(),
+                    "queued_at": pexper_platform::personal_data::rfc3339(queued_at),
                 })
             })
             .collect();
