@@ -121,7 +121,9 @@ pub async fn create(
         Ok(e) => e,
         Err(e) => return invalid("invalid_email", e.to_string()),
     };
-    let message = body.message.trim();
+    // "Says something" as the documented pattern `\S` means it (JSON Schema's, ECMA-262's
+    // whitespace), not Rust's wider `char::is_whitespace`, which also counts U+0085.
+    let message = body.message.trim_matches(is_schema_whitespace);
     if message.is_empty() || body.message.chars().count() > MAX_MESSAGE {
         return invalid(
             "invalid_message",
@@ -175,4 +177,39 @@ fn accepted(is_form: bool) -> Response {
         axum::Json(SupportAccepted { status: "received" }),
     )
         .into_response()
+}
+
+/// Whitespace as JSON Schema's patterns know it (ECMA-262 `\s`): what the document's `\S`
+/// for a message excludes.
+fn is_schema_whitespace(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202f}'
+                | '\u{205f}'
+                | '\u{3000}'
+                | '\u{feff}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_message_says_something_by_the_schema_s_own_whitespace() {
+        for blank in ["", " \t\r\n", "\u{a0}\u{2003}\u{3000}\u{feff}"] {
+            assert!(
+                blank.trim_matches(super::is_schema_whitespace).is_empty(),
+                "{blank:?}"
+            );
+        }
+        // U+0085 is whitespace to Rust but not to ECMA-262's `\s`: a message that `\S` admits.
+        assert!(
+            !"\u{85}"
+                .trim_matches(super::is_schema_whitespace)
+                .is_empty()
+        );
+    }
 }
