@@ -35,8 +35,8 @@ pub(crate) async fn sign_in(app: &TestApp, email: &str, password: &str) -> reqwe
 /// A signed-in client's cookie and CSRF token.
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
-    cookie: String,
-    csrf: String,
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
 }
 
 /// The `name=value` of the session cookie a response sets.
@@ -390,7 +390,7 @@ async fn a_weak_password_on_the_links_page_or_a_malformed_sign_up_is_refused_and
         assert_eq!(res.status(), 422, "{why}");
         let page = res.text().await.unwrap();
         assert!(
-            page.contains("role=\"alert\"") && page.contains(why),
+            page.contains("aria-invalid=\"true\"") && page.contains(why),
             "{page}"
         );
         assert!(!page.contains(password));
@@ -1193,7 +1193,7 @@ async fn a_password_reset_works_once_ends_every_session_and_says_so_by_email() {
     };
     let weak = post("password1234").await.unwrap();
     assert_eq!(weak.status(), 422, "checked like a new password");
-    assert!(weak.text().await.unwrap().contains("role=\"alert\""));
+    assert!(weak.text().await.unwrap().contains("aria-invalid=\"true\""));
     assert_eq!(
         account(&app, &first).await.status(),
         200,
@@ -1899,7 +1899,9 @@ async fn an_account_works_end_to_end_in_a_real_browser() {
         .await;
     browser.fill("input[name=password]", PASSWORD).await;
     browser.click("form[action='/v1/sessions'] button").await;
-    browser.wait_for_text("[role=alert]", "do not match").await;
+    browser
+        .wait_for_text("#password-error", "do not match")
+        .await;
 
     // Sign up with the address, and open the account from the emailed link (a page where
     // the password is chosen).

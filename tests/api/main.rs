@@ -4,6 +4,7 @@
 //! `tests/support/`).
 #![allow(clippy::unwrap_used)]
 
+mod accessibility;
 mod accounts;
 mod analytics;
 mod architecture;

@@ -173,6 +173,17 @@ async fn an_access_request_is_verified_by_post_only_and_exports_the_waitlist_ent
     assert_eq!(done.status(), 200);
     let again = app.client.post(&url).send().await.unwrap();
     assert_eq!(again.status(), 400, "a verification link works once");
+    assert!(
+        again.text().await.unwrap().contains("confirmed already"),
+        "and says it was used"
+    );
+    let opened = app.client.get(&url).send().await.unwrap();
+    assert_eq!(opened.status(), 400);
+    let page = opened.text().await.unwrap();
+    assert!(
+        page.contains("confirmed already") && !page.contains("id=\"confirm\""),
+        "a used link's page has no Confirm button: {page}"
+    );
 
     let ready = mail_to(&app, email, "export is ready").await;
     let export_url = ready.link(&app.url("/v1/privacy/exports/"));

@@ -195,7 +195,7 @@ async fn bad_support_requests_get_422_naming_the_field_and_forms_get_pages() {
     .await
     .unwrap();
     assert_eq!(res.status(), 422);
-    assert!(res.text().await.unwrap().contains("id=\"invalid\""));
+    assert!(res.text().await.unwrap().contains("id=\"error\""));
     let res = form(
         "https://pexper.com",
         &[

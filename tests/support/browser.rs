@@ -12,6 +12,12 @@ use serde_json::{Value, json};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// WebDriver's codes for keys that type no character (`Browser::press`).
+pub mod keys {
+    pub const TAB: &str = "\u{E004}";
+    pub const ENTER: &str = "\u{E007}";
+}
+
 pub struct Browser {
     driver: Child,
     base: String,
@@ -239,6 +245,71 @@ impl Browser {
             Some(json!({ "script": js, "args": [] })),
         )
         .await
+    }
+
+    /// Runs `js` with `args` (as `arguments`) in the page.
+    pub async fn script_with(&self, js: &str, args: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": js, "args": args })),
+        )
+        .await
+    }
+
+    /// Runs `js`, which ends by calling `arguments[arguments.length - 1]` with its value (for
+    /// a promise: `….then(done)`), with a script timeout of a minute.
+    pub async fn script_async(&self, js: &str, args: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/timeouts",
+            Some(json!({"script": 60_000})),
+        )
+        .await;
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({ "script": js, "args": args })),
+        )
+        .await
+    }
+
+    /// A Chrome DevTools Protocol command (chromedriver passes it on), e.g. emulating a
+    /// colour scheme.
+    pub async fn cdp(&self, command: &str, params: Value) -> Value {
+        let url = format!("{}/session/{}/goog/cdp/execute", self.base, self.session);
+        let v: Value = self
+            .client
+            .post(url)
+            .json(&json!({ "cmd": command, "params": params }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(v["value"]["error"].is_null(), "CDP {command}: {v}");
+        v["value"].clone()
+    }
+
+    /// Presses keys as a keyboard would, one after another, on whatever has the focus:
+    /// characters, or WebDriver's key codes (`keys::TAB`, `keys::ENTER`).
+    pub async fn press(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|c| {
+                [
+                    json!({"type": "keyDown", "value": c.to_string()}),
+                    json!({"type": "keyUp", "value": c.to_string()}),
+                ]
+            })
+            .collect();
+        self.call(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        )
+        .await;
     }
 
     /// The address of the page shown.

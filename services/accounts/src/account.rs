@@ -155,10 +155,68 @@ struct AccountPage {
     current_session: uuid::Uuid,
     /// Whether the password was typed recently enough for export and deletion.
     recently_confirmed: bool,
-    notice: Option<&'static str>,
+    notice: Option<Notice>,
+}
+
+/// What the last form of the account page did, shown in that form's section: done (a status),
+/// or a problem with the form or with one of its fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Notice {
+    /// The `id` of the section whose form it answers.
+    section: &'static str,
+    /// The field (its input's `id`) the problem is about.
+    field: Option<&'static str>,
+    text: &'static str,
+    done: bool,
+}
+
+impl Notice {
+    fn done(section: &'static str, text: &'static str) -> Self {
+        Self {
+            section,
+            field: None,
+            text,
+            done: true,
+        }
+    }
+
+    fn problem(section: &'static str, text: &'static str) -> Self {
+        Self {
+            section,
+            field: None,
+            text,
+            done: false,
+        }
+    }
+
+    fn about(section: &'static str, field: &'static str, text: &'static str) -> Self {
+        Self {
+            section,
+            field: Some(field),
+            text,
+            done: false,
+        }
+    }
 }
 
 impl AccountPage {
+    /// The notice of the section `id` that is not about a field.
+    fn notice_in(&self, id: &str) -> Option<&Notice> {
+        self.notice
+            .as_ref()
+            .filter(|n| n.section == id && n.field.is_none())
+    }
+
+    /// The problem with the field `id`, if any (`account-field.html` asks).
+    fn about(&self, id: &str) -> Option<&'static str> {
+        self.notice.filter(|n| n.field == Some(id)).map(|n| n.text)
+    }
+
+    /// Whether the page answers a form with a problem.
+    fn invalid_any(&self) -> bool {
+        self.notice.is_some_and(|n| !n.done)
+    }
+
     fn amount(&self, p: &Purchase) -> String {
         pexper_payments::format_amount(p.amount, &p.currency)
     }
@@ -173,7 +231,7 @@ async fn page(
     platform: &Platform,
     signed_in: &SignedIn,
     status: StatusCode,
-    notice: Option<&'static str>,
+    notice: Option<Notice>,
 ) -> Result<Response, ApiError> {
     let view = view(platform, signed_in).await?;
     Ok(page_of(view, signed_in, status, notice))
@@ -184,7 +242,7 @@ fn page_of(
     view: AccountView,
     signed_in: &SignedIn,
     status: StatusCode,
-    notice: Option<&'static str>,
+    notice: Option<Notice>,
 ) -> Response {
     let mut response = render(
         status,
@@ -222,7 +280,7 @@ pub async fn sign_up_page() -> Response {
     render(
         StatusCode::OK,
         pages::SignUp {
-            error: None,
+            error: pages::FormError::none(),
             email: String::new(),
         },
     )
@@ -235,7 +293,7 @@ pub async fn sign_in_page() -> Response {
     render(
         StatusCode::OK,
         pages::SignIn {
-            error: None,
+            error: pages::FormError::none(),
             email: String::new(),
         },
     )
@@ -245,7 +303,12 @@ pub async fn sign_in_page() -> Response {
 #[utoipa::path(get, path = "/account/password-reset", tag = "accounts", responses(
     (status = 200, description = "The form", content_type = "text/html")))]
 pub async fn reset_request_page() -> Response {
-    render(StatusCode::OK, pages::ResetRequest { error: None })
+    render(
+        StatusCode::OK,
+        pages::ResetRequest {
+            error: pages::FormError::none(),
+        },
+    )
 }
 
 /// Each signed-in form as the document states it, with its own fields only: they are all read
@@ -403,13 +466,15 @@ macro_rules! signed_in_form {
 }
 
 /// Checks the session's account password, counted like a sign-in (`throttle`): a stolen
-/// session cannot be used to guess the password behind it. `Err` is the page to answer with.
+/// session cannot be used to guess the password behind it. `Err` is the page to answer with;
+/// a wrong password is told next to the field `field` of the section `section`.
 async fn confirm_password(
     platform: &Platform,
     state: &AccountsState,
     signed_in: &SignedIn,
     sender: &Sender,
     given: &str,
+    (section, field): (&'static str, &'static str),
 ) -> Result<Result<(), Response>, ApiError> {
     let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
     let account = store::account(&mut conn, signed_in.session.account_id)
@@ -452,7 +517,7 @@ async fn confirm_password(
             platform,
             signed_in,
             StatusCode::UNAUTHORIZED,
-            Some("That is not your password."),
+            Some(Notice::about(section, field, "That is not your password.")),
         )
         .await?));
     }
@@ -513,7 +578,10 @@ pub async fn end_other_sessions(
         &platform,
         &signed_in,
         StatusCode::OK,
-        Some("Every other browser is signed out."),
+        Some(Notice::done(
+            "sessions",
+            "Every other browser is signed out.",
+        )),
     )
     .await
 }
@@ -538,8 +606,15 @@ pub async fn change_password_form(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (signed_in, form, sender) = signed_in_form!(platform, request);
-    if let Err(response) =
-        confirm_password(&platform, &state, &signed_in, &sender, &form.password).await?
+    if let Err(response) = confirm_password(
+        &platform,
+        &state,
+        &signed_in,
+        &sender,
+        &form.password,
+        ("password", "current-password"),
+    )
+    .await?
     {
         return Ok(response);
     }
@@ -570,7 +645,7 @@ pub async fn change_password_form(
                 &platform,
                 &signed_in,
                 StatusCode::UNPROCESSABLE_ENTITY,
-                Some(reason),
+                Some(Notice::about("password", "new-password", reason)),
             )
             .await;
         }
@@ -590,7 +665,10 @@ pub async fn change_password_form(
         &platform,
         &signed_in,
         StatusCode::OK,
-        Some("Your password is changed, and every other browser is signed out."),
+        Some(Notice::done(
+            "password",
+            "Your password is changed, and every other browser is signed out.",
+        )),
     )
     .await?;
     // The new password voids every device cookie; this browser keeps being a known one.
@@ -631,7 +709,10 @@ pub async fn resend_licence(
             view,
             &signed_in,
             StatusCode::NOT_FOUND,
-            Some("That purchase has no licence to send."),
+            Some(Notice::problem(
+                "purchases",
+                "That purchase has no licence to send.",
+            )),
         ));
     };
     let person = signed_in.session.person_id;
@@ -649,9 +730,15 @@ pub async fn resend_licence(
     }
     tx.commit().await.map_err(anyhow::Error::from)?;
     let notice = if sent {
-        "Your licence is on its way in a new receipt email."
+        Notice::done(
+            "purchases",
+            "Your licence is on its way in a new receipt email.",
+        )
     } else {
-        "We have sent this address as many emails as we do in a day; please try again tomorrow."
+        Notice::problem(
+            "purchases",
+            "We have sent this address as many emails as we do in a day. Please try again tomorrow.",
+        )
     };
     // The view read above is still true: a resend changes no purchase.
     Ok(page_of(view, &signed_in, StatusCode::OK, Some(notice)))
@@ -676,8 +763,15 @@ pub async fn confirm_password_form(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut signed_in, form, sender) = signed_in_form!(platform, request);
-    if let Err(response) =
-        confirm_password(&platform, &state, &signed_in, &sender, &form.password).await?
+    if let Err(response) = confirm_password(
+        &platform,
+        &state,
+        &signed_in,
+        &sender,
+        &form.password,
+        ("your-data", "data-password"),
+    )
+    .await?
     {
         return Ok(response);
     }
@@ -689,7 +783,10 @@ pub async fn confirm_password_form(
         &platform,
         &signed_in,
         StatusCode::OK,
-        Some("Thank you. For the next 10 minutes you can download or delete your data."),
+        Some(Notice::done(
+            "your-data",
+            "Thank you. For the next 10 minutes you can download or delete your data.",
+        )),
     )
     .await
 }
@@ -710,7 +807,10 @@ async fn without_fresh_password(
         platform,
         signed_in,
         StatusCode::FORBIDDEN,
-        Some("Please confirm your password first."),
+        Some(Notice::problem(
+            "your-data",
+            "Please confirm your password first.",
+        )),
     )
     .await
     .map(Some)
@@ -770,7 +870,11 @@ pub async fn delete(
             &platform,
             &signed_in,
             StatusCode::UNPROCESSABLE_ENTITY,
-            Some("To delete everything, type delete in the box."),
+            Some(Notice::about(
+                "your-data",
+                "confirm",
+                "To delete everything, type delete in the box.",
+            )),
         )
         .await;
     }

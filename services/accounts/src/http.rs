@@ -149,7 +149,7 @@ pub async fn create_account(
         render(
             StatusCode::UNPROCESSABLE_ENTITY,
             pages::SignUp {
-                error: Some("Please give an email address.".into()),
+                error: pages::FormError::field("email", "Please give an email address."),
                 email: String::new(),
             },
         )
@@ -164,7 +164,7 @@ pub async fn create_account(
             return Ok(render(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 pages::SignUp {
-                    error: Some(e.to_string()),
+                    error: pages::FormError::field("email", &e.to_string()),
                     email: String::new(),
                 },
             ));
@@ -203,7 +203,9 @@ fn verify_page_of(
         pages::Verify {
             state,
             action,
-            error,
+            error: error.map_or_else(pages::FormError::none, |e| {
+                pages::FormError::field("password", &e)
+            }),
         },
     )
 }
@@ -440,7 +442,7 @@ pub async fn sign_in(
         render(
             StatusCode::UNPROCESSABLE_ENTITY,
             pages::SignIn {
-                error: Some("Please give your email address and password.".into()),
+                error: pages::FormError::form("Please give your email address and password."),
                 email: String::new(),
             },
         )
@@ -454,7 +456,10 @@ pub async fn sign_in(
             return render(
                 StatusCode::UNAUTHORIZED,
                 pages::SignIn {
-                    error: Some("That email address and password do not match an account.".into()),
+                    error: pages::FormError::field(
+                        "password",
+                        "That email address and password do not match an account.",
+                    ),
                     email: email.to_owned(),
                 },
             );
@@ -473,7 +478,7 @@ pub async fn sign_in(
                 return Ok(render(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     pages::SignIn {
-                        error: Some(e.to_string()),
+                        error: pages::FormError::field("email", &e.to_string()),
                         email: String::new(),
                     },
                 ));
@@ -487,7 +492,10 @@ pub async fn sign_in(
             return Ok(render(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 pages::SignIn {
-                    error: Some("A password can have at most 128 characters.".into()),
+                    error: pages::FormError::field(
+                        "password",
+                        "A password can have at most 128 characters.",
+                    ),
                     email: email.as_str().to_owned(),
                 },
             ));
@@ -550,7 +558,9 @@ pub async fn sign_in(
             return Ok(render(
                 StatusCode::FORBIDDEN,
                 pages::SignIn {
-                    error: Some("This account is disabled; write to privacy@pexper.com.".into()),
+                    error: pages::FormError::form(
+                        "This account is disabled. Write to privacy@pexper.com and we will help.",
+                    ),
                     email: email.as_str().to_owned(),
                 },
             ));
@@ -654,7 +664,7 @@ pub async fn request_reset(
         render(
             StatusCode::UNPROCESSABLE_ENTITY,
             pages::ResetRequest {
-                error: Some(reason),
+                error: pages::FormError::field("email", &reason),
             },
         )
     };
@@ -698,7 +708,9 @@ fn new_password_page(
         pages::NewPassword {
             state,
             action: format!("/v1/accounts/password-reset/confirm?token={token}"),
-            error,
+            error: error.map_or_else(pages::FormError::none, |e| {
+                pages::FormError::field("password", &e)
+            }),
         },
     )
 }

@@ -72,6 +72,64 @@ impl Service for Accounts {
         tables::TABLES
     }
 
+    fn form_pages(&self) -> &'static [pexper_platform::http::FormPage] {
+        use pexper_platform::http::FormPage;
+        const ACCOUNT: &str = "/account";
+        const BACK: &str = "Back to your account";
+        &[
+            FormPage {
+                posts_to: "/v1/accounts",
+                back: "/account/sign-up",
+                label: "Back to sign-up",
+            },
+            FormPage {
+                posts_to: "/v1/sessions",
+                back: "/account/sign-in",
+                label: "Back to sign-in",
+            },
+            FormPage {
+                posts_to: "/v1/accounts/password-reset",
+                back: "/account/password-reset",
+                label: "Back to the password reset",
+            },
+            FormPage {
+                posts_to: "/account/sign-out",
+                back: ACCOUNT,
+                label: BACK,
+            },
+            FormPage {
+                posts_to: "/account/sessions/end-others",
+                back: ACCOUNT,
+                label: BACK,
+            },
+            FormPage {
+                posts_to: "/account/password",
+                back: ACCOUNT,
+                label: BACK,
+            },
+            FormPage {
+                posts_to: "/account/licences/resend",
+                back: ACCOUNT,
+                label: BACK,
+            },
+            FormPage {
+                posts_to: "/account/confirm-password",
+                back: ACCOUNT,
+                label: BACK,
+            },
+            FormPage {
+                posts_to: "/account/export",
+                back: ACCOUNT,
+                label: BACK,
+            },
+            FormPage {
+                posts_to: "/account/delete",
+                back: ACCOUNT,
+                label: BACK,
+            },
+        ]
+    }
+
     fn routes(&self) -> OpenApiRouter<Platform> {
         OpenApiRouter::new()
             .routes(routes!(http::create_account))

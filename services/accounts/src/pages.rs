@@ -1,5 +1,6 @@
 //! The account pages' templates (`templates/pages/account-*.html`): plain forms that work
-//! without JavaScript, with labels, autocomplete hints, and errors announced (`role="alert"`).
+//! without JavaScript, with labels and autocomplete hints; an error stands next to the field
+//! it is about, which is marked invalid, described by it, and focused.
 
 use askama::Template;
 use axum::http::StatusCode;
@@ -7,24 +8,64 @@ use axum::response::Response;
 
 pub use pexper_platform::http::render_page as render;
 
+/// What is wrong with a form post, in a sentence: about one field, or the form as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct FormError(Option<(Option<&'static str>, String)>);
+
+impl FormError {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// An error about the field `name` (its input's `name` and `id`).
+    pub fn field(name: &'static str, message: &str) -> Self {
+        Self(Some((Some(name), pexper_platform::http::sentence(message))))
+    }
+
+    /// An error about the whole form, shown above it.
+    pub fn form(message: &str) -> Self {
+        Self(Some((None, pexper_platform::http::sentence(message))))
+    }
+
+    pub fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The message, when it is about the field `name`.
+    pub fn about(&self, name: &str) -> Option<&str> {
+        match &self.0 {
+            Some((Some(field), message)) if *field == name => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The message, when it is about the whole form.
+    pub fn general(&self) -> Option<&str> {
+        match &self.0 {
+            Some((None, message)) => Some(message),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "pages/account-sign-up.html")]
 pub struct SignUp {
-    pub error: Option<String>,
+    pub error: FormError,
     pub email: String,
 }
 
 #[derive(Template)]
 #[template(path = "pages/account-sign-in.html")]
 pub struct SignIn {
-    pub error: Option<String>,
+    pub error: FormError,
     pub email: String,
 }
 
 #[derive(Template)]
 #[template(path = "pages/account-reset-request.html")]
 pub struct ResetRequest {
-    pub error: Option<String>,
+    pub error: FormError,
 }
 
 /// The reset link's page: `ask` (the form), `done` or `invalid`.
@@ -33,7 +74,7 @@ pub struct ResetRequest {
 pub struct NewPassword {
     pub state: &'static str,
     pub action: String,
-    pub error: Option<String>,
+    pub error: FormError,
 }
 
 /// The verification link's page: `ask` (the form for the account's password), `verified`
@@ -43,7 +84,7 @@ pub struct NewPassword {
 pub struct Verify {
     pub state: &'static str,
     pub action: String,
-    pub error: Option<String>,
+    pub error: FormError,
 }
 
 /// A short answer: what happened, and where to go next.

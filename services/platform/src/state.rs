@@ -122,6 +122,12 @@ pub trait Service: Send + Sync {
         OpenApiRouter::new()
     }
 
+    /// The pages whose forms post to this service's routes: where an error page for such a
+    /// post links back to (`http::FormPage`).
+    fn form_pages(&self) -> &'static [crate::http::FormPage] {
+        &[]
+    }
+
     /// The job types this service runs.
     fn jobs(&self) -> JobRegistry<Platform> {
         JobRegistry::new()

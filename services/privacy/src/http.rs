@@ -9,6 +9,8 @@ use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
 use pexper_platform::http::{ApiError, ApiJson, LinkToken, render_page};
 use pexper_platform::person;
+
+use crate::store::{self, LinkState};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -119,34 +121,55 @@ fn invalid_link() -> Response {
 #[derive(Template)]
 #[template(path = "pages/privacy-verify.html")]
 struct VerifyPage {
-    /// `ask`, `verified` or `invalid`.
+    /// `ask`, `verified`, `used` or `invalid`.
     state: &'static str,
     action: String,
     automatic: bool,
 }
 
-/// Shows the confirmation button. Changes nothing.
-#[utoipa::path(get, path = "/v1/privacy/verify", tag = "privacy", params(LinkToken), responses(
-    (status = 200, description = "A page with a Confirm button", content_type = "text/html"),
-    (status = 400, description = "No token: the link does not work", content_type = "text/html")))]
-pub async fn verify_page(Query(q): Query<LinkToken>) -> Response {
-    let Some(token) = q.token() else {
-        return invalid_link();
-    };
+/// The page of a link that was used already: it verifies nothing more (400, as for any link
+/// that no longer works), and says the request is confirmed.
+fn used_link() -> Response {
     render_page(
-        StatusCode::OK,
+        StatusCode::BAD_REQUEST,
         VerifyPage {
-            state: "ask",
-            action: format!("/v1/privacy/verify?token={token}"),
+            state: "used",
+            action: String::new(),
             automatic: false,
         },
     )
 }
 
+/// Shows the confirmation button, or says the link was used. Changes nothing.
+#[utoipa::path(get, path = "/v1/privacy/verify", tag = "privacy", params(LinkToken), responses(
+    (status = 200, description = "A page with a Confirm button", content_type = "text/html"),
+    (status = 400, description = "Missing, unknown, used or expired link; for a used one, the page says the request is confirmed already", content_type = "text/html")))]
+pub async fn verify_page(
+    State(platform): State<Platform>,
+    Query(q): Query<LinkToken>,
+) -> Result<Response, ApiError> {
+    let Some(token) = q.token() else {
+        return Ok(invalid_link());
+    };
+    let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+    Ok(match store::verify_link(&mut conn, &token).await? {
+        LinkState::Usable => render_page(
+            StatusCode::OK,
+            VerifyPage {
+                state: "ask",
+                action: format!("/v1/privacy/verify?token={token}"),
+                automatic: false,
+            },
+        ),
+        LinkState::Used => used_link(),
+        LinkState::Invalid => invalid_link(),
+    })
+}
+
 /// Verifies the request: access and deletion then run by themselves.
 #[utoipa::path(post, path = "/v1/privacy/verify", tag = "privacy", params(LinkToken), responses(
     (status = 200, description = "Verified", content_type = "text/html"),
-    (status = 400, description = "Missing, unknown, used or expired link", content_type = "text/html")))]
+    (status = 400, description = "Missing, unknown, used or expired link; for a used one, the page says the request is confirmed already", content_type = "text/html")))]
 pub async fn verify(
     State(platform): State<Platform>,
     Query(q): Query<LinkToken>,
@@ -169,6 +192,12 @@ pub async fn verify(
                 },
             )
         }
-        Verification::Invalid => invalid_link(),
+        Verification::Invalid => {
+            let mut conn = platform.pool.acquire().await.map_err(anyhow::Error::from)?;
+            match store::verify_link(&mut conn, &token).await? {
+                LinkState::Used => used_link(),
+                _ => invalid_link(),
+            }
+        }
     })
 }

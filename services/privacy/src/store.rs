@@ -156,6 +156,34 @@ pub struct Verified {
 
 /// Uses a verification token (once, before it expires) and marks its request verified;
 /// `None` if the token is unknown, used or expired, or its request no longer waits.
+/// Whether a verification link can still be used, was used, or is unknown or expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Usable,
+    Used,
+    Invalid,
+}
+
+/// What the verification link `token` is now (reads only: opening a link changes nothing).
+pub async fn verify_link(conn: &mut PgConnection, token: &str) -> anyhow::Result<LinkState> {
+    // A request that expired unverified took its link with it, used or not.
+    let row: Option<(bool, bool, String)> = sqlx::query_as(
+        "SELECT t.used_at IS NOT NULL, t.expires_at > now(), r.status::text
+         FROM privacy_token t JOIN privacy_request r ON r.id = t.request_id
+         WHERE t.token_hash = $1 AND t.purpose = 'verify'",
+    )
+    .bind(sha256(token.as_bytes()).as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .context("failed to read a verification token")?;
+    Ok(match row {
+        Some((_, _, status)) if status == "expired" => LinkState::Invalid,
+        Some((true, _, _)) => LinkState::Used,
+        Some((false, true, status)) if status == "received" => LinkState::Usable,
+        _ => LinkState::Invalid,
+    })
+}
+
 pub async fn verify(
     conn: &mut PgConnection,
     keyring: &Keyring,

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
-use pexper_platform::http::{ApiError, ApiJson, origin_allowed, render_page};
+use pexper_platform::http::{ApiError, ApiJson, form_problem, origin_allowed, render_page};
 use pexper_platform::jobs::{self, NewJob};
 use pexper_platform::person;
 use serde::{Deserialize, Serialize};
@@ -46,14 +46,6 @@ pub struct SupportAccepted {
 #[template(path = "pages/support-received.html")]
 struct ReceivedPage;
 
-/// A form post we cannot take: what is wrong, for a person to fix.
-#[derive(Template)]
-#[template(path = "pages/waitlist-invalid-form.html")]
-struct InvalidForm {
-    heading: &'static str,
-    reason: String,
-}
-
 /// Ask for help.
 #[utoipa::path(post, path = "/v1/support", tag = "support",
     request_body(content(
@@ -88,14 +80,14 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .starts_with("application/x-www-form-urlencoded");
+    let back = (platform.config.site_url(), "Back to pexper.com");
     let invalid = |code: &'static str, reason: String| -> Result<Response, ApiError> {
         if is_form {
-            return Ok(render_page(
+            return Ok(form_problem(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                InvalidForm {
-                    heading: "The form did not arrive as we need it",
-                    reason,
-                },
+                "Something in the form needs fixing",
+                &reason,
+                back,
             ));
         }
         Err(ApiError::unprocessable(code, reason))
@@ -104,12 +96,11 @@ pub async fn create(
         match axum::Form::<SupportBody>::from_request(request, &()).await {
             Ok(axum::Form(b)) => b,
             Err(e) => {
-                return Ok(render_page(
+                return Ok(form_problem(
                     e.status(),
-                    InvalidForm {
-                        heading: "The form did not arrive complete",
-                        reason: "It needs an email address and a message".to_owned(),
-                    },
+                    "The form did not arrive complete",
+                    "It needs your email address and a message.",
+                    back,
                 ));
             }
         }
@@ -127,7 +118,7 @@ pub async fn create(
     if message.is_empty() || body.message.chars().count() > MAX_MESSAGE {
         return invalid(
             "invalid_message",
-            format!("`message` must say something, in at most {MAX_MESSAGE} characters"),
+            format!("Please write your message, in at most {MAX_MESSAGE} characters."),
         );
     }
     let subject = body
@@ -142,7 +133,7 @@ pub async fn create(
     {
         return invalid(
             "invalid_subject",
-            format!("`subject` must be at most {MAX_SUBJECT} characters"),
+            format!("The subject can have at most {MAX_SUBJECT} characters."),
         );
     }
     // After the fields, so that a bot gets the answer a person with the same input would.

@@ -6,14 +6,6 @@ use askama::Template;
 #[template(path = "pages/waitlist-pending.html")]
 pub struct Pending;
 
-/// A form post we cannot take: what is wrong, for a person to fix.
-#[derive(Template)]
-#[template(path = "pages/waitlist-invalid-form.html")]
-pub struct InvalidForm {
-    pub heading: &'static str,
-    pub reason: String,
-}
-
 #[derive(Template)]
 #[template(path = "pages/waitlist-confirm.html")]
 pub struct Confirm {

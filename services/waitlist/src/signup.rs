@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
 use pexper_platform::batch::Batcher;
-use pexper_platform::http::{ApiError, ApiJson};
+use pexper_platform::http::{ApiError, ApiJson, form_problem};
 use pexper_platform::jobs::NewJob;
 use pexper_platform::person::{NewPerson, PersonId};
 use serde::{Deserialize, Serialize};
@@ -28,12 +28,14 @@ pub struct SignupRequest {
     email: String,
     /// Where the form sits, e.g. `homepage`: 1 to 32 letters, digits, `-` or `_`, stored
     /// lower-cased. Anything else is refused (422): it is a label, never free text.
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$", min_length = 1, max_length = 32)]
+    /// Empty is the same as absent.
+    #[schema(pattern = "^[A-Za-z0-9_-]{0,32}$", max_length = 32)]
     source: Option<String>,
     /// A referral code from someone's link (`?ref=…` on pexper.com), as given. An unknown code
     /// is accepted and credits no one.
+    /// Empty is the same as absent (a form's empty hidden field).
     #[serde(rename = "ref")]
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$", min_length = 1, max_length = 32)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{0,32}$", max_length = 32)]
     referral: Option<String>,
     /// Honeypot: hidden from people, filled by bots. A filled one gets the normal answer and
     /// nothing is stored or sent.
@@ -82,12 +84,11 @@ pub async fn signup(
         match axum::Form::<SignupRequest>::from_request(request, &()).await {
             Ok(axum::Form(b)) => b,
             Err(e) => {
-                return Ok(pages::render(
+                return Ok(form_problem(
                     e.status(),
-                    pages::InvalidForm {
-                        heading: "The form did not arrive complete",
-                        reason: "It needs an email address".to_owned(),
-                    },
+                    "The form did not arrive complete",
+                    "It needs your email address.",
+                    back(&platform),
                 ));
             }
         }
@@ -99,23 +100,22 @@ pub async fn signup(
     let email = match EmailAddress::parse(&body.email) {
         Ok(e) => e,
         Err(e) if is_form => {
-            return Ok(pages::render(
+            return Ok(form_problem(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                pages::InvalidForm {
-                    heading: "That address does not look right",
-                    reason: capitalise(&e.to_string()),
-                },
+                "That address does not look right",
+                &e.to_string(),
+                back(&platform),
             ));
         }
         Err(e) => return Err(ApiError::unprocessable("invalid_email", e.to_string())),
     };
-    let source = match body.source.as_deref().map(Slug::parse).transpose() {
+    let source = match Slug::given(body.source.as_deref()) {
         Ok(s) => s.map(Slug::lowercase),
-        Err(()) => return Ok(invalid_field(is_form, "source")),
+        Err(()) => return Ok(invalid_field(&platform, is_form, "source")),
     };
-    let referral = match body.referral.as_deref().map(Slug::parse).transpose() {
+    let referral = match Slug::given(body.referral.as_deref()) {
         Ok(r) => r,
-        Err(()) => return Ok(invalid_field(is_form, "ref")),
+        Err(()) => return Ok(invalid_field(&platform, is_form, "ref")),
     };
     // Checked after the fields, so that a bot gets the answer a person with the same input
     // would: the contract (`/openapi.json`) holds whatever the honeypot says.
@@ -207,6 +207,11 @@ fn accepted(platform: &Platform, is_form: bool) -> Response {
     }
 }
 
+/// Where a waitlist form's error page links back to: the website, which has the form.
+fn back(platform: &Platform) -> (&str, &'static str) {
+    (platform.config.site_url(), "Back to pexper.com")
+}
+
 fn content_type(headers: &HeaderMap) -> &str {
     headers
         .get(header::CONTENT_TYPE)
@@ -221,6 +226,11 @@ struct Slug(String);
 
 impl Slug {
     const MAX: usize = 32;
+
+    /// A field as given: empty is the same as absent (a form's empty hidden field).
+    fn given(field: Option<&str>) -> Result<Option<Self>, ()> {
+        field.filter(|s| !s.is_empty()).map(Self::parse).transpose()
+    }
 
     fn parse(s: &str) -> Result<Self, ()> {
         let ok = !s.is_empty()
@@ -241,15 +251,15 @@ impl Slug {
 }
 
 /// A field outside its alphabet: 422 naming it, as JSON or as the form's error page.
-fn invalid_field(is_form: bool, field: &'static str) -> Response {
+fn invalid_field(platform: &Platform, is_form: bool, field: &'static str) -> Response {
     let reason = format!("`{field}` must be 1 to 32 letters, digits, `-` or `_`");
     if is_form {
-        return pages::render(
+        // A hidden field of the website's form, changed: nothing the person typed.
+        return form_problem(
             StatusCode::UNPROCESSABLE_ENTITY,
-            pages::InvalidForm {
-                heading: "The form did not arrive as we sent it",
-                reason,
-            },
+            "The form did not arrive as we sent it",
+            "Please open the page again and send the form from there.",
+            back(platform),
         );
     }
     let code = if field == "source" {
@@ -258,13 +268,4 @@ fn invalid_field(is_form: bool, field: &'static str) -> Response {
         "invalid_ref"
     };
     ApiError::unprocessable(code, reason).into_response()
-}
-
-/// "the email address is too long" → "The email address is too long".
-fn capitalise(s: &str) -> String {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
 }

@@ -1,5 +1,5 @@
 //! The one error type of every handler, and the guarantee that every error answer — ours,
-//! axum's rejections, the body limit, the timeout, the rate limiter — is a JSON error body.
+//! axum's rejections, the body limit, the timeout, the rate limiter — has a body: a JSON error, or a page for a browser.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -134,25 +134,66 @@ fn code_for(status: StatusCode) -> &'static str {
     }
 }
 
-/// Middleware: an error answer without a JSON or HTML body (a 404 from the router, a 413 from
-/// the body limit, a 429 from the rate limiter, …) gets the standard JSON error body; its
-/// status and headers (`Retry-After`) stay.
-pub async fn json_errors(request: Request, next: Next) -> Response {
+/// Middleware: every error answer gets a body people and programs can read. A browser's form
+/// post or navigation (`error_page::wants_page`) gets an HTML page; anything else the standard
+/// JSON error body. What a handler answered as a page stays; its status and headers
+/// (`Retry-After`) always stay.
+pub async fn error_bodies(
+    links: std::sync::Arc<super::error_page::BackLinks>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let page = super::error_page::wants_page(request.headers()).then(|| {
+        let uri = request.uri();
+        (uri.path().to_owned(), uri.query().map(str::to_owned))
+    });
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let typed = response
+    let content_type = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
-    if typed {
+        .unwrap_or("");
+    if content_type.starts_with("text/html") {
         return response;
     }
-    let (mut parts, _) = response.into_parts();
-    let message = match status {
+    let is_json = content_type.starts_with("application/json");
+    if is_json && page.is_none() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let (code, message) = if is_json {
+        // Ours, and small: a handler's `ErrorBody`.
+        let bytes = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .unwrap_or_default();
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => (code_for(status).to_owned(), String::new()),
+        }
+    } else {
+        (code_for(status).to_owned(), untyped_message(&mut parts))
+    };
+    if let Some((path, query)) = page {
+        return super::error_page::render(&links, &path, query.as_deref(), parts, &code, &message);
+    }
+    let body =
+        serde_json::to_vec(&ErrorBody::new(code, message)).expect("an error body serialises");
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// The message for an error status that reached us without a body (a 404 from the router, a
+/// 413 from the body limit, a 429 from the rate limiter, …); sets a 429's `Retry-After`.
+fn untyped_message(parts: &mut axum::http::response::Parts) -> String {
+    match parts.status {
         StatusCode::NOT_FOUND => "no such endpoint".to_owned(),
         StatusCode::TOO_MANY_REQUESTS => {
             // The limiter rounds its wait down to whole seconds; `Retry-After: 0` would invite
@@ -173,13 +214,5 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_owned(),
         StatusCode::REQUEST_TIMEOUT => "the request took too long".to_owned(),
         s => s.canonical_reason().unwrap_or("error").to_lowercase(),
-    };
-    let body = serde_json::to_vec(&ErrorBody::new(code_for(status), message))
-        .expect("an error body serialises");
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, axum::body::Body::from(body))
+    }
 }

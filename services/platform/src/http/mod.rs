@@ -7,6 +7,8 @@ mod origin;
 pub use link::LinkToken;
 pub use origin::origin_allowed;
 mod error;
+mod error_page;
+pub use error_page::{FormPage, form_problem, sentence};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +160,30 @@ fn document_unavailable(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// A browser's form post or navigation gets every error as a page (`error_page`), whichever
+/// operation it reaches: each error answer is documented as `text/html` too.
+fn document_pages(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, ObjectBuilder, RefOr, Type};
+    let html = Content::new(Some(ObjectBuilder::new().schema_type(Type::String).build()));
+    for item in openapi.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            for (status, response) in operation.responses.responses.iter_mut() {
+                if let (true, RefOr::T(response)) =
+                    (status.starts_with('4') || status.starts_with('5'), response)
+                {
+                    response
+                        .content
+                        .entry("text/html".to_owned())
+                        .or_insert_with(|| RefOr::T(html.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// The assembled application, and the rate limiter's state (which needs periodic pruning).
 pub struct App {
     pub router: Router,
@@ -216,7 +242,12 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         .merge(machines)
         .split_for_parts();
     document_unavailable(&mut openapi);
+    document_pages(&mut openapi);
 
+    let back_links = Arc::new(error_page::BackLinks::new(
+        services,
+        platform.config.site_url(),
+    ));
     let spec = Arc::new(openapi.clone());
     let origins: Vec<HeaderValue> = platform
         .config
@@ -254,8 +285,12 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
             StatusCode::REQUEST_TIMEOUT,
             options.timeout,
         ))
-        // Outside the limits and the timeout, so their answers get a JSON body too.
-        .layer(axum::middleware::from_fn(error::json_errors))
+        // Outside the limits and the timeout, so their answers get a body too.
+        .layer(axum::middleware::from_fn(
+            move |request: Request<axum::body::Body>, next: axum::middleware::Next| {
+                error::error_bodies(back_links.clone(), request, next)
+            },
+        ))
         .layer(cors)
         // Tokens travel in some URLs (confirm, unsubscribe): never leak them in a Referer.
         .layer(SetResponseHeaderLayer::overriding(
