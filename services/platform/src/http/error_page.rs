@@ -215,6 +215,74 @@ mod tests {
         assert_eq!(sentence("Fine."), "Fine.");
     }
 
+    /// Every error a form post can meet, from a handler, the database or the limits, comes
+    /// back as a page with its status and `Retry-After`; a script's stays JSON.
+    #[tokio::test]
+    async fn every_error_answer_to_a_form_post_is_a_page_and_a_script_s_stays_json() {
+        use axum::body::{Body, to_bytes};
+        use axum::http::Request;
+        use tower::ServiceExt;
+
+        let links = std::sync::Arc::new(BackLinks {
+            forms: vec![FormPage {
+                posts_to: "/form",
+                back: "/the-form",
+                label: "Back to the form",
+            }],
+            site: "https://pexper.com".to_owned(),
+        });
+        let app = |status: StatusCode| {
+            let links = links.clone();
+            axum::Router::new()
+                .route(
+                    "/form",
+                    axum::routing::post(move || async move {
+                        let mut res =
+                            crate::http::ApiError::client(status, "busy", "busy").into_response();
+                        res.headers_mut()
+                            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("7"));
+                        res
+                    }),
+                )
+                .layer(axum::middleware::from_fn(move |request, next| {
+                    super::super::error::error_bodies(links.clone(), request, next)
+                }))
+        };
+        use axum::response::IntoResponse;
+        for status in [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ] {
+            for (content_type, page) in [
+                ("application/x-www-form-urlencoded", true),
+                ("application/json", false),
+            ] {
+                let request = Request::post("/form")
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(Body::empty())
+                    .expect("a request");
+                let res = app(status).oneshot(request).await.expect("an answer");
+                assert_eq!(res.status(), status);
+                assert_eq!(res.headers()[header::RETRY_AFTER], "7", "{status}");
+                let kind = res.headers()[header::CONTENT_TYPE]
+                    .to_str()
+                    .expect("ascii")
+                    .to_owned();
+                let body = to_bytes(res.into_body(), 1 << 20).await.expect("a body");
+                let body = String::from_utf8(body.to_vec()).expect("utf-8");
+                if page {
+                    assert!(kind.starts_with("text/html"), "{status}: {kind}");
+                    assert!(body.contains("<title>") && body.contains("<h1"), "{body}");
+                    assert!(body.contains("href=\"/the-form\""), "{body}");
+                } else {
+                    assert!(kind.starts_with("application/json"), "{status}: {kind}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn forms_and_navigations_want_pages_and_scripts_do_not() {
         let with = |name: &'static str, value: &'static str| {
@@ -231,7 +299,8 @@ mod tests {
             "multipart/form-data; boundary=x"
         )));
         assert!(wants_page(&with("sec-fetch-mode", "navigate")));
-        assert!(wants_page(&with(
+        // What a script says it accepts is not a page in a browser.
+        assert!(!wants_page(&with(
             "accept",
             "text/html,application/xhtml+xml"
         )));
