@@ -704,6 +704,11 @@ async fn every_page_state_and_every_email_meets_wcag_2_1_aa_in_light_and_dark() 
         emails.len()
     );
 
+    eprintln!(
+        "checking {} page states and {} emails, in two schemes",
+        pages.0.len(),
+        emails.len()
+    );
     let mut failures = Vec::new();
     for scheme in ["light", "dark"] {
         checker.scheme(scheme).await;

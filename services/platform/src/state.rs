@@ -98,6 +98,18 @@ impl Platform {
     }
 }
 
+/// A page that takes a form post, and where its error pages send the person back to
+/// (`http::error_page`).
+#[derive(Debug, Clone, Copy)]
+pub struct FormPage {
+    /// The path the form posts to.
+    pub posts_to: &'static str,
+    /// The page the form is on.
+    pub back: &'static str,
+    /// The back link's words, e.g. "Back to sign-in".
+    pub label: &'static str,
+}
+
 /// A service: its routes, its job handlers, its personal data. The server composes a list of
 /// these; `--services` picks which ones serve routes and run jobs in a process.
 pub trait Service: Send + Sync {
@@ -123,8 +135,8 @@ pub trait Service: Send + Sync {
     }
 
     /// The pages whose forms post to this service's routes: where an error page for such a
-    /// post links back to (`http::FormPage`).
-    fn form_pages(&self) -> &'static [crate::http::FormPage] {
+    /// post links back to (`FormPage`).
+    fn form_pages(&self) -> &'static [FormPage] {
         &[]
     }
 

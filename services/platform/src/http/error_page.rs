@@ -5,18 +5,8 @@
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
+pub use crate::state::FormPage;
 use crate::state::Service;
-
-/// A page that takes a form post, and where its error pages send the person back to.
-#[derive(Debug, Clone, Copy)]
-pub struct FormPage {
-    /// The path the form posts to.
-    pub posts_to: &'static str,
-    /// The page the form is on.
-    pub back: &'static str,
-    /// The back link's words, e.g. "Back to sign-in".
-    pub label: &'static str,
-}
 
 /// Whether a request comes from a browser that shows the answer as a page: a form post, or
 /// a navigation (a link opened, a form sent: `Sec-Fetch-Mode: navigate`, which every current
