@@ -679,6 +679,187 @@ async fn every_page_state(app: &TestApp) -> Pages {
     pages
 }
 
+/// The emails no page state sends: an operator's answers and notices, the product mail, a
+/// known address signing up again, acknowledgements held back by a spent budget.
+async fn the_other_emails(app: &TestApp) {
+    use crate::privacy::{cli, sweep_once_more};
+    let dir = tempdir::TempDir::new();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    // An account's address signs up again.
+    let res = app
+        .client
+        .post(app.url("/v1/accounts"))
+        .json(&json!({"email": "reader@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    // A confirmed, subscribed member: invited, and sent the product news and a policy change.
+    let page = crate::waitlist::join(app, "member@example.com", json!({})).await;
+    assert!(page.contains("?ref="), "confirmed");
+    app.queue_drained().await;
+    cli(app, &["waitlist", "invite", "--count", "5", "--json"]);
+    crate::product_email::broadcast(&app.cli_vars(), dir.path(), "News from Pexper", false);
+    let effective = (time::OffsetDateTime::now_utc().date() + time::Duration::days(45)).to_string();
+    let summary = file("summary.txt", "What changes.");
+    cli(
+        app,
+        &[
+            "policy",
+            "announce",
+            "--version",
+            "2027-05",
+            "--effective",
+            &effective,
+            "--summary-file",
+            &summary,
+            "--json",
+        ],
+    );
+    // Support answered by the operator.
+    app.queue_drained().await;
+    let reference = cli(app, &["support", "list", "--json"])[0]["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reply = file("reply.txt", "Here is how.");
+    cli(
+        app,
+        &[
+            "support",
+            "reply",
+            &reference,
+            "--body-file",
+            &reply,
+            "--json",
+        ],
+    );
+    // A correction: verified (the operator is told), then completed (the person is told).
+    let asker = "asker@example.com";
+    let res = app
+        .client
+        .post(app.url("/v1/privacy/requests"))
+        .json(&json!({"email": asker, "kind": "correction", "details": "My name"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let link = mail(app, asker, "please confirm")
+        .await
+        .link(&app.url("/v1/privacy/verify?token="));
+    assert_eq!(app.client.post(&link).send().await.unwrap().status(), 200);
+    let id = cli(app, &["privacy", "list", "--status", "verified", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cli(
+        app,
+        &["privacy", "complete", &id, "--note", "Corrected.", "--json"],
+    );
+    // Three requests spend an address's budget; the fourth's acknowledgement is held, and sent.
+    let held = "held@example.com";
+    for kind in ["access", "objection", "restriction", "deletion"] {
+        let res = app
+            .client
+            .post(app.url("/v1/privacy/requests"))
+            .json(&json!({"email": held, "kind": kind}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    sweep_once_more(app).await;
+    mail(app, held, "please confirm them").await;
+    app.queue_drained().await;
+}
+
+/// Whether `subject` is what the subject template `template` renders to: its text around
+/// the `{{ … }}` values, in order; either branch of an `{% if %}`.
+fn renders_to(template: &str, subject: &str) -> bool {
+    let template = template.trim();
+    let branches: Vec<String> = match template.split_once("{% if ") {
+        None => vec![template.to_owned()],
+        Some((before, rest)) => {
+            let (_, rest) = rest.split_once("%}").unwrap();
+            let (yes, rest) = rest.split_once("{% else %}").unwrap();
+            let (no, after) = rest.split_once("{% endif %}").unwrap();
+            vec![
+                format!("{before}{yes}{after}"),
+                format!("{before}{no}{after}"),
+            ]
+        }
+    };
+    branches.iter().any(|branch| {
+        let pieces: Vec<&str> = branch
+            .split("{{")
+            .enumerate()
+            .map(|(i, p)| {
+                if i == 0 {
+                    p
+                } else {
+                    p.split_once("}}").unwrap().1
+                }
+            })
+            .collect();
+        let (first, last) = (pieces[0], pieces[pieces.len() - 1]);
+        if pieces.len() == 1 {
+            return subject == first;
+        }
+        if subject.len() < first.len() + last.len()
+            || !subject.starts_with(first)
+            || !subject.ends_with(last)
+        {
+            return false;
+        }
+        let mut rest = &subject[first.len()..subject.len() - last.len()];
+        for piece in &pieces[1..pieces.len() - 1] {
+            match rest.find(piece) {
+                Some(at) => rest = &rest[at + piece.len()..],
+                None => return false,
+            }
+        }
+        true
+    })
+}
+
+/// The email templates (`templates/emails/*`) that no subject of `sent` came from.
+fn templates_not_sent(sent: &[String]) -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../templates/emails");
+    let mut missing: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|template| {
+            let subject = std::fs::read_to_string(template.join("subject.txt")).unwrap();
+            !sent.iter().any(|s| renders_to(&subject, s))
+        })
+        .map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    missing.sort();
+    missing
+}
+
+#[test]
+fn a_subject_is_matched_to_the_template_it_came_from() {
+    let welcome = "You're #{{ m.position }} on the Pexper waitlist";
+    assert!(renders_to(welcome, "You're #12 on the Pexper waitlist"));
+    assert!(!renders_to(
+        welcome,
+        "Confirm your place on the Pexper waitlist"
+    ));
+    assert!(renders_to("{{ m.subject }}", "Anything"));
+    let outcome = "{% if m.completed %}Your privacy request is complete{% else %}About your privacy request{% endif %}";
+    assert!(renders_to(outcome, "About your privacy request"));
+    assert!(!renders_to(outcome, "About your privacy request, again"));
+    assert!(!renders_to(
+        "We received your privacy request: please confirm it",
+        "We received your privacy requests: please confirm them"
+    ));
+}
+
 #[tokio::test]
 async fn every_page_state_and_every_email_meets_wcag_2_1_aa_in_light_and_dark() {
     let app = spawn_app().await;
@@ -686,7 +867,7 @@ async fn every_page_state_and_every_email_meets_wcag_2_1_aa_in_light_and_dark() 
         return;
     };
     let pages = every_page_state(&app).await;
-    app.queue_drained().await;
+    the_other_emails(&app).await;
     let emails: Vec<(String, String)> = app
         .smtp
         .received()
@@ -698,10 +879,19 @@ async fn every_page_state_and_every_email_meets_wcag_2_1_aa_in_light_and_dark() 
             )
         })
         .collect();
+    let subjects: Vec<String> = emails
+        .iter()
+        .map(|(name, _)| name["email: ".len()..].to_owned())
+        .collect();
+    // `product-update` renders to any subject: the broadcast's must be there itself.
     assert!(
-        emails.len() >= 10,
-        "the flows sent their emails: {}",
-        emails.len()
+        subjects.iter().any(|s| s == "News from Pexper"),
+        "{subjects:?}"
+    );
+    assert_eq!(
+        templates_not_sent(&subjects),
+        Vec::<String>::new(),
+        "every email template is checked"
     );
 
     eprintln!(
@@ -731,7 +921,8 @@ async fn every_page_state_and_every_email_meets_wcag_2_1_aa_in_light_and_dark() 
         .browser
         .cdp(
             "Emulation.setDeviceMetricsOverride",
-            json!({"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": true}),
+            // Not `mobile`: a phone's browser would widen its viewport to fit a wider page.
+            json!({"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": false}),
         )
         .await;
     for name in ["account", "account: password confirmed"] {
@@ -742,13 +933,14 @@ async fn every_page_state_and_every_email_meets_wcag_2_1_aa_in_light_and_dark() 
             .script("return [document.documentElement.scrollWidth, innerWidth]")
             .await;
         assert_eq!(
-            width[0], width[1],
-            "{name} at 320 px: [page, screen] {width}"
-        );
-        assert_eq!(
             width[1],
             json!(320),
             "{name}: the phone's width is emulated"
+        );
+        assert!(
+            width[0].as_u64().unwrap() <= 320,
+            "{name} at 320 px is {} px wide",
+            width[0]
         );
     }
     checker
@@ -886,6 +1078,27 @@ async fn a_browser_s_refused_or_throttled_form_post_gets_a_page_that_says_what_t
     );
     assert!(html.contains("href=\"/account/password-reset\""), "{html}");
 
+    // An emailed link's page, opened while limited: back to the link itself, token and all;
+    // a path spelled to look like another site's gets the website instead.
+    for (path, back) in [
+        (
+            "/v1/privacy/verify?token=abc&x=1",
+            "/v1/privacy/verify?token=abc",
+        ),
+        ("//evil.example/x?token=abc", "https://pexper.com"),
+    ] {
+        let res = app
+            .client
+            .get(url(path))
+            .header("sec-fetch-mode", "navigate")
+            .send()
+            .await
+            .unwrap();
+        let (status, html) = page_outline(res).await;
+        assert!(status == 429 || status == 404, "{path}: {status}");
+        assert!(html.contains(&format!("href=\"{back}\"")), "{path}: {html}");
+    }
+
     // A script gets the same refusal as JSON.
     let res = app
         .client
@@ -937,8 +1150,53 @@ async fn a_person_signs_in_with_the_keyboard_alone_and_errors_take_the_focus() {
         .script("const e = document.activeElement; return [e.getAttribute('aria-invalid'), e.getAttribute('aria-describedby')]")
         .await;
     assert_eq!(described, json!(["true", "password-error"]));
+    let title = browser.script("return document.title").await;
+    assert!(title.as_str().unwrap().starts_with("Error: "), "{title}");
     browser.press(PASSWORD).await;
     browser.press(keys::ENTER).await;
     browser.wait_for_text("#address", email).await;
     assert!(browser.current_url().await.ends_with("/account"));
+
+    // On the account page a form's answer stands in its own section and takes the focus: a
+    // success is a status, a wrong password an error at its field.
+    let role_of_focused = || async {
+        browser
+            .script("const e = document.activeElement; return [e.id, e.getAttribute('role'), e.closest('section') && e.closest('section').getAttribute('aria-labelledby')]")
+            .await
+    };
+    browser.click("#end-others").await;
+    browser
+        .wait_for_text("#notice", "Every other browser")
+        .await;
+    assert_eq!(
+        role_of_focused().await,
+        json!(["notice", "status", "sessions-heading"])
+    );
+    browser.fill("#current-password", "not my password").await;
+    browser
+        .fill("#new-password", "seven quiet rivers bend past old mills")
+        .await;
+    browser
+        .click("form[action='/account/password'] button")
+        .await;
+    browser
+        .wait_for_text("#current-password-error", "not your password")
+        .await;
+    assert_eq!(focused().await, json!("current-password"));
+    let title = browser.script("return document.title").await;
+    assert!(title.as_str().unwrap().starts_with("Error: "), "{title}");
+    // Ten minutes on, the export asks for the password first: a problem with the form, an
+    // alert in its section.
+    sqlx::query("UPDATE account_session SET reauthenticated_at = now() - interval '1 hour'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    browser.click("#export").await;
+    browser
+        .wait_for_text("#notice", "confirm your password first")
+        .await;
+    assert_eq!(
+        role_of_focused().await,
+        json!(["notice", "alert", "data-heading"])
+    );
 }

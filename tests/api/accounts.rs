@@ -390,7 +390,9 @@ async fn a_weak_password_on_the_links_page_or_a_malformed_sign_up_is_refused_and
         assert_eq!(res.status(), 422, "{why}");
         let page = res.text().await.unwrap();
         assert!(
-            page.contains("aria-invalid=\"true\"") && page.contains(why),
+            page.contains(
+                "aria-describedby=\"password-hint password-error\" aria-invalid=\"true\" autofocus"
+            ) && page.contains(why),
             "{page}"
         );
         assert!(!page.contains(password));
@@ -1193,7 +1195,9 @@ async fn a_password_reset_works_once_ends_every_session_and_says_so_by_email() {
     };
     let weak = post("password1234").await.unwrap();
     assert_eq!(weak.status(), 422, "checked like a new password");
-    assert!(weak.text().await.unwrap().contains("aria-invalid=\"true\""));
+    assert!(weak.text().await.unwrap().contains(
+        "aria-describedby=\"password-hint password-error\" aria-invalid=\"true\" autofocus"
+    ));
     assert_eq!(
         account(&app, &first).await.status(),
         200,

@@ -49,7 +49,7 @@ pub(crate) async fn mail_to(app: &TestApp, to: &str, subject: &str) -> smtp::Rec
 
 /// Runs one more sweep, queued after everything so far, and waits until it and every job it
 /// queued have finished: a later "nothing more was sent" then speaks of a sweep that ran.
-async fn sweep_once_more(app: &TestApp) {
+pub(crate) async fn sweep_once_more(app: &TestApp) {
     let mut tx = app.platform.pool.begin().await.unwrap();
     let id = pexper_platform::jobs::enqueue(
         &mut tx,
@@ -129,7 +129,7 @@ async fn request_and_verify(app: &TestApp, email: &str, kind: &str) -> String {
     url
 }
 
-fn cli(app: &TestApp, args: &[&str]) -> Value {
+pub(crate) fn cli(app: &TestApp, args: &[&str]) -> Value {
     let out = admin(&app.cli_vars(), args);
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     serde_json::from_str(&stdout(&out)).unwrap()

@@ -73,58 +73,68 @@ impl Service for Accounts {
     }
 
     fn form_pages(&self) -> &'static [pexper_platform::http::FormPage] {
-        use pexper_platform::http::FormPage;
+        use pexper_platform::http::{Back, FormPage};
         const ACCOUNT: &str = "/account";
         const BACK: &str = "Back to your account";
         &[
             FormPage {
                 posts_to: "/v1/accounts",
-                back: "/account/sign-up",
+                back: Back::Page("/account/sign-up"),
                 label: "Back to sign-up",
             },
             FormPage {
                 posts_to: "/v1/sessions",
-                back: "/account/sign-in",
+                back: Back::Page("/account/sign-in"),
                 label: "Back to sign-in",
             },
             FormPage {
                 posts_to: "/v1/accounts/password-reset",
-                back: "/account/password-reset",
+                back: Back::Page("/account/password-reset"),
                 label: "Back to the password reset",
             },
             FormPage {
+                posts_to: "/v1/accounts/verify",
+                back: Back::ThisLink,
+                label: "Open the page again",
+            },
+            FormPage {
+                posts_to: "/v1/accounts/password-reset/confirm",
+                back: Back::ThisLink,
+                label: "Open the page again",
+            },
+            FormPage {
                 posts_to: "/account/sign-out",
-                back: ACCOUNT,
+                back: Back::Page(ACCOUNT),
                 label: BACK,
             },
             FormPage {
                 posts_to: "/account/sessions/end-others",
-                back: ACCOUNT,
+                back: Back::Page(ACCOUNT),
                 label: BACK,
             },
             FormPage {
                 posts_to: "/account/password",
-                back: ACCOUNT,
+                back: Back::Page(ACCOUNT),
                 label: BACK,
             },
             FormPage {
                 posts_to: "/account/licences/resend",
-                back: ACCOUNT,
+                back: Back::Page(ACCOUNT),
                 label: BACK,
             },
             FormPage {
                 posts_to: "/account/confirm-password",
-                back: ACCOUNT,
+                back: Back::Page(ACCOUNT),
                 label: BACK,
             },
             FormPage {
                 posts_to: "/account/export",
-                back: ACCOUNT,
+                back: Back::Page(ACCOUNT),
                 label: BACK,
             },
             FormPage {
                 posts_to: "/account/delete",
-                back: ACCOUNT,
+                back: Back::Page(ACCOUNT),
                 label: BACK,
             },
         ]

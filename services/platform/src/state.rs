@@ -102,12 +102,20 @@ impl Platform {
 /// (`http::error_page`).
 #[derive(Debug, Clone, Copy)]
 pub struct FormPage {
-    /// The path the form posts to.
+    /// The path the form posts to (and, for an emailed link, the link's path).
     pub posts_to: &'static str,
-    /// The page the form is on.
-    pub back: &'static str,
+    pub back: Back,
     /// The back link's words, e.g. "Back to sign-in".
     pub label: &'static str,
+}
+
+/// Where an error page links back to.
+#[derive(Debug, Clone, Copy)]
+pub enum Back {
+    /// The page the form is on.
+    Page(&'static str),
+    /// The emailed link itself, with its token: opening it again shows its page.
+    ThisLink,
 }
 
 /// A service: its routes, its job handlers, its personal data. The server composes a list of

@@ -154,8 +154,6 @@ pub struct Verified {
     pub due: OffsetDateTime,
 }
 
-/// Uses a verification token (once, before it expires) and marks its request verified;
-/// `None` if the token is unknown, used or expired, or its request no longer waits.
 /// Whether a verification link can still be used, was used, or is unknown or expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
@@ -184,6 +182,8 @@ pub async fn verify_link(conn: &mut PgConnection, token: &str) -> anyhow::Result
     })
 }
 
+/// Uses a verification token (once, before it expires) and marks its request verified;
+/// `None` if the token is unknown, used or expired, or its request no longer waits.
 pub async fn verify(
     conn: &mut PgConnection,
     keyring: &Keyring,

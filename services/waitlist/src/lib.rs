@@ -35,6 +35,23 @@ impl Service for Waitlist {
         "waitlist"
     }
 
+    /// The emailed links' pages: an error links back to the link.
+    fn form_pages(&self) -> &'static [pexper_platform::http::FormPage] {
+        use pexper_platform::http::{Back, FormPage};
+        &[
+            FormPage {
+                posts_to: "/v1/waitlist/confirm",
+                back: Back::ThisLink,
+                label: "Open the page again",
+            },
+            FormPage {
+                posts_to: "/v1/unsubscribe",
+                back: Back::ThisLink,
+                label: "Open the page again",
+            },
+        ]
+    }
+
     fn tables(&self) -> &'static [pexper_platform::data_map::Table] {
         tables::TABLES
     }

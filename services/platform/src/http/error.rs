@@ -147,11 +147,17 @@ pub async fn error_bodies(
         let uri = request.uri();
         (uri.path().to_owned(), uri.query().map(str::to_owned))
     });
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
+    // The same address answers a browser with a page and a script with JSON: a cache must
+    // keep them apart.
+    response.headers_mut().append(
+        header::VARY,
+        HeaderValue::from_static("sec-fetch-mode, content-type"),
+    );
     let content_type = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -5,8 +5,8 @@
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
-pub use crate::state::FormPage;
 use crate::state::Service;
+pub use crate::state::{Back, FormPage};
 
 /// Whether a request comes from a browser that shows the answer as a page: a form post, or
 /// a navigation (a link opened, a form sent: `Sec-Fetch-Mode: navigate`, which every current
@@ -44,17 +44,22 @@ impl BackLinks {
         }
     }
 
-    /// The link back from an error on `path?query`: the form's page when a service names
-    /// it; the same address when it carries an emailed link's token (opening it again shows
-    /// its page); else the website.
+    /// The link back from an error on `path?query`: what the service that has the form or
+    /// the emailed link names (for a link, our own path with the link's token: never a path
+    /// as the request spelled it, which could be `//elsewhere.example`); else the website.
     fn of(&self, path: &str, query: Option<&str>) -> (String, String) {
-        if let Some(form) = self.forms.iter().find(|f| f.posts_to == path) {
-            return (form.back.to_owned(), form.label.to_owned());
+        let form = self.forms.iter().find(|f| f.posts_to == path);
+        let href = match form.map(|f| f.back) {
+            Some(Back::Page(page)) => Some(page.to_owned()),
+            Some(Back::ThisLink) => query
+                .and_then(|q| q.split('&').find(|p| p.starts_with("token=")))
+                .map(|token| format!("{path}?{token}")),
+            None => None,
+        };
+        match (href, form) {
+            (Some(href), Some(form)) => (href, form.label.to_owned()),
+            _ => (self.site.clone(), "Back to pexper.com".to_owned()),
         }
-        if let Some(query) = query.filter(|q| q.split('&').any(|p| p.starts_with("token="))) {
-            return (format!("{path}?{query}"), "Open the page again".to_owned());
-        }
-        (self.site.clone(), "Back to pexper.com".to_owned())
     }
 }
 
@@ -84,7 +89,7 @@ fn words(status: StatusCode, code: &str, message: &str, wait: u64) -> (&'static 
         ),
         (StatusCode::SERVICE_UNAVAILABLE, _) => (
             "We are busy right now",
-            format!("Nothing you sent was kept. Please send it again in {seconds}."),
+            format!("Please send it again in {seconds}."),
         ),
         (StatusCode::FORBIDDEN, "forbidden_origin") => (
             "This form came from another website",
@@ -115,9 +120,12 @@ fn words(status: StatusCode, code: &str, message: &str, wait: u64) -> (&'static 
             "That took too long",
             "Please try again in a moment.".to_owned(),
         ),
+        (StatusCode::GONE, _) => ("This link has expired", sentence(message)),
+        (StatusCode::FORBIDDEN, _) => ("This is not allowed", sentence(message)),
+        (s, _) if s.is_client_error() => ("That did not work", sentence(message)),
         _ => (
             "Something went wrong on our side",
-            "Nothing you sent was kept. Please try again in a few minutes.".to_owned(),
+            "Please try again in a few minutes.".to_owned(),
         ),
     }
 }
@@ -197,6 +205,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_back_link_is_a_named_page_this_link_or_the_website_never_the_path_as_sent() {
+        let links = BackLinks {
+            forms: vec![
+                FormPage {
+                    posts_to: "/form",
+                    back: Back::Page("/the-form"),
+                    label: "Back",
+                },
+                FormPage {
+                    posts_to: "/link",
+                    back: Back::ThisLink,
+                    label: "Again",
+                },
+            ],
+            site: "https://pexper.com".to_owned(),
+        };
+        let of = |path, query| links.of(path, query).0;
+        assert_eq!(of("/form", None), "/the-form");
+        assert_eq!(of("/link", Some("a=1&token=t0k&b=2")), "/link?token=t0k");
+        assert_eq!(
+            of("/link", None),
+            "https://pexper.com",
+            "a link without its token"
+        );
+        assert_eq!(
+            of("//evil.example/x", Some("token=t")),
+            "https://pexper.com"
+        );
+        assert_eq!(of("/elsewhere", Some("token=t")), "https://pexper.com");
+    }
+
+    #[test]
     fn developer_messages_become_sentences() {
         assert_eq!(
             sentence("`ref` must be 1 to 32 letters"),
@@ -216,7 +256,7 @@ mod tests {
         let links = std::sync::Arc::new(BackLinks {
             forms: vec![FormPage {
                 posts_to: "/form",
-                back: "/the-form",
+                back: Back::Page("/the-form"),
                 label: "Back to the form",
             }],
             site: "https://pexper.com".to_owned(),

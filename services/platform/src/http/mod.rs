@@ -8,7 +8,7 @@ pub use link::LinkToken;
 pub use origin::origin_allowed;
 mod error;
 mod error_page;
-pub use error_page::{FormPage, form_problem, sentence};
+pub use error_page::{Back, FormPage, form_problem, sentence};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,15 +160,53 @@ fn document_unavailable(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// The operations of `paths` are behind a per-client limit: each can answer 429, documented
+/// once here where a handler's own document does not say it already.
+fn document_rate_limited(openapi: &mut utoipa::openapi::OpenApi, paths: &[String]) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    let limited = ResponseBuilder::new()
+        .description("Too many requests from this client: retry after `Retry-After` seconds")
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .build();
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if !paths.contains(path) {
+            continue;
+        }
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            operation
+                .responses
+                .responses
+                .entry("429".to_owned())
+                .or_insert_with(|| RefOr::T(limited.clone()));
+        }
+    }
+}
+
 /// A browser's form post or navigation gets every error as a page (`error_page`), whichever
 /// operation it reaches: each error answer is documented as `text/html` too.
 fn document_pages(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{Content, ObjectBuilder, RefOr, Type};
     let html = Content::new(Some(ObjectBuilder::new().schema_type(Type::String).build()));
     for item in openapi.paths.paths.values_mut() {
-        for operation in [&mut item.get, &mut item.post, &mut item.delete]
-            .into_iter()
-            .flatten()
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
         {
             for (status, response) in operation.responses.responses.iter_mut() {
                 if let (true, RefOr::T(response)) =
@@ -231,6 +269,11 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         ingest = ingest.merge(service.ingest_routes());
         machines = machines.merge(service.machine_routes());
     }
+    // Every operation behind a per-client limit can answer 429.
+    let limited: Vec<String> = [api.get_openapi(), ingest.get_openapi()]
+        .into_iter()
+        .flat_map(|doc| doc.paths.paths.keys().cloned())
+        .collect();
     let api = api.layer(GovernorLayer::new(governor));
     let ingest = ingest.layer(GovernorLayer::new(ingest_governor));
 
@@ -242,6 +285,7 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         .merge(machines)
         .split_for_parts();
     document_unavailable(&mut openapi);
+    document_rate_limited(&mut openapi, &limited);
     document_pages(&mut openapi);
 
     let back_links = Arc::new(error_page::BackLinks::new(
