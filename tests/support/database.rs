@@ -240,6 +240,11 @@ impl Dump {
     }
 
     /// Whether `needle` is in the text or in any decoded `bytea` value.
+    /// The first line of the dump that holds `needle`, to say where it was found.
+    pub fn line_with(&self, needle: &str) -> Option<&str> {
+        self.text.lines().find(|l| l.contains(needle))
+    }
+
     pub fn contains(&self, needle: &str) -> bool {
         self.text.contains(needle) || self.bytea_contains(needle)
     }
