@@ -2734,3 +2734,62 @@ async fn the_export_gives_ids_suppression_broadcasts_and_a_pending_sign_up() {
         "{account}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_written_while_its_person_is_erased_does_not_outlive_the_erasure() {
+    let app = spawn_app().await;
+    let email = "racing.link@example.net";
+    let res = request(&app, json!({"email": email, "kind": "objection"})).await;
+    assert_eq!(res.status(), 202);
+    mail_to(&app, email, "please confirm").await;
+    app.queue_drained().await;
+    // A mail job writing a new link for the request, caught mid-statement: it holds the
+    // request's row as `store::new_token` does, and its link is not yet written.
+    let mut writer = app.platform.pool.begin().await.unwrap();
+    let request_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM privacy_request WHERE person_id IS NOT NULL FOR SHARE")
+            .fetch_one(&mut *writer)
+            .await
+            .unwrap();
+    // The operator erases the person meanwhile; the erasure waits for the row.
+    let out = admin(
+        &app.cli_vars(),
+        &[
+            "privacy", "erase", "--email", email, "--reason", "race", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(
+        WAIT,
+        "the erasure to wait for the request's row",
+        || async {
+            let waiting = app
+                .scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                )
+                .await;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO privacy_token (token_hash, request_id, purpose, expires_at)
+         VALUES (sha256('a late link'), $1, 'verify', now() + interval '1 day')",
+    )
+    .bind(request_id)
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    writer.commit().await.unwrap();
+    mail_to(&app, email, "has been deleted").await;
+    eventually(WAIT, "the person to be destroyed", || async {
+        (app.count("person").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.count("privacy_token").await,
+        0,
+        "the link written as the erasure ran went with it"
+    );
+}

@@ -144,7 +144,9 @@ async fn acknowledgement(
     if request.status != Status::Received {
         return Ok(None);
     }
-    let token = store::new_token(conn, request_id, "verify", request.verify_by).await?;
+    let Some(token) = store::new_token(conn, request_id, "verify", request.verify_by).await? else {
+        return Ok(None); // Its person was erased meanwhile.
+    };
     Ok(Some(Received {
         kind: request.kind.describe().to_owned(),
         received: request.received_at.date().to_string(),
@@ -292,7 +294,9 @@ async fn export_mail(
     ) else {
         return Ok(()); // Expired, or the person was erased meanwhile.
     };
-    let token = store::new_token(&mut conn, request_id, "export", expires).await?;
+    let Some(token) = store::new_token(&mut conn, request_id, "export", expires).await? else {
+        return Ok(()); // The person was erased meanwhile.
+    };
     let email = ExportReady {
         url: format!("{}/v1/privacy/exports/{token}", platform.config.public_url),
         expires: expires.date().to_string(),

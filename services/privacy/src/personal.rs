@@ -151,25 +151,25 @@ impl PersonalData for PrivacyData {
             .await
             .context("failed to delete exports")?
             .rows_affected();
-        let links = sqlx::query(
-            "DELETE FROM privacy_token WHERE request_id IN
-                 (SELECT id FROM privacy_request WHERE person_id = $1)",
-        )
-        .bind(person)
-        .execute(&mut *conn)
-        .await
-        .context("failed to delete links")?
-        .rows_affected();
-        let requests = sqlx::query(
+        // Unlinked first, then their links: a mail job writing a link locks the request and
+        // writes none for an unlinked one (`store::new_token`), so none outlives this.
+        let unlinked: Vec<PrivacyRequestId> = sqlx::query_scalar(
             "UPDATE privacy_request
              SET person_id = NULL, details_sealed = NULL, outcome_sealed = NULL, updated_at = now()
-             WHERE person_id = $1",
+             WHERE person_id = $1
+             RETURNING id",
         )
         .bind(person)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
-        .context("failed to unlink privacy requests")?
-        .rows_affected();
+        .context("failed to unlink privacy requests")?;
+        let requests = unlinked.len() as u64;
+        let links = sqlx::query("DELETE FROM privacy_token WHERE request_id = ANY($1)")
+            .bind(&unlinked)
+            .execute(&mut *conn)
+            .await
+            .context("failed to delete links")?
+            .rows_affected();
         let notices = sqlx::query("DELETE FROM policy_notice WHERE person_id = $1")
             .bind(person)
             .execute(&mut *conn)

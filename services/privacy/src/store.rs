@@ -123,17 +123,25 @@ pub async fn create(
     Ok(Created { id, new: true })
 }
 
-/// A new link token for a request; only its hash is stored.
+/// A new link token for a request while it still belongs to someone; only its hash is
+/// stored. `None` once the request's person is erased.
+///
+/// The request's row is locked while the token is written: an erasure unlinks the request
+/// (waiting for the lock) before it deletes the request's tokens, so a mail job that read
+/// the address just before cannot leave a link behind it (`personal::erase`).
 pub async fn new_token(
     conn: &mut PgConnection,
     request: PrivacyRequestId,
     purpose: &str,
     expires_at: OffsetDateTime,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Option<String>> {
     let token = random_token();
-    sqlx::query(
-        "INSERT INTO privacy_token (token_hash, request_id, purpose, expires_at)
-         VALUES ($1, $2, $3, $4)",
+    let stored = sqlx::query(
+        "WITH linked AS (
+             SELECT id FROM privacy_request WHERE id = $2 AND person_id IS NOT NULL FOR SHARE
+         )
+         INSERT INTO privacy_token (token_hash, request_id, purpose, expires_at)
+         SELECT $1, id, $3, $4 FROM linked",
     )
     .bind(sha256(token.as_bytes()).as_slice())
     .bind(request)
@@ -141,8 +149,9 @@ pub async fn new_token(
     .bind(expires_at)
     .execute(conn)
     .await
-    .context("failed to store a link token")?;
-    Ok(token)
+    .context("failed to store a link token")?
+    .rows_affected();
+    Ok((stored == 1).then_some(token))
 }
 
 /// A request its person has just verified.
