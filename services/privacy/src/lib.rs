@@ -15,6 +15,7 @@ mod export;
 mod http;
 mod intake;
 mod jobs;
+pub mod letter;
 mod personal;
 pub mod policy;
 pub mod request;
