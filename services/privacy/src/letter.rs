@@ -12,6 +12,7 @@ use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 use time::OffsetDateTime;
 
 use pexper_platform::crypto::sha256;
+use pexper_platform::mail::bounces::header_values as headers;
 
 use crate::request::Kind;
 
@@ -129,22 +130,6 @@ pub fn read(raw: &[u8], our_domain: &str) -> Result<Letter, NotALetter> {
 
 fn truncated(text: &str) -> String {
     text.trim().chars().take(MAX_TEXT).collect()
-}
-
-/// Every value of a top-level header, topmost first, as written (unfolded).
-fn headers(message: &Message<'_>, name: &str) -> Vec<String> {
-    message.parts[0]
-        .headers
-        .iter()
-        .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
-        .filter_map(|h| {
-            let raw = message
-                .raw_message
-                .get(h.offset_start as usize..h.offset_end as usize)?;
-            let raw = std::str::from_utf8(raw).ok()?;
-            Some(raw.split_whitespace().collect::<Vec<_>>().join(" "))
-        })
-        .collect()
 }
 
 fn not_a_letter(message: &Message<'_>, our_domain: &str) -> Option<NotALetter> {

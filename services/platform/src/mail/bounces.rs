@@ -86,8 +86,13 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
     // The envelope sender the report came back to, as the receiving side recorded it.
     let mut sent_back_to: Vec<String> = ["Delivered-To", "X-Original-To", "To"]
         .iter()
-        .flat_map(|name| raw_headers(&message, name))
-        .flat_map(|value| value.split(',').map(|a| a.trim().to_owned()))
+        .flat_map(|name| header_values(&message, name))
+        .flat_map(|value| {
+            value
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
         .collect();
     let mut kind = None;
     let mut recipient = None;
@@ -142,8 +147,9 @@ fn is(part: &MessagePart<'_>, ctype: &str, subtype: &str) -> bool {
     })
 }
 
-/// Every value of a top-level header, as written.
-fn raw_headers<'m>(message: &'m Message<'_>, name: &str) -> Vec<&'m str> {
+/// Every value of a top-level header, topmost first, as written with its folding undone.
+/// The receiving server's own headers are the topmost: what a sender wrote lies below them.
+pub fn header_values(message: &Message<'_>, name: &str) -> Vec<String> {
     message.parts[0]
         .headers
         .iter()
@@ -152,7 +158,8 @@ fn raw_headers<'m>(message: &'m Message<'_>, name: &str) -> Vec<&'m str> {
             let raw = message
                 .raw_message
                 .get(h.offset_start as usize..h.offset_end as usize)?;
-            std::str::from_utf8(raw).ok().map(str::trim)
+            let raw = std::str::from_utf8(raw).ok()?;
+            Some(raw.split_whitespace().collect::<Vec<_>>().join(" "))
         })
         .collect()
 }
