@@ -264,72 +264,56 @@ async fn every_page_state(app: &TestApp) -> Pages {
     ] {
         pages.get(app, path, &url(path), 200).await;
     }
-    pages
-        .post(
-            app,
+    let posts: [(&str, &str, Fields, u16); 7] = [
+        (
             "sign-up: not an address",
-            &url("/v1/accounts"),
+            "/v1/accounts",
             &[("email", "not an address")],
             422,
-        )
-        .await;
-    pages
-        .post(
-            app,
+        ),
+        (
             "sign-up: sent",
-            &url("/v1/accounts"),
+            "/v1/accounts",
             &[("email", "new.person@example.com")],
             202,
-        )
-        .await;
-    pages
-        .post(
-            app,
+        ),
+        (
             "sign-in: not an address",
-            &url("/v1/sessions"),
+            "/v1/sessions",
             &[("email", "x"), ("password", "p")],
             422,
-        )
-        .await;
-    pages
-        .post(
-            app,
+        ),
+        (
             "sign-in: wrong password",
-            &url("/v1/sessions"),
+            "/v1/sessions",
             &[
                 ("email", "nobody@example.com"),
                 ("password", "not the password"),
             ],
             401,
-        )
-        .await;
-    pages
-        .post(
-            app,
+        ),
+        (
             "sign-in: no fields",
-            &url("/v1/sessions"),
+            "/v1/sessions",
             &[("nothing", "")],
             422,
-        )
-        .await;
-    pages
-        .post(
-            app,
+        ),
+        (
             "reset: not an address",
-            &url("/v1/accounts/password-reset"),
+            "/v1/accounts/password-reset",
             &[("email", "x")],
             422,
-        )
-        .await;
-    pages
-        .post(
-            app,
+        ),
+        (
             "reset: sent",
-            &url("/v1/accounts/password-reset"),
+            "/v1/accounts/password-reset",
             &[("email", "nobody@example.com")],
             202,
-        )
-        .await;
+        ),
+    ];
+    for (name, path, fields, status) in posts {
+        pages.post(app, name, &url(path), fields, status).await;
+    }
 
     // The verification link's page: the form, a weak password, done, used.
     let email = "reader@example.com";

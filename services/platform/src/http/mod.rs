@@ -127,69 +127,50 @@ async fn readyz(State(platform): State<Platform>) -> impl IntoResponse {
     }
 }
 
-/// Every operation but `/healthz` reaches the database, and answers 503 with `Retry-After`
-/// while it cannot be reached (`error::database_unavailable`): documented once, here, for all.
-fn document_unavailable(openapi: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
-    let unavailable = ResponseBuilder::new()
-        .description("Unavailable right now (the database cannot be reached, or too many passwords are being checked): retry after `Retry-After` seconds")
-        .content(
-            "application/json",
-            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
-        )
-        .build();
-    for (path, item) in openapi.paths.paths.iter_mut() {
-        if path == "/healthz" {
-            continue;
-        }
-        for operation in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            operation
-                .responses
-                .responses
-                .entry("503".to_owned())
-                .or_insert_with(|| RefOr::T(unavailable.clone()));
-        }
-    }
+/// Every operation of the paths `which` takes.
+fn operations(
+    openapi: &mut utoipa::openapi::OpenApi,
+    which: impl Fn(&str) -> bool,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    openapi
+        .paths
+        .paths
+        .iter_mut()
+        .filter(move |(path, _)| which(path))
+        .flat_map(|(_, item)| {
+            [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+        })
 }
 
-/// The operations of `paths` are behind a per-client limit: each can answer 429, documented
-/// once here where a handler's own document does not say it already.
-fn document_rate_limited(openapi: &mut utoipa::openapi::OpenApi, paths: &[String]) {
+/// Documents a JSON error answer `status`, described as `description`, on every operation of
+/// the paths `which` takes, where its handler's own document does not say it already.
+fn document_error(
+    openapi: &mut utoipa::openapi::OpenApi,
+    status: &str,
+    description: &str,
+    which: impl Fn(&str) -> bool,
+) {
     use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
-    let limited = ResponseBuilder::new()
-        .description("Too many requests from this client: retry after `Retry-After` seconds")
+    let response = ResponseBuilder::new()
+        .description(description)
         .content(
             "application/json",
             Content::new(Some(Ref::from_schema_name("ErrorBody"))),
         )
         .build();
-    for (path, item) in openapi.paths.paths.iter_mut() {
-        if !paths.contains(path) {
-            continue;
-        }
-        for operation in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            operation
-                .responses
-                .responses
-                .entry("429".to_owned())
-                .or_insert_with(|| RefOr::T(limited.clone()));
-        }
+    for operation in operations(openapi, which) {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::T(response.clone()));
     }
 }
 
@@ -198,25 +179,15 @@ fn document_rate_limited(openapi: &mut utoipa::openapi::OpenApi, paths: &[String
 fn document_pages(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{Content, ObjectBuilder, RefOr, Type};
     let html = Content::new(Some(ObjectBuilder::new().schema_type(Type::String).build()));
-    for item in openapi.paths.paths.values_mut() {
-        for operation in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            for (status, response) in operation.responses.responses.iter_mut() {
-                if let (true, RefOr::T(response)) =
-                    (status.starts_with('4') || status.starts_with('5'), response)
-                {
-                    response
-                        .content
-                        .entry("text/html".to_owned())
-                        .or_insert_with(|| RefOr::T(html.clone()));
-                }
+    for operation in operations(openapi, |_| true) {
+        for (status, response) in operation.responses.responses.iter_mut() {
+            if let (true, RefOr::T(response)) =
+                (status.starts_with('4') || status.starts_with('5'), response)
+            {
+                response
+                    .content
+                    .entry("text/html".to_owned())
+                    .or_insert_with(|| RefOr::T(html.clone()));
             }
         }
     }
@@ -269,7 +240,6 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         ingest = ingest.merge(service.ingest_routes());
         machines = machines.merge(service.machine_routes());
     }
-    // Every operation behind a per-client limit can answer 429.
     let limited: Vec<String> = [api.get_openapi(), ingest.get_openapi()]
         .into_iter()
         .flat_map(|doc| doc.paths.paths.keys().cloned())
@@ -284,8 +254,21 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         .merge(ingest)
         .merge(machines)
         .split_for_parts();
-    document_unavailable(&mut openapi);
-    document_rate_limited(&mut openapi, &limited);
+    // Every operation but `/healthz` reaches the database, and answers 503 with `Retry-After`
+    // while it cannot be reached (`error::database_unavailable`).
+    document_error(
+        &mut openapi,
+        "503",
+        "Unavailable right now (the database cannot be reached, or too many passwords are being checked): retry after `Retry-After` seconds",
+        |path| path != "/healthz",
+    );
+    // Every operation behind a per-client limit can answer 429.
+    document_error(
+        &mut openapi,
+        "429",
+        "Too many requests from this client: retry after `Retry-After` seconds",
+        |path| limited.iter().any(|l| l == path),
+    );
     document_pages(&mut openapi);
 
     let back_links = Arc::new(error_page::BackLinks::new(
