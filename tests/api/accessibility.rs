@@ -758,6 +758,15 @@ async fn the_other_emails(app: &TestApp) {
     }
     sweep_once_more(app).await;
     mail(app, held, "please confirm them").await;
+    // A letter to privacy@, in German: answered as a reply, in German.
+    let read = crate::inbox::read_letter(
+        app,
+        "From: brief@example.de\r\nTo: privacy@pexper.com\r\nSubject: Bitte meine Daten loeschen\r\n\
+         Message-ID: <brief@example.de>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Bitte l\u{f6}schen Sie mein Konto und alle meine Daten.\r\n",
+    );
+    assert_eq!(read["letters"]["requests"], 1, "{read}");
+    mail(app, "brief@example.de", "Re: Bitte meine Daten loeschen").await;
     app.queue_drained().await;
 }
 

@@ -18,6 +18,7 @@ const SUPPORT_MESSAGE: &str = "planted support message 5521";
 const REPLY: &str = "planted operator reply 6632";
 const DETAILS: &str = "planted request details 7743";
 const BROADCAST: &str = "planted broadcast subject 8854";
+const LETTER: &str = "planted letter words 9965";
 const AMOUNT: i64 = 6173;
 const REFUND: i64 = 2719;
 
@@ -154,6 +155,14 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
             assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
         }
     }
+    // And a letter to privacy@, read from its mailbox: a request in their words.
+    let read = crate::inbox::read_letter(
+        &app,
+        &format!(
+            "From: {EMAIL}\r\nTo: privacy@pexper.com\r\nSubject: My data\r\nMessage-ID: <letter@example.net>\r\n\r\n{LETTER}\r\n"
+        ),
+    );
+    assert_eq!(read["letters"]["requests"], 1, "{read}");
     app.queue_drained().await;
 
     // The broadcast bounced softly once, then was reported as spam.
@@ -235,7 +244,11 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
         "objection",
         "opt_out_of_sale",
     ];
-    let details: Vec<String> = kinds.iter().map(|k| format!("{DETAILS} {k}")).collect();
+    let details: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("{DETAILS} {k}"))
+        .chain([LETTER.to_owned()])
+        .collect();
     let inputs: Vec<(&str, String)> = [
         ("address", EMAIL.to_owned()),
         ("person id", person.0.to_string()),
@@ -308,10 +321,10 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
     let request_ids = ids("SELECT id FROM privacy_request WHERE person_id = $1").await;
     let support_ids = ids("SELECT id FROM support_request WHERE person_id = $1").await;
     let purchase_ids = ids("SELECT id FROM purchase WHERE person_id = $1").await;
-    // Five requests of theirs, and the access request their download made.
+    // Five requests of theirs, their letter, and the access request their download made.
     assert_eq!(
         (request_ids.len(), support_ids.len(), purchase_ids.len()),
-        (6, 1, 1)
+        (7, 1, 1)
     );
     let hash = |domain: &str| keyring.blind_index(domain, EMAIL).to_vec();
     let email_index = hash("email");
@@ -505,6 +518,7 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
         ),
         ("privacy_request", "id", &["privacy request id"]),
         ("privacy_audit", "request_id", &["privacy request id"]),
+        ("privacy_letter", "request_id", &["privacy request id"]),
     ]
     .into_iter()
     .map(|(table, column, what)| {

@@ -14,6 +14,7 @@ mod deploy;
 mod desktop;
 mod faults;
 mod http;
+mod inbox;
 mod kubernetes;
 mod mail;
 mod payments;

@@ -14,6 +14,7 @@ pub mod browser;
 pub mod canary;
 mod database;
 pub mod dkim;
+pub mod dovecot;
 mod process;
 pub mod smtp;
 pub mod stripe;

@@ -6,6 +6,8 @@ use pexper_platform::jobs;
 use serde_json::json;
 use sqlx::PgPool;
 
+use pexper_server::inbox::{BounceRun, take_bounce};
+
 use crate::{output, progress};
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +40,14 @@ pub enum Command {
     Bounces {
         /// A maildir (a directory with cur/ and new/) or an mbox file.
         path: std::path::PathBuf,
+    },
+    /// Read the privacy@ and bounce mailboxes now (`PEXPER_PRIVACY_IMAP_URL`,
+    /// `PEXPER_BOUNCE_IMAP_URL`), as the server's recurring job does: letters become privacy
+    /// requests, reports suppress addresses.
+    Inbox {
+        /// Read once and stop (the only mode: the server reads them on its own schedule).
+        #[arg(long)]
+        once: bool,
     },
     /// Let mail reach an address again that a bounce or a complaint stopped (e.g. after the
     /// person says their mailbox works again); recorded in the audit trail with the reason.
@@ -88,6 +98,19 @@ pub async fn run(
                 json,
                 &json!({"unsuppressed": lifted.is_some(), "was": lifted.map(|r| r.as_str())}),
             );
+        }
+        Command::Inbox { once } => {
+            anyhow::ensure!(
+                once,
+                "mail inbox reads once (--once); the server reads the mailboxes on its own every PEXPER_RECURRING_SECONDS"
+            );
+            anyhow::ensure!(
+                config.privacy_mailbox.is_some() || config.bounce_mailbox.is_some(),
+                "set PEXPER_PRIVACY_IMAP_URL or PEXPER_BOUNCE_IMAP_URL (imaps://user@host/FOLDER or maildir:/path)"
+            );
+            let keyring = crate::keyring(config, pool).await?;
+            let run = pexper_server::inbox::read_once(config, pool, &keyring).await?;
+            output::object(json, &serde_json::to_value(run)?);
         }
         Command::Bounces { path } => {
             let done = bounces(config, pool, &path).await?;
@@ -153,48 +176,18 @@ pub async fn run(
     Ok(())
 }
 
-/// What `mail bounces` did, by report.
-#[derive(Debug, Default, serde::Serialize)]
-struct BounceRun {
-    messages: u64,
-    not_reports: u64,
-    already_seen: u64,
-    unmatched: u64,
-    hard_bounces: u64,
-    soft_bounces: u64,
-    complaints: u64,
-}
-
 async fn bounces(
     config: &pexper_platform::Config,
     pool: &PgPool,
     path: &std::path::Path,
 ) -> anyhow::Result<BounceRun> {
-    use pexper_platform::mail::bounces::{self, Applied, ReportKind};
     let keyring = crate::keyring(config, pool).await?;
     let sender = pexper_platform::mail::sender(config)?;
     let mut run = BounceRun::default();
-    for raw in bounces::read_mailbox(path)? {
-        run.messages += 1;
-        let Some(report) = bounces::parse(&raw) else {
-            run.not_reports += 1;
-            continue;
-        };
+    for raw in pexper_platform::mail::bounces::read_mailbox(path)? {
         let mut tx = pool.begin().await?;
-        let applied = bounces::apply(&mut tx, &keyring, sender.email.domain(), &report).await?;
+        take_bounce(&mut tx, &keyring, sender.email.domain(), &raw, &mut run).await?;
         tx.commit().await?;
-        match applied {
-            Applied::AlreadySeen => run.already_seen += 1,
-            Applied::Unmatched => run.unmatched += 1,
-            Applied::Done(ReportKind::HardBounce, _) => run.hard_bounces += 1,
-            Applied::Done(ReportKind::SoftBounce, _) => run.soft_bounces += 1,
-            Applied::Done(ReportKind::Complaint, person) => {
-                run.complaints += 1;
-                if let Some(person) = person {
-                    pexper_waitlist::admin::unsubscribe(pool, person).await?;
-                }
-            }
-        }
     }
     Ok(run)
 }

@@ -77,6 +77,13 @@ pub enum Command {
     },
     /// End the restriction of processing a completed restriction request set.
     Lift { id: PrivacyRequestId },
+    /// Name the right an emailed request asks for when it was not recognised (`unclassified`);
+    /// a verified access, portability or deletion request then runs by itself.
+    Classify {
+        id: PrivacyRequestId,
+        #[arg(long)]
+        kind: Kind,
+    },
     /// Refuse a request; the reason is emailed to the person.
     Reject {
         id: PrivacyRequestId,
@@ -273,6 +280,10 @@ pub async fn run(
                 pexper_waitlist::admin::unsubscribe(pool, person).await?;
             }
             output::object(json, &json!({"id": id, "status": Status::Completed}));
+        }
+        Command::Classify { id, kind } => {
+            admin::classify(pool, &keyring(config, pool).await?, id, kind).await?;
+            output::object(json, &json!({"id": id, "kind": kind}));
         }
         Command::Lift { id } => {
             admin::lift_restriction(pool, &keyring(config, pool).await?, id).await?;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::mailbox::MailboxUrl;
 use crate::trusted_proxy::TrustedProxy;
 
 /// Where the process runs. Production refuses every insecure default.
@@ -100,6 +101,14 @@ pub struct Config {
     /// The company's postal address, in the footer of every product email (CAN-SPAM and its
     /// kin require one in commercial email). Production refuses to start without it.
     pub postal_address: Option<String>,
+    /// The privacy@ mailbox the server reads letters from, and the bounce address's
+    /// (`PEXPER_PRIVACY_IMAP_URL`, `PEXPER_BOUNCE_IMAP_URL`); unset: not read.
+    pub privacy_mailbox: Option<MailboxUrl>,
+    pub bounce_mailbox: Option<MailboxUrl>,
+    /// How to log in to them over IMAP (`PEXPER_IMAP_PASSWORD` or `PEXPER_IMAP_PASSWORD_FILE`,
+    /// read at each login so a rotated file is picked up) and whom to trust
+    /// (`PEXPER_IMAP_CA_FILE`, besides the public roots).
+    pub imap: crate::mailbox::Credentials,
 }
 
 /// The fixed Stripe secret used in development, so that `stripe listen` or a test can sign.
@@ -263,6 +272,17 @@ impl Config {
             mail_per_second,
             waitlist_thank_you_url: get("PEXPER_WAITLIST_THANK_YOU_URL").map(str::to_owned),
             postal_address: get("PEXPER_POSTAL_ADDRESS").map(str::to_owned),
+            privacy_mailbox: get("PEXPER_PRIVACY_IMAP_URL")
+                .map(|url| MailboxUrl::parse("PEXPER_PRIVACY_IMAP_URL", url))
+                .transpose()?,
+            bounce_mailbox: get("PEXPER_BOUNCE_IMAP_URL")
+                .map(|url| MailboxUrl::parse("PEXPER_BOUNCE_IMAP_URL", url))
+                .transpose()?,
+            imap: crate::mailbox::Credentials {
+                password: secret("PEXPER_IMAP_PASSWORD"),
+                password_file: get("PEXPER_IMAP_PASSWORD_FILE").map(PathBuf::from),
+                ca_file: get("PEXPER_IMAP_CA_FILE").map(PathBuf::from),
+            },
             dkim: match (get("PEXPER_DKIM_SELECTOR"), secret("PEXPER_DKIM_KEY")) {
                 (Some(selector), Some(key)) => Some((selector.to_owned(), key)),
                 (None, None) => None,

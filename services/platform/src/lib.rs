@@ -15,6 +15,7 @@ pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod mail;
+pub mod mailbox;
 pub mod outage;
 pub mod person;
 pub mod personal_data;

@@ -44,6 +44,7 @@ pub async fn intake(
             details: note,
             received_at,
         },
+        intake::Acknowledge::Always,
     )
     .await?;
     tx.commit().await?;
@@ -203,6 +204,10 @@ pub async fn process(pool: &PgPool, keyring: &Keyring, id: PrivacyRequestId) -> 
         current == Status::Verified || current == Status::Processing,
         "request {id} is {current}: only a verified request can be processed"
     );
+    anyhow::ensure!(
+        kind != Kind::Unclassified,
+        "request {id} is unclassified: name its right first (pexper-admin privacy classify {id} --kind K)"
+    );
     if kind.is_automatic() {
         let person = person.context("the request's person is erased")?;
         jobs::enqueue(&mut tx, Process::job(id, person)).await?;
@@ -217,6 +222,49 @@ pub async fn process(pool: &PgPool, keyring: &Keyring, id: PrivacyRequestId) -> 
             "operator",
         )
         .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `privacy classify ID --kind K`: names the right an emailed request asks for, while it is
+/// open. A verified access, portability or deletion request then runs by itself; the others
+/// stay with the operator, as when verified.
+pub async fn classify(
+    pool: &PgPool,
+    keyring: &Keyring,
+    id: PrivacyRequestId,
+    kind: Kind,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        kind != Kind::Unclassified,
+        "--kind must name the right the request asks for"
+    );
+    let mut tx = pool.begin().await?;
+    let row: Option<(Status, Option<PersonId>)> = sqlx::query_as(
+        "UPDATE privacy_request SET kind = $2, updated_at = now()
+         WHERE id = $1 AND kind = 'unclassified' AND status IN ('received', 'verified', 'processing')
+         RETURNING status, person_id",
+    )
+    .bind(id)
+    .bind(kind)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, person)) = row else {
+        let current: Option<(Kind, Status)> =
+            sqlx::query_as("SELECT kind, status FROM privacy_request WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        anyhow::bail!(match current {
+            None => format!("no privacy request {id}"),
+            Some((Kind::Unclassified, s)) => format!("request {id} is {s}: too late to classify"),
+            Some((k, _)) => format!("request {id} is a {k} request already"),
+        });
+    };
+    crate::audit::record(&mut tx, keyring, id, "classified", status, kind.as_str()).await?;
+    if let (Status::Verified, Some(person), true) = (status, person, kind.is_automatic()) {
+        jobs::enqueue(&mut tx, Process::job(id, person)).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -83,3 +83,25 @@ email_template!(
     "emails/privacy-outcome/body.txt",
     "emails/privacy-outcome/body.html"
 );
+
+/// Acknowledges a letter to privacy@ as a reply to it (`Re:` its subject, threaded by
+/// `reply::threading`), in the letter's language, with the link that verifies it.
+#[derive(Debug, Clone)]
+pub struct LetterReceived {
+    pub subject: String,
+    pub language: &'static str,
+    pub words: &'static crate::reply::Words,
+    /// `Words::received_line`: when it arrived, what it asks for, when it is due.
+    pub received_line: String,
+    pub verify_url: String,
+    pub verify_by: String,
+}
+
+email_template!(
+    LetterReceived,
+    "privacy-letter-received",
+    Requested,
+    "emails/privacy-letter-received/subject.txt",
+    "emails/privacy-letter-received/body.txt",
+    "emails/privacy-letter-received/body.html"
+);

@@ -59,15 +59,17 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<RequestAccepted>), ApiError> {
     let email = EmailAddress::parse(&body.email)
         .map_err(|e| ApiError::unprocessable("invalid_email", e.to_string()))?;
-    let kind = Kind::parse(&body.kind).ok_or_else(|| {
-        ApiError::unprocessable(
-            "invalid_kind",
-            format!(
-                "kind must be one of {}",
-                Kind::ALL.map(Kind::as_str).join(", ")
-            ),
-        )
-    })?;
+    let kind = Kind::parse(&body.kind)
+        .filter(|k| Kind::ASKABLE.contains(k))
+        .ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_kind",
+                format!(
+                    "kind must be one of {}",
+                    Kind::ASKABLE.map(Kind::as_str).join(", ")
+                ),
+            )
+        })?;
     let jurisdiction = match body.jurisdiction.as_deref() {
         None => Jurisdiction::default(),
         Some(j) => Jurisdiction::parse(j).ok_or_else(|| {
@@ -96,7 +98,14 @@ pub async fn create(
         details: body.details,
         received_at: OffsetDateTime::now_utc(),
     };
-    let id = intake::take_in(&mut tx, &platform.keyring, person, &new).await?;
+    let id = intake::take_in(
+        &mut tx,
+        &platform.keyring,
+        person,
+        &new,
+        intake::Acknowledge::WithinBudget,
+    )
+    .await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(request = %id, kind = kind.as_str(), "privacy request received");
     Ok((

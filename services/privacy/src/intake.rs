@@ -12,6 +12,17 @@ use crate::jobs::{Process, ReceivedMail};
 use crate::request::{Kind, PrivacyRequestId};
 use crate::store::{self, NewRequest};
 
+/// Whether a request's acknowledgement may be held back by its address's daily mail budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// Anyone can cause it (the web form, a letter with any `From`): it comes out of the
+    /// address's daily budget, so neither is a way to flood someone's inbox. Held back, it
+    /// is sent by the sweep once the budget allows (`jobs::send_held`).
+    WithinBudget,
+    /// An operator took it in by hand.
+    Always,
+}
+
 /// Stores a request and queues its acknowledgement; an identical web request within 10
 /// minutes is the same request and sends nothing new.
 pub async fn take_in(
@@ -19,17 +30,17 @@ pub async fn take_in(
     keyring: &Keyring,
     person: PersonId,
     new: &NewRequest,
+    acknowledge: Acknowledge,
 ) -> anyhow::Result<PrivacyRequestId> {
     let created = store::create(conn, keyring, person, new).await?;
     if !created.new {
         return Ok(created.id);
     }
     let id = created.id;
-    // A request from the web form is kept whatever happens, but its acknowledgement comes out
-    // of the address's daily budget: the form must not be a way to flood someone's inbox.
-    // Held back, it is sent by the sweep once the budget allows (`jobs::send_held`).
-    // One made by an operator (from a letter to privacy@) is always acknowledged.
-    if new.source != "web" || person::take_mail(conn, person, person::MailBudget::Access).await? {
+    // The request is kept whatever happens; only its acknowledgement may wait.
+    if acknowledge == Acknowledge::Always
+        || person::take_mail(conn, person, person::MailBudget::Access).await?
+    {
         jobs::enqueue(
             conn,
             NewJob::new(&ReceivedMail { request_id: id }).for_person(person),
@@ -75,6 +86,13 @@ pub async fn verify(
                 ),
                 format!("It is due {}.", verified.due.date()),
                 format!("Read it: pexper-admin privacy show {request}"),
+                if kind == Kind::Unclassified {
+                    format!(
+                        "Name the right it asks for: pexper-admin privacy classify {request} --kind K"
+                    )
+                } else {
+                    format!("It asks for {}.", kind.describe())
+                },
                 format!(
                     "Then: pexper-admin privacy complete {request} --note \"…\" (or reject … --reason \"…\")"
                 ),

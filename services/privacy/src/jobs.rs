@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
-use crate::emails::{DeletionDone, ExportReady, Outcome, Received, ReceivedHeld};
+use crate::emails::{DeletionDone, ExportReady, LetterReceived, Outcome, Received, ReceivedHeld};
+use crate::letter::Language;
+use crate::reply::{self, ReplyTo, Words, reply_field};
 use crate::request::{Kind, PrivacyRequestId, Status};
 use crate::{audit, export, store};
 
@@ -172,7 +174,67 @@ async fn received_mail(
     let Some(email) = acknowledgement(&platform, &mut conn, request_id).await? else {
         return Ok(());
     };
-    mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
+    match letter_reply(&platform, &mut conn, request_id, person, &email).await? {
+        Some((reply, threading)) => {
+            mail::send_template(
+                &platform,
+                &mut conn,
+                job,
+                Some(person),
+                to,
+                &reply,
+                threading,
+            )
+            .await
+        }
+        None => {
+            mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
+        }
+    }
+}
+
+/// The acknowledgement of a request that came as a letter to privacy@: a reply to the letter,
+/// in its language; `None` for any other request.
+async fn letter_reply(
+    platform: &Platform,
+    conn: &mut PgConnection,
+    request_id: PrivacyRequestId,
+    person: PersonId,
+    ack: &Received,
+) -> Result<Option<(LetterReceived, Vec<(&'static str, String)>)>, JobError> {
+    let row: Option<(Kind, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT r.kind, l.language, l.reply_sealed
+         FROM privacy_letter l JOIN privacy_request r ON r.id = l.request_id
+         WHERE l.request_id = $1 AND l.reply_sealed IS NOT NULL",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((kind, language, sealed)) = row else {
+        return Ok(None);
+    };
+    let Some(key) = person::data_key(conn, &platform.keyring, person).await? else {
+        return Ok(None);
+    };
+    let letter: ReplyTo = serde_json::from_slice(
+        &key.open(reply_field(request_id), &sealed)
+            .map_err(|e| permanent(anyhow::anyhow!("{e}")))?,
+    )
+    .map_err(permanent)?;
+    let language = Language::parse(&language).unwrap_or(Language::En);
+    let words = Words::of(language);
+    let reply = LetterReceived {
+        subject: reply::subject(words, &letter.subject),
+        language: language.code(),
+        words,
+        received_line: words.received_line(&ack.received, kind, &ack.due),
+        verify_url: ack.verify_url.clone(),
+        verify_by: ack.verify_by.clone(),
+    };
+    Ok(Some((
+        reply,
+        reply::threading(letter.message_id.as_deref()),
+    )))
 }
 
 async fn received_held_mail(

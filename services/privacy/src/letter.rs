@@ -26,8 +26,11 @@ pub struct Letter {
     /// What makes a letter delivered or read twice the same letter: its Message-ID, or the
     /// hash of the whole message when it has none.
     pub key: [u8; 32],
-    /// Its Message-ID, for the acknowledgement's `In-Reply-To` and `References`.
+    /// Its Message-ID (without `<>`), for the acknowledgement's `In-Reply-To` and `References`.
     pub message_id: Option<String>,
+    /// The Message-IDs it answers (`In-Reply-To`, then `References`; without `<>`): a reply
+    /// to our acknowledgement names ours.
+    pub replies_to: Vec<String>,
     /// The `From` address, as written (parsed and normalised by the intake).
     pub from: Option<String>,
     /// The receiving server's DMARC check failed for the sender's domain: taken in, marked.
@@ -71,6 +74,20 @@ pub enum Language {
 }
 
 impl Language {
+    pub const ALL: [Language; 7] = [
+        Language::En,
+        Language::De,
+        Language::Fr,
+        Language::Es,
+        Language::It,
+        Language::Nl,
+        Language::Pl,
+    ];
+
+    pub fn parse(code: &str) -> Option<Language> {
+        Language::ALL.into_iter().find(|l| l.code() == code)
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Language::En => "en",
@@ -93,6 +110,7 @@ pub fn read(raw: &[u8], our_domain: &str) -> Result<Letter, NotALetter> {
         return Ok(Letter {
             key,
             message_id: None,
+            replies_to: Vec::new(),
             from: None,
             dmarc_failed: false,
             received_at: None,
@@ -114,6 +132,12 @@ pub fn read(raw: &[u8], our_domain: &str) -> Result<Letter, NotALetter> {
             None => key,
         },
         message_id: message.message_id().map(str::to_owned),
+        replies_to: [message.in_reply_to(), message.references()]
+            .into_iter()
+            .filter_map(|h| h.as_text_list())
+            .flatten()
+            .map(|id| id.trim_matches(['<', '>', ' ']).to_owned())
+            .collect(),
         from: message
             .from()
             .and_then(|f| f.first())

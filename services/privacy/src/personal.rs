@@ -131,6 +131,18 @@ impl PersonalData for PrivacyData {
                         WHERE status = 'expired' AND (person_id IS NOT NULL OR details_sealed IS NOT NULL)".into(),
             },
             RetentionRule {
+                name: "privacy.letter_subjects",
+                keeps: "a letter's subject and Message-ID, to reply to it: until its request is confirmed, expires or is erased",
+                due: "SELECT count(*) FROM privacy_letter l
+                      WHERE l.reply_sealed IS NOT NULL AND NOT EXISTS (
+                          SELECT 1 FROM privacy_request r
+                          WHERE r.id = l.request_id AND r.status = 'received' AND r.person_id IS NOT NULL)".into(),
+                apply: "UPDATE privacy_letter l SET reply_sealed = NULL
+                        WHERE l.reply_sealed IS NOT NULL AND NOT EXISTS (
+                          SELECT 1 FROM privacy_request r
+                          WHERE r.id = l.request_id AND r.status = 'received' AND r.person_id IS NOT NULL)".into(),
+            },
+            RetentionRule {
                 name: "privacy.receipts",
                 keeps: "a closed request (kind, dates, status, the person's link): 3 years after it closed, the proof we answered (its audit events, 3 years after it closed, once it is gone: audit::prune)",
                 due: "SELECT count(*) FROM privacy_request WHERE closed_at < now() - interval '3 years'".into(),
@@ -170,6 +182,15 @@ impl PersonalData for PrivacyData {
             .await
             .context("failed to delete links")?
             .rows_affected();
+        let letters = sqlx::query(
+            "UPDATE privacy_letter SET reply_sealed = NULL
+             WHERE request_id = ANY($1) AND reply_sealed IS NOT NULL",
+        )
+        .bind(&unlinked)
+        .execute(&mut *conn)
+        .await
+        .context("failed to forget letters' subjects")?
+        .rows_affected();
         let notices = sqlx::query("DELETE FROM policy_notice WHERE person_id = $1")
             .bind(person)
             .execute(&mut *conn)
@@ -182,6 +203,7 @@ impl PersonalData for PrivacyData {
                 ("request_links", requests),
                 ("exports", exports),
                 ("link_tokens", links),
+                ("letter_subjects", letters),
                 ("policy_notices", notices),
             ]),
             kept: vec![format!(

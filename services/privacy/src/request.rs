@@ -10,8 +10,9 @@ pexper_platform::id!(
 
 pexper_platform::text_enum!(
     /// The rights the policy names. `access` covers GDPR access and CCPA "know";
-    /// `portability` gets the same machine-readable export.
-    #[derive(utoipa::ToSchema)]
+    /// `portability` gets the same machine-readable export. `unclassified` is a letter to
+    /// privacy@ whose right we could not tell: on the clock like the others until an operator
+    /// classifies it (the website's form always names a right: `Kind::ASKABLE`).
     pub enum Kind {
         Access = "access",
         Portability = "portability",
@@ -20,10 +21,34 @@ pexper_platform::text_enum!(
         Restriction = "restriction",
         Objection = "objection",
         OptOutOfSale = "opt_out_of_sale",
+        Unclassified = "unclassified",
     }
 );
 
+impl utoipa::PartialSchema for Kind {
+    /// The rights a person can name (`ASKABLE`): `unclassified` is only ever ours to say.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Kind::ASKABLE.map(Kind::as_str)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Kind {}
+
 impl Kind {
+    /// The rights a person can name; every kind but `unclassified`.
+    pub const ASKABLE: [Kind; 7] = [
+        Kind::Access,
+        Kind::Portability,
+        Kind::Deletion,
+        Kind::Correction,
+        Kind::Restriction,
+        Kind::Objection,
+        Kind::OptOutOfSale,
+    ];
+
     /// Access, portability and deletion run by themselves once verified; the rest need an
     /// operator's judgement.
     pub fn is_automatic(self) -> bool {
@@ -40,6 +65,7 @@ impl Kind {
             Kind::Restriction => "restriction of processing",
             Kind::Objection => "objection to processing",
             Kind::OptOutOfSale => "opt-out of the sale of your data",
+            Kind::Unclassified => "your rights over your data",
         }
     }
 }
@@ -138,8 +164,9 @@ mod tests {
         };
         assert_eq!(
             spelled(<Kind as utoipa::PartialSchema>::schema()),
-            serde_json::json!(Kind::ALL.map(Kind::as_str))
+            serde_json::json!(Kind::ASKABLE.map(Kind::as_str))
         );
+        assert_eq!(Kind::ALL.len(), Kind::ASKABLE.len() + 1);
         assert_eq!(
             spelled(<Jurisdiction as utoipa::PartialSchema>::schema()),
             serde_json::json!(Jurisdiction::ALL.map(Jurisdiction::as_str))

@@ -47,6 +47,23 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "privacy_letter",
+        purpose: "letters to privacy@ taken in, each once: the same letter read again is the same request",
+        columns: &[
+            Column::personal("key", Identifier)
+                .kept("a hash of the letter's Message-ID: only tells a letter read again from a new one")
+                .not_exported("a hash of the letter's Message-ID, which says nothing"),
+            Column::personal("request_id", Identifier).kept(RECEIPT),
+            Column::personal("dmarc_failed", Activity).kept(RECEIPT),
+            Column::personal("language", Preference).kept(RECEIPT),
+            Column::personal("reply_sealed", Message)
+                .unlinked()
+                .not_exported("the letter's subject and Message-ID, kept only to reply to it until the request is confirmed; its text is the request's details")
+                .sent_to(MAIL),
+            Column::plain("taken_at"),
+        ],
+    },
+    Table {
         name: "privacy_token",
         purpose: "verification and export links",
         columns: &[

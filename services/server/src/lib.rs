@@ -4,6 +4,7 @@
 
 pub mod cli;
 mod health;
+pub mod inbox;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub fn all_services() -> Vec<Arc<dyn Service>> {
         Arc::new(pexper_analytics::Analytics),
         Arc::new(pexper_support::Support),
         Arc::new(pexper_accounts::Accounts),
+        Arc::new(inbox::Inbox),
     ]
 }
 

@@ -355,14 +355,18 @@ pub async fn entry(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<
         .context("failed to load a waitlist entry")
 }
 
-pub async fn unsubscribe(pool: &PgPool, person: PersonId) -> anyhow::Result<()> {
+/// Takes a pool, or the caller's transaction (a complaint applied from the bounce mailbox).
+pub async fn unsubscribe<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    person: PersonId,
+) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE waitlist_entry
          SET subscribed = false, unsubscribed_at = coalesce(unsubscribed_at, now()), updated_at = now()
          WHERE person_id = $1",
     )
     .bind(person)
-    .execute(pool)
+    .execute(db)
     .await
     .context("failed to unsubscribe")?;
     Ok(())
