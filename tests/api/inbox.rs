@@ -14,13 +14,18 @@ use time::format_description::well_known::Rfc2822;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A message as our receiving server stored it: its `Received` line on top (taken at `at`),
-/// its DMARC verdict, then what the sender wrote.
+/// its DMARC verdict (a pass), then what the sender wrote.
 fn letter(at: OffsetDateTime, headers: &str, body: &str) -> Vec<u8> {
+    letter_with(at, "pass", headers, body)
+}
+
+/// The same, with our server's DMARC verdict `dmarc`.
+fn letter_with(at: OffsetDateTime, dmarc: &str, headers: &str, body: &str) -> Vec<u8> {
     format!(
         "Return-Path: <sender@example.org>\r\n\
          Received: from mail.example.org (mail.example.org [192.0.2.10])\r\n\
          \tby mx.pexper.test (Postfix) with ESMTPS id 4F2A1;\r\n\t{}\r\n\
-         Authentication-Results: mx.pexper.test; dkim=pass; dmarc=pass header.from=example.org\r\n\
+         Authentication-Results: mx.pexper.test; dkim=pass; dmarc={dmarc} header.from=example.org\r\n\
          To: privacy@pexper.com\r\nDate: Sun, 01 Jan 2023 00:00:00 +0000\r\n{headers}\r\n\r\n{body}\r\n",
         at.format(&Rfc2822).unwrap()
     )
@@ -149,6 +154,8 @@ async fn letters_to_privacy_become_requests_acknowledged_as_replies_with_no_oper
     assert_eq!(ada.header("Subject").unwrap(), "Re: Please delete my data");
     assert_eq!(ada.header("In-Reply-To").unwrap(), "<letter-1@example.org>");
     assert_eq!(ada.header("References").unwrap(), "<letter-1@example.org>");
+    // An automatic answer, which other responders do not answer (RFC 3834).
+    assert_eq!(ada.header("Auto-Submitted").unwrap(), "auto-replied");
     let text = ada.part("text/plain").unwrap();
     assert!(text.contains("deletion of your data"), "{text}");
     assert!(text.contains(&(arrived + time::Duration::days(30)).date().to_string()));
@@ -314,4 +321,122 @@ async fn a_reader_killed_between_its_commit_and_the_mark_takes_the_letter_in_aga
     replicas.smtp.wait_for(1, WAIT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(replicas.smtp.count(), 1, "one acknowledgement");
+}
+
+#[tokio::test]
+async fn strangers_letters_neither_hide_nor_join_a_persons_request_nor_put_words_in_our_mail() {
+    let dovecot = Dovecot::start(&["privacy", "bounces"]).await;
+    let replicas = start_reading(&dovecot, &[("PEXPER_RECURRING_SECONDS", "86400")]).await;
+    let pool = replicas.db.pool().await;
+    let mut vars = replicas.cli_vars();
+    vars.extend(dovecot.vars("privacy", Some("bounces")));
+    let inbox = |vars: &[(String, String)]| {
+        let out = admin(vars, &["mail", "inbox", "--once", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
+    };
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    // Mallory learned the Message-ID of Ada's letter and sends one first in Ada's name, which
+    // our server's DMARC check fails, with a subject meant for Ada's eyes.
+    dovecot.deliver(
+        "privacy",
+        &letter_with(
+            now,
+            "fail",
+            &plain("From: Ada <ada@example.org>\r\nSubject: Your account is locked, call +1 555 0100\r\nMessage-ID: <ada-7@example.org>"),
+            "Please delete my data.",
+        ),
+    );
+    dovecot.deliver(
+        "privacy",
+        &letter(
+            now,
+            &plain("From: Ada <ada@example.org>\r\nSubject: Delete my data\r\nMessage-ID: <ada-7@example.org>"),
+            "Hello, please delete my account and everything else.",
+        ),
+    );
+    // A letter the operator opened before the reader ran: still a request.
+    dovecot.deliver_seen(
+        "privacy",
+        &letter(
+            now,
+            &plain("From: bob@example.org\r\nSubject: Access to my data\r\nMessage-ID: <bob-8@example.org>"),
+            "Please send me a copy of my data.",
+        ),
+    );
+    // Our own notice to the operator, who reads privacy@, and a message with no sender: no
+    // requests, and left unread for a person.
+    dovecot.deliver(
+        "privacy",
+        b"From: Pexper <hello@pexper.com>\r\nTo: privacy@pexper.com\r\nSubject: A privacy request to classify\r\nMessage-ID: <n-9@pexper.com>\r\n\r\nRequest 1 arrived by email.\r\n",
+    );
+    dovecot.deliver(
+        "privacy",
+        b"Subject: hello\r\nMessage-ID: <x-10@example.org>\r\n\r\nI want my data deleted.\r\n",
+    );
+    let run = inbox(&vars);
+    assert_eq!(run["letters"]["requests"], 3, "{run}");
+    assert_eq!(run["letters"]["not_letters"], 1, "{run}");
+    assert_eq!(run["letters"]["no_sender"], 1, "{run}");
+    assert_eq!(dovecot.seen_and_unseen("privacy"), (3, 2));
+
+    // Three acknowledgements and the notice about the message with no sender.
+    let mail = replicas.smtp.wait_for(4, WAIT).await;
+    let to_ada: Vec<String> = mail
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t.contains("ada@")))
+        .map(|m| m.header("Subject").unwrap())
+        .collect();
+    assert_eq!(to_ada.len(), 2, "{to_ada:?}");
+    assert!(
+        to_ada.contains(&"Re: Delete my data".to_owned()),
+        "{to_ada:?}"
+    );
+    assert!(
+        to_ada.contains(&"Re: Your privacy request".to_owned()),
+        "the forged letter's subject is not quoted back: {to_ada:?}"
+    );
+    assert!(!mail.iter().any(|m| m.data.contains("555 0100")));
+    // The forged letter is marked for the operator.
+    let forged: uuid::Uuid =
+        sqlx::query_scalar("SELECT request_id FROM privacy_letter WHERE dmarc_failed")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let shown = admin(&vars, &["privacy", "show", &forged.to_string(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(shown["dmarc_failed"], true, "{shown}");
+
+    // A reply in Ada's name that our server cannot vouch for does not join her request: it
+    // is a request of its own, to be verified like any other.
+    let genuine = mail
+        .iter()
+        .find(|m| m.header("Subject").as_deref() == Some("Re: Delete my data"))
+        .unwrap();
+    let ack_id = genuine.header("Message-ID").unwrap();
+    dovecot.deliver(
+        "privacy",
+        &letter_with(
+            now,
+            "fail",
+            &plain(&format!(
+                "From: Ada <ada@example.org>\r\nSubject: Re: Delete my data\r\n\
+                 Message-ID: <forged-11@example.org>\r\nIn-Reply-To: {ack_id}\r\nReferences: {ack_id}"
+            )),
+            "I withdraw my request; send my data to mallory@example.net instead.",
+        ),
+    );
+    let run = inbox(&vars);
+    assert_eq!(
+        (
+            run["letters"]["requests"].clone(),
+            run["letters"]["replies"].clone()
+        ),
+        (serde_json::json!(1), serde_json::json!(0)),
+        "{run}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM privacy_request").await,
+        4
+    );
 }

@@ -161,6 +161,15 @@ impl Dovecot {
 
     /// Delivers a message into `account`'s mailbox, as a delivery agent does.
     pub fn deliver(&self, account: &str, raw: &[u8]) {
+        self.put(account, raw, false);
+    }
+
+    /// Delivers a message someone has read already (in `cur/`, flagged `\Seen`).
+    pub fn deliver_seen(&self, account: &str, raw: &[u8]) {
+        self.put(account, raw, true);
+    }
+
+    fn put(&self, account: &str, raw: &[u8], seen: bool) {
         static N: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "{}.M{}P{}Q{}.test",
@@ -177,7 +186,12 @@ impl Dovecot {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
         }
-        std::fs::rename(&tmp, self.maildir(account).join("new").join(name)).unwrap();
+        let (sub, name) = if seen {
+            ("cur", format!("{name}:2,S"))
+        } else {
+            ("new", name)
+        };
+        std::fs::rename(&tmp, self.maildir(account).join(sub).join(name)).unwrap();
     }
 
     /// How many of `account`'s messages Dovecot has marked `\Seen`, and how many not.

@@ -3,11 +3,18 @@
 //! and only then marks them taken, so a crash in between reads them again (and whoever takes
 //! them in must make a message read twice the same: `privacy_letter`, `mail_report`).
 //!
-//! Taken means: IMAP `\Seen` plus the keyword `$PexperTaken` (the reader looks only for
-//! messages without the keyword, so a person who opens the mailbox first, setting `\Seen`,
-//! hides nothing from it); Maildir: moved from `new/` to `cur/` with the `S` flag (the
-//! reader looks at every message in `new/` and every message in `cur/` not flagged `S`).
+//! Taken means: IMAP the keyword `$PexperTaken`, with `\Seen` unless a person still has to
+//! read the message (the reader looks only for messages without the keyword, so a person who
+//! opens the mailbox first, setting `\Seen`, hides nothing from it; a folder that cannot keep
+//! keywords is refused); Maildir: moved from `new/` to `cur/` with the `S` flag (the reader
+//! looks at every message in `new/` and every message in `cur/` not flagged `S`: a Maildir is
+//! the reader's own, as a mail client reading it would set `S` too).
+//!
+//! A batch is bounded in bytes as well as in messages, and a message over `MAX_MESSAGE` is
+//! read as its headers only: however large the mail someone sends, a read holds at most
+//! `BATCH_BYTES` of it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,7 +26,11 @@ use tokio_rustls::client::TlsStream;
 
 /// The largest message read whole; a larger one is read as its headers only (its taker
 /// decides what that means: a privacy letter becomes a request for the operator to read).
-pub const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+/// A letter's words fit in far less: what is larger is attachments.
+pub const MAX_MESSAGE: usize = 2 * 1024 * 1024;
+
+/// The most bytes one batch reads (at least one message, however large).
+pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// The IMAP keyword a taken message carries.
 const TAKEN: &str = "$PexperTaken";
@@ -153,23 +164,29 @@ impl Mailbox {
         }
     }
 
-    /// Up to `limit` messages not yet taken, oldest first.
-    pub async fn untaken(&mut self, limit: usize) -> anyhow::Result<Vec<Incoming>> {
+    /// Up to `limit` messages not yet taken and not in `skip` (read already in this run),
+    /// oldest first, at most `BATCH_BYTES` of them.
+    pub async fn untaken(
+        &mut self,
+        limit: usize,
+        skip: &HashSet<String>,
+    ) -> anyhow::Result<Vec<Incoming>> {
         match self {
             Mailbox::Maildir(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || maildir_untaken(&path, limit)).await?
+                let (path, skip) = (path.clone(), skip.clone());
+                tokio::task::spawn_blocking(move || maildir_untaken(&path, limit, &skip)).await?
             }
             Mailbox::Imap(session) => {
-                tokio::time::timeout(IMAP_TIMEOUT, imap_untaken(session, limit))
+                tokio::time::timeout(IMAP_TIMEOUT, imap_untaken(session, limit, skip))
                     .await
                     .context("the IMAP server did not answer in time")?
             }
         }
     }
 
-    /// Marks messages taken, once what they meant is committed.
-    pub async fn mark_taken(&mut self, ids: &[String]) -> anyhow::Result<()> {
+    /// Marks messages taken, once what they meant is committed: `read` also marks them read
+    /// (IMAP `\Seen`), for what no person needs to read in the mailbox.
+    pub async fn mark_taken(&mut self, ids: &[String], read: bool) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -180,9 +197,14 @@ impl Mailbox {
             }
             Mailbox::Imap(session) => {
                 let set = ids.join(",");
+                let flags = if read {
+                    format!("(\\Seen {TAKEN})")
+                } else {
+                    format!("({TAKEN})")
+                };
                 let done = async {
                     session
-                        .uid_store(&set, format!("+FLAGS.SILENT (\\Seen {TAKEN})"))
+                        .uid_store(&set, format!("+FLAGS.SILENT {flags}"))
                         .await?
                         .try_collect::<Vec<_>>()
                         .await
@@ -242,10 +264,20 @@ async fn imap_login(
         .await
         .map_err(|(e, _)| e)
         .context("the IMAP server refused the login")?;
-    session
+    let opened = session
         .select(folder)
         .await
         .with_context(|| format!("failed to open the IMAP folder {folder}"))?;
+    // Without a keyword that sticks, every read would take the same messages again.
+    let keeps_keywords = opened.permanent_flags.iter().any(|flag| match flag {
+        async_imap::types::Flag::MayCreate => true,
+        async_imap::types::Flag::Custom(name) => name == TAKEN,
+        _ => false,
+    });
+    anyhow::ensure!(
+        keeps_keywords,
+        "the IMAP folder {folder} cannot keep the keyword {TAKEN}, which marks what was taken in: use a folder or server that keeps keywords"
+    );
     Ok(session)
 }
 
@@ -276,12 +308,14 @@ fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig
 async fn imap_untaken(
     session: &mut async_imap::Session<TlsStream<TcpStream>>,
     limit: usize,
+    skip: &HashSet<String>,
 ) -> anyhow::Result<Vec<Incoming>> {
     let mut uids: Vec<u32> = session
         .uid_search(format!("UNKEYWORD {TAKEN}"))
         .await
         .context("failed to search the IMAP folder")?
         .into_iter()
+        .filter(|uid| !skip.contains(&uid.to_string()))
         .collect();
     uids.sort_unstable();
     uids.truncate(limit);
@@ -294,22 +328,33 @@ async fn imap_untaken(
             .collect::<Vec<_>>()
             .join(",")
     };
-    let sizes: Vec<(u32, u32)> = session
+    let mut sizes: Vec<(u32, usize)> = session
         .uid_fetch(set(&uids), "(UID RFC822.SIZE)")
         .await?
         .try_collect::<Vec<_>>()
         .await?
         .iter()
-        .filter_map(|f| Some((f.uid?, f.size.unwrap_or(0))))
+        // No size given: read as too large, its headers only.
+        .filter_map(|f| Some((f.uid?, f.size.map_or(usize::MAX, |s| s as usize))))
         .collect();
-    let (small, large): (Vec<_>, Vec<_>) = sizes
-        .into_iter()
-        .partition(|(_, size)| *size as usize <= MAX_MESSAGE);
-    let mut out = Vec::with_capacity(small.len() + large.len());
-    let uids_of = |list: &[(u32, u32)]| list.iter().map(|(uid, _)| *uid).collect::<Vec<_>>();
+    sizes.sort_unstable();
+    let batch = within_budget(sizes);
+    let (small, large): (Vec<u32>, Vec<u32>) = (
+        batch
+            .iter()
+            .filter(|(_, whole)| *whole)
+            .map(|(uid, _)| *uid)
+            .collect(),
+        batch
+            .iter()
+            .filter(|(_, whole)| !*whole)
+            .map(|(uid, _)| *uid)
+            .collect(),
+    );
+    let mut out = Vec::with_capacity(batch.len());
     for (list, query, whole) in [
-        (uids_of(&small), "(UID BODY.PEEK[])", true),
-        (uids_of(&large), "(UID BODY.PEEK[HEADER])", false),
+        (small, "(UID BODY.PEEK[])", true),
+        (large, "(UID BODY.PEEK[HEADER])", false),
     ] {
         if list.is_empty() {
             continue;
@@ -337,12 +382,34 @@ async fn imap_untaken(
     Ok(out)
 }
 
+/// The messages of a batch, oldest first, while their bytes stay within `BATCH_BYTES` (the
+/// first always), each with whether it is read whole (else its headers only, counted as
+/// 64 KiB).
+fn within_budget<T>(sizes: Vec<(T, usize)>) -> Vec<(T, bool)> {
+    let mut spent = 0usize;
+    let mut batch = Vec::new();
+    for (id, size) in sizes {
+        let whole = size <= MAX_MESSAGE;
+        let cost = if whole { size } else { 64 * 1024 };
+        if !batch.is_empty() && spent + cost > BATCH_BYTES {
+            break;
+        }
+        spent += cost;
+        batch.push((id, whole));
+    }
+    batch
+}
+
 /// A Maildir file name's flags (`…:2,FS`), if any.
 fn maildir_flags(name: &str) -> &str {
     name.rsplit_once(":2,").map_or("", |(_, flags)| flags)
 }
 
-fn maildir_untaken(path: &Path, limit: usize) -> anyhow::Result<Vec<Incoming>> {
+fn maildir_untaken(
+    path: &Path,
+    limit: usize,
+    skip: &HashSet<String>,
+) -> anyhow::Result<Vec<Incoming>> {
     let mut names: Vec<(String, String)> = Vec::new();
     for sub in ["new", "cur"] {
         let dir = path.join(sub);
@@ -350,7 +417,10 @@ fn maildir_untaken(path: &Path, limit: usize) -> anyhow::Result<Vec<Incoming>> {
             std::fs::read_dir(&dir).with_context(|| format!("failed to read {}", dir.display()))?
         {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || (sub == "cur" && maildir_flags(&name).contains('S')) {
+            if name.starts_with('.')
+                || (sub == "cur" && maildir_flags(&name).contains('S'))
+                || skip.contains(&format!("{sub}/{name}"))
+            {
                 continue;
             }
             names.push((sub.to_owned(), name));
@@ -359,15 +429,19 @@ fn maildir_untaken(path: &Path, limit: usize) -> anyhow::Result<Vec<Incoming>> {
     // Maildir names start with the delivery time: sorted, they are oldest first.
     names.sort_by(|a, b| a.1.cmp(&b.1));
     names.truncate(limit);
-    let mut out = Vec::with_capacity(names.len());
+    let mut sizes = Vec::with_capacity(names.len());
     for (sub, name) in names {
         let file = path.join(&sub).join(&name);
-        let size = match std::fs::metadata(&file) {
-            Ok(m) => m.len() as usize,
+        match std::fs::metadata(&file) {
+            Ok(m) => sizes.push(((sub, name), m.len() as usize)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // taken meanwhile
             Err(e) => return Err(e).with_context(|| format!("failed to read {}", file.display())),
-        };
-        let (raw, whole) = if size <= MAX_MESSAGE {
+        }
+    }
+    let mut out = Vec::new();
+    for ((sub, name), whole) in within_budget(sizes) {
+        let file = path.join(&sub).join(&name);
+        let (raw, whole) = if whole {
             (std::fs::read(&file)?, true)
         } else {
             (maildir_header(&file)?, false)
@@ -462,6 +536,19 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_reads_at_most_its_bytes_and_a_huge_message_as_its_headers() {
+        let mb = 1024 * 1024;
+        // Many messages just under the limit: a batch holds what fits in its bytes.
+        let batch = within_budget((0..200).map(|i| (i, MAX_MESSAGE - 1)).collect());
+        assert_eq!(batch.len(), BATCH_BYTES / (MAX_MESSAGE - 1));
+        assert!(batch.iter().all(|(_, whole)| *whole));
+        // One message larger than the whole budget is still read (its headers), alone first.
+        let batch = within_budget(vec![(1, 100 * mb), (2, mb), (3, usize::MAX)]);
+        assert_eq!(batch, vec![(1, false), (2, true), (3, false)]);
+        assert_eq!(within_budget(vec![(1, 20 * mb)]), vec![(1, false)]);
+    }
+
+    #[test]
     fn a_maildir_message_is_taken_once_and_keeps_its_flags() {
         let dir = std::env::temp_dir().join(format!("pexper-maildir-{}", uuid::Uuid::new_v4()));
         for sub in ["new", "cur", "tmp"] {
@@ -470,12 +557,16 @@ mod tests {
         std::fs::write(dir.join("new/1.a.host"), b"Subject: one\r\n\r\nhi").expect("write");
         std::fs::write(dir.join("cur/2.b.host:2,F"), b"Subject: two\r\n\r\nhi").expect("write");
         std::fs::write(dir.join("cur/0.c.host:2,S"), b"Subject: old\r\n\r\nhi").expect("write");
-        let found = maildir_untaken(&dir, 10).expect("reads");
+        let found = maildir_untaken(&dir, 10, &HashSet::new()).expect("reads");
         let ids: Vec<&str> = found.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["new/1.a.host", "cur/2.b.host:2,F"]);
         assert!(found.iter().all(|m| m.whole));
         maildir_mark_taken(&dir, &[found[0].id.clone(), found[1].id.clone()]).expect("marks");
-        assert!(maildir_untaken(&dir, 10).expect("reads").is_empty());
+        assert!(
+            maildir_untaken(&dir, 10, &HashSet::new())
+                .expect("reads")
+                .is_empty()
+        );
         assert!(dir.join("cur/1.a.host:2,S").exists());
         assert!(dir.join("cur/2.b.host:2,FS").exists());
         assert!(maildir_mark_taken(&dir, &["../../etc/passwd".into()]).is_err());

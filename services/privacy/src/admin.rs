@@ -112,6 +112,11 @@ pub struct Row {
     /// Whole days until due (negative: overdue); `None` once closed.
     pub days_left: Option<i64>,
     pub overdue: bool,
+    /// A letter to privacy@ whose sender's domain failed DMARC at our receiving server: the
+    /// `From` may be forged (the emailed link proves the address either way). Absent for
+    /// requests that came otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dmarc_failed: Option<bool>,
     #[serde(skip)]
     pub person_id: Option<PersonId>,
 }
@@ -121,6 +126,8 @@ const SELECT: &str = "
            CASE WHEN status IN ('received', 'verified', 'processing')
                 THEN floor(extract(epoch FROM due_at - now()) / 86400)::bigint END AS days_left,
            status IN ('received', 'verified', 'processing') AND due_at < now() AS overdue,
+           (SELECT bool_or(l.dmarc_failed) FROM privacy_letter l
+            WHERE l.request_id = privacy_request.id) AS dmarc_failed,
            person_id
     FROM privacy_request";
 

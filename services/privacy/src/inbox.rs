@@ -35,6 +35,15 @@ pub enum Taken {
     NoSender,
 }
 
+impl Taken {
+    /// Whether a person still has to read the message in the mailbox (it is left unread
+    /// there): a letter with no address to answer, and our own mail come back (the
+    /// operator's notices go to privacy@ too).
+    pub fn for_a_person(self) -> bool {
+        matches!(self, Taken::NoSender | Taken::NotALetter(NotALetter::Ours))
+    }
+}
+
 /// Takes one message in. `whole` is false when the reader took only its headers (a message
 /// over its size limit): it becomes an `unclassified` request for the operator. `our_domain`
 /// is the domain we send from.
@@ -85,15 +94,19 @@ pub async fn take_in(
     };
     let person = person::find_or_create(conn, keyring, &email).await?;
     if let Some(request) = replied_request(conn, &letter, person, our_domain).await? {
-        add_reply(conn, keyring, request, person, &letter).await?;
+        let whole = add_reply(conn, keyring, request, person, &letter).await?;
         link(conn, &letter, request, None).await?;
         jobs::enqueue(
             conn,
             operator_notice(
                 "A reply about a privacy request",
                 vec![
-                    format!("Request {request} got a reply by email; its words are added to the request's details."),
-                    format!("Read it: pexper-admin privacy show {request} --reason \"…\""),
+                    if whole {
+                        format!("Request {request} got a reply by email from its person's address (DMARC passed); its words are added to the request's details.")
+                    } else {
+                        format!("Request {request} got a reply by email from its person's address (DMARC passed), too long to add to the request's details whole: read it in the privacy@ mailbox.")
+                    },
+                    format!("Read it: pexper-admin privacy show {request}"),
                 ],
             ),
         )
@@ -122,9 +135,15 @@ pub async fn take_in(
     let key = person::data_key(conn, keyring, person)
         .await?
         .context("the person vanished")?;
+    // The subject is quoted back only when our server found the sender's domain authentic:
+    // otherwise anyone could make us send their words, signed by our domain, to anyone.
     let reply = ReplyTo {
         message_id: letter.message_id.clone(),
-        subject: letter.subject.clone(),
+        subject: if letter.dmarc_passed {
+            letter.subject.clone()
+        } else {
+            String::new()
+        },
     };
     let sealed = key.seal(reply_field(id), &serde_json::to_vec(&reply)?);
     link(conn, &letter, id, Some(sealed)).await?;
@@ -135,7 +154,7 @@ pub async fn take_in(
                 "A privacy request to classify",
                 vec![
                     format!("Request {id} arrived by email, and the right it asks for was not clear. It is on the clock like any other."),
-                    format!("Read it: pexper-admin privacy show {id} --reason \"classify\""),
+                    format!("Read it: pexper-admin privacy show {id}"),
                     format!("Then: pexper-admin privacy classify {id} --kind access|portability|deletion|correction|restriction|objection|opt_out_of_sale"),
                 ],
             ),
@@ -161,15 +180,19 @@ async fn link(
     Ok(())
 }
 
-/// The person's latest open request, when the letter answers mail we sent them: a reply to
-/// our acknowledgement is about that request, not a new one. A reply when nothing of theirs
-/// is open is a new letter.
+/// The person's latest open request, when the letter answers privacy mail we sent them and
+/// our server found its `From` authentic (DMARC passed: our Message-IDs are no secret, and
+/// anyone can write any `From`): a reply to our acknowledgement is about that request, not a
+/// new one. Otherwise, or when nothing of theirs is open, it is a new letter.
 async fn replied_request(
     conn: &mut PgConnection,
     letter: &Letter,
     person: PersonId,
     our_domain: &str,
 ) -> anyhow::Result<Option<PrivacyRequestId>> {
+    if !letter.dmarc_passed {
+        return Ok(None);
+    }
     let ours: Vec<String> = letter
         .replies_to
         .iter()
@@ -185,7 +208,8 @@ async fn replied_request(
     sqlx::query_scalar(
         "SELECT r.id FROM privacy_request r
          WHERE r.person_id = $1 AND r.status IN ('received', 'verified', 'processing')
-           AND EXISTS (SELECT 1 FROM email_event e WHERE e.person_id = $1 AND e.message_id = ANY($2))
+           AND EXISTS (SELECT 1 FROM email_event e
+                       WHERE e.person_id = $1 AND e.message_id = ANY($2) AND e.template LIKE 'privacy-%')
          ORDER BY r.received_at DESC LIMIT 1",
     )
     .bind(person)
@@ -196,14 +220,14 @@ async fn replied_request(
 }
 
 /// Appends a reply's words to its request's details (sealed under the person's key, as the
-/// letter was), up to twice a letter's length in all.
+/// letter was), up to twice a letter's length in all; false when they did not fit whole.
 async fn add_reply(
     conn: &mut PgConnection,
     keyring: &Keyring,
     request: PrivacyRequestId,
     person: PersonId,
     letter: &Letter,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let key = person::data_key(conn, keyring, person)
         .await?
         .context("the person vanished")?;
@@ -222,6 +246,7 @@ async fn add_reply(
         .date();
     details.push_str(&format!("\n\n--- Their reply, received {at} ---\n"));
     details.push_str(&letter.text);
+    let whole = details.chars().count() <= 2 * letter::MAX_TEXT;
     let details: String = details.chars().take(2 * letter::MAX_TEXT).collect();
     sqlx::query("UPDATE privacy_request SET details_sealed = $2, updated_at = now() WHERE id = $1")
         .bind(request)
@@ -229,5 +254,5 @@ async fn add_reply(
         .execute(conn)
         .await
         .context("failed to add a reply to its request")?;
-    Ok(())
+    Ok(whole)
 }

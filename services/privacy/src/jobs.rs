@@ -175,17 +175,8 @@ async fn received_mail(
         return Ok(());
     };
     match letter_reply(&platform, &mut conn, request_id, person, &email).await? {
-        Some((reply, threading)) => {
-            mail::send_template(
-                &platform,
-                &mut conn,
-                job,
-                Some(person),
-                to,
-                &reply,
-                threading,
-            )
-            .await
+        Some((reply, headers)) => {
+            mail::send_template(&platform, &mut conn, job, Some(person), to, &reply, headers).await
         }
         None => {
             mail::send_template(&platform, &mut conn, job, Some(person), to, &email, vec![]).await
@@ -231,10 +222,10 @@ async fn letter_reply(
         verify_url: ack.verify_url.clone(),
         verify_by: ack.verify_by.clone(),
     };
-    Ok(Some((
-        reply,
-        reply::threading(letter.message_id.as_deref()),
-    )))
+    // An automatic answer (RFC 3834): other responders must not answer it, so no loop.
+    let mut headers = reply::threading(letter.message_id.as_deref());
+    headers.push(("Auto-Submitted", "auto-replied".to_owned()));
+    Ok(Some((reply, headers)))
 }
 
 async fn received_held_mail(

@@ -23,8 +23,10 @@ pub const MAX_TEXT: usize = 20_000;
 /// A person's letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Letter {
-    /// What makes a letter delivered or read twice the same letter: its Message-ID, or the
-    /// hash of the whole message when it has none.
+    /// What makes a letter delivered or read twice the same letter: the hash of its
+    /// Message-ID with its sender and its text (so someone who learns a letter's Message-ID
+    /// cannot make the real letter look like one read before), or of the whole message when
+    /// it has no Message-ID.
     pub key: [u8; 32],
     /// Its Message-ID (without `<>`), for the acknowledgement's `In-Reply-To` and `References`.
     pub message_id: Option<String>,
@@ -35,6 +37,9 @@ pub struct Letter {
     pub from: Option<String>,
     /// The receiving server's DMARC check failed for the sender's domain: taken in, marked.
     pub dmarc_failed: bool,
+    /// The receiving server's DMARC check passed: the `From` is the sender's own, so we may
+    /// quote its subject back and take it as the person's reply.
+    pub dmarc_passed: bool,
     /// When the receiving server took it (its topmost `Received`); `None` if it wrote none.
     pub received_at: Option<OffsetDateTime>,
     pub subject: String,
@@ -113,6 +118,7 @@ pub fn read(raw: &[u8], our_domain: &str) -> Result<Letter, NotALetter> {
             replies_to: Vec::new(),
             from: None,
             dmarc_failed: false,
+            dmarc_passed: false,
             received_at: None,
             subject: String::new(),
             text: truncated(&String::from_utf8_lossy(raw)),
@@ -126,9 +132,19 @@ pub fn read(raw: &[u8], our_domain: &str) -> Result<Letter, NotALetter> {
     let subject = message.subject().unwrap_or_default().trim().to_owned();
     let text = truncated(&body(&message));
     let (kind, language) = classify(&subject, &text);
+    let from = message
+        .from()
+        .and_then(|f| f.first())
+        .and_then(|a| a.address())
+        .map(str::to_owned);
+    let dmarc = dmarc_verdict(&message);
     Ok(Letter {
         key: match message.message_id() {
-            Some(id) => sha256(id.as_bytes()),
+            Some(id) => sha256(
+                [id, from.as_deref().unwrap_or_default(), &text]
+                    .join("\0")
+                    .as_bytes(),
+            ),
             None => key,
         },
         message_id: message.message_id().map(str::to_owned),
@@ -138,12 +154,9 @@ pub fn read(raw: &[u8], our_domain: &str) -> Result<Letter, NotALetter> {
             .flatten()
             .map(|id| id.trim_matches(['<', '>', ' ']).to_owned())
             .collect(),
-        from: message
-            .from()
-            .and_then(|f| f.first())
-            .and_then(|a| a.address())
-            .map(str::to_owned),
-        dmarc_failed: dmarc_failed(&message),
+        from,
+        dmarc_failed: dmarc.as_deref() == Some("fail"),
+        dmarc_passed: dmarc.as_deref() == Some("pass"),
         received_at: received_at(&message),
         subject,
         text,
@@ -203,11 +216,20 @@ fn not_a_letter(message: &Message<'_>, our_domain: &str) -> Option<NotALetter> {
     None
 }
 
-/// The topmost `Authentication-Results` (the receiving server's own) says DMARC failed.
-fn dmarc_failed(message: &Message<'_>) -> bool {
-    headers(message, "Authentication-Results")
-        .first()
-        .is_some_and(|v| v.to_ascii_lowercase().contains("dmarc=fail"))
+/// The DMARC verdict (`pass`, `fail`, `none`, …) in the topmost `Authentication-Results`,
+/// the receiving server's own; `None` when it gives none.
+fn dmarc_verdict(message: &Message<'_>) -> Option<String> {
+    let value = headers(message, "Authentication-Results")
+        .into_iter()
+        .next()?
+        .to_ascii_lowercase();
+    let (_, after) = value.split_once("dmarc=")?;
+    Some(
+        after
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect(),
+    )
 }
 
 /// The date of the topmost `Received` header: when our receiving server took the letter.
@@ -691,18 +713,42 @@ mod tests {
                 OURS,
             )
             .expect("a letter")
-            .dmarc_failed
         };
-        assert!(verdict(
-            "Authentication-Results: mail.pexper.com; dmarc=fail (p=reject) header.from=example.net"
-        ));
-        // A sender cannot clear its own failure with a header of its own, lower down.
-        assert!(verdict(
-            "Authentication-Results: mail.pexper.com; dmarc=fail\r\nAuthentication-Results: forged; dmarc=pass"
-        ));
-        assert!(!verdict(
-            "Authentication-Results: mail.pexper.com; dmarc=pass\r\nAuthentication-Results: forged; dmarc=fail"
-        ));
+        let failed = |results: &str| {
+            let letter = verdict(results);
+            assert!(!(letter.dmarc_failed && letter.dmarc_passed));
+            (letter.dmarc_failed, letter.dmarc_passed)
+        };
+        assert_eq!(
+            failed(
+                "Authentication-Results: mail.pexper.com; dmarc=fail (p=reject) header.from=example.net"
+            ),
+            (true, false)
+        );
+        // A sender cannot clear its own failure with a header of its own, lower down, nor
+        // pass where our server said nothing.
+        assert_eq!(
+            failed(
+                "Authentication-Results: mail.pexper.com; dmarc=fail\r\nAuthentication-Results: forged; dmarc=pass"
+            ),
+            (true, false)
+        );
+        assert_eq!(
+            failed(
+                "Authentication-Results: mail.pexper.com; dkim=pass\r\nAuthentication-Results: forged; dmarc=pass"
+            ),
+            (false, false)
+        );
+        assert_eq!(
+            failed(
+                "Authentication-Results: mail.pexper.com; dmarc=pass\r\nAuthentication-Results: forged; dmarc=fail"
+            ),
+            (false, true)
+        );
+        assert_eq!(
+            failed("Authentication-Results: mail.pexper.com; dmarc=passed-not"),
+            (false, false)
+        );
     }
 
     #[test]
@@ -723,6 +769,25 @@ mod tests {
             read(&one, OURS).expect("a letter").key,
             read(&again, OURS).expect("a letter").key
         );
+        // Someone who learned the Message-ID cannot make another letter look like it.
+        let impostor = mail(
+            &format!(
+                "{RECEIVED}\r\nFrom: mallory@example.org\r\nMessage-ID: <same@example.net>\r\nSubject: delete"
+            ),
+            "x",
+        );
+        let other_words = mail(
+            &format!(
+                "{RECEIVED}\r\nFrom: ann@example.net\r\nMessage-ID: <same@example.net>\r\nSubject: delete"
+            ),
+            "y",
+        );
+        for different in [impostor, other_words] {
+            assert_ne!(
+                read(&one, OURS).expect("a letter").key,
+                read(&different, OURS).expect("a letter").key
+            );
+        }
         let anonymous = mail(
             &format!("{RECEIVED}\r\nFrom: ann@example.net\r\nSubject: delete"),
             "x",

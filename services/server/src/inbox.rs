@@ -6,7 +6,10 @@
 //! Messages are taken in batches: a batch's messages are committed in one transaction (each
 //! under a savepoint of its own, so one that fails is left for the next run and the rest go
 //! on), and only then marked taken in the mailbox. A crash between the two reads the batch
-//! again, and each message's key (`privacy_letter`, `mail_report`) makes it the same.
+//! again, and each message's key (`privacy_letter`, `mail_report`) makes it the same. A
+//! message a person still has to read (no sender, too large, our own notices) is marked
+//! taken but left unread. A run reads each message once, even from a mailbox that forgets
+//! its marks, and a mailbox that fails does not stop the other from being read.
 
 use pexper_platform::crypto::Keyring;
 use pexper_platform::jobs::{BackgroundJob, Job, JobError, JobRegistry, NewJob};
@@ -122,18 +125,32 @@ pub async fn read_once(
             .domain()
             .to_owned(),
     };
+    let mut failed = None;
     for (url, which) in [
         (&config.privacy_mailbox, Which::Letters),
         (&config.bounce_mailbox, Which::Bounces),
     ] {
         if let Some(url) = url {
-            let mut mailbox = Mailbox::open(url, &config.imap).await?;
-            let result = drain(&reader, &mut mailbox, which, &mut run).await;
-            mailbox.close().await;
-            result?;
+            let result = match Mailbox::open(url, &config.imap).await {
+                Ok(mut mailbox) => {
+                    let result = drain(&reader, &mut mailbox, which, &mut run).await;
+                    mailbox.close().await;
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                failed.get_or_insert(e.context(match which {
+                    Which::Letters => "reading the privacy@ mailbox failed",
+                    Which::Bounces => "reading the bounce mailbox failed",
+                }));
+            }
         }
     }
-    Ok(run)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(run),
+    }
 }
 
 async fn drain(
@@ -142,27 +159,28 @@ async fn drain(
     which: Which,
     run: &mut InboxRun,
 ) -> anyhow::Result<()> {
-    // Messages that failed this run stay untaken: asked for again, they are skipped until
-    // the next run, so one bad message cannot hold the rest up or spin this loop.
-    let mut failed: std::collections::HashSet<String> = Default::default();
+    // Every message read this run, taken or failed, is not read again until the next run:
+    // one that fails stays in the mailbox without holding the rest up, and a mailbox that
+    // forgets a mark cannot spin this loop.
+    let mut read: std::collections::HashSet<String> = Default::default();
     loop {
-        let batch: Vec<Incoming> = mailbox
-            .untaken(BATCH + failed.len())
-            .await?
-            .into_iter()
-            .filter(|m| !failed.contains(&m.id))
-            .collect();
+        let batch: Vec<Incoming> = mailbox.untaken(BATCH, &read).await?;
         if batch.is_empty() {
             return Ok(());
         }
-        let mut taken = Vec::with_capacity(batch.len());
+        read.extend(batch.iter().map(|m| m.id.clone()));
+        let (mut done, mut for_a_person) = (Vec::new(), Vec::new());
         let mut tx = reader.pool.begin().await?;
         for message in &batch {
             let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
             match take(reader, &mut savepoint, message, which, run).await {
-                Ok(()) => {
+                Ok(person_reads) => {
                     savepoint.commit().await?;
-                    taken.push(message.id.clone());
+                    if person_reads || !message.whole {
+                        for_a_person.push(message.id.clone());
+                    } else {
+                        done.push(message.id.clone());
+                    }
                 }
                 Err(e) => {
                     savepoint.rollback().await?;
@@ -171,22 +189,23 @@ async fn drain(
                         Which::Letters => run.letters.failed += 1,
                         Which::Bounces => run.bounces.failed += 1,
                     }
-                    failed.insert(message.id.clone());
                 }
             }
         }
         tx.commit().await?;
-        mailbox.mark_taken(&taken).await?;
+        mailbox.mark_taken(&done, true).await?;
+        mailbox.mark_taken(&for_a_person, false).await?;
     }
 }
 
+/// Takes one message in; true when a person still has to read it in the mailbox.
 async fn take(
     reader: &Reader<'_>,
     conn: &mut PgConnection,
     message: &Incoming,
     which: Which,
     run: &mut InboxRun,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let (keyring, domain) = (reader.keyring, reader.domain.as_str());
     match which {
         Which::Letters => {
@@ -195,6 +214,7 @@ async fn take(
                     .await?;
             let letters = &mut run.letters;
             letters.messages += 1;
+            let person_reads = taken.for_a_person();
             match taken {
                 Taken::Request(_, kind) => {
                     letters.requests += 1;
@@ -207,12 +227,13 @@ async fn take(
                 Taken::NotALetter(_) => letters.not_letters += 1,
                 Taken::NoSender => letters.no_sender += 1,
             }
+            Ok(person_reads)
         }
         Which::Bounces => {
             take_bounce(conn, keyring, domain, &message.raw, &mut run.bounces).await?;
+            Ok(false)
         }
     }
-    Ok(())
 }
 
 /// Applies one message from the bounce mailbox, in the caller's transaction: a complaint
