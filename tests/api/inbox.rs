@@ -374,14 +374,38 @@ async fn strangers_letters_neither_hide_nor_join_a_persons_request_nor_put_words
         "privacy",
         b"Subject: hello\r\nMessage-ID: <x-10@example.org>\r\n\r\nI want my data deleted.\r\n",
     );
+    // A letter too large to read whole (an attachment of 3 MiB), and one in a charset nobody
+    // knows: requests for the operator, never a crash or a silent skip.
+    dovecot.deliver(
+        "privacy",
+        &letter(
+            now,
+            "From: carol@example.org\r\nSubject: Delete my data\r\nMessage-ID: <big-12@example.org>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8",
+            &"attachment ".repeat(300_000),
+        ),
+    );
+    dovecot.deliver(
+        "privacy",
+        &letter(
+            now,
+            "From: dave@example.org\r\nSubject: =?x-unknown-42?Q?=E9=FF?=\r\nMessage-ID: <odd-13@example.org>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=x-unknown-42\r\n\
+             Content-Transfer-Encoding: quoted-printable",
+            "=E9=FF=FE =C0=C1",
+        ),
+    );
     let run = inbox(&vars);
-    assert_eq!(run["letters"]["requests"], 3, "{run}");
+    assert_eq!(run["letters"]["requests"], 5, "{run}");
+    assert_eq!(run["letters"]["unclassified"], 2, "{run}");
     assert_eq!(run["letters"]["not_letters"], 1, "{run}");
     assert_eq!(run["letters"]["no_sender"], 1, "{run}");
-    assert_eq!(dovecot.seen_and_unseen("privacy"), (3, 2));
+    // Left unread for a person: our notice, the one with no sender, the one too large.
+    assert_eq!(dovecot.seen_and_unseen("privacy"), (4, 3));
 
-    // Three acknowledgements and the notice about the message with no sender.
-    let mail = replicas.smtp.wait_for(4, WAIT).await;
+    // Five acknowledgements, the notice about the message with no sender, and two about
+    // the requests to classify.
+    let mail = replicas.smtp.wait_for(8, WAIT).await;
     let to_ada: Vec<String> = mail
         .iter()
         .filter(|m| m.to.iter().any(|t| t.contains("ada@")))
@@ -437,6 +461,6 @@ async fn strangers_letters_neither_hide_nor_join_a_persons_request_nor_put_words
     );
     assert_eq!(
         count(&pool, "SELECT count(*) FROM privacy_request").await,
-        4
+        6
     );
 }
