@@ -10,7 +10,8 @@ ALTER TABLE privacy_request ADD CONSTRAINT privacy_request_kind_check
 -- One row per letter ever taken in, so a letter read twice (delivered twice, or read again
 -- after a crash between the commit and the mailbox's `\Seen`) is the same request.
 CREATE TABLE privacy_letter (
-    -- SHA-256 of the letter's Message-ID, or of the whole message when it has none.
+    -- SHA-256 of the letter's Message-ID with its sender and words, or of the whole message
+    -- when it has no Message-ID.
     key           bytea PRIMARY KEY,
     -- The request it became; NULL when it became none (a reply to our acknowledgement, a
     -- letter with no address to answer) or once that request is deleted.

@@ -761,7 +761,8 @@ async fn the_other_emails(app: &TestApp) {
     // A letter to privacy@, in German: answered as a reply, in German.
     let read = crate::inbox::read_letter(
         app,
-        "From: brief@example.de\r\nTo: privacy@pexper.com\r\nSubject: Bitte meine Daten loeschen\r\n\
+        "Authentication-Results: mx.pexper.com; dmarc=pass header.from=example.de\r\n\
+         From: brief@example.de\r\nTo: privacy@pexper.com\r\nSubject: Bitte meine Daten loeschen\r\n\
          Message-ID: <brief@example.de>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
          Bitte l\u{f6}schen Sie mein Konto und alle meine Daten.\r\n",
     );

@@ -511,12 +511,12 @@ async fn bounces_and_complaints_suppress_what_they_should_and_a_second_read_chan
     assert_eq!(
         read(&app),
         json!({"messages": 4, "not_reports": 1, "already_seen": 0, "unmatched": 0,
-               "hard_bounces": 1, "soft_bounces": 1, "complaints": 1})
+               "hard_bounces": 1, "soft_bounces": 1, "complaints": 1, "failed": 0})
     );
     assert_eq!(
         read(&app),
         json!({"messages": 4, "not_reports": 1, "already_seen": 3, "unmatched": 0,
-               "hard_bounces": 0, "soft_bounces": 0, "complaints": 0}),
+               "hard_bounces": 0, "soft_bounces": 0, "complaints": 0, "failed": 0}),
         "a second read of the same mailbox changes nothing"
     );
     let reasons: Vec<(String, i64)> = sqlx::query_as(
@@ -641,7 +641,7 @@ async fn a_forged_bounce_report_silences_nobody_and_an_operator_can_lift_a_real_
     assert_eq!(
         read(&forged),
         json!({"messages": 3, "not_reports": 0, "already_seen": 0, "unmatched": 3,
-               "hard_bounces": 0, "soft_bounces": 0, "complaints": 0})
+               "hard_bounces": 0, "soft_bounces": 0, "complaints": 0, "failed": 0})
     );
     assert_eq!(app.count("email_suppression").await, 0);
     // A complaint that names the victim's message by its Message-ID alone (a mailbox

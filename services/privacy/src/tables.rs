@@ -51,8 +51,8 @@ pub const TABLES: &[Table] = &[
         purpose: "letters to privacy@ taken in, each once: the same letter read again is the same request",
         columns: &[
             Column::personal("key", Identifier)
-                .kept("a hash of the letter's Message-ID: only tells a letter read again from a new one")
-                .not_exported("a hash of the letter's Message-ID, which says nothing"),
+                .kept("a hash of the letter's Message-ID, sender and words: only tells a letter read again from a new one")
+                .not_exported("a hash of the letter's Message-ID, sender and words, which says nothing"),
             Column::personal("request_id", Identifier).kept(RECEIPT),
             Column::personal("dmarc_failed", Activity).kept(RECEIPT),
             Column::personal("language", Preference).kept(RECEIPT),
