@@ -17,6 +17,7 @@ mod http;
 mod inbox;
 mod kubernetes;
 mod mail;
+mod metrics;
 mod payments;
 mod privacy;
 mod product_email;

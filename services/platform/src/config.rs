@@ -109,6 +109,9 @@ pub struct Config {
     /// read at each login so a rotated file is picked up) and whom to trust
     /// (`PEXPER_IMAP_CA_FILE`, besides the public roots).
     pub imap: crate::mailbox::Credentials,
+    /// Where `/metrics` is served (`PEXPER_METRICS_ADDR`), on a listener of its own that the
+    /// public one never routes to; unset: no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The fixed Stripe secret used in development, so that `stripe listen` or a test can sign.
@@ -272,6 +275,12 @@ impl Config {
             mail_per_second,
             waitlist_thank_you_url: get("PEXPER_WAITLIST_THANK_YOU_URL").map(str::to_owned),
             postal_address: get("PEXPER_POSTAL_ADDRESS").map(str::to_owned),
+            metrics_addr: get("PEXPER_METRICS_ADDR")
+                .map(|addr| {
+                    addr.parse()
+                        .context("PEXPER_METRICS_ADDR must be an address like 127.0.0.1:9090")
+                })
+                .transpose()?,
             privacy_mailbox: get("PEXPER_PRIVACY_IMAP_URL")
                 .map(|url| MailboxUrl::parse("PEXPER_PRIVACY_IMAP_URL", url))
                 .transpose()?,

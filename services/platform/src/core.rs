@@ -33,6 +33,32 @@ impl Service for Core {
         Some(Arc::new(EmailRecords::new(config)))
     }
 
+    /// The job queue, as the database holds it (every replica reports the same figures).
+    fn gauges(&self) -> Vec<crate::metrics::GaugeQuery> {
+        use crate::metrics::GaugeQuery;
+        vec![
+            GaugeQuery {
+                name: "jobs",
+                help: "Jobs in the queue by kind and state: ready (due now), scheduled (due later), retrying (failed before, due later), running, dead (given up on)",
+                labels: &["kind", "state"],
+                sql: "SELECT kind,
+                             CASE WHEN status = 'queued' AND run_at <= now() THEN 'ready'
+                                  WHEN status = 'queued' AND attempts > 0 THEN 'retrying'
+                                  WHEN status = 'queued' THEN 'scheduled'
+                                  ELSE status END,
+                             count(*)::float8
+                      FROM job GROUP BY 1, 2",
+            },
+            GaugeQuery {
+                name: "jobs_oldest_ready_age_seconds",
+                help: "How long the oldest job due now has waited (0 when none is due)",
+                labels: &[],
+                sql: "SELECT coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8
+                      FROM job WHERE status = 'queued' AND run_at <= now()",
+            },
+        ]
+    }
+
     fn tables(&self) -> &'static [crate::data_map::Table] {
         crate::data_map::PLATFORM
     }

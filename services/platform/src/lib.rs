@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod keys;
 pub mod mail;
 pub mod mailbox;
+pub mod metrics;
 pub mod outage;
 pub mod person;
 pub mod personal_data;

@@ -42,6 +42,8 @@ pub struct Inner {
     pub foreground: crate::jobs::Foreground,
     /// What `/readyz` last saw.
     pub readiness: crate::outage::Readiness,
+    /// What this process counts as it runs (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Platform {
@@ -79,6 +81,7 @@ impl Platform {
                 job_wake: crate::jobs::Wake::default(),
                 foreground: crate::jobs::Foreground::default(),
                 readiness: crate::outage::Readiness::default(),
+                metrics: crate::metrics::Metrics::new(),
             }),
             pool,
         })
@@ -157,6 +160,11 @@ pub trait Service: Send + Sync {
     /// `WorkerOptions::recurring_every` with its kind as the dedupe key, so however many
     /// replicas run, at most one of each is waiting; they must be idempotent.
     fn recurring(&self) -> Vec<NewJob> {
+        Vec::new()
+    }
+
+    /// Gauges read from the database at each scrape of `/metrics` (`metrics::GaugeQuery`).
+    fn gauges(&self) -> Vec<crate::metrics::GaugeQuery> {
         Vec::new()
     }
 

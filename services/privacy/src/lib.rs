@@ -82,6 +82,35 @@ impl Service for Privacy {
         vec![NewJob::new(&jobs::Sweep {})]
     }
 
+    /// The open requests and how close the earliest is to its due date: what the policy's
+    /// "within 30 days" needs watched.
+    fn gauges(&self) -> Vec<pexper_platform::metrics::GaugeQuery> {
+        use pexper_platform::metrics::GaugeQuery;
+        vec![
+            GaugeQuery {
+                name: "privacy_requests_open",
+                help: "Open privacy requests by kind and status",
+                labels: &["kind", "status"],
+                sql: "SELECT kind, status, count(*)::float8 FROM privacy_request
+                      WHERE status IN ('received', 'verified', 'processing') GROUP BY 1, 2",
+            },
+            GaugeQuery {
+                name: "privacy_requests_overdue",
+                help: "Open privacy requests past their due date",
+                labels: &[],
+                sql: "SELECT count(*)::float8 FROM privacy_request
+                      WHERE status IN ('received', 'verified', 'processing') AND due_at < now()",
+            },
+            GaugeQuery {
+                name: "privacy_earliest_due_seconds",
+                help: "Seconds until the earliest open privacy request is due (negative: overdue); absent when none is open",
+                labels: &[],
+                sql: "SELECT extract(epoch FROM min(due_at) - now())::float8 FROM privacy_request
+                      WHERE status IN ('received', 'verified', 'processing')",
+            },
+        ]
+    }
+
     fn personal_data(&self, _config: &Config) -> Option<Arc<dyn DynPersonalData>> {
         Some(Arc::new(personal::PrivacyData))
     }

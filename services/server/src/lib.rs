@@ -116,6 +116,32 @@ async fn schedule(
     }
 }
 
+/// Serves `GET /metrics` on a listener of its own (`PEXPER_METRICS_ADDR`) until shutdown: the
+/// process's metrics and the services' database gauges, read at each scrape.
+async fn serve_metrics(
+    listener: TcpListener,
+    platform: Platform,
+    gauges: Vec<pexper_platform::metrics::GaugeQuery>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use pexper_platform::metrics::{CONTENT_TYPE, DatabaseGauges, scrape};
+    let gauges = Arc::new(DatabaseGauges::new(gauges));
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (platform, gauges) = (platform.clone(), gauges.clone());
+            async move {
+                let body = scrape(&platform.metrics, &gauges, &platform.pool).await;
+                ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body)
+            }
+        }),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(pexper_platform::shutdown::requested(shutdown))
+        .await
+        .context("the metrics listener failed")
+}
+
 /// TLS terminated by the server itself.
 struct Tls {
     files: TlsFiles,
@@ -270,6 +296,18 @@ pub async fn launch(
         })
     };
 
+    let metrics = match platform.config.metrics_addr {
+        Some(addr) => Some(tokio::spawn(serve_metrics(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("failed to listen on PEXPER_METRICS_ADDR {addr}"))?,
+            platform.clone(),
+            services.iter().flat_map(|s| s.gauges()).collect(),
+            shutdown.clone(),
+        ))),
+        None => None,
+    };
+
     let make_service = app
         .router
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -290,6 +328,9 @@ pub async fn launch(
 
     worker_task.await.context("the job worker panicked")?;
     heartbeat.await.context("the heartbeat panicked")?;
+    if let Some(metrics) = metrics {
+        metrics.await.context("the metrics listener panicked")??;
+    }
     prune.abort();
     scheduler.abort();
     // Its connections end now, not whenever the last handle is dropped: a restore after a

@@ -296,6 +296,7 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
         )
     });
     let foreground = platform.foreground.clone();
+    let counted = platform.clone();
     let router = router
         .route(
             "/openapi.json",
@@ -356,13 +357,29 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
                     },
                 ),
         )
-        // Counts every request, whatever answers it, for the job worker to give way to.
+        // Counts every request, whatever answers it, for the job worker to give way to and
+        // for `/metrics` (by its route's template, never its URL).
         .layer(axum::middleware::from_fn(
             move |request: Request<axum::body::Body>, next: axum::middleware::Next| {
                 let in_flight = foreground.enter();
+                let platform = counted.clone();
                 async move {
+                    let counted_in_flight = platform.metrics.in_flight();
+                    let started = std::time::Instant::now();
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned());
+                    let method = request.method().clone();
                     let response = next.run(request).await;
                     drop(in_flight);
+                    drop(counted_in_flight);
+                    platform.metrics.answered(
+                        route.as_deref(),
+                        &method,
+                        response.status(),
+                        started.elapsed(),
+                    );
                     response
                 }
             },

@@ -442,6 +442,9 @@ async fn deliver(
     }
     if class != MailClass::Operator && !class.allows(reason) {
         tracing::info!(template, reason = ?reason, "not sent: the address is suppressed");
+        if let Some(reason) = reason {
+            platform.metrics.mail_not_sent(reason.as_str());
+        }
         return Ok(());
     }
     // A restriction of processing stops what is not needed: product email.
@@ -450,9 +453,14 @@ async fn deliver(
         && !crate::person::may_process(conn, person, crate::person::Purpose::ProductEmail).await?
     {
         tracing::info!(template, "not sent: processing is restricted");
+        platform.metrics.mail_not_sent("restricted");
         return Ok(());
     }
-    platform.mailer.send(&platform.mail_from, &email).await?;
+    if let Err(e) = platform.mailer.send(&platform.mail_from, &email).await {
+        platform.metrics.mail_failed(template, e.permanent);
+        return Err(e.into());
+    }
+    platform.metrics.mail_sent(template);
     if let Some(person) = person {
         sqlx::query(
             "INSERT INTO email_event (id, person_id, template, message_id) VALUES ($1, $2, $3, $4)

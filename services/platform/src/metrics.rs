@@ -1,0 +1,386 @@
+//! Prometheus metrics (issue 30), in the OpenMetrics text format, with `prometheus-client`:
+//! what the process counts as it runs (`Metrics`: HTTP requests, email), and what the
+//! database says when scraped (`DatabaseGauges`: each service's `GaugeQuery`s, such as the
+//! job queue and the privacy requests' due dates). The server serves both on a listener of
+//! its own (`PEXPER_METRICS_ADDR`), never on the public one.
+//!
+//! No label carries personal data or grows without bound: a route is its template (never the
+//! URL), a status is its class, a method is one of the standard ones, and every other label
+//! value is a name from the code (a template, a job kind, a request kind or status).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{Method, StatusCode};
+use prometheus_client::encoding::{EncodeLabelSet, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use sqlx::{PgPool, Row};
+
+/// The content type of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: &'static str,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TemplateLabels {
+    template: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    template: &'static str,
+    /// `permanent` (an SMTP 5xx reply) or `transient` (4xx, network, TLS, timeout).
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// What this process counts as it runs.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RouteLabels, Histogram>,
+    in_flight: Gauge,
+    mail_sent: Family<TemplateLabels, Counter>,
+    mail_failed: Family<FailureLabels, Counter>,
+    mail_not_sent: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pexper");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status class",
+            requests.clone(),
+        );
+        let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+            ])
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "How long HTTP requests took to answer, by route template",
+            request_seconds.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being answered now",
+            in_flight.clone(),
+        );
+        let mail_sent = Family::<TemplateLabels, Counter>::default();
+        registry.register(
+            "mail_sent",
+            "Emails the relay accepted, by template",
+            mail_sent.clone(),
+        );
+        let mail_failed = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "mail_failed",
+            "Emails the relay refused or could not be reached for, by template and class (permanent: an SMTP 5xx reply; transient: anything that may pass on retry)",
+            mail_failed.clone(),
+        );
+        let mail_not_sent = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "mail_not_sent",
+            "Emails not sent because of the suppression list (unsubscribed, bounced, complained) or a restriction of processing (restricted)",
+            mail_not_sent.clone(),
+        );
+        registry.register(
+            "build",
+            "The running build",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: option_env!("PEXPER_GIT_COMMIT").unwrap_or("unknown"),
+            }),
+        );
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            in_flight,
+            mail_sent,
+            mail_failed,
+            mail_not_sent,
+        }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Records an answered request. `route` is the route's template (`None`: no route
+    /// matched, e.g. a 404).
+    pub fn answered(
+        &self,
+        route: Option<&str>,
+        method: &Method,
+        status: StatusCode,
+        took: Duration,
+    ) {
+        let route = route.unwrap_or("unmatched").to_owned();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                method: method_label(method),
+                status: status_class(status),
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn mail_sent(&self, template: &'static str) {
+        self.mail_sent
+            .get_or_create(&TemplateLabels { template })
+            .inc();
+    }
+
+    pub fn mail_failed(&self, template: &'static str, permanent: bool) {
+        let class = if permanent { "permanent" } else { "transient" };
+        self.mail_failed
+            .get_or_create(&FailureLabels { template, class })
+            .inc();
+    }
+
+    /// An email not sent: `reason` is a suppression's reason or `restricted`.
+    pub fn mail_not_sent(&self, reason: &'static str) {
+        self.mail_not_sent
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    fn encode(&self, out: &mut String) -> std::fmt::Result {
+        text::encode_registry(out, &self.registry)
+    }
+}
+
+/// A request in flight (`Metrics::in_flight`).
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A gauge read from the database at each scrape: `sql` returns one row per series, its
+/// label values first (as text, in the order of `labels`), then its value (as a double).
+#[derive(Debug, Clone, Copy)]
+pub struct GaugeQuery {
+    /// Without the `pexper_` prefix.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+    pub sql: &'static str,
+}
+
+type DynamicGauge = Family<Vec<(&'static str, String)>, Gauge<f64, AtomicU64>>;
+
+/// The services' `GaugeQuery`s, read at each scrape.
+#[derive(Debug)]
+pub struct DatabaseGauges {
+    registry: Registry,
+    gauges: Vec<(GaugeQuery, DynamicGauge)>,
+    /// One scrape reads at a time: two would interleave their clearing and setting.
+    refreshing: tokio::sync::Mutex<()>,
+    up: Gauge,
+}
+
+impl DatabaseGauges {
+    pub fn new(queries: Vec<GaugeQuery>) -> Self {
+        let mut registry = Registry::with_prefix("pexper");
+        let up = Gauge::default();
+        registry.register(
+            "database_gauges_up",
+            "1 if the last scrape read the database's gauges, 0 if it could not",
+            up.clone(),
+        );
+        let gauges = queries
+            .into_iter()
+            .map(|query| {
+                let family = DynamicGauge::default();
+                registry.register(query.name, query.help, family.clone());
+                (query, family)
+            })
+            .collect();
+        Self {
+            registry,
+            gauges,
+            refreshing: tokio::sync::Mutex::new(()),
+            up,
+        }
+    }
+
+    /// Reads every gauge from the database in one read-only transaction, each statement
+    /// bounded: a slow database makes a scrape fail its gauges, not hang.
+    async fn refresh(&self, pool: &PgPool) -> anyhow::Result<()> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET TRANSACTION READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SET LOCAL statement_timeout = '5s'")
+            .execute(&mut *tx)
+            .await?;
+        let mut read = Vec::with_capacity(self.gauges.len());
+        for (query, _) in &self.gauges {
+            let rows = sqlx::query(query.sql)
+                .fetch_all(&mut *tx)
+                .await
+                .with_context(|| format!("failed to read the gauge {}", query.name))?;
+            let mut series = Vec::with_capacity(rows.len());
+            for row in rows {
+                let mut labels = Vec::with_capacity(query.labels.len());
+                for (i, name) in query.labels.iter().enumerate() {
+                    labels.push((*name, row.try_get::<String, _>(i)?));
+                }
+                let value: Option<f64> = row.try_get(query.labels.len())?;
+                series.push((labels, value));
+            }
+            read.push(series);
+        }
+        tx.rollback().await?;
+        for ((_, family), series) in self.gauges.iter().zip(read) {
+            family.clear();
+            for (labels, value) in series {
+                if let Some(value) = value {
+                    family.get_or_create(&labels).set(value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&self, out: &mut String) -> std::fmt::Result {
+        text::encode_registry(out, &self.registry)
+    }
+}
+
+/// The body of `/metrics`: the process's metrics and the database's gauges, read now. A
+/// database that cannot be read leaves its gauges out (`pexper_database_gauges_up 0`), and
+/// the process's own metrics are served all the same.
+pub async fn scrape(metrics: &Metrics, gauges: &DatabaseGauges, pool: &PgPool) -> String {
+    let refreshed = {
+        let _one = gauges.refreshing.lock().await;
+        gauges.refresh(pool).await
+    };
+    match refreshed {
+        Ok(()) => {
+            gauges.up.set(1);
+        }
+        Err(e) => {
+            gauges.up.set(0);
+            for (_, family) in &gauges.gauges {
+                family.clear();
+            }
+            tracing::warn!(error = %crate::telemetry::redact(&format!("{e:#}")), "metrics: the database's gauges could not be read");
+        }
+    }
+    let mut out = String::new();
+    // Writing to a String does not fail.
+    let _ = metrics
+        .encode(&mut out)
+        .and_then(|()| gauges.encode(&mut out))
+        .and_then(|()| text::encode_eof(&mut out));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_templates_and_classes_never_what_a_request_carried() {
+        let metrics = Metrics::new();
+        metrics.answered(
+            Some("/v1/waitlist/confirm"),
+            &Method::POST,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Duration::from_millis(3),
+        );
+        metrics.answered(
+            None,
+            &Method::from_bytes(b"BREW").expect("a method"),
+            StatusCode::NOT_FOUND,
+            Duration::from_millis(1),
+        );
+        let mut out = String::new();
+        metrics.encode(&mut out).expect("encodes");
+        assert!(
+            out.contains(
+                r#"pexper_http_requests_total{route="/v1/waitlist/confirm",method="POST",status="4xx"} 1"#
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                r#"pexper_http_requests_total{route="unmatched",method="other",status="4xx"} 1"#
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("BREW"));
+        assert!(out.contains("pexper_build_info{version="));
+    }
+}
