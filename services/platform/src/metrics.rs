@@ -244,10 +244,19 @@ type DynamicGauge = Family<Vec<(&'static str, String)>, Gauge<f64, AtomicU64>>;
 pub struct DatabaseGauges {
     registry: Registry,
     gauges: Vec<(GaugeQuery, DynamicGauge)>,
-    /// One scrape reads at a time: two would interleave their clearing and setting.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One scrape reads and encodes at a time (two would interleave their setting and
+    /// encoding), and a scrape within `FRESH` of the last read serves what it read: scrapers
+    /// at once (a pair of Prometheus servers) cost the database one read.
+    last_read: tokio::sync::Mutex<Option<std::time::Instant>>,
     up: Gauge,
 }
+
+/// How long a read of the database's gauges serves further scrapes.
+const FRESH: Duration = Duration::from_secs(2);
+
+/// The most a scrape waits for the database: under Prometheus's default scrape timeout
+/// (10 s), so a slow database shows as `pexper_database_gauges_up 0`, not as a failed scrape.
+const READ_TIMEOUT: Duration = Duration::from_secs(4);
 
 impl DatabaseGauges {
     pub fn new(queries: Vec<GaugeQuery>) -> Self {
@@ -269,7 +278,7 @@ impl DatabaseGauges {
         Self {
             registry,
             gauges,
-            refreshing: tokio::sync::Mutex::new(()),
+            last_read: tokio::sync::Mutex::new(None),
             up,
         }
     }
@@ -318,25 +327,26 @@ impl DatabaseGauges {
     }
 }
 
-/// The body of `/metrics`: the process's metrics and the database's gauges, read now. A
-/// database that cannot be read leaves its gauges out (`pexper_database_gauges_up 0`), and
-/// the process's own metrics are served all the same.
+/// The body of `/metrics`: the process's metrics and the database's gauges, read now (or
+/// within the last `FRESH`). A database that cannot be read in `READ_TIMEOUT` says so
+/// (`pexper_database_gauges_up 0`) and its gauges keep their last values: an overdue request
+/// must not look answered because the database is slow.
 pub async fn scrape(metrics: &Metrics, gauges: &DatabaseGauges, pool: &PgPool) -> String {
-    let refreshed = {
-        let _one = gauges.refreshing.lock().await;
-        gauges.refresh(pool).await
-    };
-    match refreshed {
-        Ok(()) => {
-            gauges.up.set(1);
-        }
-        Err(e) => {
-            gauges.up.set(0);
-            for (_, family) in &gauges.gauges {
-                family.clear();
+    let mut last_read = gauges.last_read.lock().await;
+    if last_read.is_none_or(|at| at.elapsed() >= FRESH) {
+        let read = tokio::time::timeout(READ_TIMEOUT, gauges.refresh(pool))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the database did not answer in time")));
+        match read {
+            Ok(()) => {
+                gauges.up.set(1);
             }
-            tracing::warn!(error = %crate::telemetry::redact(&format!("{e:#}")), "metrics: the database's gauges could not be read");
+            Err(e) => {
+                gauges.up.set(0);
+                tracing::warn!(error = %crate::telemetry::redact(&format!("{e:#}")), "metrics: the database's gauges could not be read");
+            }
         }
+        *last_read = Some(std::time::Instant::now());
     }
     let mut out = String::new();
     // Writing to a String does not fail.

@@ -136,10 +136,14 @@ async fn serve_metrics(
             }
         }),
     );
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(pexper_platform::shutdown::requested(shutdown))
         .await
-        .context("the metrics listener failed")
+        .context("the metrics listener failed");
+    if let Err(e) = &served {
+        tracing::error!(error = %format!("{e:#}"), "the metrics listener stopped");
+    }
+    served
 }
 
 /// TLS terminated by the server itself.
@@ -251,6 +255,15 @@ pub async fn launch(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = pexper_platform::http::app(platform.clone(), &services, &http);
+    // Bound before anything starts: a port in use stops the start, not a running process.
+    let metrics_listener = match platform.config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("failed to listen on PEXPER_METRICS_ADDR {addr}"))?,
+        ),
+        None => None,
+    };
 
     let concurrency = platform.config.job_concurrency;
     let job_pool = pexper_platform::db::job_pool(&platform.pool, concurrency);
@@ -296,17 +309,14 @@ pub async fn launch(
         })
     };
 
-    let metrics = match platform.config.metrics_addr {
-        Some(addr) => Some(tokio::spawn(serve_metrics(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("failed to listen on PEXPER_METRICS_ADDR {addr}"))?,
+    let metrics = metrics_listener.map(|listener| {
+        tokio::spawn(serve_metrics(
+            listener,
             platform.clone(),
             services.iter().flat_map(|s| s.gauges()).collect(),
             shutdown.clone(),
-        ))),
-        None => None,
-    };
+        ))
+    });
 
     let make_service = app
         .router
@@ -328,13 +338,14 @@ pub async fn launch(
 
     worker_task.await.context("the job worker panicked")?;
     heartbeat.await.context("the heartbeat panicked")?;
-    if let Some(metrics) = metrics {
-        metrics.await.context("the metrics listener panicked")??;
-    }
+    let metrics = match metrics {
+        Some(metrics) => metrics.await.context("the metrics listener panicked")?,
+        None => Ok(()),
+    };
     prune.abort();
     scheduler.abort();
     // Its connections end now, not whenever the last handle is dropped: a restore after a
     // stop (which refuses while any is open) must not race them.
     job_pool.close().await;
-    served
+    served.and(metrics)
 }
