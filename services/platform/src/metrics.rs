@@ -361,6 +361,27 @@ pub async fn scrape(metrics: &Metrics, gauges: &DatabaseGauges, pool: &PgPool) -
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_database_that_cannot_be_read_says_so_and_the_rest_is_served() {
+        // Nobody listens on port 1: every connection is refused at once.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_lazy("postgres://pexper@127.0.0.1:1/pexper")
+            .expect("a lazy pool");
+        let gauges = DatabaseGauges::new(vec![GaugeQuery {
+            name: "things",
+            help: "Things",
+            labels: &[],
+            sql: "SELECT 1::float8",
+        }]);
+        let metrics = Metrics::new();
+        metrics.mail_sent("waitlist-confirm");
+        let body = scrape(&metrics, &gauges, &pool).await;
+        assert!(body.contains("pexper_database_gauges_up 0"), "{body}");
+        assert!(body.contains(r#"pexper_mail_sent_total{template="waitlist-confirm"} 1"#));
+        assert!(body.ends_with("# EOF\n"));
+    }
+
     #[test]
     fn labels_are_templates_and_classes_never_what_a_request_carried() {
         let metrics = Metrics::new();
