@@ -329,6 +329,50 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
             .ends_with(&format!(":{port}"))
     );
 
+    // /metrics: its own port, the one the server binds, the one the scrape annotations name,
+    // reachable from the monitoring namespace only, and never behind the Service or Ingress.
+    let metrics = server["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a metrics port");
+    let metrics_port = metrics["containerPort"].as_u64().unwrap();
+    assert_ne!(metrics_port, port);
+    assert!(
+        config["PEXPER_METRICS_ADDR"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{metrics_port}"))
+    );
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], metrics_port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let policy = find(&docs, "NetworkPolicy", "pexper-server");
+    let reaching_metrics: Vec<&Value> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| {
+            rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["port"].as_u64() == Some(metrics_port))
+        })
+        .collect();
+    assert_eq!(reaching_metrics.len(), 1);
+    assert_eq!(
+        reaching_metrics[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let service = find(&docs, "Service", "pexper-server");
+    for p in service["spec"]["ports"].as_array().unwrap() {
+        assert_ne!(p["targetPort"], "metrics");
+        assert_ne!(p["targetPort"].as_u64(), Some(metrics_port));
+    }
+
     // The grace period covers the drain: preStop, then the longer of the request timeout
     // (15 s) and the jobs' grace, with a margin before the kubelet's SIGKILL.
     let pre_stop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
