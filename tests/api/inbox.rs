@@ -142,7 +142,12 @@ async fn letters_to_privacy_become_requests_acknowledged_as_replies_with_no_oper
         assert_eq!(*received_at, arrived);
         assert_eq!(*due_at, arrived + time::Duration::days(30));
     }
-    assert_eq!(dovecot.seen_and_unseen("privacy"), (6, 0));
+    // Every message marked taken once its batch is committed (just after the commit that
+    // queued the acknowledgements, so it may trail their sending).
+    eventually(WAIT, "every message marked taken", || async {
+        (dovecot.seen_and_unseen("privacy") == (6, 0)).then_some(())
+    })
+    .await;
 
     let to = |address: &str| {
         mail.iter()
@@ -255,7 +260,11 @@ async fn letters_to_privacy_become_requests_acknowledged_as_replies_with_no_oper
         (n == 1).then_some(())
     })
     .await;
-    assert_eq!(dovecot.seen_and_unseen("bounces"), (1, 0));
+    // Marked once its report is committed: just after, not before.
+    eventually(WAIT, "the bounce marked taken", || async {
+        (dovecot.seen_and_unseen("bounces") == (1, 0)).then_some(())
+    })
+    .await;
 }
 
 /// The admin's `mail inbox --once`, started and left running: the test kills it.
