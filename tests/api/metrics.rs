@@ -21,14 +21,6 @@ const CANARIES: &[&str] = &[
     "canary.example",
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Each metric's series: its name and label set → its value.
 fn series(body: &str) -> BTreeMap<String, f64> {
     body.lines()

@@ -27,14 +27,6 @@ fn id(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Dovecot {
     /// Starts Dovecot with one mailbox per account (password `PASSWORD`).
     pub async fn start(accounts: &[&str]) -> Self {
@@ -73,7 +65,7 @@ impl Dovecot {
         } else {
             (id(&["-un"]), id(&["-gn"]))
         };
-        let port = free_port();
+        let port = crate::free_port();
         let r = root.display();
         std::fs::write(
             root.join("dovecot.conf"),

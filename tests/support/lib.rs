@@ -33,6 +33,16 @@ pub use process::{Replicas, ServerProcess, admin, binary, output_within, stderr,
 pub use smtp::SmtpServer;
 
 /// Installs ring as the rustls provider once per test process.
+/// A loopback port free at the time of asking (for a server the test starts with its port
+/// in its configuration: Dovecot, Prometheus, the metrics listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn init() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
