@@ -1,5 +1,7 @@
-//! deploy/k8s, the production deployment on Kubernetes: valid against the Kubernetes API
-//! schemas (kubernetes-validate, strict: an unknown field fails) and CloudNativePG's
+//! deploy/k8s, the production deployment on Kubernetes, and its optional components
+//! (`monitoring`: the alert rules as a PrometheusRule; `custom-metrics`: the autoscaler on
+//! request rate and queue age): valid against the Kubernetes API schemas (kubernetes-validate,
+//! strict: an unknown field fails) and CloudNativePG's and the Prometheus Operator's
 //! (deploy/k8s/validate), with no network; and in agreement with the server it deploys — its
 //! configuration passes the production checks, its probes answer, its grace period covers the
 //! drain, and the admin jobs run with the server's own settings.
@@ -37,6 +39,14 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
+/// The components' resources (each component's kustomization aside).
+fn component_manifests() -> Vec<PathBuf> {
+    ["monitoring/prometheusrule.yaml", "custom-metrics/hpa.yaml"]
+        .iter()
+        .map(|f| k8s_dir().join(f))
+        .collect()
+}
+
 /// Whether the validators are here; `None` (with the reason) if not.
 fn validators_missing() -> Option<String> {
     let version = Command::new("kubernetes-validate")
@@ -64,10 +74,14 @@ fn validators_missing() -> Option<String> {
 
 /// Every document of every manifest, as JSON (PyYAML, which kubernetes-validate brings).
 fn documents() -> Vec<Value> {
+    documents_of(&manifests())
+}
+
+fn documents_of(files: &[PathBuf]) -> Vec<Value> {
     let out = Command::new("python3")
         .arg("-c")
         .arg("import json, sys, yaml\nprint(json.dumps([d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]))")
-        .args(manifests())
+        .args(files)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -89,7 +103,7 @@ fn pod(resource: &Value) -> &Value {
 }
 
 #[test]
-fn the_manifests_validate_against_the_kubernetes_and_cloudnative_pg_schemas() {
+fn the_manifests_validate_against_the_kubernetes_and_operators_schemas() {
     if let Some(missing) = validators_missing() {
         assert!(
             std::env::var("PEXPER_REQUIRE_KUBERNETES_VALIDATE").is_err(),
@@ -98,28 +112,31 @@ fn the_manifests_validate_against_the_kubernetes_and_cloudnative_pg_schemas() {
         eprintln!("skipped: {missing} to validate deploy/k8s");
         return;
     }
+    let files: Vec<PathBuf> = manifests()
+        .into_iter()
+        .chain(component_manifests())
+        .collect();
     let out = Command::new("kubernetes-validate")
         .args(["--strict", "--kubernetes-version", KUBERNETES])
-        .args(manifests())
+        .args(&files)
         .output()
         .unwrap();
     let report = stdout(&out) + &stderr(&out);
     assert!(out.status.success(), "{report}");
-    // The only resources it has no schema for are CloudNativePG's, checked below.
+    // The only resources it has no schema for are the operators', checked below.
+    const OPERATORS: [&str; 2] = ["postgresql.cnpg.io/v1", "monitoring.coreos.com/v1"];
     for line in report.lines().filter(|l| !l.starts_with("INFO")) {
         assert!(
-            line.starts_with("WARN") && line.contains("api version postgresql.cnpg.io/v1"),
+            line.starts_with("WARN")
+                && OPERATORS
+                    .iter()
+                    .any(|g| line.contains(&format!("api version {g}"))),
             "{line}"
         );
     }
-    let core = documents()
+    let core = documents_of(&files)
         .iter()
-        .filter(|d| {
-            !d["apiVersion"]
-                .as_str()
-                .unwrap()
-                .starts_with("postgresql.cnpg.io")
-        })
+        .filter(|d| !OPERATORS.contains(&d["apiVersion"].as_str().unwrap()))
         .count();
     assert_eq!(
         report.matches(" passed for resource ").count(),
@@ -129,13 +146,14 @@ fn the_manifests_validate_against_the_kubernetes_and_cloudnative_pg_schemas() {
 
     let out = Command::new("node")
         .arg(k8s_dir().join("validate/validate.mjs"))
-        .args(manifests())
+        .args(&files)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    // The database cluster, its backup schedule, and the alert rules.
     assert_eq!(
         stdout(&out).matches(" passed against ").count(),
-        2,
+        3,
         "{}",
         stdout(&out)
     );
@@ -442,4 +460,52 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
         .map(|p| p["port"].as_u64().unwrap())
         .collect();
     assert_eq!(ports, BTreeSet::from([53, 465, 587, 5432]));
+}
+
+/// The components change only what they say they do: the PrometheusRule holds exactly the
+/// alert rules Prometheus is given without the Operator (so one set of rules is tested), and
+/// the custom-metrics autoscaler is the base one with metrics added, each made by one of the
+/// adapter's rules.
+#[test]
+fn the_components_carry_the_tested_rules_and_extend_the_base_autoscaler() {
+    if let Some(missing) = validators_missing() {
+        assert!(
+            std::env::var("PEXPER_REQUIRE_KUBERNETES_VALIDATE").is_err(),
+            "PEXPER_REQUIRE_KUBERNETES_VALIDATE is set but: {missing}"
+        );
+        eprintln!("skipped: {missing}");
+        return;
+    }
+    let prometheus = k8s_dir().join("../prometheus");
+    let rules = documents_of(&[prometheus.join("alerts.yml")]);
+    let rule = &documents_of(&[k8s_dir().join("monitoring/prometheusrule.yaml")])[0];
+    assert_eq!(rule["spec"]["groups"], rules[0]["groups"]);
+
+    let base = find(&documents(), "HorizontalPodAutoscaler", "pexper-server").clone();
+    let mut scaled = documents_of(&[k8s_dir().join("custom-metrics/hpa.yaml")])[0].clone();
+    let metrics = scaled["spec"]["metrics"].as_array().unwrap().clone();
+    let base_metrics = base["spec"]["metrics"].as_array().unwrap();
+    assert_eq!(&metrics[..base_metrics.len()], &base_metrics[..]);
+    scaled["spec"]["metrics"] = base["spec"]["metrics"].clone();
+    assert_eq!(scaled, base, "only the metrics differ");
+
+    // Each added metric is one the adapter makes, from a metric the server serves.
+    let adapter = &documents_of(&[prometheus.join("adapter.yaml")])[0];
+    let pods = &metrics[base_metrics.len()]["pods"]["metric"]["name"];
+    let custom = &adapter["rules"][0];
+    assert_eq!(&custom["name"]["as"], pods);
+    assert!(
+        custom["seriesQuery"]
+            .as_str()
+            .unwrap()
+            .starts_with("pexper_http_requests_total{")
+    );
+    let external = &metrics[base_metrics.len() + 1]["external"]["metric"]["name"];
+    assert!(
+        adapter["externalRules"][0]["seriesQuery"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}{{", external.as_str().unwrap()))
+    );
+    // That the server serves them is `metrics::metrics_show_what_happened…`'s check.
 }

@@ -91,9 +91,68 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
             .unwrap();
         assert!(res.status().is_client_error());
     }
-    server.smtp.wait_for(2, WAIT).await;
-    // And a job given up on, as a failing one ends.
+    // A purchase, and a delivery nobody signed.
+    let checkout = stripe::Checkout::new("buyer-canary@canary.example");
+    let res = stripe::deliver(
+        &client,
+        &server.base,
+        &checkout.session_event("checkout.session.completed", "paid"),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let res = client
+        .post(format!("{}/v1/webhooks/stripe", server.base))
+        .header("content-type", "application/json")
+        .body(r#"{"id":"evt_canary-token-8815"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    // A usage batch with an event the app knows and one it does not.
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let res = post(
+        "/v1/analytics/events",
+        json!({
+            "app_version": "1.4.0", "os": "linux", "arch": "x86_64",
+            "session_id": uuid::Uuid::new_v4(),
+            "events": [
+                {"name": "app.started", "timestamp": timestamp, "props": {"first_run": true}},
+                {"name": "canary-event-1337", "timestamp": timestamp},
+            ],
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 202);
+    server.smtp.wait_for(3, WAIT).await;
+    // An address whose daily budget of contact mail is spent: its support request is kept,
+    // its acknowledgement not sent.
     let pool = server.db().pool().await;
+    sqlx::query(
+        "UPDATE person SET request_mail_day = (now() AT TIME ZONE 'UTC')::date,
+                           request_mail_count = 100",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let res = post(
+        "/v1/support",
+        json!({"email": "metrics-canary-4471@canary.example", "message": "canary details 7704"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 202);
+    // One client over its limit: one route's series, however many it sent.
+    let mut hammered = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let request = client.get(format!("{}/v1/licenses/public-key", server.base));
+        hammered.spawn(async move { request.send().await.unwrap().status() });
+    }
+    let statuses = hammered.join_all().await;
+    assert!(statuses.contains(&reqwest::StatusCode::TOO_MANY_REQUESTS));
+    // And a job given up on, as a failing one ends.
     sqlx::query(
         "INSERT INTO job (id, kind, status, attempts, last_error)
          VALUES (gen_random_uuid(), 'mail.operator_notice', 'dead', 10, 'the relay refused')",
@@ -152,6 +211,56 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
         1.0
     );
     assert!(all.contains_key("pexper_jobs_oldest_ready_age_seconds"));
+    let runs: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("pexper_job_runs_total"))
+        .collect();
+    assert!(
+        value(r#"pexper_job_runs_total{kind="waitlist.signup_mail",outcome="done"}"#) >= 1.0,
+        "{runs:?}"
+    );
+    assert!(
+        value(r#"pexper_job_runs_total{kind="waitlist.signup_mail",outcome="failed"}"#) >= 1.0,
+        "{runs:?}"
+    );
+    assert_eq!(
+        value(r#"pexper_webhook_events_total{outcome="processed"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"pexper_webhook_events_total{outcome="refused"}"#),
+        1.0
+    );
+    assert_eq!(value(r#"pexper_licences{state="valid"}"#), 1.0);
+    assert_eq!(
+        value(r#"pexper_analytics_events_total{outcome="accepted",reason="none"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"pexper_analytics_events_total{outcome="dropped",reason="unknown_event"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"pexper_mail_budget_spent_total{budget="contact"}"#),
+        1.0
+    );
+    assert!(
+        value(
+            r#"pexper_http_rate_limited_total{route="/v1/licenses/public-key",limit="per_client"}"#
+        ) >= 1.0
+    );
+    assert_eq!(value("pexper_ready"), 1.0);
+    assert_eq!(value(r#"pexper_replicas{master_version="1"}"#), 1.0);
+    for pool in ["request", "ingest", "jobs"] {
+        assert!(
+            value(&format!(
+                r#"pexper_db_pool_max_connections{{pool="{pool}"}}"#
+            )) >= 1.0
+        );
+        assert!(all.contains_key(&format!(
+            r#"pexper_db_pool_connections{{pool="{pool}",state="in_use"}}"#
+        )));
+    }
     assert!(
         all.keys()
             .any(|k| k.starts_with("pexper_build_info{version="))
@@ -188,13 +297,13 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
         );
     }
 
-    // Every metric an alert rule watches is served.
+    // Every metric an alert rule or the autoscaler watches is served.
     for metric in watched_metrics() {
         assert!(
             body.lines()
                 .any(|l| l.starts_with(&format!("{metric}{{"))
                     || l.starts_with(&format!("{metric} "))),
-            "{metric}, which an alert watches, is not served"
+            "{metric}, which an alert or the autoscaler watches, is not served"
         );
     }
 
@@ -254,13 +363,17 @@ fn every_alert_rule_checks_fires_on_the_series_it_watches_and_has_a_runbook() {
     }
 }
 
-/// The metrics the alert rules watch, by name.
+/// The metrics the alert rules and the autoscaler's adapter watch, by name.
 fn watched_metrics() -> BTreeSet<String> {
-    let rules = std::fs::read_to_string(deploy("alerts.yml")).unwrap();
     let re = regex::Regex::new(r"pexper_[a-z_]+").unwrap();
-    re.find_iter(&rules)
-        .map(|m| m.as_str().to_owned())
-        .collect()
+    let mut watched = BTreeSet::new();
+    for file in ["alerts.yml", "adapter.yaml"] {
+        let rules = std::fs::read_to_string(deploy(file)).unwrap();
+        watched.extend(re.find_iter(&rules).map(|m| m.as_str().to_owned()));
+    }
+    // The adapter's name for what it makes, not a series of ours.
+    watched.remove("pexper_http_requests_per_second");
+    watched
 }
 
 /// Debian's Prometheus server, started as the tests start Postgres: a throwaway configuration

@@ -1,26 +1,36 @@
-// Validates every CloudNativePG resource in the YAML files given against the operator's API
-// (@kubernetes-models/cloudnative-pg, generated from cloudnative-pg's Go types): the JSON
-// schemas for types, enums and required fields, and the models' declarations for field names,
-// since those schemas allow unknown ones (a misspelt field would otherwise be dropped by the
-// API server without a word). One line per resource; exits 1 if any fails.
+// Validates every CloudNativePG and Prometheus Operator resource in the YAML files given
+// against the operators' APIs (@kubernetes-models/cloudnative-pg and prometheus-operator,
+// generated from the operators' Go types): the JSON schemas for types, enums and required
+// fields, and the models' declarations for field names, since those schemas allow unknown
+// ones (a misspelt field would otherwise be dropped by the API server without a word). One
+// line per resource; exits 1 if any fails.
 //
 //   node deploy/k8s/validate/validate.mjs deploy/k8s/*.yaml
 import { readdirSync, readFileSync } from "node:fs";
 import { parseAllDocuments } from "yaml";
 import * as cnpg from "@kubernetes-models/cloudnative-pg/postgresql.cnpg.io/v1";
+import * as monitoring from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 
-const GROUP = "postgresql.cnpg.io/v1";
+/// Each API group's models, and the prefix of its types' qualified names.
+const GROUPS = {
+  "postgresql.cnpg.io/v1": { models: cnpg, prefix: "IComGithubCloudnativePgCloudnativePgApiV1" },
+  "monitoring.coreos.com/v1": {
+    models: monitoring,
+    prefix: "IComGithubPrometheusOperatorPrometheusOperatorPkgApisMonitoringV1",
+  },
+};
 const shapes = declaredShapes();
 let failed = false;
 let checked = 0;
 for (const file of process.argv.slice(2)) {
   for (const doc of parseAllDocuments(readFileSync(file, "utf8"))) {
     const resource = doc.toJS();
-    if (!resource || resource.apiVersion !== GROUP) continue;
+    const group = resource && GROUPS[resource.apiVersion];
+    if (!group) continue;
     const name = `${resource.kind}/${resource.metadata?.name}`;
-    const Model = cnpg[resource.kind];
+    const Model = group.models[resource.kind];
     if (!Model) {
-      console.log(`ERROR ${file}: ${name}: no kind ${resource.kind} in ${GROUP}`);
+      console.log(`ERROR ${file}: ${name}: no kind ${resource.kind} in ${resource.apiVersion}`);
       failed = true;
       continue;
     }
@@ -30,19 +40,19 @@ for (const file of process.argv.slice(2)) {
     } catch (e) {
       problems.push(e.message);
     }
-    const type = `IComGithubCloudnativePgCloudnativePgApiV1${resource.kind}`;
+    const type = `${group.prefix}${resource.kind}`;
     problems.push(...unknownFields(resource, type, "").map((f) => `unknown field ${f}`));
     checked += 1;
     failed ||= problems.length > 0;
     console.log(
       problems.length
         ? `ERROR ${file}: ${name}: ${problems.join("; ")}`
-        : `INFO ${file}: ${name} passed against ${GROUP}`,
+        : `INFO ${file}: ${name} passed against ${resource.apiVersion}`,
     );
   }
 }
 if (checked === 0) {
-  console.log(`ERROR no ${GROUP} resource in ${process.argv.slice(2).join(" ")}`);
+  console.log(`ERROR no operator's resource in ${process.argv.slice(2).join(" ")}`);
   failed = true;
 }
 process.exit(failed ? 1 : 0);
@@ -68,7 +78,13 @@ function unknownFields(value, type, path) {
 function declaredShapes() {
   const shapes = new Map();
   const parents = new Map();
-  for (const dir of ["@kubernetes-models/cloudnative-pg", "@kubernetes-models/apimachinery", "kubernetes-models"]) {
+  const dirs = [
+    "@kubernetes-models/cloudnative-pg",
+    "@kubernetes-models/prometheus-operator",
+    "@kubernetes-models/apimachinery",
+    "kubernetes-models",
+  ];
+  for (const dir of dirs) {
     for (const file of declarations(new URL(`./node_modules/${dir}/`, import.meta.url))) {
       const text = readFileSync(file, "utf8");
       const local = new Map();

@@ -717,7 +717,13 @@ pub async fn resend_licence(
     };
     let person = signed_in.session.person_id;
     let mut tx = platform.pool.begin().await?;
-    let sent = person::take_mail(&mut tx, person, person::MailBudget::Owner).await?;
+    let sent = person::take_mail_counted(
+        &mut tx,
+        &platform.metrics,
+        person,
+        person::MailBudget::Owner,
+    )
+    .await?;
     if sent {
         jobs::enqueue(
             &mut tx,

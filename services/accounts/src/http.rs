@@ -180,7 +180,14 @@ pub async fn create_account(
             NewJob::new(&SendVerification { signup })
         }
     };
-    if person::take_mail(&mut tx, person, person::MailBudget::Access).await? {
+    if person::take_mail_counted(
+        &mut tx,
+        &platform.metrics,
+        person,
+        person::MailBudget::Access,
+    )
+    .await?
+    {
         jobs::enqueue(&mut tx, job.for_person(person)).await?;
     }
     tx.commit().await.map_err(anyhow::Error::from)?;

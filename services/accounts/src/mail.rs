@@ -184,7 +184,13 @@ impl BackgroundJob for DecideReset {
         if let Some(person) = person::find_indexed(&mut tx, &self.email_index).await?
             && let Some(account) = store::account_of(&mut tx, person).await?
             && account.disabled_at.is_none()
-            && person::take_mail(&mut tx, person, person::MailBudget::Access).await?
+            && person::take_mail_counted(
+                &mut tx,
+                &platform.metrics,
+                person,
+                person::MailBudget::Access,
+            )
+            .await?
         {
             jobs::enqueue(
                 &mut tx,

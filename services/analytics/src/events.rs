@@ -131,6 +131,7 @@ pub async fn receive(
         }
     }
     let dropped = batch.events.len() - accepted.len();
+    let accepted_count = accepted.len();
 
     let mut tx = match platform.ingest_pool.begin().await {
         Ok(tx) => tx,
@@ -155,12 +156,12 @@ pub async fn receive(
         .execute(&mut *tx)
         .await?;
     }
-    if !drops.is_empty() {
-        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-        for d in &drops {
-            *counts.entry(d.as_str()).or_default() += 1;
-        }
-        let (reasons, counts): (Vec<&str>, Vec<i64>) = counts.into_iter().unzip();
+    let mut dropped_by_reason: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for d in &drops {
+        *dropped_by_reason.entry(d.as_str()).or_default() += 1;
+    }
+    if !dropped_by_reason.is_empty() {
+        let (reasons, counts): (Vec<&'static str>, Vec<i64>) = dropped_by_reason.iter().unzip();
         sqlx::query(
             "INSERT INTO analytics_drop (day, reason, count)
              SELECT current_date, r, c FROM UNNEST($1::text[], $2::bigint[]) AS u(r, c)
@@ -172,6 +173,10 @@ pub async fn receive(
         .await?;
     }
     tx.commit().await.map_err(anyhow::Error::from)?;
+    platform.metrics.analytics_accepted(accepted_count as u64);
+    for (reason, n) in dropped_by_reason {
+        platform.metrics.analytics_dropped(reason, n as u64);
+    }
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(BatchAccepted {

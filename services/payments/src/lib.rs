@@ -55,6 +55,18 @@ impl Service for Payments {
         JobRegistry::new().register::<receipt::SendReceipt>()
     }
 
+    /// Licences on record, valid or revoked (by a refund, a lost dispute or an operator).
+    fn gauges(&self) -> Vec<pexper_platform::metrics::GaugeQuery> {
+        vec![pexper_platform::metrics::GaugeQuery {
+            name: "licences",
+            help: "Licences on record by state: valid or revoked",
+            labels: &["state"],
+            sql: "SELECT CASE WHEN revoked_at IS NULL THEN 'valid' ELSE 'revoked' END,
+                         count(*)::float8
+                  FROM license GROUP BY 1",
+        }]
+    }
+
     fn personal_data(&self, _config: &Config) -> Option<Arc<dyn DynPersonalData>> {
         Some(Arc::new(personal::PaymentsData))
     }

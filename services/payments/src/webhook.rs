@@ -4,13 +4,11 @@
 //! value, ±300 s), tried with each configured secret so one can be rotated without downtime.
 //! Its strict typed parse is not relied on: a verified event whose shape it does not know is
 //! read by our lenient types (see `stripe`). A request that fails verification stores nothing
-//! and logs nothing but a counter.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! and leaves no trace but a warning and `pexper_webhook_events_total{outcome="refused"}`.
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
 use pexper_platform::http::ApiError;
@@ -23,9 +21,6 @@ use time::OffsetDateTime;
 use crate::store::{self, Adjustment, EventRecord, Outcome, SessionFacts};
 use crate::stripe::{Charge, CheckoutSession, Dispute, Event};
 use crate::{fulfilment, seal};
-
-/// Requests refused for their signature since start: the only trace they leave.
-static REJECTED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Acknowledged {
@@ -47,6 +42,21 @@ pub async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<Acknowledged>, ApiError> {
+    let received = verify_and_process(&platform, &headers, &body).await;
+    platform.metrics.webhook_event(match &received {
+        Ok(status) => status,
+        Err(ApiError::Client { status, .. }) if *status == StatusCode::BAD_REQUEST => "refused",
+        Err(ApiError::Client { .. }) => "unreadable",
+        Err(ApiError::Internal(_)) => "failed",
+    });
+    Ok(axum::Json(Acknowledged { status: received? }))
+}
+
+async fn verify_and_process(
+    platform: &Platform,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<&'static str, ApiError> {
     let signature = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
@@ -56,7 +66,7 @@ pub async fn receive(
                 "the Stripe-Signature header is missing",
             )
         })?;
-    let payload = std::str::from_utf8(&body)
+    let payload = std::str::from_utf8(body)
         .map_err(|_| reject("invalid_signature", "the body is not UTF-8"))?;
     verify(payload, signature, &platform.config.stripe_webhook_secrets)?;
 
@@ -70,18 +80,13 @@ pub async fn receive(
             tracing::warn!("verified Stripe payload is not an event");
             ApiError::unprocessable("unreadable_event", "not a Stripe event")
         })?;
-    let status = process(&platform, &event).await?;
+    let status = process(platform, &event).await?;
     tracing::info!(event_id = %event.id, event_type = %event.kind, status, "stripe event");
-    Ok(axum::Json(Acknowledged { status }))
+    Ok(status)
 }
 
 fn reject(code: &'static str, message: &'static str) -> ApiError {
-    let total = REJECTED.fetch_add(1, Ordering::Relaxed) + 1;
-    tracing::warn!(
-        rejected_total = total,
-        reason = code,
-        "stripe webhook refused"
-    );
+    tracing::warn!(reason = code, "stripe webhook refused");
     ApiError::bad_request(code, message)
 }
 

@@ -33,7 +33,8 @@ impl Service for Core {
         Some(Arc::new(EmailRecords::new(config)))
     }
 
-    /// The job queue, as the database holds it (every replica reports the same figures).
+    /// The job queue and the running processes, as the database holds them (every replica
+    /// reports the same figures).
     fn gauges(&self) -> Vec<crate::metrics::GaugeQuery> {
         use crate::metrics::GaugeQuery;
         vec![
@@ -55,6 +56,13 @@ impl Service for Core {
                 labels: &[],
                 sql: "SELECT coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8
                       FROM job WHERE status = 'queued' AND run_at <= now()",
+            },
+            GaugeQuery {
+                name: "replicas",
+                help: "Server processes heard from in the last minute, by the master key version they wrap new data keys under",
+                labels: &["master_version"],
+                sql: "SELECT master_version::text, count(*)::float8 FROM replica
+                      WHERE seen_at > now() - interval '60 seconds' GROUP BY 1",
             },
         ]
     }

@@ -34,6 +34,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::batch::Batcher;
+use crate::metrics::JobOutcome;
 use crate::person::PersonId;
 use crate::telemetry::redact;
 
@@ -582,8 +583,10 @@ pub struct Worker<S> {
     shutdown_grace: Duration,
     wake: Wake,
     foreground: Foreground,
-    /// The jobs being run now, with their attempt: what to hand back if shutdown cannot wait.
-    in_hand: std::sync::Mutex<HashMap<JobId, i32>>,
+    /// The jobs being run now, with their attempt and kind: what to hand back if shutdown
+    /// cannot wait.
+    in_hand: std::sync::Mutex<HashMap<JobId, (i32, &'static str)>>,
+    counters: crate::metrics::JobCounters,
 }
 
 impl<S> std::fmt::Debug for Worker<S> {
@@ -608,7 +611,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             wake: Wake::default(),
             foreground: Foreground::default(),
             in_hand: std::sync::Mutex::default(),
+            counters: crate::metrics::JobCounters::default(),
         }
+    }
+
+    /// Where runs and hand-backs are counted: the process's `Metrics::jobs`.
+    pub fn counted(mut self, counters: crate::metrics::JobCounters) -> Self {
+        self.counters = counters;
+        self
     }
 
     pub fn register<J: BackgroundJob<Context = S>>(mut self) -> Self {
@@ -728,13 +738,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     /// Ends the leases of the jobs still in hand, so that they are claimed again at once.
     async fn hand_back(&self) {
-        let in_hand: Vec<(JobId, i32)> = self
+        let in_hand: Vec<(JobId, (i32, &'static str))> = self
             .in_hand
             .lock()
             .expect("the in-hand set is never poisoned")
             .drain()
             .collect();
-        for (id, attempts) in &in_hand {
+        for (id, (attempts, kind)) in &in_hand {
             let released = sqlx::query(
                 "UPDATE job SET locked_until = now() WHERE id = $1 AND attempts = $2 AND status = 'running'",
             )
@@ -742,8 +752,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .bind(attempts)
             .execute(&self.pool)
             .await;
-            if let Err(e) = released {
-                tracing::warn!(error = %redact(&format!("{e:#}")), job.id = %id, "failed to hand a job back");
+            match released {
+                Ok(_) => self.counters.handed_back(kind),
+                Err(e) => {
+                    tracing::warn!(error = %redact(&format!("{e:#}")), job.id = %id, "failed to hand a job back")
+                }
             }
         }
         if !in_hand.is_empty() {
@@ -794,14 +807,15 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn execute(&self, job: Job, finished: &mpsc::UnboundedSender<(JobId, i32)>) {
         let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, attempt = job.attempts);
         async {
-            let Some(handler) = self.jobs.handlers.get(job.kind.as_str()) else {
+            let Some((&kind, handler)) = self.jobs.handlers.get_key_value(job.kind.as_str())
+            else {
                 return;
             };
             let started = std::time::Instant::now();
             self.in_hand
                 .lock()
                 .expect("the in-hand set is never poisoned")
-                .insert(job.id, job.attempts);
+                .insert(job.id, (job.attempts, kind));
             let work = handler(self.state.clone(), job.clone());
             tokio::pin!(work);
             let mut heartbeat = tokio::time::interval(self.lease / 3);
@@ -825,15 +839,20 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 Ok(()) => {
                     // The finisher outlives every slot, so the send cannot fail.
                     finished.send((job.id, job.attempts)).ok();
+                    self.counters.ran(kind, JobOutcome::Done);
                     tracing::info!(elapsed_ms, "job done");
                 }
                 Err(error) => match fail(&self.pool, &job, &error).await {
-                    Ok(dead) => tracing::warn!(
-                        elapsed_ms,
-                        dead,
-                        error = %redact(&format!("{error:#}")),
-                        "job failed"
-                    ),
+                    Ok(dead) => {
+                        let outcome = if dead { JobOutcome::Dead } else { JobOutcome::Failed };
+                        self.counters.ran(kind, outcome);
+                        tracing::warn!(
+                            elapsed_ms,
+                            dead,
+                            error = %redact(&format!("{error:#}")),
+                            "job failed"
+                        )
+                    }
                     Err(e) => tracing::error!(error = %redact(&format!("{e:#}")), "failed to record a job failure"),
                 },
             }

@@ -55,6 +55,42 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    route: String,
+    /// The 429's error code (`rate_limited`, `too_many_attempts`, `busy`, …), or
+    /// `per_client` for the per-client limiter, which answers before any handler.
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    budget: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    /// `accepted`, or `dropped` with its reason.
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     commit: &'static str,
@@ -70,7 +106,56 @@ pub struct Metrics {
     mail_sent: Family<TemplateLabels, Counter>,
     mail_failed: Family<FailureLabels, Counter>,
     mail_not_sent: Family<ReasonLabels, Counter>,
+    mail_budget_spent: Family<BudgetLabels, Counter>,
+    mail_reports: Family<KindLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
+    webhook_events: Family<OutcomeLabels, Counter>,
+    analytics_events: Family<DropLabels, Counter>,
+    crash_events: Counter,
+    jobs: JobCounters,
 }
+
+/// How a job run ended, for `pexper_job_runs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Done,
+    /// Failed, and queued again after a backoff.
+    Failed,
+    /// Failed for good: left `dead` for an operator.
+    Dead,
+}
+
+/// The job worker's counters (`pexper_job_runs_total`, `pexper_job_hand_backs_total`). The
+/// worker is generic over its context, so it holds these rather than the `Metrics`; one
+/// made with `default()` counts into no registry (a worker outside the server, in a test).
+#[derive(Debug, Clone, Default)]
+pub struct JobCounters {
+    runs: Family<JobLabels, Counter>,
+    hand_backs: Family<KindLabels, Counter>,
+}
+
+impl JobCounters {
+    /// `kind` is the handler's registered kind, never a string read from the queue.
+    pub fn ran(&self, kind: &'static str, outcome: JobOutcome) {
+        let outcome = match outcome {
+            JobOutcome::Done => "done",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Dead => "dead",
+        };
+        self.runs.get_or_create(&JobLabels { kind, outcome }).inc();
+    }
+
+    /// A job still running at the end of the shutdown grace, whose lease was ended so that
+    /// another worker takes it at once.
+    pub fn handed_back(&self, kind: &'static str) {
+        self.hand_backs.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
+/// Put on a 429 by the code that refused it (`ApiError::into_response`), so that
+/// `pexper_http_rate_limited_total` says which limit it was.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit(pub &'static str);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -121,6 +206,53 @@ impl Metrics {
             "Emails not sent because of the suppression list (unsubscribed, bounced, complained) or a restriction of processing (restricted)",
             mail_not_sent.clone(),
         );
+        let mail_budget_spent = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "mail_budget_spent",
+            "Emails not sent (or held for the next day) because the address's daily budget of that kind of mail was spent, by budget",
+            mail_budget_spent.clone(),
+        );
+        let mail_reports = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mail_reports_applied",
+            "Bounce and complaint reports applied from the bounce mailbox, by kind (hard_bounce, soft_bounce, complaint)",
+            mail_reports.clone(),
+        );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "http_rate_limited",
+            "Requests answered 429, by route template and the limit that refused them",
+            rate_limited.clone(),
+        );
+        let webhook_events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_events",
+            "Stripe webhook deliveries by outcome: processed, duplicate, ignored (a type we do not use), refused (missing, wrong or stale signature), unreadable (signed, but not an event we can read), failed (our error; Stripe retries)",
+            webhook_events.clone(),
+        );
+        let analytics_events = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "analytics_events",
+            "Usage events received in accepted batches: accepted, or dropped with the reason",
+            analytics_events.clone(),
+        );
+        let crash_events = Counter::default();
+        registry.register(
+            "crash_events_stored",
+            "Crash reports (error events) stored from envelopes",
+            crash_events.clone(),
+        );
+        let jobs = JobCounters::default();
+        registry.register(
+            "job_runs",
+            "Job runs by kind and how they ended: done, failed (to be retried) or dead",
+            jobs.runs.clone(),
+        );
+        registry.register(
+            "job_hand_backs",
+            "Jobs still running when the shutdown grace ended, handed back for another worker to take at once, by kind",
+            jobs.hand_backs.clone(),
+        );
         registry.register(
             "build",
             "The running build",
@@ -137,7 +269,19 @@ impl Metrics {
             mail_sent,
             mail_failed,
             mail_not_sent,
+            mail_budget_spent,
+            mail_reports,
+            rate_limited,
+            webhook_events,
+            analytics_events,
+            crash_events,
+            jobs,
         }
+    }
+
+    /// The counters a job worker records its runs in.
+    pub fn jobs(&self) -> JobCounters {
+        self.jobs.clone()
     }
 
     /// Counts a request in flight until the guard is dropped.
@@ -179,6 +323,60 @@ impl Metrics {
         self.mail_failed
             .get_or_create(&FailureLabels { template, class })
             .inc();
+    }
+
+    /// A 429 (`limit`: see `Limit`).
+    pub fn rate_limited(&self, route: Option<&str>, limit: &'static str) {
+        let route = route.unwrap_or("unmatched").to_owned();
+        self.rate_limited
+            .get_or_create(&LimitLabels { route, limit })
+            .inc();
+    }
+
+    /// An email the address's daily `budget` (`person::MailBudget`) did not allow.
+    pub fn mail_budget_spent(&self, budget: &'static str) {
+        self.mail_budget_spent
+            .get_or_create(&BudgetLabels { budget })
+            .inc();
+    }
+
+    /// `n` bounce or complaint reports applied (`hard_bounce`, `soft_bounce`, `complaint`).
+    pub fn mail_reports_applied(&self, kind: &'static str, n: u64) {
+        self.mail_reports
+            .get_or_create(&KindLabels { kind })
+            .inc_by(n);
+    }
+
+    /// A webhook delivery's outcome (see the metric's help).
+    pub fn webhook_event(&self, outcome: &'static str) {
+        self.webhook_events
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// `n` usage events accepted.
+    pub fn analytics_accepted(&self, n: u64) {
+        self.analytics_events
+            .get_or_create(&DropLabels {
+                outcome: "accepted",
+                reason: "none",
+            })
+            .inc_by(n);
+    }
+
+    /// `n` usage events dropped for `reason`.
+    pub fn analytics_dropped(&self, reason: &'static str, n: u64) {
+        self.analytics_events
+            .get_or_create(&DropLabels {
+                outcome: "dropped",
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    /// `n` crash reports stored.
+    pub fn crash_events_stored(&self, n: u64) {
+        self.crash_events.inc_by(n);
     }
 
     /// An email not sent: `reason` is a suppression's reason or `restricted`.
@@ -239,11 +437,29 @@ pub struct GaugeQuery {
 
 type DynamicGauge = Family<Vec<(&'static str, String)>, Gauge<f64, AtomicU64>>;
 
-/// The services' `GaugeQuery`s, read at each scrape.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStateLabels {
+    pool: &'static str,
+    /// `idle` or `in_use`.
+    state: &'static str,
+}
+
+/// What each scrape reads: the services' `GaugeQuery`s from the database, the connection
+/// pools from memory, and whether `/readyz` would answer ready.
 #[derive(Debug)]
 pub struct DatabaseGauges {
     registry: Registry,
     gauges: Vec<(GaugeQuery, DynamicGauge)>,
+    /// The process's pools by name (`request`, `ingest`, `jobs`).
+    pools: Vec<(&'static str, PgPool)>,
+    pool_connections: Family<PoolStateLabels, Gauge>,
+    pool_max: Family<PoolLabels, Gauge>,
+    ready: Gauge,
     /// One scrape reads and encodes at a time (two would interleave their setting and
     /// encoding), and a scrape within `FRESH` of the last read serves what it read: scrapers
     /// at once (a pair of Prometheus servers) cost the database one read.
@@ -259,13 +475,31 @@ const FRESH: Duration = Duration::from_secs(2);
 const READ_TIMEOUT: Duration = Duration::from_secs(4);
 
 impl DatabaseGauges {
-    pub fn new(queries: Vec<GaugeQuery>) -> Self {
+    pub fn new(queries: Vec<GaugeQuery>, pools: Vec<(&'static str, PgPool)>) -> Self {
         let mut registry = Registry::with_prefix("pexper");
         let up = Gauge::default();
         registry.register(
             "database_gauges_up",
             "1 if the last scrape read the database's gauges, 0 if it could not",
             up.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 if /readyz answers ready (the database answers), 0 if not",
+            ready.clone(),
+        );
+        let pool_connections = Family::<PoolStateLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Open database connections by pool (request, ingest, jobs) and state (idle, in_use)",
+            pool_connections.clone(),
+        );
+        let pool_max = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "db_pool_max_connections",
+            "The most connections each pool opens; a pool with none idle at its maximum makes callers wait",
+            pool_max.clone(),
         );
         let gauges = queries
             .into_iter()
@@ -278,8 +512,35 @@ impl DatabaseGauges {
         Self {
             registry,
             gauges,
+            pools,
+            pool_connections,
+            pool_max,
+            ready,
             last_read: tokio::sync::Mutex::new(None),
             up,
+        }
+    }
+
+    /// The pools as they are now: read from memory, at every scrape.
+    fn read_pools(&self) {
+        for (pool, connections) in &self.pools {
+            let idle = i64::try_from(connections.num_idle()).unwrap_or(i64::MAX);
+            let open = i64::from(connections.size());
+            self.pool_connections
+                .get_or_create(&PoolStateLabels {
+                    pool,
+                    state: "idle",
+                })
+                .set(idle);
+            self.pool_connections
+                .get_or_create(&PoolStateLabels {
+                    pool,
+                    state: "in_use",
+                })
+                .set((open - idle).max(0));
+            self.pool_max
+                .get_or_create(&PoolLabels { pool })
+                .set(i64::from(connections.options().get_max_connections()));
         }
     }
 
@@ -330,8 +591,15 @@ impl DatabaseGauges {
 /// The body of `/metrics`: the process's metrics and the database's gauges, read now (or
 /// within the last `FRESH`). A database that cannot be read in `READ_TIMEOUT` says so
 /// (`pexper_database_gauges_up 0`) and its gauges keep their last values: an overdue request
-/// must not look answered because the database is slow.
-pub async fn scrape(metrics: &Metrics, gauges: &DatabaseGauges, pool: &PgPool) -> String {
+/// must not look answered because the database is slow. `ready` is what `/readyz` answers.
+pub async fn scrape(
+    metrics: &Metrics,
+    gauges: &DatabaseGauges,
+    pool: &PgPool,
+    ready: bool,
+) -> String {
+    gauges.ready.set(i64::from(ready));
+    gauges.read_pools();
     let mut last_read = gauges.last_read.lock().await;
     if last_read.is_none_or(|at| at.elapsed() >= FRESH) {
         let read = tokio::time::timeout(READ_TIMEOUT, gauges.refresh(pool))
@@ -368,16 +636,24 @@ mod tests {
             .acquire_timeout(Duration::from_millis(500))
             .connect_lazy("postgres://pexper@127.0.0.1:1/pexper")
             .expect("a lazy pool");
-        let gauges = DatabaseGauges::new(vec![GaugeQuery {
-            name: "things",
-            help: "Things",
-            labels: &[],
-            sql: "SELECT 1::float8",
-        }]);
+        let gauges = DatabaseGauges::new(
+            vec![GaugeQuery {
+                name: "things",
+                help: "Things",
+                labels: &[],
+                sql: "SELECT 1::float8",
+            }],
+            vec![("request", pool.clone())],
+        );
         let metrics = Metrics::new();
         metrics.mail_sent("waitlist-confirm");
-        let body = scrape(&metrics, &gauges, &pool).await;
+        let body = scrape(&metrics, &gauges, &pool, false).await;
         assert!(body.contains("pexper_database_gauges_up 0"), "{body}");
+        assert!(body.contains("pexper_ready 0"), "{body}");
+        assert!(
+            body.contains(r#"pexper_db_pool_connections{pool="request",state="in_use"} 0"#),
+            "{body}"
+        );
         assert!(body.contains(r#"pexper_mail_sent_total{template="waitlist-confirm"} 1"#));
         assert!(body.ends_with("# EOF\n"));
     }

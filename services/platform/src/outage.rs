@@ -51,6 +51,19 @@ impl Readiness {
     }
 }
 
+/// What `/readyz` answers: whether the request pool's database answers `SELECT 1` within
+/// 2 s, as seen at most a second ago.
+pub async fn ready(platform: &crate::Platform) -> bool {
+    let ping = || async {
+        let ping = sqlx::query("SELECT 1").execute(&platform.pool);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ping).await,
+            Ok(Ok(_))
+        )
+    };
+    platform.readiness.ready(ping).await
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -116,6 +116,22 @@ pub async fn take_mail(
     Ok(taken == Some(true))
 }
 
+/// `take_mail`, counting a spent budget in `pexper_mail_budget_spent_total`: for callers
+/// that have the process's metrics (a request's handler or a job). A privacy request's held
+/// acknowledgement is counted by the database instead (`pexper_privacy_acknowledgements_held`).
+pub async fn take_mail_counted(
+    conn: &mut PgConnection,
+    metrics: &crate::metrics::Metrics,
+    person: PersonId,
+    budget: MailBudget,
+) -> anyhow::Result<bool> {
+    let taken = take_mail(conn, person, budget).await?;
+    if !taken {
+        metrics.mail_budget_spent(budget.name());
+    }
+    Ok(taken)
+}
+
 /// The columns of a `person` row for an address not stored yet: a fresh id, the address's
 /// blind index, and the address sealed under a fresh data key, itself wrapped under the
 /// master key. For a use case that writes the person in the same statement as the rest of

@@ -108,6 +108,20 @@ impl Service for Privacy {
                 sql: "SELECT extract(epoch FROM min(due_at) - now())::float8 FROM privacy_request
                       WHERE status IN ('received', 'verified', 'processing')",
             },
+            GaugeQuery {
+                name: "privacy_acknowledgements_held",
+                help: "Privacy requests whose acknowledgement the address's daily mail budget holds back until the next sweep",
+                labels: &[],
+                sql: "SELECT count(*)::float8 FROM privacy_request
+                      WHERE acknowledgement_held_at IS NOT NULL AND status = 'received'",
+            },
+            GaugeQuery {
+                name: "privacy_erasures_last_day",
+                help: "People erased in the last 24 hours (the erasure journal), by any process, the admin CLI's included",
+                labels: &[],
+                sql: "SELECT count(*)::float8 FROM erasure_journal
+                      WHERE erased_at > now() - interval '1 day'",
+            },
         ]
     }
 

@@ -52,6 +52,14 @@ impl BackgroundJob for ReadMailboxes {
 
     async fn run(self, platform: Platform, _job: &Job) -> Result<(), JobError> {
         let run = read_once(&platform.config, &platform.pool, &platform.keyring).await?;
+        let applied = [
+            ("hard_bounce", run.bounces.hard_bounces),
+            ("soft_bounce", run.bounces.soft_bounces),
+            ("complaint", run.bounces.complaints),
+        ];
+        for (kind, n) in applied.into_iter().filter(|(_, n)| *n > 0) {
+            platform.metrics.mail_reports_applied(kind, n);
+        }
         if run.letters.messages + run.bounces.messages > 0 {
             tracing::info!(letters = ?run.letters, bounces = ?run.bounces, "mailboxes read");
         }

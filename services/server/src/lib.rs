@@ -122,16 +122,23 @@ async fn serve_metrics(
     listener: TcpListener,
     platform: Platform,
     gauges: Vec<pexper_platform::metrics::GaugeQuery>,
+    job_pool: sqlx::PgPool,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use pexper_platform::metrics::{CONTENT_TYPE, DatabaseGauges, scrape};
-    let gauges = Arc::new(DatabaseGauges::new(gauges));
+    let pools = vec![
+        ("request", platform.pool.clone()),
+        ("ingest", platform.ingest_pool.clone()),
+        ("jobs", job_pool),
+    ];
+    let gauges = Arc::new(DatabaseGauges::new(gauges, pools));
     let router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let (platform, gauges) = (platform.clone(), gauges.clone());
             async move {
-                let body = scrape(&platform.metrics, &gauges, &platform.pool).await;
+                let ready = pexper_platform::outage::ready(&platform).await;
+                let body = scrape(&platform.metrics, &gauges, &platform.pool, ready).await;
                 ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body)
             }
         }),
@@ -273,7 +280,8 @@ pub async fn launch(
         .poll_interval(worker.poll_interval)
         .shutdown_grace(worker.shutdown_grace)
         .wake(platform.job_wake.clone())
-        .foreground(platform.foreground.clone());
+        .foreground(platform.foreground.clone())
+        .counted(platform.metrics.jobs());
     for service in &services {
         jobs = jobs.jobs(service.jobs());
     }
@@ -314,6 +322,7 @@ pub async fn launch(
             listener,
             platform.clone(),
             services.iter().flat_map(|s| s.gauges()).collect(),
+            job_pool.clone(),
             shutdown.clone(),
         ))
     });

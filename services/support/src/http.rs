@@ -147,7 +147,14 @@ pub async fn create(
     }
     let mut tx = platform.pool.begin().await?;
     let (id, person) = store::create(&mut tx, &platform.keyring, &email, subject, message).await?;
-    if person::take_mail(&mut tx, person, person::MailBudget::Contact).await? {
+    if person::take_mail_counted(
+        &mut tx,
+        &platform.metrics,
+        person,
+        person::MailBudget::Contact,
+    )
+    .await?
+    {
         jobs::enqueue(
             &mut tx,
             NewJob::new(&Acknowledge { request_id: id }).for_person(person),

@@ -299,6 +299,9 @@ pub async fn intake(
     sessions::store_sessions(&mut tx, prepared.sessions).await?;
     sessions::store_aggregates(&mut tx, prepared.aggregates).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
+    platform
+        .metrics
+        .crash_events_stored(prepared.events.len() as u64);
     Ok(axum::Json(match stored {
         Some(id) => serde_json::json!({ "id": id.simple().to_string() }),
         None => serde_json::json!({}),

@@ -64,7 +64,13 @@ impl IntoResponse for ApiError {
                 status,
                 code,
                 message,
-            } => json_error(status, code, &message),
+            } => {
+                let mut res = json_error(status, code, &message);
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    res.extensions_mut().insert(crate::metrics::Limit(code));
+                }
+                res
+            }
             ApiError::Internal(error) if crate::outage::database_unreachable(&error) => {
                 tracing::warn!(error = %redact(&format!("{error:#}")), "database unavailable");
                 let mut res = json_error(

@@ -103,14 +103,7 @@ async fn healthz() -> axum::Json<Health> {
     (status = 200, description = "The database answers", body = Health),
     (status = 503, description = "The database does not answer", body = Health)))]
 async fn readyz(State(platform): State<Platform>) -> impl IntoResponse {
-    let ping = || async {
-        let ping = sqlx::query("SELECT 1").execute(&platform.pool);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), ping).await,
-            Ok(Ok(_))
-        )
-    };
-    if platform.readiness.ready(ping).await {
+    if crate::outage::ready(&platform).await {
         (
             StatusCode::OK,
             axum::Json(Health {
@@ -374,6 +367,12 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
                     let response = next.run(request).await;
                     drop(in_flight);
                     drop(counted_in_flight);
+                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                        let limit = response.extensions().get::<crate::metrics::Limit>();
+                        platform
+                            .metrics
+                            .rate_limited(route.as_deref(), limit.map_or("per_client", |l| l.0));
+                    }
                     platform.metrics.answered(
                         route.as_deref(),
                         &method,
