@@ -480,6 +480,12 @@ fn the_components_carry_the_tested_rules_and_extend_the_base_autoscaler() {
     let rules = documents_of(&[prometheus.join("alerts.yml")]);
     let rule = &documents_of(&[k8s_dir().join("monitoring/prometheusrule.yaml")])[0];
     assert_eq!(rule["spec"]["groups"], rules[0]["groups"]);
+    // An overlay's component is not namespaced or labelled by the base's kustomization.
+    assert_eq!(rule["metadata"]["namespace"], "pexper");
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "pexper"
+    );
 
     let base = find(&documents(), "HorizontalPodAutoscaler", "pexper-server").clone();
     let mut scaled = documents_of(&[k8s_dir().join("custom-metrics/hpa.yaml")])[0].clone();

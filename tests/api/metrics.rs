@@ -224,11 +224,11 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
         "{runs:?}"
     );
     assert_eq!(
-        value(r#"pexper_webhook_events_total{outcome="processed"}"#),
+        value(r#"pexper_webhook_events_total{outcome="processed",reason="none"}"#),
         1.0
     );
     assert_eq!(
-        value(r#"pexper_webhook_events_total{outcome="refused"}"#),
+        value(r#"pexper_webhook_events_total{outcome="refused",reason="missing_signature"}"#),
         1.0
     );
     assert_eq!(value(r#"pexper_licences{state="valid"}"#), 1.0);

@@ -717,13 +717,7 @@ pub async fn resend_licence(
     };
     let person = signed_in.session.person_id;
     let mut tx = platform.pool.begin().await?;
-    let sent = person::take_mail_counted(
-        &mut tx,
-        &platform.metrics,
-        person,
-        person::MailBudget::Owner,
-    )
-    .await?;
+    let sent = person::take_mail(&mut tx, person, person::MailBudget::Owner).await?;
     if sent {
         jobs::enqueue(
             &mut tx,
@@ -735,6 +729,11 @@ pub async fn resend_licence(
         .await?;
     }
     tx.commit().await.map_err(anyhow::Error::from)?;
+    if !sent {
+        platform
+            .metrics
+            .mail_budget_spent(person::MailBudget::Owner);
+    }
     let notice = if sent {
         Notice::done(
             "purchases",

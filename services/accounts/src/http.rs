@@ -180,17 +180,16 @@ pub async fn create_account(
             NewJob::new(&SendVerification { signup })
         }
     };
-    if person::take_mail_counted(
-        &mut tx,
-        &platform.metrics,
-        person,
-        person::MailBudget::Access,
-    )
-    .await?
-    {
+    let mailed = person::take_mail(&mut tx, person, person::MailBudget::Access).await?;
+    if mailed {
         jobs::enqueue(&mut tx, job.for_person(person)).await?;
     }
     tx.commit().await.map_err(anyhow::Error::from)?;
+    if !mailed {
+        platform
+            .metrics
+            .mail_budget_spent(person::MailBudget::Access);
+    }
     tracing::info!("account sign-up received");
     Ok(check_your_email(
         form,

@@ -181,30 +181,33 @@ impl BackgroundJob for DecideReset {
             return Ok(()); // A link from it would be dead on arrival.
         }
         let mut tx = platform.pool.begin().await?;
+        let mut budget_spent = false;
         if let Some(person) = person::find_indexed(&mut tx, &self.email_index).await?
             && let Some(account) = store::account_of(&mut tx, person).await?
             && account.disabled_at.is_none()
-            && person::take_mail_counted(
-                &mut tx,
-                &platform.metrics,
-                person,
-                person::MailBudget::Access,
-            )
-            .await?
         {
-            jobs::enqueue(
-                &mut tx,
-                NewJob::new(&SendReset {
-                    account: account.id,
-                    requested_at: Some(self.requested_at),
-                })
-                .for_person(person)
-                // Run again (its finished row's delete lost), it mails no second link.
-                .dedupe_key(format!("{}:{}", SendReset::KIND, job.id)),
-            )
-            .await?;
+            if person::take_mail(&mut tx, person, person::MailBudget::Access).await? {
+                jobs::enqueue(
+                    &mut tx,
+                    NewJob::new(&SendReset {
+                        account: account.id,
+                        requested_at: Some(self.requested_at),
+                    })
+                    .for_person(person)
+                    // Run again (its finished row's delete lost), it mails no second link.
+                    .dedupe_key(format!("{}:{}", SendReset::KIND, job.id)),
+                )
+                .await?;
+            } else {
+                budget_spent = true;
+            }
         }
         tx.commit().await?;
+        if budget_spent {
+            platform
+                .metrics
+                .mail_budget_spent(person::MailBudget::Access);
+        }
         Ok(())
     }
 }

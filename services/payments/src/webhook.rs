@@ -42,14 +42,35 @@ pub async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<Acknowledged>, ApiError> {
+    // Counted when dropped: a delivery that the request timeout (or the client) cuts short
+    // is a failure too.
+    let mut outcome = CountedDelivery {
+        platform: &platform,
+        counted: ("failed", "no_answer"),
+    };
     let received = verify_and_process(&platform, &headers, &body).await;
-    platform.metrics.webhook_event(match &received {
-        Ok(status) => status,
-        Err(ApiError::Client { status, .. }) if *status == StatusCode::BAD_REQUEST => "refused",
-        Err(ApiError::Client { .. }) => "unreadable",
-        Err(ApiError::Internal(_)) => "failed",
-    });
+    outcome.counted = match &received {
+        Ok(status) => (status, "none"),
+        Err(ApiError::Client { status, code, .. }) if *status == StatusCode::BAD_REQUEST => {
+            ("refused", code)
+        }
+        Err(ApiError::Client { code, .. }) => ("unreadable", code),
+        Err(ApiError::Internal(_)) => ("failed", "error"),
+    };
     Ok(axum::Json(Acknowledged { status: received? }))
+}
+
+/// A delivery's outcome for `pexper_webhook_events_total`, recorded when dropped.
+struct CountedDelivery<'a> {
+    platform: &'a Platform,
+    counted: (&'static str, &'static str),
+}
+
+impl Drop for CountedDelivery<'_> {
+    fn drop(&mut self) {
+        let (outcome, reason) = self.counted;
+        self.platform.metrics.webhook_event(outcome, reason);
+    }
 }
 
 async fn verify_and_process(

@@ -753,7 +753,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .execute(&self.pool)
             .await;
             match released {
-                Ok(_) => self.counters.handed_back(kind),
+                Ok(r) if r.rows_affected() == 1 => self.counters.handed_back(kind),
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %redact(&format!("{e:#}")), job.id = %id, "failed to hand a job back")
                 }

@@ -73,8 +73,10 @@ struct KindLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
+struct WebhookLabels {
     outcome: &'static str,
+    /// For `refused` and `unreadable`, the error code; else `none`.
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,7 +111,7 @@ pub struct Metrics {
     mail_budget_spent: Family<BudgetLabels, Counter>,
     mail_reports: Family<KindLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
-    webhook_events: Family<OutcomeLabels, Counter>,
+    webhook_events: Family<WebhookLabels, Counter>,
     analytics_events: Family<DropLabels, Counter>,
     crash_events: Counter,
     jobs: JobCounters,
@@ -224,22 +226,22 @@ impl Metrics {
             "Requests answered 429, by route template and the limit that refused them",
             rate_limited.clone(),
         );
-        let webhook_events = Family::<OutcomeLabels, Counter>::default();
+        let webhook_events = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhook_events",
-            "Stripe webhook deliveries by outcome: processed, duplicate, ignored (a type we do not use), refused (missing, wrong or stale signature), unreadable (signed, but not an event we can read), failed (our error; Stripe retries)",
+            "Stripe webhook deliveries by outcome: processed, duplicate, ignored (a type we do not use), refused (missing, wrong or stale signature: the reason says which), unreadable (signed, but not an event we can read), failed (our error, or no answer in time; Stripe retries)",
             webhook_events.clone(),
         );
         let analytics_events = Family::<DropLabels, Counter>::default();
         registry.register(
             "analytics_events",
-            "Usage events received in accepted batches: accepted, or dropped with the reason",
+            "Usage events received in accepted batches: accepted, or dropped with the reason (for unknown_property, a property dropped from an event that was kept)",
             analytics_events.clone(),
         );
         let crash_events = Counter::default();
         registry.register(
             "crash_events_stored",
-            "Crash reports (error events) stored from envelopes",
+            "Crash reports (error events) stored from envelopes; one sent again is not counted",
             crash_events.clone(),
         );
         let jobs = JobCounters::default();
@@ -333,10 +335,13 @@ impl Metrics {
             .inc();
     }
 
-    /// An email the address's daily `budget` (`person::MailBudget`) did not allow.
-    pub fn mail_budget_spent(&self, budget: &'static str) {
+    /// An email the address's daily `budget` did not allow (counted after the commit that
+    /// decided it).
+    pub fn mail_budget_spent(&self, budget: crate::person::MailBudget) {
         self.mail_budget_spent
-            .get_or_create(&BudgetLabels { budget })
+            .get_or_create(&BudgetLabels {
+                budget: budget.name(),
+            })
             .inc();
     }
 
@@ -347,10 +352,10 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// A webhook delivery's outcome (see the metric's help).
-    pub fn webhook_event(&self, outcome: &'static str) {
+    /// A webhook delivery's outcome and, for a refusal, its reason (see the metric's help).
+    pub fn webhook_event(&self, outcome: &'static str, reason: &'static str) {
         self.webhook_events
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&WebhookLabels { outcome, reason })
             .inc();
     }
 
@@ -551,7 +556,9 @@ impl DatabaseGauges {
         sqlx::query("SET TRANSACTION READ ONLY")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("SET LOCAL statement_timeout = '5s'")
+        // Under `READ_TIMEOUT`: the server ends a slow read before the scrape gives up on
+        // it, so no abandoned query holds a request connection.
+        sqlx::query("SET LOCAL statement_timeout = '3s'")
             .execute(&mut *tx)
             .await?;
         let mut read = Vec::with_capacity(self.gauges.len());

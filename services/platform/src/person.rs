@@ -79,7 +79,7 @@ pub enum MailBudget {
 }
 
 impl MailBudget {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Contact => "contact",
             Self::Access => "access",
@@ -114,22 +114,6 @@ pub async fn take_mail(
         .await
         .context("failed to take from a person's mail budget")?;
     Ok(taken == Some(true))
-}
-
-/// `take_mail`, counting a spent budget in `pexper_mail_budget_spent_total`: for callers
-/// that have the process's metrics (a request's handler or a job). A privacy request's held
-/// acknowledgement is counted by the database instead (`pexper_privacy_acknowledgements_held`).
-pub async fn take_mail_counted(
-    conn: &mut PgConnection,
-    metrics: &crate::metrics::Metrics,
-    person: PersonId,
-    budget: MailBudget,
-) -> anyhow::Result<bool> {
-    let taken = take_mail(conn, person, budget).await?;
-    if !taken {
-        metrics.mail_budget_spent(budget.name());
-    }
-    Ok(taken)
 }
 
 /// The columns of a `person` row for an address not stored yet: a fresh id, the address's

@@ -317,13 +317,16 @@ pub async fn launch(
         })
     };
 
+    // The metrics listener outlives the job worker: what the worker counts while it drains
+    // (its last runs, the jobs it hands back) can still be scraped.
+    let (stop_metrics, metrics_stopped) = watch::channel(false);
     let metrics = metrics_listener.map(|listener| {
         tokio::spawn(serve_metrics(
             listener,
             platform.clone(),
             services.iter().flat_map(|s| s.gauges()).collect(),
             job_pool.clone(),
-            shutdown.clone(),
+            metrics_stopped,
         ))
     });
 
@@ -345,7 +348,9 @@ pub async fn launch(
         }
     };
 
-    worker_task.await.context("the job worker panicked")?;
+    let worked = worker_task.await.context("the job worker panicked");
+    stop_metrics.send_replace(true);
+    worked?;
     heartbeat.await.context("the heartbeat panicked")?;
     let metrics = match metrics {
         Some(metrics) => metrics.await.context("the metrics listener panicked")?,

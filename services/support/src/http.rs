@@ -147,14 +147,8 @@ pub async fn create(
     }
     let mut tx = platform.pool.begin().await?;
     let (id, person) = store::create(&mut tx, &platform.keyring, &email, subject, message).await?;
-    if person::take_mail_counted(
-        &mut tx,
-        &platform.metrics,
-        person,
-        person::MailBudget::Contact,
-    )
-    .await?
-    {
+    let acknowledged = person::take_mail(&mut tx, person, person::MailBudget::Contact).await?;
+    if acknowledged {
         jobs::enqueue(
             &mut tx,
             NewJob::new(&Acknowledge { request_id: id }).for_person(person),
@@ -162,6 +156,11 @@ pub async fn create(
         .await?;
     }
     tx.commit().await?;
+    if !acknowledged {
+        platform
+            .metrics
+            .mail_budget_spent(person::MailBudget::Contact);
+    }
     tracing::info!(request = %id, "support request received");
     Ok(accepted(is_form))
 }

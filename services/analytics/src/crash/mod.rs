@@ -291,17 +291,16 @@ pub async fn intake(
         Err(e) => return Ok(db_error(e, true)),
     };
     let mut stored: Option<Uuid> = None;
+    let mut new_reports = 0;
     for event in &prepared.events {
-        store_event(&mut tx, request.project_id, event).await?;
+        new_reports += u64::from(store_event(&mut tx, request.project_id, event).await?);
         tracing::info!(project = request.project_id, signature = %event.signature, "crash report stored");
         stored = Some(event.event_id);
     }
     sessions::store_sessions(&mut tx, prepared.sessions).await?;
     sessions::store_aggregates(&mut tx, prepared.aggregates).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
-    platform
-        .metrics
-        .crash_events_stored(prepared.events.len() as u64);
+    platform.metrics.crash_events_stored(new_reports);
     Ok(axum::Json(match stored {
         Some(id) => serde_json::json!({ "id": id.simple().to_string() }),
         None => serde_json::json!({}),
@@ -313,9 +312,9 @@ async fn store_event(
     conn: &mut sqlx::PgConnection,
     project: u64,
     event: &event::Rebuilt,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     use anyhow::Context;
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO crash_report (id, event_id, project_id, occurred_at, release, environment,
                                    level, signature, exception_type, event)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -334,5 +333,6 @@ async fn store_event(
     .execute(conn)
     .await
     .context("failed to store a crash report")?;
-    Ok(())
+    // An envelope sent again (the SDK retries) stores nothing new.
+    Ok(inserted.rows_affected() == 1)
 }
