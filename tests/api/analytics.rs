@@ -553,6 +553,24 @@ async fn envelopes_are_authenticated_decoded_capped_and_rate_limited_as_the_sdks
         assert_eq!(id.len(), 32, "{encoding}");
     }
     assert_eq!(app.scalar("SELECT count(*) FROM crash_report").await, 3);
+    // An envelope sent again (an SDK's retry) stores nothing, and counts nothing, new.
+    let again = canary_envelope();
+    for _ in 0..2 {
+        let res = envelope(
+            &app.address,
+            client,
+            again.clone(),
+            None,
+            Some("pexper-dev"),
+        )
+        .await;
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(app.scalar("SELECT count(*) FROM crash_report").await, 4);
+    assert_eq!(
+        app.metric("pexper_crash_events_stored_total").await,
+        Some(4.0)
+    );
 
     let bomb = gzip(&vec![b' '; 5 * 1024 * 1024]);
     assert!(bomb.len() < 100_000);
@@ -841,6 +859,16 @@ async fn collection_has_a_per_client_limit_keyed_by_ipv4_address_or_ipv6_64() {
         .await
         .unwrap();
     assert_eq!(res.status(), 429);
+    // The per-client limiter answers before any handler: its 429s say so.
+    let metrics = app.metrics().await;
+    assert_eq!(
+        pexper_tests::metrics::metric(
+            &metrics,
+            r#"pexper_http_rate_limited_total{route="/v1/analytics/events",limit="per_client"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -862,6 +890,26 @@ async fn a_flood_that_holds_every_ingestion_connection_leaves_signups_their_own(
         res.status(),
         429,
         "collection is asked to come back, not failed"
+    );
+    // Counted by the limit that answered: the handler's `busy`, not the per-client limiter.
+    let metrics = app.metrics().await;
+    let limited = |limit: &str| {
+        pexper_tests::metrics::metric(
+            &metrics,
+            &format!(
+                r#"pexper_http_rate_limited_total{{route="/v1/analytics/events",limit="{limit}"}}"#
+            ),
+        )
+    };
+    assert_eq!(limited("busy"), Some(1.0), "{metrics}");
+    assert_eq!(limited("per_client"), None, "{metrics}");
+    assert_eq!(
+        pexper_tests::metrics::metric(
+            &metrics,
+            r#"pexper_db_pool_acquire_timeouts_total{pool="ingest"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
     );
     assert!(res.headers().contains_key("retry-after"));
     assert!(

@@ -98,6 +98,15 @@ async fn while_the_database_is_down_requests_answer_503_at_once_and_the_server_r
     );
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
+    // And /metrics says so, for the alerts.
+    let metrics = app.metrics().await;
+    for down in ["pexper_ready", "pexper_database_gauges_up"] {
+        assert_eq!(
+            pexper_tests::metrics::metric(&metrics, down),
+            Some(0.0),
+            "{down}"
+        );
+    }
 
     // Back, on the port it had: the server reconnects by itself.
     let again = pg.start_again().await.unwrap();

@@ -124,7 +124,15 @@ async fn letters_to_privacy_become_requests_acknowledged_as_replies_with_no_oper
     );
 
     // One recurring period, no operator command.
-    let replicas = start_reading(&dovecot, &[("PEXPER_RECURRING_SECONDS", "1")]).await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let replicas = start_reading(
+        &dovecot,
+        &[
+            ("PEXPER_RECURRING_SECONDS", "1"),
+            ("PEXPER_METRICS_ADDR", &metrics_addr),
+        ],
+    )
+    .await;
     let pool = replicas.db.pool().await;
     // Four acknowledgements, and the operator's notice of the letter to classify.
     let mail = replicas.smtp.wait_for(5, WAIT).await;
@@ -263,6 +271,16 @@ async fn letters_to_privacy_become_requests_acknowledged_as_replies_with_no_oper
     // Marked once its report is committed: just after, not before.
     eventually(WAIT, "the bounce marked taken", || async {
         (dovecot.seen_and_unseen("bounces") == (1, 0)).then_some(())
+    })
+    .await;
+    // Counted once its run is over.
+    eventually(WAIT, "the bounce counted", || async {
+        let body = pexper_tests::metrics::scrape_listener(&metrics_addr).await;
+        pexper_tests::metrics::metric(
+            &body,
+            r#"pexper_mail_reports_applied_total{kind="hard_bounce"}"#,
+        )
+        .filter(|n| *n == 1.0)
     })
     .await;
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use pexper_tests::metrics::series;
 use pexper_tests::*;
 use serde_json::json;
 
@@ -20,17 +21,6 @@ const CANARIES: &[&str] = &[
     "canary-path-9926",
     "canary.example",
 ];
-
-/// Each metric's series: its name and label set → its value.
-fn series(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, value) = l.rsplit_once(' ').unwrap();
-            (name.to_owned(), value.parse().unwrap())
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_sent() {
@@ -152,6 +142,22 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
     }
     let statuses = hammered.join_all().await;
     assert!(statuses.contains(&reqwest::StatusCode::TOO_MANY_REQUESTS));
+    // A job whose worker died (its lease ran out), of a kind no worker here takes over.
+    sqlx::query(
+        "INSERT INTO job (id, kind, status, attempts, locked_until)
+         VALUES (gen_random_uuid(), 'retired.kind', 'running', 1, now() - interval '1 minute')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // A process last heard from ten minutes ago, on another master key version: gone.
+    sqlx::query(
+        "INSERT INTO replica (id, master_version, master_versions, seen_at)
+         VALUES (gen_random_uuid(), 2, '{2,1}', now() - interval '10 minutes')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     // And a job given up on, as a failing one ends.
     sqlx::query(
         "INSERT INTO job (id, kind, status, attempts, last_error)
@@ -211,6 +217,10 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
         1.0
     );
     assert!(all.contains_key("pexper_jobs_oldest_ready_age_seconds"));
+    assert_eq!(
+        value(r#"pexper_jobs{kind="retired.kind",state="lapsed"}"#),
+        1.0
+    );
     let runs: Vec<&str> = body
         .lines()
         .filter(|l| l.starts_with("pexper_job_runs_total"))
@@ -251,6 +261,9 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
     );
     assert_eq!(value("pexper_ready"), 1.0);
     assert_eq!(value(r#"pexper_replicas{master_version="1"}"#), 1.0);
+    assert!(!all.contains_key(r#"pexper_replicas{master_version="2"}"#));
+    // The requests above left connections open and idle.
+    assert!(value(r#"pexper_db_pool_connections{pool="request",state="idle"}"#) >= 1.0);
     for pool in ["request", "ingest", "jobs"] {
         assert!(
             value(&format!(
@@ -539,4 +552,29 @@ async fn a_real_prometheus_scrapes_the_server_and_an_overdue_request_fires_its_a
         .query(r#"sum(pexper_http_requests_total{route="/v1/privacy/requests",status="2xx"})"#)
         .await;
     assert_eq!(requests[0]["value"][1], "1");
+}
+
+/// A request that waits in vain for one of the request pool's connections is answered 503
+/// and counted, by pool.
+#[tokio::test]
+async fn a_wait_for_a_connection_that_runs_out_of_time_is_counted_by_pool() {
+    let app = spawn_app().await;
+    let mut held = Vec::new();
+    for _ in 0..app.platform.pool.options().get_max_connections() {
+        held.push(app.platform.pool.acquire().await.unwrap());
+    }
+    let res = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({"email": "waits@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    drop(held);
+    assert_eq!(
+        app.metric(r#"pexper_db_pool_acquire_timeouts_total{pool="request"}"#)
+            .await,
+        Some(1.0)
+    );
 }

@@ -297,6 +297,10 @@ async fn a_deletion_request_completes_by_itself_and_leaves_only_unlinked_records
         &["privacy", "show", receipt["id"].as_str().unwrap(), "--json"],
     );
     assert_eq!(shown["erased"], true);
+    assert_eq!(
+        app.metric("pexper_privacy_erasures_last_day").await,
+        Some(1.0)
+    );
     let events: Vec<&str> = shown["audit"]
         .as_array()
         .unwrap()
@@ -1213,6 +1217,10 @@ async fn acknowledgements_held_back_by_a_spent_budget_go_out_together_and_no_str
     sweep_once_more(&app).await;
     assert_eq!(mails_to(&app, victim, "please confirm"), 4);
     assert_eq!(
+        app.metric("pexper_privacy_acknowledgements_held").await,
+        Some(1.0)
+    );
+    assert_eq!(
         app.scalar("SELECT count(*) FROM privacy_request WHERE status = 'received'")
             .await,
         6
@@ -1252,6 +1260,10 @@ async fn acknowledgements_held_back_by_a_spent_budget_go_out_together_and_no_str
         )
         .await,
         0
+    );
+    assert_eq!(
+        app.metric("pexper_privacy_acknowledgements_held").await,
+        Some(0.0)
     );
     assert_eq!(
         app.scalar("SELECT count(*) FROM privacy_request WHERE status = 'received'")

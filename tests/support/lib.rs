@@ -15,6 +15,7 @@ pub mod canary;
 mod database;
 pub mod dkim;
 pub mod dovecot;
+pub mod metrics;
 mod process;
 pub mod smtp;
 pub mod stripe;

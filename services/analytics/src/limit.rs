@@ -32,12 +32,17 @@ pub fn retry_later(
 /// anything else is ours (500).
 pub fn db_error(e: sqlx::Error, sentry: bool) -> Response {
     match e {
-        sqlx::Error::PoolTimedOut => retry_later(
-            "busy",
-            "too much is arriving at once; retry later",
-            Duration::from_secs(1),
-            sentry,
-        ),
+        sqlx::Error::PoolTimedOut => {
+            let mut res = retry_later(
+                "busy",
+                "too much is arriving at once; retry later",
+                Duration::from_secs(1),
+                sentry,
+            );
+            res.extensions_mut()
+                .insert(pexper_platform::metrics::PoolTimedOut("ingest"));
+            res
+        }
         e => ApiError::from(e).into_response(),
     }
 }

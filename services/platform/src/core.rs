@@ -40,12 +40,13 @@ impl Service for Core {
         vec![
             GaugeQuery {
                 name: "jobs",
-                help: "Jobs in the queue by kind and state: ready (due now), scheduled (due later), retrying (failed before, due later), running, dead (given up on)",
+                help: "Jobs in the queue by kind and state: ready (due now), scheduled (due later), retrying (failed before, due later), running, lapsed (running, but its lease ran out: its worker died, and another takes it over), dead (given up on)",
                 labels: &["kind", "state"],
                 sql: "SELECT kind,
                              CASE WHEN status = 'queued' AND run_at <= now() THEN 'ready'
                                   WHEN status = 'queued' AND attempts > 0 THEN 'retrying'
                                   WHEN status = 'queued' THEN 'scheduled'
+                                  WHEN status = 'running' AND locked_until < now() THEN 'lapsed'
                                   ELSE status END,
                              count(*)::float8
                       FROM job GROUP BY 1, 2",

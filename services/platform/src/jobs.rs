@@ -845,6 +845,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
                 Err(error) => match fail(&self.pool, &job, &error).await {
                     Ok(dead) => {
+                        let (JobError::Retry(cause) | JobError::Permanent(cause)) = &error;
+                        if crate::outage::pool_timed_out(cause) {
+                            self.counters.pool_timed_out();
+                        }
                         let outcome = if dead { JobOutcome::Dead } else { JobOutcome::Failed };
                         self.counters.ran(kind, outcome);
                         tracing::warn!(

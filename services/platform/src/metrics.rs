@@ -134,6 +134,7 @@ pub enum JobOutcome {
 pub struct JobCounters {
     runs: Family<JobLabels, Counter>,
     hand_backs: Family<KindLabels, Counter>,
+    pool_timeouts: Family<PoolLabels, Counter>,
 }
 
 impl JobCounters {
@@ -147,12 +148,24 @@ impl JobCounters {
         self.runs.get_or_create(&JobLabels { kind, outcome }).inc();
     }
 
+    /// A job that failed waiting for a connection of the job pool.
+    pub fn pool_timed_out(&self) {
+        self.pool_timeouts
+            .get_or_create(&PoolLabels { pool: "jobs" })
+            .inc();
+    }
+
     /// A job still running at the end of the shutdown grace, whose lease was ended so that
     /// another worker takes it at once.
     pub fn handed_back(&self, kind: &'static str) {
         self.hand_backs.get_or_create(&KindLabels { kind }).inc();
     }
 }
+
+/// Put on an answer by the code that waited for a pool's connection in vain (`request`,
+/// `ingest`), so that `pexper_db_pool_acquire_timeouts_total` counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTimedOut(pub &'static str);
 
 /// Put on a 429 by the code that refused it (`ApiError::into_response`), so that
 /// `pexper_http_rate_limited_total` says which limit it was.
@@ -246,6 +259,11 @@ impl Metrics {
         );
         let jobs = JobCounters::default();
         registry.register(
+            "db_pool_acquire_timeouts",
+            "Waits for a pool's connection that ran out of time, by pool (request: answered 503; ingest: answered 429 busy; jobs: the job retries)",
+            jobs.pool_timeouts.clone(),
+        );
+        registry.register(
             "job_runs",
             "Job runs by kind and how they ended: done, failed (to be retried) or dead",
             jobs.runs.clone(),
@@ -324,6 +342,14 @@ impl Metrics {
         let class = if permanent { "permanent" } else { "transient" };
         self.mail_failed
             .get_or_create(&FailureLabels { template, class })
+            .inc();
+    }
+
+    /// A wait for `pool`'s connection that ran out of time.
+    pub fn pool_timed_out(&self, pool: &'static str) {
+        self.jobs
+            .pool_timeouts
+            .get_or_create(&PoolLabels { pool })
             .inc();
     }
 

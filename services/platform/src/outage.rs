@@ -27,6 +27,14 @@ pub fn database_unreachable(error: &anyhow::Error) -> bool {
         })
 }
 
+/// Whether an error is a wait for a pool's connection that ran out of time (the pool's
+/// connections were all in use): `pexper_db_pool_acquire_timeouts_total`.
+pub fn pool_timed_out(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| matches!(e.downcast_ref(), Some(sqlx::Error::PoolTimedOut)))
+}
+
 /// `/readyz`'s last answer, refreshed at most once a second by one caller at a time: probes
 /// (every kubelet's, a load balancer's, or a flood of them) cost at most one database round
 /// trip a second, and never take the connections requests need.
@@ -49,19 +57,6 @@ impl Readiness {
         *last = Some((tokio::time::Instant::now(), ready));
         ready
     }
-}
-
-/// What `/readyz` answers: whether the request pool's database answers `SELECT 1` within
-/// 2 s, as seen at most a second ago.
-pub async fn ready(platform: &crate::Platform) -> bool {
-    let ping = || async {
-        let ping = sqlx::query("SELECT 1").execute(&platform.pool);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), ping).await,
-            Ok(Ok(_))
-        )
-    };
-    platform.readiness.ready(ping).await
 }
 
 #[cfg(test)]

@@ -92,6 +92,19 @@ impl Platform {
         tokio::join!(self.pool.close(), self.ingest_pool.close());
     }
 
+    /// What `/readyz` answers: whether the request pool's database answers `SELECT 1` within
+    /// 2 s, as seen at most a second ago (`outage::Readiness`).
+    pub async fn ready(&self) -> bool {
+        let ping = || async {
+            let ping = sqlx::query("SELECT 1").execute(&self.pool);
+            matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(2), ping).await,
+                Ok(Ok(_))
+            )
+        };
+        self.readiness.ready(ping).await
+    }
+
     /// The same platform over `pool`: what the job worker runs with (`db::job_pool`).
     pub fn for_jobs(&self, pool: PgPool) -> Self {
         Self {

@@ -137,7 +137,7 @@ async fn serve_metrics(
         axum::routing::get(move || {
             let (platform, gauges) = (platform.clone(), gauges.clone());
             async move {
-                let ready = pexper_platform::outage::ready(&platform).await;
+                let ready = platform.ready().await;
                 let body = scrape(&platform.metrics, &gauges, &platform.pool, ready).await;
                 ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body)
             }

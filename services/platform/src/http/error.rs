@@ -73,6 +73,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Internal(error) if crate::outage::database_unreachable(&error) => {
                 tracing::warn!(error = %redact(&format!("{error:#}")), "database unavailable");
+                let timed_out = crate::outage::pool_timed_out(&error);
                 let mut res = json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -80,6 +81,10 @@ impl IntoResponse for ApiError {
                 );
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                if timed_out {
+                    res.extensions_mut()
+                        .insert(crate::metrics::PoolTimedOut("request"));
+                }
                 res
             }
             ApiError::Internal(error) => {

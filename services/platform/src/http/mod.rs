@@ -103,7 +103,7 @@ async fn healthz() -> axum::Json<Health> {
     (status = 200, description = "The database answers", body = Health),
     (status = 503, description = "The database does not answer", body = Health)))]
 async fn readyz(State(platform): State<Platform>) -> impl IntoResponse {
-    if crate::outage::ready(&platform).await {
+    if platform.ready().await {
         (
             StatusCode::OK,
             axum::Json(Health {
@@ -367,6 +367,10 @@ pub fn app(platform: Platform, services: &[Arc<dyn Service>], options: &HttpOpti
                     let response = next.run(request).await;
                     drop(in_flight);
                     drop(counted_in_flight);
+                    if let Some(pool) = response.extensions().get::<crate::metrics::PoolTimedOut>()
+                    {
+                        platform.metrics.pool_timed_out(pool.0);
+                    }
                     if response.status() == StatusCode::TOO_MANY_REQUESTS {
                         let limit = response.extensions().get::<crate::metrics::Limit>();
                         platform
