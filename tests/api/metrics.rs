@@ -20,6 +20,7 @@ const CANARIES: &[&str] = &[
     "canary-token-8815",
     "canary-path-9926",
     "canary.example",
+    "canary-event-1337",
 ];
 
 #[tokio::test]
