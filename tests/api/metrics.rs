@@ -83,14 +83,7 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
         assert!(res.status().is_client_error());
     }
     // A purchase, and a delivery nobody signed.
-    let checkout = stripe::Checkout::new("buyer-canary@canary.example");
-    let res = stripe::deliver(
-        &client,
-        &server.base,
-        &checkout.session_event("checkout.session.completed", "paid"),
-    )
-    .await;
-    assert_eq!(res.status(), 200);
+    buy(&client, &server.base, "buyer-canary@canary.example").await;
     let res = client
         .post(format!("{}/v1/webhooks/stripe", server.base))
         .header("content-type", "application/json")
@@ -330,6 +323,18 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
     assert_eq!(public.status(), 404);
 }
 
+/// A paid checkout for `email`, delivered as Stripe would.
+async fn buy(client: &reqwest::Client, base: &str, email: &str) {
+    let checkout = stripe::Checkout::new(email);
+    let res = stripe::deliver(
+        client,
+        base,
+        &checkout.session_event("checkout.session.completed", "paid"),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+}
+
 fn deploy(file: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/prometheus")
@@ -523,6 +528,15 @@ async fn a_real_prometheus_scrapes_the_server_and_an_overdue_request_fires_its_a
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
+    // A signup and a purchase while it scrapes.
+    let res = client
+        .post(format!("{}/v1/waitlist", server.base))
+        .json(&json!({"email": "early@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    buy(&client, &server.base, "buyer@example.org").await;
     eventually(WAIT, "the request seen by Prometheus", || async {
         let open = prometheus
             .query(r#"pexper_privacy_requests_open{kind="access",status="received"}"#)
@@ -553,6 +567,20 @@ async fn a_real_prometheus_scrapes_the_server_and_an_overdue_request_fires_its_a
         .query(r#"sum(pexper_http_requests_total{route="/v1/privacy/requests",status="2xx"})"#)
         .await;
     assert_eq!(requests[0]["value"][1], "1");
+    for (query, expected) in [
+        (
+            r#"sum(pexper_http_requests_total{route="/v1/waitlist",status="2xx"})"#,
+            "1",
+        ),
+        (
+            r#"sum(pexper_webhook_events_total{outcome="processed"})"#,
+            "1",
+        ),
+        (r#"max(pexper_licences{state="valid"})"#, "1"),
+    ] {
+        let got = prometheus.query(query).await;
+        assert_eq!(got[0]["value"][1], expected, "{query}");
+    }
 }
 
 /// A request that waits in vain for one of the request pool's connections is answered 503
