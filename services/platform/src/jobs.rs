@@ -836,6 +836,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 .lock()
                 .expect("the in-hand set is never poisoned")
                 .remove(&job.id);
+            if let Err(JobError::Retry(cause) | JobError::Permanent(cause)) = &result
+                && crate::outage::pool_timed_out(cause)
+            {
+                self.counters.pool_timed_out();
+            }
             match result {
                 Ok(()) => {
                     // The finisher outlives every slot, so the send cannot fail.
@@ -845,10 +850,6 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
                 Err(error) => match fail(&self.pool, &job, &error).await {
                     Ok(dead) => {
-                        let (JobError::Retry(cause) | JobError::Permanent(cause)) = &error;
-                        if crate::outage::pool_timed_out(cause) {
-                            self.counters.pool_timed_out();
-                        }
                         let outcome = if dead { JobOutcome::Dead } else { JobOutcome::Failed };
                         self.counters.ran(kind, outcome);
                         tracing::warn!(

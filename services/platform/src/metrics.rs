@@ -148,7 +148,7 @@ impl JobCounters {
         self.runs.get_or_create(&JobLabels { kind, outcome }).inc();
     }
 
-    /// A job that failed waiting for a connection of the job pool.
+    /// A job run that got no connection from the job pool in time.
     pub fn pool_timed_out(&self) {
         self.pool_timeouts
             .get_or_create(&PoolLabels { pool: "jobs" })
@@ -162,7 +162,7 @@ impl JobCounters {
     }
 }
 
-/// Put on an answer by the code that waited for a pool's connection in vain (`request`,
+/// Put on an answer by the code that got no connection from a pool in time (`request`,
 /// `ingest`), so that `pexper_db_pool_acquire_timeouts_total` counts it.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolTimedOut(pub &'static str);
@@ -260,7 +260,7 @@ impl Metrics {
         let jobs = JobCounters::default();
         registry.register(
             "db_pool_acquire_timeouts",
-            "Waits for a pool's connection that ran out of time, by pool (request: answered 503; ingest: answered 429 busy; jobs: the job retries)",
+            "Requests and job runs that got no connection from a pool in time, by pool: the pool was exhausted, or the database unreachable or slow to connect (request: answered 503, each signup of a batch that failed so counted; ingest: answered 429 busy; jobs: the run failed)",
             jobs.pool_timeouts.clone(),
         );
         registry.register(
@@ -345,7 +345,7 @@ impl Metrics {
             .inc();
     }
 
-    /// A wait for `pool`'s connection that ran out of time.
+    /// A request that got no connection from `pool` in time.
     pub fn pool_timed_out(&self, pool: &'static str) {
         self.jobs
             .pool_timeouts

@@ -27,8 +27,8 @@ pub fn database_unreachable(error: &anyhow::Error) -> bool {
         })
 }
 
-/// Whether an error is a wait for a pool's connection that ran out of time (the pool's
-/// connections were all in use): `pexper_db_pool_acquire_timeouts_total`.
+/// Whether an error is a wait for a pool's connection that ran out of time: every connection
+/// in use, or a new one not opened in time (the database unreachable, or slow to connect).
 pub fn pool_timed_out(error: &anyhow::Error) -> bool {
     error
         .chain()
