@@ -38,6 +38,7 @@ const PRODUCTION: &[(&str, &str)] = &[
         "PEXPER_POSTAL_ADDRESS",
         "Pexper Inc., 1 Example Street, Springfield",
     ),
+    ("PEXPER_DKIM", "relay"),
     (
         "DATABASE_URL",
         "postgres://u:p@db.invalid/pexper?sslmode=verify-full",

@@ -333,77 +333,97 @@ async fn the_admin_cli_shows_the_line_exports_addresses_and_invites_the_next_peo
 async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_headers() {
     use base64::Engine;
     let seed = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    let app = spawn_app_with(AppOptions {
-        vars: vec![
-            ("PEXPER_DKIM_SELECTOR", "mail2026".into()),
-            ("PEXPER_DKIM_KEY", format!("ed25519:{seed}")),
-        ],
-        ..AppOptions::default()
-    })
-    .await;
-    join(&app, "signed@example.com", json!({})).await;
-    let mail = app.smtp.wait_for(2, WAIT).await;
-    for m in &mail {
-        let sig = m.header("DKIM-Signature").expect("signed");
-        let tags: std::collections::HashMap<&str, &str> = sig
-            .split(';')
-            .filter_map(|t| t.trim().split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim()))
-            .collect();
-        assert_eq!(tags["d"], "pexper.com");
-        assert_eq!(tags["s"], "mail2026");
-        assert_eq!(tags["a"], "ed25519-sha256");
-        assert_eq!(tags["c"], "relaxed/relaxed");
-        let signed: Vec<String> = tags["h"]
-            .split(':')
-            .map(|h| h.trim().to_ascii_lowercase())
-            .collect();
-        for h in ["from", "to", "subject", "date", "message-id"] {
-            assert!(signed.contains(&h.to_owned()), "{h} in {signed:?}");
-        }
-        let is_product = m.header("List-Unsubscribe").is_some();
-        assert_eq!(
-            signed.contains(&"list-unsubscribe".to_owned())
-                && signed.contains(&"list-unsubscribe-post".to_owned()),
-            is_product,
-            "{signed:?}"
-        );
-        assert!(tags["b"].len() > 40);
-        dkim::verify(
-            m,
-            &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key(),
-        )
-        .unwrap();
-        // Any change to a signed header breaks the signature.
-        let mut forged = m.clone();
-        forged.data = forged.data.replacen("Subject: ", "Subject: Re: ", 1);
-        assert!(
-            dkim::verify(
-                &forged,
-                &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key()
-            )
-            .is_err()
-        );
-        if is_product {
-            let mut forged = m.clone();
-            forged.data = forged.data.replacen(
-                "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
-                "List-Unsubscribe-Post: nothing",
-                1,
-            );
-            assert!(
-                dkim::verify(
-                    &forged,
-                    &ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key()
-                )
-                .is_err()
-            );
-        }
-    }
+    let dir = tempdir::TempDir::new();
+    let (pkcs8, rsa_pkcs8) = dkim::rsa_key(dir.path(), false);
+    let pkcs1_dir = tempdir::TempDir::new();
+    let (pkcs1, rsa_pkcs1) = dkim::rsa_key(pkcs1_dir.path(), true);
     assert!(
-        mail.iter().any(|m| m.header("List-Unsubscribe").is_some()),
-        "the welcome is product email"
+        pkcs8.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{pkcs8:.30}"
     );
+    assert!(
+        pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "{pkcs1:.30}"
+    );
+    let ed25519 =
+        dkim::PublicKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key());
+    for (key, public, algorithm) in [
+        (format!("ed25519:{seed}"), &ed25519, "ed25519-sha256"),
+        (pkcs8, &rsa_pkcs8, "rsa-sha256"),
+        (pkcs1, &rsa_pkcs1, "rsa-sha256"),
+    ] {
+        let app = spawn_app_with(AppOptions {
+            vars: vec![
+                ("PEXPER_DKIM_SELECTOR", "mail2026".into()),
+                ("PEXPER_DKIM_KEY", key),
+            ],
+            ..AppOptions::default()
+        })
+        .await;
+        join(&app, "signed@example.com", json!({})).await;
+        let mail = app.smtp.wait_for(2, WAIT).await;
+        for m in &mail {
+            let sig = m.header("DKIM-Signature").expect("signed");
+            let tags: std::collections::HashMap<&str, &str> = sig
+                .split(';')
+                .filter_map(|t| t.trim().split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .collect();
+            assert_eq!(tags["d"], "pexper.com");
+            assert_eq!(tags["s"], "mail2026");
+            assert_eq!(tags["a"], algorithm);
+            assert_eq!(tags["c"], "relaxed/relaxed");
+            let signed: Vec<String> = tags["h"]
+                .split(':')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect();
+            for h in [
+                "from",
+                "to",
+                "subject",
+                "date",
+                "message-id",
+                "content-type",
+            ] {
+                assert!(signed.contains(&h.to_owned()), "{h} in {signed:?}");
+            }
+            let is_product = m.header("List-Unsubscribe").is_some();
+            assert_eq!(
+                signed.contains(&"list-unsubscribe".to_owned())
+                    && signed.contains(&"list-unsubscribe-post".to_owned()),
+                is_product,
+                "{signed:?}"
+            );
+            assert!(tags["b"].len() > 40);
+            dkim::verify(m, public).unwrap();
+            // Any change to a signed header or to the body breaks the signature.
+            let mut forged = vec![
+                ("Subject: ", "Subject: Re: "),
+                (
+                    "Content-Type: multipart/alternative",
+                    "Content-Type: text/plain",
+                ),
+                ("pexper", "pexpert"),
+            ];
+            if is_product {
+                forged.push((
+                    "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+                    "List-Unsubscribe-Post: nothing",
+                ));
+            }
+            for (from, to) in forged {
+                let mut forged = m.clone();
+                assert!(forged.data.contains(from), "{from} in {}", m.data);
+                let at = forged.data.rfind(from).unwrap();
+                forged.data.replace_range(at..at + from.len(), to);
+                assert!(dkim::verify(&forged, public).is_err(), "{from} → {to}");
+            }
+        }
+        assert!(
+            mail.iter().any(|m| m.header("List-Unsubscribe").is_some()),
+            "the welcome is product email"
+        );
+    }
 }
 
 /// A delivery status notification for the message `original` (as our relay received it),

@@ -89,11 +89,8 @@ async fn run(people: usize) -> bool {
     let url = cluster.database("broadcast").await;
     let dkim = dkim_vars();
     let production = production_vars();
-    let mut vars = vec![
-        ("DATABASE_URL", url.as_str()),
-        (dkim[0].0, dkim[0].1.as_str()),
-        (dkim[1].0, dkim[1].1.as_str()),
-    ];
+    let mut vars = vec![("DATABASE_URL", url.as_str())];
+    vars.extend(dkim.iter().map(|(k, v)| (*k, v.as_str())));
     vars.extend(production.iter().map(|(k, v)| (*k, v.as_str())));
     let server = ServerProcess::start_with("warn", &vars).await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();

@@ -1,10 +1,51 @@
-//! An independent DKIM verifier, so that a test of signed mail does not trust the signer.
+//! An independent DKIM verifier, so that a test of signed mail does not trust the signer
+//! (ring): Ed25519 through ed25519-dalek, RSA through the `openssl` command.
 
 use crate::smtp::ReceivedMail;
 
-/// Verifies an ed25519-sha256 DKIM signature with relaxed/relaxed canonicalization (RFC 6376
-/// §3.4.2, §3.4.4, §3.7; RFC 8463), written out here so the tests do not trust the signer.
-pub fn verify(m: &ReceivedMail, key: &ed25519_dalek::VerifyingKey) -> Result<(), String> {
+/// A signer's public key, as its DNS record would publish it.
+pub enum PublicKey {
+    Ed25519(ed25519_dalek::VerifyingKey),
+    /// The PEM file of an RSA public key.
+    Rsa(std::path::PathBuf),
+}
+
+/// A new RSA-2048 key pair from `openssl` in `dir`: the private key in PKCS#8 PEM (what
+/// `openssl genpkey` writes; `traditional` for PKCS#1, what `genrsa -traditional` writes) and
+/// the public key.
+pub fn rsa_key(dir: &std::path::Path, traditional: bool) -> (String, PublicKey) {
+    let private = dir.join("dkim.pem");
+    let public = dir.join("dkim.pub.pem");
+    let mut genrsa = std::process::Command::new("openssl");
+    genrsa.arg("genrsa");
+    if traditional {
+        genrsa.arg("-traditional");
+    }
+    let out = genrsa
+        .arg("-out")
+        .arg(&private)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        std::fs::read_to_string(&private).unwrap(),
+        PublicKey::Rsa(public),
+    )
+}
+
+/// Verifies an ed25519-sha256 or rsa-sha256 DKIM signature with relaxed/relaxed
+/// canonicalization (RFC 6376 §3.4.2, §3.4.4, §3.7; RFC 8463), written out here so the tests
+/// do not trust the signer.
+pub fn verify(m: &ReceivedMail, key: &PublicKey) -> Result<(), String> {
     use base64::Engine;
     use ed25519_dalek::Verifier;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -93,12 +134,44 @@ pub fn verify(m: &ReceivedMail, key: &ed25519_dalek::VerifyingKey) -> Result<(),
         })
         .collect();
     data.push_str(&relaxed("DKIM-Signature", &without_b.join(";")));
-    let signature =
-        ed25519_dalek::Signature::from_slice(&b64.decode(&tags["b"]).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    key.verify(
-        &pexper_platform::crypto::sha256(data.as_bytes()),
-        &signature,
-    )
-    .map_err(|e| format!("signature does not verify: {e}"))
+    let signature = b64.decode(&tags["b"]).map_err(|e| e.to_string())?;
+    match key {
+        PublicKey::Ed25519(key) => {
+            if tags["a"] != "ed25519-sha256" {
+                return Err(format!("a={} for an Ed25519 key", tags["a"]));
+            }
+            let signature =
+                ed25519_dalek::Signature::from_slice(&signature).map_err(|e| e.to_string())?;
+            key.verify(
+                &pexper_platform::crypto::sha256(data.as_bytes()),
+                &signature,
+            )
+            .map_err(|e| format!("signature does not verify: {e}"))
+        }
+        PublicKey::Rsa(public) => {
+            if tags["a"] != "rsa-sha256" {
+                return Err(format!("a={} for an RSA key", tags["a"]));
+            }
+            let dir = crate::tempdir::TempDir::new();
+            let (signed, sig) = (dir.path().join("signed"), dir.path().join("sig"));
+            std::fs::write(&signed, &data).unwrap();
+            std::fs::write(&sig, &signature).unwrap();
+            let out = std::process::Command::new("openssl")
+                .args(["dgst", "-sha256", "-verify"])
+                .arg(public)
+                .arg("-signature")
+                .arg(&sig)
+                .arg(&signed)
+                .output()
+                .expect("openssl on PATH");
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "signature does not verify: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                ))
+            }
+        }
+    }
 }

@@ -33,6 +33,19 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Who signs outgoing mail with DKIM (RFC 6376), so that receivers can tell it is ours.
+#[derive(Clone, Debug)]
+pub enum DkimSigning {
+    /// We sign, with this DNS selector and private key (an RSA key in PEM, PKCS#1 or PKCS#8,
+    /// or `ed25519:<base64 seed>`).
+    Sign { selector: String, key: SecretString },
+    /// `PEXPER_DKIM=relay`: the relay signs with the domain's key (OpenDKIM beside Postfix, or
+    /// a mail service with the domain authenticated).
+    Relay,
+    /// Nobody: development and tests only; production refuses it.
+    Unsigned,
+}
+
 /// Which binary reads the configuration: production's checks are the server's, or only what
 /// every admin command needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +108,9 @@ pub struct Config {
     pub mail_per_second: Option<u32>,
     /// Where a browser's form post to the waitlist is sent (303) instead of our own page.
     pub waitlist_thank_you_url: Option<String>,
-    /// DKIM signing of outgoing mail: the DNS selector and the private key (RSA PKCS#1 PEM, or
-    /// `ed25519:<base64 seed>`). Both or neither.
-    pub dkim: Option<(String, SecretString)>,
+    /// Who signs outgoing mail with DKIM (`PEXPER_DKIM`, `PEXPER_DKIM_SELECTOR`,
+    /// `PEXPER_DKIM_KEY`).
+    pub dkim: DkimSigning,
     /// The company's postal address, in the footer of every product email (CAN-SPAM and its
     /// kin require one in commercial email). Production refuses to start without it.
     pub postal_address: Option<String>,
@@ -292,10 +305,26 @@ impl Config {
                 password_file: get("PEXPER_IMAP_PASSWORD_FILE").map(PathBuf::from),
                 ca_file: get("PEXPER_IMAP_CA_FILE").map(PathBuf::from),
             },
-            dkim: match (get("PEXPER_DKIM_SELECTOR"), secret("PEXPER_DKIM_KEY")) {
-                (Some(selector), Some(key)) => Some((selector.to_owned(), key)),
-                (None, None) => None,
-                _ => bail!("set both PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY, or neither"),
+            dkim: match (
+                get("PEXPER_DKIM"),
+                get("PEXPER_DKIM_SELECTOR"),
+                secret("PEXPER_DKIM_KEY"),
+            ) {
+                (Some("relay"), None, None) => DkimSigning::Relay,
+                (Some("relay"), _, _) => bail!(
+                    "PEXPER_DKIM=relay: the relay signs, so leave PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY unset"
+                ),
+                (None | Some("sign"), Some(selector), Some(key)) => DkimSigning::Sign {
+                    selector: selector.to_owned(),
+                    key,
+                },
+                (None | Some("sign"), None, None) => DkimSigning::Unsigned,
+                (None | Some("sign"), _, _) => {
+                    bail!("set both PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY, or neither")
+                }
+                (Some(other), _, _) => bail!(
+                    "PEXPER_DKIM must be `sign` (the default: we sign with PEXPER_DKIM_KEY) or `relay` (the relay signs), not `{other}`"
+                ),
             },
         };
         config.check_production(role)?;
@@ -364,6 +393,11 @@ impl Config {
         if self.tls.is_none() && self.trusted_proxies.is_empty() {
             bail!(
                 "PEXPER_ENV=production needs HTTPS: set PEXPER_TLS_CERT and PEXPER_TLS_KEY, or name the proxy that terminates TLS in PEXPER_TRUSTED_PROXY"
+            );
+        }
+        if matches!(self.dkim, DkimSigning::Unsigned) {
+            bail!(
+                "PEXPER_ENV=production signs its mail: set PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY (e.g. `openssl genrsa -traditional 2048`), or PEXPER_DKIM=relay if the relay signs with your domain's key"
             );
         }
         if self.uses_dev_stripe_secret() {
@@ -475,6 +509,7 @@ mod tests {
         ("PEXPER_TRUSTED_PROXY", "10.0.0.2"),
         ("PEXPER_CRASH_KEYS", "1:0f3c9a7e5b2d4c6a8e1f3b5d7c9a2e4f"),
         ("PEXPER_POSTAL_ADDRESS", "Pexper Inc., 1 Example Street"),
+        ("PEXPER_DKIM", "relay"),
     ];
 
     fn production_with(name: &str, value: &str) -> anyhow::Result<Config> {
@@ -601,6 +636,7 @@ mod tests {
             ("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET"),
             ("PEXPER_TRUSTED_PROXY", "PEXPER_TLS_CERT and PEXPER_TLS_KEY"),
             ("PEXPER_POSTAL_ADDRESS", "PEXPER_POSTAL_ADDRESS"),
+            ("PEXPER_DKIM", "PEXPER_DKIM=relay if the relay signs"),
         ] {
             let err = production_without(missing).expect_err(missing).to_string();
             assert!(err.contains(hint), "{missing}: {err}");
@@ -615,6 +651,40 @@ mod tests {
             Config::from_vars(v).is_err(),
             "sslmode=require is not enough"
         );
+    }
+
+    #[test]
+    fn dkim_is_signed_here_by_the_relay_or_not_at_all_and_never_half_set() {
+        let dkim = |pairs: &[(&str, &str)]| {
+            Config::from_vars(vars(pairs))
+                .map(|c| c.dkim)
+                .map_err(|e| e.to_string())
+        };
+        assert!(matches!(dkim(&[]), Ok(DkimSigning::Unsigned)));
+        assert!(matches!(
+            dkim(&[("PEXPER_DKIM", "relay")]),
+            Ok(DkimSigning::Relay)
+        ));
+        let key = [("PEXPER_DKIM_SELECTOR", "s1"), ("PEXPER_DKIM_KEY", "k")];
+        assert!(matches!(dkim(&key), Ok(DkimSigning::Sign { selector, .. }) if selector == "s1"));
+        let signing = [key[0], key[1], ("PEXPER_DKIM", "sign")];
+        assert!(matches!(dkim(&signing), Ok(DkimSigning::Sign { .. })));
+        for (bad, hint) in [
+            (
+                vec![("PEXPER_DKIM", "relay"), key[1]],
+                "leave PEXPER_DKIM_SELECTOR",
+            ),
+            (vec![key[0]], "both"),
+            (vec![("PEXPER_DKIM", "opendkim")], "`sign`"),
+        ] {
+            let err = dkim(&bad).expect_err(hint);
+            assert!(err.contains(hint), "{bad:?}: {err}");
+        }
+        // Production takes a key of ours as well as the relay's signature.
+        let mut v = vars(PRODUCTION_OK);
+        v.remove("PEXPER_DKIM");
+        v.extend(key.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        assert!(Config::from_vars(v).is_ok());
     }
 
     #[test]

@@ -6,17 +6,14 @@
 //! sent again.
 
 pub mod bounces;
+mod dkim;
 mod templates;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{
-    DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
-    DkimSigningKey, Mailbox, MultiPart, dkim_sign,
-};
+use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -58,7 +55,8 @@ pub struct CapturedEmail {
 #[derive(Clone, Debug)]
 pub struct Mailer {
     transport: Transport,
-    dkim: Option<Arc<Dkim>>,
+    /// `None` when the relay signs (`PEXPER_DKIM=relay`) or nobody does (development).
+    dkim: Option<Arc<dkim::Signer>>,
     pace: Option<Arc<Pace>>,
 }
 
@@ -97,92 +95,6 @@ impl std::fmt::Debug for Transport {
             Transport::File(_) => "File",
             Transport::Memory(_) => "Memory",
         })
-    }
-}
-
-/// DKIM signing (RFC 6376) with the sender's domain. The signature covers the headers a
-/// receiver must be able to trust, including both `List-Unsubscribe` headers when present, as
-/// the 2024 bulk-sender rules require.
-struct Dkim {
-    selector: String,
-    domain: String,
-    key: secrecy::SecretString,
-    algorithm: DkimSigningAlgorithm,
-    /// The signing configuration (with its parsed key) for each list of extra signed headers
-    /// met so far: parsing an RSA key costs more than signing with it.
-    configs: Mutex<HashMap<Vec<&'static str>, Arc<DkimConfig>>>,
-}
-
-impl std::fmt::Debug for Dkim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dkim")
-            .field("selector", &self.selector)
-            .field("domain", &self.domain)
-            .finish_non_exhaustive()
-    }
-}
-
-/// lettre keeps a multipart message's Content-Type with the body, where its signer cannot see
-/// it, so it is not listed: a listed header the signer skips would break every signature.
-const SIGNED_HEADERS: &[&str] = &["From", "To", "Subject", "Date", "Message-ID"];
-
-impl Dkim {
-    fn new(selector: &str, key: &secrecy::SecretString, from: &Mailbox) -> anyhow::Result<Self> {
-        let (algorithm, key) = match key.expose_secret().strip_prefix("ed25519:") {
-            Some(seed) => (DkimSigningAlgorithm::Ed25519, seed.trim().to_owned()),
-            None => (DkimSigningAlgorithm::Rsa, key.expose_secret().to_owned()),
-        };
-        let dkim = Self {
-            selector: selector.to_owned(),
-            domain: from.email.domain().to_owned(),
-            key: key.into(),
-            algorithm,
-            configs: Mutex::default(),
-        };
-        dkim.signing_key()?; // refuse a bad key at start, not at the first send
-        Ok(dkim)
-    }
-
-    fn signing_key(&self) -> anyhow::Result<DkimSigningKey> {
-        DkimSigningKey::new(self.key.expose_secret(), self.algorithm)
-            .map_err(|e| anyhow::anyhow!("PEXPER_DKIM_KEY is not a valid key: {e}"))
-    }
-
-    fn sign(&self, message: &mut Message, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
-        let extra: Vec<&'static str> = extra.iter().map(|(name, _)| *name).collect();
-        let cached = self
-            .configs
-            .lock()
-            .expect("the DKIM cache is never poisoned")
-            .get(&extra)
-            .cloned();
-        let config = match cached {
-            Some(config) => config,
-            None => {
-                let headers = SIGNED_HEADERS
-                    .iter()
-                    .chain(&extra)
-                    .map(|name| HeaderName::new_from_ascii_str(name))
-                    .collect();
-                let config = Arc::new(DkimConfig::new(
-                    self.selector.clone(),
-                    self.domain.clone(),
-                    self.signing_key()?,
-                    headers,
-                    DkimCanonicalization {
-                        header: DkimCanonicalizationType::Relaxed,
-                        body: DkimCanonicalizationType::Relaxed,
-                    },
-                ));
-                self.configs
-                    .lock()
-                    .expect("the DKIM cache is never poisoned")
-                    .insert(extra, config.clone());
-                config
-            }
-        };
-        dkim_sign(message, &config);
-        Ok(())
     }
 }
 
@@ -256,8 +168,10 @@ impl Mailer {
             }
         };
         let dkim = match &config.dkim {
-            Some((selector, key)) => Some(Arc::new(Dkim::new(selector, key, &sender(config)?)?)),
-            None => None,
+            crate::config::DkimSigning::Sign { selector, key } => Some(Arc::new(
+                dkim::Signer::new(selector, key, sender(config)?.email.domain())?,
+            )),
+            crate::config::DkimSigning::Relay | crate::config::DkimSigning::Unsigned => None,
         };
         let pace = config.mail_per_second.map(|n| {
             Arc::new(Pace {
@@ -284,41 +198,76 @@ impl Mailer {
     }
 
     pub async fn send(&self, from: &Mailbox, email: &OutgoingEmail) -> Result<(), SendError> {
-        let mut message = build(from, email).map_err(|e| SendError {
-            permanent: true,
-            message: format!("could not build the message: {e:#}"),
-        })?;
-        if let Some(dkim) = &self.dkim {
-            dkim.sign(&mut message, &email.headers)
+        // Building, formatting and signing are CPU work (an RSA signature takes a third of a
+        // millisecond): they run on the blocking pool, beside the requests, not in their way.
+        let (from, email_, dkim) = (from.clone(), email.clone(), self.dkim.clone());
+        let (envelope, raw) =
+            tokio::task::spawn_blocking(move || formatted(&from, &email_, dkim.as_deref()))
+                .await
                 .map_err(|e| SendError {
                     permanent: false,
-                    message: format!("DKIM signing failed: {e:#}"),
-                })?;
-        }
+                    message: format!("formatting the message stopped: {e}"),
+                })??;
         if let Some(pace) = &self.pace {
             pace.wait_turn().await;
         }
         match &self.transport {
-            Transport::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| SendError {
-                // 5xx replies will not change on retry; anything else (4xx, network, TLS
-                // handshake, timeout) might.
-                permanent: e.is_permanent(),
-                message: format!("SMTP delivery failed: {e}"),
-            }),
-            Transport::File(file) => file.send(message).await.map(drop).map_err(|e| SendError {
-                permanent: false,
-                message: format!("writing the .eml file failed: {e}"),
-            }),
+            Transport::Smtp(smtp) => {
+                smtp.send_raw(&envelope, &raw)
+                    .await
+                    .map(drop)
+                    .map_err(|e| SendError {
+                        // 5xx replies will not change on retry; anything else (4xx, network, TLS
+                        // handshake, timeout) might.
+                        permanent: e.is_permanent(),
+                        message: format!("SMTP delivery failed: {e}"),
+                    })
+            }
+            Transport::File(file) => {
+                file.send_raw(&envelope, &raw)
+                    .await
+                    .map(drop)
+                    .map_err(|e| SendError {
+                        permanent: false,
+                        message: format!("writing the .eml file failed: {e}"),
+                    })
+            }
             Transport::Memory(sink) => {
                 sink.lock().expect("mail sink lock").push(CapturedEmail {
                     to: email.to.as_str().to_owned(),
                     message_id: email.message_id.clone(),
-                    raw: String::from_utf8_lossy(&message.formatted()).into_owned(),
+                    raw: String::from_utf8_lossy(&raw).into_owned(),
                 });
                 Ok(())
             }
         }
     }
+}
+
+/// The message as it goes to the relay, with its DKIM signature first when we sign, and the
+/// envelope to send it in.
+fn formatted(
+    from: &Mailbox,
+    email: &OutgoingEmail,
+    dkim: Option<&dkim::Signer>,
+) -> Result<(lettre::address::Envelope, Vec<u8>), SendError> {
+    let message = build(from, email).map_err(|e| SendError {
+        permanent: true,
+        message: format!("could not build the message: {e:#}"),
+    })?;
+    let mut raw = message.formatted();
+    if let Some(dkim) = dkim {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut signed = dkim.sign(&raw, now).map_err(|e| SendError {
+            permanent: false,
+            message: format!("DKIM signing failed: {e:#}"),
+        })?;
+        signed.append(&mut raw);
+        raw = signed;
+    }
+    Ok((message.envelope().clone(), raw))
 }
 
 fn build(from: &Mailbox, email: &OutgoingEmail) -> anyhow::Result<Message> {
