@@ -227,6 +227,12 @@ async fn the_manifests_agree_with_the_server_they_deploy() {
         "stripe-webhook-secret" => "whsec_stand_in".to_owned(),
         "smtp-url" => "smtps://user:pass@smtp.example.com".to_owned(),
         "crash-keys" => "1:0f3c9a7e5b2d4c6a".to_owned(),
+        "dkim-selector" => "pexper2026".to_owned(),
+        // An Ed25519 seed stands in for the RSA key: either is a key the server signs with.
+        "dkim-key" => format!(
+            "ed25519:{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32])
+        ),
         other => panic!("a stand-in for secret key {other}"),
     };
     for var in server["env"].as_array().unwrap() {

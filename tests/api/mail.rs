@@ -147,3 +147,46 @@ async fn smtp_rejections_are_classified_permanent_or_transient() {
     assert_eq!(status, "dead", "550 is not retried");
     assert!(app.smtp.received().is_empty());
 }
+
+#[tokio::test]
+async fn a_person_erased_after_their_email_went_does_not_fail_the_records_of_the_others() {
+    // Records of sent email are written in batches: one person erased between their email and
+    // its record must not fail the batch, or every other email in it would be sent again.
+    let app = spawn_app().await;
+    for email in ["kept@example.com", "erased@example.com"] {
+        crate::waitlist::join(&app, email, serde_json::json!({})).await;
+    }
+    app.queue_drained().await;
+    let people: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT person_id FROM waitlist_entry ORDER BY created_at")
+            .fetch_all(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(people.len(), 2);
+    sqlx::query("DELETE FROM person WHERE id = $1")
+        .bind(people[1])
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    let sent = |person: uuid::Uuid, id: &str| pexper_platform::mail::Sent {
+        person: pexper_platform::person::PersonId(person),
+        template: "waitlist-welcome",
+        message_id: id.to_owned(),
+    };
+    pexper_platform::mail::record_sent(
+        &app.platform.pool,
+        vec![
+            sent(people[0], "<kept@test>"),
+            sent(people[1], "<erased@test>"),
+        ],
+    )
+    .await
+    .expect("the batch is recorded without the erased person");
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM email_event WHERE message_id LIKE '<%@test>' ORDER BY message_id",
+    )
+    .fetch_all(&app.platform.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, ["<kept@test>"]);
+}
