@@ -388,14 +388,32 @@ async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_head
                 assert!(signed.contains(&h.to_owned()), "{h} in {signed:?}");
             }
             let is_product = m.header("List-Unsubscribe").is_some();
-            assert_eq!(
-                signed.contains(&"list-unsubscribe".to_owned())
-                    && signed.contains(&"list-unsubscribe-post".to_owned()),
-                is_product,
-                "{signed:?}"
-            );
+            // Product email signs both List-Unsubscribe headers (and once more, over-signed);
+            // other email signs them absent.
+            for h in ["list-unsubscribe", "list-unsubscribe-post"] {
+                let listed = signed.iter().filter(|s| *s == h).count();
+                assert_eq!(listed, if is_product { 2 } else { 1 }, "{h} in {signed:?}");
+            }
             assert!(tags["b"].len() > 40);
             dkim::verify(m, public).unwrap();
+            dkim::verify_with_dkimpy(m, &dkim::record(public)).unwrap();
+            // Over-signed: each signed header listed once more than it appears, and the
+            // headers our mail never carries listed absent.
+            for h in ["from", "subject", "reply-to", "cc", "sender"] {
+                let listed = signed.iter().filter(|s| *s == h).count();
+                let present = m
+                    .data
+                    .split("\r\n\r\n")
+                    .next()
+                    .unwrap()
+                    .lines()
+                    .filter(|l| {
+                        l.split(':')
+                            .next()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(h))
+                    });
+                assert_eq!(listed, present.count() + 1, "{h} in {signed:?}");
+            }
             // Any change to a signed header or to the body breaks the signature.
             let mut forged = vec![
                 ("Subject: ", "Subject: Re: "),
@@ -411,12 +429,23 @@ async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_head
                     "List-Unsubscribe-Post: nothing",
                 ));
             }
+            // A second Subject, or a Reply-To, added above everything (an empty `from`).
+            forged.push(("", "Subject: Urgent: reset your password\r\n"));
+            forged.push(("", "Reply-To: attacker@example.net\r\n"));
             for (from, to) in forged {
                 let mut forged = m.clone();
                 assert!(forged.data.contains(from), "{from} in {}", m.data);
-                let at = forged.data.rfind(from).unwrap();
+                let at = forged
+                    .data
+                    .rfind(from)
+                    .filter(|_| !from.is_empty())
+                    .unwrap_or(0);
                 forged.data.replace_range(at..at + from.len(), to);
                 assert!(dkim::verify(&forged, public).is_err(), "{from} → {to}");
+                assert!(
+                    dkim::verify_with_dkimpy(&forged, &dkim::record(public)).is_err(),
+                    "dkimpy: {from} → {to}"
+                );
             }
         }
         assert!(

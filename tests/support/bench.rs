@@ -182,6 +182,60 @@ pub fn openssl_signing_ceiling(algorithm: &str) -> f64 {
     per_core * cores as f64
 }
 
+/// Signatures a second on all of this machine's cores through ring, the crate the server
+/// signs with, with the key in `dkim` (`dkim_vars`), over a message of a confirmation's size:
+/// the ceiling of the server's own signing. `None` when the relay signs.
+pub fn ring_signing_ceiling(dkim: &[(&str, String)]) -> Option<f64> {
+    use rustls::pki_types::pem::PemObject;
+    let key = &dkim.iter().find(|(k, _)| *k == "PEXPER_DKIM_KEY")?.1;
+    let sign: Box<dyn Fn() + Sync> = match key.strip_prefix("ed25519:") {
+        Some(seed) => {
+            use base64::Engine;
+            let seed = base64::engine::general_purpose::STANDARD
+                .decode(seed)
+                .unwrap();
+            let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+            Box::new(move || {
+                let _ = pair.sign(&[7; 600]);
+            })
+        }
+        None => {
+            let der =
+                rustls::pki_types::PrivatePkcs1KeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            let pair = ring::signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).unwrap();
+            let random = ring::rand::SystemRandom::new();
+            Box::new(move || {
+                let mut signature = vec![0; pair.public().modulus_len()];
+                pair.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    &random,
+                    &[7; 600],
+                    &mut signature,
+                )
+                .unwrap();
+            })
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let seconds = std::time::Duration::from_secs(2);
+    let signed: usize = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..cores)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (started, mut n) = (std::time::Instant::now(), 0);
+                    while started.elapsed() < seconds {
+                        sign();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    });
+    Some(signed as f64 / seconds.as_secs_f64())
+}
+
 /// What a real benchmark run sets back to production's defaults over the test harness's
 /// (`test_vars`); nothing in a smoke run.
 pub fn production_vars() -> Vec<(&'static str, String)> {

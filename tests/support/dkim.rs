@@ -117,14 +117,23 @@ pub fn verify(m: &ReceivedMail, key: &PublicKey) -> Result<(), String> {
         return Err("body hash differs".into());
     }
 
+    // Each listed name takes the next instance of that header from the bottom up; a name
+    // listed more often than it appears (over-signing) contributes nothing (RFC 6376 §5.4.2).
     let mut data = String::new();
+    let mut taken: std::collections::HashMap<String, usize> = Default::default();
     for name in tags["h"].split(':') {
-        let (n, v) = fields
+        let name = name.trim().to_ascii_lowercase();
+        let nth = taken.entry(name.clone()).or_default();
+        if let Some((n, v)) = fields
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
-            .ok_or(format!("signed header {name} missing"))?;
-        data.push_str(&relaxed(n, v));
-        data.push_str("\r\n");
+            .rev()
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(&name))
+            .nth(*nth)
+        {
+            data.push_str(&relaxed(n, v));
+            data.push_str("\r\n");
+        }
+        *nth += 1;
     }
     let without_b: Vec<String> = sig
         .split(';')
@@ -172,6 +181,62 @@ pub fn verify(m: &ReceivedMail, key: &PublicKey) -> Result<(), String> {
                     String::from_utf8_lossy(&out.stdout)
                 ))
             }
+        }
+    }
+}
+
+/// Verifies `m`'s DKIM signature with dkimpy (PyPI `dkimpy`, the verifier of many mail
+/// servers), given the DNS TXT record its selector publishes: a second, unrelated reading of
+/// the RFC. `Ok(false)` when dkimpy is not installed, unless `PEXPER_REQUIRE_DKIMPY` is set
+/// (CI), where that fails.
+pub fn verify_with_dkimpy(m: &ReceivedMail, record: &str) -> Result<bool, String> {
+    let installed = std::process::Command::new("python3")
+        .args(["-c", "import dkim"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var("PEXPER_REQUIRE_DKIMPY").is_err(),
+            "PEXPER_REQUIRE_DKIMPY is set but dkimpy is not installed"
+        );
+        return Ok(false);
+    }
+    let dir = crate::tempdir::TempDir::new();
+    let message = dir.path().join("message.eml");
+    std::fs::write(&message, &m.data).unwrap();
+    const SCRIPT: &str = "import dkim, os, sys
+record = os.environ['DKIM_RECORD'].encode()
+data = open(sys.argv[1], 'rb').read()
+ok = dkim.verify(data, dnsfunc=lambda name, timeout=5: record)
+sys.exit(0 if ok else 1)";
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(&message)
+        .env("DKIM_RECORD", record)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(true)
+    } else {
+        Err(format!(
+            "dkimpy: the signature does not verify {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The DNS TXT record (`v=DKIM1; k=…; p=…`) that publishes `key`.
+pub fn record(key: &PublicKey) -> String {
+    use base64::Engine;
+    match key {
+        PublicKey::Ed25519(key) => format!(
+            "v=DKIM1; k=ed25519; p={}",
+            base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+        ),
+        PublicKey::Rsa(pem) => {
+            let pem = std::fs::read_to_string(pem).unwrap();
+            let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            format!("v=DKIM1; k=rsa; p={der}")
         }
     }
 }

@@ -318,9 +318,12 @@ impl Config {
                     selector: selector.to_owned(),
                     key,
                 },
-                (None | Some("sign"), None, None) => DkimSigning::Unsigned,
-                (None | Some("sign"), _, _) => {
+                (None, None, None) => DkimSigning::Unsigned,
+                (None, _, _) => {
                     bail!("set both PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY, or neither")
+                }
+                (Some("sign"), _, _) => {
+                    bail!("PEXPER_DKIM=sign needs both PEXPER_DKIM_SELECTOR and PEXPER_DKIM_KEY")
                 }
                 (Some(other), _, _) => bail!(
                     "PEXPER_DKIM must be `sign` (the default: we sign with PEXPER_DKIM_KEY) or `relay` (the relay signs), not `{other}`"
@@ -676,6 +679,7 @@ mod tests {
             ),
             (vec![key[0]], "both"),
             (vec![("PEXPER_DKIM", "opendkim")], "`sign`"),
+            (vec![("PEXPER_DKIM", "sign")], "PEXPER_DKIM=sign needs both"),
         ] {
             let err = dkim(&bad).expect_err(hint);
             assert!(err.contains(hint), "{bad:?}: {err}");

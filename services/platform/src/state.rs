@@ -44,8 +44,6 @@ pub struct Inner {
     pub readiness: crate::outage::Readiness,
     /// What this process counts as it runs (`/metrics`).
     pub metrics: crate::metrics::Metrics,
-    /// Records of emails sent, written together (`mail::record_sent`).
-    pub sent_mail: crate::mail::SentRecords,
 }
 
 impl std::fmt::Debug for Platform {
@@ -84,7 +82,6 @@ impl Platform {
                 foreground: crate::jobs::Foreground::default(),
                 readiness: crate::outage::Readiness::default(),
                 metrics: crate::metrics::Metrics::new(),
-                sent_mail: crate::mail::SentRecords::default(),
             }),
             pool,
         })

@@ -198,14 +198,16 @@ impl Mailer {
     }
 
     pub async fn send(&self, from: &Mailbox, email: &OutgoingEmail) -> Result<(), SendError> {
-        // Building, formatting and signing are CPU work (an RSA signature takes a third of a
-        // millisecond): they run on the blocking pool, beside the requests, not in their way.
+        // Building, formatting and signing are CPU work (an RSA signature takes over half a
+        // millisecond): on the blocking pool they do not hold up the async workers that serve
+        // requests (they still share the cores with them).
         let (from, email_, dkim) = (from.clone(), email.clone(), self.dkim.clone());
         let (envelope, raw) =
             tokio::task::spawn_blocking(move || formatted(&from, &email_, dkim.as_deref()))
                 .await
                 .map_err(|e| SendError {
-                    permanent: false,
+                    // A panic would panic again on every retry.
+                    permanent: e.is_panic(),
                     message: format!("formatting the message stopped: {e}"),
                 })??;
         if let Some(pace) = &self.pace {
@@ -411,87 +413,18 @@ async fn deliver(
     }
     platform.metrics.mail_sent(template);
     if let Some(person) = person {
-        platform
-            .sent_mail
-            .batcher(&platform.pool)
-            .write(Sent {
-                person,
-                template,
-                message_id: email.message_id,
-            })
-            .await?;
-    }
-    Ok(())
-}
-
-/// An email sent to a person, for their email history (and so that a retry of its job does
-/// not send it again).
-#[derive(Debug)]
-pub struct Sent {
-    pub person: PersonId,
-    pub template: &'static str,
-    pub message_id: String,
-}
-
-/// How many records of sent email one statement writes.
-const SENT_PER_BATCH: usize = 256;
-
-/// The records of sent email, written in batches (`crate::batch`): at a thousand emails a
-/// second, a statement and a commit of its own for each was a fifth of Postgres's work per
-/// email (issue 31). A job waits for its record to commit before it counts as done, as
-/// before. The batcher starts with the first record, over the pool of the job side that
-/// sends it.
-#[derive(Debug, Default)]
-pub struct SentRecords(std::sync::OnceLock<crate::batch::Batcher<Sent, ()>>);
-
-impl SentRecords {
-    fn batcher(&self, pool: &sqlx::PgPool) -> &crate::batch::Batcher<Sent, ()> {
-        self.0.get_or_init(|| {
-            let pool = pool.clone();
-            crate::batch::Batcher::new(1, SENT_PER_BATCH, move |sent: Vec<Sent>| {
-                let pool = pool.clone();
-                async move {
-                    let n = sent.len();
-                    record_sent(&pool, sent).await?;
-                    Ok(vec![(); n])
-                }
-            })
-        })
-    }
-}
-
-/// Writes the records of one batch. A person erased since their email went has nothing to
-/// record (their history went with them): their row is left out, so that one erasure cannot
-/// fail the batch and have every other email in it sent again. An erasure that commits while
-/// the statement runs fails its foreign key; the statement then runs once more, and sees it.
-pub async fn record_sent(pool: &sqlx::PgPool, sent: Vec<Sent>) -> anyhow::Result<()> {
-    let ids: Vec<Uuid> = sent.iter().map(|_| Uuid::now_v7()).collect();
-    let people: Vec<Uuid> = sent.iter().map(|s| s.person.0).collect();
-    let templates: Vec<&str> = sent.iter().map(|s| s.template).collect();
-    let message_ids: Vec<&str> = sent.iter().map(|s| s.message_id.as_str()).collect();
-    let mut tries = 0;
-    loop {
-        let recorded = sqlx::query(
-            "INSERT INTO email_event (id, person_id, template, message_id)
-             SELECT s.id, s.person_id, s.template, s.message_id
-             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
-                  AS s (id, person_id, template, message_id)
-             WHERE EXISTS (SELECT 1 FROM person p WHERE p.id = s.person_id)
+        sqlx::query(
+            "INSERT INTO email_event (id, person_id, template, message_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT ON CONSTRAINT email_event_message_id_key DO NOTHING",
         )
-        .bind(&ids)
-        .bind(&people)
-        .bind(&templates)
-        .bind(&message_ids)
-        .execute(pool)
-        .await;
-        tries += 1;
-        match recorded {
-            Err(sqlx::Error::Database(e))
-                if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation && tries < 3 => {}
-            recorded => return recorded.map(drop).context("failed to record sent email"),
-        }
+        .bind(Uuid::now_v7())
+        .bind(person)
+        .bind(template)
+        .bind(&email.message_id)
+        .execute(&mut *conn)
+        .await?;
     }
+    Ok(())
 }
 
 /// Parses `PEXPER_MAIL_FROM`.
