@@ -383,6 +383,7 @@ async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_head
                 "subject",
                 "date",
                 "message-id",
+                "mime-version",
                 "content-type",
             ] {
                 assert!(signed.contains(&h.to_owned()), "{h} in {signed:?}");
@@ -399,7 +400,9 @@ async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_head
             dkim::verify_with_dkimpy(m, &dkim::record(public)).unwrap();
             // Over-signed: each signed header listed once more than it appears, and the
             // headers our mail never carries listed absent.
-            for h in ["from", "subject", "reply-to", "cc", "sender"] {
+            let mut names = signed.clone();
+            names.dedup();
+            for h in &names {
                 let listed = signed.iter().filter(|s| *s == h).count();
                 let present = m
                     .data
@@ -421,6 +424,7 @@ async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_head
                     "Content-Type: multipart/alternative",
                     "Content-Type: text/plain",
                 ),
+                ("MIME-Version: 1.0", "MIME-Version: 2.0"),
                 ("pexper", "pexpert"),
             ];
             if is_product {
@@ -443,7 +447,10 @@ async fn with_a_dkim_key_product_email_is_signed_over_both_list_unsubscribe_head
                 forged.data.replace_range(at..at + from.len(), to);
                 assert!(dkim::verify(&forged, public).is_err(), "{from} → {to}");
                 assert!(
-                    dkim::verify_with_dkimpy(&forged, &dkim::record(public)).is_err(),
+                    !matches!(
+                        dkim::verify_with_dkimpy(&forged, &dkim::record(public)),
+                        Ok(true)
+                    ),
                     "dkimpy: {from} → {to}"
                 );
             }

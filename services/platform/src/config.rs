@@ -680,6 +680,10 @@ mod tests {
             (vec![key[0]], "both"),
             (vec![("PEXPER_DKIM", "opendkim")], "`sign`"),
             (vec![("PEXPER_DKIM", "sign")], "PEXPER_DKIM=sign needs both"),
+            (
+                vec![("PEXPER_DKIM", "relay"), key[0]],
+                "leave PEXPER_DKIM_SELECTOR",
+            ),
         ] {
             let err = dkim(&bad).expect_err(hint);
             assert!(err.contains(hint), "{bad:?}: {err}");

@@ -299,6 +299,70 @@ mod tests {
     }
 
     #[test]
+    fn a_selector_is_a_dns_name_and_a_key_is_one_we_can_sign_with() {
+        let seed = secrecy::SecretString::from(format!(
+            "ed25519:{}",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+        ));
+        for good in ["pexper2026", "mail.2026-12_a"] {
+            assert!(Signer::new(good, &seed, "pexper.com").is_ok(), "{good}");
+        }
+        for bad in ["", "a;b", "s1; d=evil.example", "a..b", "sel ", ".a"] {
+            let err = Signer::new(bad, &seed, "pexper.com").expect_err(bad);
+            assert!(
+                err.to_string().contains("PEXPER_DKIM_SELECTOR"),
+                "{bad}: {err}"
+            );
+        }
+        for bad in [
+            "ed25519:not base64!",
+            "ed25519:AAAA",
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+            "secret",
+        ] {
+            let err =
+                Signer::new("s1", &secrecy::SecretString::from(bad), "pexper.com").expect_err(bad);
+            assert!(err.to_string().contains("PEXPER_DKIM_KEY"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn repeated_headers_are_signed_from_the_bottom_up_and_once_more_absent() {
+        let seed = [7u8; 32];
+        let key = secrecy::SecretString::from(format!(
+            "ed25519:{}",
+            base64::engine::general_purpose::STANDARD.encode(seed)
+        ));
+        let signer = Signer::new("s1", &key, "pexper.com").expect("a signer");
+        let message = b"From: a@pexper.com\r\nTo: first\r\nTo:  second \r\n\r\nHi\r\n";
+        let field = String::from_utf8(signer.sign(message, 1).expect("signed")).expect("ASCII");
+        let tags = field.strip_prefix("DKIM-Signature: ").expect("the field");
+        let at = tags.rfind("b=").expect("b=") + 2;
+        assert!(tags.contains(
+            "h=from:from:to:to:to:subject:date:message-id:mime-version:content-type:\
+             list-unsubscribe:list-unsubscribe-post:reply-to:cc:sender;"
+        ));
+        // What a verifier hashes: the bottom `To` first, then our field without its `b=`.
+        let data = format!(
+            "from:a@pexper.com\r\nto:second\r\nto:first\r\ndkim-signature:{}",
+            tags[..at].replace("\r\n\t", " ")
+        );
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(tags[at..].split_whitespace().collect::<String>())
+            .expect("base64");
+        let public = Ed25519KeyPair::from_seed_unchecked(&seed).expect("a key");
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ED25519,
+            ring::signature::KeyPair::public_key(&public).as_ref(),
+        )
+        .verify(
+            ring::digest::digest(&ring::digest::SHA256, data.as_bytes()).as_ref(),
+            &signature,
+        )
+        .expect("verifies over the bottom-up order");
+    }
+
+    #[test]
     fn header_fields_are_relaxed_as_rfc_6376_says() {
         // RFC 6376 §3.4.6's example header.
         let head = b"A: X\r\nB : Y\t\r\n\tZ  \r\n";
