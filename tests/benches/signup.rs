@@ -1,5 +1,5 @@
 //! Signups and their confirmation emails, end to end (issues 17 and 31), in one run: the
-//! signing ceiling (DKIM signatures a second on every core, through ring as the server signs,
+//! signing ceiling (DKIM signatures a second on every core, through AWS-LC as the server signs,
 //! and `openssl speed` for reference); then for each build a launch (signups at a steady rate,
 //! each confirmation timed); `POST /v1/waitlist` at 8, then 32 keep-alive connections against
 //! the real `pexper-server` binary, each load followed by the drain of its confirmations to a
@@ -271,22 +271,22 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
 
     let dkim = dkim_vars();
     // The ceiling of in-process signing, on every core, for the key the servers sign with:
-    // through ring, what the server signs with, and OpenSSL's (issue 31 allows either). The
-    // goal is against ring's: OpenSSL has AVX-512 code for RSA that ring lacks, twice as fast
-    // here, and no signature the server makes can go faster than ring makes it.
+    // through AWS-LC, what the server signs with (the goal is against it), and OpenSSL's
+    // (issue 31 allows either): no signature the server makes can go faster than AWS-LC
+    // makes it.
     let signing = benchmarking()
-        .then(|| ring_signing_ceiling(&dkim))
+        .then(|| signing_ceiling(&dkim))
         .flatten()
-        .map(|ring| {
+        .map(|own| {
             let openssl = openssl_signing_ceiling(match dkim_signing().as_str() {
                 "ed25519" => "ed25519",
                 _ => "rsa2048",
             });
             println!(
-                "signing ceiling ({}, all cores): ring {ring:.0} signatures/s, openssl speed {openssl:.0}/s",
+                "signing ceiling ({}, all cores): AWS-LC {own:.0} signatures/s, openssl speed {openssl:.0}/s",
                 dkim_signing()
             );
-            (ring, openssl)
+            (own, openssl)
         });
     let mut signups = vec![
         "| build | connections | pgbench one-insert tx/s, before / after | signups/s | share of pgbench's mean | p50 | p99 | other statuses |".to_owned(),
@@ -452,9 +452,9 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
                 m.during,
                 m.drain,
                 signing
-                    .map(|(ring, openssl)| format!(
-                        " ({:.0}% of ring's ceiling, {:.0}% of OpenSSL's)",
-                        drain_rate / ring * 100.0,
+                    .map(|(own, openssl)| format!(
+                        " ({:.0}% of AWS-LC's ceiling, {:.0}% of OpenSSL's)",
+                        drain_rate / own * 100.0,
                         drain_rate / openssl * 100.0
                     ))
                     .unwrap_or_default(),

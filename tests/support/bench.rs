@@ -182,10 +182,10 @@ pub fn openssl_signing_ceiling(algorithm: &str) -> f64 {
     per_core * cores as f64
 }
 
-/// Signatures a second on all of this machine's cores through ring, the crate the server
+/// Signatures a second on all of this machine's cores through AWS-LC, the crate the server
 /// signs with, with the key in `dkim` (`dkim_vars`), over a message of a confirmation's size:
 /// the ceiling of the server's own signing. `None` when the relay signs.
-pub fn ring_signing_ceiling(dkim: &[(&str, String)]) -> Option<f64> {
+pub fn signing_ceiling(dkim: &[(&str, String)]) -> Option<f64> {
     use rustls::pki_types::pem::PemObject;
     let key = &dkim.iter().find(|(k, _)| *k == "PEXPER_DKIM_KEY")?.1;
     let sign: Box<dyn Fn() + Sync> = match key.strip_prefix("ed25519:") {
@@ -194,7 +194,7 @@ pub fn ring_signing_ceiling(dkim: &[(&str, String)]) -> Option<f64> {
             let seed = base64::engine::general_purpose::STANDARD
                 .decode(seed)
                 .unwrap();
-            let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+            let pair = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
             Box::new(move || {
                 let _ = pair.sign(&[7; 600]);
             })
@@ -202,12 +202,12 @@ pub fn ring_signing_ceiling(dkim: &[(&str, String)]) -> Option<f64> {
         None => {
             let der =
                 rustls::pki_types::PrivatePkcs1KeyDer::from_pem_slice(key.as_bytes()).unwrap();
-            let pair = ring::signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).unwrap();
-            let random = ring::rand::SystemRandom::new();
+            let pair = aws_lc_rs::signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).unwrap();
+            let random = aws_lc_rs::rand::SystemRandom::new();
             Box::new(move || {
-                let mut signature = vec![0; pair.public().modulus_len()];
+                let mut signature = vec![0; pair.public_modulus_len()];
                 pair.sign(
-                    &ring::signature::RSA_PKCS1_SHA256,
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
                     &random,
                     &[7; 600],
                     &mut signature,

@@ -1,5 +1,5 @@
 //! An independent DKIM verifier, so that a test of signed mail does not trust the signer
-//! (ring): Ed25519 through ed25519-dalek, RSA through the `openssl` command.
+//! (AWS-LC): Ed25519 through ed25519-dalek, RSA through the `openssl` command.
 
 use crate::smtp::ReceivedMail;
 
