@@ -10,7 +10,7 @@
 //! the formatted bytes covers every header a receiver shows or acts on.
 
 use anyhow::Context;
-use aws_lc_rs::signature::{Ed25519KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
@@ -76,39 +76,51 @@ impl Signer {
             "PEXPER_DKIM_SELECTOR must be a DNS name (letters, digits, `-`, `_`, dots between), e.g. pexper2026"
         );
         let key = key.expose_secret();
-        let key =
-            match key.strip_prefix("ed25519:") {
-                Some(seed) => {
-                    let seed = zeroize::Zeroizing::new(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(seed.trim())
-                            .context("PEXPER_DKIM_KEY: the Ed25519 seed is not base64")?,
-                    );
-                    Key::Ed25519(Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| {
+        let key = match key.strip_prefix("ed25519:") {
+            Some(seed) => {
+                let seed = zeroize::Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(seed.trim())
+                        .context("PEXPER_DKIM_KEY: the Ed25519 seed is not base64")?,
+                );
+                Key::Ed25519(
+                    Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| {
                         anyhow::anyhow!("PEXPER_DKIM_KEY: an Ed25519 seed is 32 bytes")
-                    })?)
+                    })?,
+                )
+            }
+            None => {
+                let der = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
+                    anyhow::anyhow!(
+                        "PEXPER_DKIM_KEY is neither `ed25519:<seed>` nor an RSA key in PEM"
+                    )
+                })?;
+                let pair = match &der {
+                    PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
+                    PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
+                    _ => anyhow::bail!("PEXPER_DKIM_KEY: a PEM key for DKIM must be RSA"),
                 }
-                None => {
-                    let der = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
-                        anyhow::anyhow!(
-                            "PEXPER_DKIM_KEY is neither `ed25519:<seed>` nor an RSA key in PEM"
-                        )
-                    })?;
-                    let pair = match &der {
-                        PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
-                        PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
-                        _ => anyhow::bail!("PEXPER_DKIM_KEY: a PEM key for DKIM must be RSA"),
-                    }
-                    .map_err(|e| anyhow::anyhow!("PEXPER_DKIM_KEY is not a usable RSA key: {e}"))?;
-                    // Receivers treat shorter keys as unsigned (RFC 8301: at least 1024, 2048
-                    // recommended); AWS-LC refuses them already, this says so in our words.
-                    anyhow::ensure!(
-                        pair.public_modulus_len() * 8 >= 2048,
-                        "PEXPER_DKIM_KEY: an RSA key for DKIM needs at least 2048 bits"
-                    );
-                    Key::Rsa(pair)
-                }
-            };
+                .map_err(|e| anyhow::anyhow!("PEXPER_DKIM_KEY is not a usable RSA key: {e}"))?;
+                // Receivers treat shorter keys as unsigned (RFC 8301: at least 1024, 2048
+                // recommended). AWS-LC refuses them as it parses (`TooSmall`); this holds
+                // should it ever not.
+                anyhow::ensure!(
+                    pair.public_modulus_len() * 8 >= 2048,
+                    "PEXPER_DKIM_KEY: an RSA key for DKIM needs at least 2048 bits"
+                );
+                // A small exponent (e = 3) opens the door to forged signatures that lax
+                // verifiers accept. Every tool makes 65537, FIPS 186-4 asks for more than
+                // 2^16, and ring refused less; AWS-LC takes any odd e from 3.
+                let exponent =
+                    aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public_key()).e;
+                // Without leading zeros, three bytes or more is at least 65536; e is odd.
+                anyhow::ensure!(
+                    exponent.len() >= 3,
+                    "PEXPER_DKIM_KEY: an RSA key for DKIM needs a public exponent of at least 65537"
+                );
+                Key::Rsa(pair)
+            }
+        };
         Ok(Self {
             selector: selector.to_owned(),
             domain: domain.to_owned(),
@@ -168,7 +180,8 @@ impl Signer {
             }
             // RFC 8463: Ed25519 signs the SHA-256 hash of what RSA signs.
             Key::Ed25519(pair) => pair
-                .sign(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &signed).as_ref())
+                .try_sign(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &signed).as_ref())
+                .map_err(|_| anyhow::anyhow!("Ed25519 signing failed"))?
                 .as_ref()
                 .to_vec(),
         };
@@ -324,6 +337,22 @@ mod tests {
                 Signer::new("s1", &secrecy::SecretString::from(bad), "pexper.com").expect_err(bad);
             assert!(err.to_string().contains("PEXPER_DKIM_KEY"), "{bad}: {err}");
         }
+        // RSA (testdata/README): a short key, a small exponent and a key of another kind are
+        // refused, each for its reason; an exponent above 65537 is taken.
+        for (pem, reason) in [
+            (include_str!("testdata/rsa1024.pem"), "TooSmall"),
+            (
+                include_str!("testdata/rsa2048-e3.pem"),
+                "exponent of at least 65537",
+            ),
+            (include_str!("testdata/p256.pem"), "not a usable RSA key"),
+        ] {
+            let err = Signer::new("s1", &secrecy::SecretString::from(pem), "pexper.com")
+                .expect_err(reason);
+            assert!(err.to_string().contains(reason), "{reason}: {err}");
+        }
+        let key = secrecy::SecretString::from(include_str!("testdata/rsa2048-e65539.pem"));
+        assert!(Signer::new("s1", &key, "pexper.com").is_ok());
     }
 
     #[test]
