@@ -167,6 +167,41 @@ async fn repeat_signups_answer_byte_identically_and_mail_at_most_once_per_ten_mi
     assert_eq!(people, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_gets_three_contact_emails_a_day_and_no_fourth() {
+    // The contact budget (`take_request_mail`): the waitlist's confirmation and support's
+    // acknowledgements, three a day together, whoever typed the address.
+    let app = spawn_app().await;
+    let email = "contact.budget@example.net";
+    assert_eq!(signup(&app, json!({"email": email})).await.status(), 202);
+    app.smtp.wait_for(1, WAIT).await;
+    for n in 1..=3 {
+        let res = app
+            .client
+            .post(app.url("/v1/support"))
+            .json(&json!({"email": email, "message": format!("Question {n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202, "every request is taken, mailed or not");
+    }
+    app.queue_drained().await;
+    let subjects: Vec<String> = app
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.to.contains(&format!("<{email}>")))
+        .map(|m| m.header("Subject").unwrap())
+        .collect();
+    assert_eq!(
+        subjects.len(),
+        3,
+        "the confirmation and two acknowledgements: {subjects:?}"
+    );
+    assert!(subjects[0].contains("Confirm your place"), "{subjects:?}");
+    assert_eq!(app.count("support_request").await, 3);
+}
+
 #[tokio::test]
 async fn invalid_addresses_get_422_and_a_filled_honeypot_stores_and_sends_nothing() {
     let app = spawn_app().await;

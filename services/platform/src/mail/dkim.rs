@@ -345,6 +345,10 @@ mod tests {
                 include_str!("testdata/rsa2048-e3.pem"),
                 "exponent of at least 65537",
             ),
+            (
+                include_str!("testdata/rsa2048-e65535.pem"),
+                "exponent of at least 65537",
+            ),
             (include_str!("testdata/p256.pem"), "not a usable RSA key"),
         ] {
             let err = Signer::new("s1", &secrecy::SecretString::from(pem), "pexper.com")
@@ -355,23 +359,13 @@ mod tests {
         assert!(Signer::new("s1", &key, "pexper.com").is_ok());
     }
 
-    #[test]
-    fn repeated_headers_are_signed_from_the_bottom_up_and_once_more_absent() {
-        let seed = [7u8; 32];
-        let key = secrecy::SecretString::from(format!(
-            "ed25519:{}",
-            base64::engine::general_purpose::STANDARD.encode(seed)
-        ));
-        let signer = Signer::new("s1", &key, "pexper.com").expect("a signer");
+    /// Signs a message with two `To` fields; returns what a verifier hashes (the bottom `To`
+    /// first, then our field without its `b=`), the signature, and the `h=` tag's list.
+    fn signed_with(signer: &Signer) -> (String, Vec<u8>, String) {
         let message = b"From: a@pexper.com\r\nTo: first\r\nTo:  second \r\n\r\nHi\r\n";
         let field = String::from_utf8(signer.sign(message, 1).expect("signed")).expect("ASCII");
         let tags = field.strip_prefix("DKIM-Signature: ").expect("the field");
         let at = tags.rfind("b=").expect("b=") + 2;
-        assert!(tags.contains(
-            "h=from:from:to:to:to:subject:date:message-id:mime-version:content-type:\
-             list-unsubscribe:list-unsubscribe-post:reply-to:cc:sender;"
-        ));
-        // What a verifier hashes: the bottom `To` first, then our field without its `b=`.
         let data = format!(
             "from:a@pexper.com\r\nto:second\r\nto:first\r\ndkim-signature:{}",
             tags[..at].replace("\r\n\t", " ")
@@ -379,7 +373,31 @@ mod tests {
         let signature = base64::engine::general_purpose::STANDARD
             .decode(tags[at..].split_whitespace().collect::<String>())
             .expect("base64");
-        // Checked with ring, an implementation other than the one that signed.
+        let listed = tags
+            .split("h=")
+            .nth(1)
+            .and_then(|h| h.split(';').next())
+            .expect("h=")
+            .to_owned();
+        (data, signature, listed)
+    }
+
+    // Both checked with ring, an implementation other than the one that signed.
+
+    #[test]
+    fn repeated_headers_are_signed_from_the_bottom_up_and_once_more_absent() {
+        let seed = [7u8; 32];
+        let key = secrecy::SecretString::from(format!(
+            "ed25519:{}",
+            base64::engine::general_purpose::STANDARD.encode(seed)
+        ));
+        let (data, signature, listed) =
+            signed_with(&Signer::new("s1", &key, "pexper.com").expect("a signer"));
+        assert_eq!(
+            listed,
+            "from:from:to:to:to:subject:date:message-id:mime-version:content-type:\
+             list-unsubscribe:list-unsubscribe-post:reply-to:cc:sender"
+        );
         let public = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).expect("a key");
         ring::signature::UnparsedPublicKey::new(
             &ring::signature::ED25519,
@@ -390,6 +408,24 @@ mod tests {
             &signature,
         )
         .expect("verifies over the bottom-up order");
+    }
+
+    #[test]
+    fn an_rsa_signature_is_pkcs1_v1_5_with_sha_256_over_what_a_verifier_hashes() {
+        let pem = include_str!("testdata/rsa2048-e65539.pem");
+        let (data, signature, _) = signed_with(
+            &Signer::new("s1", &secrecy::SecretString::from(pem), "pexper.com").expect("a signer"),
+        );
+        let der =
+            rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+        let public =
+            ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).expect("a key");
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            ring::signature::KeyPair::public_key(&public).as_ref(),
+        )
+        .verify(data.as_bytes(), &signature)
+        .expect("verifies as rsa-sha256");
     }
 
     #[test]
