@@ -871,6 +871,140 @@ async fn collection_has_a_per_client_limit_keyed_by_ipv4_address_or_ipv6_64() {
     );
 }
 
+/// Batches sent at once are stored together (one `COPY` for several, `events::store`): each
+/// row must still be exactly what its batch said, and each batch's drops counted once.
+#[tokio::test]
+async fn batches_sent_at_once_are_each_stored_as_sent_with_their_drops_counted() {
+    let app = spawn_app().await;
+    const BATCHES: usize = 30;
+    let versions = ["1.4.0", "2.0.0-beta.1", "10.20.30"];
+    let systems = ["linux", "macos", "windows"];
+    let archs = ["x86_64", "aarch64"];
+    let features = ["workflow_editor", "providers", "local_models", "license"];
+    // Nanoseconds Postgres must round to microseconds, and an offset it must apply: each row
+    // is compared with Postgres's own reading of the text that was sent.
+    let at = |i: usize, nanos: u32| {
+        (OffsetDateTime::now_utc() - Duration::from_secs(60 + i as u64))
+            .replace_nanosecond(nanos)
+            .unwrap()
+            .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap())
+            .format(&Rfc3339)
+            .unwrap()
+    };
+    let bodies: Vec<Value> = (0..BATCHES)
+        .map(|i| {
+            let mut events = vec![
+                json!({"name": "app.started", "timestamp": at(i, 123_456_789), "props": {"first_run": i % 2 == 0}}),
+                json!({"name": "feature.used", "timestamp": at(i, 999_999_400), "props": {"feature": features[i % 4]}}),
+                json!({"name": "app.exited", "timestamp": at(i, 7_000), "props": {"duration_s": i * 1000}}),
+            ];
+            if i % 3 == 0 {
+                events.push(json!({"name": "not.in.the.schema", "timestamp": now()}));
+            }
+            json!({
+                "app_version": versions[i % 3],
+                "os": systems[i % 3],
+                "arch": archs[i % 2],
+                "session_id": uuid::Uuid::new_v4(),
+                "events": events,
+            })
+        })
+        .collect();
+    // The table locked, so the batches queue behind the first ones while they wait.
+    let lock = TableLock::take(&app.platform.pool, "analytics_event").await;
+    let sending: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (client, base, body) = (app.client.clone(), app.address.clone(), body.clone());
+            tokio::spawn(async move {
+                let res = send(&client, &base, &body).await;
+                (res.status(), res.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    lock.until_someone_waits(&app.platform.pool).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        sending.iter().all(|s| !s.is_finished()),
+        "no batch is answered before its rows are committed"
+    );
+    lock.release().await;
+    for (i, sent) in sending.into_iter().enumerate() {
+        let (status, answer) = sent.await.unwrap();
+        assert_eq!(status.as_u16(), 202, "{answer}");
+        assert_eq!(
+            answer,
+            json!({"accepted": 3, "dropped": usize::from(i % 3 == 0)})
+        );
+    }
+
+    let pool = &app.platform.pool;
+    for body in &bodies {
+        let session = uuid::Uuid::parse_str(body["session_id"].as_str().unwrap()).unwrap();
+        let stored: Vec<(bool, String, String, String, String, Value)> = sqlx::query_as(
+            "SELECT e.occurred_at = s.sent, e.app_version, e.os, e.arch, e.name, e.props
+             FROM analytics_event e
+             JOIN unnest($2::text[], $3::timestamptz[]) AS s (name, sent) USING (name)
+             WHERE e.session_id = $1 ORDER BY e.name",
+        )
+        .bind(session)
+        .bind(
+            body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["timestamp"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let mut expected: Vec<(bool, String, String, String, String, Value)> = body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] != "not.in.the.schema")
+            .map(|e| {
+                (
+                    true,
+                    body["app_version"].as_str().unwrap().to_owned(),
+                    body["os"].as_str().unwrap().to_owned(),
+                    body["arch"].as_str().unwrap().to_owned(),
+                    e["name"].as_str().unwrap().to_owned(),
+                    e["props"].clone(),
+                )
+            })
+            .collect();
+        expected.sort_by(|a, b| a.4.cmp(&b.4));
+        assert_eq!(stored, expected, "session {session}");
+    }
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM analytics_event").await,
+        3 * BATCHES as i64
+    );
+    // Stored together: rows of one transaction share its id (`xmin`).
+    let transactions = app
+        .scalar("SELECT count(DISTINCT xmin::text) FROM analytics_event")
+        .await;
+    assert!(
+        transactions <= (BATCHES / 2) as i64,
+        "{BATCHES} batches in {transactions} transactions"
+    );
+    assert_eq!(
+        app.scalar("SELECT count FROM analytics_drop WHERE reason = 'unknown_event'")
+            .await,
+        (BATCHES / 3) as i64
+    );
+}
+
 #[tokio::test]
 async fn a_flood_that_holds_every_ingestion_connection_leaves_signups_their_own() {
     let app = spawn_app().await;

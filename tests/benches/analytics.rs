@@ -1,8 +1,9 @@
 //! Usage-event ingestion through HTTP, against the raw Postgres `COPY` rate of the same rows,
 //! on this machine, with the server (the release binary, as a separate process) measured for
-//! memory. Goal: HTTP ingestion at ≥ 25% of the `COPY` rate.
+//! memory. Goal (issue 31): HTTP ingestion at ≥ 70% of the `COPY` rate, batches of 100 events.
 //!
 //!     cargo bench -p pexper-tests --bench analytics [-- BATCHES CONCURRENCY]
+//!     PEXPER_BENCH_BASELINE=/path/to/old/pexper-server cargo bench … (before and after)
 //!
 //! BATCHES (default 2000) of 100 events each; CONCURRENCY (default 16) clients.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -45,9 +46,32 @@ fn memory(pid: u32) -> (u64, u64) {
 }
 
 async fn run(batches: usize, concurrency: usize) -> bool {
+    let mut met = true;
+    for (build, server) in builds() {
+        let (http, copy) = measure(&build, &server, batches, concurrency).await;
+        let share = 100.0 * http / copy;
+        let what = format!("{build}: HTTP ingestion at ≥ 70% of the COPY rate");
+        if build == "this build" {
+            met &= goal(&what, format!("{share:.0}%"), share >= 70.0);
+        } else {
+            println!("{what}: {share:.0}%");
+        }
+    }
+    met
+}
+
+/// One build's ingestion over HTTP, then the same rows by `COPY` into the same table of the
+/// same database: (events/s, rows/s).
+async fn measure(
+    build: &str,
+    server: &std::path::Path,
+    batches: usize,
+    concurrency: usize,
+) -> (f64, f64) {
     // Each client its own address behind a trusted proxy: this measures ingestion, not the
     // per-client limit (benches/flood.rs measures what the limits protect).
-    let server = ServerProcess::start_with("warn", &[("PEXPER_TRUSTED_PROXY", "127.0.0.1")]).await;
+    let server =
+        ServerProcess::start_binary(server, "warn", &[("PEXPER_TRUSTED_PROXY", "127.0.0.1")]).await;
     let (idle, _) = memory(server.pid());
     let url: Arc<str> = format!("{}/v1/analytics/events", server.base).into();
     let client = reqwest::Client::builder()
@@ -90,11 +114,11 @@ async fn run(batches: usize, concurrency: usize) -> bool {
     let (rss, peak) = memory(server.pid());
     let http_rate = events as f64 / http.as_secs_f64();
     println!(
-        "HTTP: {events} events in {batches} batches in {:.2}s = {http_rate:.0} events/s ({concurrency} clients)",
+        "{build}: HTTP: {events} events in {batches} batches in {:.2}s = {http_rate:.0} events/s ({concurrency} clients)",
         http.as_secs_f64()
     );
     println!(
-        "server RSS: idle {:.1} MiB, after {:.1} MiB, peak {:.1} MiB",
+        "{build}: server RSS: idle {:.1} MiB, after {:.1} MiB, peak {:.1} MiB",
         idle as f64 / 1024.0,
         rss as f64 / 1024.0,
         peak as f64 / 1024.0
@@ -142,14 +166,9 @@ async fn run(batches: usize, concurrency: usize) -> bool {
     assert_eq!(copied as usize, events);
     let copy_rate = events as f64 / copy_time.as_secs_f64();
     println!(
-        "COPY: {events} rows in {:.2}s = {copy_rate:.0} rows/s",
+        "{build}: COPY: {events} rows in {:.2}s = {copy_rate:.0} rows/s",
         copy_time.as_secs_f64()
     );
-    let share = 100.0 * http_rate / copy_rate;
     server.stop().await;
-    goal(
-        "HTTP ingestion at ≥ 25% of the COPY rate",
-        format!("{share:.0}%"),
-        share >= 25.0,
-    )
+    (http_rate, copy_rate)
 }

@@ -238,17 +238,6 @@ fn pgbench(url: &str, connections: usize, seconds: u64, script: &std::path::Path
         .unwrap_or_else(|| panic!("a tps line in {text}"))
 }
 
-/// The builds to compare: `PEXPER_BENCH_BASELINE`, if set, names an earlier `pexper-server`
-/// binary measured beside this one in the same run (before and after a change).
-fn builds() -> Vec<(String, std::path::PathBuf)> {
-    let mut builds = Vec::new();
-    if let Some(path) = std::env::var_os("PEXPER_BENCH_BASELINE") {
-        builds.push(("baseline".to_owned(), path.into()));
-    }
-    builds.push(("this build".to_owned(), binary("pexper-server")));
-    builds
-}
-
 async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
     let cluster = DurableCluster::start().await;
     let ceiling_url = cluster.database("bench").await;

@@ -245,3 +245,17 @@ pub fn production_vars() -> Vec<(&'static str, String)> {
         Vec::new()
     }
 }
+
+/// The builds to compare: `PEXPER_BENCH_BASELINE`, if set, names an earlier `pexper-server`
+/// binary measured beside this one in the same run (before and after a change).
+pub fn builds() -> Vec<(String, std::path::PathBuf)> {
+    let mut builds = Vec::new();
+    if let Some(path) = std::env::var_os("PEXPER_BENCH_BASELINE") {
+        builds.push(("baseline".to_owned(), path.into()));
+    }
+    builds.push((
+        "this build".to_owned(),
+        crate::process::binary("pexper-server"),
+    ));
+    builds
+}

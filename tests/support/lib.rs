@@ -26,8 +26,8 @@ use std::time::Duration;
 
 pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with, test_vars};
 pub use bench::{
-    DurableCluster, bench_args, bench_exit, benchmarking, block_on, check, dkim_signing, dkim_vars,
-    goal, openssl_signing_ceiling, peak_rss_mb, production_vars, signing_ceiling,
+    DurableCluster, bench_args, bench_exit, benchmarking, block_on, builds, check, dkim_signing,
+    dkim_vars, goal, openssl_signing_ceiling, peak_rss_mb, production_vars, signing_ceiling,
 };
 pub use database::{Dump, TableLock, TestDatabase, cluster};
 pub use process::{Replicas, ServerProcess, admin, binary, output_within, stderr, stdout};

@@ -1,18 +1,21 @@
 //! `POST /v1/analytics/events`: batches of usage events from the desktop app.
 //!
-//! The handler's extractors are the state and the JSON body, nothing else: no connection info,
-//! no headers, so there is no IP address or user agent to keep even by mistake. The platform's
-//! per-client limit for collection sits in front of it (the address lives only in the
-//! limiter's memory), and a global one in `limit`. Everything stored is checked against the
+//! The handler's extractors are the state, the group commit (`Ingest`) and the JSON body,
+//! nothing else: no connection info, no headers, so there is no IP address or user agent to
+//! keep even by mistake. The platform's per-client limit for collection sits in front of it
+//! (the address lives only in the limiter's memory), and a global one in `limit`. Everything stored is checked against the
 //! allow-list in `schema`; the rest is dropped and counted by reason.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 
+use anyhow::Context;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pexper_platform::Platform;
+use pexper_platform::batch::Batcher;
 use pexper_platform::http::{ApiError, ApiJson};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -79,6 +82,163 @@ struct Accepted {
     props: Value,
 }
 
+/// How many groups of batches are stored at once, each on its own connection of the ingestion
+/// pool (whose third is the crash intake's).
+const WRITERS: usize = 2;
+/// The most batches one statement stores: 1,600 events at most.
+const BATCHES_PER_WRITE: usize = 16;
+
+/// One batch's rows, as checked: the session's fields once, the events, and what was dropped.
+struct Rows {
+    session: Uuid,
+    app_version: String,
+    os: &'static str,
+    arch: &'static str,
+    events: Vec<Accepted>,
+    /// How many were dropped, by reason (a handful of reasons, however many drops).
+    drops: BTreeMap<&'static str, i64>,
+}
+
+/// Group commit for usage events (`pexper_platform::batch`): batches that arrive while others
+/// are being stored go together in the next `COPY`, so Postgres's cost of a statement and a
+/// commit is paid once for all of them, not per HTTP batch. Each batch is answered once its
+/// rows have committed, as before.
+#[derive(Debug, Clone, Default)]
+pub struct Ingest(Arc<OnceLock<Batcher<Rows, ()>>>);
+
+impl Ingest {
+    fn batcher(&self, platform: &Platform) -> &Batcher<Rows, ()> {
+        self.0.get_or_init(|| {
+            let pool = platform.ingest_pool.clone();
+            Batcher::new(WRITERS, BATCHES_PER_WRITE, move |batches| {
+                let pool = pool.clone();
+                async move { store(&pool, batches).await }
+            })
+        })
+    }
+}
+
+/// Stores batches of events with `COPY`, Postgres's bulk load: it writes a page's worth of rows
+/// at a time where an `INSERT` writes them one by one, and was a third cheaper per event here.
+/// One `COPY` is one transaction; when some batch dropped events, the day's counts are added
+/// in the same transaction. Drop counts are written in the order of their reasons, so two
+/// writers that count the same reasons wait for each other instead of deadlocking.
+async fn store(pool: &sqlx::PgPool, batches: Vec<Rows>) -> anyhow::Result<Vec<()>> {
+    let count = batches.len();
+    let mut rows = CopyRows::new(batches.iter().map(|b| b.events.len()).sum());
+    let mut dropped: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for batch in batches {
+        for event in &batch.events {
+            rows.event(&batch, event);
+        }
+        for (reason, n) in &batch.drops {
+            *dropped.entry(reason).or_default() += n;
+        }
+    }
+    let mut conn = pool.acquire().await?;
+    if dropped.is_empty() {
+        rows.copy(&mut conn).await?;
+    } else {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        rows.copy(&mut tx).await?;
+        let (reasons, counts): (Vec<&'static str>, Vec<i64>) = dropped.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO analytics_drop (day, reason, count)
+             SELECT current_date, r, c FROM UNNEST($1::text[], $2::int8[]) AS d (r, c)
+             ON CONFLICT (day, reason) DO UPDATE SET count = analytics_drop.count + EXCLUDED.count",
+        )
+        .bind(reasons)
+        .bind(counts)
+        .execute(&mut *tx)
+        .await
+        .context("failed to count dropped events")?;
+        tx.commit().await?;
+    }
+    Ok(vec![(); count])
+}
+
+/// Events in `COPY`'s binary format (PostgreSQL's "COPY" page, "Binary Format"): a header,
+/// each row as its fields' lengths and bytes, a trailer. Nothing is escaped, and Postgres
+/// parses no timestamp or UUID.
+struct CopyRows {
+    buf: Vec<u8>,
+    rows: u64,
+}
+
+impl CopyRows {
+    const SIGNATURE: &'static [u8] = b"PGCOPY\n\xff\r\n\0";
+    const FIELDS: i16 = 7;
+    /// Postgres counts time in microseconds from 2000-01-01T00:00:00Z.
+    const POSTGRES_EPOCH_UNIX_MICROS: i128 = 946_684_800_000_000;
+    /// `jsonb`'s binary format: a version byte, then the JSON text.
+    const JSONB_VERSION: u8 = 1;
+
+    fn new(events: usize) -> Self {
+        let mut buf = Vec::with_capacity(19 + events * 128);
+        buf.extend_from_slice(Self::SIGNATURE);
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
+        buf.extend_from_slice(&0i32.to_be_bytes()); // no header extension
+        Self { buf, rows: 0 }
+    }
+
+    fn event(&mut self, batch: &Rows, event: &Accepted) {
+        self.rows += 1;
+        self.buf.extend_from_slice(&Self::FIELDS.to_be_bytes());
+        // Rounded to the microsecond, as Postgres rounds a timestamp it parses.
+        let micros = (event.occurred_at.unix_timestamp_nanos() + 500).div_euclid(1000)
+            - Self::POSTGRES_EPOCH_UNIX_MICROS;
+        self.field(&(micros as i64).to_be_bytes());
+        self.field(batch.session.as_bytes());
+        self.field(batch.app_version.as_bytes());
+        self.field(batch.os.as_bytes());
+        self.field(batch.arch.as_bytes());
+        self.field(event.name.as_bytes());
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.push(Self::JSONB_VERSION);
+        serde_json::to_writer(&mut self.buf, &event.props).expect("a JSON value serialises");
+        self.set_length(at);
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        let length = i32::try_from(bytes.len()).expect("a field under 2 GiB");
+        self.buf.extend_from_slice(&length.to_be_bytes());
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Writes the length of the field whose 4-byte length prefix is at `at`.
+    fn set_length(&mut self, at: usize) {
+        let length = i32::try_from(self.buf.len() - at - 4).expect("a field under 2 GiB");
+        self.buf[at..at + 4].copy_from_slice(&length.to_be_bytes());
+    }
+
+    /// Sends the rows in one `COPY` (nothing if there are none) and checks they all went in.
+    async fn copy(mut self, conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut copy = conn
+            .copy_in_raw(
+                "COPY analytics_event (occurred_at, session_id, app_version, os, arch, name, props)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await
+            .context("failed to start storing usage events")?;
+        copy.send(self.buf).await?;
+        let copied = copy
+            .finish()
+            .await
+            .context("failed to store usage events")?;
+        anyhow::ensure!(
+            copied == self.rows,
+            "stored {copied} usage events of {}",
+            self.rows
+        );
+        Ok(())
+    }
+}
+
 /// Send a batch of anonymous usage events.
 #[utoipa::path(post, path = "/v1/analytics/events", tag = "analytics",
     request_body = Batch,
@@ -91,6 +251,7 @@ struct Accepted {
         (status = 429, description = "Too many batches, from this client or from everyone, or too busy: `Retry-After`", body = pexper_wire::ErrorBody)))]
 pub async fn receive(
     State(platform): State<Platform>,
+    Extension(ingest): Extension<Ingest>,
     ApiJson(batch): ApiJson<Batch>,
 ) -> Result<Response, ApiError> {
     if let Err(wait) = LIMIT.check(()) {
@@ -132,55 +293,29 @@ pub async fn receive(
     }
     let dropped = batch.events.len() - accepted.len();
     let accepted_count = accepted.len();
-
-    let mut tx = match platform.ingest_pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => return Ok(db_error(e, false)),
-    };
-    if !accepted.is_empty() {
-        let times: Vec<OffsetDateTime> = accepted.iter().map(|a| a.occurred_at).collect();
-        let names: Vec<&str> = accepted.iter().map(|a| a.name).collect();
-        let props: Vec<Value> = accepted.into_iter().map(|a| a.props).collect();
-        sqlx::query(
-            "INSERT INTO analytics_event (occurred_at, session_id, app_version, os, arch, name, props)
-             SELECT t, $2, $3, $4, $5, n, p
-             FROM UNNEST($1::timestamptz[], $6::text[], $7::jsonb[]) AS u(t, n, p)",
-        )
-        .bind(times)
-        .bind(session)
-        .bind(&batch.app_version)
-        .bind(*os)
-        .bind(*arch)
-        .bind(names)
-        .bind(props)
-        .execute(&mut *tx)
-        .await?;
-    }
-    let mut dropped_by_reason: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let mut drops_by_reason: BTreeMap<&'static str, i64> = BTreeMap::new();
     for d in &drops {
-        *dropped_by_reason.entry(d.as_str()).or_default() += 1;
+        *drops_by_reason.entry(d.as_str()).or_default() += 1;
     }
-    if !dropped_by_reason.is_empty() {
-        let (reasons, counts): (Vec<&'static str>, Vec<i64>) = dropped_by_reason.iter().unzip();
-        sqlx::query(
-            "INSERT INTO analytics_drop (day, reason, count)
-             SELECT current_date, r, c FROM UNNEST($1::text[], $2::bigint[]) AS u(r, c)
-             ON CONFLICT (day, reason) DO UPDATE SET count = analytics_drop.count + EXCLUDED.count",
-        )
-        .bind(reasons)
-        .bind(counts)
-        .execute(&mut *tx)
-        .await?;
+    let rows = Rows {
+        session,
+        app_version: batch.app_version,
+        os,
+        arch,
+        events: accepted,
+        drops: drops_by_reason.clone(),
+    };
+    if let Err(e) = ingest.batcher(&platform).write(rows).await {
+        return Ok(db_error(e, false));
     }
-    tx.commit().await.map_err(anyhow::Error::from)?;
     platform.metrics.analytics_accepted(accepted_count as u64);
-    for (reason, n) in dropped_by_reason {
+    for (reason, n) in drops_by_reason {
         platform.metrics.analytics_dropped(reason, n as u64);
     }
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(BatchAccepted {
-            accepted: batch.events.len() - dropped,
+            accepted: accepted_count,
             dropped,
         }),
     )

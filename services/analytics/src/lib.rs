@@ -53,6 +53,7 @@ impl Service for Analytics {
                 "/api/{project_id}/envelope",
                 axum::routing::post(crash::intake),
             )
+            .layer(axum::Extension(events::Ingest::default()))
     }
 
     fn jobs(&self) -> JobRegistry<Platform> {

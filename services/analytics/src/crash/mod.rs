@@ -288,7 +288,7 @@ pub async fn intake(
 
     let mut tx = match platform.ingest_pool.begin().await {
         Ok(tx) => tx,
-        Err(e) => return Ok(db_error(e, true)),
+        Err(e) => return Ok(db_error(e.into(), true)),
     };
     let mut stored: Option<Uuid> = None;
     let mut new_reports = 0;
