@@ -15,7 +15,7 @@
 //!   and its `run` in one place. A use case enqueues one with `NewJob::new(&job)`; a service
 //!   registers the types it runs (`JobRegistry::register::<J>()`); nothing matches on strings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -513,6 +513,11 @@ impl Wake {
     }
 }
 
+/// Jobs a claim takes beyond its idle slots, for the slots that will be idle next: a busy
+/// queue then pays the claim's statement, its commit and its scan past the index entries of
+/// jobs already taken once for several jobs, not once for each.
+const CLAIM_AHEAD: usize = 8;
+
 /// Requests in flight at which the process counts as busy serving people.
 const BUSY_WITH_REQUESTS: usize = 4;
 /// Job slots that keep working while the process is busy with requests; the rest wait. One:
@@ -586,6 +591,8 @@ pub struct Worker<S> {
     /// The jobs being run now, with their attempt and kind: what to hand back if shutdown
     /// cannot wait.
     in_hand: std::sync::Mutex<HashMap<JobId, (i32, &'static str)>>,
+    /// Jobs claimed ahead (`CLAIM_AHEAD`), with when: the next idle slot takes the oldest.
+    ahead: Arc<std::sync::Mutex<VecDeque<(Job, std::time::Instant)>>>,
     counters: crate::metrics::JobCounters,
 }
 
@@ -611,6 +618,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             wake: Wake::default(),
             foreground: Foreground::default(),
             in_hand: std::sync::Mutex::default(),
+            ahead: Arc::default(),
             counters: crate::metrics::JobCounters::default(),
         }
     }
@@ -679,7 +687,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let this = Arc::new(self);
         let (finished, to_delete) = mpsc::unbounded_channel();
         let finisher = tokio::spawn(finish_in_batches(this.pool.clone(), to_delete));
-        let claims = Arc::new(this.claims());
+        let claims = Arc::new(this.claims(wake.clone()));
         let mut tasks = tokio::task::JoinSet::new();
         for slot in 0..this.concurrency {
             tasks.spawn(this.clone().work(
@@ -710,30 +718,67 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             }
         }
+        // Jobs claimed ahead that no slot took: another worker may take them at once.
+        let ahead: Vec<Job> = this
+            .ahead
+            .lock()
+            .expect("the jobs ahead are never poisoned")
+            .drain(..)
+            .map(|(job, _)| job)
+            .collect();
+        this.release(ahead.iter().map(|j| (j.id, j.attempts, j.kind.as_str())))
+            .await;
         // Every slot has stopped and dropped its sender: the last finished jobs are deleted.
         finisher.await.ok();
         listener.abort();
     }
 
     /// The slots' claims, batched: the slots that go idle while a claim runs claim together in
-    /// the next statement, one job each (or none, if the queue has fewer). A job claimed for a
-    /// slot that is gone meanwhile (stopped at shutdown) waits for its lease to lapse.
-    fn claims(&self) -> Batcher<(), Option<Job>> {
+    /// the next statement, one job each (or none, if the queue has fewer), and up to
+    /// `CLAIM_AHEAD` more for the slots that go idle next (the idle ones are woken to take
+    /// them). A job claimed for a slot that is gone meanwhile (stopped at shutdown) waits for
+    /// its lease to lapse.
+    fn claims(&self, wake: Arc<Notify>) -> Batcher<(), Option<Job>> {
         let pool = self.pool.clone();
         let kinds: Arc<[String]> = self.jobs.kinds().into_iter().map(String::from).collect();
         let lease = self.lease;
+        let ahead = self.ahead.clone();
         Batcher::new(1, self.concurrency, move |slots: Vec<()>| {
-            let (pool, kinds) = (pool.clone(), kinds.clone());
+            let (pool, kinds, ahead, wake) =
+                (pool.clone(), kinds.clone(), ahead.clone(), wake.clone());
             async move {
-                let mut jobs: Vec<Option<Job>> = claim(&pool, &kinds, lease, slots.len())
+                let mut claimed = claim(&pool, &kinds, lease, slots.len() + CLAIM_AHEAD)
                     .await?
-                    .into_iter()
-                    .map(Some)
-                    .collect();
-                jobs.resize_with(slots.len(), || None);
+                    .into_iter();
+                let jobs: Vec<Option<Job>> = slots.iter().map(|()| claimed.next()).collect();
+                let now = std::time::Instant::now();
+                let mut more = ahead.lock().expect("the jobs ahead are never poisoned");
+                let before = more.len();
+                more.extend(claimed.map(|job| (job, now)));
+                if more.len() > before {
+                    wake.notify_waiters();
+                }
                 Ok(jobs)
             }
         })
+    }
+
+    /// The oldest job claimed ahead, if its lease is still ours: one that waited over a third
+    /// of its lease (every slot held by slow jobs) has it renewed first, as a running job's
+    /// heartbeat would, and is dropped if another worker has taken it meanwhile.
+    async fn take_ahead(&self) -> Option<Job> {
+        loop {
+            let (job, claimed) = self
+                .ahead
+                .lock()
+                .expect("the jobs ahead are never poisoned")
+                .pop_front()?;
+            if claimed.elapsed() < self.lease / 3
+                || renew(&self.pool, &job, self.lease).await.unwrap_or(false)
+            {
+                return Some(job);
+            }
+        }
     }
 
     /// Ends the leases of the jobs still in hand, so that they are claimed again at once.
@@ -744,7 +789,23 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .expect("the in-hand set is never poisoned")
             .drain()
             .collect();
-        for (id, (attempts, kind)) in &in_hand {
+        self.release(
+            in_hand
+                .iter()
+                .map(|(id, (attempts, kind))| (*id, *attempts, *kind)),
+        )
+        .await;
+        if !in_hand.is_empty() {
+            tracing::warn!(
+                jobs = in_hand.len(),
+                "shutdown grace over: jobs in hand handed back"
+            );
+        }
+    }
+
+    /// Ends the leases of `jobs` (id, attempt, kind) that are still ours, counting each.
+    async fn release(&self, jobs: impl Iterator<Item = (JobId, i32, &str)>) {
+        for (id, attempts, kind) in jobs {
             let released = sqlx::query(
                 "UPDATE job SET locked_until = now() WHERE id = $1 AND attempts = $2 AND status = 'running'",
             )
@@ -753,18 +814,16 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .execute(&self.pool)
             .await;
             match released {
-                Ok(r) if r.rows_affected() == 1 => self.counters.handed_back(kind),
+                Ok(r) if r.rows_affected() == 1 => {
+                    if let Some((&kind, _)) = self.jobs.handlers.get_key_value(kind) {
+                        self.counters.handed_back(kind);
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %redact(&format!("{e:#}")), job.id = %id, "failed to hand a job back")
                 }
             }
-        }
-        if !in_hand.is_empty() {
-            tracing::warn!(
-                jobs = in_hand.len(),
-                "shutdown grace over: jobs in hand handed back"
-            );
         }
     }
 
@@ -789,6 +848,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if let Some(job) = self.take_ahead().await {
+                self.execute(job, &finished).await;
+                continue;
+            }
             match claims.write(()).await {
                 Ok(Some(job)) => {
                     self.execute(job, &finished).await;
