@@ -368,6 +368,117 @@ impl GatedWorker {
     }
 }
 
+/// A claim takes jobs ahead for the slots that go idle next (`jobs::CLAIM_AHEAD`): those no
+/// slot took when the worker stops are handed back, for the next worker to take at once, not
+/// after their lease.
+#[tokio::test]
+async fn jobs_claimed_ahead_are_handed_back_when_the_worker_stops() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, 5).await;
+    let a = GatedWorker::start(
+        db.pool().await,
+        Duration::from_secs(60),
+        Arc::default(),
+        || Ok(()),
+    );
+    a.started(1, "A to start its one slot's job").await;
+    let claimed = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT count(*) FILTER (WHERE locked_until > now()),
+                    count(*) FILTER (WHERE locked_until <= now() AND attempts = 1)
+             FROM job WHERE status = 'running'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(claimed().await, (5, 0), "one in hand, four claimed ahead");
+    a.release_and_stop().await;
+    assert_eq!(job_count(&pool).await, 4, "the job in hand finished");
+    assert_eq!(claimed().await, (0, 4), "the leases of the four ended");
+
+    // Another worker runs them now, each once, though their leases were for a minute.
+    let runs = Runs::default();
+    let (stop, shutdown) = watch::channel(false);
+    let b = Worker::new(
+        db.pool().await,
+        Behaviour::Count {
+            runs: runs.clone(),
+            delay: Duration::ZERO,
+        },
+    )
+    .poll_interval(Duration::from_millis(20))
+    .register::<TestJob>();
+    let b = tokio::spawn(b.run(shutdown));
+    eventually(Duration::from_secs(10), "B to run the four", || async {
+        (job_count(&pool).await == 0).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    b.await.unwrap();
+    let ran = runs.0.lock().unwrap().clone();
+    assert_eq!(ran.iter().collect::<HashSet<_>>().len(), 4, "{ran:?}");
+    assert_eq!(ran.len(), 4, "each once: {ran:?}");
+}
+
+/// A job claimed ahead has no heartbeat while it waits: if the slots are held longer than its
+/// lease, another worker takes it, and the worker that claimed it must then leave it alone.
+#[tokio::test]
+async fn a_job_that_waited_ahead_past_its_lease_is_left_to_the_worker_that_took_it() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, 2).await;
+    // A's one slot holds the first job (its heartbeat keeps it); the second waits ahead.
+    let lease = Duration::from_secs(3);
+    let a = GatedWorker::start(db.pool().await, lease, Arc::default(), || Ok(()));
+    a.started(1, "A to start the first job").await;
+    // Once the second's lease lapses, B takes it and runs it.
+    let runs = Runs::default();
+    let (stop, shutdown) = watch::channel(false);
+    let b = Worker::new(
+        db.pool().await,
+        Behaviour::Count {
+            runs: runs.clone(),
+            delay: Duration::ZERO,
+        },
+    )
+    .lease(Duration::from_secs(60))
+    .poll_interval(Duration::from_millis(20))
+    .register::<TestJob>();
+    let b = tokio::spawn(b.run(shutdown));
+    eventually(
+        Duration::from_secs(15),
+        "B to run the second job",
+        || async { (runs.0.lock().unwrap().len() == 1).then_some(()) },
+    )
+    .await;
+    stop.send(true).unwrap();
+    b.await.unwrap();
+    // A's slot is freed: it must pass over the job B ran and take the next one queued.
+    enqueue_n(&pool, 1).await;
+    a.release.notify_one();
+    a.started(2, "A to start another job").await;
+    eventually(
+        Duration::from_secs(10),
+        "the first job's delete",
+        || async { (job_count(&pool).await == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        sqlx::query_as::<_, (String, i32)>("SELECT status, attempts FROM job")
+            .fetch_all(&pool)
+            .await
+            .unwrap(),
+        vec![("running".to_owned(), 1)],
+        "A runs the job queued last, not again the one B ran"
+    );
+    a.release_and_stop().await;
+    assert_eq!(job_count(&pool).await, 0);
+}
+
 async fn job_state(pool: &sqlx::PgPool) -> Option<(String, i32, Option<String>)> {
     sqlx::query_as("SELECT status, attempts, last_error FROM job")
         .fetch_optional(pool)
