@@ -995,7 +995,7 @@ async fn batches_sent_at_once_are_each_stored_as_sent_with_their_drops_counted()
         .scalar("SELECT count(DISTINCT xmin::text) FROM analytics_event")
         .await;
     assert!(
-        transactions <= (BATCHES / 2) as i64,
+        transactions <= 8,
         "{BATCHES} batches in {transactions} transactions"
     );
     assert_eq!(

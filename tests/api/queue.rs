@@ -368,38 +368,58 @@ impl GatedWorker {
     }
 }
 
-/// A claim takes jobs ahead for the slots that go idle next (`jobs::CLAIM_AHEAD`): those no
-/// slot took when the worker stops are handed back, for the next worker to take at once, not
-/// after their lease.
+/// A claim takes jobs ahead for the slots that go idle next (`jobs::CLAIM_AHEAD`, at most one
+/// per slot): those no slot took when the worker stops go back to the queue as they were,
+/// with the attempt their claim counted given back, for the next worker to take at once.
 #[tokio::test]
-async fn jobs_claimed_ahead_are_handed_back_when_the_worker_stops() {
+async fn jobs_claimed_ahead_go_back_to_the_queue_when_the_worker_stops() {
     init();
     let db = TestDatabase::new().await;
     let pool = db.pool().await;
     enqueue_n(&pool, 5).await;
-    let a = GatedWorker::start(
+    let a = GatedWorker::with_slots(
         db.pool().await,
         Duration::from_secs(60),
+        2,
         Arc::default(),
         || Ok(()),
     );
-    a.started(1, "A to start its one slot's job").await;
-    let claimed = || async {
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT count(*) FILTER (WHERE locked_until > now()),
-                    count(*) FILTER (WHERE locked_until <= now() AND attempts = 1)
-             FROM job WHERE status = 'running'",
+    a.started(2, "A to start a job in each of its two slots")
+        .await;
+    let states = || async {
+        sqlx::query_as::<_, (String, i32, i32, bool)>(
+            "SELECT status, attempts, max_attempts, coalesce(locked_until > now(), false)
+             FROM job ORDER BY status, run_at",
         )
-        .fetch_one(&pool)
+        .fetch_all(&pool)
         .await
         .unwrap()
     };
-    assert_eq!(claimed().await, (5, 0), "one in hand, four claimed ahead");
-    a.release_and_stop().await;
-    assert_eq!(job_count(&pool).await, 4, "the job in hand finished");
-    assert_eq!(claimed().await, (0, 4), "the leases of the four ended");
+    let state = |status: &str, attempts, max_attempts, leased| {
+        (status.to_owned(), attempts, max_attempts, leased)
+    };
+    let mut expected = vec![state("queued", 0, 16, false)];
+    expected.extend(vec![state("running", 1, 16, true); 4]);
+    assert_eq!(
+        states().await,
+        expected,
+        "two in hand, two claimed ahead, one left in the queue"
+    );
+    // Stopped while both slots are busy: they finish, and take nothing more.
+    a.stop.send(true).unwrap();
+    a.release.notify_waiters();
+    a.task.await.unwrap();
+    assert_eq!(
+        states().await,
+        vec![
+            state("queued", 0, 16, false),
+            state("queued", 1, 17, false),
+            state("queued", 1, 17, false),
+        ],
+        "the two in hand done, the two ahead queued again, their attempt given back"
+    );
 
-    // Another worker runs them now, each once, though their leases were for a minute.
+    // Another worker runs the three at once, each once.
     let runs = Runs::default();
     let (stop, shutdown) = watch::channel(false);
     let b = Worker::new(
@@ -412,15 +432,15 @@ async fn jobs_claimed_ahead_are_handed_back_when_the_worker_stops() {
     .poll_interval(Duration::from_millis(20))
     .register::<TestJob>();
     let b = tokio::spawn(b.run(shutdown));
-    eventually(Duration::from_secs(10), "B to run the four", || async {
+    eventually(Duration::from_secs(10), "B to run the three", || async {
         (job_count(&pool).await == 0).then_some(())
     })
     .await;
     stop.send(true).unwrap();
     b.await.unwrap();
     let ran = runs.0.lock().unwrap().clone();
-    assert_eq!(ran.iter().collect::<HashSet<_>>().len(), 4, "{ran:?}");
-    assert_eq!(ran.len(), 4, "each once: {ran:?}");
+    assert_eq!(ran.iter().collect::<HashSet<_>>().len(), 3, "{ran:?}");
+    assert_eq!(ran.len(), 3, "each once: {ran:?}");
 }
 
 /// A job claimed ahead has no heartbeat while it waits: if the slots are held longer than its
@@ -431,8 +451,9 @@ async fn a_job_that_waited_ahead_past_its_lease_is_left_to_the_worker_that_took_
     let db = TestDatabase::new().await;
     let pool = db.pool().await;
     enqueue_n(&pool, 2).await;
-    // A's one slot holds the first job (its heartbeat keeps it); the second waits ahead.
-    let lease = Duration::from_secs(3);
+    // A's one slot holds the first job (its heartbeat, every 2 s, keeps it); the second waits
+    // ahead, without one.
+    let lease = Duration::from_secs(6);
     let a = GatedWorker::start(db.pool().await, lease, Arc::default(), || Ok(()));
     a.started(1, "A to start the first job").await;
     // Once the second's lease lapses, B takes it and runs it.

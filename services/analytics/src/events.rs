@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::limit::{Limiter, db_error, retry_later};
+use crate::limit::{Limiter, busy, db_error, retry_later};
 use crate::schema::{self, Drop};
 
 /// One budget for everyone: we do not know (or want to know) who sends.
@@ -87,6 +87,9 @@ struct Accepted {
 const WRITERS: usize = 2;
 /// The most batches one statement stores: 1,600 events at most.
 const BATCHES_PER_WRITE: usize = 16;
+/// How long a batch waits to be stored before it is asked to come back (429 `busy`): its
+/// group's wait for a connection (the pool gives up after a second) and a group before it.
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One batch's rows, as checked: the session's fields once, the events, and what was dropped.
 struct Rows {
@@ -134,6 +137,9 @@ async fn store(pool: &sqlx::PgPool, batches: Vec<Rows>) -> anyhow::Result<Vec<()
         for (reason, n) in &batch.drops {
             *dropped.entry(reason).or_default() += n;
         }
+    }
+    if rows.rows == 0 && dropped.is_empty() {
+        return Ok(vec![(); count]);
     }
     let mut conn = pool.acquire().await?;
     if dropped.is_empty() {
@@ -305,8 +311,12 @@ pub async fn receive(
         events: accepted,
         drops: drops_by_reason.clone(),
     };
-    if let Err(e) = ingest.batcher(&platform).write(rows).await {
-        return Ok(db_error(e, false));
+    drop(batch.events); // The body as parsed: only what is stored waits with the batch.
+    match tokio::time::timeout(STORE_WAIT, ingest.batcher(&platform).write(rows)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Ok(db_error(e, false)),
+        // Not stored: a batch no longer awaited is left out of its group (`Batcher`).
+        Err(_) => return Ok(busy(false)),
     }
     platform.metrics.analytics_accepted(accepted_count as u64);
     for (reason, n) in drops_by_reason {

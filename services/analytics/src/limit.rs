@@ -28,18 +28,23 @@ pub fn retry_later(
     res
 }
 
+/// "Too much is arriving at once": 429, come back in a second.
+pub fn busy(sentry: bool) -> Response {
+    retry_later(
+        "busy",
+        "too much is arriving at once; retry later",
+        Duration::from_secs(1),
+        sentry,
+    )
+}
+
 /// A failure to store on the ingestion pool: out of connections means busy (429, come back),
 /// anything else is ours (a 503 when the database cannot be reached, else 500).
 pub fn db_error(e: anyhow::Error, sentry: bool) -> Response {
     if !pexper_platform::outage::pool_timed_out(&e) {
         return ApiError::Internal(e).into_response();
     }
-    let mut res = retry_later(
-        "busy",
-        "too much is arriving at once; retry later",
-        Duration::from_secs(1),
-        sentry,
-    );
+    let mut res = busy(sentry);
     res.extensions_mut()
         .insert(pexper_platform::metrics::PoolTimedOut("ingest"));
     res

@@ -102,6 +102,12 @@ async fn dispatch<I, O, W, F>(
         if pending.recv_many(&mut batch, max).await == 0 {
             return;
         }
+        // A write whose caller has stopped waiting (it timed out, or its client left) is not
+        // stored: whoever asked has been told it was not.
+        batch.retain(|p| !p.answer.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         // A write that queued while a batch was finding the database unreachable shares that
         // batch's answer at once: its own batch would wait out the pool's timeout again, and
         // its caller would hear "unavailable" after twice the time (a refusal must be quick:
@@ -233,6 +239,33 @@ mod tests {
             assert_eq!(task.await.expect("joined"), i * 10);
         }
         assert_eq!(*sizes.lock().expect("lock"), vec![1, 10]);
+    }
+
+    #[tokio::test]
+    async fn a_write_no_longer_awaited_when_its_batch_starts_is_not_stored() {
+        let stored = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = stored.clone();
+        let batcher = Arc::new(Batcher::new(1, 64, move |items: Vec<u32>| {
+            seen.lock().expect("lock").extend(items.iter().copied());
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(items)
+            }
+        }));
+        let write = |i: u32| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.write(i).await.expect("written") })
+        };
+        let first = write(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Queued behind the first, then given up on (its caller timed out, or left).
+        let abandoned = write(2);
+        let kept = write(3);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        abandoned.abort();
+        assert_eq!(first.await.expect("joined"), 1);
+        assert_eq!(kept.await.expect("joined"), 3);
+        assert_eq!(*stored.lock().expect("lock"), vec![1, 3]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -560,10 +560,14 @@ impl Foreground {
         self.0.gave_way.load(Ordering::Relaxed)
     }
 
+    /// Whether enough requests are in flight that most job slots wait.
+    fn busy(&self) -> bool {
+        self.0.in_flight.load(Ordering::Relaxed) >= BUSY_WITH_REQUESTS
+    }
+
     /// Whether a job in `slot` should wait: it counts that it did.
     fn gives_way(&self, slot: usize) -> bool {
-        let busy = self.0.in_flight.load(Ordering::Relaxed) >= BUSY_WITH_REQUESTS;
-        if slot >= SLOTS_WHILE_BUSY && busy {
+        if slot >= SLOTS_WHILE_BUSY && self.busy() {
             self.0.gave_way.fetch_add(1, Ordering::Relaxed);
             return true;
         }
@@ -574,6 +578,43 @@ impl Foreground {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Jobs claimed ahead of the slots that will run them, with when each was claimed. Closed once
+/// the worker stops: a claim that ends after that gives back what it took ahead itself.
+#[derive(Debug, Default)]
+struct Ahead {
+    jobs: VecDeque<(Job, std::time::Instant)>,
+    closed: bool,
+}
+
+/// Puts jobs claimed ahead and never started back in the queue, due now, with the attempt
+/// their claim counted given back (as one more allowed: attempt numbers only grow, as
+/// `retry` keeps them), and wakes the workers of every process. One that fails to go back
+/// runs after its lease, as a job of a worker that died would.
+async fn unclaim(pool: &PgPool, jobs: &[Job]) {
+    if jobs.is_empty() {
+        return;
+    }
+    let back = sqlx::query(
+        "WITH back AS (
+             UPDATE job SET status = 'queued', run_at = now(), locked_until = NULL,
+                    max_attempts = max_attempts + 1, updated_at = now()
+             FROM unnest($1::uuid[], $2::int4[]) AS claimed (id, attempts)
+             WHERE job.id = claimed.id AND job.attempts = claimed.attempts
+               AND job.status = 'running'
+             RETURNING job.id
+         )
+         SELECT pg_notify($3, 'unclaimed') WHERE EXISTS (SELECT 1 FROM back)",
+    )
+    .bind(jobs.iter().map(|j| j.id.0).collect::<Vec<Uuid>>())
+    .bind(jobs.iter().map(|j| j.attempts).collect::<Vec<i32>>())
+    .bind(CHANNEL)
+    .execute(pool)
+    .await;
+    if let Err(e) = back {
+        tracing::warn!(error = %redact(&format!("{e:#}")), jobs = jobs.len(), "failed to put jobs claimed ahead back; they run after their lease");
     }
 }
 
@@ -591,8 +632,8 @@ pub struct Worker<S> {
     /// The jobs being run now, with their attempt and kind: what to hand back if shutdown
     /// cannot wait.
     in_hand: std::sync::Mutex<HashMap<JobId, (i32, &'static str)>>,
-    /// Jobs claimed ahead (`CLAIM_AHEAD`), with when: the next idle slot takes the oldest.
-    ahead: Arc<std::sync::Mutex<VecDeque<(Job, std::time::Instant)>>>,
+    /// Jobs claimed ahead (`CLAIM_AHEAD`): the next idle slot takes the oldest.
+    ahead: Arc<std::sync::Mutex<Ahead>>,
     counters: crate::metrics::JobCounters,
 }
 
@@ -718,46 +759,73 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             }
         }
-        // Jobs claimed ahead that no slot took: another worker may take them at once.
-        let ahead: Vec<Job> = this
-            .ahead
-            .lock()
-            .expect("the jobs ahead are never poisoned")
-            .drain(..)
-            .map(|(job, _)| job)
-            .collect();
-        this.release(ahead.iter().map(|j| (j.id, j.attempts, j.kind.as_str())))
-            .await;
+        // Jobs claimed ahead that no slot took go back to the queue, for any worker to take
+        // at once; a claim still in flight gives back its own (`Ahead::closed`).
+        let ahead: Vec<Job> = {
+            let mut ahead = this
+                .ahead
+                .lock()
+                .expect("the jobs ahead are never poisoned");
+            ahead.closed = true;
+            ahead.jobs.drain(..).map(|(job, _)| job).collect()
+        };
+        unclaim(&this.pool, &ahead).await;
         // Every slot has stopped and dropped its sender: the last finished jobs are deleted.
         finisher.await.ok();
         listener.abort();
     }
 
     /// The slots' claims, batched: the slots that go idle while a claim runs claim together in
-    /// the next statement, one job each (or none, if the queue has fewer), and up to
-    /// `CLAIM_AHEAD` more for the slots that go idle next (the idle ones are woken to take
-    /// them). A job claimed for a slot that is gone meanwhile (stopped at shutdown) waits for
-    /// its lease to lapse.
+    /// the next statement, one job each (or none, if the queue has fewer), and more for the
+    /// slots that go idle next (`CLAIM_AHEAD`, at most one per slot that may run now, less
+    /// what is already ahead; the idle slots are woken to take them). A job claimed for a
+    /// slot that is gone meanwhile (stopped at shutdown) waits for its lease to lapse.
     fn claims(&self, wake: Arc<Notify>) -> Batcher<(), Option<Job>> {
         let pool = self.pool.clone();
         let kinds: Arc<[String]> = self.jobs.kinds().into_iter().map(String::from).collect();
         let lease = self.lease;
-        let ahead = self.ahead.clone();
+        let (ahead, foreground, concurrency) = (
+            self.ahead.clone(),
+            self.foreground.clone(),
+            self.concurrency,
+        );
         Batcher::new(1, self.concurrency, move |slots: Vec<()>| {
             let (pool, kinds, ahead, wake) =
                 (pool.clone(), kinds.clone(), ahead.clone(), wake.clone());
+            let running = if foreground.busy() {
+                SLOTS_WHILE_BUSY
+            } else {
+                concurrency
+            };
             async move {
-                let mut claimed = claim(&pool, &kinds, lease, slots.len() + CLAIM_AHEAD)
+                let room = {
+                    let ahead = ahead.lock().expect("the jobs ahead are never poisoned");
+                    let wanted = CLAIM_AHEAD.min(running);
+                    if ahead.closed {
+                        0
+                    } else {
+                        wanted.saturating_sub(ahead.jobs.len())
+                    }
+                };
+                let mut claimed = claim(&pool, &kinds, lease, slots.len() + room)
                     .await?
                     .into_iter();
                 let jobs: Vec<Option<Job>> = slots.iter().map(|()| claimed.next()).collect();
-                let now = std::time::Instant::now();
-                let mut more = ahead.lock().expect("the jobs ahead are never poisoned");
-                let before = more.len();
-                more.extend(claimed.map(|job| (job, now)));
-                if more.len() > before {
-                    wake.notify_waiters();
-                }
+                let back: Vec<Job> = {
+                    let mut ahead = ahead.lock().expect("the jobs ahead are never poisoned");
+                    if ahead.closed {
+                        claimed.collect()
+                    } else {
+                        let now = std::time::Instant::now();
+                        let before = ahead.jobs.len();
+                        ahead.jobs.extend(claimed.map(|job| (job, now)));
+                        if ahead.jobs.len() > before {
+                            wake.notify_waiters();
+                        }
+                        Vec::new()
+                    }
+                };
+                unclaim(&pool, &back).await;
                 Ok(jobs)
             }
         })
@@ -772,6 +840,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 .ahead
                 .lock()
                 .expect("the jobs ahead are never poisoned")
+                .jobs
                 .pop_front()?;
             if claimed.elapsed() < self.lease / 3
                 || renew(&self.pool, &job, self.lease).await.unwrap_or(false)
@@ -789,23 +858,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .expect("the in-hand set is never poisoned")
             .drain()
             .collect();
-        self.release(
-            in_hand
-                .iter()
-                .map(|(id, (attempts, kind))| (*id, *attempts, *kind)),
-        )
-        .await;
-        if !in_hand.is_empty() {
-            tracing::warn!(
-                jobs = in_hand.len(),
-                "shutdown grace over: jobs in hand handed back"
-            );
-        }
-    }
-
-    /// Ends the leases of `jobs` (id, attempt, kind) that are still ours, counting each.
-    async fn release(&self, jobs: impl Iterator<Item = (JobId, i32, &str)>) {
-        for (id, attempts, kind) in jobs {
+        for (id, (attempts, kind)) in &in_hand {
             let released = sqlx::query(
                 "UPDATE job SET locked_until = now() WHERE id = $1 AND attempts = $2 AND status = 'running'",
             )
@@ -814,16 +867,18 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .execute(&self.pool)
             .await;
             match released {
-                Ok(r) if r.rows_affected() == 1 => {
-                    if let Some((&kind, _)) = self.jobs.handlers.get_key_value(kind) {
-                        self.counters.handed_back(kind);
-                    }
-                }
+                Ok(r) if r.rows_affected() == 1 => self.counters.handed_back(kind),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %redact(&format!("{e:#}")), job.id = %id, "failed to hand a job back")
                 }
             }
+        }
+        if !in_hand.is_empty() {
+            tracing::warn!(
+                jobs = in_hand.len(),
+                "shutdown grace over: jobs in hand handed back"
+            );
         }
     }
 
