@@ -1005,6 +1005,43 @@ async fn batches_sent_at_once_are_each_stored_as_sent_with_their_drops_counted()
     );
 }
 
+/// A batch's events and its drop counts commit together: when either cannot be stored, neither
+/// is (and the client hears it failed, to send it again without duplicates).
+#[tokio::test]
+async fn drop_counts_are_not_kept_when_their_events_are_not_stored() {
+    let app = spawn_app().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$;
+         CREATE TRIGGER refuse_event BEFORE INSERT ON analytics_event
+             FOR EACH ROW EXECUTE FUNCTION refuse_event();",
+    )
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
+    let body = batch(vec![
+        json!({"name": "feature.used", "timestamp": now(), "props": {"feature": "providers"}}),
+        json!({"name": "not.in.the.schema", "timestamp": now()}),
+    ]);
+    let res = send(&app.client, &app.address, &body).await;
+    assert_eq!(res.status(), 500);
+    assert_eq!(app.scalar("SELECT count(*) FROM analytics_drop").await, 0);
+    assert_eq!(app.scalar("SELECT count(*) FROM analytics_event").await, 0);
+    // And the other way round: drops that cannot be counted take their events with them.
+    sqlx::raw_sql(
+        "DROP TRIGGER refuse_event ON analytics_event;
+         CREATE TRIGGER refuse_drop BEFORE INSERT OR UPDATE ON analytics_drop
+             FOR EACH ROW EXECUTE FUNCTION refuse_event();",
+    )
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
+    let res = send(&app.client, &app.address, &body).await;
+    assert_eq!(res.status(), 500);
+    assert_eq!(app.scalar("SELECT count(*) FROM analytics_event").await, 0);
+    assert_eq!(app.scalar("SELECT count(*) FROM analytics_drop").await, 0);
+}
+
 #[tokio::test]
 async fn a_flood_that_holds_every_ingestion_connection_leaves_signups_their_own() {
     let app = spawn_app().await;

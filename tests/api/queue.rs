@@ -500,6 +500,113 @@ async fn a_job_that_waited_ahead_past_its_lease_is_left_to_the_worker_that_took_
     assert_eq!(job_count(&pool).await, 0);
 }
 
+/// Giving back the jobs still ahead at shutdown is fenced by their attempt: one another worker
+/// has taken meanwhile stays that worker's.
+#[tokio::test]
+async fn a_stopping_worker_gives_back_only_the_jobs_ahead_that_are_still_its_own() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, 2).await;
+    let a = GatedWorker::start(
+        db.pool().await,
+        Duration::from_secs(6),
+        Arc::default(),
+        || Ok(()),
+    );
+    a.started(1, "A to start the first job, the second ahead")
+        .await;
+    // The second's lease lapses while it waits; B takes it and holds it.
+    let b = GatedWorker::start(
+        db.pool().await,
+        Duration::from_secs(60),
+        Arc::default(),
+        || Ok(()),
+    );
+    b.started(1, "B to take the second job").await;
+    a.release_and_stop().await;
+    assert_eq!(
+        sqlx::query_as::<_, (String, i32, i32)>("SELECT status, attempts, max_attempts FROM job")
+            .fetch_all(&pool)
+            .await
+            .unwrap(),
+        vec![("running".to_owned(), 2, 16)],
+        "B's claim stands: A gave nothing back"
+    );
+    b.release_and_stop().await;
+    assert_eq!(job_count(&pool).await, 0);
+}
+
+/// Idle slots are woken for jobs claimed ahead: they do not wait for the next poll while one
+/// slot works through them.
+#[tokio::test]
+async fn idle_slots_take_the_jobs_claimed_ahead_at_once() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    let runs = Runs::default();
+    let (stop, shutdown) = watch::channel(false);
+    let worker = Worker::new(
+        db.pool().await,
+        Behaviour::Count {
+            runs: runs.clone(),
+            delay: Duration::from_secs(1),
+        },
+    )
+    .concurrency(8)
+    .poll_interval(Duration::from_secs(60))
+    .register::<TestJob>();
+    let worker = tokio::spawn(worker.run(shutdown));
+    eventually(Duration::from_secs(10), "the worker to listen", || async {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (listening > 0).then_some(())
+    })
+    .await;
+    // One job: one slot takes it, the seven others find the queue empty and wait.
+    let started = std::time::Instant::now();
+    enqueue_n(&pool, 1).await;
+    eventually(
+        Duration::from_secs(10),
+        "the first job to start",
+        || async {
+            let running: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM job WHERE status = 'running'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (running == 1).then_some(())
+        },
+    )
+    .await;
+    // Eight more, queued without a NOTIFY: only the busy slot's next claim finds them, one
+    // for itself and seven ahead, which the seven idle slots must be woken to take.
+    sqlx::query(
+        "INSERT INTO job (id, kind, payload, max_attempts)
+         SELECT gen_random_uuid(), 'test.job', '{\"i\": 0}', 16 FROM generate_series(1, 8)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "the nine to run", || async {
+        (runs.0.lock().unwrap().len() == 9).then_some(())
+    })
+    .await;
+    // A second each: two seconds or so with eight slots; the busy slot alone would take nine.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    stop.send(true).unwrap();
+    worker.await.unwrap();
+}
+
 async fn job_state(pool: &sqlx::PgPool) -> Option<(String, i32, Option<String>)> {
     sqlx::query_as("SELECT status, attempts, last_error FROM job")
         .fetch_optional(pool)
