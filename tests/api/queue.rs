@@ -64,6 +64,26 @@ enum Behaviour {
 #[derive(Clone, Default)]
 struct Runs(Arc<Mutex<Vec<String>>>);
 
+/// A worker over `pool` whose jobs wait `delay`, then record their ids in the `Runs` returned
+/// with it; it polls every 20 ms unless the caller sets otherwise.
+fn counting_worker(pool: sqlx::PgPool, delay: Duration) -> (Runs, Worker<Behaviour>) {
+    let runs = Runs::default();
+    let behaviour = Behaviour::Count {
+        runs: runs.clone(),
+        delay,
+    };
+    let worker = Worker::new(pool, behaviour)
+        .poll_interval(Duration::from_millis(20))
+        .register::<TestJob>();
+    (runs, worker)
+}
+
+/// Runs `worker` until the returned sender says stop.
+fn spawn_worker(worker: Worker<Behaviour>) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, shutdown) = watch::channel(false);
+    (stop, tokio::spawn(worker.run(shutdown)))
+}
+
 async fn enqueue_n(pool: &sqlx::PgPool, n: usize) {
     let mut tx = pool.begin().await.unwrap();
     for i in 0..n {
@@ -420,18 +440,8 @@ async fn jobs_claimed_ahead_go_back_to_the_queue_when_the_worker_stops() {
     );
 
     // Another worker runs the three at once, each once.
-    let runs = Runs::default();
-    let (stop, shutdown) = watch::channel(false);
-    let b = Worker::new(
-        db.pool().await,
-        Behaviour::Count {
-            runs: runs.clone(),
-            delay: Duration::ZERO,
-        },
-    )
-    .poll_interval(Duration::from_millis(20))
-    .register::<TestJob>();
-    let b = tokio::spawn(b.run(shutdown));
+    let (runs, b) = counting_worker(db.pool().await, Duration::ZERO);
+    let (stop, b) = spawn_worker(b);
     eventually(Duration::from_secs(10), "B to run the three", || async {
         (job_count(&pool).await == 0).then_some(())
     })
@@ -457,19 +467,8 @@ async fn a_job_that_waited_ahead_past_its_lease_is_left_to_the_worker_that_took_
     let a = GatedWorker::start(db.pool().await, lease, Arc::default(), || Ok(()));
     a.started(1, "A to start the first job").await;
     // Once the second's lease lapses, B takes it and runs it.
-    let runs = Runs::default();
-    let (stop, shutdown) = watch::channel(false);
-    let b = Worker::new(
-        db.pool().await,
-        Behaviour::Count {
-            runs: runs.clone(),
-            delay: Duration::ZERO,
-        },
-    )
-    .lease(Duration::from_secs(60))
-    .poll_interval(Duration::from_millis(20))
-    .register::<TestJob>();
-    let b = tokio::spawn(b.run(shutdown));
+    let (runs, b) = counting_worker(db.pool().await, Duration::ZERO);
+    let (stop, b) = spawn_worker(b.lease(Duration::from_secs(60)));
     eventually(
         Duration::from_secs(15),
         "B to run the second job",
@@ -544,19 +543,8 @@ async fn idle_slots_take_the_jobs_claimed_ahead_at_once() {
     init();
     let db = TestDatabase::new().await;
     let pool = db.pool().await;
-    let runs = Runs::default();
-    let (stop, shutdown) = watch::channel(false);
-    let worker = Worker::new(
-        db.pool().await,
-        Behaviour::Count {
-            runs: runs.clone(),
-            delay: Duration::from_secs(1),
-        },
-    )
-    .concurrency(8)
-    .poll_interval(Duration::from_secs(60))
-    .register::<TestJob>();
-    let worker = tokio::spawn(worker.run(shutdown));
+    let (runs, worker) = counting_worker(db.pool().await, Duration::from_secs(1));
+    let (stop, worker) = spawn_worker(worker.concurrency(8).poll_interval(Duration::from_secs(60)));
     eventually(Duration::from_secs(10), "the worker to listen", || async {
         let listening: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
