@@ -147,3 +147,66 @@ async fn smtp_rejections_are_classified_permanent_or_transient() {
     assert_eq!(status, "dead", "550 is not retried");
     assert!(app.smtp.received().is_empty());
 }
+
+/// A relay that hangs up after each message (`421`, as relays with a limit of messages per
+/// connection do): the next email is not written to the closed connection and failed, but
+/// goes on a new one at its first attempt. A connection parked a moment ago is reused without
+/// NOOP's round trip (vendor/lettre), after checking that the relay has said nothing since.
+/// And each message's MAIL, RCPT and DATA go in one write (RFC 2920 PIPELINING, which the
+/// relay offers): one round trip, not three.
+#[tokio::test]
+async fn a_connection_the_relay_hung_up_is_not_reused_for_the_next_email() {
+    let app = spawn_app().await;
+    app.smtp.hang_up_after_each_message(true);
+    for n in 1..=3 {
+        let mut tx = app.platform.pool.begin().await.unwrap();
+        jobs::enqueue(
+            &mut tx,
+            core::operator_notice(format!("Notice {n}"), vec![]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        tx.commit().await.unwrap();
+        app.smtp.wait_for(n, Duration::from_secs(10)).await;
+        app.queue_drained().await;
+    }
+    let failed = r#"pexper_mail_failed_total{template="operator-notice",class="transient"}"#;
+    assert_eq!(app.metric(failed).await.unwrap_or(0.0), 0.0);
+    assert_eq!(app.smtp.pipelined(), 3);
+}
+
+/// A relay that takes DATA after refusing the only recipient (RFC 2920 §3.1 warns pipelining
+/// clients of such relays): the send sees the refusal, and ends the connection rather than
+/// send QUIT to a relay now reading message text (whose reply would never come): the job is
+/// dead at once, and nothing is delivered.
+#[tokio::test]
+async fn a_relay_that_takes_data_after_refusing_the_recipient_gets_no_message_and_no_wait() {
+    let app = spawn_app_with(AppOptions {
+        vars: vec![("PEXPER_PRIVACY_EMAIL", "ops@example.net".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    app.smtp.reject_permanently("ops@");
+    app.smtp.accept_data_without_recipients(true);
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    let id = jobs::enqueue(&mut tx, core::operator_notice("t", vec![]))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    let pool = app.platform.pool.clone();
+    eventually(Duration::from_secs(10), "the job dead", || {
+        let pool = pool.clone();
+        async move {
+            let status: String = sqlx::query_scalar("SELECT status FROM job WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (status == "dead").then_some(())
+        }
+    })
+    .await;
+    assert!(app.smtp.received().is_empty());
+}

@@ -12,6 +12,7 @@
 //!     PEXPER_BENCH_BASELINE=/path/to/old/pexper-server cargo bench … (before and after)
 //!     PEXPER_BENCH_DKIM=ed25519|relay cargo bench …   (default: an RSA-2048 key)
 //!     PEXPER_JOB_CONCURRENCY=32 cargo bench …     (any server setting, for both builds)
+//!     PEXPER_BENCH_RELAY_RTT_MS=2 cargo bench …   (each SMTP reply 2 ms late: a relay away)
 //!
 //! The load comes from a child process of this benchmark (as from another machine, as far as
 //! two cores allow): closed loop on bare keep-alive HTTP/1.1 connections (as wrk's), every
@@ -323,6 +324,14 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
         };
         let before = ceilings(&ceiling_url);
         let server = ServerProcess::start_binary(&server, "warn", &vars).await;
+        if let Some(ms) = std::env::var("PEXPER_BENCH_RELAY_RTT_MS")
+            .ok()
+            .and_then(|ms| ms.parse::<f64>().ok())
+        {
+            server
+                .smtp
+                .delay_replies(Duration::from_secs_f64(ms / 1000.0));
+        }
         // A launch: signups at a steady rate, each confirmation timed from its signup.
         let load = child("--paced-child", &server.base, rate, paced_seconds).await;
         let arrived = confirmations(&server.smtp, &load.due, Duration::from_secs(60)).await;

@@ -1,7 +1,7 @@
 //! A real SMTP server on loopback (RFC 5321's plain subset: EHLO, MAIL, RCPT, DATA, RSET,
-//! NOOP, QUIT; and TLS, implicit or by STARTTLS, with a certificate from a CA of its own) that
-//! keeps what it receives. Recipients can be made to fail, permanently (550)
-//! or transiently (451), to test how the queue classifies delivery errors.
+//! NOOP, QUIT; RFC 2920's PIPELINING; and TLS, implicit or by STARTTLS, with a certificate
+//! from a CA of its own) that keeps what it receives. Recipients can be made to fail,
+//! permanently (550) or transiently (451), to test how the queue classifies delivery errors.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -111,6 +111,17 @@ struct State {
     reject_transiently: Mutex<Option<String>>,
     /// While set, a new connection gets no greeting: the sender waits, nothing is sent.
     stalled: std::sync::atomic::AtomicBool,
+    /// While set, the relay says `421` and hangs up after each message it accepts, as relays
+    /// with a limit of messages per connection do.
+    hang_up_after_each_message: std::sync::atomic::AtomicBool,
+    /// Microseconds each reply waits before it is written: the round trip to a relay
+    /// elsewhere on the network, for benchmarks.
+    reply_delay_us: std::sync::atomic::AtomicU64,
+    /// While set, DATA is answered 354 even when every recipient was refused, as some relays
+    /// do (RFC 2920 §3.1 warns pipelining clients of them).
+    accept_data_without_recipients: std::sync::atomic::AtomicBool,
+    /// Transactions whose commands after MAIL came without waiting for its reply (RFC 2920).
+    pipelined: std::sync::atomic::AtomicUsize,
     arrived: Notify,
 }
 
@@ -184,6 +195,7 @@ impl SmtpServer {
         let accept_state = state.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
+                let _ = socket.set_nodelay(true);
                 tokio::spawn(session(socket, accept_state.clone(), security.clone()));
             }
         });
@@ -217,6 +229,33 @@ impl SmtpServer {
         self.state
             .stalled
             .store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn hang_up_after_each_message(&self, on: bool) {
+        self.state
+            .hang_up_after_each_message
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn accept_data_without_recipients(&self, on: bool) {
+        self.state
+            .accept_data_without_recipients
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many transactions the client pipelined: RCPT and DATA sent with MAIL.
+    pub fn pipelined(&self) -> usize {
+        self.state
+            .pipelined
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Delays every reply by `delay`, as a relay one round trip of `delay` away would.
+    pub fn delay_replies(&self, delay: Duration) {
+        self.state.reply_delay_us.store(
+            delay.as_micros() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     pub fn received(&self) -> Vec<ReceivedMail> {
@@ -300,12 +339,24 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     stage: Stage,
 ) -> Option<S> {
     let mut stream = BufReader::new(stream);
-    let reply = async |w: &mut BufReader<S>, s: &str| {
-        w.get_mut()
-            .write_all(format!("{s}\r\n").as_bytes())
-            .await
-            .is_ok()
-            && w.get_mut().flush().await.is_ok()
+    // The replies to commands a client pipelined (RFC 2920) go out together once the last of
+    // them is read, as Postfix sends them: in one segment, where one each would leave the
+    // later ones waiting for the client's delayed ACK.
+    let mut unsent = String::new();
+    let mut reply = async |w: &mut BufReader<S>, s: &str| {
+        unsent.push_str(s);
+        unsent.push_str("\r\n");
+        if !w.buffer().is_empty() {
+            return true;
+        }
+        let out = std::mem::take(&mut unsent);
+        let delay = state
+            .reply_delay_us
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
+        w.get_mut().write_all(out.as_bytes()).await.is_ok() && w.get_mut().flush().await.is_ok()
     };
     let tls = matches!(stage, Stage::Encrypted { .. });
     if stage != (Stage::Encrypted { greet: false })
@@ -325,9 +376,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         let upper = command.to_ascii_uppercase();
         let ok = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             let extensions = if stage == Stage::OffersStartTls {
-                "250-test-smtp\r\n250-STARTTLS\r\n250-8BITMIME\r\n250 SMTPUTF8"
+                "250-test-smtp\r\n250-STARTTLS\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8"
             } else {
-                "250-test-smtp\r\n250-8BITMIME\r\n250 SMTPUTF8"
+                "250-test-smtp\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8"
             };
             reply(&mut stream, extensions).await
         } else if upper == "STARTTLS" && stage == Stage::OffersStartTls {
@@ -337,6 +388,11 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             // Nothing is buffered: the client waits for that answer before its handshake.
             return Some(stream.into_inner());
         } else if upper.starts_with("MAIL FROM:") {
+            if !stream.buffer().is_empty() {
+                state
+                    .pipelined
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             from = command[10..].trim().to_owned();
             to.clear();
             reply(&mut stream, "250 OK").await
@@ -352,6 +408,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                 to.push(rcpt);
                 reply(&mut stream, "250 OK").await
             }
+        } else if upper == "DATA"
+            && to.is_empty()
+            && !state
+                .accept_data_without_recipients
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // RFC 2920 §3.1: a pipelining client sends DATA before it reads the RCPT replies.
+            reply(&mut stream, "554 5.5.1 no valid recipients").await
         } else if upper == "DATA" {
             if !reply(&mut stream, "354 end with <CRLF>.<CRLF>").await {
                 return None;
@@ -376,6 +440,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                 tls,
             });
             state.arrived.notify_waiters();
+            if state
+                .hang_up_after_each_message
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let bye = "250 OK queued\r\n421 4.7.0 too many messages, closing";
+                let _ = reply(&mut stream, bye).await;
+                return None;
+            }
             reply(&mut stream, "250 OK queued").await
         } else if upper == "RSET" || upper == "NOOP" {
             reply(&mut stream, "250 OK").await

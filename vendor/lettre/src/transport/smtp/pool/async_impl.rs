@@ -20,6 +20,10 @@ use crate::{
     transport::smtp::{async_transport::AsyncSmtpClient, error},
 };
 
+/// pexper's patch: how long a parked connection may have been idle and still be reused without
+/// NOOP (RFC 5321 §4.5.3.2.7 has servers wait five minutes for the next command).
+const QUIET_REUSE: Duration = Duration::from_secs(5);
+
 pub(crate) struct Pool<E: Executor> {
     config: PoolConfig,
     connections: Mutex<Option<Vec<ParkedConnection>>>,
@@ -170,10 +174,19 @@ impl<E: Executor> Pool<E> {
 
             match conn {
                 Some(conn) => {
+                    // pexper's patch (vendor/README.md): a connection parked a moment ago is
+                    // reused if the server has said nothing since (no EOF, no 421), without
+                    // NOOP's round trip; one parked longer is asked with NOOP, as before.
+                    let recent = conn.idle_duration() < QUIET_REUSE;
                     let mut conn = conn.unpark();
 
                     // TODO: handle the client try another connection if this one isn't good
-                    if !conn.test_connected().await {
+                    let alive = if recent {
+                        conn.is_quiet()
+                    } else {
+                        conn.test_connected().await
+                    };
+                    if !alive {
                         #[cfg(feature = "tracing")]
                         tracing::debug!("dropping a broken connection");
 
