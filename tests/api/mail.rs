@@ -176,6 +176,24 @@ async fn a_connection_the_relay_hung_up_is_not_reused_for_the_next_email() {
     assert_eq!(app.smtp.pipelined(), 3);
 }
 
+/// A relay that does not offer PIPELINING gets one command at a time, each after the reply
+/// to the last, and the message all the same.
+#[tokio::test]
+async fn a_relay_without_pipelining_gets_one_command_at_a_time() {
+    let app = spawn_app().await;
+    app.smtp.offer_pipelining(false);
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    jobs::enqueue(&mut tx, core::operator_notice("One at a time", vec![]))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mail = app.smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(mail[0].header("Subject").unwrap(), "[Pexper] One at a time");
+    app.queue_drained().await;
+    assert_eq!(app.smtp.pipelined(), 0);
+}
+
 /// A relay that takes DATA after refusing the only recipient (RFC 2920 §3.1 warns pipelining
 /// clients of such relays): the send sees the refusal, and ends the connection rather than
 /// send QUIT to a relay now reading message text (whose reply would never come): the job is

@@ -120,6 +120,8 @@ struct State {
     /// While set, DATA is answered 354 even when every recipient was refused, as some relays
     /// do (RFC 2920 §3.1 warns pipelining clients of them).
     accept_data_without_recipients: std::sync::atomic::AtomicBool,
+    /// While set, EHLO does not offer PIPELINING: the client waits for each reply.
+    no_pipelining: std::sync::atomic::AtomicBool,
     /// Transactions whose commands after MAIL came without waiting for its reply (RFC 2920).
     pipelined: std::sync::atomic::AtomicUsize,
     arrived: Notify,
@@ -241,6 +243,13 @@ impl SmtpServer {
         self.state
             .accept_data_without_recipients
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether EHLO offers PIPELINING (it does unless told otherwise).
+    pub fn offer_pipelining(&self, on: bool) {
+        self.state
+            .no_pipelining
+            .store(!on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How many transactions the client pipelined: RCPT and DATA sent with MAIL.
@@ -375,12 +384,22 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         let command = line.trim_end().to_owned();
         let upper = command.to_ascii_uppercase();
         let ok = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            let extensions = if stage == Stage::OffersStartTls {
-                "250-test-smtp\r\n250-STARTTLS\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8"
+            let starttls = if stage == Stage::OffersStartTls {
+                "250-STARTTLS\r\n"
             } else {
-                "250-test-smtp\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8"
+                ""
             };
-            reply(&mut stream, extensions).await
+            let pipelining = if state
+                .no_pipelining
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                ""
+            } else {
+                "250-PIPELINING\r\n"
+            };
+            let extensions =
+                format!("250-test-smtp\r\n{starttls}{pipelining}250-8BITMIME\r\n250 SMTPUTF8");
+            reply(&mut stream, &extensions).await
         } else if upper == "STARTTLS" && stage == Stage::OffersStartTls {
             if !reply(&mut stream, "220 2.0.0 ready to start TLS").await {
                 return None;
