@@ -201,7 +201,8 @@ impl Mailer {
         // Building, formatting and a quick signature (about 0.3 ms of CPU with RSA-2048) run
         // here, on the async worker: a hand-off to the blocking pool and back cost the drain
         // 5–15% of its speed in thread switches on two cores (issue 31). Requests wait for
-        // little of it: while they are in flight one job runs at a time (`jobs::Foreground`).
+        // little of it: while four or more are in flight, one job runs at a time
+        // (`jobs::Foreground`).
         // A slow signature (RSA above 2048 bits) still goes to the blocking pool.
         let (envelope, raw) = if self.dkim.as_deref().is_none_or(dkim::Signer::is_quick) {
             let formatting =
