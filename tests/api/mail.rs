@@ -3,9 +3,21 @@
 
 use std::time::Duration;
 
-use pexper_platform::core;
-use pexper_platform::jobs;
+use pexper_platform::address::EmailAddress;
+use pexper_platform::jobs::{self, BackgroundJob, Job, JobError, NewJob, Worker};
+use pexper_platform::mail::{self, OperatorNotice};
+use pexper_platform::{Platform, core, person};
 use pexper_tests::*;
+use tokio::sync::watch;
+
+/// A job's status and last error, while the job is there.
+async fn job_state(app: &TestApp, id: jobs::JobId) -> Option<(String, Option<String>)> {
+    sqlx::query_as("SELECT status, last_error FROM job WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&app.platform.pool)
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn an_operator_notice_arrives_over_smtp_with_a_stable_message_id() {
@@ -106,22 +118,11 @@ async fn smtp_rejections_are_classified_permanent_or_transient() {
         .unwrap()
         .unwrap();
     tx.commit().await.unwrap();
-    let pool = app.platform.pool.clone();
-    let (status, error): (String, String) =
-        eventually(Duration::from_secs(10), "a transient failure", || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_as::<_, (String, Option<String>)>(
-                    "SELECT status, last_error FROM job WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .ok()
-                .and_then(|(s, e)| e.map(|e| (s, e)))
-            }
-        })
-        .await;
+    let (status, error) = eventually(Duration::from_secs(10), "a transient failure", || async {
+        let (status, error) = job_state(&app, id).await?;
+        Some((status, error?))
+    })
+    .await;
     assert_eq!(status, "queued", "451 is retried: {error}");
     assert!(!error.contains("ops@example.net"), "{error}");
 
@@ -129,19 +130,12 @@ async fn smtp_rejections_are_classified_permanent_or_transient() {
     app.smtp.reject_permanently("ops@");
     sqlx::query("UPDATE job SET run_at = now() WHERE id = $1")
         .bind(id)
-        .execute(&pool)
+        .execute(&app.platform.pool)
         .await
         .unwrap();
-    let status: String = eventually(Duration::from_secs(10), "a permanent failure", || {
-        let pool = pool.clone();
-        async move {
-            let s: String = sqlx::query_scalar("SELECT status FROM job WHERE id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (s == "dead").then_some(s)
-        }
+    let status = eventually(Duration::from_secs(10), "a permanent failure", || async {
+        let (status, _) = job_state(&app, id).await?;
+        (status == "dead").then_some(status)
     })
     .await;
     assert_eq!(status, "dead", "550 is not retried");
@@ -213,18 +207,136 @@ async fn a_relay_that_takes_data_after_refusing_the_recipient_gets_no_message_an
         .unwrap()
         .unwrap();
     tx.commit().await.unwrap();
-    let pool = app.platform.pool.clone();
-    eventually(Duration::from_secs(10), "the job dead", || {
-        let pool = pool.clone();
-        async move {
-            let status: String = sqlx::query_scalar("SELECT status FROM job WHERE id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (status == "dead").then_some(())
-        }
+    eventually(Duration::from_secs(10), "the job dead", || async {
+        let (status, _) = job_state(&app, id).await?;
+        (status == "dead").then_some(())
     })
     .await;
     assert!(app.smtp.received().is_empty());
+}
+
+/// A test job: sends its person a notice twice, and fails its first attempt after sending.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SendsTwiceFailsOnce {}
+
+impl BackgroundJob for SendsTwiceFailsOnce {
+    const KIND: &'static str = "test.sends_twice_fails_once";
+    type Context = Platform;
+
+    async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
+        let person = job.person()?;
+        let mut conn = platform.pool.acquire().await?;
+        let to = person::email(&mut conn, &platform.keyring, person)
+            .await?
+            .expect("the person's address");
+        let notice = OperatorNotice {
+            title: format!("Attempt {}", job.attempts),
+            lines: vec![],
+        };
+        for _ in 0..2 {
+            mail::send_template(
+                &platform,
+                &mut conn,
+                job,
+                Some(person),
+                to.clone(),
+                &notice,
+                vec![],
+            )
+            .await?;
+        }
+        if job.attempts == 1 {
+            return Err(JobError::Retry(anyhow::anyhow!("failed after sending")));
+        }
+        Ok(())
+    }
+}
+
+/// Someone for a test job to mail.
+async fn person(app: &TestApp, address: &str) -> person::PersonId {
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let address = EmailAddress::parse(address).unwrap();
+    person::find_or_create(&mut conn, &app.platform.keyring, &address)
+        .await
+        .unwrap()
+}
+
+/// A job sends one email, however often its handler asks (its Message-ID is the job's): a
+/// second send in the same attempt is skipped, and an attempt that fails after sending has
+/// its email recorded, so the next attempt does not send it again. The email is in the
+/// person's history once the job is done.
+#[tokio::test]
+async fn a_job_sends_its_email_once_even_when_it_fails_after_sending() {
+    let app = spawn_app().await;
+    let person = person(&app, "once@example.net").await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let id = jobs::enqueue(
+        &mut conn,
+        NewJob::new(&SendsTwiceFailsOnce {}).for_person(person),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let worker = Worker::new(app.platform.pool.clone(), app.platform.clone())
+        .poll_interval(Duration::from_millis(20))
+        .register::<SendsTwiceFailsOnce>();
+    let worker = tokio::spawn(worker.run(shutdown));
+    // The second attempt comes after the first's backoff, of 1 to 2 s.
+    eventually(Duration::from_secs(10), "the job done", || async {
+        job_state(&app, id).await.is_none().then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    worker.await.unwrap();
+    let received = app.smtp.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].header("Subject").unwrap(), "[Pexper] Attempt 1");
+    let history: Vec<(String, String)> =
+        sqlx::query_as("SELECT template, message_id FROM email_event WHERE person_id = $1")
+            .bind(person)
+            .fetch_all(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        history,
+        vec![("operator-notice".to_owned(), format!("<{id}@pexper.com>"))]
+    );
+}
+
+/// The statement that deletes finished jobs records the emails they sent, and skips the email
+/// of someone erased since it was sent rather than fail the whole batch on the missing person:
+/// the other jobs are deleted and their emails recorded.
+#[tokio::test]
+async fn finishing_jobs_skips_the_email_of_someone_erased_since_it_was_sent() {
+    let app = spawn_app().await;
+    let here = person(&app, "here@example.net").await;
+    let erased = person(&app, "erased@example.net").await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let mut queued = Vec::new();
+    for who in [here, erased] {
+        let job = NewJob::new(&SendsTwiceFailsOnce {}).for_person(who);
+        queued.push(jobs::enqueue(&mut conn, job).await.unwrap().unwrap());
+    }
+    sqlx::query("DELETE FROM person WHERE id = $1")
+        .bind(erased)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT finish_jobs($1, ARRAY[0, 0], $2, $3, ARRAY['a', 'b'], ARRAY['<here>', '<erased>'])",
+    )
+    .bind(&queued)
+    .bind([uuid::Uuid::now_v7(), uuid::Uuid::now_v7()])
+    .bind([here, erased])
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(app.count("job").await, 0);
+    let history: Vec<(person::PersonId, String)> =
+        sqlx::query_as("SELECT person_id, message_id FROM email_event")
+            .fetch_all(&app.platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(history, vec![(here, "<here>".to_owned())]);
 }

@@ -248,14 +248,22 @@ pub fn production_vars() -> Vec<(&'static str, String)> {
 
 /// The builds to compare: `PEXPER_BENCH_BASELINE`, if set, names an earlier `pexper-server`
 /// binary measured beside this one in the same run (before and after a change).
+/// `PEXPER_BENCH_ROUNDS=n` measures the two in turn, n times each: on a shared machine whose
+/// speed drifts for minutes at a time, one build measured after the other can gain or lose a
+/// third from the drift alone.
 pub fn builds() -> Vec<(String, std::path::PathBuf)> {
-    let mut builds = Vec::new();
+    let mut round = Vec::new();
     if let Some(path) = std::env::var_os("PEXPER_BENCH_BASELINE") {
-        builds.push(("baseline".to_owned(), path.into()));
+        round.push(("baseline".to_owned(), path.into()));
     }
-    builds.push((
+    round.push((
         "this build".to_owned(),
         crate::process::binary("pexper-server"),
     ));
-    builds
+    let rounds = std::env::var("PEXPER_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    (0..rounds).flat_map(|_| round.clone()).collect()
 }

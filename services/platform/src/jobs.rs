@@ -18,8 +18,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -188,6 +188,21 @@ pub struct Job {
     pub attempts: i32,
     pub max_attempts: i32,
     pub person_id: Option<PersonId>,
+    /// The email this attempt sent, for the statement that finishes the job to record.
+    #[sqlx(skip)]
+    sent: Arc<OnceLock<SentEmail>>,
+}
+
+/// An email a job sent (`mail::deliver`), to record in the person's email history. It is
+/// recorded by the statement that deletes the finished job (`finish_jobs`), many jobs at
+/// once, not by a statement and a commit of its own per email (issue 31). A send that the
+/// process dies before recording is sent again by the job's next attempt, under the same
+/// Message-ID, as before.
+#[derive(Debug, Clone)]
+pub struct SentEmail {
+    pub person: PersonId,
+    pub template: &'static str,
+    pub message_id: String,
 }
 
 impl Job {
@@ -196,6 +211,17 @@ impl Job {
         self.person_id.ok_or_else(|| {
             JobError::Permanent(anyhow::anyhow!("a {} job without a person", self.kind))
         })
+    }
+
+    /// Notes the email this attempt sent, for its finish to record. A job sends at most one
+    /// (its Message-ID is the job's), so a second is refused: `false`.
+    pub(crate) fn note_sent(&self, sent: SentEmail) -> bool {
+        self.sent.set(sent).is_ok()
+    }
+
+    /// Whether this attempt has sent its email already.
+    pub(crate) fn has_sent(&self) -> bool {
+        self.sent.get().is_some()
     }
 }
 
@@ -359,32 +385,51 @@ async fn renew(pool: &PgPool, job: &Job, lease: Duration) -> anyhow::Result<bool
     Ok(r.rows_affected() == 1)
 }
 
-/// Deletes finished jobs, each only if still at the attempt that finished it.
-async fn finish(pool: &PgPool, jobs: &[(JobId, i32)]) -> anyhow::Result<()> {
-    // A function, as the claim is, to plan once with its plan pinned (migration 17).
-    sqlx::query("SELECT finish_jobs($1, $2)")
+/// Deletes finished jobs, each only if still at the attempt that finished it, and records the
+/// emails `sent` (whatever became of their jobs: the emails left), in one statement.
+async fn finish(pool: &PgPool, jobs: &[(JobId, i32)], sent: &[&SentEmail]) -> anyhow::Result<()> {
+    // A function, as the claim is, to plan once with its plan pinned (migrations 17 and 29).
+    sqlx::query("SELECT finish_jobs($1, $2, $3, $4, $5, $6)")
         .bind(jobs.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
         .bind(
             jobs.iter()
                 .map(|(_, attempts)| *attempts)
                 .collect::<Vec<i32>>(),
         )
+        .bind(sent.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>())
+        .bind(sent.iter().map(|s| s.person.0).collect::<Vec<Uuid>>())
+        .bind(sent.iter().map(|s| s.template).collect::<Vec<&str>>())
+        .bind(
+            sent.iter()
+                .map(|s| s.message_id.as_str())
+                .collect::<Vec<&str>>(),
+        )
         .execute(pool)
         .await
-        .context("failed to delete finished jobs")?;
+        .context("failed to finish jobs")?;
     Ok(())
 }
 
+/// A job its handler finished, and the email it sent, if any.
+struct Finished {
+    id: JobId,
+    attempts: i32,
+    sent: Option<SentEmail>,
+}
+
 /// Deletes the jobs the worker's slots finish, together: whatever finished while one delete
-/// ran goes into the next, so a busy queue pays one statement and one commit for many jobs.
-/// Returns once every sender is gone and all is deleted. A finished job whose delete is lost
-/// (the process dies first) runs again after its lease: handlers are idempotent (an email
-/// already sent is recorded and not sent twice).
-async fn finish_in_batches(pool: PgPool, mut finished: mpsc::UnboundedReceiver<(JobId, i32)>) {
+/// ran goes into the next, so a busy queue pays one statement and one commit for many jobs
+/// and their emails. Returns once every sender is gone and all is deleted. A finished job
+/// whose delete is lost (the process dies first) runs again after its lease: handlers are
+/// idempotent (an email recorded as sent is not sent twice; one sent but not recorded goes
+/// again under the same Message-ID).
+async fn finish_in_batches(pool: PgPool, mut finished: mpsc::UnboundedReceiver<Finished>) {
     let mut batch = Vec::new();
     while finished.recv_many(&mut batch, 512).await > 0 {
+        let jobs: Vec<(JobId, i32)> = batch.iter().map(|f| (f.id, f.attempts)).collect();
+        let sent: Vec<&SentEmail> = batch.iter().filter_map(|f| f.sent.as_ref()).collect();
         for pause in [1, 2, 4, 0] {
-            match finish(&pool, &batch).await {
+            match finish(&pool, &jobs, &sent).await {
                 Ok(()) => break,
                 Err(e) if pause > 0 => {
                     tracing::warn!(error = %redact(&format!("{e:#}")), "failed to delete finished jobs; trying again");
@@ -401,8 +446,13 @@ async fn finish_in_batches(pool: PgPool, mut finished: mpsc::UnboundedReceiver<(
     }
 }
 
-/// Records a failure: back to `queued` after a backoff, or `dead`.
+/// Records a failure: back to `queued` after a backoff, or `dead`; and first the email the
+/// attempt sent before it failed, if it sent one, so that the next attempt does not send it
+/// again.
 async fn fail(pool: &PgPool, job: &Job, error: &JobError) -> anyhow::Result<bool> {
+    if let Some(sent) = job.sent.get() {
+        finish(pool, &[], &[sent]).await?;
+    }
     let permanent = matches!(error, JobError::Permanent(_));
     let dead = permanent || job.attempts >= job.max_attempts;
     // The message may quote a remote server (an SMTP reply names the recipient): redact it.
@@ -888,7 +938,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         claims: Arc<Batcher<(), Option<Job>>>,
         wake: Arc<Notify>,
         mut shutdown: watch::Receiver<bool>,
-        finished: mpsc::UnboundedSender<(JobId, i32)>,
+        finished: mpsc::UnboundedSender<Finished>,
     ) {
         while !*shutdown.borrow() {
             if self.foreground.gives_way(slot) {
@@ -923,7 +973,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
-    async fn execute(&self, job: Job, finished: &mpsc::UnboundedSender<(JobId, i32)>) {
+    async fn execute(&self, job: Job, finished: &mpsc::UnboundedSender<Finished>) {
         let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, attempt = job.attempts);
         async {
             let Some((&kind, handler)) = self.jobs.handlers.get_key_value(job.kind.as_str())
@@ -962,7 +1012,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             match result {
                 Ok(()) => {
                     // The finisher outlives every slot, so the send cannot fail.
-                    finished.send((job.id, job.attempts)).ok();
+                    finished
+                        .send(Finished {
+                            id: job.id,
+                            attempts: job.attempts,
+                            sent: job.sent.get().cloned(),
+                        })
+                        .ok();
                     self.counters.ran(kind, JobOutcome::Done);
                     tracing::info!(elapsed_ms, "job done");
                 }

@@ -25,7 +25,7 @@ use crate::crypto::Keyring;
 
 use crate::address::EmailAddress;
 use crate::config::Config;
-use crate::jobs::{Job, JobError};
+use crate::jobs::{Job, JobError, SentEmail};
 use crate::person::PersonId;
 
 pub use templates::{EmailTemplate, MailClass, OperatorNotice, Rendered, paragraphs};
@@ -376,15 +376,16 @@ pub async fn send_template<T: EmailTemplate>(
         bounce_tag: bounce_tag(&platform.keyring, job.id.0),
         headers,
     };
-    deliver(platform, conn, person, T::NAME, T::CLASS, outgoing).await
+    deliver(platform, conn, job, person, T::NAME, T::CLASS, outgoing).await
 }
 
 /// Sends one email from a job: skips it if this job already sent it (its Message-ID is
-/// recorded) or if the address is suppressed for mail of its `class`, sends, and records it
-/// in the person's email history under `template`.
+/// recorded) or if the address is suppressed for mail of its `class`, sends, and has the job's
+/// finish record it in the person's email history under `template` (`jobs::SentEmail`).
 async fn deliver(
     platform: &crate::Platform,
     conn: &mut PgConnection,
+    job: &Job,
     person: Option<PersonId>,
     template: &'static str,
     class: MailClass,
@@ -399,7 +400,7 @@ async fn deliver(
     .bind(crate::suppression::hash(&platform.keyring, &email.to).as_slice())
     .fetch_one(&mut *conn)
     .await?;
-    if already {
+    if already || job.has_sent() {
         return Ok(());
     }
     if class != MailClass::Operator && !class.allows(reason) {
@@ -424,16 +425,11 @@ async fn deliver(
     }
     platform.metrics.mail_sent(template);
     if let Some(person) = person {
-        sqlx::query(
-            "INSERT INTO email_event (id, person_id, template, message_id) VALUES ($1, $2, $3, $4)
-             ON CONFLICT ON CONSTRAINT email_event_message_id_key DO NOTHING",
-        )
-        .bind(Uuid::now_v7())
-        .bind(person)
-        .bind(template)
-        .bind(&email.message_id)
-        .execute(&mut *conn)
-        .await?;
+        job.note_sent(SentEmail {
+            person,
+            template,
+            message_id: email.message_id,
+        });
     }
     Ok(())
 }
