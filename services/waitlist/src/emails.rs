@@ -4,7 +4,6 @@
 
 use pexper_platform::Platform;
 use pexper_platform::address::EmailAddress;
-use pexper_platform::crypto::random_token;
 use pexper_platform::jobs::{BackgroundJob, Job, JobError};
 use pexper_platform::mail::{self, EmailTemplate};
 use pexper_platform::person::{self, PersonId};
@@ -97,7 +96,7 @@ impl BackgroundJob for Welcome {
 
 async fn signup_mail(platform: Platform, job: &Job) -> Result<(), JobError> {
     let person = job.person()?;
-    let token = random_token();
+    let token = store::confirmation_token(&platform.keyring, job.id);
     let mut conn = platform.pool.acquire().await?;
     let decided = store::decide_signup_mail(&mut conn, person, job.id, &token).await?;
     let (status, confirm, sealed) = match decided {

@@ -161,11 +161,11 @@ pub struct Signups(Arc<OnceLock<Batcher<store::Signup, PersonId>>>);
 impl Signups {
     fn batcher(&self, platform: &Platform) -> &Batcher<store::Signup, PersonId> {
         self.0.get_or_init(|| {
-            let pool = platform.pool.clone();
+            let platform = platform.clone();
             let job = NewJob::new(&SignupMail {});
             Batcher::new(SIGNUP_WRITERS, SIGNUPS_PER_BATCH, move |batch| {
-                let (pool, job) = (pool.clone(), job.clone());
-                async move { store::sign_up(&pool, batch, &job).await }
+                let (platform, job) = (platform.clone(), job.clone());
+                async move { store::sign_up(&platform.pool, &platform.keyring, batch, &job).await }
             })
         })
     }

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pexper_platform::crypto::{Keyring, random_token, sha256};
 use pexper_platform::jobs::{JobId, NewJob};
 use pexper_platform::person::{self, PersonId};
@@ -41,50 +43,71 @@ pub struct Signup {
 /// stored. The same statement runs for every address, known or not. Returns each signup's
 /// person, in order.
 ///
+/// For a new address the statement also decides the confirmation email, which is what the
+/// signup email job would otherwise decide in a statement and a commit of its own (issue 31):
+/// the person's daily contact budget starts with this email taken, the entry records that
+/// its first job sends it, and the link's token is stored (`confirmation_token`, which the
+/// job derives again). That job then only reads (`decide_signup_mail`). A known address's
+/// jobs decide as before.
+///
 /// A known address's `person` row takes a no-op update (`DO UPDATE`, not `DO NOTHING`) so
 /// that the statement sees it even when another transaction inserted it after this one's
-/// snapshot: the update waits for that row and returns it. Rows are written in the order of
-/// their keys, so two batches that share addresses wait for each other instead of deadlocking,
-/// and an address twice in one batch is written once (a row cannot be updated twice in one
-/// statement).
+/// snapshot: the update waits for that row and returns it, with its own id, not the one this
+/// statement offered (which is how a new person is told apart). Rows are written in the order
+/// of their keys, so two batches that share addresses wait for each other instead of
+/// deadlocking, and an address twice in one batch is written once (a row cannot be updated
+/// twice in one statement).
 pub async fn sign_up(
     pool: &PgPool,
+    keyring: &Keyring,
     signups: Vec<Signup>,
     job: &NewJob,
 ) -> anyhow::Result<Vec<PersonId>> {
-    // One person per address, in key order; one job per signup.
-    let mut people: BTreeMap<Vec<u8>, Signup> = BTreeMap::new();
+    // One person per address, in key order, with the first of its jobs; one job per signup.
+    let mut people: BTreeMap<Vec<u8>, (Signup, Uuid)> = BTreeMap::new();
     let job_ids: Vec<Uuid> = signups.iter().map(|_| Uuid::now_v7()).collect();
     let mut job_keys = Vec::with_capacity(signups.len());
-    for signup in signups {
+    for (signup, job) in signups.into_iter().zip(&job_ids) {
         job_keys.push(signup.person.email_index.clone());
         people
             .entry(signup.person.email_index.clone())
-            .or_insert(signup);
+            .or_insert((signup, *job));
     }
     let mut columns = PeopleColumns::default();
-    for signup in people.into_values() {
-        columns.push(signup);
+    for (signup, first_job) in people.into_values() {
+        columns.push(signup, first_job, keyring);
     }
     let stored: Vec<(Vec<u8>, PersonId)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::int4[],
-                                  $6::text[], $7::text[])
-                 AS i (id, email_index, email_sealed, data_key, key_version, source, referral)
+                                  $6::text[], $7::text[], $13::uuid[], $14::bytea[])
+                 AS i (id, email_index, email_sealed, data_key, key_version, source, referral,
+                       first_job, token_hash)
          ), signed_up AS (
-             INSERT INTO person (id, email_index, email_sealed, data_key, key_version)
-             SELECT id, email_index, email_sealed, data_key, key_version FROM input
+             INSERT INTO person (id, email_index, email_sealed, data_key, key_version,
+                                 request_mail_day, request_mail_count)
+             SELECT id, email_index, email_sealed, data_key, key_version,
+                    (now() AT TIME ZONE 'UTC')::date, 1
+             FROM input
              ORDER BY email_index
              ON CONFLICT ON CONSTRAINT person_email_index_key
              DO UPDATE SET email_index = EXCLUDED.email_index
              RETURNING id, email_index
          ), entry AS (
-             INSERT INTO waitlist_entry (person_id, source, referred_by)
+             INSERT INTO waitlist_entry (person_id, source, referred_by,
+                                         last_signup_mail_at, last_signup_mail_job)
              SELECT s.id, i.source, (SELECT e.person_id FROM waitlist_entry e
-                                     WHERE e.referral_code = i.referral AND e.person_id <> s.id)
+                                     WHERE e.referral_code = i.referral AND e.person_id <> s.id),
+                    CASE WHEN s.id = i.id THEN now() END,
+                    CASE WHEN s.id = i.id THEN i.first_job END
              FROM signed_up s JOIN input i USING (email_index)
              ORDER BY s.id
              ON CONFLICT (person_id) DO NOTHING
+         ), token AS (
+             INSERT INTO waitlist_token (token_hash, person_id, expires_at)
+             SELECT i.token_hash, s.id, $15
+             FROM signed_up s JOIN input i USING (email_index)
+             WHERE s.id = i.id
          ), queued AS (
              INSERT INTO job (id, kind, payload, person_id, max_attempts)
              SELECT q.id, $10, $11, s.id, $12
@@ -105,6 +128,9 @@ pub async fn sign_up(
     .bind(job.kind())
     .bind(job.payload())
     .bind(job.attempts_allowed())
+    .bind(columns.first_job)
+    .bind(columns.token_hash)
+    .bind(OffsetDateTime::now_utc() + TOKEN_LIFETIME)
     .fetch_all(pool)
     .await
     .context("failed to record signups")?;
@@ -120,6 +146,17 @@ pub async fn sign_up(
         .collect()
 }
 
+/// The domain of confirmation tokens' MACs.
+const CONFIRMATION_TOKEN: &str = "waitlist-confirmation";
+
+/// The token of the confirmation link that the signup email job `job` sends: a MAC of the
+/// job's id under the deployment's token key, as unguessable as a random token, but known
+/// to the signup statement (which stores its hash) before the job runs, and the same on every
+/// attempt of the job. Only its hash is stored.
+pub fn confirmation_token(keyring: &Keyring, job: JobId) -> String {
+    URL_SAFE_NO_PAD.encode(keyring.sign_token(CONFIRMATION_TOKEN, job.0.as_bytes()))
+}
+
 /// The people of a batch of signups as one array per column (`unnest` in `sign_up`).
 #[derive(Default)]
 struct PeopleColumns {
@@ -130,10 +167,18 @@ struct PeopleColumns {
     key_version: Vec<i32>,
     source: Vec<Option<String>>,
     referral: Vec<Option<String>>,
+    /// The first of the person's jobs in the batch: the one that sends their confirmation,
+    /// if the person is new.
+    first_job: Vec<Uuid>,
+    /// The hash of that job's confirmation token.
+    token_hash: Vec<Vec<u8>>,
 }
 
 impl PeopleColumns {
-    fn push(&mut self, signup: Signup) {
+    fn push(&mut self, signup: Signup, first_job: Uuid, keyring: &Keyring) {
+        let token = confirmation_token(keyring, JobId(first_job));
+        self.first_job.push(first_job);
+        self.token_hash.push(sha256(token.as_bytes()).to_vec());
         let person = signup.person;
         self.id.push(person.id.0);
         self.email_index.push(person.email_index);
@@ -161,17 +206,23 @@ pub enum SignupMailDecision {
     BudgetSpent,
 }
 
-/// Decides and records the email a signup asks for, and reads the address, in one statement
-/// (its own transaction, committed before the email is sent, so the link works the moment it
-/// arrives): at most one per person per 10 minutes (the entry's row lock serialises signup
-/// jobs for one person), within the daily budget, which the job's own retries do not spend
-/// twice; `token` is stored when the email is to confirm.
+/// The email a signup asks for, and the address: read, if this job's email is decided
+/// already (by the signup that created the person, or by an earlier attempt of the job);
+/// otherwise decided, recorded and read in one statement, its own transaction, committed
+/// before the email is sent so that the link works the moment it arrives: at most one per
+/// person per 10 minutes (the entry's row lock serialises signup jobs for one person), within
+/// the daily budget, which the job's own retries do not spend twice. The hash of `token` (the
+/// job's `confirmation_token`) is stored when the email is to confirm.
 pub async fn decide_signup_mail(
     conn: &mut PgConnection,
     person: PersonId,
     job: JobId,
     token: &str,
 ) -> anyhow::Result<SignupMailDecision> {
+    let token_hash = sha256(token.as_bytes());
+    if let Some(decided) = decided_signup_mail(&mut *conn, person, job, &token_hash).await? {
+        return Ok(decided);
+    }
     #[derive(sqlx::FromRow)]
     struct Decided {
         due: bool,
@@ -182,7 +233,8 @@ pub async fn decide_signup_mail(
         key_version: Option<i32>,
     }
     // `sending` is evaluated once (MATERIALIZED), so the budget is taken at most once, and
-    // only for a first attempt (CASE fixes the order: `retry` is read first).
+    // only for a first attempt (CASE fixes the order: `retry` is read first; a retry is
+    // normally read above, but two workers can hold one job when a lease lapses).
     let decided: Decided = sqlx::query_as(
         "WITH entry AS (
              SELECT status, subscribed, last_signup_mail_job IS NOT DISTINCT FROM $2 AS retry
@@ -205,6 +257,7 @@ pub async fn decide_signup_mail(
          token AS (
              INSERT INTO waitlist_token (token_hash, person_id, expires_at)
              SELECT $4, $1, $5 FROM sending WHERE confirm
+             ON CONFLICT (token_hash) DO NOTHING
          )
          SELECT EXISTS (SELECT 1 FROM entry) AS due, s.status, s.confirm,
                 p.email_sealed, p.data_key, p.key_version
@@ -215,7 +268,7 @@ pub async fn decide_signup_mail(
     .bind(person)
     .bind(job)
     .bind(person::REQUEST_MAIL_PER_DAY)
-    .bind(sha256(token.as_bytes()).as_slice())
+    .bind(token_hash.as_slice())
     .bind(OffsetDateTime::now_utc() + TOKEN_LIFETIME)
     .fetch_one(conn)
     .await
@@ -240,6 +293,64 @@ pub async fn decide_signup_mail(
         Decided { due: true, .. } => SignupMailDecision::BudgetSpent,
         Decided { .. } => SignupMailDecision::NotDue,
     })
+}
+
+/// The email this job sends, if it is decided already (the entry names the job): read, with
+/// no row lock and nothing written, so no commit of its own. A link whose token is not stored
+/// (decided as a reminder, but the person unsubscribed before this attempt: now it confirms)
+/// has it stored.
+async fn decided_signup_mail(
+    conn: &mut PgConnection,
+    person: PersonId,
+    job: JobId,
+    token_hash: &[u8; 32],
+) -> anyhow::Result<Option<SignupMailDecision>> {
+    #[derive(sqlx::FromRow)]
+    struct Decided {
+        status: EntryStatus,
+        confirm: bool,
+        token_stored: bool,
+        email_sealed: Vec<u8>,
+        data_key: Vec<u8>,
+        key_version: i32,
+    }
+    let decided: Option<Decided> = sqlx::query_as(
+        "SELECT e.status, e.status = 'pending' OR NOT e.subscribed AS confirm,
+                EXISTS (SELECT 1 FROM waitlist_token WHERE token_hash = $3) AS token_stored,
+                p.email_sealed, p.data_key, p.key_version
+         FROM waitlist_entry e JOIN person p ON p.id = e.person_id
+         WHERE e.person_id = $1 AND e.last_signup_mail_job = $2",
+    )
+    .bind(person)
+    .bind(job)
+    .bind(token_hash.as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .context("failed to read a signup email's decision")?;
+    let Some(decided) = decided else {
+        return Ok(None);
+    };
+    if decided.confirm && !decided.token_stored {
+        sqlx::query(
+            "INSERT INTO waitlist_token (token_hash, person_id, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (token_hash) DO NOTHING",
+        )
+        .bind(token_hash.as_slice())
+        .bind(person)
+        .bind(OffsetDateTime::now_utc() + TOKEN_LIFETIME)
+        .execute(&mut *conn)
+        .await
+        .context("failed to store a confirmation token")?;
+    }
+    Ok(Some(SignupMailDecision::Send {
+        status: decided.status,
+        confirm: decided.confirm,
+        sealed: person::SealedEmail {
+            email_sealed: decided.email_sealed,
+            data_key: decided.data_key,
+            key_version: decided.key_version,
+        },
+    }))
 }
 
 /// Whether a confirmation token is known, unused and not expired. Reads only: the page that
