@@ -799,3 +799,74 @@ async fn signups_arriving_together_are_committed_together_each_with_its_job() {
         .await;
     assert_eq!(with_their_job, 32);
 }
+
+/// A new address's confirmation is decided by its signup (the budget taken, the entry marked,
+/// the token's hash stored), and its job only reads; an address known before (here from a
+/// support request) is decided by its job. Either way: a first attempt the relay refuses for
+/// now (451) is followed by one that sends a link that works, and the day's contact budget
+/// pays once for the confirmation, not once per attempt.
+#[tokio::test]
+async fn a_confirmation_refused_for_now_is_sent_again_with_a_working_link_and_paid_for_once() {
+    let app = spawn_app().await;
+    let known = "known.before@example.net";
+    let res = app
+        .client
+        .post(app.url("/v1/support"))
+        .json(&json!({"email": known, "message": "Is there a Linux build?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    app.smtp.wait_for(1, WAIT).await;
+    app.queue_drained().await;
+    app.smtp.reject_transiently(Some("@example.net"));
+    for address in ["new.here@example.net", known] {
+        assert_eq!(signup(&app, json!({"email": address})).await.status(), 202);
+    }
+    eventually(WAIT, "both first attempts refused", || async {
+        let refused = app
+            .scalar(
+                "SELECT count(*) FROM job
+                 WHERE kind = 'waitlist.signup_mail' AND attempts = 1 AND status = 'queued'",
+            )
+            .await;
+        (refused == 2).then_some(())
+    })
+    .await;
+    app.smtp.reject_transiently(None);
+    sqlx::query("UPDATE job SET run_at = now()")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+    app.queue_drained().await;
+    // The known address's budget paid for its acknowledgement too.
+    for (address, budget_spent) in [("new.here@example.net", 1), (known, 2)] {
+        let recipient = format!("<{address}>");
+        let confirmations: Vec<_> = app
+            .smtp
+            .received()
+            .into_iter()
+            .filter(|m| m.to.contains(&recipient))
+            .filter(|m| m.header("Subject").unwrap().starts_with("Confirm"))
+            .collect();
+        assert_eq!(confirmations.len(), 1, "{address}");
+        let url = confirmations[0].link(&app.url("/v1/waitlist/confirm?token="));
+        assert_eq!(app.client.post(&url).send().await.unwrap().status(), 200);
+        let mut conn = app.platform.pool.acquire().await.unwrap();
+        let email = pexper_platform::address::EmailAddress::parse(address).unwrap();
+        let person = pexper_platform::person::find(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap()
+            .unwrap();
+        let (status, spent): (String, i32) = sqlx::query_as(
+            "SELECT e.status, p.request_mail_count
+             FROM waitlist_entry e JOIN person p ON p.id = e.person_id WHERE p.id = $1",
+        )
+        .bind(person)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(status, "confirmed", "{address}");
+        assert_eq!(spent, budget_spent, "{address}: its contact emails today");
+    }
+}
