@@ -214,9 +214,10 @@ impl Job {
     }
 
     /// Notes the email this attempt sent, for its finish to record. A job sends at most one
-    /// (its Message-ID is the job's), so a second is refused: `false`.
-    pub(crate) fn note_sent(&self, sent: SentEmail) -> bool {
-        self.sent.set(sent).is_ok()
+    /// (its Message-ID is the job's; `mail::deliver` asks `has_sent` first): the first noted
+    /// stays.
+    pub(crate) fn note_sent(&self, sent: SentEmail) {
+        self.sent.get_or_init(|| sent);
     }
 
     /// Whether this attempt has sent its email already.
