@@ -5,8 +5,13 @@
 --
 -- Whatever became of the job (its lease may have passed to another worker), its email left,
 -- so it is recorded. A person erased meanwhile is skipped, not an error that would fail the
--- whole batch: FOR KEY SHARE waits for an erasure in progress and then sees its delete. The
--- jobs are deleted first, in the order an erasure takes its locks (jobs, then the person).
+-- whole batch: FOR KEY SHARE waits for an erasure in progress and then sees its delete.
+--
+-- Locks, so that no cycle can form: the jobs are deleted first, in the order an erasure takes
+-- its locks (jobs, then the person); the people are locked in one order, by id; and a key-share
+-- lock waits only for a change of a person's key or their deletion, which lock one person at
+-- a time (the statements that lock several people at once take weaker locks: the signup
+-- statement's no-op update and the key rotation change no key).
 CREATE FUNCTION finish_jobs(
     finished uuid[], at_attempts integer[],
     sent_ids uuid[], sent_to uuid[], sent_templates text[], sent_message_ids text[]
@@ -26,6 +31,7 @@ BEGIN
     FROM unnest(sent_ids, sent_to, sent_templates, sent_message_ids)
              AS sent (id, person_id, template, message_id)
     JOIN person ON person.id = sent.person_id
+    ORDER BY person.id
     FOR KEY SHARE OF person
     ON CONFLICT ON CONSTRAINT email_event_message_id_key DO NOTHING;
 END

@@ -823,21 +823,8 @@ async fn a_confirmation_refused_for_now_is_sent_again_with_a_working_link_and_pa
     for address in ["new.here@example.net", known] {
         assert_eq!(signup(&app, json!({"email": address})).await.status(), 202);
     }
-    eventually(WAIT, "both first attempts refused", || async {
-        let refused = app
-            .scalar(
-                "SELECT count(*) FROM job
-                 WHERE kind = 'waitlist.signup_mail' AND attempts = 1 AND status = 'queued'",
-            )
-            .await;
-        (refused == 2).then_some(())
-    })
-    .await;
-    app.smtp.reject_transiently(None);
-    sqlx::query("UPDATE job SET run_at = now()")
-        .execute(&app.platform.pool)
-        .await
-        .unwrap();
+    refused_for_now(&app, 2).await;
+    retry_now(&app).await;
     app.queue_drained().await;
     // The known address's budget paid for its acknowledgement too.
     for (address, budget_spent) in [("new.here@example.net", 1), (known, 2)] {
@@ -869,4 +856,172 @@ async fn a_confirmation_refused_for_now_is_sent_again_with_a_working_link_and_pa
         assert_eq!(status, "confirmed", "{address}");
         assert_eq!(spent, budget_spent, "{address}: its contact emails today");
     }
+}
+
+/// Waits until `n` signup email jobs have had a first attempt refused for now (the relay's
+/// `reject_transiently`) and wait for their next.
+async fn refused_for_now(app: &TestApp, n: i64) {
+    eventually(WAIT, "first attempts refused", || async {
+        let refused = app
+            .scalar(
+                "SELECT count(*) FROM job
+                 WHERE kind = 'waitlist.signup_mail' AND attempts = 1 AND status = 'queued'",
+            )
+            .await;
+        (refused == n).then_some(())
+    })
+    .await;
+}
+
+/// The relay takes mail again, and the jobs waiting for their next attempt run now.
+async fn retry_now(app: &TestApp) {
+    app.smtp.reject_transiently(None);
+    sqlx::query("UPDATE job SET run_at = now() WHERE status = 'queued'")
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+}
+
+async fn execute(app: &TestApp, sql: &'static str) {
+    sqlx::query(sql).execute(&app.platform.pool).await.unwrap();
+}
+
+/// Ten minutes between signup emails count from when one was sent, not from the signup that
+/// asked for it: when the queue is behind (here: the first email waits for a relay that
+/// refused it for now, and its signup is made to look 11 minutes old), a later signup sends
+/// nothing while the first email is still to go, nor just after it went.
+#[tokio::test]
+async fn ten_minutes_between_signup_emails_count_from_the_sending_when_the_queue_is_behind() {
+    let app = spawn_app().await;
+    let address = json!({"email": "behind@example.net"});
+    let back_dated =
+        "UPDATE waitlist_entry SET last_signup_mail_at = now() - interval '11 minutes'";
+    app.smtp.reject_transiently(Some("behind@"));
+    assert_eq!(signup(&app, address.clone()).await.status(), 202);
+    refused_for_now(&app, 1).await;
+    execute(&app, back_dated).await;
+    assert_eq!(signup(&app, address.clone()).await.status(), 202);
+    // The second signup's job ran, and found the first email still to go.
+    eventually(WAIT, "the second signup's job done", || async {
+        (app.count("job").await == 1).then_some(())
+    })
+    .await;
+    retry_now(&app).await;
+    app.smtp.wait_for(1, WAIT).await;
+    app.queue_drained().await;
+    execute(&app, back_dated).await;
+    assert_eq!(signup(&app, address).await.status(), 202);
+    app.queue_drained().await;
+    assert_eq!(app.smtp.received().len(), 1);
+    assert_eq!(
+        app.scalar("SELECT request_mail_count::bigint FROM person")
+            .await,
+        1,
+        "one email, paid for once"
+    );
+}
+
+/// A signup email job that runs on a later UTC day than its signup (a queue that was behind at
+/// midnight, or a retry) pays for its email from that day's budget: with the day's three spent
+/// already, it sends nothing. And a confirmation whose link expired meanwhile goes out with
+/// the link renewed, whether decided today or on an earlier day.
+#[tokio::test]
+async fn a_signup_email_sent_on_a_later_day_pays_that_day_and_carries_a_live_link() {
+    let app = spawn_app().await;
+    app.smtp.reject_transiently(Some("@example.net"));
+    let addresses = [
+        "spent@example.net",
+        "late@example.net",
+        "expired@example.net",
+    ];
+    for address in addresses {
+        assert_eq!(signup(&app, json!({"email": address})).await.status(), 202);
+    }
+    refused_for_now(&app, 3).await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let mut people = Vec::new();
+    for address in addresses {
+        let email = pexper_platform::address::EmailAddress::parse(address).unwrap();
+        let person = pexper_platform::person::find(&mut conn, &app.platform.keyring, &email)
+            .await
+            .unwrap()
+            .unwrap();
+        people.push(person);
+    }
+    let [spent, late, _] = people[..] else {
+        unreachable!()
+    };
+    // The first two were decided (and paid for) yesterday; today, three contact emails went
+    // to the first already. Every link has expired.
+    sqlx::query(
+        "UPDATE waitlist_entry SET last_signup_mail_at = now() - interval '1 day'
+         WHERE person_id = ANY ($1)",
+    )
+    .bind([spent, late])
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE person SET request_mail_day = request_mail_day - 1 WHERE id = $1;")
+        .bind(late)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE person SET request_mail_count = 3 WHERE id = $1")
+        .bind(spent)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    execute(
+        &app,
+        "UPDATE waitlist_token SET expires_at = now() - interval '1 second'",
+    )
+    .await;
+    retry_now(&app).await;
+    app.queue_drained().await;
+    let mail = app.smtp.received();
+    let mut to: Vec<&str> = mail.iter().map(|m| m.to[0].as_str()).collect();
+    to.sort();
+    assert_eq!(to, ["<expired@example.net>", "<late@example.net>"]);
+    for m in &mail {
+        let url = m.link(&app.url("/v1/waitlist/confirm?token="));
+        assert_eq!(
+            app.client.post(&url).send().await.unwrap().status(),
+            200,
+            "{:?}",
+            m.to
+        );
+    }
+    let (day_is_today, count): (bool, i32) = sqlx::query_as(
+        "SELECT request_mail_day = (now() AT TIME ZONE 'UTC')::date, request_mail_count
+         FROM person WHERE id = $1",
+    )
+    .bind(late)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert!(
+        day_is_today && count == 1,
+        "paid from today's budget: {count}"
+    );
+}
+
+/// A signup of a known address does not wait for a transaction that refers to that person
+/// (here one holding the key-share lock that a foreign key check, or finishing jobs, takes):
+/// its no-op update of the person locks as a change that keeps the key does. Locking as a
+/// change of the key, it waited, and could deadlock with `finish_jobs`, which holds such
+/// locks on many people at once.
+#[tokio::test]
+async fn a_signup_of_a_known_address_does_not_wait_for_rows_referring_to_the_person() {
+    let app = spawn_app().await;
+    let address = json!({"email": "known@example.net"});
+    assert_eq!(signup(&app, address.clone()).await.status(), 202);
+    app.queue_drained().await;
+    let mut holder = app.platform.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM person FOR KEY SHARE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(5), signup(&app, address)).await;
+    holder.rollback().await.unwrap();
+    assert_eq!(again.expect("answered without waiting").status(), 202);
 }

@@ -411,6 +411,13 @@ async fn finish(pool: &PgPool, jobs: &[(JobId, i32)], sent: &[&SentEmail]) -> an
     Ok(())
 }
 
+/// A job a slot is running: what `Worker::hand_back` needs if the shutdown grace ends first.
+struct InHand {
+    attempts: i32,
+    kind: &'static str,
+    sent: Arc<OnceLock<SentEmail>>,
+}
+
 /// A job its handler finished, and the email it sent, if any.
 struct Finished {
     id: JobId,
@@ -420,27 +427,39 @@ struct Finished {
 
 /// Deletes the jobs the worker's slots finish, together: whatever finished while one delete
 /// ran goes into the next, so a busy queue pays one statement and one commit for many jobs
-/// and their emails. Returns once every sender is gone and all is deleted. A finished job
-/// whose delete is lost (the process dies first) runs again after its lease: handlers are
-/// idempotent (an email recorded as sent is not sent twice; one sent but not recorded goes
-/// again under the same Message-ID).
-async fn finish_in_batches(pool: PgPool, mut finished: mpsc::UnboundedReceiver<Finished>) {
+/// and their emails. Returns once every sender is gone and all is deleted. A batch that fails
+/// is tried again, for as long as the jobs' `lease` keeps them ours: the emails it records
+/// are what keeps the jobs' next attempts from sending them again. A finished job whose
+/// delete is lost all the same (the process dies first, or the database is away longer than
+/// the lease) runs again after its lease: handlers are idempotent (an email recorded as sent
+/// is not sent twice; one sent but not recorded goes again, under the same Message-ID).
+async fn finish_in_batches(
+    pool: PgPool,
+    lease: Duration,
+    mut finished: mpsc::UnboundedReceiver<Finished>,
+) {
     let mut batch = Vec::new();
     while finished.recv_many(&mut batch, 512).await > 0 {
         let jobs: Vec<(JobId, i32)> = batch.iter().map(|f| (f.id, f.attempts)).collect();
         let sent: Vec<&SentEmail> = batch.iter().filter_map(|f| f.sent.as_ref()).collect();
-        for pause in [1, 2, 4, 0] {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_secs(1);
+        loop {
             match finish(&pool, &jobs, &sent).await {
                 Ok(()) => break,
-                Err(e) if pause > 0 => {
+                Err(e) if started.elapsed() + pause < lease => {
                     tracing::warn!(error = %redact(&format!("{e:#}")), "failed to delete finished jobs; trying again");
-                    tokio::time::sleep(Duration::from_secs(pause)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(8));
                 }
-                Err(e) => tracing::error!(
-                    error = %redact(&format!("{e:#}")),
-                    jobs = batch.len(),
-                    "failed to delete finished jobs; they run again after their lease"
-                ),
+                Err(e) => {
+                    tracing::error!(
+                        error = %redact(&format!("{e:#}")),
+                        jobs = batch.len(),
+                        "failed to delete finished jobs; they run again after their lease"
+                    );
+                    break;
+                }
             }
         }
         batch.clear();
@@ -682,7 +701,7 @@ pub struct Worker<S> {
     foreground: Foreground,
     /// The jobs being run now, with their attempt and kind: what to hand back if shutdown
     /// cannot wait.
-    in_hand: std::sync::Mutex<HashMap<JobId, (i32, &'static str)>>,
+    in_hand: std::sync::Mutex<HashMap<JobId, InHand>>,
     /// Jobs claimed ahead (`CLAIM_AHEAD`): the next idle slot takes the oldest.
     ahead: Arc<std::sync::Mutex<Ahead>>,
     counters: crate::metrics::JobCounters,
@@ -778,7 +797,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let listener = tokio::spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
         let this = Arc::new(self);
         let (finished, to_delete) = mpsc::unbounded_channel();
-        let finisher = tokio::spawn(finish_in_batches(this.pool.clone(), to_delete));
+        let finisher = tokio::spawn(finish_in_batches(this.pool.clone(), this.lease, to_delete));
         let claims = Arc::new(this.claims(wake.clone()));
         let mut tasks = tokio::task::JoinSet::new();
         for slot in 0..this.concurrency {
@@ -903,22 +922,30 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     /// Ends the leases of the jobs still in hand, so that they are claimed again at once.
     async fn hand_back(&self) {
-        let in_hand: Vec<(JobId, (i32, &'static str))> = self
+        let in_hand: Vec<(JobId, InHand)> = self
             .in_hand
             .lock()
             .expect("the in-hand set is never poisoned")
             .drain()
             .collect();
-        for (id, (attempts, kind)) in &in_hand {
+        // A job stopped after sending its email (its handler had more to do) has the email
+        // recorded first, or the worker that takes it next would send it again.
+        let sent: Vec<&SentEmail> = in_hand.iter().filter_map(|(_, j)| j.sent.get()).collect();
+        if !sent.is_empty()
+            && let Err(e) = finish(&self.pool, &[], &sent).await
+        {
+            tracing::warn!(error = %redact(&format!("{e:#}")), "failed to record the emails of jobs handed back");
+        }
+        for (id, job) in &in_hand {
             let released = sqlx::query(
                 "UPDATE job SET locked_until = now() WHERE id = $1 AND attempts = $2 AND status = 'running'",
             )
             .bind(id)
-            .bind(attempts)
+            .bind(job.attempts)
             .execute(&self.pool)
             .await;
             match released {
-                Ok(r) if r.rows_affected() == 1 => self.counters.handed_back(kind),
+                Ok(r) if r.rows_affected() == 1 => self.counters.handed_back(job.kind),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %redact(&format!("{e:#}")), job.id = %id, "failed to hand a job back")
@@ -985,7 +1012,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             self.in_hand
                 .lock()
                 .expect("the in-hand set is never poisoned")
-                .insert(job.id, (job.attempts, kind));
+                .insert(
+                    job.id,
+                    InHand {
+                        attempts: job.attempts,
+                        kind,
+                        sent: job.sent.clone(),
+                    },
+                );
             let work = handler(self.state.clone(), job.clone());
             tokio::pin!(work);
             let mut heartbeat = tokio::time::interval(self.lease / 3);

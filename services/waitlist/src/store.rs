@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pexper_platform::crypto::{Keyring, random_token, sha256};
 use pexper_platform::jobs::{JobId, NewJob};
+use pexper_platform::mail::EmailTemplate;
 use pexper_platform::person::{self, PersonId};
 use pexper_platform::personal_data::RetentionRule;
 use pexper_platform::personal_data::{ErasureSummary, PersonalData};
@@ -53,7 +54,10 @@ pub struct Signup {
 /// A known address's `person` row takes a no-op update (`DO UPDATE`, not `DO NOTHING`) so
 /// that the statement sees it even when another transaction inserted it after this one's
 /// snapshot: the update waits for that row and returns it, with its own id, not the one this
-/// statement offered (which is how a new person is told apart). Rows are written in the order
+/// statement offered (which is how a new person is told apart). The update sets a column
+/// that is no key, so its lock (`FOR NO KEY UPDATE`) does not conflict with the key-share
+/// locks that finishing jobs takes on many people at once (`finish_jobs`): setting the key
+/// `email_index` to itself would lock as if the key changed, and the two could deadlock. Rows are written in the order
 /// of their keys, so two batches that share addresses wait for each other instead of
 /// deadlocking, and an address twice in one batch is written once (a row cannot be updated
 /// twice in one statement).
@@ -91,7 +95,7 @@ pub async fn sign_up(
              FROM input
              ORDER BY email_index
              ON CONFLICT ON CONSTRAINT person_email_index_key
-             DO UPDATE SET email_index = EXCLUDED.email_index
+             DO UPDATE SET updated_at = person.updated_at
              RETURNING id, email_index
          ), entry AS (
              INSERT INTO waitlist_entry (person_id, source, referred_by,
@@ -152,7 +156,10 @@ const CONFIRMATION_TOKEN: &str = "waitlist-confirmation";
 /// The token of the confirmation link that the signup email job `job` sends: a MAC of the
 /// job's id under the deployment's token key, as unguessable as a random token, but known
 /// to the signup statement (which stores its hash) before the job runs, and the same on every
-/// attempt of the job. Only its hash is stored.
+/// attempt of the job. Only its hash is stored. The job's id is no secret (it is in the
+/// email's Message-ID and the database); the key is, as it is for the unsubscribe links that
+/// the same key makes: whoever holds it can make any confirmation link, as whoever can write
+/// to the database could always confirm anyone.
 pub fn confirmation_token(keyring: &Keyring, job: JobId) -> String {
     URL_SAFE_NO_PAD.encode(keyring.sign_token(CONFIRMATION_TOKEN, job.0.as_bytes()))
 }
@@ -206,13 +213,15 @@ pub enum SignupMailDecision {
     BudgetSpent,
 }
 
-/// The email a signup asks for, and the address: read, if this job's email is decided
-/// already (by the signup that created the person, or by an earlier attempt of the job);
-/// otherwise decided, recorded and read in one statement, its own transaction, committed
-/// before the email is sent so that the link works the moment it arrives: at most one per
-/// person per 10 minutes (the entry's row lock serialises signup jobs for one person), within
-/// the daily budget, which the job's own retries do not spend twice. The hash of `token` (the
-/// job's `confirmation_token`) is stored when the email is to confirm.
+/// The email a signup asks for, and the address: read, if this job's email was decided today
+/// (by the signup that created the person, or by an earlier attempt of the job); otherwise
+/// decided, recorded and read in one statement, its own transaction, committed before the
+/// email is sent so that the link works the moment it arrives. At most one per person per 10
+/// minutes, counted from when the last one was sent (or is still to be: while the job that
+/// was to send it is waiting, nothing else is due), and within the daily budget, which the
+/// job's own retries do not spend twice on one day (the entry's row lock serialises signup
+/// jobs for one person). The hash of `token` (the job's `confirmation_token`) is stored, or
+/// its expiry renewed, when the email is to confirm.
 pub async fn decide_signup_mail(
     conn: &mut PgConnection,
     person: PersonId,
@@ -233,22 +242,32 @@ pub async fn decide_signup_mail(
         key_version: Option<i32>,
     }
     // `sending` is evaluated once (MATERIALIZED), so the budget is taken at most once, and
-    // only for a first attempt (CASE fixes the order: `retry` is read first; a retry is
-    // normally read above, but two workers can hold one job when a lease lapses).
+    // not again by an attempt of the job that paid for its email today (CASE fixes the order:
+    // `paid` is read first). Such a retry is normally read above; two workers can hold one
+    // job when a lease lapses.
     let decided: Decided = sqlx::query_as(
         "WITH entry AS (
-             SELECT status, subscribed, last_signup_mail_job IS NOT DISTINCT FROM $2 AS retry
+             SELECT status, subscribed,
+                    last_signup_mail_job IS NOT DISTINCT FROM $2
+                    AND (last_signup_mail_at AT TIME ZONE 'UTC')::date
+                        = (now() AT TIME ZONE 'UTC')::date AS paid
              FROM waitlist_entry
              WHERE person_id = $1
-               AND (last_signup_mail_at IS NULL
-                    OR last_signup_mail_at < now() - interval '10 minutes'
-                    OR last_signup_mail_job = $2)
+               AND (last_signup_mail_job = $2
+                    OR ((last_signup_mail_at IS NULL
+                         OR last_signup_mail_at < now() - interval '10 minutes')
+                        AND NOT EXISTS (SELECT 1 FROM job j
+                                        WHERE j.id = waitlist_entry.last_signup_mail_job
+                                          AND j.status <> 'dead')
+                        AND NOT EXISTS (SELECT 1 FROM email_event m
+                                        WHERE m.person_id = $1 AND m.template = ANY ($6)
+                                          AND m.sent_at > now() - interval '10 minutes')))
              FOR UPDATE
          ),
          sending AS MATERIALIZED (
              SELECT status, status = 'pending' OR NOT subscribed AS confirm
              FROM entry
-             WHERE CASE WHEN retry THEN true ELSE take_request_mail($1, $3) IS TRUE END
+             WHERE CASE WHEN paid THEN true ELSE take_request_mail($1, $3) IS TRUE END
          ),
          marked AS (
              UPDATE waitlist_entry SET last_signup_mail_at = now(), last_signup_mail_job = $2
@@ -257,7 +276,8 @@ pub async fn decide_signup_mail(
          token AS (
              INSERT INTO waitlist_token (token_hash, person_id, expires_at)
              SELECT $4, $1, $5 FROM sending WHERE confirm
-             ON CONFLICT (token_hash) DO NOTHING
+             ON CONFLICT (token_hash) DO UPDATE SET expires_at = EXCLUDED.expires_at
+             WHERE waitlist_token.used_at IS NULL
          )
          SELECT EXISTS (SELECT 1 FROM entry) AS due, s.status, s.confirm,
                 p.email_sealed, p.data_key, p.key_version
@@ -270,6 +290,7 @@ pub async fn decide_signup_mail(
     .bind(person::REQUEST_MAIL_PER_DAY)
     .bind(token_hash.as_slice())
     .bind(OffsetDateTime::now_utc() + TOKEN_LIFETIME)
+    .bind(SIGNUP_TEMPLATES)
     .fetch_one(conn)
     .await
     .context("failed to decide a signup email")?;
@@ -295,10 +316,20 @@ pub async fn decide_signup_mail(
     })
 }
 
-/// The email this job sends, if it is decided already (the entry names the job): read, with
-/// no row lock and nothing written, so no commit of its own. A link whose token is not stored
-/// (decided as a reminder, but the person unsubscribed before this attempt: now it confirms)
-/// has it stored.
+/// The emails a signup email job sends, by template name (`email_event.template`).
+const SIGNUP_TEMPLATES: [&str; 2] = [
+    <crate::emails::ConfirmEmail as EmailTemplate>::NAME,
+    <crate::emails::WelcomeEmail as EmailTemplate>::NAME,
+];
+
+/// A link that lasts at least this long from now is sent as it is; one that would not has
+/// its expiry renewed (a job sent more than an hour after its signup, or retried days later).
+const LINK_LASTS: time::Duration = TOKEN_LIFETIME.saturating_sub(time::Duration::HOUR);
+
+/// The email this job sends, if it was decided today (the entry names the job): read, with
+/// no row lock and nothing written, so no commit of its own. A link that would not last its
+/// lifetime from now, or whose token is not stored (the email was decided as a reminder, and
+/// the person unsubscribed before this attempt: now it confirms), has its token stored anew.
 async fn decided_signup_mail(
     conn: &mut PgConnection,
     person: PersonId,
@@ -309,31 +340,37 @@ async fn decided_signup_mail(
     struct Decided {
         status: EntryStatus,
         confirm: bool,
-        token_stored: bool,
+        link_lasts: bool,
         email_sealed: Vec<u8>,
         data_key: Vec<u8>,
         key_version: i32,
     }
     let decided: Option<Decided> = sqlx::query_as(
         "SELECT e.status, e.status = 'pending' OR NOT e.subscribed AS confirm,
-                EXISTS (SELECT 1 FROM waitlist_token WHERE token_hash = $3) AS token_stored,
+                EXISTS (SELECT 1 FROM waitlist_token
+                        WHERE token_hash = $3 AND used_at IS NULL AND expires_at > $4)
+                    AS link_lasts,
                 p.email_sealed, p.data_key, p.key_version
          FROM waitlist_entry e JOIN person p ON p.id = e.person_id
-         WHERE e.person_id = $1 AND e.last_signup_mail_job = $2",
+         WHERE e.person_id = $1 AND e.last_signup_mail_job = $2
+           AND (e.last_signup_mail_at AT TIME ZONE 'UTC')::date
+               = (now() AT TIME ZONE 'UTC')::date",
     )
     .bind(person)
     .bind(job)
     .bind(token_hash.as_slice())
+    .bind(OffsetDateTime::now_utc() + LINK_LASTS)
     .fetch_optional(&mut *conn)
     .await
     .context("failed to read a signup email's decision")?;
     let Some(decided) = decided else {
         return Ok(None);
     };
-    if decided.confirm && !decided.token_stored {
+    if decided.confirm && !decided.link_lasts {
         sqlx::query(
             "INSERT INTO waitlist_token (token_hash, person_id, expires_at) VALUES ($1, $2, $3)
-             ON CONFLICT (token_hash) DO NOTHING",
+             ON CONFLICT (token_hash) DO UPDATE SET expires_at = EXCLUDED.expires_at
+             WHERE waitlist_token.used_at IS NULL",
         )
         .bind(token_hash.as_slice())
         .bind(person)
