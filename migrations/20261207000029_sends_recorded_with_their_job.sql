@@ -8,10 +8,11 @@
 -- whole batch: FOR KEY SHARE waits for an erasure in progress and then sees its delete.
 --
 -- Locks, so that no cycle can form: the jobs are deleted first, in the order an erasure takes
--- its locks (jobs, then the person); the people are locked in one order, by id; and a key-share
--- lock waits only for a change of a person's key or their deletion, which lock one person at
--- a time (the statements that lock several people at once take weaker locks: the signup
--- statement's no-op update and the key rotation change no key).
+-- its locks (jobs, then the person), each in id order; the people, and the emails' unique
+-- keys, are locked in one order (by person, then Message-ID); and a key-share lock waits only
+-- for a change of a person's key or their deletion, which lock one person at a time (the
+-- statements that lock several people at once take weaker locks: the signup statement's
+-- no-op update and the key rotation change no key).
 CREATE FUNCTION finish_jobs(
     finished uuid[], at_attempts integer[],
     sent_ids uuid[], sent_to uuid[], sent_templates text[], sent_message_ids text[]
@@ -31,7 +32,7 @@ BEGIN
     FROM unnest(sent_ids, sent_to, sent_templates, sent_message_ids)
              AS sent (id, person_id, template, message_id)
     JOIN person ON person.id = sent.person_id
-    ORDER BY person.id
+    ORDER BY person.id, sent.message_id
     FOR KEY SHARE OF person
     ON CONFLICT ON CONSTRAINT email_event_message_id_key DO NOTHING;
 END

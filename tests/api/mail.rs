@@ -215,12 +215,21 @@ async fn a_relay_that_takes_data_after_refusing_the_recipient_gets_no_message_an
     assert!(app.smtp.received().is_empty());
 }
 
-/// A test job: sends its person a notice twice, and fails its first attempt after sending.
+/// A test job: sends its person a notice twice, and then, at its first attempt, fails or
+/// never ends (its handler still has work to do when the worker stops).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct SendsTwiceFailsOnce {}
+struct SendsTwice {
+    then: AfterSending,
+}
 
-impl BackgroundJob for SendsTwiceFailsOnce {
-    const KIND: &'static str = "test.sends_twice_fails_once";
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+enum AfterSending {
+    FailsOnce,
+    StallsOnce,
+}
+
+impl BackgroundJob for SendsTwice {
+    const KIND: &'static str = "test.sends_twice";
     type Context = Platform;
 
     async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
@@ -245,11 +254,33 @@ impl BackgroundJob for SendsTwiceFailsOnce {
             )
             .await?;
         }
-        if job.attempts == 1 {
-            return Err(JobError::Retry(anyhow::anyhow!("failed after sending")));
+        match (self.then, job.attempts) {
+            (AfterSending::FailsOnce, 1) => {
+                Err(JobError::Retry(anyhow::anyhow!("failed after sending")))
+            }
+            (AfterSending::StallsOnce, 1) => std::future::pending().await,
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// A worker for `SendsTwice` over the app's platform, whose shutdown grace is short.
+fn sending_worker(app: &TestApp) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, shutdown) = watch::channel(false);
+    let worker = Worker::new(app.platform.pool.clone(), app.platform.clone())
+        .poll_interval(Duration::from_millis(20))
+        .shutdown_grace(Duration::from_millis(200))
+        .register::<SendsTwice>();
+    (stop, tokio::spawn(worker.run(shutdown)))
+}
+
+/// What the person's email history holds: (template, Message-ID).
+async fn history(app: &TestApp, person: person::PersonId) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT template, message_id FROM email_event WHERE person_id = $1")
+        .bind(person)
+        .fetch_all(&app.platform.pool)
+        .await
+        .unwrap()
 }
 
 /// Someone for a test job to mail.
@@ -270,18 +301,15 @@ async fn a_job_sends_its_email_once_even_when_it_fails_after_sending() {
     let app = spawn_app().await;
     let person = person(&app, "once@example.net").await;
     let mut conn = app.platform.pool.acquire().await.unwrap();
+    let then = AfterSending::FailsOnce;
     let id = jobs::enqueue(
         &mut conn,
-        NewJob::new(&SendsTwiceFailsOnce {}).for_person(person),
+        NewJob::new(&SendsTwice { then }).for_person(person),
     )
     .await
     .unwrap()
     .unwrap();
-    let (stop, shutdown) = watch::channel(false);
-    let worker = Worker::new(app.platform.pool.clone(), app.platform.clone())
-        .poll_interval(Duration::from_millis(20))
-        .register::<SendsTwiceFailsOnce>();
-    let worker = tokio::spawn(worker.run(shutdown));
+    let (stop, worker) = sending_worker(&app);
     // The second attempt comes after the first's backoff, of 1 to 2 s.
     eventually(Duration::from_secs(10), "the job done", || async {
         job_state(&app, id).await.is_none().then_some(())
@@ -292,14 +320,43 @@ async fn a_job_sends_its_email_once_even_when_it_fails_after_sending() {
     let received = app.smtp.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].header("Subject").unwrap(), "[Pexper] Attempt 1");
-    let history: Vec<(String, String)> =
-        sqlx::query_as("SELECT template, message_id FROM email_event WHERE person_id = $1")
-            .bind(person)
-            .fetch_all(&app.platform.pool)
-            .await
-            .unwrap();
     assert_eq!(
-        history,
+        history(&app, person).await,
+        vec![("operator-notice".to_owned(), format!("<{id}@pexper.com>"))]
+    );
+}
+
+/// A worker that stops while a job that has sent its email is still running (its handler had
+/// more to do when the shutdown grace ran out) hands the job back with its email recorded:
+/// the worker that takes the job next does not send it again.
+#[tokio::test]
+async fn a_job_handed_back_at_shutdown_after_sending_does_not_send_again() {
+    let app = spawn_app().await;
+    let person = person(&app, "handed.back@example.net").await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let then = AfterSending::StallsOnce;
+    let id = jobs::enqueue(
+        &mut conn,
+        NewJob::new(&SendsTwice { then }).for_person(person),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (stop, first) = sending_worker(&app);
+    app.smtp.wait_for(1, Duration::from_secs(10)).await;
+    stop.send(true).unwrap();
+    first.await.unwrap();
+    // Handed back, not left to its lease: the next worker takes it at once.
+    let (stop, second) = sending_worker(&app);
+    eventually(Duration::from_secs(10), "the job done", || async {
+        job_state(&app, id).await.is_none().then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    second.await.unwrap();
+    assert_eq!(app.smtp.received().len(), 1);
+    assert_eq!(
+        history(&app, person).await,
         vec![("operator-notice".to_owned(), format!("<{id}@pexper.com>"))]
     );
 }
@@ -315,7 +372,8 @@ async fn finishing_jobs_skips_the_email_of_someone_erased_since_it_was_sent() {
     let mut conn = app.platform.pool.acquire().await.unwrap();
     let mut queued = Vec::new();
     for who in [here, erased] {
-        let job = NewJob::new(&SendsTwiceFailsOnce {}).for_person(who);
+        let then = AfterSending::FailsOnce;
+        let job = NewJob::new(&SendsTwice { then }).for_person(who);
         queued.push(jobs::enqueue(&mut conn, job).await.unwrap().unwrap());
     }
     sqlx::query("DELETE FROM person WHERE id = $1")

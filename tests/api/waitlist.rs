@@ -858,17 +858,25 @@ async fn a_confirmation_refused_for_now_is_sent_again_with_a_working_link_and_pa
     }
 }
 
-/// Waits until `n` signup email jobs have had a first attempt refused for now (the relay's
-/// `reject_transiently`) and wait for their next.
+/// Waits until `n` signup email jobs have had an attempt refused for now (the relay's
+/// `reject_transiently`), holding each back from its next attempt as soon as it waits for it,
+/// so that what the test changes next is not raced by a retry.
 async fn refused_for_now(app: &TestApp, n: i64) {
-    eventually(WAIT, "first attempts refused", || async {
-        let refused = app
+    eventually(WAIT, "attempts refused", || async {
+        sqlx::query(
+            "UPDATE job SET run_at = now() + interval '1 hour'
+             WHERE kind = 'waitlist.signup_mail' AND status = 'queued' AND attempts >= 1",
+        )
+        .execute(&app.platform.pool)
+        .await
+        .unwrap();
+        let held = app
             .scalar(
-                "SELECT count(*) FROM job
-                 WHERE kind = 'waitlist.signup_mail' AND attempts = 1 AND status = 'queued'",
+                "SELECT count(*) FROM job WHERE kind = 'waitlist.signup_mail'
+                 AND status = 'queued' AND run_at > now() + interval '30 minutes'",
             )
             .await;
-        (refused == n).then_some(())
+        (held == n).then_some(())
     })
     .await;
 }
@@ -912,13 +920,8 @@ async fn ten_minutes_between_signup_emails_count_from_the_sending_when_the_queue
     execute(&app, back_dated).await;
     assert_eq!(signup(&app, address).await.status(), 202);
     app.queue_drained().await;
+    // (Not the budget: a retry after midnight rightly pays the new day's.)
     assert_eq!(app.smtp.received().len(), 1);
-    assert_eq!(
-        app.scalar("SELECT request_mail_count::bigint FROM person")
-            .await,
-        1,
-        "one email, paid for once"
-    );
 }
 
 /// A signup email job that runs on a later UTC day than its signup (a queue that was behind at

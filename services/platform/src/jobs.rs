@@ -389,6 +389,10 @@ async fn renew(pool: &PgPool, job: &Job, lease: Duration) -> anyhow::Result<bool
 /// Deletes finished jobs, each only if still at the attempt that finished it, and records the
 /// emails `sent` (whatever became of their jobs: the emails left), in one statement.
 async fn finish(pool: &PgPool, jobs: &[(JobId, i32)], sent: &[&SentEmail]) -> anyhow::Result<()> {
+    // In id order, the order an erasure deletes a person's jobs in (`cancel_for_person`), so
+    // the two cannot deadlock.
+    let mut jobs = jobs.to_vec();
+    jobs.sort_unstable_by_key(|(id, _)| id.0);
     // A function, as the claim is, to plan once with its plan pinned (migrations 17 and 29).
     sqlx::query("SELECT finish_jobs($1, $2, $3, $4, $5, $6)")
         .bind(jobs.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
@@ -436,30 +440,33 @@ struct Finished {
 async fn finish_in_batches(
     pool: PgPool,
     lease: Duration,
+    shutdown: watch::Receiver<bool>,
     mut finished: mpsc::UnboundedReceiver<Finished>,
 ) {
     let mut batch = Vec::new();
     while finished.recv_many(&mut batch, 512).await > 0 {
-        let jobs: Vec<(JobId, i32)> = batch.iter().map(|f| (f.id, f.attempts)).collect();
-        let sent: Vec<&SentEmail> = batch.iter().filter_map(|f| f.sent.as_ref()).collect();
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_secs(1);
         loop {
-            match finish(&pool, &jobs, &sent).await {
-                Ok(()) => break,
-                Err(e) if started.elapsed() + pause < lease => {
-                    tracing::warn!(error = %redact(&format!("{e:#}")), "failed to delete finished jobs; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(8));
-                }
-                Err(e) => {
-                    tracing::error!(
-                        error = %redact(&format!("{e:#}")),
-                        jobs = batch.len(),
-                        "failed to delete finished jobs; they run again after their lease"
-                    );
-                    break;
-                }
+            let jobs: Vec<(JobId, i32)> = batch.iter().map(|f| (f.id, f.attempts)).collect();
+            let sent: Vec<&SentEmail> = batch.iter().filter_map(|f| f.sent.as_ref()).collect();
+            let Err(e) = finish(&pool, &jobs, &sent).await else {
+                break;
+            };
+            if started.elapsed() + pause >= lease || *shutdown.borrow() {
+                tracing::error!(
+                    error = %redact(&format!("{e:#}")),
+                    jobs = batch.len(),
+                    "failed to delete finished jobs; they run again after their lease"
+                );
+                break;
+            }
+            tracing::warn!(error = %redact(&format!("{e:#}")), "failed to delete finished jobs; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(8));
+            // What finished meanwhile goes with this batch, rather than wait behind it.
+            while let Ok(f) = finished.try_recv() {
+                batch.push(f);
             }
         }
         batch.clear();
@@ -503,9 +510,12 @@ pub fn backoff(attempts: i32) -> Duration {
     Duration::from_micros(delay.as_micros() as u64)
 }
 
-/// Cancels every queued or running job about `person` (part of erasing them).
+/// Cancels every queued or running job about `person` (part of erasing them). The rows are
+/// locked in id order, as finishing jobs deletes them (`finish`), so the two cannot deadlock.
 pub async fn cancel_for_person(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<u64> {
-    Ok(sqlx::query("DELETE FROM job WHERE person_id = $1")
+    Ok(sqlx::query(
+        "DELETE FROM job WHERE id IN (SELECT id FROM job WHERE person_id = $1 ORDER BY id FOR UPDATE)",
+    )
         .bind(person)
         .execute(conn)
         .await
@@ -797,7 +807,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let listener = tokio::spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
         let this = Arc::new(self);
         let (finished, to_delete) = mpsc::unbounded_channel();
-        let finisher = tokio::spawn(finish_in_batches(this.pool.clone(), this.lease, to_delete));
+        let finisher = tokio::spawn(finish_in_batches(
+            this.pool.clone(),
+            this.lease,
+            shutdown.clone(),
+            to_delete,
+        ));
         let claims = Arc::new(this.claims(wake.clone()));
         let mut tasks = tokio::task::JoinSet::new();
         for slot in 0..this.concurrency {
@@ -1035,10 +1050,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             };
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            self.in_hand
-                .lock()
-                .expect("the in-hand set is never poisoned")
-                .remove(&job.id);
+            // The job stays in hand until its outcome is with the finisher or recorded: a
+            // shutdown that stops this slot in `fail` still records the email it sent.
+            let out_of_hand = || {
+                self.in_hand
+                    .lock()
+                    .expect("the in-hand set is never poisoned")
+                    .remove(&job.id);
+            };
             if let Err(JobError::Retry(cause) | JobError::Permanent(cause)) = &result
                 && crate::outage::pool_timed_out(cause)
             {
@@ -1054,10 +1073,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                             sent: job.sent.get().cloned(),
                         })
                         .ok();
+                    out_of_hand();
                     self.counters.ran(kind, JobOutcome::Done);
                     tracing::info!(elapsed_ms, "job done");
                 }
-                Err(error) => match fail(&self.pool, &job, &error).await {
+                Err(error) => {
+                    let failed = fail(&self.pool, &job, &error).await;
+                    out_of_hand();
+                    match failed {
                     Ok(dead) => {
                         let outcome = if dead { JobOutcome::Dead } else { JobOutcome::Failed };
                         self.counters.ran(kind, outcome);
@@ -1069,7 +1092,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         )
                     }
                     Err(e) => tracing::error!(error = %redact(&format!("{e:#}")), "failed to record a job failure"),
-                },
+                    }
+                }
             }
         }
         .instrument(span)

@@ -434,12 +434,14 @@ pub async fn key_versions(pool: &PgPool) -> anyhow::Result<Vec<(i32, i64)>> {
 /// how many were done; 0 means none is left. Each batch is one transaction; it waits for rows
 /// a running server holds (never skips them), so 0 is a real count, not a batch of busy rows.
 /// Its locks change no key (`FOR NO KEY UPDATE`), so they never wait for, nor hold up, the
-/// key-share locks of rows that refer to a person (`finish_jobs` takes them for many people).
+/// key-share locks of rows that refer to a person (`finish_jobs` takes them for many people);
+/// they are taken in the order the signup statement locks the known people of its batch in
+/// (`email_index`), so the two wait for each other instead of deadlocking.
 pub async fn rotate_batch(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(PersonId, Vec<u8>, i32)> = sqlx::query_as(
         "SELECT id, data_key, key_version FROM person
-         WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR NO KEY UPDATE",
+         WHERE key_version <> $1 ORDER BY email_index LIMIT $2 FOR NO KEY UPDATE",
     )
     .bind(keyring.current_version())
     .bind(batch)
