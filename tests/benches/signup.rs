@@ -13,6 +13,7 @@
 //!     PEXPER_BENCH_DKIM=ed25519|relay cargo bench …   (default: an RSA-2048 key)
 //!     PEXPER_JOB_CONCURRENCY=32 cargo bench …     (any server setting, for both builds)
 //!     PEXPER_BENCH_RELAY_RTT_MS=2 cargo bench …   (each SMTP reply 2 ms late: a relay away)
+//!     PEXPER_BENCH_ROUNDS=2 cargo bench …         (the builds measured in turn, twice each)
 //!
 //! The load comes from a child process of this benchmark (as from another machine, as far as
 //! two cores allow): closed loop on bare keep-alive HTTP/1.1 connections (as wrk's), every
