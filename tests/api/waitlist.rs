@@ -804,7 +804,9 @@ async fn signups_arriving_together_are_committed_together_each_with_its_job() {
 /// the token's hash stored), and its job only reads; an address known before (here from a
 /// support request) is decided by its job. Either way: a first attempt the relay refuses for
 /// now (451) is followed by one that sends a link that works, and the day's contact budget
-/// pays once for the confirmation, not once per attempt.
+/// pays once for the confirmation, not once per attempt. The new address's decision is the
+/// signup's own transaction's (its person, entry and token written together), and the job's
+/// attempt wrote none of them.
 #[tokio::test]
 async fn a_confirmation_refused_for_now_is_sent_again_with_a_working_link_and_paid_for_once() {
     let app = spawn_app().await;
@@ -824,6 +826,16 @@ async fn a_confirmation_refused_for_now_is_sent_again_with_a_working_link_and_pa
         assert_eq!(signup(&app, json!({"email": address})).await.status(), 202);
     }
     refused_for_now(&app, 2).await;
+    let written_with_the_person: bool = sqlx::query_scalar(
+        "SELECT bool_and(e.xmin = p.xmin AND t.xmin = p.xmin)
+         FROM person p JOIN waitlist_entry e ON e.person_id = p.id
+         JOIN waitlist_token t ON t.person_id = p.id
+         WHERE NOT EXISTS (SELECT 1 FROM support_request r WHERE r.person_id = p.id)",
+    )
+    .fetch_one(&app.platform.pool)
+    .await
+    .unwrap();
+    assert!(written_with_the_person);
     retry_now(&app).await;
     app.queue_drained().await;
     // The known address's budget paid for its acknowledgement too.
@@ -909,11 +921,15 @@ async fn ten_minutes_between_signup_emails_count_from_the_sending_when_the_queue
     refused_for_now(&app, 1).await;
     execute(&app, back_dated).await;
     assert_eq!(signup(&app, address.clone()).await.status(), 202);
-    // The second signup's job ran, and found the first email still to go.
-    eventually(WAIT, "the second signup's job done", || async {
-        (app.count("job").await == 1).then_some(())
+    // The second signup's job ran, and found the first email still to go: it is done.
+    eventually(WAIT, "the second signup's job run", || async {
+        let waiting = app
+            .scalar("SELECT count(*) FROM job WHERE attempts = 0 OR status = 'running'")
+            .await;
+        (waiting == 0).then_some(())
     })
     .await;
+    assert_eq!(app.count("job").await, 1, "the second signup sent nothing");
     retry_now(&app).await;
     app.smtp.wait_for(1, WAIT).await;
     app.queue_drained().await;
