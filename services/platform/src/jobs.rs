@@ -1019,8 +1019,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn execute(&self, job: Job, finished: &mpsc::UnboundedSender<Finished>) {
         let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, attempt = job.attempts);
         async {
-            let Some((&kind, handler)) = self.jobs.handlers.get_key_value(job.kind.as_str())
-            else {
+            let Some((&kind, handler)) = self.jobs.handlers.get_key_value(job.kind.as_str()) else {
                 return;
             };
             let started = std::time::Instant::now();
@@ -1081,17 +1080,24 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     let failed = fail(&self.pool, &job, &error).await;
                     out_of_hand();
                     match failed {
-                    Ok(dead) => {
-                        let outcome = if dead { JobOutcome::Dead } else { JobOutcome::Failed };
-                        self.counters.ran(kind, outcome);
-                        tracing::warn!(
-                            elapsed_ms,
-                            dead,
-                            error = %redact(&format!("{error:#}")),
-                            "job failed"
-                        )
-                    }
-                    Err(e) => tracing::error!(error = %redact(&format!("{e:#}")), "failed to record a job failure"),
+                        Ok(dead) => {
+                            let outcome = if dead {
+                                JobOutcome::Dead
+                            } else {
+                                JobOutcome::Failed
+                            };
+                            self.counters.ran(kind, outcome);
+                            tracing::warn!(
+                                elapsed_ms,
+                                dead,
+                                error = %redact(&format!("{error:#}")),
+                                "job failed"
+                            )
+                        }
+                        Err(e) => tracing::error!(
+                            error = %redact(&format!("{e:#}")),
+                            "failed to record a job failure"
+                        ),
                     }
                 }
             }
