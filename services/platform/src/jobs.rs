@@ -514,13 +514,14 @@ pub fn backoff(attempts: i32) -> Duration {
 /// locked in id order, as finishing jobs deletes them (`finish`), so the two cannot deadlock.
 pub async fn cancel_for_person(conn: &mut PgConnection, person: PersonId) -> anyhow::Result<u64> {
     Ok(sqlx::query(
-        "DELETE FROM job WHERE id IN (SELECT id FROM job WHERE person_id = $1 ORDER BY id FOR UPDATE)",
+        "DELETE FROM job
+         WHERE id IN (SELECT id FROM job WHERE person_id = $1 ORDER BY id FOR UPDATE)",
     )
-        .bind(person)
-        .execute(conn)
-        .await
-        .context("failed to cancel a person's jobs")?
-        .rows_affected())
+    .bind(person)
+    .execute(conn)
+    .await
+    .context("failed to cancel a person's jobs")?
+    .rows_affected())
 }
 
 /// A row of `pexper-admin jobs list`.
