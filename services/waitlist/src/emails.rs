@@ -98,7 +98,8 @@ async fn signup_mail(platform: Platform, job: &Job) -> Result<(), JobError> {
     let person = job.person()?;
     let token = store::confirmation_token(&platform.keyring, job.id);
     let mut conn = platform.pool.acquire().await?;
-    let decided = store::decide_signup_mail(&mut conn, person, job.id, &token).await?;
+    let templates = [ConfirmEmail::NAME, WelcomeEmail::NAME];
+    let decided = store::decide_signup_mail(&mut conn, person, job.id, &token, &templates).await?;
     let (status, confirm, sealed) = match decided {
         SignupMailDecision::Send {
             status,

@@ -8,7 +8,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pexper_platform::crypto::{Keyring, random_token, sha256};
 use pexper_platform::jobs::{JobId, NewJob};
-use pexper_platform::mail::EmailTemplate;
 use pexper_platform::person::{self, PersonId};
 use pexper_platform::personal_data::RetentionRule;
 use pexper_platform::personal_data::{ErasureSummary, PersonalData};
@@ -221,12 +220,14 @@ pub enum SignupMailDecision {
 /// was to send it is waiting, nothing else is due), and within the daily budget, which the
 /// job's own retries do not spend twice on one day (the entry's row lock serialises signup
 /// jobs for one person). The hash of `token` (the job's `confirmation_token`) is stored, or
-/// its expiry renewed, when the email is to confirm.
+/// its expiry renewed, when the email is to confirm. `templates` names the emails a signup
+/// email job sends (`email_event.template`).
 pub async fn decide_signup_mail(
     conn: &mut PgConnection,
     person: PersonId,
     job: JobId,
     token: &str,
+    templates: &[&str],
 ) -> anyhow::Result<SignupMailDecision> {
     let token_hash = sha256(token.as_bytes());
     if let Some(decided) = decided_signup_mail(&mut *conn, person, job, &token_hash).await? {
@@ -290,7 +291,7 @@ pub async fn decide_signup_mail(
     .bind(person::REQUEST_MAIL_PER_DAY)
     .bind(token_hash.as_slice())
     .bind(OffsetDateTime::now_utc() + TOKEN_LIFETIME)
-    .bind(SIGNUP_TEMPLATES)
+    .bind(templates)
     .fetch_one(conn)
     .await
     .context("failed to decide a signup email")?;
@@ -315,12 +316,6 @@ pub async fn decide_signup_mail(
         Decided { .. } => SignupMailDecision::NotDue,
     })
 }
-
-/// The emails a signup email job sends, by template name (`email_event.template`).
-const SIGNUP_TEMPLATES: [&str; 2] = [
-    <crate::emails::ConfirmEmail as EmailTemplate>::NAME,
-    <crate::emails::WelcomeEmail as EmailTemplate>::NAME,
-];
 
 /// A link that lasts at least this long from now is sent as it is; one that would not has
 /// its expiry renewed (a job sent more than an hour after its signup, or retried days later).
