@@ -292,6 +292,32 @@ async fn person(app: &TestApp, address: &str) -> person::PersonId {
         .unwrap()
 }
 
+/// A `SendsTwice` job queued for a new person at `address`: the person and the job.
+async fn sends_twice(
+    app: &TestApp,
+    address: &str,
+    then: AfterSending,
+) -> (person::PersonId, jobs::JobId) {
+    let person = person(app, address).await;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let job = NewJob::new(&SendsTwice { then }).for_person(person);
+    let id = jobs::enqueue(&mut conn, job).await.unwrap().unwrap();
+    (person, id)
+}
+
+/// Waits (at most 10 s) until job `id` is done and deleted.
+async fn job_done(app: &TestApp, id: jobs::JobId) {
+    eventually(Duration::from_secs(10), "the job done", || async {
+        job_state(app, id).await.is_none().then_some(())
+    })
+    .await;
+}
+
+/// The history entry of the operator notice job `id` sent.
+fn sent_by(id: jobs::JobId) -> (String, String) {
+    ("operator-notice".to_owned(), format!("<{id}@pexper.com>"))
+}
+
 /// A job sends one email, however often its handler asks (its Message-ID is the job's): a
 /// second send in the same attempt is skipped, and an attempt that fails after sending has
 /// its email recorded, so the next attempt does not send it again. The email is in the
@@ -299,31 +325,16 @@ async fn person(app: &TestApp, address: &str) -> person::PersonId {
 #[tokio::test]
 async fn a_job_sends_its_email_once_even_when_it_fails_after_sending() {
     let app = spawn_app().await;
-    let person = person(&app, "once@example.net").await;
-    let mut conn = app.platform.pool.acquire().await.unwrap();
-    let then = AfterSending::FailsOnce;
-    let id = jobs::enqueue(
-        &mut conn,
-        NewJob::new(&SendsTwice { then }).for_person(person),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (person, id) = sends_twice(&app, "once@example.net", AfterSending::FailsOnce).await;
     let (stop, worker) = sending_worker(&app);
     // The second attempt comes after the first's backoff, of 1 to 2 s.
-    eventually(Duration::from_secs(10), "the job done", || async {
-        job_state(&app, id).await.is_none().then_some(())
-    })
-    .await;
+    job_done(&app, id).await;
     stop.send(true).unwrap();
     worker.await.unwrap();
     let received = app.smtp.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].header("Subject").unwrap(), "[Pexper] Attempt 1");
-    assert_eq!(
-        history(&app, person).await,
-        vec![("operator-notice".to_owned(), format!("<{id}@pexper.com>"))]
-    );
+    assert_eq!(history(&app, person).await, [sent_by(id)]);
 }
 
 /// A worker that stops while a job that has sent its email is still running (its handler had
@@ -332,33 +343,18 @@ async fn a_job_sends_its_email_once_even_when_it_fails_after_sending() {
 #[tokio::test]
 async fn a_job_handed_back_at_shutdown_after_sending_does_not_send_again() {
     let app = spawn_app().await;
-    let person = person(&app, "handed.back@example.net").await;
-    let mut conn = app.platform.pool.acquire().await.unwrap();
-    let then = AfterSending::StallsOnce;
-    let id = jobs::enqueue(
-        &mut conn,
-        NewJob::new(&SendsTwice { then }).for_person(person),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (person, id) = sends_twice(&app, "handed.back@example.net", AfterSending::StallsOnce).await;
     let (stop, first) = sending_worker(&app);
     app.smtp.wait_for(1, Duration::from_secs(10)).await;
     stop.send(true).unwrap();
     first.await.unwrap();
     // Handed back, not left to its lease: the next worker takes it at once.
     let (stop, second) = sending_worker(&app);
-    eventually(Duration::from_secs(10), "the job done", || async {
-        job_state(&app, id).await.is_none().then_some(())
-    })
-    .await;
+    job_done(&app, id).await;
     stop.send(true).unwrap();
     second.await.unwrap();
     assert_eq!(app.smtp.received().len(), 1);
-    assert_eq!(
-        history(&app, person).await,
-        vec![("operator-notice".to_owned(), format!("<{id}@pexper.com>"))]
-    );
+    assert_eq!(history(&app, person).await, [sent_by(id)]);
 }
 
 /// The statement that deletes finished jobs records the emails they sent, and skips the email
