@@ -352,7 +352,9 @@ impl Drop for Browser {
     }
 }
 
-/// `DELETE /session/{id}`, blocking: `drop` cannot await.
+/// `DELETE /session/{id}`, blocking: `drop` cannot await. Returns once the whole answer is
+/// in: chromedriver says `Connection: close` but keeps the connection open, so reading to its
+/// end would wait out the read timeout (20 s per browser test, once).
 fn end_session(base: &str, session: &str) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://");
@@ -362,8 +364,32 @@ fn end_session(base: &str, session: &str) -> std::io::Result<()> {
         stream,
         "DELETE /session/{session} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     )?;
-    stream.read_to_end(&mut Vec::new())?;
-    Ok(())
+    let mut answer = Vec::new();
+    let mut chunk = [0; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        if answer_is_whole(&answer) {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether `answer` holds an HTTP response's head and all of the body its `Content-Length`
+/// announces.
+fn answer_is_whole(answer: &[u8]) -> bool {
+    let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    length.is_some_and(|n| answer.len() >= head_end + 4 + n)
 }
 
 /// The processes whose command line mentions `path` (Linux: from `/proc`).
