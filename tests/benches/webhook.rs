@@ -2,12 +2,13 @@
 //! process of its own (signature check, TLS Postgres, licence signing, the receipt job and its
 //! email over a real SMTP server), on this machine. Every event is a new paid Checkout Session: the most expensive kind.
 //!
-//!     cargo bench -p pexper-tests --bench webhook [-- RATE SECONDS CONCURRENCY]
+//!     cargo bench -p pexper-tests --bench webhook [-- RATE SECONDS CONCURRENCY DELIVERIES]
 //!
 //! 1. Open loop at RATE events/s (default 200) for SECONDS (default 15): latency is measured
 //!    from when each request was due, so a stall cannot hide (no coordinated omission).
 //!    The goal is p99 < 50 ms at 200/s.
-//! 2. Closed loop with CONCURRENCY clients (default 32): the most acknowledgements per second.
+//! 2. Closed loop with CONCURRENCY clients (default 32) sending DELIVERIES events (default
+//!    3,000): the most acknowledgements per second.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -17,8 +18,13 @@ use pexper_tests::stripe::{self, Checkout};
 use pexper_tests::*;
 
 fn main() {
-    let [rate, seconds, concurrency] = bench_args([200, 15, 32], [20, 2, 4]);
-    bench_exit(block_on(run(rate, seconds, concurrency as usize)));
+    let [rate, seconds, concurrency, deliveries] = bench_args([200, 15, 32, 3000], [20, 2, 4, 300]);
+    bench_exit(block_on(run(
+        rate,
+        seconds,
+        concurrency as usize,
+        deliveries as usize,
+    )));
 }
 
 /// A signed request body and header for a new paid purchase.
@@ -57,7 +63,7 @@ fn report(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Durat
     pct(0.99)
 }
 
-async fn run(rate: u64, seconds: u64, concurrency: usize) -> bool {
+async fn run(rate: u64, seconds: u64, concurrency: usize, deliveries: usize) -> bool {
     // The real binary in a process of its own: the load below never shares its runtime.
     let server = ServerProcess::start("warn").await;
     let url: Arc<str> = format!("{}/v1/webhooks/stripe", server.base).into();
@@ -98,9 +104,10 @@ async fn run(rate: u64, seconds: u64, concurrency: usize) -> bool {
     );
 
     // 2. Closed loop.
-    let total = 3000;
     let bodies = Arc::new(std::sync::Mutex::new(
-        (0..total).map(|_| signed_purchase()).collect::<Vec<_>>(),
+        (0..deliveries)
+            .map(|_| signed_purchase())
+            .collect::<Vec<_>>(),
     ));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
