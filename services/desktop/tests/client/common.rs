@@ -116,10 +116,33 @@ impl Stub {
     }
 }
 
-pub fn dirs() -> (Dirs, PathBuf) {
+/// A test's own data folder under the temporary directory, removed with all it holds when
+/// the test ends (passed or failed).
+pub struct TempRoot(PathBuf);
+
+impl std::ops::Deref for TempRoot {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempRoot {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn dirs() -> (Dirs, TempRoot) {
     let root =
         std::env::temp_dir().join(format!("pexper-desktop-{}", uuid::Uuid::new_v4().simple()));
-    (Dirs::new(Some(&root)).unwrap(), root)
+    (Dirs::new(Some(&root)).unwrap(), TempRoot(root))
 }
 
 /// Every regular file under `root`, recursively (sockets and the like are left out).

@@ -256,7 +256,6 @@ fn a_planted_key_is_nowhere_on_disk_or_on_the_wire_except_to_its_provider() {
         let all = format!("{:?}{}", seen.headers, String::from_utf8_lossy(&seen.body));
         assert!(!all.contains(PLANTED_KEY), "the key reached {}", seen.path);
     }
-    let _ = std::fs::remove_dir_all(root);
 }
 
 /// The panic hook is process-wide: tests that install one take turns.
@@ -476,7 +475,7 @@ fn settings_and_workflows_survive_a_restart_and_a_torn_write_never_corrupts_them
     )
     .unwrap();
 
-    let again = Dirs::new(Some(&root)).unwrap();
+    let again = Dirs::new(Some(&*root)).unwrap();
     assert_eq!(Settings::load(&again).unwrap(), settings);
     assert_eq!(Workflow::list(&again).unwrap(), vec![w]);
     assert!(Workflow::load(&again, "../../etc/passwd").is_err());
@@ -641,7 +640,6 @@ fn without_a_keychain_the_command_line_uses_the_key_file_and_says_why() {
             .success()
     );
     assert_eq!(status(Some(pass))["keys"], json!([]));
-    let _ = std::fs::remove_dir_all(root);
 }
 
 /// A private session bus (`dbus-run-session`) with gnome-keyring's Secret Service on it, its
@@ -752,5 +750,4 @@ fn with_a_secret_service_keys_go_to_the_os_keychain() {
     desktop(&["keys", "delete", "anthropic"], "");
     assert_eq!(desktop(&["keys", "status"], "")["keys"], json!([]));
     drop(service);
-    let _ = std::fs::remove_dir_all(root);
 }
