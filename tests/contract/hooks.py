@@ -13,8 +13,9 @@ Past the door, not only at it:
   licence form names the account's real purchase). A session a fuzzed
   request ends (signing out) is replaced by a new sign-in. The account's password is never put
   into a generated body: nothing here can change it or delete the account.
-- Every answer is counted per operation and status (`PEXPER_CONTRACT_COUNTS`), so the test can
-  require a number of cases per operation and a 2xx, with data, from each that has a date.
+- Every answer is counted per operation and status, and the fuzzing phase's per operation
+  (`PEXPER_CONTRACT_COUNTS`), so the test can require each operation's fuzzed cases, answers
+  past the door, and a 2xx, with data, from each that has a date.
 
 The test sets PEXPER_CONTRACT_BASE, _SECRET, _EMAIL, _PASSWORD and _COUNTS.
 """
@@ -58,6 +59,7 @@ _lock = threading.Lock()
 _session = {}
 _device = {}
 _counts = collections.Counter()
+_fuzzed = collections.Counter()
 
 
 def _client_address():
@@ -154,10 +156,12 @@ def after_call(context, case, response):
     label = f"{case.operation.method.upper()} {case.operation.path}"
     with _lock:
         _counts[f"{label} {response.status_code}"] += 1
+        if case.meta is not None and case.meta.phase.name == "fuzzing":
+            _fuzzed[label] += 1
         if label in ENDS_SESSION and response.status_code < 400:
             _session.clear()
         with open(COUNTS + ".tmp", "w") as f:
-            json.dump(_counts, f)
+            json.dump({"answers": _counts, "fuzzed": _fuzzed}, f)
         os.replace(COUNTS + ".tmp", COUNTS)
 
 
