@@ -140,9 +140,10 @@ impl Drop for TempRoot {
 }
 
 pub fn dirs() -> (Dirs, TempRoot) {
-    let root =
-        std::env::temp_dir().join(format!("pexper-desktop-{}", uuid::Uuid::new_v4().simple()));
-    (Dirs::new(Some(&root)).unwrap(), TempRoot(root))
+    let root = TempRoot(
+        std::env::temp_dir().join(format!("pexper-desktop-{}", uuid::Uuid::new_v4().simple())),
+    );
+    (Dirs::new(Some(&root)).unwrap(), root)
 }
 
 /// Every regular file under `root`, recursively (sockets and the like are left out).

@@ -125,7 +125,6 @@ fn a_key_goes_to_the_keychain_never_to_the_data_dir_or_the_ui() {
     assert!(h.query_by_label("saved").is_none());
     let held = KeychainStore::new(store, "mock").get("openai").unwrap();
     assert!(held.is_none(), "removed from the keychain");
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
@@ -181,7 +180,6 @@ fn without_a_keychain_the_key_file_is_unlocked_by_a_passphrase_typed_in_the_wind
     click(&mut h, "Providers & keys");
     assert!(shows(&h, "encrypted file, locked"));
     assert!(h.query_by_label("Create key file").is_some());
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
@@ -243,7 +241,7 @@ fn the_privacy_preview_is_exactly_what_send_now_sends() {
 #[test]
 fn the_licence_screen_gets_the_key_once_then_verifies_offline() {
     let stub = Stub::start();
-    let (dirs, root) = dirs();
+    let (dirs, _root) = dirs();
     settings(&dirs, &stub, |_| {});
     let key = crate::common::licence_key();
     let public = key.verifying_key();
@@ -295,13 +293,12 @@ fn the_licence_screen_gets_the_key_once_then_verifies_offline() {
     );
     assert_eq!(stub.seen().len(), 1, "verified without a request");
     assert_eq!(Egress::new(dirs.network_log(), false).log().len(), 1);
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
 fn what_is_made_in_the_window_survives_a_restart() {
     let stub = Stub::start();
-    let (dirs, root) = dirs();
+    let (dirs, _root) = dirs();
     settings(&dirs, &stub, |_| {});
     let mut h = harness(&dirs);
     click(&mut h, "New workflow");
@@ -327,7 +324,6 @@ fn what_is_made_in_the_window_survives_a_restart() {
     assert!(s.offline);
     assert_eq!(s.telemetry, Some(Level::Crash));
     assert!(stub.seen().is_empty(), "nothing was sent");
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
@@ -367,7 +363,6 @@ fn the_export_holds_no_key_and_delete_all_leaves_nothing_on_the_device() {
         keys.get("anthropic").unwrap().is_none(),
         "the key left the keychain"
     );
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
@@ -375,7 +370,7 @@ fn a_crash_report_from_an_earlier_run_goes_out_at_launch_only_when_allowed() {
     let envelope = b"{\"event_id\":\"0123456789abcdef0123456789abcdef\"}\n";
     for (level, sent) in [(Level::Off, false), (Level::Crash, true)] {
         let stub = Stub::start();
-        let (dirs, root) = dirs();
+        let (dirs, _root) = dirs();
         settings(&dirs, &stub, |s| s.telemetry = Some(level));
         telemetry::queue_crash(&dirs, envelope).unwrap();
         let _h = harness(&dirs);
@@ -391,14 +386,13 @@ fn a_crash_report_from_an_earlier_run_goes_out_at_launch_only_when_allowed() {
             assert!(stub.seen().is_empty(), "off opens no socket");
         }
         assert!(telemetry::outbox(&dirs).unwrap().is_empty(), "{level:?}");
-        let _ = std::fs::remove_dir_all(root);
     }
 }
 
 #[test]
 fn a_new_schema_version_asks_again_at_launch() {
     let stub = Stub::start();
-    let (dirs, root) = dirs();
+    let (dirs, _root) = dirs();
     settings(&dirs, &stub, |s| {
         s.telemetry = Some(Level::All);
         s.consented_schema_version = Some(0);
@@ -416,13 +410,12 @@ fn a_new_schema_version_asks_again_at_launch() {
         Some(1)
     );
     assert!(h.query_by_label("Workflows").is_some());
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
 fn a_sessions_usage_events_are_the_schemas_own_and_nothing_more() {
     let stub = Stub::start();
-    let (dirs, root) = dirs();
+    let (dirs, _root) = dirs();
     settings(&dirs, &stub, |s| {
         s.telemetry = Some(Level::All);
         s.consented_schema_version = Some(1);
@@ -463,5 +456,4 @@ fn a_sessions_usage_events_are_the_schemas_own_and_nothing_more() {
     );
     let sent = stub.seen();
     assert_eq!(sent.len(), 3, "schema, app.started, the run: {sent:?}");
-    let _ = std::fs::remove_dir_all(root);
 }
