@@ -615,7 +615,7 @@ async fn the_confirm_and_unsubscribe_pages_work_in_a_real_browser() {
         "Chromium runs with its profile named on its command line"
     );
     drop(browser);
-    eventually(Duration::from_secs(10), "Chromium to be gone", || async {
+    eventually(Duration::from_secs(30), "Chromium to be gone", || async {
         browser::processes_naming(&profile).is_empty().then_some(())
     })
     .await;

@@ -19,6 +19,10 @@ use pexper_tests::*;
 
 fn main() {
     let [rate, seconds, concurrency, deliveries] = bench_args([200, 15, 32, 3000], [20, 2, 4, 300]);
+    assert!(
+        rate * seconds > 0 && concurrency > 0 && deliveries > 0,
+        "RATE × SECONDS, CONCURRENCY and DELIVERIES must be positive"
+    );
     bench_exit(block_on(run(
         rate,
         seconds,
@@ -138,7 +142,14 @@ async fn run(rate: u64, seconds: u64, concurrency: usize, deliveries: usize) -> 
         .fetch_one(&pool)
         .await
         .unwrap();
-    println!("licences issued: {purchases}");
+    // Each acknowledged purchase issued its licence in the same transaction: one each, for the
+    // warm-up's, the open loop's and the closed loop's.
+    let acknowledged = 50 + rate * seconds + deliveries as u64;
+    check(
+        "one licence per acknowledged purchase",
+        format!("{purchases} licences for {acknowledged} purchases"),
+        purchases as u64 == acknowledged,
+    );
     pool.close().await;
     server.stop().await;
     met
