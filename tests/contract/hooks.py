@@ -157,7 +157,7 @@ def after_call(context, case, response):
     with _lock:
         _counts[f"{label} {response.status_code}"] += 1
         if case.meta is not None and case.meta.phase.name == "fuzzing":
-            _fuzzed[label] += 1
+            _fuzzed[f"{label} {response.status_code}"] += 1
         if label in ENDS_SESSION and response.status_code < 400:
             _session.clear()
         with open(COUNTS + ".tmp", "w") as f:
