@@ -29,7 +29,10 @@ const EMPTY_BY_DESIGN: &[(&str, &str)] = &[
         "only between migration 24 and the first start",
     ),
     ("erasure_journal", "only once someone is erased"),
-    ("job", "work in progress: done by now"),
+    (
+        "job",
+        "work in progress: done by now (recurring jobs aside)",
+    ),
     ("account_signup", "consumed when the account opened"),
 ];
 
@@ -204,8 +207,15 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
         .iter()
         .filter(|(_, t)| t.columns.iter().any(|c| c.personal.is_some()))
     {
+        // The recurring jobs (the privacy sweep, rollups, retention) come and go every period
+        // here and carry no one's data: only a person's work in progress is done by now.
+        let only = if table.name == "job" {
+            " WHERE kind NOT IN (SELECT kind FROM recurring_job)"
+        } else {
+            ""
+        };
         let rows = app
-            .scalar(&format!("SELECT count(*) FROM {}", table.name))
+            .scalar(&format!("SELECT count(*) FROM {}{only}", table.name))
             .await;
         if rows == 0 {
             empty.insert(table.name);
