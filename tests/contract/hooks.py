@@ -13,7 +13,7 @@ Past the door, not only at it:
   licence form names the account's real purchase). A session a fuzzed
   request ends (signing out) is replaced by a new sign-in. The account's password is never put
   into a generated body: nothing here can change it or delete the account.
-- Every answer is counted per operation and status, and the fuzzing phase's per operation
+- Every answer is counted per operation and status, and the fuzzing phase's apart as well
   (`PEXPER_CONTRACT_COUNTS`), so the test can require each operation's fuzzed cases, answers
   past the door, and a 2xx, with data, from each that has a date.
 
