@@ -71,6 +71,30 @@ pub(crate) async fn sweep_once_more(app: &TestApp) {
     .await;
 }
 
+/// Holds off the privacy app's recurring sweep until the returned transaction ends: its row
+/// in `recurring_job` is locked, so no new run is queued (the scheduler waits), and the run
+/// under way, if any, has ended.
+async fn no_sweep_until_commit(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = app.platform.pool.begin().await.unwrap();
+    // The row exists once the first period has been scheduled; before that, this makes it.
+    sqlx::raw_sql(
+        "INSERT INTO recurring_job (kind, period) VALUES ('privacy.sweep', 0)
+             ON CONFLICT (kind) DO NOTHING;
+         SELECT 1 FROM recurring_job WHERE kind = 'privacy.sweep' FOR UPDATE;",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    eventually(WAIT, "the sweep under way to end", || async {
+        let left = app
+            .scalar("SELECT count(*) FROM job WHERE kind = 'privacy.sweep' AND status <> 'dead'")
+            .await;
+        (left == 0).then_some(())
+    })
+    .await;
+    tx
+}
+
 fn mails_to(app: &TestApp, to: &str, subject: &str) -> usize {
     app.smtp
         .received()
@@ -1165,11 +1189,15 @@ async fn acknowledgements_held_back_by_a_spent_budget_go_out_together_and_no_str
     }
     app.smtp.wait_for(3, WAIT).await;
     // The person's own requests are kept, on the clock, and acknowledged together, each with
-    // its own link, in one email out of a budget that no other mail spends.
+    // its own link, in one email out of a budget that no other mail spends. (The sweep that
+    // runs every second here is held off meanwhile: between the two, it would acknowledge
+    // the first alone.)
+    let held_off = no_sweep_until_commit(&app).await;
     for kind in ["deletion", "restriction"] {
         let res = request(&app, json!({"email": victim, "kind": kind})).await;
         assert_eq!(res.status(), 202);
     }
+    held_off.commit().await.unwrap();
     let due = || async {
         sqlx::query_as::<_, (time::OffsetDateTime, time::OffsetDateTime)>(
             "SELECT received_at, due_at FROM privacy_request WHERE kind = 'restriction'",

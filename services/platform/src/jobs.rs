@@ -429,9 +429,19 @@ struct Finished {
     sent: Option<SentEmail>,
 }
 
+/// While jobs keep finishing, their deletes are committed at most this often: a busy queue's
+/// finishes then go `FINISHES_EVERY` worth at a time (18 jobs at 1,800 emails a second,
+/// where back-to-back deletes took 3 or 4 each and a commit, with its WAL flush, for every
+/// few emails). A job that finishes after a quiet spell is deleted at once. Nothing waits for
+/// the delete but the job's row: its email is out, its slot is free.
+const FINISHES_EVERY: Duration = Duration::from_millis(10);
+/// The most finished jobs one delete takes.
+const FINISH_BATCH: usize = 512;
+
 /// Deletes the jobs the worker's slots finish, together: whatever finished while one delete
-/// ran goes into the next, so a busy queue pays one statement and one commit for many jobs
-/// and their emails. Returns once every sender is gone and all is deleted. A batch that fails
+/// ran, or in the `FINISHES_EVERY` since it started, goes into the next, so a busy queue pays
+/// one statement and one commit for many jobs and their emails. Returns once every sender is
+/// gone and all is deleted. A batch that fails
 /// is tried again, for as long as the jobs' `lease` keeps them ours: the emails it records
 /// are what keeps the jobs' next attempts from sending them again. A finished job whose
 /// delete is lost all the same (the process dies first, or the database is away longer than
@@ -444,8 +454,18 @@ async fn finish_in_batches(
     mut finished: mpsc::UnboundedReceiver<Finished>,
 ) {
     let mut batch = Vec::new();
-    while finished.recv_many(&mut batch, 512).await > 0 {
+    let mut last: Option<tokio::time::Instant> = None;
+    while finished.recv_many(&mut batch, FINISH_BATCH).await > 0 {
+        if let Some(last) = last {
+            tokio::time::sleep_until(last + FINISHES_EVERY).await;
+            while batch.len() < FINISH_BATCH
+                && let Ok(f) = finished.try_recv()
+            {
+                batch.push(f);
+            }
+        }
         let started = tokio::time::Instant::now();
+        last = Some(started);
         let mut pause = Duration::from_secs(1);
         loop {
             let jobs: Vec<(JobId, i32)> = batch.iter().map(|f| (f.id, f.attempts)).collect();
