@@ -244,18 +244,30 @@ async fn while_jobs_keep_finishing_their_deletes_go_together_at_most_every_ten_m
     .execute(&pool)
     .await
     .unwrap();
-    enqueue_n(&pool, 400).await;
     // Sixteen slots, jobs of 2 ms: several jobs finish every millisecond, and a delete on this
     // cluster (no fsync) takes about one, so back to back they would go a few at a time.
     let (runs, worker) = counting_worker(db.pool().await, Duration::from_millis(2));
     let (stop, handle) = spawn_worker(worker.concurrency(16));
-    eventually(Duration::from_secs(30), "the queue to be empty", || async {
-        (job_count(&pool).await == 0).then_some(())
-    })
-    .await;
+    let empty = || async {
+        eventually(Duration::from_secs(30), "the queue to be empty", || async {
+            (job_count(&pool).await == 0).then_some(())
+        })
+        .await
+    };
+    // A first round opens the worker's connections: a delete that opened one (TLS and SCRAM,
+    // tens of milliseconds on a loaded machine) would reach Postgres late, and the next one
+    // closer to it than 10 ms.
+    enqueue_n(&pool, 16).await;
+    empty().await;
+    sqlx::query("TRUNCATE finish_log")
+        .execute(&pool)
+        .await
+        .unwrap();
+    enqueue_n(&pool, 400).await;
+    empty().await;
     stop.send(true).unwrap();
     handle.await.unwrap();
-    assert_eq!(runs.0.lock().unwrap().len(), 400);
+    assert_eq!(runs.0.lock().unwrap().len(), 416);
     let (deletes, span_ms): (i64, f64) = sqlx::query_as(
         "SELECT count(*), (extract(epoch FROM max(at) - min(at)) * 1000)::float8 FROM finish_log",
     )
@@ -268,48 +280,6 @@ async fn while_jobs_keep_finishing_their_deletes_go_together_at_most_every_ten_m
     assert!(
         deletes <= most,
         "400 jobs deleted in {deletes} statements over {span_ms:.0} ms: more than one per 10 ms ({most})"
-    );
-}
-
-/// A claim's commit does not wait for the disk (migration 30: a claim lost in a crash only
-/// puts its job back), and nothing else's does not: the setting ends with the claim's
-/// transaction, so the connection, back in the pool, commits the next transaction durably.
-#[tokio::test]
-async fn a_claim_commits_without_waiting_for_the_disk_and_only_the_claim_does() {
-    init();
-    let db = TestDatabase::new().await;
-    let pool = db.pool().await;
-    enqueue_n(&pool, 1).await;
-    let mut conn = pool.acquire().await.unwrap();
-    // The durable default (this throwaway cluster's own is off).
-    sqlx::query("SET synchronous_commit = on")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let setting = "SELECT current_setting('synchronous_commit')";
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-    let claimed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM claim_jobs(ARRAY['test.job'], '1 minute', 1)")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    assert_eq!(claimed, 1);
-    let at_commit: String = sqlx::query_scalar(setting)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(
-        at_commit, "off",
-        "the claim's transaction commits without waiting"
-    );
-    tx.commit().await.unwrap();
-    let after: String = sqlx::query_scalar(setting)
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        after, "on",
-        "the next transaction on the connection waits again"
     );
 }
 

@@ -485,7 +485,9 @@ async fn finish_in_batches(
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(8));
             // What finished meanwhile goes with this batch, rather than wait behind it.
-            while let Ok(f) = finished.try_recv() {
+            while batch.len() < FINISH_BATCH
+                && let Ok(f) = finished.try_recv()
+            {
                 batch.push(f);
             }
         }
