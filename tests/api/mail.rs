@@ -386,7 +386,12 @@ async fn finishing_jobs_skips_the_email_of_someone_erased_since_it_was_sent() {
     .execute(&mut *conn)
     .await
     .unwrap();
-    assert_eq!(app.count("job").await, 0);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM job WHERE id = ANY ($1)")
+        .bind(&queued)
+        .fetch_one(&app.platform.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "both finished jobs deleted");
     let history: Vec<(person::PersonId, String)> =
         sqlx::query_as("SELECT person_id, message_id FROM email_event")
             .fetch_all(&app.platform.pool)
