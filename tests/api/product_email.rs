@@ -786,3 +786,43 @@ pub(crate) fn broadcast(
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_str(&stdout(&out)).unwrap()
 }
+
+#[tokio::test]
+async fn a_new_signup_s_confirmation_never_goes_to_a_bounced_address_but_still_reaches_a_complainer()
+ {
+    let app = spawn_app().await;
+    let keyring = &app.platform.keyring;
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    // Suppressed before they sign up: their job's read of its decision is what asks (the
+    // address's suppression key comes with the job), not a statement of its own.
+    for (who, reason) in [
+        ("bounced", pexper_platform::suppression::Reason::Bounced),
+        (
+            "complains",
+            pexper_platform::suppression::Reason::Complained,
+        ),
+    ] {
+        let address =
+            pexper_platform::address::EmailAddress::parse(&format!("{who}@example.net")).unwrap();
+        pexper_platform::suppression::suppress(&mut conn, keyring, &address, reason)
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    for who in ["bounced", "complains", "fresh"] {
+        let res = signup(&app, json!({"email": format!("{who}@example.net")})).await;
+        assert_eq!(res.status(), 202);
+    }
+    app.smtp.wait_for(2, WAIT).await;
+    app.queue_drained().await;
+    let mut to: Vec<String> = app.smtp.received().iter().map(|m| m.to.join(",")).collect();
+    to.sort();
+    assert_eq!(to, vec!["<complains@example.net>", "<fresh@example.net>"]);
+    let jobs: i64 = app
+        .scalar("SELECT count(*) FROM job WHERE kind = 'waitlist.signup_mail'")
+        .await;
+    assert_eq!(
+        jobs, 0,
+        "the bounced address's job ended, with nothing sent"
+    );
+}

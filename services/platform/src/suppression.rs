@@ -24,7 +24,8 @@ crate::text_enum!(
     }
 );
 
-pub(crate) fn hash(keyring: &Keyring, email: &EmailAddress) -> BlindIndex {
+/// The key an address is suppressed under (`email_suppression.address_hash`).
+pub fn hash(keyring: &Keyring, email: &EmailAddress) -> BlindIndex {
     keyring.blind_index(INDEX, email.as_str())
 }
 

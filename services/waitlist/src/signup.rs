@@ -162,7 +162,7 @@ impl Signups {
     fn batcher(&self, platform: &Platform) -> &Batcher<store::Signup, PersonId> {
         self.0.get_or_init(|| {
             let platform = platform.clone();
-            let job = NewJob::new(&SignupMail {});
+            let job = NewJob::new(&SignupMail::default());
             Batcher::new(SIGNUP_WRITERS, SIGNUPS_PER_BATCH, move |batch| {
                 let (platform, job) = (platform.clone(), job.clone());
                 async move { store::sign_up(&platform.pool, &platform.keyring, batch, &job).await }
@@ -185,6 +185,9 @@ async fn sign_up(
         person: NewPerson::new(&platform.keyring, email),
         source: source.map(str::to_owned),
         referral: referral.map(str::to_owned),
+        job_payload: NewJob::new(&SignupMail::to(&platform.keyring, email))
+            .payload()
+            .clone(),
     };
     signups.batcher(platform).write(signup).await?;
     platform.job_wake.committed();

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use pexper_platform::crypto::{Keyring, random_token, sha256};
+use pexper_platform::crypto::{BlindIndex, Keyring, random_token, sha256};
 use pexper_platform::jobs::{JobId, NewJob};
+use pexper_platform::mail;
 use pexper_platform::person::{self, PersonId};
 use pexper_platform::personal_data::RetentionRule;
 use pexper_platform::personal_data::{ErasureSummary, PersonalData};
@@ -35,10 +36,12 @@ pub struct Signup {
     pub person: person::NewPerson,
     pub source: Option<String>,
     pub referral: Option<String>,
+    /// The payload of the signup's job (`emails::SignupMail`).
+    pub job_payload: serde_json::Value,
 }
 
-/// Records signups (for each a person and a pending entry, unless they exist) and queues
-/// `job` for each, in one statement: one round trip, and one transaction, for a whole batch
+/// Records signups (for each a person and a pending entry, unless they exist) and queues a
+/// job of `job`'s kind for each, with the signup's own payload, in one statement: one round trip, and one transaction, for a whole batch
 /// (`signup::Signups` gathers them), so every job exists if and only if its signup was
 /// stored. The same statement runs for every address, known or not. Returns each signup's
 /// person, in order.
@@ -70,8 +73,10 @@ pub async fn sign_up(
     let mut people: BTreeMap<Vec<u8>, (Signup, Uuid)> = BTreeMap::new();
     let job_ids: Vec<Uuid> = signups.iter().map(|_| Uuid::now_v7()).collect();
     let mut job_keys = Vec::with_capacity(signups.len());
+    let mut job_payloads = Vec::with_capacity(signups.len());
     for (signup, job) in signups.into_iter().zip(&job_ids) {
         job_keys.push(signup.person.email_index.clone());
+        job_payloads.push(signup.job_payload.clone());
         people
             .entry(signup.person.email_index.clone())
             .or_insert((signup, *job));
@@ -113,8 +118,8 @@ pub async fn sign_up(
              WHERE s.id = i.id
          ), queued AS (
              INSERT INTO job (id, kind, payload, person_id, max_attempts)
-             SELECT q.id, $10, $11, s.id, $12
-             FROM unnest($8::uuid[], $9::bytea[]) AS q (id, email_index)
+             SELECT q.id, $10, q.payload, s.id, $12
+             FROM unnest($8::uuid[], $9::bytea[], $11::jsonb[]) AS q (id, email_index, payload)
              JOIN signed_up s USING (email_index)
          )
          SELECT email_index, id FROM signed_up",
@@ -129,7 +134,7 @@ pub async fn sign_up(
     .bind(job_ids)
     .bind(&job_keys)
     .bind(job.kind())
-    .bind(job.payload())
+    .bind(job_payloads)
     .bind(job.attempts_allowed())
     .bind(columns.first_job)
     .bind(columns.token_hash)
@@ -205,6 +210,8 @@ pub enum SignupMailDecision {
         status: EntryStatus,
         confirm: bool,
         sealed: person::SealedEmail,
+        /// What `mail::deliver` would ask before sending, when the read asked it.
+        checked: Option<mail::Checked>,
     },
     /// Nothing to send: the person is erased, or was mailed within the last 10 minutes.
     NotDue,
@@ -221,16 +228,19 @@ pub enum SignupMailDecision {
 /// job's own retries do not spend twice on one day (the entry's row lock serialises signup
 /// jobs for one person). The hash of `token` (the job's `confirmation_token`) is stored, or
 /// its expiry renewed, when the email is to confirm. `templates` names the emails a signup
-/// email job sends (`email_event.template`).
+/// email job sends (`email_event.template`). `check` (the email's Message-ID and the
+/// suppression key of the address it was queued for) has the read also ask what sending asks
+/// first (`mail::Checked`).
 pub async fn decide_signup_mail(
     conn: &mut PgConnection,
     person: PersonId,
     job: JobId,
     token: &str,
     templates: &[&str],
+    check: Option<(String, BlindIndex)>,
 ) -> anyhow::Result<SignupMailDecision> {
     let token_hash = sha256(token.as_bytes());
-    if let Some(decided) = decided_signup_mail(&mut *conn, person, job, &token_hash).await? {
+    if let Some(decided) = decided_signup_mail(&mut *conn, person, job, &token_hash, check).await? {
         return Ok(decided);
     }
     #[derive(sqlx::FromRow)]
@@ -311,6 +321,7 @@ pub async fn decide_signup_mail(
                 data_key,
                 key_version,
             },
+            checked: None,
         },
         Decided { due: true, .. } => SignupMailDecision::BudgetSpent,
         Decided { .. } => SignupMailDecision::NotDue,
@@ -325,11 +336,13 @@ const LINK_LASTS: time::Duration = TOKEN_LIFETIME.saturating_sub(time::Duration:
 /// no row lock and nothing written, so no commit of its own. A link that would not last its
 /// lifetime from now, or whose token is not stored (the email was decided as a reminder, and
 /// the person unsubscribed before this attempt: now it confirms), has its token stored anew.
+/// With `check`, the read also asks what sending asks first, in the same round trip.
 async fn decided_signup_mail(
     conn: &mut PgConnection,
     person: PersonId,
     job: JobId,
     token_hash: &[u8; 32],
+    check: Option<(String, BlindIndex)>,
 ) -> anyhow::Result<Option<SignupMailDecision>> {
     #[derive(sqlx::FromRow)]
     struct Decided {
@@ -339,13 +352,17 @@ async fn decided_signup_mail(
         email_sealed: Vec<u8>,
         data_key: Vec<u8>,
         key_version: i32,
+        already: bool,
+        suppressed: Option<suppression::Reason>,
     }
     let decided: Option<Decided> = sqlx::query_as(
         "SELECT e.status, e.status = 'pending' OR NOT e.subscribed AS confirm,
                 EXISTS (SELECT 1 FROM waitlist_token
                         WHERE token_hash = $3 AND used_at IS NULL AND expires_at > $4)
                     AS link_lasts,
-                p.email_sealed, p.data_key, p.key_version
+                p.email_sealed, p.data_key, p.key_version,
+                EXISTS (SELECT 1 FROM email_event WHERE message_id = $5) AS already,
+                (SELECT reason FROM email_suppression WHERE address_hash = $6) AS suppressed
          FROM waitlist_entry e JOIN person p ON p.id = e.person_id
          WHERE e.person_id = $1 AND e.last_signup_mail_job = $2
            AND (e.last_signup_mail_at AT TIME ZONE 'UTC')::date
@@ -355,6 +372,8 @@ async fn decided_signup_mail(
     .bind(job)
     .bind(token_hash.as_slice())
     .bind(OffsetDateTime::now_utc() + LINK_LASTS)
+    .bind(check.as_ref().map(|(message_id, _)| message_id.as_str()))
+    .bind(check.as_ref().map(|(_, hash)| hash.as_slice()))
     .fetch_optional(&mut *conn)
     .await
     .context("failed to read a signup email's decision")?;
@@ -382,6 +401,12 @@ async fn decided_signup_mail(
             data_key: decided.data_key,
             key_version: decided.key_version,
         },
+        checked: check.map(|(message_id, address_hash)| mail::Checked {
+            message_id,
+            address_hash,
+            already: decided.already,
+            suppressed: decided.suppressed,
+        }),
     }))
 }
 
