@@ -384,7 +384,8 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
             .map(|id| ("purchase id".into(), id.to_string().into())),
     );
     // Stored only sealed or hashed (never found in clear, before or after), or only while
-    // work is queued (a reset request's job names the address's blind index, base64url):
+    // work is queued (a reset request's job names the address's blind index, a signup's its
+    // suppression hash, base64url):
     // searched all the same, in case one is ever left.
     let sealed_only: Vec<(String, Vec<u8>)> = [
         ("address", EMAIL.to_owned()),
@@ -398,7 +399,14 @@ async fn one_person_through_every_flow_is_exported_whole_and_erased_to_what_the_
     ]
     .into_iter()
     .chain(details.iter().map(|d| ("request details", d.clone())))
-    .chain([("address's blind index, base64url", base64url(&email_index))])
+    .chain([
+        ("address's blind index, base64url", base64url(&email_index)),
+        // A signup's job carries the suppression key, while it waits.
+        (
+            "address's suppression hash, base64url",
+            base64url(&hash("suppression")),
+        ),
+    ])
     .map(|(what, value)| (what.to_owned(), value.into_bytes()))
     .collect();
 

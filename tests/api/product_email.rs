@@ -787,42 +787,97 @@ pub(crate) fn broadcast(
     serde_json::from_str(&stdout(&out)).unwrap()
 }
 
+/// The suppression key a signup's job carries for `address`, as its payload spells it.
+fn suppression_key(app: &TestApp, address: &str) -> String {
+    use base64::Engine;
+    let address = pexper_platform::address::EmailAddress::parse(address).unwrap();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pexper_platform::suppression::hash(
+        &app.platform.keyring,
+        &address,
+    ))
+}
+
+async fn suppress(app: &TestApp, address: &str, reason: pexper_platform::suppression::Reason) {
+    let mut conn = app.platform.pool.acquire().await.unwrap();
+    let address = pexper_platform::address::EmailAddress::parse(address).unwrap();
+    pexper_platform::suppression::suppress(&mut conn, &app.platform.keyring, &address, reason)
+        .await
+        .unwrap();
+}
+
+/// A new signup's job asks whether its address is suppressed in the same read as its decision,
+/// with the address's suppression key that the signup put in its payload; and the answer is
+/// used only for the address the job actually reads.
 #[tokio::test]
 async fn a_new_signup_s_confirmation_never_goes_to_a_bounced_address_but_still_reaches_a_complainer()
  {
+    use pexper_platform::suppression::Reason;
     let app = spawn_app().await;
-    let keyring = &app.platform.keyring;
-    let mut conn = app.platform.pool.acquire().await.unwrap();
-    // Suppressed before they sign up: their job's read of its decision is what asks (the
-    // address's suppression key comes with the job), not a statement of its own.
-    for (who, reason) in [
-        ("bounced", pexper_platform::suppression::Reason::Bounced),
-        (
-            "complains",
-            pexper_platform::suppression::Reason::Complained,
-        ),
-    ] {
-        let address =
-            pexper_platform::address::EmailAddress::parse(&format!("{who}@example.net")).unwrap();
-        pexper_platform::suppression::suppress(&mut conn, keyring, &address, reason)
-            .await
-            .unwrap();
-    }
-    drop(conn);
-    for who in ["bounced", "complains", "fresh"] {
-        let res = signup(&app, json!({"email": format!("{who}@example.net")})).await;
+    // The payloads of the signups' jobs, as they are queued (this test's instrument).
+    sqlx::raw_sql(
+        "CREATE TABLE queued_payload (payload jsonb NOT NULL);
+         CREATE FUNCTION log_payload() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO queued_payload VALUES (NEW.payload); RETURN NULL; END $$;
+         CREATE TRIGGER log_payload AFTER INSERT ON job FOR EACH ROW
+             WHEN (NEW.kind = 'waitlist.signup_mail') EXECUTE FUNCTION log_payload();",
+    )
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
+    suppress(&app, "bounced@example.net", Reason::Bounced).await;
+    suppress(&app, "complains@example.net", Reason::Complained).await;
+    let who = ["bounced", "complains", "fresh"].map(|w| format!("{w}@example.net"));
+    for address in &who {
+        let res = signup(&app, json!({ "email": address })).await;
         assert_eq!(res.status(), 202);
     }
     app.smtp.wait_for(2, WAIT).await;
     app.queue_drained().await;
-    let mut to: Vec<String> = app.smtp.received().iter().map(|m| m.to.join(",")).collect();
-    to.sort();
-    assert_eq!(to, vec!["<complains@example.net>", "<fresh@example.net>"]);
-    let jobs: i64 = app
-        .scalar("SELECT count(*) FROM job WHERE kind = 'waitlist.signup_mail'")
-        .await;
+    let recipients = |app: &TestApp| {
+        let mut to: Vec<String> = app.smtp.received().iter().map(|m| m.to.join(",")).collect();
+        to.sort();
+        to
+    };
     assert_eq!(
-        jobs, 0,
-        "the bounced address's job ended, with nothing sent"
+        recipients(&app),
+        vec!["<complains@example.net>", "<fresh@example.net>"]
+    );
+    let mut keys: Vec<String> =
+        sqlx::query_scalar("SELECT payload ->> 'suppression_key' FROM queued_payload")
+            .fetch_all(&app.platform.pool)
+            .await
+            .unwrap();
+    keys.sort();
+    let mut expected: Vec<String> = who.iter().map(|a| suppression_key(&app, a)).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "each job carries its address's key");
+
+    // A job whose key is another's (here, an unsuppressed address's, swapped in as it is
+    // queued) is not believed: the check is asked again for the address the job read.
+    suppress(&app, "swapped@example.net", Reason::Bounced).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION swap_key() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN NEW.payload := jsonb_build_object('suppression_key', '{}'); RETURN NEW; END $$;
+         CREATE TRIGGER swap_key BEFORE INSERT ON job FOR EACH ROW
+             WHEN (NEW.kind = 'waitlist.signup_mail') EXECUTE FUNCTION swap_key();",
+        suppression_key(&app, "fresh@example.net")
+    )))
+    .execute(&app.platform.pool)
+    .await
+    .unwrap();
+    let res = signup(&app, json!({"email": "swapped@example.net"})).await;
+    assert_eq!(res.status(), 202);
+    eventually(WAIT, "the swapped key's job to run", || async {
+        let left = app
+            .scalar("SELECT count(*) FROM job WHERE kind = 'waitlist.signup_mail'")
+            .await;
+        let queued = app.scalar("SELECT count(*) FROM queued_payload").await;
+        (left == 0 && queued == 4).then_some(())
+    })
+    .await;
+    assert_eq!(
+        recipients(&app),
+        vec!["<complains@example.net>", "<fresh@example.net>"],
+        "nothing to the bounced address whose job carried another's key"
     );
 }

@@ -1,6 +1,8 @@
 //! The suppression list: addresses that must get less mail than they otherwise would, kept
 //! only as a keyed hash (a blind index under its own domain), with the reason. Every send path
-//! reads it through `mail::deliver`; which mail a reason stops is `MailClass::allows`.
+//! reads it through `mail::deliver` (a new signup's confirmation in its job's read of its
+//! decision, which `deliver` takes only for the very address and email it sends: `Checked`);
+//! which mail a reason stops is `MailClass::allows`.
 
 use anyhow::Context;
 use sqlx::PgConnection;

@@ -75,20 +75,22 @@ pub struct SignupMail {
     /// round trip less for each email (issue 31). Used only if it is the key of the address
     /// the job reads (`mail::Checked`); absent in jobs queued before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    suppression: Option<String>,
+    suppression_key: Option<String>,
 }
 
 impl SignupMail {
     /// The job for a signup of `email`.
-    pub fn to(keyring: &Keyring, email: &EmailAddress) -> Self {
+    pub fn for_address(keyring: &Keyring, email: &EmailAddress) -> Self {
         Self {
-            suppression: Some(URL_SAFE_NO_PAD.encode(suppression::hash(keyring, email))),
+            suppression_key: Some(URL_SAFE_NO_PAD.encode(suppression::hash(keyring, email))),
         }
     }
 
-    /// The suppression key it carries, if it carries one that could be one.
-    fn suppression(&self) -> Option<BlindIndex> {
-        let bytes = URL_SAFE_NO_PAD.decode(self.suppression.as_deref()?).ok()?;
+    /// The suppression key it carries, if what it carries could be one.
+    fn suppression_key(&self) -> Option<BlindIndex> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(self.suppression_key.as_deref()?)
+            .ok()?;
         bytes.try_into().ok()
     }
 }
@@ -98,7 +100,7 @@ impl BackgroundJob for SignupMail {
     type Context = Platform;
 
     async fn run(self, platform: Platform, job: &Job) -> Result<(), JobError> {
-        signup_mail(platform, job, self.suppression()).await
+        signup_mail(platform, job, self.suppression_key()).await
     }
 }
 
@@ -123,13 +125,13 @@ impl BackgroundJob for Welcome {
 async fn signup_mail(
     platform: Platform,
     job: &Job,
-    suppression: Option<BlindIndex>,
+    suppression_key: Option<BlindIndex>,
 ) -> Result<(), JobError> {
     let person = job.person()?;
     let token = store::confirmation_token(&platform.keyring, job.id);
     let mut conn = platform.pool.acquire().await?;
     let templates = [ConfirmEmail::NAME, WelcomeEmail::NAME];
-    let check = suppression.map(|hash| (mail::message_id(job, &platform.mail_from), hash));
+    let check = suppression_key.map(|key| (mail::message_id(job, &platform.mail_from), key));
     let decided =
         store::decide_signup_mail(&mut conn, person, job.id, &token, &templates, check).await?;
     let (status, confirm, sealed, checked) = match decided {
@@ -154,7 +156,6 @@ async fn signup_mail(
             ),
             unsubscribe_url: unsubscribe::url(&platform, person),
         };
-        let headers = vec![];
         mail::send_template_checked(
             &platform,
             &mut conn,
@@ -162,7 +163,7 @@ async fn signup_mail(
             Some(person),
             to,
             &email,
-            headers,
+            Vec::new(),
             checked,
         )
         .await

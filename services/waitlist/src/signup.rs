@@ -185,7 +185,7 @@ async fn sign_up(
         person: NewPerson::new(&platform.keyring, email),
         source: source.map(str::to_owned),
         referral: referral.map(str::to_owned),
-        job_payload: NewJob::new(&SignupMail::to(&platform.keyring, email))
+        job_payload: NewJob::new(&SignupMail::for_address(&platform.keyring, email))
             .payload()
             .clone(),
     };

@@ -361,6 +361,7 @@ async fn decided_signup_mail(
                         WHERE token_hash = $3 AND used_at IS NULL AND expires_at > $4)
                     AS link_lasts,
                 p.email_sealed, p.data_key, p.key_version,
+                -- What mail::deliver asks before a send, as it asks it (mail::Checked).
                 EXISTS (SELECT 1 FROM email_event WHERE message_id = $5) AS already,
                 (SELECT reason FROM email_suppression WHERE address_hash = $6) AS suppressed
          FROM waitlist_entry e JOIN person p ON p.id = e.person_id

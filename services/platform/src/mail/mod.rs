@@ -438,6 +438,7 @@ async fn deliver(
             (c.already, c.suppressed)
         }
         // Both questions in one round trip: at a thousand emails a second, each one counts.
+        // (The signup email's read asks them the same way: waitlist's `decided_signup_mail`.)
         _ => {
             sqlx::query_as::<_, (bool, Option<crate::suppression::Reason>)>(
                 "SELECT EXISTS (SELECT 1 FROM email_event WHERE message_id = $1),
