@@ -441,12 +441,12 @@ const FINISH_BATCH: usize = 512;
 /// Deletes the jobs the worker's slots finish, together: whatever finished while one delete
 /// ran, or in the `FINISHES_EVERY` since it started, goes into the next, so a busy queue pays
 /// one statement and one commit for many jobs and their emails. Returns once every sender is
-/// gone and all is deleted. A batch that fails
-/// is tried again, for as long as the jobs' `lease` keeps them ours: the emails it records
-/// are what keeps the jobs' next attempts from sending them again. A finished job whose
-/// delete is lost all the same (the process dies first, or the database is away longer than
-/// the lease) runs again after its lease: handlers are idempotent (an email recorded as sent
-/// is not sent twice; one sent but not recorded goes again, under the same Message-ID).
+/// gone and all is deleted. A batch that fails is tried again, for as long as the jobs'
+/// `lease` keeps them ours: the emails it records are what keeps the jobs' next attempts from
+/// sending them again. A finished job whose delete is lost all the same (the process dies
+/// first, or the database is away longer than the lease) runs again after its lease:
+/// handlers are idempotent (an email recorded as sent is not sent twice; one sent but not
+/// recorded goes again, under the same Message-ID).
 async fn finish_in_batches(
     pool: PgPool,
     lease: Duration,

@@ -41,10 +41,10 @@ pub struct Signup {
 }
 
 /// Records signups (for each a person and a pending entry, unless they exist) and queues a
-/// job of `job`'s kind for each, with the signup's own payload, in one statement: one round trip, and one transaction, for a whole batch
-/// (`signup::Signups` gathers them), so every job exists if and only if its signup was
-/// stored. The same statement runs for every address, known or not. Returns each signup's
-/// person, in order.
+/// job of `job`'s kind for each, with the signup's own payload, in one statement: one round
+/// trip, and one transaction, for a whole batch (`signup::Signups` gathers them), so every job
+/// exists if and only if its signup was stored. The same statement runs for every address,
+/// known or not. Returns each signup's person, in order.
 ///
 /// For a new address the statement also decides the confirmation email, which is what the
 /// signup email job would otherwise decide in a statement and a commit of its own (issue 31):
@@ -59,10 +59,10 @@ pub struct Signup {
 /// statement offered (which is how a new person is told apart). The update sets a column
 /// that is no key, so its lock (`FOR NO KEY UPDATE`) does not conflict with the key-share
 /// locks that finishing jobs takes on many people at once (`finish_jobs`): setting the key
-/// `email_index` to itself would lock as if the key changed, and the two could deadlock. Rows are written in the order
-/// of their keys, so two batches that share addresses wait for each other instead of
-/// deadlocking, and an address twice in one batch is written once (a row cannot be updated
-/// twice in one statement).
+/// `email_index` to itself would lock as if the key changed, and the two could deadlock.
+/// Rows are written in the order of their keys, so two batches that share addresses wait for
+/// each other instead of deadlocking, and an address twice in one batch is written once (a
+/// row cannot be updated twice in one statement).
 pub async fn sign_up(
     pool: &PgPool,
     keyring: &Keyring,
