@@ -274,9 +274,10 @@ async fn while_jobs_keep_finishing_their_deletes_go_together_at_most_every_ten_m
     .fetch_one(&pool)
     .await
     .unwrap();
-    // Each delete is sent at least 10 ms after the one before (the margin: how long one waits
-    // to be read, on a loaded machine).
-    let most = (span_ms / 10.0) as i64 + 3;
+    // Each delete is sent at least 10 ms after the one before. The margin is for how long the
+    // first waits to be read, on a loaded machine: up to 40 ms. (Back to back, the 400 went in
+    // over 60 statements.)
+    let most = (span_ms / 10.0) as i64 + 5;
     assert!(
         deletes <= most,
         "400 jobs deleted in {deletes} statements over {span_ms:.0} ms: more than one per 10 ms ({most})"
