@@ -162,18 +162,25 @@ async fn metrics_show_what_happened_on_their_own_listener_and_nothing_a_person_s
     .unwrap();
 
     let scrape_url = format!("http://{metrics_addr}/metrics");
-    let (content_type, body) = eventually(WAIT, "both emails counted", || async {
-        let res = client.get(&scrape_url).send().await.ok()?;
-        let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
-        let body = res.text().await.unwrap();
-        (body.contains(r#"pexper_mail_sent_total{template="waitlist-confirm"} 1"#)
+    let (content_type, body) =
+        eventually(WAIT, "both emails and their jobs' runs counted", || async {
+            let res = client.get(&scrape_url).send().await.ok()?;
+            let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
+            let body = res.text().await.unwrap();
+            (body.contains(r#"pexper_mail_sent_total{template="waitlist-confirm"} 1"#)
             && body.contains(r#"pexper_mail_sent_total{template="privacy-received"} 1"#)
             && body.contains(
                 r#"pexper_mail_failed_total{template="waitlist-confirm",class="transient"}"#,
+            )
+            // A job's run is counted after its email's outcome: after the finisher has it,
+            // or once its failure is recorded.
+            && body.contains(r#"pexper_job_runs_total{kind="waitlist.signup_mail",outcome="done"}"#)
+            && body.contains(
+                r#"pexper_job_runs_total{kind="waitlist.signup_mail",outcome="failed"}"#,
             ))
-        .then_some((content_type, body))
-    })
-    .await;
+            .then_some((content_type, body))
+        })
+        .await;
     assert!(content_type.starts_with("application/openmetrics-text"));
     assert!(body.ends_with("# EOF\n"));
     let all = series(&body);

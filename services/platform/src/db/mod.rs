@@ -23,6 +23,11 @@ const POOL_SIZE: u32 = 10;
 /// A dead database must fail requests fast (503 with `Retry-After`, and `/readyz` 503), not
 /// hang for 30 s: a healthy pool hands out a connection in milliseconds.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
+/// How long a starting process tries for its first connection. Each try lasts
+/// `ACQUIRE_TIMEOUT`; a database that is itself starting (sqlx retries a refused connection
+/// within a try), or a busy moment when a handshake takes longer than a try, is waited out. A
+/// wrong address or password still fails, at once or within this long.
+const FIRST_CONNECTION_WITHIN: Duration = Duration::from_secs(10);
 
 /// Connection options from the configuration: `DATABASE_URL` as given (its `sslmode` and
 /// `sslrootcert` are honoured), or the managed cluster, started if needed.
@@ -141,20 +146,25 @@ pub fn job_pool(main: &PgPool, concurrency: usize) -> PgPool {
 }
 
 /// The request pool: one connection opened now (a wrong configuration fails here, within
-/// the acquire timeout); `fill` opens the rest where a server needs them, and sqlx keeps them
-/// open (`min_connections`): it reopens one in the background when it retires it.
+/// `FIRST_CONNECTION_WITHIN`); `fill` opens the rest where a server needs them, and sqlx keeps
+/// them open (`min_connections`): it reopens one in the background when it retires it.
 pub async fn pool(options: PgConnectOptions) -> anyhow::Result<PgPool> {
     let pool = pool_options()
         .max_connections(POOL_SIZE)
         .min_connections(POOL_SIZE)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options);
-    drop(
-        pool.acquire()
-            .await
-            .context("failed to connect to Postgres")?,
-    );
-    Ok(pool)
+    let started = std::time::Instant::now();
+    loop {
+        match pool.acquire().await {
+            Ok(connection) => {
+                drop(connection);
+                return Ok(pool);
+            }
+            Err(sqlx::Error::PoolTimedOut) if started.elapsed() < FIRST_CONNECTION_WITHIN => {}
+            Err(e) => return Err(e).context("failed to connect to Postgres"),
+        }
+    }
 }
 
 /// Opens every connection `pool` may have, all at once, before the server takes requests.
