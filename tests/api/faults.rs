@@ -130,6 +130,42 @@ async fn while_the_database_is_down_requests_answer_503_at_once_and_the_server_r
     pg.stop().await;
 }
 
+/// A deployment may start the server and its database together: the server's first connection
+/// waits for a database that is still starting (`db::FIRST_CONNECTION_WITHIN`) instead of
+/// giving up after one pool timeout (0.8 s).
+#[tokio::test]
+async fn a_server_that_starts_before_its_database_waits_for_it_and_then_serves() {
+    init();
+    let pg = PrivateCluster::start(Durability::Throwaway).await;
+    pg.stop().await;
+    let url = pg.url.clone();
+    let started = std::time::Instant::now();
+    let starting = tokio::spawn(async move {
+        spawn_app_with(AppOptions {
+            vars: vec![("DATABASE_URL", url)],
+            ..AppOptions::default()
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!starting.is_finished(), "the server waits for its database");
+    pg.start_again().await.unwrap();
+    let app = starting
+        .await
+        .expect("the server starts once its database is up");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let res = app
+        .client
+        .post(app.url("/v1/waitlist"))
+        .json(&json!({"email": "early@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(app.count("person").await, 1);
+    pg.stop().await;
+}
+
 #[tokio::test]
 async fn mail_waits_out_a_ten_minute_relay_outage_and_goes_out_once() {
     let app = spawn_app().await;
