@@ -21,18 +21,34 @@ use crate::{eventually, init};
 /// Why memory: the cluster keeps nothing past the run (fsync is off), and every test creates
 /// and drops a database of several hundred files. On this disk's ext4 that churn took a sixth
 /// of the API tests' time, most of it the kernel looking for free inodes. The benchmarks'
-/// durable clusters stay on disk (`TempDir`): their commits must reach it.
+/// durable clusters stay on disk (`TempDir`): their commits must reach it. A small
+/// `/dev/shm` (a container's is 64 MB) is passed over: the WAL alone may grow to
+/// `max_wal_size`, 1 GB.
 fn data_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let name = format!("pexper-test-{}", std::process::id());
-        let in_memory = Path::new("/dev/shm").join(&name);
-        if std::fs::create_dir_all(&in_memory).is_ok() {
+        let shm = Path::new("/dev/shm");
+        let in_memory = shm.join(&name);
+        if free_bytes(shm).is_some_and(|free| free >= 2 << 30)
+            && std::fs::create_dir_all(&in_memory).is_ok()
+        {
             in_memory
         } else {
             std::env::temp_dir().join(name)
         }
     })
+}
+
+/// Room left on `dir`'s file system, as `df` tells it.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    text.lines().nth(1)?.trim().parse().ok()
 }
 
 /// The process's cluster: started on first use, stopped and removed when the process exits,
