@@ -21,24 +21,34 @@ use crate::{eventually, init};
 /// Why memory: the cluster keeps nothing past the run (fsync is off), and every test creates
 /// and drops a database of several hundred files. On this disk's ext4 that churn took a sixth
 /// of the API tests' time, most of it the kernel looking for free inodes. The benchmarks'
-/// durable clusters stay on disk (`TempDir`): their commits must reach it. A small
-/// `/dev/shm` (a container's is 64 MB) is passed over: the WAL alone may grow to
-/// `max_wal_size`, 1 GB.
+/// durable clusters stay on disk (`TempDir`): their commits must reach it. Memory is used
+/// only with room to spare (`ROOM`): the WAL alone may grow to `max_wal_size`, 1 GB, and a
+/// container's `/dev/shm` is 64 MB.
+///
+/// The name has a random part as well as the process id: `/dev/shm` may be shared with
+/// processes of another pid namespace.
 fn data_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let name = format!("pexper-test-{}", std::process::id());
+        let name = format!(
+            "pexper-test-{}-{}",
+            std::process::id(),
+            Uuid::new_v4().simple()
+        );
         let shm = Path::new("/dev/shm");
         let in_memory = shm.join(&name);
-        if free_bytes(shm).is_some_and(|free| free >= 2 << 30)
-            && std::fs::create_dir_all(&in_memory).is_ok()
-        {
+        let room = free_bytes(shm).is_some_and(|free| free >= ROOM)
+            && available_memory().is_some_and(|free| free >= ROOM);
+        if room && std::fs::create_dir_all(&in_memory).is_ok() {
             in_memory
         } else {
             std::env::temp_dir().join(name)
         }
     })
 }
+
+/// What the cluster in memory needs free, both in `/dev/shm` and in the machine's memory.
+const ROOM: u64 = 2 << 30;
 
 /// Room left on `dir`'s file system, as `df` tells it.
 fn free_bytes(dir: &Path) -> Option<u64> {
@@ -51,6 +61,15 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     text.lines().nth(1)?.trim().parse().ok()
 }
 
+/// The machine's available memory (`MemAvailable` in `/proc/meminfo`): a tmpfs holds its files
+/// in memory, whatever its size limit says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The process's cluster: started on first use, stopped and removed when the process exits,
 /// however it exits (`stop_and_remove_after_exit`), so a test run leaves no Postgres behind.
 /// Each test process has its own: none can stop one another's.
@@ -58,14 +77,11 @@ pub fn cluster() -> &'static ManagedPostgres {
     static CLUSTER: OnceLock<ManagedPostgres> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         init();
-        let cluster = ManagedPostgres::start_or_reuse(
-            &data_dir().join("postgres"),
-            None,
-            Durability::Throwaway,
-        )
-        .expect("the test cluster starts (are initdb and pg_ctl on PATH?)");
+        // The watchdog first: a start that fails halfway, or a process killed during it, still
+        // leaves nothing behind.
         stop_and_remove_after_exit();
-        cluster
+        ManagedPostgres::start_or_reuse(&data_dir().join("postgres"), None, Durability::Throwaway)
+            .expect("the test cluster starts (are initdb and pg_ctl on PATH?)")
     })
 }
 

@@ -23,10 +23,11 @@ const POOL_SIZE: u32 = 10;
 /// A dead database must fail requests fast (503 with `Retry-After`, and `/readyz` 503), not
 /// hang for 30 s: a healthy pool hands out a connection in milliseconds.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
-/// How long a starting process tries for its first connection. Each try lasts
-/// `ACQUIRE_TIMEOUT`; a database that is itself starting (sqlx retries a refused connection
-/// within a try), or a busy moment when a handshake takes longer than a try, is waited out. A
-/// wrong address or password still fails, at once or within this long.
+/// How long a starting process tries for its first connection, in tries of `ACQUIRE_TIMEOUT`.
+/// Within a try sqlx retries a refused connection and a database that says it is starting or
+/// full; a try whose handshake ran past it on a busy machine starts again. A wrong password, a
+/// certificate that does not verify or a database that does not exist fail at once; a wrong
+/// port fails after this long.
 const FIRST_CONNECTION_WITHIN: Duration = Duration::from_secs(10);
 
 /// Connection options from the configuration: `DATABASE_URL` as given (its `sslmode` and
@@ -161,7 +162,19 @@ pub async fn pool(options: PgConnectOptions) -> anyhow::Result<PgPool> {
                 drop(connection);
                 return Ok(pool);
             }
-            Err(sqlx::Error::PoolTimedOut) if started.elapsed() < FIRST_CONNECTION_WITHIN => {}
+            // Another try only if it ends within the bound.
+            Err(sqlx::Error::PoolTimedOut)
+                if started.elapsed() + ACQUIRE_TIMEOUT <= FIRST_CONNECTION_WITHIN =>
+            {
+                tracing::warn!("no connection to Postgres yet; trying again");
+            }
+            Err(e @ sqlx::Error::PoolTimedOut) => {
+                return Err(e).context(format!(
+                    "no connection to Postgres within {} s: is it running, at this address \
+                     and port, with connections to spare?",
+                    FIRST_CONNECTION_WITHIN.as_secs()
+                ));
+            }
             Err(e) => return Err(e).context("failed to connect to Postgres"),
         }
     }
