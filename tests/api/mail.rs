@@ -377,10 +377,21 @@ async fn finishing_jobs_skips_the_email_of_someone_erased_since_it_was_sent() {
         .execute(&mut *conn)
         .await
         .unwrap();
-    sqlx::query(
-        "SELECT finish_jobs($1, ARRAY[0, 0], $2, $3, ARRAY['a', 'b'], ARRAY['<here>', '<erased>'])",
+    // Both claimed, as a worker's finisher finds them.
+    let claimed: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        "UPDATE job SET status = 'running', attempts = 1, claim = gen_random_uuid()
+         WHERE id = ANY ($1) RETURNING id, claim",
     )
     .bind(&queued)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let (ids, claims): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = claimed.into_iter().unzip();
+    sqlx::query(
+        "SELECT finish_jobs($1, ARRAY[1, 1], $2, $3, $4, ARRAY['a', 'b'], ARRAY['<here>', '<erased>'])",
+    )
+    .bind(&ids)
+    .bind(&claims)
     .bind([uuid::Uuid::now_v7(), uuid::Uuid::now_v7()])
     .bind([here, erased])
     .execute(&mut *conn)

@@ -318,17 +318,21 @@ async fn a_claim_and_a_delete_read_a_few_pages_however_long_the_queue_and_howeve
             "nothing spilled to disk: {plan}"
         );
         // The claimed eight, finished as the worker's finisher deletes them.
-        let claimed: Vec<(Uuid, i32)> =
-            sqlx::query_as("SELECT id, attempts FROM job WHERE status = 'running'")
+        let claimed: Vec<(Uuid, i32, Uuid)> =
+            sqlx::query_as("SELECT id, attempts, claim FROM job WHERE status = 'running'")
                 .fetch_all(&mut *conn)
                 .await
                 .unwrap();
-        let (ids, attempts): (Vec<Uuid>, Vec<i32>) = claimed.into_iter().unzip();
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.0).collect();
+        let attempts: Vec<i32> = claimed.iter().map(|c| c.1).collect();
+        let claims: Vec<Uuid> = claimed.iter().map(|c| c.2).collect();
         let finish: Value = sqlx::query_scalar(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT finish_jobs($1, $2)",
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+             SELECT finish_jobs($1, $2, $3, '{}', '{}', '{}', '{}')",
         )
         .bind(&ids)
         .bind(&attempts)
+        .bind(&claims)
         .fetch_one(&mut *conn)
         .await
         .unwrap();
@@ -671,39 +675,71 @@ async fn a_job_that_outlives_its_lease_on_a_live_worker_is_not_taken_over() {
     assert_eq!(ran.len(), 1, "one run, never a second");
 }
 
+/// How a worker loses the job it holds without knowing it.
+#[derive(Debug, Clone, Copy)]
+enum Takeover {
+    /// Its lease lapsed (its heartbeats stopped reaching the database) and another worker
+    /// claimed the job: the next attempt.
+    LeaseLapsed,
+    /// A crash of Postgres lost its claim, which commits without waiting for the disk: the
+    /// row is as it was before the claim, and the next claim gets the same attempt number
+    /// again (only its token differs).
+    ClaimLost,
+}
+
+impl Takeover {
+    /// Puts the job's row where the takeover leaves it, for another worker to claim.
+    async fn happen(self, pool: &sqlx::PgPool) {
+        let sql = match self {
+            Takeover::LeaseLapsed => "UPDATE job SET locked_until = now() - interval '1 second'",
+            Takeover::ClaimLost => {
+                "UPDATE job SET status = 'queued', attempts = attempts - 1, claim = NULL,
+                                locked_until = NULL, run_at = now()"
+            }
+        };
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
+
+    /// The new owner's attempt number.
+    fn new_attempt(self) -> i32 {
+        match self {
+            Takeover::LeaseLapsed => 2,
+            Takeover::ClaimLost => 1,
+        }
+    }
+}
+
 #[tokio::test]
 async fn after_a_takeover_the_first_worker_can_neither_finish_nor_fail_the_job() {
     init();
     let db = TestDatabase::new().await;
     let pool = db.pool().await;
-    for outcome in [(|| Ok(())) as fn() -> Result<(), JobError>, || {
-        Err(JobError::Permanent(anyhow::anyhow!(
-            "the first worker gives up"
-        )))
-    }] {
-        enqueue_n(&pool, 1).await;
-        // Worker A holds a long lease (no heartbeat during the test) and waits to be released.
-        // One task each, so that the takeover can only be B's.
-        let lease = Duration::from_secs(60);
-        let a = GatedWorker::start(db.pool().await, lease, Arc::default(), outcome);
-        a.started(1, "A to start").await;
-        // A's lease lapses (as if its heartbeats stopped reaching the database); B takes over.
-        sqlx::query("UPDATE job SET locked_until = now() - interval '1 second'")
-            .execute(&pool)
-            .await
-            .unwrap();
-        let b = GatedWorker::start(db.pool().await, lease, Arc::default(), || Ok(()));
-        b.started(1, "B to take over").await;
+    for takeover in [Takeover::LeaseLapsed, Takeover::ClaimLost] {
+        for outcome in [(|| Ok(())) as fn() -> Result<(), JobError>, || {
+            Err(JobError::Permanent(anyhow::anyhow!(
+                "the first worker gives up"
+            )))
+        }] {
+            enqueue_n(&pool, 1).await;
+            // Worker A holds a long lease (no heartbeat during the test) and waits to be
+            // released. One task each, so that the takeover can only be B's.
+            let lease = Duration::from_secs(60);
+            let a = GatedWorker::start(db.pool().await, lease, Arc::default(), outcome);
+            a.started(1, "A to start").await;
+            takeover.happen(&pool).await;
+            let b = GatedWorker::start(db.pool().await, lease, Arc::default(), || Ok(()));
+            b.started(1, "B to take over").await;
 
-        // A now finishes (or fails): fenced by its attempt number, it changes nothing.
-        a.release_and_stop().await;
-        assert_eq!(
-            job_state(&pool).await,
-            Some(("running".to_owned(), 2, None)),
-            "B's claim stands"
-        );
-        b.release_and_stop().await;
-        assert_eq!(job_state(&pool).await, None, "B finished it");
+            // A now finishes (or fails): fenced by its claim, it changes nothing.
+            a.release_and_stop().await;
+            assert_eq!(
+                job_state(&pool).await,
+                Some(("running".to_owned(), takeover.new_attempt(), None)),
+                "B's claim stands after {takeover:?}"
+            );
+            b.release_and_stop().await;
+            assert_eq!(job_state(&pool).await, None, "B finished it");
+        }
     }
 }
 
@@ -712,47 +748,59 @@ async fn a_stale_worker_neither_renews_nor_hands_back_the_new_owner_s_lease() {
     init();
     let db = TestDatabase::new().await;
     let pool = db.pool().await;
-    enqueue_n(&pool, 1).await;
-    // A leases for 300 ms, so its heartbeat renews every 100 ms; it holds the job until stopped.
-    let a = GatedWorker::with_grace(
-        db.pool().await,
-        Duration::from_millis(300),
-        1,
-        Arc::default(),
-        || Ok(()),
-        Duration::from_millis(50),
-    );
-    a.started(1, "A to start").await;
-    // Another worker owns the job now (as after A's heartbeats failed to reach the database
-    // for a lease): the next attempt, leased for ten minutes.
-    sqlx::query(
-        "UPDATE job SET attempts = attempts + 1, locked_until = now() + interval '10 minutes'",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    let lease_left = || async {
-        sqlx::query_scalar::<_, f64>(
-            "SELECT extract(epoch FROM locked_until - now())::float8 FROM job",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    };
-    // A's heartbeats (several by now) are fenced by its attempt number…
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(
-        lease_left().await > 500.0,
-        "A's heartbeat shortened the lease"
-    );
-    // …and so is its hand-back when it stops with the job still in hand.
-    a.stop_holding().await;
-    assert!(lease_left().await > 500.0, "A's hand-back ended the lease");
-    assert_eq!(
-        job_state(&pool).await,
-        Some(("running".to_owned(), 2, None)),
-        "the new owner's claim stands"
-    );
+    // Another worker owns the job now, leased for ten minutes: the next attempt (as after A's
+    // heartbeats failed to reach the database for a lease), or the same attempt number under
+    // another claim (as after a crash lost A's claim and the job was claimed again).
+    for (takeover, attempt) in [
+        (
+            "UPDATE job SET attempts = attempts + 1, locked_until = now() + interval '10 minutes'",
+            2,
+        ),
+        (
+            "UPDATE job SET claim = gen_random_uuid(), locked_until = now() + interval '10 minutes'",
+            1,
+        ),
+    ] {
+        enqueue_n(&pool, 1).await;
+        // A leases for 300 ms, so its heartbeat renews every 100 ms; it holds the job until
+        // stopped.
+        let a = GatedWorker::with_grace(
+            db.pool().await,
+            Duration::from_millis(300),
+            1,
+            Arc::default(),
+            || Ok(()),
+            Duration::from_millis(50),
+        );
+        a.started(1, "A to start").await;
+        sqlx::query(takeover).execute(&pool).await.unwrap();
+        let lease_left = || async {
+            sqlx::query_scalar::<_, f64>(
+                "SELECT extract(epoch FROM locked_until - now())::float8 FROM job",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        };
+        // A's heartbeats (several by now) are fenced by its claim…
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            lease_left().await > 500.0,
+            "A's heartbeat shortened the lease ({takeover})"
+        );
+        // …and so is its hand-back when it stops with the job still in hand.
+        a.stop_holding().await;
+        assert!(
+            lease_left().await > 500.0,
+            "A's hand-back ended the lease ({takeover})"
+        );
+        assert_eq!(
+            job_state(&pool).await,
+            Some(("running".to_owned(), attempt, None)),
+            "the new owner's claim stands ({takeover})"
+        );
+        sqlx::query("DELETE FROM job").execute(&pool).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -195,6 +195,7 @@ pub const PLATFORM: &[Table] = &[
             Column::plain("max_attempts"),
             Column::plain("run_at"),
             Column::plain("locked_until"),
+            Column::plain("claim"),
             Column::plain("last_error"),
             Column::personal("person_id", Identifier).not_exported(WORK),
             // One policy notice per person and version is keyed by their id.

@@ -6,8 +6,9 @@
 //!   and no two ever hold the same job. A worker's idle slots claim together, in one statement.
 //! * A claim is a **lease** (`locked_until`), renewed by a heartbeat while the handler runs. A
 //!   worker that dies stops renewing; when the lease lapses another worker takes the job.
-//! * Every write after the claim is fenced by the attempt number, so a worker whose lease was
-//!   taken over cannot complete or fail a job it no longer owns.
+//! * Every write after the claim is fenced by the claim's token and attempt number, so a worker
+//!   whose lease was taken over, or whose claim a crash of Postgres lost, cannot complete or
+//!   fail a job it no longer owns. So the claim itself need not wait for the disk.
 //! * Failures retry with exponential backoff and full jitter; permanent errors, and transient
 //!   ones after `max_attempts`, leave the job `dead` for an operator (`pexper-admin jobs`).
 //! * Finished jobs are deleted.
@@ -188,6 +189,8 @@ pub struct Job {
     pub attempts: i32,
     pub max_attempts: i32,
     pub person_id: Option<PersonId>,
+    /// This claim's token, which fences every later write (migration `…_claim_tokens.sql`).
+    claim: Uuid,
     /// The email this attempt sent, for the statement that finishes the job to record.
     #[sqlx(skip)]
     sent: Arc<OnceLock<SentEmail>>,
@@ -360,10 +363,12 @@ pub async fn claim(
     // The statement is a function (migration `…_claim_function.sql`) so that its plan can be
     // pinned: the right one is the same at every size of queue, and the planner picked a
     // worse one whenever its statistics were stale. It is made once per connection
-    // (migration `…_generic_queue_plans.sql`).
+    // (migration `…_generic_queue_plans.sql`). It commits without waiting for the disk: a
+    // claim lost in a crash is a job still to do, and the token keeps the worker that held it
+    // from writing over the next claim (migration `…_claim_tokens.sql`).
     sqlx::query_as(
-        "SELECT id, kind, payload, attempts, max_attempts, person_id
-         FROM claim_jobs($1, $2, $3)",
+        "SELECT id, kind, payload, attempts, max_attempts, person_id, claim
+         FROM claim_jobs_async($1, $2, $3)",
     )
     .bind(kinds)
     .bind(lease)
@@ -376,31 +381,47 @@ pub async fn claim(
 async fn renew(pool: &PgPool, job: &Job, lease: Duration) -> anyhow::Result<bool> {
     let r = sqlx::query(
         "UPDATE job SET locked_until = now() + $3
-         WHERE id = $1 AND attempts = $2 AND status = 'running'",
+         WHERE id = $1 AND attempts = $2 AND claim = $4 AND status = 'running'",
     )
     .bind(job.id)
     .bind(job.attempts)
     .bind(lease)
+    .bind(job.claim)
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
 }
 
-/// Deletes finished jobs, each only if still at the attempt that finished it, and records the
+/// What fences a write to a claimed job: its id, and the attempt and token of the claim.
+#[derive(Debug, Clone, Copy)]
+struct Claimed {
+    id: JobId,
+    attempts: i32,
+    claim: Uuid,
+}
+
+impl From<&Job> for Claimed {
+    fn from(job: &Job) -> Self {
+        Self {
+            id: job.id,
+            attempts: job.attempts,
+            claim: job.claim,
+        }
+    }
+}
+
+/// Deletes finished jobs, each only if still at the claim that finished it, and records the
 /// emails `sent` (whatever became of their jobs: the emails left), in one statement.
-async fn finish(pool: &PgPool, jobs: &[(JobId, i32)], sent: &[&SentEmail]) -> anyhow::Result<()> {
+async fn finish(pool: &PgPool, jobs: &[Claimed], sent: &[&SentEmail]) -> anyhow::Result<()> {
     // In id order, the order an erasure deletes a person's jobs in (`cancel_for_person`), so
     // the two cannot deadlock.
     let mut jobs = jobs.to_vec();
-    jobs.sort_unstable_by_key(|(id, _)| id.0);
-    // A function, as the claim is, to plan once with its plan pinned (migrations 17 and 29).
-    sqlx::query("SELECT finish_jobs($1, $2, $3, $4, $5, $6)")
-        .bind(jobs.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
-        .bind(
-            jobs.iter()
-                .map(|(_, attempts)| *attempts)
-                .collect::<Vec<i32>>(),
-        )
+    jobs.sort_unstable_by_key(|job| job.id.0);
+    // A function, as the claim is, to plan once with its plan pinned (migrations 17 and 30).
+    sqlx::query("SELECT finish_jobs($1, $2, $3, $4, $5, $6, $7)")
+        .bind(jobs.iter().map(|job| job.id.0).collect::<Vec<Uuid>>())
+        .bind(jobs.iter().map(|job| job.attempts).collect::<Vec<i32>>())
+        .bind(jobs.iter().map(|job| job.claim).collect::<Vec<Uuid>>())
         .bind(sent.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>())
         .bind(sent.iter().map(|s| s.person.0).collect::<Vec<Uuid>>())
         .bind(sent.iter().map(|s| s.template).collect::<Vec<&str>>())
@@ -417,15 +438,14 @@ async fn finish(pool: &PgPool, jobs: &[(JobId, i32)], sent: &[&SentEmail]) -> an
 
 /// A job a slot is running: what `Worker::hand_back` needs if the shutdown grace ends first.
 struct InHand {
-    attempts: i32,
+    claimed: Claimed,
     kind: &'static str,
     sent: Arc<OnceLock<SentEmail>>,
 }
 
 /// A job its handler finished, and the email it sent, if any.
 struct Finished {
-    id: JobId,
-    attempts: i32,
+    claimed: Claimed,
     sent: Option<SentEmail>,
 }
 
@@ -468,7 +488,7 @@ async fn finish_in_batches(
         last = Some(started);
         let mut pause = Duration::from_secs(1);
         loop {
-            let jobs: Vec<(JobId, i32)> = batch.iter().map(|f| (f.id, f.attempts)).collect();
+            let jobs: Vec<Claimed> = batch.iter().map(|f| f.claimed).collect();
             let sent: Vec<&SentEmail> = batch.iter().filter_map(|f| f.sent.as_ref()).collect();
             let Err(e) = finish(&pool, &jobs, &sent).await else {
                 break;
@@ -509,13 +529,14 @@ async fn fail(pool: &PgPool, job: &Job, error: &JobError) -> anyhow::Result<bool
     sqlx::query(
         "UPDATE job SET status = CASE WHEN $3 THEN 'dead' ELSE 'queued' END,
                 run_at = now() + $4, locked_until = NULL, last_error = $5, updated_at = now()
-         WHERE id = $1 AND attempts = $2",
+         WHERE id = $1 AND attempts = $2 AND claim = $6",
     )
     .bind(job.id)
     .bind(job.attempts)
     .bind(dead)
     .bind(backoff(job.attempts))
     .bind(message)
+    .bind(job.claim)
     .execute(pool)
     .await
     .context("failed to record a job failure")?;
@@ -582,9 +603,9 @@ pub async fn list(
 pub async fn retry(pool: &PgPool, id: Option<JobId>) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let n = sqlx::query(
-        // The attempt number only grows: it fences a worker's finish, failure and heartbeat
-        // to its own attempt, and a number used again would let a worker stale from an old
-        // attempt act on the new one. The job gets as many tries again as it had.
+        // The attempt number only grows (it fences a worker's writes beside the claim's
+        // token, and keeps counting what the job used). The job gets as many tries again as
+        // it had.
         "UPDATE job SET status = 'queued', max_attempts = attempts + max_attempts, run_at = now(),
                 last_error = NULL, locked_until = NULL, updated_at = now()
          WHERE status = 'dead' AND ($1::uuid IS NULL OR id = $1)",
@@ -704,9 +725,9 @@ async fn unclaim(pool: &PgPool, jobs: &[Job]) {
         "WITH back AS (
              UPDATE job SET status = 'queued', run_at = now(), locked_until = NULL,
                     max_attempts = max_attempts + 1, updated_at = now()
-             FROM unnest($1::uuid[], $2::int4[]) AS claimed (id, attempts)
+             FROM unnest($1::uuid[], $2::int4[], $4::uuid[]) AS claimed (id, attempts, claim)
              WHERE job.id = claimed.id AND job.attempts = claimed.attempts
-               AND job.status = 'running'
+               AND job.claim = claimed.claim AND job.status = 'running'
              RETURNING job.id
          )
          SELECT pg_notify($3, 'unclaimed') WHERE EXISTS (SELECT 1 FROM back)",
@@ -714,6 +735,7 @@ async fn unclaim(pool: &PgPool, jobs: &[Job]) {
     .bind(jobs.iter().map(|j| j.id.0).collect::<Vec<Uuid>>())
     .bind(jobs.iter().map(|j| j.attempts).collect::<Vec<i32>>())
     .bind(CHANNEL)
+    .bind(jobs.iter().map(|j| j.claim).collect::<Vec<Uuid>>())
     .execute(pool)
     .await;
     if let Err(e) = back {
@@ -976,10 +998,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
         for (id, job) in &in_hand {
             let released = sqlx::query(
-                "UPDATE job SET locked_until = now() WHERE id = $1 AND attempts = $2 AND status = 'running'",
+                "UPDATE job SET locked_until = now()
+                 WHERE id = $1 AND attempts = $2 AND claim = $3 AND status = 'running'",
             )
             .bind(id)
-            .bind(job.attempts)
+            .bind(job.claimed.attempts)
+            .bind(job.claimed.claim)
             .execute(&self.pool)
             .await;
             match released {
@@ -1052,7 +1076,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 .insert(
                     job.id,
                     InHand {
-                        attempts: job.attempts,
+                        claimed: Claimed::from(&job),
                         kind,
                         sent: job.sent.clone(),
                     },
@@ -1090,8 +1114,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     // The finisher outlives every slot, so the send cannot fail.
                     finished
                         .send(Finished {
-                            id: job.id,
-                            attempts: job.attempts,
+                            claimed: Claimed::from(&job),
                             sent: job.sent.get().cloned(),
                         })
                         .ok();
