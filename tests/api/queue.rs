@@ -227,6 +227,50 @@ async fn idle_slots_claim_together_in_one_statement() {
     worker.kill().await;
 }
 
+/// A claim commits without waiting for the disk (its token fences what a crash could confuse:
+/// `after_a_takeover_…`), and nothing else on its connection does: the setting ends with the
+/// claim's transaction, so the signups and finishes that share the pool stay durable.
+#[tokio::test]
+async fn only_the_claim_commits_without_waiting_for_the_disk() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, 2).await;
+    let mut conn = pool.acquire().await.unwrap();
+    // The throwaway cluster runs without synchronous commits; a deployment's waits for them.
+    sqlx::query("SET synchronous_commit = on")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let claim = "SELECT count(*) FROM claim_jobs_async(ARRAY['test.job'], interval '1 minute', 1)";
+    let setting = "SELECT current_setting('synchronous_commit')";
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let claimed: i64 = sqlx::query_scalar(claim).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(claimed, 1);
+    let within: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(within, "off", "the claim's own commit does not wait");
+    tx.commit().await.unwrap();
+    let claimed: i64 = sqlx::query_scalar(claim)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed, 1,
+        "a claim as the worker makes it: a transaction of its own"
+    );
+    let after: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        after, "on",
+        "what the connection commits next waits for the disk"
+    );
+}
+
 #[tokio::test]
 async fn while_jobs_keep_finishing_their_deletes_go_together_at_most_every_ten_milliseconds() {
     init();
