@@ -7,9 +7,16 @@
 -- again, and the worker that held the lost claim (it never knew) could finish, fail, renew or
 -- hand back the new owner's claim. A random token is never handed out twice.
 --
--- A rolling upgrade stays fenced: the previous version's workers claim through the same
--- function (so their claims get tokens too, which they ignore), commit their claims durably,
--- and fence by the attempt number, which a durable claim never hands out twice.
+-- What a lost claim costs: its job is queued again at once, and the worker that held it does
+-- not know, so until that worker's next write (fenced) the two can run the job side by side,
+-- and its email can go twice (under one Message-ID), as a worker killed between sending and
+-- recording sends it twice. Only claims whose WAL had not reached the disk are lost: while
+-- jobs finish, the finisher's durable commit (every 10 ms) flushes the claims before it, and
+-- Postgres's WAL writer flushes the rest within 3 × wal_writer_delay (600 ms by default).
+--
+-- A rolling upgrade: the previous version's workers claim through the same function (so
+-- their claims get tokens too, which they ignore), commit their claims durably, and fence by
+-- the attempt number alone, as before; a stale worker of this version is fenced by its token.
 ALTER TABLE job ADD COLUMN claim uuid;
 
 -- As in migration 16, with the token.
@@ -58,17 +65,27 @@ $$;
 -- set_config(…, true) lasts to the end of the transaction only in a function without SET
 -- clauses (a function's SET clauses undo every setting made inside it when it returns), so it
 -- is made here, around claim_jobs, which keeps its pinned plan.
+--
+-- It refuses to run in a transaction that has written already: that write would lose its
+-- durability with the claim's.
 CREATE FUNCTION claim_jobs_async(kinds text[], lease interval, n integer) RETURNS SETOF job
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'claim_jobs_async commits its transaction without waiting for the disk: call it in a transaction of its own';
+    END IF;
     PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY SELECT * FROM claim_jobs(kinds, lease, n);
 END
 $$;
 
 -- As in migration 29, each job deleted only if still at the claim that finished it. The
--- previous version's finish_jobs stay for its replicas during a rolling upgrade.
+-- previous version's finish_jobs (migration 29) stays for its replicas during a rolling
+-- upgrade; the one before it (migration 17), which no replica that can run beside this
+-- version calls, goes.
+DROP FUNCTION finish_jobs(uuid[], integer[]);
+
 CREATE FUNCTION finish_jobs(
     finished uuid[], at_attempts integer[], at_claims uuid[],
     sent_ids uuid[], sent_to uuid[], sent_templates text[], sent_message_ids text[]

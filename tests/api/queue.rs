@@ -269,6 +269,16 @@ async fn only_the_claim_commits_without_waiting_for_the_disk() {
         after, "on",
         "what the connection commits next waits for the disk"
     );
+    // A transaction that has written refuses it: its write would not wait for the disk either.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    sqlx::query("UPDATE job SET updated_at = now()")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refused = sqlx::query_scalar::<_, i64>(claim)
+        .fetch_one(&mut *tx)
+        .await;
+    assert!(refused.is_err(), "a claim after a write: {refused:?}");
 }
 
 #[tokio::test]
@@ -639,6 +649,36 @@ async fn a_stopping_worker_gives_back_only_the_jobs_ahead_that_are_still_its_own
     );
     b.release_and_stop().await;
     assert_eq!(job_count(&pool).await, 0);
+}
+
+/// The same after a crash of Postgres lost A's claims (the job in hand and the one ahead) and
+/// B claimed both again, at the same attempt numbers: A, stopping, neither finishes the one
+/// nor gives back the other. Only the claims' tokens tell A's claims from B's.
+#[tokio::test]
+async fn a_worker_whose_claims_a_crash_lost_neither_finishes_nor_gives_back_the_next_ones() {
+    init();
+    let db = TestDatabase::new().await;
+    let pool = db.pool().await;
+    enqueue_n(&pool, 2).await;
+    let lease = Duration::from_secs(60);
+    let a = GatedWorker::start(db.pool().await, lease, Arc::default(), || Ok(()));
+    a.started(1, "A to start the first job, the second ahead")
+        .await;
+    Takeover::ClaimLost.happen(&pool).await;
+    // B's one slot claims one job and one ahead: both.
+    let b = GatedWorker::start(db.pool().await, lease, Arc::default(), || Ok(()));
+    b.started(1, "B to take the first job, the second ahead")
+        .await;
+    a.release_and_stop().await;
+    assert_eq!(
+        sqlx::query_as::<_, (String, i32, i32)>("SELECT status, attempts, max_attempts FROM job")
+            .fetch_all(&pool)
+            .await
+            .unwrap(),
+        vec![("running".to_owned(), 1, 16); 2],
+        "B's claims stand: A finished nothing and gave nothing back"
+    );
+    b.kill().await;
 }
 
 /// Idle slots are woken for jobs claimed ahead: they do not wait for the next poll while one

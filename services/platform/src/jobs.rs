@@ -754,9 +754,10 @@ pub struct Worker<S> {
     shutdown_grace: Duration,
     wake: Wake,
     foreground: Foreground,
-    /// The jobs being run now, with their attempt and kind: what to hand back if shutdown
-    /// cannot wait.
-    in_hand: std::sync::Mutex<HashMap<JobId, InHand>>,
+    /// The jobs being run now, by id and claim (after a crash of Postgres lost a claim, one
+    /// process can hold a job twice, under its lost claim and the next), with their attempt
+    /// and kind: what to hand back if shutdown cannot wait.
+    in_hand: std::sync::Mutex<HashMap<(JobId, Uuid), InHand>>,
     /// Jobs claimed ahead (`CLAIM_AHEAD`): the next idle slot takes the oldest.
     ahead: Arc<std::sync::Mutex<Ahead>>,
     counters: crate::metrics::JobCounters,
@@ -982,21 +983,23 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     /// Ends the leases of the jobs still in hand, so that they are claimed again at once.
     async fn hand_back(&self) {
-        let in_hand: Vec<(JobId, InHand)> = self
+        let in_hand: Vec<InHand> = self
             .in_hand
             .lock()
             .expect("the in-hand set is never poisoned")
             .drain()
+            .map(|(_, job)| job)
             .collect();
         // A job stopped after sending its email (its handler had more to do) has the email
         // recorded first, or the worker that takes it next would send it again.
-        let sent: Vec<&SentEmail> = in_hand.iter().filter_map(|(_, j)| j.sent.get()).collect();
+        let sent: Vec<&SentEmail> = in_hand.iter().filter_map(|j| j.sent.get()).collect();
         if !sent.is_empty()
             && let Err(e) = finish(&self.pool, &[], &sent).await
         {
             tracing::warn!(error = %redact(&format!("{e:#}")), "failed to record the emails of jobs handed back");
         }
-        for (id, job) in &in_hand {
+        for job in &in_hand {
+            let id = job.claimed.id;
             let released = sqlx::query(
                 "UPDATE job SET locked_until = now()
                  WHERE id = $1 AND attempts = $2 AND claim = $3 AND status = 'running'",
@@ -1074,7 +1077,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 .lock()
                 .expect("the in-hand set is never poisoned")
                 .insert(
-                    job.id,
+                    (job.id, job.claim),
                     InHand {
                         claimed: Claimed::from(&job),
                         kind,
@@ -1102,7 +1105,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 self.in_hand
                     .lock()
                     .expect("the in-hand set is never poisoned")
-                    .remove(&job.id);
+                    .remove(&(job.id, job.claim));
             };
             if let Err(JobError::Retry(cause) | JobError::Permanent(cause)) = &result
                 && crate::outage::pool_timed_out(cause)
