@@ -14,6 +14,7 @@
 //!     PEXPER_JOB_CONCURRENCY=32 cargo bench …     (any server setting, for both builds)
 //!     PEXPER_BENCH_RELAY_RTT_MS=2 cargo bench …   (each SMTP reply 2 ms late: a relay away)
 //!     PEXPER_BENCH_ROUNDS=2 cargo bench …         (the builds measured in turn, twice each)
+//!     PEXPER_BENCH_STATEMENTS=1 cargo bench …     (Postgres's time per statement, each phase)
 //!
 //! The load comes from a child process of this benchmark (as from another machine, as far as
 //! two cores allow): closed loop on bare keep-alive HTTP/1.1 connections (as wrk's), every
@@ -379,8 +380,16 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
                 drained(&server.smtp, sent + accepted(&warm), DRAIN_PATIENCE).await;
             }
             let sent = server.smtp.count();
+            cluster.reset_statements().await;
             let load = child("--load-child", &server.base, connections as u64, seconds).await;
             let during = server.smtp.count() - sent;
+            cluster
+                .statements(
+                    &format!("{build}, {connections} connections, the load"),
+                    accepted(&load) as u64,
+                )
+                .await;
+            cluster.reset_statements().await;
             // A smoke run's debug build is not measured.
             let drain = if benchmarking() {
                 let started = Instant::now();
@@ -390,6 +399,12 @@ async fn run(seconds: u64, rate: u64, paced_seconds: u64) -> bool {
                 f64::NAN
             };
             let delivered = (server.smtp.count() - sent).min(accepted(&load));
+            cluster
+                .statements(
+                    &format!("{build}, the drain after {connections} connections"),
+                    (delivered - during.min(delivered)) as u64,
+                )
+                .await;
             measured.push(Measured {
                 connections,
                 load,

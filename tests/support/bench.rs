@@ -80,24 +80,93 @@ pub struct DurableCluster {
 }
 
 impl DurableCluster {
+    /// With `PEXPER_BENCH_STATEMENTS` set, the cluster counts its statements
+    /// (`pg_stat_statements`, planning too), for `statements` to print.
     pub async fn start() -> Self {
         use pexper_platform::db::managed::{Durability, ManagedPostgres};
         let dir = crate::tempdir::TempDir::new();
         let root = dir.path().join("postgres");
-        let managed = {
+        let start = || {
             let root = root.clone();
             tokio::task::spawn_blocking(move || {
                 ManagedPostgres::start_or_reuse(&root, None, Durability::Durable)
             })
-            .await
-            .unwrap()
-            .unwrap()
         };
+        let mut managed = start().await.unwrap().unwrap();
+        if counting_statements() {
+            let url = secrecy::ExposeSecret::expose_secret(&managed.url("postgres")).to_owned();
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            for setting in [
+                "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+                "ALTER SYSTEM SET pg_stat_statements.track = 'all'",
+                "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
+            ] {
+                sqlx::query(setting).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+            let stopping = root.clone();
+            tokio::task::spawn_blocking(move || ManagedPostgres::stop(&stopping, None))
+                .await
+                .unwrap()
+                .unwrap();
+            managed = start().await.unwrap().unwrap();
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query("CREATE EXTENSION pg_stat_statements")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
         Self {
             root,
             managed,
             _dir: dir,
         }
+    }
+
+    /// Forgets the statements counted so far (`PEXPER_BENCH_STATEMENTS`).
+    pub async fn reset_statements(&self) {
+        if counting_statements() {
+            sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(&self.postgres().await)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Prints the statements that took the most of Postgres's time since the last reset
+    /// (`PEXPER_BENCH_STATEMENTS`), per call of each: executions, plans, and time spent.
+    pub async fn statements(&self, what: &str, per: u64) {
+        if !counting_statements() {
+            return;
+        }
+        let rows: Vec<(String, i64, i64, f64, f64)> = sqlx::query_as(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls, plans,
+                    total_exec_time, total_plan_time
+             FROM pg_stat_statements
+             WHERE dbid <> (SELECT oid FROM pg_database WHERE datname = 'postgres')
+             ORDER BY total_exec_time + total_plan_time DESC LIMIT 12",
+        )
+        .fetch_all(&self.postgres().await)
+        .await
+        .unwrap();
+        println!("\nstatements, {what} (µs are per {per} signups' worth: total ÷ {per}):\n");
+        println!("| statement | calls | plans | execution µs | planning µs |");
+        println!("|---|---|---|---|---|");
+        for (query, calls, plans, exec_ms, plan_ms) in rows {
+            let per_one = |ms: f64| ms * 1000.0 / per.max(1) as f64;
+            println!(
+                "| `{}` | {calls} | {plans} | {:.1} | {:.1} |",
+                query.replace('|', "\\|"),
+                per_one(exec_ms),
+                per_one(plan_ms)
+            );
+        }
+    }
+
+    async fn postgres(&self) -> sqlx::PgPool {
+        let url = secrecy::ExposeSecret::expose_secret(&self.managed.url("postgres")).to_owned();
+        sqlx::PgPool::connect(&url).await.unwrap()
     }
 
     /// The URL of `database`, created if need be.
@@ -117,6 +186,11 @@ impl DurableCluster {
         .unwrap()
         .unwrap();
     }
+}
+
+/// Whether the benchmark's cluster counts its statements: `PEXPER_BENCH_STATEMENTS` set.
+pub fn counting_statements() -> bool {
+    std::env::var_os("PEXPER_BENCH_STATEMENTS").is_some()
 }
 
 /// How the benchmarks' mail is signed: `PEXPER_BENCH_DKIM` = `rsa` (the default: an RSA-2048
