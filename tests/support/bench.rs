@@ -76,11 +76,14 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
 pub struct DurableCluster {
     root: std::path::PathBuf,
     managed: pexper_platform::db::managed::ManagedPostgres,
+    /// With `PEXPER_BENCH_STATEMENTS=1`: a connection to read `pg_stat_statements` through,
+    /// opened once, so that reading them costs a phase next to nothing.
+    statements: Option<sqlx::PgPool>,
     _dir: crate::tempdir::TempDir,
 }
 
 impl DurableCluster {
-    /// With `PEXPER_BENCH_STATEMENTS` set, the cluster counts its statements
+    /// With `PEXPER_BENCH_STATEMENTS=1`, the cluster counts its statements
     /// (`pg_stat_statements`, planning too), for `statements` to print.
     pub async fn start() -> Self {
         use pexper_platform::db::managed::{Durability, ManagedPostgres};
@@ -92,17 +95,24 @@ impl DurableCluster {
                 ManagedPostgres::start_or_reuse(&root, None, Durability::Durable)
             })
         };
-        let mut managed = start().await.unwrap().unwrap();
-        if counting_statements() {
+        let connect = |managed: &ManagedPostgres| {
             let url = secrecy::ExposeSecret::expose_secret(&managed.url("postgres")).to_owned();
-            let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            for setting in [
-                "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
-                "ALTER SYSTEM SET pg_stat_statements.track = 'all'",
-                "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
-            ] {
-                sqlx::query(setting).execute(&pool).await.unwrap();
+            async move {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .unwrap()
             }
+        };
+        let mut managed = start().await.unwrap().unwrap();
+        let mut statements = None;
+        if counting_statements() {
+            let pool = connect(&managed).await;
+            sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+                .execute(&pool)
+                .await
+                .unwrap();
             pool.close().await;
             let stopping = root.clone();
             tokio::task::spawn_blocking(move || ManagedPostgres::stop(&stopping, None))
@@ -110,36 +120,44 @@ impl DurableCluster {
                 .unwrap()
                 .unwrap();
             managed = start().await.unwrap().unwrap();
-            let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            sqlx::query("CREATE EXTENSION pg_stat_statements")
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
+            let pool = connect(&managed).await;
+            // Known once the library is loaded.
+            for setting in [
+                "CREATE EXTENSION pg_stat_statements",
+                "ALTER SYSTEM SET pg_stat_statements.track = 'all'",
+                "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
+                "SELECT pg_reload_conf()",
+            ] {
+                sqlx::query(setting).execute(&pool).await.unwrap();
+            }
+            statements = Some(pool);
         }
         Self {
             root,
             managed,
+            statements,
             _dir: dir,
         }
     }
 
-    /// Forgets the statements counted so far (`PEXPER_BENCH_STATEMENTS`).
+    /// Forgets the statements counted so far (`PEXPER_BENCH_STATEMENTS=1`).
     pub async fn reset_statements(&self) {
-        if counting_statements() {
+        if let Some(pool) = &self.statements {
             sqlx::query("SELECT pg_stat_statements_reset()")
-                .execute(&self.postgres().await)
+                .execute(pool)
                 .await
                 .unwrap();
         }
     }
 
     /// Prints the statements that took the most of Postgres's time since the last reset
-    /// (`PEXPER_BENCH_STATEMENTS`), per call of each: executions, plans, and time spent.
+    /// (`PEXPER_BENCH_STATEMENTS=1`): calls, plans, and the time executing and planning them,
+    /// divided by `per` (the signups or emails of the phase). With `track = all`, a statement
+    /// a function runs has a row of its own, and its time is in the function's call's too.
     pub async fn statements(&self, what: &str, per: u64) {
-        if !counting_statements() {
+        let Some(pool) = &self.statements else {
             return;
-        }
+        };
         let rows: Vec<(String, i64, i64, f64, f64)> = sqlx::query_as(
             "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls, plans,
                     total_exec_time, total_plan_time
@@ -147,14 +165,15 @@ impl DurableCluster {
              WHERE dbid <> (SELECT oid FROM pg_database WHERE datname = 'postgres')
              ORDER BY total_exec_time + total_plan_time DESC LIMIT 12",
         )
-        .fetch_all(&self.postgres().await)
+        .fetch_all(pool)
         .await
         .unwrap();
-        println!("\nstatements, {what} (µs are per {per} signups' worth: total ÷ {per}):\n");
+        let per = per.max(1);
+        println!("\nstatements, {what} (µs of Postgres per one of {per}):\n");
         println!("| statement | calls | plans | execution µs | planning µs |");
         println!("|---|---|---|---|---|");
         for (query, calls, plans, exec_ms, plan_ms) in rows {
-            let per_one = |ms: f64| ms * 1000.0 / per.max(1) as f64;
+            let per_one = |ms: f64| ms * 1000.0 / per as f64;
             println!(
                 "| `{}` | {calls} | {plans} | {:.1} | {:.1} |",
                 query.replace('|', "\\|"),
@@ -162,11 +181,6 @@ impl DurableCluster {
                 per_one(plan_ms)
             );
         }
-    }
-
-    async fn postgres(&self) -> sqlx::PgPool {
-        let url = secrecy::ExposeSecret::expose_secret(&self.managed.url("postgres")).to_owned();
-        sqlx::PgPool::connect(&url).await.unwrap()
     }
 
     /// The URL of `database`, created if need be.
@@ -188,9 +202,9 @@ impl DurableCluster {
     }
 }
 
-/// Whether the benchmark's cluster counts its statements: `PEXPER_BENCH_STATEMENTS` set.
+/// Whether the benchmark's cluster counts its statements: `PEXPER_BENCH_STATEMENTS=1`.
 pub fn counting_statements() -> bool {
-    std::env::var_os("PEXPER_BENCH_STATEMENTS").is_some()
+    std::env::var("PEXPER_BENCH_STATEMENTS").is_ok_and(|v| v == "1")
 }
 
 /// How the benchmarks' mail is signed: `PEXPER_BENCH_DKIM` = `rsa` (the default: an RSA-2048
