@@ -49,7 +49,7 @@ fn main() {
             return;
         }
     }
-    let [seconds, connections] = bench_args([10, 32], [2, 4]);
+    let [seconds, connections] = bench_args([10, 32], [1, 4]);
     bench_exit(block_on(run(seconds, connections as usize)));
 }
 
@@ -275,7 +275,8 @@ async fn measure(hashers: Option<&str>, seconds: u64, connections: usize) -> (Se
     let accounts = open_accounts(&server, 16).await;
     let base = server.base.clone();
     // Warm the server (its pools, the licence key, the templates) before it is measured.
-    child(&["--probe-child".into(), base.clone(), "2".into()]).await;
+    let warm = seconds.min(2).to_string();
+    child(&["--probe-child".into(), base.clone(), warm]).await;
     let quiet = child(&["--probe-child".into(), base.clone(), seconds.to_string()]).await;
     let flood_args = vec![
         "--flood-child".into(),

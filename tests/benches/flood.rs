@@ -287,8 +287,8 @@ async fn flood_for(base: Arc<str>, flooders: usize, polite: bool, seconds: u64) 
     (events, envelopes)
 }
 
-/// Probes for `seconds` while a child process floods in `manner`, starting two seconds before
-/// the probes and ending two after.
+/// Probes for `seconds` while a child process floods in `manner`, starting `margin(seconds)`
+/// before the probes and ending as long after.
 async fn flooded(
     base: &str,
     client: &reqwest::Client,
@@ -301,15 +301,20 @@ async fn flooded(
         .args(["-n", "10"])
         .arg(std::env::current_exe().unwrap())
         .args(["--flood-child", base, &flooders.to_string(), manner])
-        .arg((seconds + 4).to_string())
+        .arg((seconds + 2 * margin(seconds)).to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await; // bodies built, the flood is on
+    tokio::time::sleep(Duration::from_secs(margin(seconds))).await; // bodies built, the flood is on
     let (signups, webhooks) = probe(base.into(), client.clone(), rate, seconds).await;
     let out = child.wait_with_output().await.unwrap();
     let (events, envelopes): (Tally, Tally) = serde_json::from_slice(&out.stdout).unwrap();
     (signups, webhooks, events, envelopes)
+}
+
+/// Seconds of warm-up, and of flood before and after the probes: two, one in a smoke run.
+fn margin(seconds: u64) -> u64 {
+    (seconds / 2).clamp(1, 2)
 }
 
 async fn run(seconds: u64, flooders: usize, rate: u64) -> bool {
@@ -319,7 +324,7 @@ async fn run(seconds: u64, flooders: usize, rate: u64) -> bool {
         .pool_max_idle_per_host(512)
         .build()
         .unwrap();
-    probe(base.clone(), client.clone(), rate, 2).await; // warm-up: pools, caches
+    probe(base.clone(), client.clone(), rate, margin(seconds)).await; // warm-up: pools, caches
     let warm_rss = memory(server.pid(), "VmRSS");
     let (quiet_signups, quiet_webhooks) =
         probe(base.clone(), client.clone(), rate, seconds / 2).await;
@@ -334,7 +339,7 @@ async fn run(seconds: u64, flooders: usize, rate: u64) -> bool {
     for manner in ["polite", "hostile"] {
         let (signups, webhooks, events, envelopes) =
             flooded(&server.base, &client, manner, flooders, rate, seconds).await;
-        let flood_seconds = (seconds + 4) as f64;
+        let flood_seconds = (seconds + 2 * margin(seconds)) as f64;
         let count = |t: &Tally, s: u16| t.statuses.get(&s).copied().unwrap_or(0) as f64;
         println!("{manner} flood: {flooders} clients for {flood_seconds}s");
         println!("{}", signups.line("signups"));
