@@ -239,6 +239,42 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
     assert_eq!(applied, files);
 }
 
+/// A rolling upgrade: the new version's replicas migrate first; a replica of the previous
+/// version that restarts meanwhile finds migrations it does not know, and must still start.
+/// A migration it knows whose text differs from its own still stops it.
+#[tokio::test]
+async fn the_previous_version_starts_on_a_database_a_newer_version_migrated() {
+    let app = spawn_app().await;
+    let pool = &app.platform.pool;
+    // What a newer version's migrator leaves behind.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000000, 'a migration of a newer version', true, '\\x00', 1)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    pexper_platform::db::migrate(pool).await.unwrap();
+    let out = admin(&app.cli_vars(), &["migrate", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // One of this version's own migrations, changed since it was applied.
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'
+         WHERE version = (SELECT min(version) FROM _sqlx_migrations)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let out = admin(&app.cli_vars(), &["migrate", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("previously applied but has been modified"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[tokio::test]
 async fn key_rotation_rewraps_every_data_key_and_lookups_keep_working() {
     let app = spawn_app().await;

@@ -209,11 +209,33 @@ pub async fn fill(pool: &PgPool) {
 
 /// Applies the migrations in `migrations/`. sqlx holds a Postgres advisory lock while it
 /// migrates, so two servers starting at once apply each migration exactly once.
+///
+/// A database that a newer version has migrated further is no error: in a rolling upgrade the
+/// new replicas migrate first, and a replica of the previous version that restarts meanwhile
+/// must still start (each migration keeps the previous version working; its comments say
+/// how). A migration this binary knows whose text was changed still refuses.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("../../migrations")
+    let mut migrator = sqlx::migrate!("../../migrations");
+    migrator.set_ignore_missing(true);
+    migrator
         .run(pool)
         .await
-        .context("failed to apply database migrations")
+        .context("failed to apply database migrations")?;
+    let newest_known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let newer: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE version > $1 ORDER BY version",
+    )
+    .bind(newest_known)
+    .fetch_all(pool)
+    .await
+    .context("failed to read the applied migrations")?;
+    if !newer.is_empty() {
+        tracing::warn!(
+            ?newer,
+            "the database has migrations newer than this version's; running as the previous version of a rolling upgrade"
+        );
+    }
+    Ok(())
 }
 
 /// The advisory lock a restore holds for its whole length (`backup::restore`) and a starting
